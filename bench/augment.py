@@ -1,0 +1,181 @@
+"""Batch augmentation on the device vs. a torchvision per-sample pipeline in a DataLoader.
+
+Both sides produce the same two-view SimCLR recipe (RandomResizedCrop,
+horizontal flip, ColorJitter with p=0.8, grayscale with p=0.2, normalise) from
+the same uint8 images, in the same process; one image is counted per view
+produced. The baseline is what lightly/solo-learn users run: torchvision
+``transforms.v2`` on uint8 tensors in DataLoader workers.
+
+    python bench/augment.py [--images N] [--size 32] [--batch 256] [--channels 3]
+
+Prints one result line with ``ratio=X.XXx`` and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gzip
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from raysl.config import ViewAugment  # noqa: E402
+from raysl.data.augment import make_views  # noqa: E402
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+def load_images(limit: int) -> tuple[np.ndarray, str]:
+    """uint8 [N, H, W]: Fashion-MNIST if it is on disk, else sklearn digits upsampled to 32x32."""
+    if FASHION_MNIST.exists():
+        with gzip.open(FASHION_MNIST, "rb") as fh:
+            raw = fh.read()
+        magic, n, h, w = np.frombuffer(raw[:16], dtype=">u4")
+        if magic != 2051:
+            raise SystemExit(f"{FASHION_MNIST}: not an IDX image file (magic {magic})")
+        images = np.frombuffer(raw[16:], dtype=np.uint8).reshape(int(n), int(h), int(w))
+        return images[:limit], f"fashion-mnist ({FASHION_MNIST}, {h}x{w})"
+    from sklearn.datasets import load_digits
+
+    digits = load_digits().images  # 8x8, values 0..16
+    x = torch.from_numpy(digits).float().unsqueeze(1) * (255.0 / 16.0)
+    x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    images = x.clamp(0, 255).round().to(torch.uint8).squeeze(1).numpy()
+    reps = -(-limit // len(images))
+    return np.concatenate([images] * reps)[:limit], "sklearn digits (8x8 upsampled to 32x32)"
+
+
+class TwoViewDataset(torch.utils.data.Dataset):
+    def __init__(self, images: torch.Tensor, transform):
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        img = self.images[i]
+        return self.transform(img), self.transform(img)
+
+
+def torchvision_transform(size: int, mean: list[float], std: list[float]):
+    from torchvision.transforms import v2
+
+    view = ViewAugment()  # the same SimCLR defaults the batch side uses
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(size, scale=view.crop_scale, ratio=view.crop_ratio, antialias=True),
+            v2.RandomHorizontalFlip(p=view.hflip_p),
+            v2.RandomApply(
+                [v2.ColorJitter(view.brightness, view.contrast, view.saturation, view.hue)], p=view.jitter_p
+            ),
+            v2.RandomGrayscale(p=view.grayscale_p),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+        ]
+    )
+
+
+def bench_torchvision(images: torch.Tensor, args, mean, std) -> float:
+    dataset = TwoViewDataset(images, torchvision_transform(args.size, mean, std))
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=args.batch,
+        shuffle=True,
+        num_workers=args.workers,
+        persistent_workers=args.workers > 0,
+        drop_last=True,
+        prefetch_factor=4 if args.workers > 0 else None,
+    )
+    batches = len(loader)
+    if batches <= args.warmup:
+        raise SystemExit(f"--images {len(images)} gives {batches} batches; need more than --warmup {args.warmup}")
+    it = iter(loader)
+    for _ in range(args.warmup):
+        next(it)
+    count, start = 0, time.perf_counter()
+    for v1, v2 in it:
+        count += v1.shape[0] + v2.shape[0]
+    return count / (time.perf_counter() - start)
+
+
+def bench_batch(images: torch.Tensor, args, mean, std) -> float:
+    views = [ViewAugment(), ViewAugment()]
+    generator = torch.Generator().manual_seed(0)
+    n = len(images)
+    batches = n // args.batch
+
+    def epoch(limit: int) -> int:
+        count = 0
+        order = torch.randperm(n, generator=generator)
+        for b in range(limit):
+            batch = images.index_select(0, order[b * args.batch : (b + 1) * args.batch])
+            out = make_views(batch, views, 2, mean=mean, std=std, out_size=args.size, generator=generator)
+            count += sum(v.shape[0] for v in out)
+        return count
+
+    epoch(args.warmup)
+    start = time.perf_counter()
+    count = epoch(batches - args.warmup)
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=20_000, help="input images (each yields 2 views)")
+    parser.add_argument("--size", type=int, default=32, help="output side")
+    parser.add_argument("--batch", type=int, default=256, help="input images per batch")
+    parser.add_argument("--channels", type=int, choices=(1, 3), default=3, help="3: gray replicated to RGB")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="DataLoader workers")
+    parser.add_argument("--warmup", type=int, default=3, help="batches before timing")
+    args = parser.parse_args()
+
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    raw, source = load_images(args.images)
+    images = torch.from_numpy(raw.copy()).unsqueeze(1)
+    if args.channels == 3:
+        images = images.expand(-1, 3, -1, -1).contiguous()
+    mean, std = [0.5] * args.channels, [0.25] * args.channels
+
+    batch_rate = bench_batch(images, args, mean, std)
+    tv_rate = bench_torchvision(images, args, mean, std)
+    ratio = batch_rate / tv_rate
+    print(
+        f"data={source} images={len(images)} channels={args.channels} size={args.size} batch={args.batch} "
+        f"cpus={threads} torch_threads={torch.get_num_threads()} workers={args.workers}: "
+        f"raysl batch {batch_rate:,.0f} img/s, torchvision.v2 DataLoader {tv_rate:,.0f} img/s, ratio={ratio:.2f}x"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "augment",
+                "data": source,
+                "images": len(images),
+                "channels": args.channels,
+                "size": args.size,
+                "batch": args.batch,
+                "cpus": threads,
+                "workers": args.workers,
+                "raysl_images_per_s": round(batch_rate, 1),
+                "torchvision_images_per_s": round(tv_rate, 1),
+                "ratio": round(ratio, 3),
+                "torch": torch.__version__,
+                "machine": platform.machine(),
+                "date": datetime.date.today().isoformat(),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""Checkpoint files: plain tensors and numbers, loaded with ``torch.load(weights_only=True)``.
+
+A checkpoint that holds any other pickled object (which could run code when
+unpickled) is refused with a ``CheckpointError``, never executed.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from typing import Any
+
+import torch
+
+from raysl.errors import CheckpointError
+
+
+def save_state(path: str, state: dict[str, Any]) -> None:
+    """Write atomically: a crash mid-write never replaces a good checkpoint with a torn one."""
+    tmp = f"{path}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {path} does not exist; start without --resume or point at a run folder")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint {path} holds pickled objects that are not plain tensors and was refused "
+            f"(weights_only load: {first[:160]}); only load checkpoints written by raysl"
+        ) from None
+    except (RuntimeError, EOFError) as exc:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({str(exc).splitlines()[0][:160]}); it may be truncated") from None

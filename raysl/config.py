@@ -1,0 +1,475 @@
+"""Typed run configuration: every default raysl uses lives here, once.
+
+A run config has the sections ``method``, ``model``, ``data``, ``optim``,
+``schedule``, ``scale``, ``eval`` and ``checkpoint``. YAML files are validated
+at the edge (``load_config``); the rest of the code trusts the typed object.
+A search-space file (with ``base:``/``search:``/``tune:``) is accepted too:
+its ``base:`` is the run config.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from raysl.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, not ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+Temperature = Annotated[float, Field(gt=0.0, le=100.0)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+Weight = Annotated[float, Field(ge=0.0)]
+Momentum = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+# --------------------------------------------------------------------------
+# methods: `name` selects the method, the other keys are its knobs.
+# Defaults follow the papers (and solo-learn/lightly where the paper is silent).
+
+
+class EMASchedule(Section):
+    """Teacher EMA momentum, cosine from ``ema_base`` to ``ema_final`` per step (BYOL)."""
+
+    ema_base: Momentum = 0.99
+    ema_final: Momentum = 1.0
+
+
+class SimCLRConfig(Section):
+    name: Literal["simclr"] = "simclr"
+    temperature: Temperature = 0.2  # SimCLR appendix B.9: 0.2 is best on CIFAR-10
+
+
+class DCLConfig(Section):
+    name: Literal["dcl"] = "dcl"
+    temperature: Temperature = 0.1
+
+
+class DCLWConfig(Section):
+    name: Literal["dclw"] = "dclw"
+    temperature: Temperature = 0.1
+    sigma: Annotated[float, Field(gt=0.0)] = 0.5
+
+
+class ISogCLRConfig(Section):
+    name: Literal["isogclr"] = "isogclr"
+    tau_init: Temperature = 0.1
+    rho: Annotated[float, Field(gt=0.0)] = 0.4
+    gamma: Probability = 0.8
+    tau_lr: Annotated[float, Field(gt=0.0)] = 1e-2
+    tau_min: Temperature = 0.005
+    tau_max: Temperature = 1.0
+
+
+class MoCoConfig(EMASchedule):
+    name: Literal["moco"] = "moco"
+    temperature: Temperature = 0.2
+    queue_size: Annotated[int, Field(ge=1)] = 4096
+    mochi: bool = False
+    mochi_n_hard: Annotated[int, Field(ge=1)] = 256
+    mochi_s: Annotated[int, Field(ge=0)] = 256
+    mochi_s_prime: Annotated[int, Field(ge=0)] = 64
+
+    @model_validator(mode="after")
+    def _hard_within_queue(self) -> "MoCoConfig":
+        if self.mochi and self.mochi_n_hard > self.queue_size:
+            raise ValueError(
+                f"mochi_n_hard ({self.mochi_n_hard}) must be <= queue_size ({self.queue_size})"
+            )
+        return self
+
+
+class BYOLConfig(EMASchedule):
+    name: Literal["byol"] = "byol"
+
+
+class SimSiamConfig(Section):
+    name: Literal["simsiam"] = "simsiam"
+    predictor_lr_scale: Annotated[float, Field(gt=0.0)] = 1.0
+    fixed_predictor_lr: bool = True  # SimSiam sec. 4.3: no lr decay for the predictor
+
+
+class DirectPredConfig(Section):
+    name: Literal["directpred"] = "directpred"
+    decomposition_period: Annotated[int, Field(ge=1)] = 1
+    alpha: Probability = 0.3  # moving-average weight rho of the correlation matrix F
+    eps: Annotated[float, Field(ge=0.0)] = 0.1
+
+
+class BarlowConfig(Section):
+    name: Literal["barlow"] = "barlow"
+    lambd: Weight = 0.0051
+    # Multiplies the loss; solo-learn disagrees with itself on this (0.1 / 0.024 / 0.025),
+    # here it is 0.1, as its CIFAR recipe runs.
+    scale_loss: Annotated[float, Field(gt=0.0)] = 0.1
+
+
+class MixedBarlowConfig(Section):
+    name: Literal["mixed_barlow"] = "mixed_barlow"
+    lambd: Weight = 1.0 / 128
+    scale_loss: Annotated[float, Field(gt=0.0)] = 0.1
+    mixup_weight: Weight = 4.0
+
+
+class VICRegConfig(Section):
+    name: Literal["vicreg"] = "vicreg"
+    sim_weight: Weight = 25.0
+    var_weight: Weight = 25.0
+    cov_weight: Weight = 1.0
+
+
+class DINOConfig(Section):
+    name: Literal["dino"] = "dino"
+    student_temp: Temperature = 0.1
+    teacher_temp: Temperature = 0.04
+    teacher_temp_final: Temperature = 0.07
+    teacher_temp_warmup: Probability = 0.3  # fraction of training
+    center_momentum: Momentum = 0.9
+    ema_base: Momentum = 0.996
+    ema_final: Momentum = 1.0
+    out_dim: Annotated[int, Field(ge=2)] = 1024
+
+
+class MSBRegConfig(Section):
+    name: Literal["msbreg"] = "msbreg"
+    centroid_weight: Weight = 1.0
+    singular_weight: Weight = 1.0
+    brownian_weight: Weight = 1.0
+
+
+class MVInfoNCEConfig(Section):
+    name: Literal["mv_infonce"] = "mv_infonce"
+    temperature: Temperature = 0.1
+    num_views: Annotated[int, Field(ge=2, le=16)] = 4
+
+
+MethodConfig = Annotated[
+    Union[
+        SimCLRConfig,
+        DCLConfig,
+        DCLWConfig,
+        ISogCLRConfig,
+        MoCoConfig,
+        BYOLConfig,
+        SimSiamConfig,
+        DirectPredConfig,
+        BarlowConfig,
+        MixedBarlowConfig,
+        VICRegConfig,
+        DINOConfig,
+        MSBRegConfig,
+        MVInfoNCEConfig,
+    ],
+    Field(discriminator="name"),
+]
+
+METHOD_NAMES: tuple[str, ...] = tuple(
+    cls.model_fields["name"].default for cls in MethodConfig.__origin__.__args__  # type: ignore[attr-defined]
+)
+
+
+# --------------------------------------------------------------------------
+
+
+class ModelConfig(Section):
+    backbone: Literal["small_convnet", "resnet18", "resnet50"] = "small_convnet"
+    width: Annotated[int, Field(ge=4, le=512)] = 32  # small_convnet base width
+    projector_hidden_dim: Annotated[int, Field(ge=1)] = 512
+    projector_dim: Annotated[int, Field(ge=1)] = 128
+    projector_layers: Annotated[int, Field(ge=1, le=4)] = 2
+    predictor_hidden_dim: Annotated[int, Field(ge=1)] = 512
+    channels_last: bool = True
+    compile: bool = False
+
+
+class ViewAugment(Section):
+    """One view's augmentation recipe; defaults are SimCLR's (Chen et al. 2020, appendix A)."""
+
+    crop_scale: tuple[Probability, Probability] = (0.08, 1.0)
+    crop_ratio: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (3 / 4, 4 / 3)
+    hflip_p: Probability = 0.5
+    jitter_p: Probability = 0.8
+    brightness: Annotated[float, Field(ge=0.0, le=1.0)] = 0.4
+    contrast: Annotated[float, Field(ge=0.0, le=1.0)] = 0.4
+    saturation: Annotated[float, Field(ge=0.0, le=1.0)] = 0.4
+    hue: Annotated[float, Field(ge=0.0, le=0.5)] = 0.1
+    grayscale_p: Probability = 0.2
+    blur_p: Probability = 0.0
+    blur_sigma: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (0.1, 2.0)
+    solarize_p: Probability = 0.0
+    solarize_threshold: Probability = 0.5
+
+    @model_validator(mode="after")
+    def _ordered_ranges(self) -> "ViewAugment":
+        for key in ("crop_scale", "crop_ratio", "blur_sigma"):
+            lo, hi = getattr(self, key)
+            if lo > hi:
+                raise ValueError(f"{key} must be [low, high] with low <= high, got [{lo}, {hi}]")
+        if self.crop_scale[0] <= 0:
+            raise ValueError("crop_scale low must be > 0")
+        return self
+
+
+def _byol_views() -> list[ViewAugment]:
+    # BYOL table 6: asymmetric blur and solarization between the two views.
+    return [
+        ViewAugment(blur_p=1.0, solarize_p=0.0, saturation=0.2),
+        ViewAugment(blur_p=0.1, solarize_p=0.2, saturation=0.2),
+    ]
+
+
+AUGMENT_PRESETS = {
+    "simclr": lambda: [ViewAugment(), ViewAugment()],
+    "byol": _byol_views,
+}
+
+
+class DataConfig(Section):
+    source: Literal["digits", "idx", "cifar10", "imagefolder", "parquet"] = "digits"
+    path: str | None = None  # a prepared shard folder (raysl data prepare --out)
+    augment: list[ViewAugment] | Literal["simclr", "byol"] = "simclr"
+    crop_size: Annotated[int, Field(ge=4)] | None = None  # output side; default: the image's
+    cache_on_device: bool = True  # keep the uint8 split on the worker's device after one pass
+    max_cached_bytes: Annotated[int, Field(ge=0)] = 4 << 30
+
+    def views(self) -> list[ViewAugment]:
+        if isinstance(self.augment, str):
+            return AUGMENT_PRESETS[self.augment]()
+        return list(self.augment)
+
+
+class OptimConfig(Section):
+    name: Literal["sgd", "lars", "adamw"] = "adamw"
+    lr: Annotated[float, Field(gt=0.0, le=100.0)] = 1e-3  # per 256 images (see lr_scaling)
+    lr_scaling: Literal["linear", "none"] = "linear"  # lr * global_batch / 256
+    weight_decay: Weight = 1e-4
+    momentum: Momentum = 0.9
+    batch_size: Annotated[int, Field(ge=2)] = 256  # global, split across workers
+    epochs: Annotated[int, Field(ge=1)] = 10
+    grad_clip: Annotated[float, Field(gt=0.0)] | None = None
+    exclude_bias_and_norm: bool = True  # no weight decay / LARS adaptation on biases and norms
+
+
+class ScheduleConfig(Section):
+    lr: Literal["warmup_cosine", "constant", "step", "infinite"] = "warmup_cosine"
+    warmup: Probability = 0.1  # fraction of training
+    final_lr_fraction: Probability = 0.0
+    milestones: list[Probability] = [0.6, 0.8]  # step
+    gamma: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1  # step
+    plateau: Probability = 0.5  # infinite: plateau lr as a fraction of the peak
+    decay_end: Probability = 0.5  # infinite: where the cosine meets the plateau
+    cooldown: Probability = 0.1  # infinite: final linear cool-down fraction
+    weight_decay: Literal["constant", "cosine"] = "constant"
+    weight_decay_final: Weight = 0.4  # used by cosine (DINO)
+
+
+class ScaleConfig(Section):
+    num_workers: Annotated[int, Field(ge=1)] = 1
+    use_gpu: bool = False
+    cpus_per_worker: Annotated[float, Field(gt=0.0)] = 1.0
+    gpus_per_worker: Annotated[float, Field(gt=0.0)] = 1.0
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast is used on GPU only
+    torch_threads: Annotated[int, Field(ge=1)] | None = None  # default: cpus_per_worker
+
+
+class EvalConfig(Section):
+    every_epochs: Annotated[int, Field(ge=1)] = 1
+    knn_k: list[Annotated[int, Field(ge=1)]] = [20, 200]
+    knn_temperature: Temperature = 0.07
+    max_train: Annotated[int, Field(ge=1)] = 10_000  # kNN memory bank rows
+    max_val: Annotated[int, Field(ge=1)] = 10_000
+    rankme_max_samples: Annotated[int, Field(ge=2)] = 25_600
+    linear_probe: bool = False  # offline probe at the end of training
+    stop_on_collapse: bool = True
+
+
+class CheckpointConfig(Section):
+    every_epochs: Annotated[int, Field(ge=1)] = 1
+    keep: Annotated[int, Field(ge=1)] = 2
+
+
+class RunConfig(Section):
+    method: MethodConfig = Field(default_factory=SimCLRConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    scale: ScaleConfig = Field(default_factory=ScaleConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    seed: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "RunConfig":
+        if self.optim.batch_size < 2 * self.scale.num_workers:
+            raise ValueError(
+                f"optim.batch_size ({self.optim.batch_size}) must be at least 2 per worker "
+                f"({self.scale.num_workers} workers)"
+            )
+        if self.data.source != "digits" and self.data.path is None:
+            raise ValueError(
+                f"data.path is required for data.source={self.data.source!r}: "
+                "run `raysl data prepare` and point data.path at its --out folder"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------
+# loading and overrides
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``a.b=value`` -> ("a.b", value) with the value parsed as YAML (so 0.1, true, [1,2] work)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected dotted.key=value, e.g. --set method.temperature=0.1")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def set_dotted(tree: dict, key: str, value: Any) -> dict:
+    """Return a copy of ``tree`` with ``key`` (dotted) set to ``value``; sections are created."""
+    out = copy.deepcopy(tree)
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+    return out
+
+
+def get_dotted(tree: dict, key: str, default: Any = None) -> Any:
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
+    return data
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line: the file, the dotted key and what is allowed."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    # discriminated unions put the tag in the location (method.simclr.temperature)
+    if len(loc) >= 2 and loc[0] == "method" and loc[1] in METHOD_NAMES:
+        loc = [loc[0]] + loc[2:]
+    key = ".".join(loc) if loc else "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        section = ".".join(loc[:-1])
+        msg = f"unknown key {key!r}"
+        if section:
+            msg += f" for {section}" + _allowed_keys_hint(exc, loc)
+    elif kind == "union_tag_invalid":
+        got = err.get("ctx", {}).get("tag")
+        msg = f"{key}.name: unknown method {got!r}; allowed: {', '.join(METHOD_NAMES)}"
+    elif kind == "literal_error":
+        got = err.get("input")
+        msg = f"{key}: {got!r} is not allowed; expected {err['ctx']['expected']}"
+    else:
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        msg = f"{key}: {err['msg'].removeprefix('Value error, ')}{shown}"
+    extra = len(exc.errors()) - 1
+    if extra:
+        msg += f" (+{extra} more)"
+    return f"{source}: {msg}"
+
+
+def _allowed_keys_hint(exc: ValidationError, loc: list[str]) -> str:
+    model: Any = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return ""
+        ann = field.annotation
+        if part == "method":
+            return ""
+        model = ann
+    if hasattr(model, "model_fields"):
+        return "; allowed: " + ", ".join(model.model_fields)
+    return ""
+
+
+def _method_hint(tree: dict) -> str:
+    return ""
+
+
+def build_config(tree: dict, source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        msg = format_validation_error(exc, source)
+        if "method." in msg and "unknown key" in msg:
+            name = get_dotted(tree, "method.name", "simclr")
+            cls = _method_class(name)
+            if cls is not None:
+                msg += f"; {name} takes: {', '.join(k for k in cls.model_fields if k != 'name')}"
+        raise ConfigError(msg) from None
+
+
+def _method_class(name: str) -> type[BaseModel] | None:
+    for cls in MethodConfig.__origin__.__args__:  # type: ignore[attr-defined]
+        if cls.model_fields["name"].default == name:
+            return cls
+    return None
+
+
+def config_tree(path: str | Path) -> dict:
+    """The run-config mapping of a file: a run config itself, or a search space's ``base:``."""
+    data = read_yaml(path)
+    if "base" in data or "search" in data or "tune" in data:
+        base = data.get("base")
+        if not isinstance(base, dict):
+            raise ConfigError(f"{path}: a search-space file needs a 'base:' mapping with the run config")
+        return base
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML run config (or a search space's base), apply ``--set`` overrides, validate."""
+    tree = config_tree(path) if path is not None else {}
+    for item in overrides:
+        key, value = parse_override(item)
+        tree = set_dotted(tree, key, value)
+    return build_config(tree, str(path) if path is not None else "--set")
+
+
+def to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,169 @@
+"""The manifest: what ``raysl data prepare`` wrote, in one JSON file.
+
+Training never looks at the raw source again; it trusts ``manifest.json`` for
+the image shape, the byte encoding, the class names, the normalisation
+statistics and the list of shards with their checksums. Keeping this a small
+frozen value (serialised by hand, validated on load) means a stale or foreign
+file fails loudly at load time instead of mid-training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from raysl.errors import DataError
+
+FORMAT_VERSION = 1
+ENCODINGS = ("raw", "png")
+SPLIT_FROM = ("shuffle", "source")
+
+
+class _ItemAccess:
+    """Dict-style reads (``split["rows"]``) mirroring the JSON layout, for code
+    that treats the manifest as the parsed JSON it is stored as."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in {field.name for field in dataclasses.fields(self)}:  # type: ignore[arg-type]
+            raise KeyError(key)
+        return getattr(self, key)
+
+
+@dataclass(frozen=True)
+class ShardInfo(_ItemAccess):
+    """One Parquet file of a split, with what is needed to detect tampering."""
+
+    file: str
+    rows: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class SplitInfo(_ItemAccess):
+    """A split ("train" or "val"): its row count and its shards, in order."""
+
+    rows: int
+    shards: tuple[ShardInfo, ...]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything a reader needs to turn the shards back into images.
+
+    ``mean``/``std`` are per channel, over the train split, on the [0, 1]
+    scale. ``split_from`` is "source" when the source defines its own
+    train/test split (then ``val_fraction`` was not used) and "shuffle" when
+    ``val_fraction`` of the shuffled rows became "val".
+    """
+
+    source: str
+    source_path: str | None
+    height: int
+    width: int
+    channels: int
+    encoding: str
+    class_names: tuple[str, ...] | None
+    num_classes: int
+    labeled: bool
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    seed: int
+    val_fraction: float
+    split_from: str
+    splits: dict[str, SplitInfo]
+    created_by: str = "raysl data prepare"
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(height, width, channels): the shape of one decoded image."""
+        return (self.height, self.width, self.channels)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict, ``format_version`` first so humans see it."""
+        body = dataclasses.asdict(self)
+        return {"format_version": body.pop("format_version"), **body}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """Validate and rebuild; raises DataError naming what is wrong."""
+        if not isinstance(data, dict):
+            raise DataError("manifest.json is not a JSON object; re-run raysl data prepare")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise DataError(
+                f"manifest.json has format_version {version!r}, this raysl reads "
+                f"{FORMAT_VERSION}; re-run raysl data prepare"
+            )
+        try:
+            manifest = cls(
+                source=str(data["source"]),
+                source_path=data["source_path"],
+                height=int(data["height"]),
+                width=int(data["width"]),
+                channels=int(data["channels"]),
+                encoding=str(data["encoding"]),
+                class_names=_optional_tuple(data["class_names"], str),
+                num_classes=int(data["num_classes"]),
+                labeled=bool(data["labeled"]),
+                mean=tuple(float(m) for m in data["mean"]),
+                std=tuple(float(s) for s in data["std"]),
+                seed=int(data["seed"]),
+                val_fraction=float(data["val_fraction"]),
+                split_from=str(data["split_from"]),
+                splits={name: _split_from_dict(s) for name, s in data["splits"].items()},
+                created_by=str(data["created_by"]),
+                format_version=version,
+            )
+        except KeyError as missing:
+            raise DataError(
+                f"manifest.json lacks field {missing}; re-run raysl data prepare"
+            ) from None
+        except (TypeError, ValueError, AttributeError) as bad:
+            raise DataError(f"manifest.json is malformed ({bad}); re-run raysl data prepare") from None
+        manifest._check()
+        return manifest
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Manifest:
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as bad:
+            raise DataError(f"manifest.json is not valid JSON ({bad}); re-run raysl data prepare") from None
+        return cls.from_dict(data)
+
+    def _check(self) -> None:
+        """Reject values no reader could honour, so errors surface at load time."""
+        problems = []
+        if self.encoding not in ENCODINGS:
+            problems.append(f"encoding {self.encoding!r} (allowed: {', '.join(ENCODINGS)})")
+        if self.channels not in (1, 3):
+            problems.append(f"channels {self.channels} (allowed: 1, 3)")
+        if min(self.height, self.width) < 1:
+            problems.append(f"image size {self.height}x{self.width}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            problems.append("mean/std length differs from channels")
+        if self.split_from not in SPLIT_FROM:
+            problems.append(f"split_from {self.split_from!r}")
+        if "train" not in self.splits:
+            problems.append("no train split")
+        if problems:
+            raise DataError(f"manifest.json is invalid: {'; '.join(problems)}; re-run raysl data prepare")
+
+
+def _optional_tuple(values: list[Any] | None, kind: type) -> tuple[Any, ...] | None:
+    return None if values is None else tuple(kind(v) for v in values)
+
+
+def _split_from_dict(data: dict[str, Any]) -> SplitInfo:
+    shards = tuple(
+        ShardInfo(file=str(s["file"]), rows=int(s["rows"]), bytes=int(s["bytes"]), sha256=str(s["sha256"]))
+        for s in data["shards"]
+    )
+    return SplitInfo(rows=int(data["rows"]), shards=shards)

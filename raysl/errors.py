@@ -1,0 +1,41 @@
+"""Errors a user can cause. Each message says what is wrong and what to do.
+
+The CLI prints ``str(error)`` on one line and exits with code 2; anything that
+is not a ``RayslError`` is an internal failure (exit code 1).
+"""
+
+
+class RayslError(Exception):
+    """Base of every error whose cause is the user's input, not a raysl bug."""
+
+
+class ConfigError(RayslError):
+    """A config or search-space file (or a --set override) is invalid."""
+
+
+class DataError(RayslError):
+    """A data source or prepared dataset cannot be used."""
+
+
+class ShardError(DataError):
+    """A Parquet shard is missing, truncated or does not match its checksum."""
+
+
+class TrainingError(RayslError):
+    """A run could not continue for a reason the user can act on."""
+
+
+class DivergedError(TrainingError):
+    """The loss became NaN or infinite."""
+
+
+class CollapsedError(TrainingError):
+    """The embeddings collapsed to (nearly) a constant."""
+
+
+class LossInputError(RayslError, ValueError):
+    """A loss function got inputs it cannot work with."""
+
+
+class CheckpointError(RayslError):
+    """A checkpoint cannot be loaded safely."""

@@ -1,0 +1,144 @@
+"""The small base every method stands on (solo-learn's idea, without its trainer tie).
+
+A method is an ``nn.Module`` that owns a backbone and its heads and turns a
+list of augmented views into a loss. The training loop gives every method
+the same things for free: evaluation (``embed``), EMA teachers
+(``EMATeacher``), per-step schedules (``progress``) and cross-worker
+gathering (``raysl.distributed.gather``).
+
+Adding a method is one file: subclass ``PairLossMethod`` (two views, one
+loss on the globally gathered projections), ``EMATeacherMethod`` (online
+network + predictor against a momentum teacher) or ``Method`` itself, and
+add one line to the registry in ``raysl/methods/__init__.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from raysl import distributed, schedules
+from raysl.config import ModelConfig
+from raysl.models import build_backbone, mlp
+
+Metrics = dict[str, float]
+
+
+class Method(nn.Module):
+    """Backbone + projector; subclasses define ``training_loss``."""
+
+    #: The augmentation preset used when the config does not give its own views.
+    augment_preset = "simclr"
+
+    def __init__(self, method_cfg: Any, model_cfg: ModelConfig, in_channels: int):
+        super().__init__()
+        self.cfg = method_cfg
+        self.model_cfg = model_cfg
+        self.backbone, self.feat_dim = build_backbone(model_cfg, in_channels)
+        self.projector = self.build_projector()
+        self.progress = 0.0  # fraction of training done, set by the loop before each step
+
+    @property
+    def num_views(self) -> int:
+        return int(getattr(self.cfg, "num_views", 2))
+
+    def build_projector(self) -> nn.Module:
+        m = self.model_cfg
+        return mlp(self.feat_dim, m.projector_hidden_dim, m.projector_dim, m.projector_layers)
+
+    @property
+    def projection_dim(self) -> int:
+        return self.model_cfg.projector_dim
+
+    def forward(self, views: list[torch.Tensor], indices: torch.Tensor | None = None) -> tuple[torch.Tensor, Metrics]:
+        # DDP wraps ``forward``, so the whole loss computation runs inside it.
+        return self.training_loss(views, indices)
+
+    def training_loss(self, views: list[torch.Tensor], indices: torch.Tensor | None) -> tuple[torch.Tensor, Metrics]:
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Called after each optimizer step (EMA updates, queue pushes...)."""
+
+    def param_groups(self) -> list[dict]:
+        """Optimizer parameter groups; ``lr_scale`` multiplies the scheduled lr."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr_scale": 1.0}]
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Features for evaluation: the backbone's and the projector's."""
+        h = self.backbone(x)
+        return {"backbone": h, "projector": self.projector(h)}
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.backbone(x)
+        return h, self.projector(h)
+
+
+class PairLossMethod(Method):
+    """Two views through one network; a loss of the two globally gathered projections.
+
+    Covers contrastive (SimCLR, DCL) and redundancy-reduction (Barlow Twins,
+    VICReg) methods: subclasses implement ``pair_loss`` only.
+    """
+
+    def pair_loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_loss(self, views, indices):
+        _, z1 = self.encode(views[0])
+        _, z2 = self.encode(views[1])
+        z1, z2 = distributed.gather(z1), distributed.gather(z2)
+        return self.pair_loss(z1, z2), {}
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    teacher = copy.deepcopy(module)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """teacher <- momentum * teacher + (1 - momentum) * student, for the parameters."""
+    for t, s in zip(teacher.parameters(), student.parameters()):
+        t.mul_(momentum).add_(s.detach(), alpha=1.0 - momentum)
+    # BN running statistics are copied: they describe the student's current activations.
+    for t, s in zip(teacher.buffers(), student.buffers()):
+        t.copy_(s)
+
+
+class EMATeacherMethod(Method):
+    """Online backbone+projector(+predictor) against a momentum teacher (BYOL, MoCo, DINO).
+
+    The teacher follows the student with momentum cosine-scheduled per step
+    from ``cfg.ema_base`` to ``cfg.ema_final``.
+    """
+
+    augment_preset = "byol"
+
+    def __init__(self, method_cfg, model_cfg, in_channels):
+        super().__init__(method_cfg, model_cfg, in_channels)
+        self.teacher_backbone = frozen_copy(self.backbone)
+        self.teacher_projector = frozen_copy(self.projector)
+
+    def ema_momentum(self) -> float:
+        return schedules.ema_momentum(self.progress, self.cfg.ema_base, self.cfg.ema_final)
+
+    def after_step(self) -> None:
+        m = self.ema_momentum()
+        ema_update(self.teacher_backbone, self.backbone, m)
+        ema_update(self.teacher_projector, self.projector, m)
+
+    @torch.no_grad()
+    def teacher_encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.teacher_projector(self.teacher_backbone(x))
+
+    def param_groups(self) -> list[dict]:
+        teacher = {id(p) for p in self.teacher_backbone.parameters()} | {id(p) for p in self.teacher_projector.parameters()}
+        params = [p for p in self.parameters() if p.requires_grad and id(p) not in teacher]
+        return [{"params": params, "lr_scale": 1.0}]

@@ -1,0 +1,283 @@
+"""The per-worker training loop, readable top to bottom.
+
+``train_worker`` runs inside every Ray Train worker (or in-process for a
+one-worker Tune trial). It builds the method, restores the last checkpoint if
+there is one, then for each epoch: streams uint8 batches onto the device,
+augments them there into views, takes optimizer steps with per-step
+schedules, evaluates, and reports metrics with a checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from raysl import distributed, schedules
+from raysl.checkpoint import load_state, save_state
+from raysl.config import RunConfig
+from raysl.data.augment import make_views, to_float
+from raysl.data.shards import load_manifest, read_split
+from raysl.data.stream import TrainBatches
+from raysl.errors import CollapsedError, DivergedError
+from raysl.evaluate import alignment, evaluate_features, is_collapsed
+from raysl.methods import build_method
+from raysl.optim import build_optimizer, set_lr_and_wd
+
+CHECKPOINT_FILE = "state.pt"
+
+
+class LoopIO(Protocol):
+    """What the loop needs from its runner (Ray Train, or a Tune trial in-process)."""
+
+    def dataset_shard(self, name: str) -> Any: ...
+    def checkpoint_dir(self) -> str | None: ...
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None: ...
+    def device(self) -> torch.device: ...
+
+
+class RayTrainIO:
+    def dataset_shard(self, name):
+        import ray.train
+
+        return ray.train.get_dataset_shard(name)
+
+    def checkpoint_dir(self):
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        return ckpt.to_directory()
+
+    def report(self, metrics, checkpoint_dir):
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    def device(self):
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+
+
+@dataclass
+class EvalSet:
+    """uint8 images kept on the evaluating worker's device."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor | None
+    val_x: torch.Tensor
+    val_y: torch.Tensor | None
+
+
+def load_eval_set(data_dir: str, cfg: RunConfig, device: torch.device) -> EvalSet:
+    """A seeded subset of train (kNN memory bank) and of val, as on-device uint8 tensors."""
+    rng = np.random.default_rng(cfg.seed)
+
+    def take(split: str, limit: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x, y = read_split(data_dir, split)
+        if len(x) > limit:
+            keep = np.sort(rng.choice(len(x), size=limit, replace=False))
+            x = x[keep]
+            y = y[keep] if y is not None else None
+        xt = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).contiguous().to(device)
+        yt = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(device) if y is not None else None
+        return xt, yt
+
+    train_x, train_y = take("train", cfg.eval.max_train)
+    val_x, val_y = take("val", cfg.eval.max_val)
+    return EvalSet(train_x, train_y, val_x, val_y)
+
+
+@torch.no_grad()
+def embed_all(method, images: torch.Tensor, norm: dict, batch: int = 512) -> dict[str, torch.Tensor]:
+    outs: dict[str, list[torch.Tensor]] = {}
+    for i in range(0, images.shape[0], batch):
+        x = to_float(images[i : i + batch], **norm)
+        for key, value in method.embed(x).items():
+            outs.setdefault(key, []).append(value.float())
+    return {k: torch.cat(v) for k, v in outs.items()}
+
+
+@torch.no_grad()
+def evaluate_method(method, eval_set: EvalSet, cfg: RunConfig, norm: dict, views, gen: torch.Generator) -> dict[str, float]:
+    """kNN (k=20 and 200, cosine, temperature-weighted), RankMe, alignment/uniformity, collapse.
+
+    Protocol: features of the un-augmented train subset are the memory bank,
+    the val split is classified; ``knn_acc`` uses backbone features with k=20.
+    """
+    was_training = method.training
+    method.eval()
+    train = embed_all(method, eval_set.train_x, norm)
+    val = embed_all(method, eval_set.val_x, norm)
+    metrics: dict[str, float] = {}
+    for feature in ("backbone", "projector"):
+        prefix = "" if feature == "backbone" else "projector_"
+        found = evaluate_features(
+            train[feature], eval_set.train_y, val[feature], eval_set.val_y, ks=tuple(cfg.eval.knn_k),
+        )
+        metrics.update({prefix + k: v for k, v in found.items()})
+    # alignment: two augmented views of the same val images (Wang & Isola), backbone features
+    sample = eval_set.val_x[:1024]
+    v1, v2 = make_views(sample, views, 2, generator=gen, **norm)
+    metrics["alignment"] = float(alignment(method.backbone(v1).float(), method.backbone(v2).float()))
+    metrics["collapsed"] = bool(is_collapsed(val["projector"]))
+    method.train(was_training)
+    return metrics
+
+
+def lr_at(cfg: RunConfig, progress: float, peak: float) -> float:
+    s = cfg.schedule
+    final = peak * s.final_lr_fraction
+    if s.lr == "warmup_cosine":
+        return schedules.warmup_cosine(progress, peak, warmup=s.warmup, final=final)
+    if s.lr == "constant":
+        return schedules.constant(progress, peak, warmup=s.warmup)
+    if s.lr == "step":
+        return schedules.step(progress, peak, milestones=tuple(s.milestones), gamma=s.gamma, warmup=s.warmup)
+    return schedules.infinite(
+        progress, peak, warmup=s.warmup, cooldown=s.cooldown, plateau=s.plateau, decay_end=s.decay_end, final=final
+    )
+
+
+def weight_decay_at(cfg: RunConfig, progress: float) -> float:
+    if cfg.schedule.weight_decay == "cosine":
+        return schedules.weight_decay_cosine(progress, cfg.optim.weight_decay, cfg.schedule.weight_decay_final)
+    return cfg.optim.weight_decay
+
+
+def peak_lr(cfg: RunConfig) -> float:
+    if cfg.optim.lr_scaling == "linear":
+        return cfg.optim.lr * cfg.optim.batch_size / 256
+    return cfg.optim.lr
+
+
+def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
+    """Entry point of one worker. ``loop_config``: {"config": RunConfig dict, "data_dir": str}."""
+    io = io or RayTrainIO()
+    cfg = RunConfig.model_validate(loop_config["config"])
+    data_dir = loop_config["data_dir"]
+    rank, world = distributed.rank(), distributed.world_size()
+    device = io.device()
+    is_cuda = device.type == "cuda"
+    torch.set_num_threads(cfg.scale.torch_threads or max(1, int(cfg.scale.cpus_per_worker)))
+    torch.manual_seed(cfg.seed + rank)
+    if is_cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # ---- data description and model
+    manifest = load_manifest(data_dir)
+    out_size = cfg.data.crop_size or manifest.height
+    norm = dict(mean=manifest.mean, std=manifest.std, out_size=out_size, channels_last=cfg.model.channels_last)
+    method = build_method(cfg, manifest.channels).to(device)
+    views = cfg.data.views()
+    if cfg.model.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    peak = peak_lr(cfg)
+    optimizer = build_optimizer(method.param_groups(), cfg.optim, peak)
+    model = DistributedDataParallel(method) if world > 1 else method
+    forward = torch.compile(model) if cfg.model.compile else model
+
+    # ---- resume
+    start_epoch, global_step = 0, 0
+    ckpt_dir = io.checkpoint_dir()
+    if ckpt_dir is not None:
+        state = load_state(os.path.join(ckpt_dir, CHECKPOINT_FILE))
+        method.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
+
+    local_batch = cfg.optim.batch_size // world
+    steps_per_epoch = manifest.splits["train"]["rows"] // (local_batch * world)
+    total_steps = steps_per_epoch * cfg.optim.epochs
+    batches = TrainBatches(
+        io.dataset_shard("train"), manifest, local_batch, device,
+        cache=cfg.data.cache_on_device, max_cached_bytes=cfg.data.max_cached_bytes, seed=cfg.seed, rank=rank,
+    )
+    eval_set = load_eval_set(data_dir, cfg, device) if rank == 0 else None
+    gen = torch.Generator(device=device).manual_seed(cfg.seed * 9973 + rank + 1)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=is_cuda and cfg.scale.precision == "bf16")
+    if rank == 0 and start_epoch == 0:
+        print(
+            f"[raysl] {cfg.method.name}: {manifest.splits['train']['rows']} train images, {world} worker(s), "
+            f"global batch {cfg.optim.batch_size}, {steps_per_epoch} steps/epoch; peak lr {peak:.4g} = "
+            f"{cfg.optim.lr:g} x {cfg.optim.batch_size}/256 ({cfg.optim.lr_scaling} scaling)",
+            flush=True,
+        )
+
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        method.train()
+        loss_sum = torch.zeros((), device=device)
+        steps_done = 0
+        start = time.perf_counter()
+        for images, indices in batches.epoch(epoch, steps_per_epoch):
+            progress = global_step / max(1, total_steps)
+            method.progress = progress
+            set_lr_and_wd(optimizer, lr_at(cfg, progress, peak), weight_decay_at(cfg, progress))
+            crops = make_views(images, views, method.num_views, generator=gen, **norm)
+            with autocast:
+                loss, _ = forward(crops, indices)
+            if not torch.isfinite(loss).item():
+                raise DivergedError(
+                    f"diverged at step {global_step} (epoch {epoch}): loss is {loss.item()}; "
+                    "lower optim.lr or raise the temperature; the last good checkpoint is kept"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip:
+                torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            method.after_step()
+            loss_sum += loss.detach()
+            global_step += 1
+            steps_done += 1
+        if is_cuda:
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        images_seen = steps_done * cfg.optim.batch_size * method.num_views
+
+        metrics: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": global_step,
+            "loss": float(loss_sum.item() / max(1, steps_done)),
+            "images_per_s": images_seen / max(elapsed, 1e-9),
+            "lr": lr_at(cfg, global_step / max(1, total_steps), peak),
+            "status": "running",
+        }
+        last = epoch + 1 == cfg.optim.epochs
+        if eval_set is not None and ((epoch + 1) % cfg.eval.every_epochs == 0 or last):
+            metrics.update(evaluate_method(method, eval_set, cfg, norm, views, gen))
+        collapsed = bool(metrics.pop("collapsed", False))
+        if last:
+            metrics["status"] = "finished"
+        if collapsed and cfg.eval.stop_on_collapse:
+            metrics["status"] = "collapsed"
+
+        checkpoint_dir = None
+        with tempfile.TemporaryDirectory() as tmp:
+            if rank == 0 and ((epoch + 1) % cfg.checkpoint.every_epochs == 0 or last):
+                save_state(
+                    os.path.join(tmp, CHECKPOINT_FILE),
+                    {"model": method.state_dict(), "optimizer": optimizer.state_dict(),
+                     "epoch": epoch + 1, "global_step": global_step},
+                )
+                checkpoint_dir = tmp
+            io.report(metrics, checkpoint_dir)
+        if metrics["status"] == "collapsed":
+            raise CollapsedError(
+                f"collapsed at epoch {epoch + 1}: the embeddings became (nearly) constant; "
+                "try a lower lr, a different temperature or loss weights"
+            )
+        if math.isnan(metrics["loss"]):  # pragma: no cover - caught per step above
+            break
