@@ -69,6 +69,44 @@ class RayTrainIO:
         return ray.train.torch.get_device()
 
 
+class LocalIO:
+    """Runs the loop in this process with no Ray at all: tests, debugging, one-worker trials.
+
+    Checkpoints go to ``out_dir/checkpoints/epoch_N``; ``reports`` collects every metrics dict.
+    """
+
+    def __init__(self, data_dir: str, out_dir: str | None = None):
+        from raysl.data.shards import shard_uris
+        from raysl.data.stream import ParquetBatches
+
+        self._train = ParquetBatches(shard_uris(data_dir, "train"))
+        self.out_dir = out_dir
+        self.reports: list[dict] = []
+
+    def dataset_shard(self, name):
+        return self._train
+
+    def checkpoint_dir(self):
+        if self.out_dir is None:
+            return None
+        root = os.path.join(self.out_dir, "checkpoints")
+        done = sorted(
+            (d for d in os.listdir(root) if d.startswith("epoch_")), key=lambda d: int(d.split("_")[1])
+        ) if os.path.isdir(root) else []
+        return os.path.join(root, done[-1]) if done else None
+
+    def report(self, metrics, checkpoint_dir):
+        self.reports.append(dict(metrics))
+        if checkpoint_dir and self.out_dir is not None:
+            import shutil
+
+            target = os.path.join(self.out_dir, "checkpoints", f"epoch_{metrics['epoch']}")
+            shutil.copytree(checkpoint_dir, target, dirs_exist_ok=True)
+
+    def device(self):
+        return torch.device("cpu")
+
+
 @dataclass
 class EvalSet:
     """uint8 images kept on the evaluating worker's device."""

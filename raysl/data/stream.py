@@ -21,7 +21,7 @@ def to_device_batch(batch: dict[str, np.ndarray], manifest: Any, device: torch.d
     """Arrow/numpy rows -> (uint8 [B, C, H, W], int64 row indices) on ``device``."""
     images = decode_images(batch["image"], manifest)  # NHWC uint8
     x = torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True).permute(0, 3, 1, 2)
-    idx = torch.from_numpy(np.asarray(batch["index"], dtype=np.int64)).to(device)
+    idx = torch.from_numpy(np.array(batch["index"], dtype=np.int64)).to(device)
     return x.contiguous(), idx
 
 
@@ -103,3 +103,26 @@ class TrainBatches:
         if keep and images:
             self._images = torch.cat(images)
             self._indices = torch.cat(indices)
+
+
+class ParquetBatches:
+    """A stand-in for Ray Data's per-worker iterator when a run trains in-process without Ray Train.
+
+    Reads the split's shards with pyarrow in shard order; exposes the one method the loop uses.
+    """
+
+    def __init__(self, uris: list[str]):
+        self.uris = list(uris)
+
+    def iter_batches(self, *, batch_size: int, batch_format: str = "numpy", prefetch_batches: int = 0):
+        import pyarrow.parquet as pq
+
+        for uri in self.uris:
+            table = pq.read_table(uri, columns=["image", "label", "index"])
+            for start in range(0, table.num_rows, batch_size):
+                part = table.slice(start, batch_size)
+                yield {
+                    "image": part.column("image").to_numpy(zero_copy_only=False),
+                    "label": part.column("label").to_numpy(zero_copy_only=False),
+                    "index": part.column("index").to_numpy(),
+                }
