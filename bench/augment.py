@@ -7,8 +7,11 @@ produced. The baseline is what lightly/solo-learn users run: torchvision
 ``transforms.v2`` on uint8 tensors in DataLoader workers.
 
     python bench/augment.py [--images N] [--size 32] [--batch 256] [--channels 3]
+                            [--batches 30] [--repeats 3]
 
-Prints one result line with ``ratio=X.XXx`` and one JSON line.
+Trials of the two sides alternate (background load then hits both alike);
+the medians are compared. Prints one result line with ``ratio=X.XXx`` and one
+JSON line.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import gzip
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -86,46 +90,46 @@ def torchvision_transform(size: int, mean: list[float], std: list[float]):
 
 
 def bench_torchvision(images: torch.Tensor, args, mean, std) -> float:
+    """One trial: fresh DataLoader workers, ``--warmup`` batches, then ``--batches`` timed."""
     dataset = TwoViewDataset(images, torchvision_transform(args.size, mean, std))
+    sampler = torch.utils.data.RandomSampler(
+        dataset, replacement=True, num_samples=(args.warmup + args.batches) * args.batch
+    )
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=args.batch,
-        shuffle=True,
+        sampler=sampler,
         num_workers=args.workers,
-        persistent_workers=args.workers > 0,
         drop_last=True,
-        prefetch_factor=4 if args.workers > 0 else None,
     )
-    batches = len(loader)
-    if batches <= args.warmup:
-        raise SystemExit(f"--images {len(images)} gives {batches} batches; need more than --warmup {args.warmup}")
     it = iter(loader)
     for _ in range(args.warmup):
         next(it)
     count, start = 0, time.perf_counter()
     for v1, v2 in it:
         count += v1.shape[0] + v2.shape[0]
-    return count / (time.perf_counter() - start)
+    rate = count / (time.perf_counter() - start)
+    del it  # stop the workers before the other side runs
+    return rate
 
 
-def bench_batch(images: torch.Tensor, args, mean, std) -> float:
+def bench_batch(images: torch.Tensor, args, mean, std, generator: torch.Generator) -> float:
+    """One trial: ``--warmup`` then ``--batches`` batches of random rows, two SimCLR views each."""
     views = [ViewAugment(), ViewAugment()]
-    generator = torch.Generator().manual_seed(0)
     n = len(images)
-    batches = n // args.batch
 
-    def epoch(limit: int) -> int:
+    def run(batches: int) -> int:
         count = 0
-        order = torch.randperm(n, generator=generator)
-        for b in range(limit):
-            batch = images.index_select(0, order[b * args.batch : (b + 1) * args.batch])
+        for _ in range(batches):
+            rows = torch.randint(0, n, (args.batch,), generator=generator)
+            batch = images.index_select(0, rows)
             out = make_views(batch, views, 2, mean=mean, std=std, out_size=args.size, generator=generator)
             count += sum(v.shape[0] for v in out)
         return count
 
-    epoch(args.warmup)
+    run(args.warmup)
     start = time.perf_counter()
-    count = epoch(batches - args.warmup)
+    count = run(args.batches)
     return count / (time.perf_counter() - start)
 
 
@@ -136,7 +140,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256, help="input images per batch")
     parser.add_argument("--channels", type=int, choices=(1, 3), default=3, help="3: gray replicated to RGB")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="DataLoader workers")
-    parser.add_argument("--warmup", type=int, default=3, help="batches before timing")
+    parser.add_argument("--warmup", type=int, default=3, help="batches before timing, per trial")
+    parser.add_argument("--batches", type=int, default=30, help="timed batches per trial")
+    parser.add_argument("--repeats", type=int, default=3, help="trials per side, interleaved; medians reported")
     args = parser.parse_args()
 
     threads = os.cpu_count() or 1
@@ -147,13 +153,21 @@ def main() -> None:
         images = images.expand(-1, 3, -1, -1).contiguous()
     mean, std = [0.5] * args.channels, [0.25] * args.channels
 
-    batch_rate = bench_batch(images, args, mean, std)
-    tv_rate = bench_torchvision(images, args, mean, std)
+    load_before = os.getloadavg()[0]
+    generator = torch.Generator().manual_seed(0)
+    batch_rates, tv_rates = [], []
+    for _ in range(args.repeats):  # interleaved, so background load hits both sides alike
+        batch_rates.append(bench_batch(images, args, mean, std, generator))
+        tv_rates.append(bench_torchvision(images, args, mean, std))
+    load_after = os.getloadavg()[0]
+    batch_rate, tv_rate = statistics.median(batch_rates), statistics.median(tv_rates)
     ratio = batch_rate / tv_rate
     print(
         f"data={source} images={len(images)} channels={args.channels} size={args.size} batch={args.batch} "
-        f"cpus={threads} torch_threads={torch.get_num_threads()} workers={args.workers}: "
-        f"raysl batch {batch_rate:,.0f} img/s, torchvision.v2 DataLoader {tv_rate:,.0f} img/s, ratio={ratio:.2f}x"
+        f"cpus={threads} torch_threads={torch.get_num_threads()} workers={args.workers} "
+        f"load={load_before:.1f}->{load_after:.1f}: "
+        f"raysl batch {batch_rate:,.0f} img/s, torchvision.v2 DataLoader {tv_rate:,.0f} img/s "
+        f"(medians of {args.repeats}), ratio={ratio:.2f}x"
     )
     print(
         json.dumps(
@@ -164,11 +178,15 @@ def main() -> None:
                 "channels": args.channels,
                 "size": args.size,
                 "batch": args.batch,
+                "views": 2,
                 "cpus": threads,
                 "workers": args.workers,
                 "raysl_images_per_s": round(batch_rate, 1),
                 "torchvision_images_per_s": round(tv_rate, 1),
                 "ratio": round(ratio, 3),
+                "raysl_trials": [round(r, 1) for r in batch_rates],
+                "torchvision_trials": [round(r, 1) for r in tv_rates],
+                "loadavg": [round(load_before, 2), round(load_after, 2)],
                 "torch": torch.__version__,
                 "machine": platform.machine(),
                 "date": datetime.date.today().isoformat(),

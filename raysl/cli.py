@@ -74,10 +74,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         summary = train_run(cfg, out, source=args.config)
     except TrainingError as exc:
-        print(json.dumps(getattr(exc, "summary", {"status": "errored", "error": str(exc)})))
+        _shutdown_ray()
+        print(json.dumps(getattr(exc, "summary", {"status": "errored", "error": str(exc)})), flush=True)
         raise
-    print(json.dumps(summary))
+    _shutdown_ray()
+    print(json.dumps(summary), flush=True)  # the last stdout line is the run's JSON summary
     return 0
+
+
+def _shutdown_ray() -> None:
+    """Disconnect (and stop a cluster we started) so Ray's log stream is flushed before our summary."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

@@ -64,9 +64,19 @@ class ISogCLRConfig(Section):
     tau_init: Temperature = 0.1
     rho: Annotated[float, Field(gt=0.0)] = 0.4
     gamma: Probability = 0.8
-    tau_lr: Annotated[float, Field(gt=0.0)] = 1e-2
-    tau_min: Temperature = 0.005
+    # Authors' CIFAR recipe (zhqiu/contrastive-learning-iSogCLR): tau lr 0.03, tau in [0.05, 1];
+    # below ~0.025 exp(h / tau) overflows float32.
+    tau_lr: Annotated[float, Field(gt=0.0)] = 0.03
+    tau_min: Temperature = 0.05
     tau_max: Temperature = 1.0
+
+    @model_validator(mode="after")
+    def _tau_in_range(self) -> "ISogCLRConfig":
+        if not self.tau_min <= self.tau_init <= self.tau_max:
+            raise ValueError(
+                f"need tau_min <= tau_init <= tau_max, got {self.tau_min} <= {self.tau_init} <= {self.tau_max}"
+            )
+        return self
 
 
 class MoCoConfig(EMASchedule):
@@ -138,7 +148,8 @@ class DINOConfig(Section):
     out_dim: Annotated[int, Field(ge=2)] = 1024
 
 
-class MSBRegConfig(Section):
+class MSBRegConfig(EMASchedule):
+    # The centroid loss targets a momentum ("delayed-parameter") network, as in BYOL: ema_base/ema_final.
     name: Literal["msbreg"] = "msbreg"
     centroid_weight: Weight = 1.0
     singular_weight: Weight = 1.0
@@ -338,6 +349,11 @@ def parse_override(item: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else raw
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-3 as a string; users mean a number
+            value = float(value)
+        except ValueError:
+            pass
     return key, value
 
 
@@ -384,8 +400,11 @@ def read_yaml(path: str | Path) -> dict:
 
 def format_validation_error(exc: ValidationError, source: str) -> str:
     """One line: the file, the dotted key and what is allowed."""
-    err = exc.errors()[0]
-    loc = [str(p) for p in err["loc"]]
+    errors = exc.errors()
+    # a union (e.g. data.augment: preset name | list of views) reports one error per member;
+    # the structured member's error is the informative one
+    err = max(errors, key=lambda e: len(_clean_loc(e["loc"])))
+    loc = _clean_loc(err["loc"])
     # discriminated unions put the tag in the location (method.simclr.temperature)
     if len(loc) >= 2 and loc[0] == "method" and loc[1] in METHOD_NAMES:
         loc = [loc[0]] + loc[2:]
@@ -406,10 +425,15 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         got = err.get("input")
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
         msg = f"{key}: {err['msg'].removeprefix('Value error, ')}{shown}"
-    extra = len(exc.errors()) - 1
-    if extra:
+    extra = len({tuple(_clean_loc(e["loc"])) for e in errors}) - 1
+    if extra > 0:
         msg += f" (+{extra} more)"
     return f"{source}: {msg}"
+
+
+def _clean_loc(loc) -> list[str]:
+    """Drop pydantic's union-member tags (``list[...]``, ``function-after[...]``) from a location."""
+    return [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))]
 
 
 def _allowed_keys_hint(exc: ValidationError, loc: list[str]) -> str:

@@ -923,7 +923,8 @@ def brownian_diffusive_loss(p: Sequence[Tensor] | Tensor, noise: Sequence[Tensor
     xs = _stack_views(fn, "noise", noise, min_views=1, min_batch=1)
     if ps.shape != xs.shape:
         raise LossInputError(f"{fn}: p and noise must have the same shape, got {_shape(ps)} and {_shape(xs)}")
-    return (_unit(ps) * _float(xs.detach()).to(_unit(ps).dtype)).sum(dim=-1).mean()
+    unit = _unit(ps)
+    return (unit * xs.detach().to(unit.dtype)).sum(dim=-1).mean()
 
 
 def msbreg(

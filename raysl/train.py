@@ -233,7 +233,10 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
     if ckpt_dir is not None:
         state = load_state(os.path.join(ckpt_dir, CHECKPOINT_FILE))
         method.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if state.get("optimizer_name") == cfg.optim.name:
+            optimizer.load_state_dict(state["optimizer"])
+        elif rank == 0:
+            print(f"[raysl] optimizer changed to {cfg.optim.name}: its state starts fresh", flush=True)
         start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
 
     local_batch = cfg.optim.batch_size // world
@@ -308,7 +311,7 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
                 save_state(
                     os.path.join(tmp, CHECKPOINT_FILE),
                     {"model": method.state_dict(), "optimizer": optimizer.state_dict(),
-                     "epoch": epoch + 1, "global_step": global_step},
+                     "optimizer_name": cfg.optim.name, "epoch": epoch + 1, "global_step": global_step},
                 )
                 checkpoint_dir = tmp
             io.report(metrics, checkpoint_dir)

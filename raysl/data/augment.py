@@ -20,6 +20,9 @@ an op touches never forces a device sync.
 
 Differences from torchvision, on purpose:
 
+- The crop's sampling grid is written directly as an outer sum (the affine
+  is axis-aligned); ``F.affine_grid`` builds the same grid with a batched
+  matmul that costs more than the resample itself on CPU.
 - Crops are continuous (sub-pixel boxes, bilinear ``grid_sample``), not
   integer boxes; the box distribution is torchvision's RandomResizedCrop
   (10 vectorised attempts, then the centre-crop fallback). There is no
@@ -112,7 +115,7 @@ def _apply_rows(x: torch.Tensor, idx: torch.Tensor | None, fn, inplace: bool) ->
 
 def _float01(images: torch.Tensor) -> torch.Tensor:
     if images.dtype == torch.uint8:
-        return images.to(torch.float32).mul_(1.0 / 255.0)
+        return images.to(torch.float32).div_(255.0)
     return images.to(torch.float32, copy=True)  # the ops below may work in place
 
 
@@ -190,8 +193,9 @@ def random_resized_crop(
 ) -> torch.Tensor:
     """Crop a random box per sample, flip it with probability ``hflip_p``, resize to ``out_size``.
 
-    One ``affine_grid`` + ``grid_sample`` (bilinear, align_corners=False) for the
-    whole batch; the flip is a negated x scale in the same affine. Takes uint8 or
+    One affine resample for the whole batch: the grid ``F.affine_grid`` would
+    build (see :func:`axis_aligned_grid`) + one ``F.grid_sample`` (bilinear,
+    align_corners=False); the flip is a negated x scale in the same affine. Takes uint8 or
     float in [0, 1]; returns float32 [N, C, out, out] in [0, 1]. Without a crop,
     a flip or a resize, the images are only converted (exact identity).
     """
@@ -211,18 +215,29 @@ def random_resized_crop(
         sign.fill_(-1.0)
     elif flip.numel():
         sign[flip.to(boxes.device)] = -1.0
-    theta = torch.zeros(n, 2, 3, device=boxes.device)
-    theta[:, 0, 0] = w / width * sign
-    theta[:, 0, 2] = (left + w / 2) * (2.0 / width) - 1.0
-    theta[:, 1, 1] = h / height
-    theta[:, 1, 2] = (top + h / 2) * (2.0 / height) - 1.0
-    theta = theta.to(images.device, non_blocking=True)
-    grid = F.affine_grid(theta, [n, c, out, out], align_corners=False)
+    # The affine is axis-aligned (scale + translation), so the grid affine_grid would build
+    # is an outer sum; writing it directly skips affine_grid's batched matmul.
+    affine = torch.stack(
+        [w / width * sign, (left + w / 2) * (2.0 / width) - 1.0, h / height, (top + h / 2) * (2.0 / height) - 1.0],
+        dim=1,
+    ).to(images.device, non_blocking=True)
+    grid = axis_aligned_grid(affine, out)
     src = images.to(torch.float32)  # resample in 0..255 (uint8) and scale the smaller output
     x = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
     if images.dtype == torch.uint8:
-        x.mul_(1.0 / 255.0)
+        x.div_(255.0)
     return x.clamp_(0.0, 1.0)
+
+
+def axis_aligned_grid(affine: torch.Tensor, size: int) -> torch.Tensor:
+    """``F.affine_grid`` (align_corners=False) for theta = [[sx, 0, tx], [0, sy, ty]], rows (sx, tx, sy, ty)."""
+    n = affine.shape[0]
+    base = torch.arange(size, device=affine.device, dtype=torch.float32).mul_(2.0 / size).add_(1.0 / size - 1.0)
+    grid = torch.empty(n, size, size, 2, device=affine.device, dtype=torch.float32)
+    sx, tx, sy, ty = (a.view(n, 1, 1) for a in affine.unbind(1))
+    grid[..., 0] = torch.addcmul(tx, sx, base.view(1, 1, size))
+    grid[..., 1] = torch.addcmul(ty, sy, base.view(1, size, 1))
+    return grid
 
 
 def random_hflip(
@@ -289,12 +304,12 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor, *, inplace: bool = False) -
     r, g, b = x.unbind(1)
     maxc = x.amax(dim=1)
     delta = maxc - x.amin(dim=1)
-    # hue in sextants, torchvision's case split (ties go to red, then green)
-    hue = torch.where(
-        maxc == r,
-        g - b,
-        torch.where(maxc == g, (b - r).add_(delta, alpha=2.0), (r - g).add_(delta, alpha=4.0)),
-    )
+    # Hue in sextants with torchvision's case split (ties go to red, then green). Float
+    # 0/1 masks and lerp (exact at 0 and 1) instead of torch.where: much faster on CPU.
+    is_red = torch.sign(maxc - r).neg_().add_(1.0)
+    is_green = torch.sign(maxc - g).neg_().add_(1.0)
+    hue = torch.lerp((r - g).add_(delta, alpha=4.0), (b - r).add_(delta, alpha=2.0), is_green)
+    hue = torch.lerp(hue, g - b, is_red)
     hue.div_(delta.clamp(min=1e-12))  # delta == 0 means r == g == b: numerator 0, hue 0
     hue.add_(_per_sample(shift, x).view(-1, 1, 1), alpha=6.0)
     hue.sub_(torch.floor(hue * (1.0 / 6.0)), alpha=6.0)  # wrap into [0, 6)

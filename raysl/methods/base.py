@@ -77,6 +77,10 @@ class Method(nn.Module):
         h = self.backbone(x)
         return h, self.projector(h)
 
+    def gathered_projections(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each view's projection, gathered across workers with gradients (rows in rank order)."""
+        return [distributed.gather(self.encode(v)[1]) for v in views]
+
 
 class PairLossMethod(Method):
     """Two views through one network; a loss of the two globally gathered projections.
@@ -142,3 +146,36 @@ class EMATeacherMethod(Method):
         teacher = {id(p) for p in self.teacher_backbone.parameters()} | {id(p) for p in self.teacher_projector.parameters()}
         params = [p for p in self.parameters() if p.requires_grad and id(p) not in teacher]
         return [{"params": params, "lr_scale": 1.0}]
+
+
+def predictor_mlp(model_cfg: ModelConfig) -> nn.Module:
+    """BYOL/SimSiam predictor: projector_dim -> predictor_hidden_dim (BN, ReLU) -> projector_dim."""
+    return mlp(model_cfg.projector_dim, model_cfg.predictor_hidden_dim, model_cfg.projector_dim, 2)
+
+
+class StopGradPredictorMethod(Method):
+    """One network, two views, a predictor on one side and a stop-gradient on the other (SimSiam, DirectPred).
+
+    ``L = loss(p1, sg(z2)) / 2 + loss(p2, sg(z1)) / 2`` with ``p = predictor(z)``.
+    Subclasses give ``predict`` (how p is made from the two projections) and
+    ``regression_loss``. The projector ends in a BatchNorm without affine
+    parameters, as in SimSiam's code.
+    """
+
+    def build_projector(self) -> nn.Module:
+        m = self.model_cfg
+        return mlp(self.feat_dim, m.projector_hidden_dim, m.projector_dim, m.projector_layers, last_bn=True)
+
+    def predict(self, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def regression_loss(self, p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_loss(self, views, indices):
+        # Per-sample terms on the local rows: DDP's gradient average makes them the global mean.
+        _, z1 = self.encode(views[0])
+        _, z2 = self.encode(views[1])
+        p1, p2 = self.predict(z1, z2)
+        loss = 0.5 * (self.regression_loss(p1, z2.detach()) + self.regression_loss(p2, z1.detach()))
+        return loss, {}

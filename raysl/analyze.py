@@ -1,0 +1,437 @@
+"""``raysl analyze``: leaderboard, parameter importance, best config and a report.
+
+Reads one or more Ray Tune experiments (:mod:`raysl.results`), ranks the trials,
+measures how much each searched parameter mattered (Optuna's fANOVA over the
+finished trials), how well the label-free RankMe tracked kNN accuracy (Spearman
+rank correlation), how many trial-epochs ASHA saved, and writes into ``--out``:
+
+``leaderboard.csv``, ``leaderboard.md``, ``best_config.yaml``, ``summary.json``,
+the PNG plots and ``report.html`` (:mod:`raysl.report`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from raysl.errors import RayslError
+from raysl.results import Experiment, Param, flatten, load_experiments
+
+# Leaderboard columns after the searched parameters (each "final" = last reported value).
+METRIC_COLUMNS = ("objective_final", "objective_best", "best_epoch", "epochs", "knn_acc", "knn_acc_k200",
+                  "rankme", "alignment", "uniformity", "loss", "images_per_s", "wall_time_s")
+
+
+# --------------------------------------------------------------------------
+# leaderboard
+
+
+def rank_trials(exp: Experiment) -> pd.DataFrame:
+    """Trials best first by their final objective; trials with no objective yet go last."""
+    trials = exp.trials.copy()
+    key = trials["objective_final"].astype(float)
+    key = -key if exp.mode == "max" else key
+    trials["_key"] = key.fillna(np.inf)
+    trials = trials.sort_values(["_key", "trial_id"], kind="stable").drop(columns="_key").reset_index(drop=True)
+    trials.insert(1, "rank", range(1, len(trials) + 1))
+    return trials
+
+
+def leaderboard(experiments: list[Experiment]) -> pd.DataFrame:
+    """One row per trial over all experiments: id, status, searched params, objective, metrics, wall time."""
+    frames = []
+    params: list[str] = []
+    for exp in experiments:
+        params.extend(p for p in exp.param_names if p not in params)
+        frames.append(rank_trials(exp))
+    table = pd.concat(frames, ignore_index=True)
+    columns = ["experiment", "rank", "trial_id", "status", *params, *METRIC_COLUMNS, "trial_dir"]
+    for col in columns:
+        if col not in table:
+            table[col] = None
+    table = table[columns]
+    if len(experiments) == 1:
+        table = table.drop(columns="experiment")
+    return table
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    header = "| " + " | ".join(table.columns) + " |"
+    rule = "|" + "|".join("---" for _ in table.columns) + "|"
+    lines = [header, rule]
+    for row in table.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------
+# parameter importance
+
+
+def _distribution(param: Param, values: list[Any]):
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    present = [v for v in values if v is not None]
+    if param.kind == "choice":
+        choices = list(param.choices or [])
+        for v in present:
+            if v not in choices:
+                choices.append(v)
+        return CategoricalDistribution([c if isinstance(c, (int, float, str, bool)) or c is None else json.dumps(c)
+                                        for c in choices])
+    low = min([param.low, *present]) if param.low is not None else min(present)
+    high = max([param.high, *present]) if param.high is not None else max(present)
+    if param.kind == "int":
+        return IntDistribution(int(math.floor(low)), int(math.ceil(high)), log=param.log and low > 0)
+    return FloatDistribution(float(low), float(high), log=param.log and low > 0)
+
+
+def param_importance(exp: Experiment, *, seed: int = 0) -> dict[str, Any]:
+    """fANOVA importances of the searched parameters over the finished trials.
+
+    Returns ``{"importances": {param: share}, "evaluator": ..., "trials": n, "note": ...}``;
+    ``importances`` is empty (and ``note`` says why) when there is too little to go on.
+    """
+    import optuna
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    trials = exp.trials
+    done = trials[(trials["status"] == "finished") & trials["objective_final"].notna()]
+    used = "finished"
+    if len(done) < 2:
+        # ASHA may leave fewer than two trials at the full budget: fall back to every trial's last value.
+        done = trials[trials["objective_final"].notna()]
+        used = "all (fewer than 2 finished)"
+    out: dict[str, Any] = {"importances": {}, "evaluator": "fANOVA", "trials": int(len(done)), "used": used,
+                           "note": None}
+    names = [p.name for p in exp.params if p.name in trials]
+    if not names:
+        out["note"] = "no searched parameters"
+        return out
+    if len(done) < 2:
+        out["note"] = f"needs at least 2 trials with an objective, has {len(done)}"
+        return out
+    if len(names) == 1:
+        out["importances"] = {names[0]: 1.0}
+        out["note"] = "a single searched parameter carries all the importance"
+        return out
+    if done["objective_final"].astype(float).nunique() < 2:
+        out["note"] = "every trial has the same objective value"
+        return out
+    dists = {p.name: _distribution(p, done[p.name].tolist()) for p in exp.params if p.name in names}
+    frozen = []
+    for _, row in done.iterrows():
+        params = {n: row[n] for n in names if row[n] is not None and not (isinstance(row[n], float) and math.isnan(row[n]))}
+        frozen.append(optuna.trial.create_trial(
+            params=params, distributions={n: dists[n] for n in params}, value=float(row["objective_final"])))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize" if exp.mode == "max" else "minimize")
+    study.add_trials(frozen)
+    try:
+        scores = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed), params=names)
+    except (ValueError, RuntimeError) as exc:
+        out["note"] = f"importance could not be computed ({exc})"
+        return out
+    out["importances"] = {k: float(v) for k, v in scores.items()}
+    return out
+
+
+# --------------------------------------------------------------------------
+# RankMe vs kNN
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks starting at 1, ties get their average rank."""
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values), dtype=float)
+    sorted_vals = values[order]
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and sorted_vals[j + 1] == sorted_vals[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return ranks
+
+
+def spearman(x: Any, y: Any) -> float | None:
+    """Spearman's rank correlation (Pearson's r of the average ranks); None when undefined.
+
+    Equal to ``scipy.stats.spearmanr`` (tested); computed here because importing
+    ``scipy.stats`` alone takes seconds.
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    rx, ry = _ranks(x), _ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    return float((rx * ry).sum() / math.sqrt((rx * rx).sum() * (ry * ry).sum()))
+
+
+# --------------------------------------------------------------------------
+# budget
+
+
+def budget(exp: Experiment) -> dict[str, Any]:
+    """Trial-epochs run vs every trial run to the full budget, and the experiment's wall-clock."""
+    trials = exp.trials
+    run = int(trials["epochs"].fillna(0).sum())
+    full = int(exp.max_epochs * len(trials)) if exp.max_epochs else None
+    starts = trials["start_time"].dropna()
+    ends = trials["end_time"].dropna()
+    wall = float(ends.max() - starts.min()) if len(starts) and len(ends) else None
+    return {
+        "trial_epochs_run": run,
+        "max_epochs": exp.max_epochs,
+        "trial_epochs_if_all_ran_to_max": full,
+        "trial_epochs_saved": (full - run) if full is not None else None,
+        "saved_fraction": ((full - run) / full) if full else None,
+        "wall_clock_s": wall,
+        "trial_time_s": float(trials["wall_time_s"].fillna(0).sum()),
+    }
+
+
+# --------------------------------------------------------------------------
+# best config
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return a == b or json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def best_run_config(exp: Experiment, trial: pd.Series) -> tuple[str | None, str]:
+    """The run config ``raysl train`` accepts for ``trial`` as YAML, and where it came from.
+
+    The experiment's own ``best_config.yaml`` is used when its searched values are the
+    trial's; otherwise the space file's ``base:`` gets the trial's parameters applied.
+    """
+    from raysl.config import RunConfig, build_config, set_dotted, to_yaml
+    from raysl.errors import ConfigError
+
+    flat = flatten(trial["config"] if isinstance(trial["config"], dict) else {})
+    searched = exp.param_names
+    if exp.best_config_text:
+        try:
+            tree = yaml.safe_load(exp.best_config_text)
+            if isinstance(tree, dict) and "base" in tree:
+                tree = tree["base"]
+            compared = [k for k in searched if k in flat]
+            if isinstance(tree, dict) and (compared or not searched) and all(
+                    _same(flatten(tree).get(k), flat.get(k)) for k in compared):
+                return to_yaml(build_config(tree, "best_config.yaml")), "the experiment's best_config.yaml"
+        except (yaml.YAMLError, ConfigError):
+            pass
+    base = (exp.space or {}).get("base")
+    sections = set(RunConfig.model_fields)
+    candidates = []
+    if isinstance(base, dict):
+        tree = copy.deepcopy(base)
+        for key, value in flat.items():
+            if key in searched or key.split(".")[0] in sections:
+                tree = set_dotted(tree, key, value)
+        candidates.append((tree, "raysl_space.yaml base + the trial's params"))
+        tree = copy.deepcopy(base)
+        for key in searched:
+            if key in flat:
+                tree = set_dotted(tree, key, flat[key])
+        candidates.append((tree, "raysl_space.yaml base + the trial's searched params"))
+    if flat and {k.split(".")[0] for k in flat} & sections:
+        tree: dict = {}
+        for key, value in flat.items():
+            if key.split(".")[0] in sections:
+                tree = set_dotted(tree, key, value)
+        candidates.append((tree, "the trial's params.json"))
+    for tree, source in candidates:
+        try:
+            return to_yaml(build_config(tree, source)), source
+        except ConfigError:
+            continue
+    return None, "no raysl_space.yaml and the trial's params are not a run config"
+
+
+def _overall_best(experiments: list[Experiment]) -> tuple[Experiment, pd.Series] | None:
+    first = experiments[0]
+    best = None
+    for exp in experiments:
+        if (exp.metric, exp.mode) != (first.metric, first.mode):
+            continue
+        ranked = rank_trials(exp)
+        top = ranked.iloc[0]
+        if top["objective_final"] is None or pd.isna(top["objective_final"]):
+            continue
+        if best is None or first.better(float(top["objective_final"]), float(best[1]["objective_final"])):
+            best = (exp, top)
+    return best
+
+
+# --------------------------------------------------------------------------
+# the command
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(float(value)) else None
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def experiment_summary(exp: Experiment) -> dict[str, Any]:
+    ranked = rank_trials(exp)
+    counts = {str(k): int(v) for k, v in exp.trials["status"].value_counts().items()}
+    top = ranked.iloc[0]
+    has_best = top["objective_final"] is not None and not pd.isna(top["objective_final"])
+    both = exp.trials[["rankme", "knn_acc"]].astype(float).dropna()
+    return {
+        "path": exp.location,
+        "name": exp.name,
+        "metric": exp.metric,
+        "mode": exp.mode,
+        "trials": int(len(exp.trials)),
+        "status_counts": counts,
+        "searched_params": exp.param_names,
+        "best": {
+            "trial_id": str(top["trial_id"]),
+            "objective": float(top["objective_final"]),
+            "objective_best": float(top["objective_best"]),
+            "status": str(top["status"]),
+            "epochs": int(top["epochs"]),
+            "params": {p: top[p] for p in exp.param_names if p in top},
+            "trial_dir": str(top["trial_dir"]),
+        } if has_best else None,
+        "budget": budget(exp),
+        "rankme_knn_spearman": spearman(both["rankme"], both["knn_acc"]),
+        "rankme_knn_trials": int(len(both)),
+        "importance": param_importance(exp),
+        "notes": list(exp.notes),
+    }
+
+
+def summary_line(summary: dict) -> str:
+    parts = []
+    for exp in summary["experiments"]:
+        counts = exp["status_counts"]
+        status = ", ".join(f"{v} {k}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+        text = f"{exp['name']}: {exp['trials']} trials ({status})"
+        if exp["best"]:
+            text += f"; best {exp['metric']} {exp['best']['objective']:.4g} (trial {exp['best']['trial_id']})"
+        b = exp["budget"]
+        if b["trial_epochs_saved"] is not None:
+            text += (f"; {b['trial_epochs_run']} of {b['trial_epochs_if_all_ran_to_max']} trial-epochs run "
+                     f"({b['trial_epochs_saved']} saved by early stopping)")
+        if exp["rankme_knn_spearman"] is not None:
+            text += f"; RankMe vs kNN Spearman {exp['rankme_knn_spearman']:.2f}"
+        parts.append(text)
+    return " | ".join(parts)
+
+
+def analyze(paths: list[str], out: str) -> dict[str, Any]:
+    """Analyze the experiments at ``paths`` and write every output into ``out``; returns the summary."""
+    experiments: list[Experiment] = []
+    for path in paths:
+        experiments.extend(load_experiments(path))
+    from raysl import report  # matplotlib: only once there is something to plot
+    names = [e.name for e in experiments]
+    for i, exp in enumerate(experiments):  # keep experiment labels unique when comparing
+        if names.count(exp.name) > 1:
+            exp.name = f"{exp.name}#{i + 1}"
+            exp.trials["experiment"] = exp.name
+            if not exp.history.empty:
+                exp.history["experiment"] = exp.name
+
+    local_out, remote = _local_target(out)
+    os.makedirs(local_out, exist_ok=True)
+    table = leaderboard(experiments)
+    table.to_csv(os.path.join(local_out, "leaderboard.csv"), index=False)
+    with open(os.path.join(local_out, "leaderboard.md"), "w") as fh:
+        fh.write(markdown_table(table))
+
+    summaries = [experiment_summary(e) for e in experiments]
+    best = _overall_best(experiments)
+    best_info: dict[str, Any] | None = None
+    best_yaml = None
+    if best is not None:
+        exp, trial = best
+        best_yaml, source = best_run_config(exp, trial)
+        best_info = {"experiment": exp.name, "trial_id": str(trial["trial_id"]), "metric": exp.metric,
+                     "objective": float(trial["objective_final"]), "config_source": source,
+                     "best_config": "best_config.yaml" if best_yaml else None}
+        if best_yaml:
+            header = (f"# best trial {trial['trial_id']} of {exp.location} ({exp.metric} = "
+                      f"{float(trial['objective_final']):.6g}); from {source}.\n"
+                      f"# re-train: raysl train best_config.yaml [--set optim.epochs=N]\n")
+            with open(os.path.join(local_out, "best_config.yaml"), "w") as fh:
+                fh.write(header + best_yaml)
+    summary: dict[str, Any] = {"experiments": summaries, "best": best_info}
+    summary["summary"] = summary_line(summary)
+    summary["plots"] = report.write_plots(experiments, summaries, local_out)
+    summary["outputs"] = sorted(["leaderboard.csv", "leaderboard.md", "summary.json", "report.html",
+                                 *(["best_config.yaml"] if best_yaml else []), *summary["plots"].values()])
+    summary = _json_safe(summary)
+    with open(os.path.join(local_out, "summary.json"), "w") as fh:
+        json.dump(summary, fh, indent=2)
+    report.write_html(experiments, summary, table, best_yaml, local_out)
+    if remote is not None:
+        _upload(local_out, remote)
+        shutil.rmtree(local_out, ignore_errors=True)
+    return summary
+
+
+def _local_target(out: str) -> tuple[str, str | None]:
+    if "://" in out and not out.startswith("file://"):
+        return tempfile.mkdtemp(prefix="raysl-report-"), out
+    if out.startswith("file://"):
+        out = out[len("file://"):]
+    return os.path.abspath(os.path.expanduser(out)), None
+
+
+def _upload(local: str, uri: str) -> None:
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(uri)
+    fs.create_dir(root, recursive=True)
+    pafs.copy_files(local, root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def default_out(first_path: str) -> str:
+    return first_path.rstrip("/") + "/report"
+
+
+def analyze_main(args) -> int:
+    out = args.out or default_out(args.paths[0])
+    try:
+        summary = analyze(list(args.paths), out)
+    except OSError as exc:
+        raise RayslError(f"cannot read or write the results: {exc}") from None
+    print(f"[raysl] {summary['summary']}", file=sys.stderr)
+    print(json.dumps({"out": out, "report": out.rstrip("/") + "/report.html", "best": summary["best"]}))
+    return 0

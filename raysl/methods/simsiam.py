@@ -1,0 +1,35 @@
+"""SimSiam (Chen & He 2021, "Exploring Simple Siamese Representation Learning").
+
+No negatives, no momentum teacher: a predictor MLP on one branch and a
+stop-gradient on the other are what keeps the embeddings from collapsing.
+The predictor trains with its own learning rate, ``predictor_lr_scale`` times
+the scheduled one, and by default (``fixed_predictor_lr``) is left out of the
+lr schedule: section 4.3 of the paper finds a constant predictor lr works best.
+"""
+
+from raysl import losses
+from raysl.methods.base import StopGradPredictorMethod, predictor_mlp
+
+
+class SimSiam(StopGradPredictorMethod):
+    def __init__(self, method_cfg, model_cfg, in_channels):
+        super().__init__(method_cfg, model_cfg, in_channels)
+        self.predictor = predictor_mlp(model_cfg)
+
+    def predict(self, z1, z2):
+        return self.predictor(z1), self.predictor(z2)
+
+    def regression_loss(self, p, z):
+        return losses.simsiam(p, z)
+
+    def param_groups(self) -> list[dict]:
+        predictor = {id(p) for p in self.predictor.parameters()}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in predictor]
+        return [
+            {"params": rest, "lr_scale": 1.0},
+            {
+                "params": list(self.predictor.parameters()),
+                "lr_scale": self.cfg.predictor_lr_scale,
+                "fixed_lr": self.cfg.fixed_predictor_lr,  # the scheduler leaves this group's lr alone
+            },
+        ]

@@ -1,0 +1,18 @@
+"""VICReg (Bardes, Ponce & LeCun 2022, "VICReg: Variance-Invariance-Covariance
+Regularization for Self-Supervised Learning").
+
+Invariance (MSE between the views' projections), a variance hinge that keeps
+every dimension's std near 1, and a covariance penalty that decorrelates the
+dimensions, weighted ``sim_weight``, ``var_weight``, ``cov_weight``. Variance
+and covariance are statistics of the global batch, so the projections are
+gathered (with gradients) first.
+"""
+
+from raysl import losses
+from raysl.methods.base import PairLossMethod
+
+
+class VICReg(PairLossMethod):
+    def pair_loss(self, z1, z2):
+        c = self.cfg
+        return losses.vicreg(z1, z2, sim_weight=c.sim_weight, var_weight=c.var_weight, cov_weight=c.cov_weight)

@@ -1,0 +1,405 @@
+"""Plots (PNG) and the self-contained ``report.html`` of ``raysl analyze``.
+
+Figures are drawn with ``matplotlib.figure.Figure`` directly (no pyplot, no GUI
+backend), so the report works on a headless machine and inside Ray workers.
+Every image is embedded in the HTML as a base64 data URI: the page can be
+mailed or uploaded on its own, and the PNG files sit next to it as well.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from raysl.results import Experiment
+
+PLOTS = {
+    "learning_curves": "learning_curves.png",
+    "objective_vs_params": "objective_vs_params.png",
+    "param_importance": "param_importance.png",
+    "rankme_vs_knn": "rankme_vs_knn.png",
+    "budget": "budget.png",
+}
+CAPTIONS = {
+    "learning_curves": "Learning curves of every trial. Solid: ran to the full budget; dashed grey: stopped "
+                       "early by the scheduler; red: diverged, collapsed or errored; thick: the best trial.",
+    "objective_vs_params": "Final objective of each trial against each searched parameter "
+                           "(filled: finished, hollow: stopped early).",
+    "param_importance": "Parameter importance (Optuna's fANOVA over the finished trials' final objective).",
+    "rankme_vs_knn": "RankMe (label-free) against kNN accuracy, final values per trial, with Spearman's "
+                     "rank correlation: how well RankMe would have picked the same trials without labels.",
+    "budget": "Trial-epochs used over wall-clock time; the dashed line is what running every trial to "
+              "the full budget would have cost.",
+}
+STATUS_STYLE = {
+    "finished": {"ls": "-", "alpha": 0.9},
+    "running": {"ls": "-", "alpha": 0.6},
+    "stopped": {"ls": "--", "alpha": 0.55, "color": "0.55"},
+    "diverged": {"ls": ":", "alpha": 0.8, "color": "tab:red"},
+    "collapsed": {"ls": ":", "alpha": 0.8, "color": "tab:red"},
+    "errored": {"ls": ":", "alpha": 0.8, "color": "tab:red"},
+}
+COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
+
+
+def _save(fig: Figure, path: str) -> None:
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+
+
+def _best_trial_id(summary: dict) -> str | None:
+    return summary["best"]["trial_id"] if summary.get("best") else None
+
+
+def _message(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=10, wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+# --------------------------------------------------------------------------
+# the plots
+
+
+def plot_learning_curves(experiments: list[Experiment], summaries: list[dict], path: str) -> None:
+    fig = Figure(figsize=(12, 3.6 * len(experiments)))
+    axes = fig.subplots(len(experiments), 2, squeeze=False)
+    for row, (exp, summary) in enumerate(zip(experiments, summaries)):
+        best = _best_trial_id(summary)
+        status = dict(zip(exp.trials["trial_id"], exp.trials["status"]))
+        for col, metric in enumerate((exp.metric, "loss" if exp.metric != "loss" else "knn_acc")):
+            ax = axes[row][col]
+            drawn = 0
+            if not exp.history.empty and metric in exp.history:
+                for i, (trial_id, hist) in enumerate(exp.history.groupby("trial_id", sort=True)):
+                    points = hist[["epoch", metric]].dropna().sort_values("epoch")
+                    if points.empty:
+                        continue
+                    style = dict(STATUS_STYLE.get(status.get(trial_id, ""), {}))
+                    style.setdefault("color", COLORS[i % len(COLORS)])
+                    width = 3.0 if trial_id == best else 1.3
+                    label = f"{trial_id} (best)" if trial_id == best else None
+                    ax.plot(points["epoch"], points[metric], marker="o", markersize=3, lw=width, label=label,
+                            **style)
+                    if status.get(trial_id) in ("diverged", "collapsed", "errored"):
+                        ax.plot(points["epoch"].iloc[-1], points[metric].iloc[-1], "x", color="tab:red", ms=9)
+                    drawn += 1
+            if not drawn:
+                _message(ax, f"no trial reported {metric}")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(metric)
+            ax.set_title(f"{exp.name}: {metric}" + (f" ({exp.mode})" if metric == exp.metric else ""), fontsize=10)
+            ax.grid(alpha=0.3)
+            if col == 0:
+                from matplotlib.lines import Line2D
+
+                handles = [Line2D([], [], color="0.15", lw=3, label="best trial"),
+                           Line2D([], [], color="0.15", lw=1.3, label="finished / running"),
+                           Line2D([], [], color="0.55", ls="--", label="stopped early"),
+                           Line2D([], [], color="tab:red", ls=":", marker="x", label="diverged / errored")]
+                ax.legend(handles=handles, fontsize=8, loc="best")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _all_params(experiments: list[Experiment]):
+    seen: dict[str, Any] = {}
+    for exp in experiments:
+        for p in exp.params:
+            seen.setdefault(p.name, p)
+    return list(seen.values())
+
+
+def _positions(values: list[Any], choices: list[Any]) -> list[float]:
+    return [choices.index(v) if v in choices else np.nan for v in values]
+
+
+def plot_objective_vs_params(experiments: list[Experiment], path: str) -> None:
+    params = _all_params(experiments)
+    n = max(1, len(params))
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(4.6 * cols, 3.6 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    if not params:
+        _message(axes[0], "no searched parameters (every trial used the same config)")
+    metric = experiments[0].metric
+    for ax, param in zip(axes, params):
+        categorical = param.kind == "choice"
+        choices: list[Any] = []
+        if categorical:
+            for exp in experiments:
+                if param.name in exp.trials:
+                    for v in [*(param.choices or []), *exp.trials[param.name].tolist()]:
+                        if v is not None and v not in choices:
+                            choices.append(v)
+        for i, exp in enumerate(experiments):
+            if param.name not in exp.trials:
+                continue
+            color = COLORS[i % len(COLORS)]
+            for status, group in exp.trials.groupby("status"):
+                group = group[group["objective_final"].notna()]
+                if group.empty:
+                    continue
+                xs = _positions(group[param.name].tolist(), choices) if categorical else \
+                    pd.to_numeric(group[param.name], errors="coerce").tolist()
+                label = f"{exp.name} {status}" if len(experiments) > 1 else status
+                ys = group["objective_final"].astype(float)
+                if status in ("finished", "running"):
+                    ax.scatter(xs, ys, color=color, s=40, label=label)
+                elif status == "stopped":
+                    ax.scatter(xs, ys, facecolors="none", edgecolors=color, s=40, label=label)
+                else:
+                    ax.scatter(xs, ys, color="tab:red", marker="x", s=40, label=label)
+        if categorical:
+            ax.set_xticks(range(len(choices)))
+            ax.set_xticklabels([str(c) for c in choices], rotation=20, fontsize=8)
+        elif param.log:
+            ax.set_xscale("log")
+        ax.set_xlabel(param.name + (" (log)" if param.log else ""))
+        ax.set_ylabel(f"final {metric}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    for ax in axes[len(params):] if params else axes[1:]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_importance(experiments: list[Experiment], summaries: list[dict], path: str) -> None:
+    params = [p.name for p in _all_params(experiments)]
+    fig = Figure(figsize=(8, 1.2 + 0.55 * max(2, len(params)) * max(1, len(experiments)) ** 0.5))
+    ax = fig.subplots()
+    have = [(exp, s["importance"]) for exp, s in zip(experiments, summaries) if s["importance"]["importances"]]
+    if not have:
+        notes = {s["importance"]["note"] for s in summaries if s["importance"]["note"]}
+        _message(ax, "parameter importance not available: " + "; ".join(sorted(notes)))
+    else:
+        height = 0.8 / len(have)
+        order = sorted(params, key=lambda p: max(imp["importances"].get(p, 0.0) for _, imp in have))
+        for i, (exp, imp) in enumerate(have):
+            ys = np.arange(len(order)) + (i - (len(have) - 1) / 2) * height
+            ax.barh(ys, [imp["importances"].get(p, 0.0) for p in order], height=height,
+                    color=COLORS[i % len(COLORS)], label=f"{exp.name} ({imp['trials']} trials)")
+        ax.set_yticks(range(len(order)))
+        ax.set_yticklabels(order)
+        ax.set_xlabel("importance (fANOVA share of the objective's variance)")
+        ax.set_xlim(0, 1)
+        ax.legend(fontsize=8, loc="lower right")
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_rankme_vs_knn(experiments: list[Experiment], summaries: list[dict], path: str) -> None:
+    fig = Figure(figsize=(6.4, 4.8))
+    ax = fig.subplots()
+    drawn = 0
+    titles = []
+    for i, (exp, summary) in enumerate(zip(experiments, summaries)):
+        pts = exp.trials[["rankme", "knn_acc", "status"]].copy()
+        pts = pts[pts["rankme"].notna() & pts["knn_acc"].notna()]
+        if pts.empty:
+            continue
+        rho = summary["rankme_knn_spearman"]
+        label = exp.name + (f" (Spearman {rho:.2f})" if rho is not None else "")
+        filled = pts["status"].isin(["finished", "running"])
+        color = COLORS[i % len(COLORS)]
+        ax.scatter(pts["rankme"][filled], pts["knn_acc"][filled], color=color, s=40, label=label)
+        ax.scatter(pts["rankme"][~filled], pts["knn_acc"][~filled], facecolors="none", edgecolors=color, s=40,
+                   label=None if filled.all() else f"{exp.name}: stopped early")
+        titles.append(f"{exp.name}: " + (f"Spearman ρ = {rho:.2f} over {len(pts)} trials" if rho is not None
+                                         else f"Spearman ρ undefined ({len(pts)} trials)"))
+        drawn += 1
+    if drawn:
+        ax.set_xlabel("RankMe (final, backbone features)")
+        ax.set_ylabel("kNN accuracy (final, k=20)")
+        ax.set_title("\n".join(titles), fontsize=9)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    else:
+        _message(ax, "no trial reported both rankme and knn_acc")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_budget(experiments: list[Experiment], summaries: list[dict], path: str) -> None:
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.subplots()
+    drawn = 0
+    for i, (exp, summary) in enumerate(zip(experiments, summaries)):
+        hist = exp.history
+        if hist.empty or "wall_clock" not in hist:
+            continue
+        stamps = pd.to_numeric(hist["wall_clock"], errors="coerce").dropna().sort_values().to_numpy()
+        if not len(stamps):
+            continue
+        start = exp.trials["start_time"].dropna()
+        t0 = float(start.min()) if len(start) else float(stamps[0])
+        color = COLORS[i % len(COLORS)]
+        xs = np.concatenate([[0.0], stamps - t0])
+        ys = np.arange(len(xs))
+        b = summary["budget"]
+        ax.step(xs, ys, where="post", color=color, lw=2,
+                label=f"{exp.name}: {b['trial_epochs_run']} trial-epochs run")
+        if b["trial_epochs_if_all_ran_to_max"]:
+            full = b["trial_epochs_if_all_ran_to_max"]
+            ax.axhline(full, color=color, ls="--", lw=1,
+                       label=f"{exp.name}: all {len(exp.trials)} trials x {b['max_epochs']} epochs = {full} "
+                             f"({b['trial_epochs_saved']} saved, {100 * (b['saved_fraction'] or 0):.0f}%)")
+        drawn += 1
+    if drawn:
+        ax.set_xlabel("wall-clock since the first trial started (s)")
+        ax.set_ylabel("cumulative trial-epochs")
+        ax.legend(fontsize=8, loc="lower right")
+        ax.grid(alpha=0.3)
+        ax.set_ylim(bottom=0)
+    else:
+        _message(ax, "no timestamps reported")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def write_plots(experiments: list[Experiment], summaries: list[dict], out: str) -> dict[str, str]:
+    """Write every PNG into ``out``; returns {plot key: file name}."""
+    plot_learning_curves(experiments, summaries, os.path.join(out, PLOTS["learning_curves"]))
+    plot_objective_vs_params(experiments, os.path.join(out, PLOTS["objective_vs_params"]))
+    plot_importance(experiments, summaries, os.path.join(out, PLOTS["param_importance"]))
+    plot_rankme_vs_knn(experiments, summaries, os.path.join(out, PLOTS["rankme_vs_knn"]))
+    plot_budget(experiments, summaries, os.path.join(out, PLOTS["budget"]))
+    return dict(PLOTS)
+
+
+# --------------------------------------------------------------------------
+# the HTML page
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#222;
+padding:0 16px}
+h1{font-size:1.5em;margin-bottom:4px} h2{font-size:1.15em;margin-top:28px;border-bottom:1px solid #ddd}
+.summary{background:#f4f7fb;border-left:4px solid #3b6fb6;padding:8px 12px;margin:12px 0}
+table{border-collapse:collapse;font-size:12.5px;margin:8px 0} th,td{border:1px solid #ddd;padding:3px 7px;
+text-align:right} th{background:#f0f0f0} td.t{text-align:left} tr.best{background:#eaf6ea}
+tr.stopped{color:#777} tr.diverged,tr.collapsed,tr.errored{color:#b00}
+.scroll{overflow-x:auto} figure{margin:16px 0} figure img{max-width:100%;border:1px solid #eee}
+figcaption{font-size:12.5px;color:#555} pre{background:#f7f7f7;padding:10px;font-size:12px;overflow-x:auto}
+.note{color:#8a5a00;font-size:12.5px}
+"""
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _table(frame: pd.DataFrame, *, text_cols: set[str] = frozenset(), trial_rows: bool = False,
+           best_key: tuple[str, str] | None = None) -> str:
+    """An HTML table; ``trial_rows`` styles each row by its trial's status and marks ``best_key``."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = []
+    for _, row in frame.iterrows():
+        classes = [str(row.get("status", ""))] if trial_rows else []
+        if best_key is not None and str(row.get("trial_id")) == best_key[1] and \
+                str(row.get("experiment", best_key[0])) == best_key[0]:
+            classes.append("best")
+        cells = "".join(
+            f"<td class=\"{'t' if c in text_cols or not isinstance(row[c], (int, float)) else ''}\">"
+            f"{html.escape(_fmt(row[c]))}</td>" for c in frame.columns)
+        body.append(f"<tr class=\"{' '.join(classes)}\">{cells}</tr>")
+    return f"<div class=\"scroll\"><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+
+
+def _image(out: str, name: str) -> str:
+    with open(os.path.join(out, name), "rb") as fh:
+        data = base64.b64encode(fh.read()).decode("ascii")
+    return f"<img src=\"data:image/png;base64,{data}\" alt=\"{html.escape(name)}\" data-file=\"{html.escape(name)}\">"
+
+
+def write_html(experiments: list[Experiment], summary: dict, table: pd.DataFrame, best_yaml: str | None,
+               out: str) -> str:
+    """Write ``report.html`` (images embedded) into ``out``; returns its path."""
+    esc = html.escape
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>raysl report</title>"
+             f"<style>{CSS}</style></head><body>",
+             f"<h1>raysl report: {esc(', '.join(e.name for e in experiments))}</h1>",
+             f"<div class=\"summary\" id=\"summary\">{esc(summary['summary'])}</div>"]
+
+    parts.append("<h2>Experiments</h2>")
+    rows = []
+    for s in summary["experiments"]:
+        b = s["budget"]
+        imp = s["importance"]["importances"]
+        rows.append({
+            "experiment": s["name"], "path": s["path"], "objective": f"{s['metric']} ({s['mode']})",
+            "trials": s["trials"], "status": ", ".join(f"{v} {k}" for k, v in s["status_counts"].items()),
+            "best": (f"{s['best']['objective']:.4g} ({s['best']['trial_id']})" if s["best"] else ""),
+            "trial-epochs run / full": (f"{b['trial_epochs_run']} / {b['trial_epochs_if_all_ran_to_max']}"
+                                        if b["trial_epochs_if_all_ran_to_max"] else str(b["trial_epochs_run"])),
+            "saved by early stopping": (f"{100 * b['saved_fraction']:.0f}%" if b["saved_fraction"] is not None
+                                        else ""),
+            "wall-clock (s)": b["wall_clock_s"],
+            "RankMe~kNN Spearman": s["rankme_knn_spearman"],
+            "most important": (max(imp, key=imp.get) if imp else ""),
+        })
+    parts.append(_table(pd.DataFrame(rows), text_cols={"experiment", "path", "objective", "status", "best",
+                                                       "most important"}))
+    for s in summary["experiments"]:
+        for note in s["notes"]:
+            parts.append(f"<p class=\"note\">{esc(s['name'])}: {esc(note)}</p>")
+
+    best = summary.get("best")
+    parts.append("<h2>Leaderboard</h2>")
+    parts.append("<p>One row per trial, best first by the final objective; metric columns are each trial's last "
+                 "reported value (kNN: k=20 on backbone features, val split).</p>")
+    parts.append(_table(table, trial_rows=True, best_key=(best["experiment"], best["trial_id"]) if best else None,
+                        text_cols={"experiment", "trial_id", "status", "trial_dir"}))
+
+    parts.append("<h2>Plots</h2>")
+    for key, name in summary["plots"].items():
+        parts.append(f"<figure id=\"{esc(key)}\">{_image(out, name)}<figcaption>{esc(CAPTIONS[key])} "
+                     f"(<a href=\"{esc(name)}\">{esc(name)}</a>)</figcaption></figure>")
+
+    parts.append("<h2>Parameter importance</h2>")
+    for s in summary["experiments"]:
+        imp = s["importance"]
+        if imp["importances"]:
+            ranking = pd.DataFrame({"parameter": list(imp["importances"]),
+                                    "importance": list(imp["importances"].values())})
+            parts.append(f"<p>{esc(s['name'])}: {imp['evaluator']} over {imp['trials']} trials "
+                         f"({esc(imp['used'])}).</p>")
+            parts.append(_table(ranking, text_cols={"parameter"}))
+            if imp["note"]:
+                parts.append(f"<p class=\"note\">{esc(imp['note'])}</p>")
+        else:
+            parts.append(f"<p class=\"note\">{esc(s['name'])}: not available ({esc(imp['note'] or '')}).</p>")
+
+    parts.append("<h2>RankMe vs kNN</h2>")
+    for s in summary["experiments"]:
+        rho = s["rankme_knn_spearman"]
+        parts.append(f"<p>{esc(s['name'])}: Spearman rank correlation between final RankMe and final kNN accuracy "
+                     f"over {s['rankme_knn_trials']} trials: <b>{'undefined' if rho is None else f'{rho:.3f}'}</b>"
+                     "</p>")
+
+    parts.append("<h2>Best config</h2>")
+    if best and best_yaml:
+        parts.append(f"<p>Trial {esc(best['trial_id'])} of {esc(best['experiment'])} ({esc(best['metric'])} = "
+                     f"{best['objective']:.4g}), from {esc(best['config_source'])}. Saved as "
+                     f"<a href=\"best_config.yaml\">best_config.yaml</a>; re-train with "
+                     f"<code>raysl train best_config.yaml</code>.</p><pre>{esc(best_yaml)}</pre>")
+    else:
+        why = best["config_source"] if best else "no trial has an objective value yet"
+        parts.append(f"<p class=\"note\">no best config: {esc(why)}</p>")
+    parts.append("</body></html>\n")
+    path = os.path.join(out, "report.html")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(parts))
+    return path

@@ -1,0 +1,520 @@
+"""Read what Ray Tune wrote into pandas: one row per trial and one row per reported epoch.
+
+Only Tune's own experiment layout is read (``<storage>/<name>/<trial>/params.json``,
+``result.json`` one JSON object per report, ``progress.csv``, ``error.txt`` and the
+``experiment_state-*.json`` Tune keeps next to the trials) plus two optional files
+``raysl tune`` adds: ``raysl_space.yaml`` (the search space) and ``best_config.yaml``.
+Experiments that are still running are fine: a half-written last line of
+``result.json`` is skipped and a trial with no report yet shows up as ``pending``.
+
+Local folders and URIs (``s3://``, ``gs://``, ``file://``) are read through
+``pyarrow.fs``, so a results bucket needs no download step.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from raysl.errors import RayslError
+
+RESULT_FILE = "result.json"
+PARAMS_FILE = "params.json"
+SPACE_FILE = "raysl_space.yaml"
+BEST_CONFIG_FILE = "best_config.yaml"
+
+# Metrics a raysl trial reports (its final value goes into the leaderboard).
+RAYSL_METRICS = (
+    "loss", "knn_acc", "knn_acc_k200", "linear_acc", "rankme", "alignment", "uniformity", "images_per_s",
+)
+TERMINAL_STATUSES = ("finished", "stopped", "diverged", "collapsed", "errored")
+DEFAULT_METRIC, DEFAULT_MODE = "knn_acc", "max"
+_TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})(?:_|$)")
+# Tune's bookkeeping keys in result.json: never searched parameters or metrics.
+_TUNE_KEYS = {
+    "timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date", "time_this_iter_s",
+    "time_total_s", "pid", "hostname", "node_ip", "config", "time_since_restore", "iterations_since_restore",
+    "should_checkpoint", "episodes_total", "timesteps_total", "experiment_tag", "logdir", "warmup_time",
+}
+
+
+class ResultsError(RayslError):
+    """An experiment folder cannot be read as a Ray Tune experiment written by raysl."""
+
+
+# --------------------------------------------------------------------------
+# storage: one small interface over local folders and pyarrow.fs URIs
+
+
+class Storage:
+    """Read-only access to one folder, local or remote, through ``pyarrow.fs``."""
+
+    def __init__(self, location: str):
+        import pyarrow.fs as pafs
+
+        self.location = location
+        if "://" in location:
+            try:
+                self.fs, self.root = pafs.FileSystem.from_uri(location)
+            except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad URI
+                raise ResultsError(f"{location}: cannot open this URI ({exc})") from None
+            self.root = self.root.rstrip("/")
+        else:
+            self.fs = pafs.LocalFileSystem()
+            self.root = os.path.abspath(os.path.expanduser(location))
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts]) if self.root else "/".join(parts)
+
+    def info(self, path: str):
+        return self.fs.get_file_info(path)
+
+    def is_dir(self, path: str) -> bool:
+        import pyarrow.fs as pafs
+
+        return self.info(path).type == pafs.FileType.Directory
+
+    def is_file(self, path: str) -> bool:
+        import pyarrow.fs as pafs
+
+        return self.info(path).type == pafs.FileType.File
+
+    def listdir(self, path: str) -> list[tuple[str, bool]]:
+        """(base name, is a folder) of each entry directly under ``path``."""
+        import pyarrow.fs as pafs
+
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+        except (OSError, ValueError):
+            return []
+        return sorted((i.base_name, i.type == pafs.FileType.Directory) for i in infos)
+
+    def read_text(self, path: str) -> str | None:
+        try:
+            with self.fs.open_input_stream(path) as stream:
+                return stream.read().decode("utf-8", errors="replace")
+        except (OSError, FileNotFoundError):
+            return None
+
+
+# --------------------------------------------------------------------------
+# small helpers
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings -> ``{"a.b": value}``; lists and scalars are leaves."""
+    if not isinstance(tree, dict):
+        return {prefix: tree} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, dotted))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def parse_result_lines(text: str) -> list[dict]:
+    """Every complete JSON object of a ``result.json``; a half-written line is skipped."""
+    rows = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def _rows_from_progress_csv(text: str) -> list[dict]:
+    try:
+        frame = pd.read_csv(io.StringIO(text))
+    except Exception:  # noqa: BLE001 - an empty or half-written CSV is "no rows"
+        return []
+    rows = []
+    for record in frame.to_dict("records"):
+        rows.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()
+                     if not str(k).startswith("config/")})
+    return rows
+
+
+def _tune_statuses(storage: Storage, root: str, entries: list[tuple[str, bool]]) -> dict[str, str]:
+    """trial folder name -> Tune's own status (RUNNING, TERMINATED, ERROR, PENDING) from the newest
+    ``experiment_state-*.json``; empty when there is none or it cannot be read."""
+    states = sorted(name for name, is_dir in entries if not is_dir and name.startswith("experiment_state"))
+    if not states:
+        return {}
+    text = storage.read_text(f"{root}/{states[-1]}")
+    out: dict[str, str] = {}
+    try:
+        for item in json.loads(text or "{}").get("trial_data", []):
+            trial = json.loads(item[0]) if isinstance(item, list) else item
+            if isinstance(trial, dict) and trial.get("relative_logdir"):
+                out[str(trial["relative_logdir"])] = str(trial.get("status", ""))
+    except (ValueError, TypeError, AttributeError, IndexError):
+        return {}
+    return out
+
+
+# --------------------------------------------------------------------------
+# search-space distributions
+
+
+@dataclass
+class Param:
+    """One searched parameter: its dotted name and distribution (from the space file or inferred)."""
+
+    name: str
+    kind: str  # loguniform | uniform | int | choice
+    low: float | None = None
+    high: float | None = None
+    choices: list[Any] | None = None
+    log: bool = False
+
+
+def param_from_spec(name: str, spec: Any) -> Param | None:
+    """A search-space entry (``{loguniform: [lo, hi]}``, ``uniform``, ``int``, ``choice``) -> Param."""
+    if not isinstance(spec, dict) or len(spec) != 1:
+        return None
+    kind, args = next(iter(spec.items()))
+    kind = str(kind)
+    if kind == "choice" and isinstance(args, list) and args:
+        return Param(name, "choice", choices=list(args))
+    if kind in ("loguniform", "uniform", "int", "logint", "quniform", "qloguniform") and isinstance(args, list) \
+            and len(args) >= 2 and all(_finite(a) for a in args[:2]):
+        log = kind in ("loguniform", "logint", "qloguniform")
+        return Param(name, "int" if "int" in kind else ("loguniform" if log else "uniform"),
+                     low=float(args[0]), high=float(args[1]), log=log)
+    return None
+
+
+def infer_param(name: str, values: list[Any]) -> Param:
+    """A distribution for a parameter seen only in trial configs (no space file)."""
+    present = [v for v in values if v is not None]
+    if present and all(_finite(v) for v in present):
+        low, high = float(min(present)), float(max(present))
+        if all(isinstance(v, int) for v in present):
+            return Param(name, "int", low=low, high=high)
+        log = low > 0 and high / low >= 20
+        return Param(name, "loguniform" if log else "uniform", low=low, high=high, log=log)
+    choices: list[Any] = []
+    for v in present:
+        v = _hashable(v)
+        if v not in choices:
+            choices.append(v)
+    return Param(name, "choice", choices=choices)
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+# --------------------------------------------------------------------------
+# one experiment
+
+
+@dataclass
+class Experiment:
+    """A Ray Tune experiment folder, read into pandas."""
+
+    location: str
+    name: str
+    trials: pd.DataFrame  # one row per trial (see ``_trial_row``)
+    history: pd.DataFrame  # one row per report: trial_id, epoch, metrics, timestamp
+    params: list[Param]  # the searched parameters
+    metric: str = DEFAULT_METRIC
+    mode: str = DEFAULT_MODE
+    max_epochs: int | None = None
+    space: dict | None = None  # raysl_space.yaml, when the experiment has one
+    best_config_text: str | None = None  # the experiment's own best_config.yaml
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def param_names(self) -> list[str]:
+        return [p.name for p in self.params]
+
+    def better(self, a: float, b: float) -> bool:
+        return a > b if self.mode == "max" else a < b
+
+
+def _expected(location: str) -> str:
+    return (f"{location} has no Ray Tune trials (expected trial folders with {PARAMS_FILE} and {RESULT_FILE}); "
+            "run `raysl tune SPACE.yaml --storage DIR --name NAME` first and pass DIR/NAME")
+
+
+def _is_trial_dir(storage: Storage, path: str) -> bool:
+    names = {name for name, _ in storage.listdir(path)}
+    return RESULT_FILE in names or PARAMS_FILE in names
+
+
+def find_experiments(location: str) -> list[tuple[Storage, str]]:
+    """The experiment folder(s) at ``location``: the folder itself, or (for a ``--storage``
+    folder) each sub-folder holding trials."""
+    storage = Storage(location)
+    info = storage.info(storage.root)
+    import pyarrow.fs as pafs
+
+    if info.type == pafs.FileType.NotFound:
+        raise ResultsError(f"{location} does not exist; pass the folder `raysl tune --storage DIR --name NAME` "
+                           "wrote (DIR/NAME)")
+    if info.type != pafs.FileType.Directory:
+        raise ResultsError(f"{location} is a file, not a folder; pass the experiment folder (DIR/NAME) "
+                           "that `raysl tune --storage DIR --name NAME` wrote")
+    entries = storage.listdir(storage.root)
+    if any(is_dir and _is_trial_dir(storage, f"{storage.root}/{name}") for name, is_dir in entries):
+        return [(storage, storage.root)]
+    found = []
+    for name, is_dir in entries:
+        sub = f"{storage.root}/{name}"
+        if is_dir and any(d and _is_trial_dir(storage, f"{sub}/{n}") for n, d in storage.listdir(sub)):
+            found.append((storage, sub))
+    if not found:
+        raise ResultsError(_expected(location))
+    return found
+
+
+def load_experiments(location: str) -> list[Experiment]:
+    """Every experiment under ``location`` (usually exactly one)."""
+    out = []
+    for storage, root in find_experiments(location):
+        shown = location if root == storage.root else f"{location.rstrip('/')}/{root.rsplit('/', 1)[-1]}"
+        out.append(read_experiment(storage, root, shown))
+    return out
+
+
+def read_experiment(storage: Storage, root: str, location: str) -> Experiment:
+    entries = storage.listdir(root)
+    names = {name for name, _ in entries}
+    notes: list[str] = []
+
+    space = None
+    if SPACE_FILE in names:
+        try:
+            loaded = yaml.safe_load(storage.read_text(f"{root}/{SPACE_FILE}") or "")
+            space = loaded if isinstance(loaded, dict) else None
+        except yaml.YAMLError:
+            notes.append(f"{SPACE_FILE} is not valid YAML; searched parameters are inferred from the trials")
+    best_config_text = storage.read_text(f"{root}/{BEST_CONFIG_FILE}") if BEST_CONFIG_FILE in names else None
+    tune_cfg = (space or {}).get("tune") or {}
+    metric = str(tune_cfg.get("metric") or DEFAULT_METRIC)
+    mode = str(tune_cfg.get("mode") or DEFAULT_MODE)
+    if mode not in ("max", "min"):
+        mode = DEFAULT_MODE
+
+    tune_status = _tune_statuses(storage, root, entries)
+    raw = []
+    for name, is_dir in entries:
+        path = f"{root}/{name}"
+        if is_dir and _is_trial_dir(storage, path):
+            raw.append(_read_trial(storage, path, name, tune_status.get(name, "")))
+    if not raw:
+        raise ResultsError(_expected(location))
+    if not any(t["rows"] for t in raw):
+        raise ResultsError(f"{location}: none of its {len(raw)} Ray Tune trials has reported a result yet "
+                           f"(their {RESULT_FILE} files are empty); wait for the first epoch and run again")
+    reported = {k for t in raw for row in t["rows"] for k in row}
+    if not reported & set(RAYSL_METRICS):
+        raise ResultsError(f"{location}: its trials report none of raysl's metrics ({', '.join(RAYSL_METRICS[:4])}, "
+                           "...); expected an experiment written by `raysl tune`")
+    if metric not in reported:
+        fallback = next((m for m in ("knn_acc", "loss") if m in reported), None)
+        notes.append(f"objective {metric!r} was never reported; ranking by {fallback!r}")
+        metric, mode = fallback or "loss", "max" if fallback == "knn_acc" else "min"
+
+    params = _searched_params(space, raw, notes)
+    max_epochs = _max_epochs(space, raw)
+    history = _history(raw)
+    trials = pd.DataFrame([_trial_row(t, params, metric, mode, max_epochs) for t in raw])
+    trials.insert(0, "experiment", _short_name(location))
+    if not history.empty:
+        history.insert(0, "experiment", _short_name(location))
+    return Experiment(location=location, name=_short_name(location), trials=trials, history=history, params=params,
+                      metric=metric, mode=mode, max_epochs=max_epochs, space=space,
+                      best_config_text=best_config_text, notes=notes)
+
+
+def _short_name(location: str) -> str:
+    return location.rstrip("/").rsplit("/", 1)[-1] or location
+
+
+def _read_trial(storage: Storage, path: str, dirname: str, tune_status: str) -> dict:
+    text = storage.read_text(f"{path}/{RESULT_FILE}")
+    rows = parse_result_lines(text or "")
+    if not rows:
+        csv = storage.read_text(f"{path}/progress.csv")
+        rows = _rows_from_progress_csv(csv) if csv else []
+    config: Any = None
+    params_text = storage.read_text(f"{path}/{PARAMS_FILE}")
+    if params_text:
+        try:
+            config = json.loads(params_text)
+        except json.JSONDecodeError:
+            config = None
+    if not isinstance(config, dict):
+        config = next((r["config"] for r in rows if isinstance(r.get("config"), dict)), {})
+    error = storage.read_text(f"{path}/error.txt")
+    trial_id = next((str(r["trial_id"]) for r in rows if r.get("trial_id")), None)
+    if trial_id is None:
+        match = _TRIAL_ID.search(dirname)
+        trial_id = match.group(1) if match else dirname
+    return {"dir": dirname, "trial_id": trial_id, "rows": rows, "config": config, "start": _trial_start(rows),
+            "error": error.strip() if error else None, "tune_status": tune_status}
+
+
+def _trial_start(rows: list[dict]) -> float | None:
+    """When the trial started (unix seconds). Tune's ``timestamp`` is truncated to whole seconds while
+    ``time_total_s`` is exact, so the median of their differences places every report to well under 1 s."""
+    offsets = [float(r["timestamp"]) - float(r["time_total_s"]) for r in rows
+               if _finite(r.get("timestamp")) and _finite(r.get("time_total_s"))]
+    if offsets:
+        return float(pd.Series(offsets).median()) + 0.5  # a truncated timestamp is 0.5 s early on average
+    stamps = [float(r["timestamp"]) for r in rows if _finite(r.get("timestamp"))]
+    return min(stamps) if stamps else None
+
+
+def _searched_params(space: dict | None, raw: list[dict], notes: list[str]) -> list[Param]:
+    flat = [flatten(t["config"]) for t in raw]
+    search = (space or {}).get("search")
+    if isinstance(search, dict) and search:
+        params = []
+        for name, spec in search.items():
+            param = param_from_spec(str(name), spec)
+            if param is None:
+                param = infer_param(str(name), [f.get(str(name)) for f in flat])
+            params.append(param)
+        return params
+    if space is None:
+        notes.append(f"no {SPACE_FILE}: searched parameters are the config keys that vary across trials")
+    keys: list[str] = []
+    for f in flat:
+        keys.extend(k for k in f if k not in keys)
+    varying = []
+    for key in keys:
+        values = {json.dumps(_hashable(f.get(key)), sort_keys=True, default=str) for f in flat}
+        if len(values) > 1:
+            varying.append(infer_param(key, [f.get(key) for f in flat]))
+    return varying
+
+
+def _max_epochs(space: dict | None, raw: list[dict]) -> int | None:
+    """The epoch budget of a full trial: where ``finished`` trials ended, else ``optim.epochs``."""
+    finished = [_epoch(t["rows"][-1]) for t in raw if t["rows"] and t["rows"][-1].get("status") == "finished"]
+    finished = [e for e in finished if e is not None]
+    if finished:
+        return max(finished)
+    configured = [flatten(t["config"]).get("optim.epochs") for t in raw]
+    configured = [int(e) for e in configured if _finite(e)]
+    if configured:
+        return max(configured)
+    base = ((space or {}).get("base") or {}).get("optim") or {}
+    return int(base["epochs"]) if _finite(base.get("epochs")) else None
+
+
+def _epoch(row: dict) -> int | None:
+    for key in ("epoch", "training_iteration"):
+        if _finite(row.get(key)):
+            return int(row[key])
+    return None
+
+
+def _history(raw: list[dict]) -> pd.DataFrame:
+    records = []
+    for t in raw:
+        for i, row in enumerate(t["rows"]):
+            rec = {"trial_id": t["trial_id"], "epoch": _epoch(row) or i + 1}
+            for key, value in row.items():
+                if key in _TUNE_KEYS or key == "epoch" or isinstance(value, (dict, list)):
+                    continue
+                rec[key] = value
+            for key in ("timestamp", "time_total_s", "time_this_iter_s"):
+                rec[key] = row.get(key)
+            # when this report happened, on the experiment's wall-clock (unix seconds)
+            rec["wall_clock"] = (t["start"] + float(row["time_total_s"])
+                                 if t["start"] is not None and _finite(row.get("time_total_s")) else row.get("timestamp"))
+            records.append(rec)
+    return pd.DataFrame(records)
+
+
+def last_value(rows: list[dict], key: str) -> float | None:
+    """The last finite value of ``key`` reported by a trial (evaluation may skip epochs)."""
+    for row in reversed(rows):
+        if _finite(row.get(key)):
+            return float(row[key])
+    return None
+
+
+def _status(t: dict, max_epochs: int | None) -> str:
+    rows = t["rows"]
+    reported = str(rows[-1].get("status", "")) if rows else ""
+    if reported in TERMINAL_STATUSES and reported != "finished":
+        return reported
+    if t["error"] or t["tune_status"] == "ERROR":
+        text = (t["error"] or "").lower()
+        return "diverged" if "diverged" in text else "collapsed" if "collapsed" in text else "errored"
+    if reported == "finished":
+        return "finished"
+    if not rows:
+        return "pending"
+    if t["tune_status"] in ("RUNNING", "PENDING", "PAUSED"):
+        return "running"
+    epoch = _epoch(rows[-1])
+    if max_epochs is not None and epoch is not None and epoch >= max_epochs:
+        return "finished"
+    if t["tune_status"] == "TERMINATED" or rows[-1].get("done"):
+        return "stopped"
+    # no experiment state and no end marker: a trial that may still be running
+    return "running" if not t["tune_status"] else "stopped"
+
+
+def _trial_row(t: dict, params: list[Param], metric: str, mode: str, max_epochs: int | None) -> dict:
+    rows = t["rows"]
+    flat = flatten(t["config"])
+    values = [float(r[metric]) for r in rows if _finite(r.get(metric))]
+    pick = max if mode == "max" else min
+    best = pick(values) if values else None
+    best_epoch = None
+    if best is not None:
+        best_epoch = next(_epoch(r) for r in rows if _finite(r.get(metric)) and float(r[metric]) == best)
+    start = t["start"]
+    total = last_value(rows, "time_total_s")
+    end = start + total if start is not None and total is not None else last_value(rows, "timestamp")
+    row: dict[str, Any] = {
+        "trial_id": t["trial_id"],
+        "status": _status(t, max_epochs),
+    }
+    for p in params:
+        row[p.name] = _hashable(flat.get(p.name))
+    row.update({
+        "objective_final": last_value(rows, metric),
+        "objective_best": best,
+        "best_epoch": best_epoch,
+        "epochs": _epoch(rows[-1]) if rows else 0,
+    })
+    for key in RAYSL_METRICS:
+        row[key] = last_value(rows, key)
+    row["wall_time_s"] = total
+    row["start_time"] = start
+    row["end_time"] = end
+    row["trial_dir"] = t["dir"]
+    row["error"] = (t["error"] or "").strip().splitlines()[-1][:300] if t["error"] else None
+    row["config"] = t["config"]
+    return row

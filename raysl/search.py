@@ -1,0 +1,685 @@
+"""`raysl tune`: Ray Tune + Optuna over a search-space file.
+
+One Tune function trainable per trial builds the run config (base + sampled
+keys) and trains it:
+
+- ``scale.num_workers == 1``: ``train_worker`` runs in the trial's own process
+  with :class:`TuneIO` (reports and checkpoints go straight to Tune; the trial
+  reserves the worker's CPUs/GPU);
+- more workers: the trial fits a ``TorchTrainer`` (Ray Train V2 cannot be
+  wrapped by a Tuner; a trainable that fits one is the supported way) whose
+  callback relays rank 0's reports to Tune; the trial driver reserves no CPU.
+
+Searching is Ray Tune's ``OptunaSearch`` with a define-by-run space
+(:class:`raysl.space.SpaceSampler`), seeded, with the base config as the first
+trial; ASHA stops poor trials, PBT (no searcher) mutates running ones. A trial
+that diverges, collapses or samples an unusable config ends normally with
+``status`` set and its objective at the worst value, so the search goes on
+and the searcher learns that region is bad. Crashed trials (a worker killed)
+restart from their last checkpoint.
+
+Results follow Ray Tune's layout under ``--storage/--name`` (so
+``Tuner.restore(path, trainable)`` and ``raysl analyze`` read them), plus
+``raysl_space.yaml`` (the space as run) and ``best_config.yaml`` (a run config
+``raysl train`` accepts).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raysl.config import RunConfig, build_config, to_yaml
+from raysl.errors import CollapsedError, ConfigError, DivergedError, RayslError
+from raysl.space import SearchSpace, apply_sample, load_space, worst_value
+
+DEFAULT_STORAGE = "./raysl_results"
+SPACE_FILE = "raysl_space.yaml"
+BEST_CONFIG_FILE = "best_config.yaml"
+# what a training report always carries; everything else comes from an evaluation
+_TRAIN_KEYS = {"epoch", "step", "loss", "images_per_s", "lr", "status"}
+_BAD_STATUSES = ("diverged", "collapsed", "errored")
+
+
+# --------------------------------------------------------------------------
+# storage helpers (a local folder or a URI such as s3://bucket/prefix)
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def _fs(path: str):
+    import pyarrow.fs as pafs
+
+    if _is_uri(path):
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), path
+
+
+def _listing(path: str) -> list[str]:
+    import pyarrow.fs as pafs
+
+    fs, root = _fs(path)
+    info = fs.get_file_info(root)
+    if info.type != pafs.FileType.Directory:
+        return []
+    return [Path(i.path).name for i in fs.get_file_info(pafs.FileSelector(root, recursive=False))]
+
+
+def _write_text(path: str, text: str) -> None:
+    fs, where = _fs(path)
+    fs.create_dir(where.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(where) as out:
+        out.write(text.encode())
+
+
+def _read_text(path: str) -> str | None:
+    import pyarrow.fs as pafs
+
+    fs, where = _fs(path)
+    if fs.get_file_info(where).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(where) as stream:
+        return stream.read().decode()
+
+
+def _join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts])
+
+
+# --------------------------------------------------------------------------
+# what a trial reports
+
+
+class ResultFiller:
+    """Makes every report carry the objective(s).
+
+    Evaluations run every ``eval.every_epochs``; between them the last
+    evaluated values are repeated (``eval_epoch`` says from when) because Tune
+    and its searcher expect the metric in every result. A collapsed report gets
+    the worst objective value.
+    """
+
+    def __init__(self, objectives: list[tuple[str, str]]):
+        self.objectives = objectives
+        self.last_eval: dict[str, Any] = {}
+        self.eval_epoch = 0
+        self.epoch = 0
+
+    def __call__(self, metrics: dict) -> dict:
+        out = dict(metrics)
+        fresh = {k: v for k, v in metrics.items() if k not in _TRAIN_KEYS}
+        self.epoch = int(metrics.get("epoch", self.epoch))
+        if fresh:
+            self.last_eval, self.eval_epoch = fresh, self.epoch
+        else:
+            out = {**self.last_eval, **out}
+        out["eval_epoch"] = self.eval_epoch
+        for metric, mode in self.objectives:
+            if metric not in out or out.get("status") in _BAD_STATUSES or _nan(out[metric]):
+                out[metric] = worst_value(metric, mode)
+        return out
+
+    def final(self, status: str, message: str) -> dict:
+        """The last report of a trial that stopped on a user-level error."""
+        out = {**self.last_eval, "epoch": self.epoch, "eval_epoch": self.eval_epoch, "status": status,
+               "error": message[:500]}
+        for metric, mode in self.objectives:
+            out[metric] = worst_value(metric, mode)
+        return out
+
+
+def _nan(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+class TuneIO:
+    """LoopIO for a one-worker trial running inside its Tune trial process."""
+
+    def __init__(self, data_dir: str, use_gpu: bool, filler: ResultFiller):
+        self.data_dir = data_dir
+        self.use_gpu = use_gpu
+        self.filler = filler
+
+    def dataset_shard(self, name: str):
+        # The trial reads its shards with pyarrow in its own process: under Tune on a small
+        # machine, Ray Data tasks compete with the trials for CPUs (and can get none).
+        from raysl.data.shards import shard_uris
+        from raysl.data.stream import ParquetBatches
+
+        return ParquetBatches(shard_uris(self.data_dir, name))
+
+    def checkpoint_dir(self):
+        import ray.tune
+
+        ckpt = ray.tune.get_checkpoint()
+        return None if ckpt is None else ckpt.to_directory()
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        import ray.tune
+
+        checkpoint = ray.tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.tune.report(self.filler(metrics), checkpoint=checkpoint)
+
+    def device(self):
+        import torch
+
+        return torch.device("cuda" if self.use_gpu and torch.cuda.is_available() else "cpu")
+
+
+def _relay_callback(objectives: list[tuple[str, str]]):
+    """A TuneReportCallback (runs in the TrainController) that fills in the objectives."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class RayslTuneReportCallback(TuneReportCallback):
+        def __init__(self):
+            super().__init__()
+            self.filler = ResultFiller(objectives)
+
+        def after_report(self, run_context, metrics, checkpoint):
+            filled = [self.filler(metrics[0]), *metrics[1:]]
+            super().after_report(run_context, filled, checkpoint)
+
+    return RayslTuneReportCallback()
+
+
+def train_worker_in_trial(loop_config: dict) -> None:
+    """``train_worker`` for multi-worker trials, made to stop for good on divergence/collapse.
+
+    The rank that raises leaves a marker; a Train restart then fails at once on
+    every rank instead of re-training into the same NaN.
+    """
+    from raysl.train import train_worker
+
+    marker = loop_config["stop_marker"]
+    text = _read_text(marker)
+    if text is not None:
+        stop = json.loads(text)
+        cls = DivergedError if stop["status"] == "diverged" else CollapsedError
+        raise cls(stop["error"])
+    try:
+        train_worker(loop_config)
+    except (DivergedError, CollapsedError) as exc:
+        status = "diverged" if isinstance(exc, DivergedError) else "collapsed"
+        _write_text(marker, json.dumps({"status": status, "error": str(exc)}))
+        raise
+
+
+def _status_of(error: RayslError) -> str:
+    if isinstance(error, DivergedError) or "diverged" in str(error):
+        return "diverged"
+    if isinstance(error, CollapsedError) or "collapsed" in str(error):
+        return "collapsed"
+    return "errored"
+
+
+def make_trainable(base: dict, objectives: list[tuple[str, str]], experiment: str, max_failures: int):
+    """The Tune function trainable: one call trains one sampled config."""
+
+    def raysl_trial(config: dict) -> None:
+        import ray.tune
+
+        from raysl.launch import check_against_data, resolve_data_dir, user_error_from
+        from raysl.train import train_worker
+
+        filler = ResultFiller(objectives)
+        try:
+            cfg = build_config(apply_sample(base, config), "trial config")
+            data_dir = resolve_data_dir(cfg)
+            check_against_data(cfg, data_dir, "trial config")
+        except RayslError as exc:
+            ray.tune.report(filler.final("errored", str(exc)))
+            return
+        loop_config = {"config": cfg.model_dump(mode="json"), "data_dir": data_dir}
+        if cfg.scale.num_workers == 1:
+            try:
+                train_worker(loop_config, TuneIO(data_dir, cfg.scale.use_gpu, filler))
+            except CollapsedError:
+                return  # train_worker reported status "collapsed" before raising
+            except RayslError as exc:
+                ray.tune.report(filler.final(_status_of(exc), str(exc)))
+            return
+        try:
+            _fit_torch_trainer(cfg, loop_config, data_dir, objectives, experiment, max_failures)
+        except Exception as exc:  # noqa: BLE001 - a user-level error ends the trial, anything else is retried
+            user = user_error_from(exc)
+            if user is None:
+                raise
+            ray.tune.report(filler.final(_status_of(user), str(user)))
+
+    return raysl_trial
+
+
+def _fit_torch_trainer(cfg: RunConfig, loop_config: dict, data_dir: str, objectives, experiment: str,
+                       max_failures: int) -> None:
+    import ray.data
+    import ray.train
+    import ray.tune
+    from ray.train.torch import TorchTrainer
+
+    from raysl.data.shards import shard_uris
+
+    trial_dir = os.path.basename(ray.tune.get_context().get_trial_dir().rstrip("/"))
+    train_storage = _join(experiment, trial_dir)
+    loop_config = {**loop_config, "stop_marker": _join(train_storage, "train", "raysl_stop.json")}
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    dataset = ray.data.read_parquet(shard_uris(data_dir, "train"), columns=["image", "label", "index"])
+    resources = {"CPU": cfg.scale.cpus_per_worker}
+    if cfg.scale.use_gpu:
+        resources["GPU"] = cfg.scale.gpus_per_worker
+    trainer = TorchTrainer(
+        train_worker_in_trial,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scale.num_workers, use_gpu=cfg.scale.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            # same name and storage on a restarted trial: Train resumes from its last checkpoint
+            name="train",
+            storage_path=train_storage,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            callbacks=[_relay_callback(objectives)],
+        ),
+        datasets={"train": dataset},
+    )
+    trainer.fit()
+
+
+def trial_resources(base: dict):
+    """Per-trial resources: a one-worker trial holds its worker's CPUs/GPU; a multi-worker
+    trial's driver holds nothing (its Train workers reserve their own)."""
+    from ray.tune import PlacementGroupFactory
+
+    def resources(config: dict) -> PlacementGroupFactory:
+        try:
+            scale = RunConfig.model_validate(apply_sample(base, config)).scale
+        except Exception:  # noqa: BLE001 - the trial reports the error itself
+            return PlacementGroupFactory([{"CPU": 1}])
+        if scale.num_workers > 1:
+            # Tune refuses an all-zero request; a hundredth of a CPU is as good as none
+            return PlacementGroupFactory([{"CPU": 0.01}])
+        bundle = {"CPU": scale.cpus_per_worker}
+        if scale.use_gpu:
+            bundle["GPU"] = scale.gpus_per_worker
+        return PlacementGroupFactory([bundle])
+
+    return resources
+
+
+def trial_dirname(trial) -> str:
+    return f"{trial.trainable_name}_{trial.trial_id}"
+
+
+# --------------------------------------------------------------------------
+# searcher and scheduler
+
+
+def _sampler(space: SearchSpace, num_samples: int):
+    import optuna
+
+    name, seed = space.sampler_name(), space.tune.seed
+    startup = space.tune.startup_trials or max(2, min(10, num_samples // 3))
+    if name == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=space.conditional, n_startup_trials=startup, constant_liar=True
+        )
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        return optuna.samplers.GridSampler(space.grid(), seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, num_samples // 3)))
+
+
+def _search_and_scheduler(space: SearchSpace, objectives, num_samples: int, max_concurrent: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from raysl.space import SpaceSampler
+
+    base_point = space.base_point()
+    scheduler_name = space.scheduler_name()
+    if scheduler_name == "pbt":
+        interval = space.tune.perturbation_interval or max(
+            space.base_config.checkpoint.every_epochs, space.base_config.eval.every_epochs
+        )
+        mutations = {p.key: p.tune_domain() for p in space.params}
+        scheduler = PopulationBasedTraining(
+            time_attr="epoch", perturbation_interval=interval, hyperparam_mutations=mutations,
+            quantile_fraction=0.25, resample_probability=0.25,
+        )
+        searcher = BasicVariantGenerator(
+            points_to_evaluate=[base_point] if base_point else None, random_state=space.tune.seed,
+            max_concurrent=max_concurrent,
+        )
+        return searcher, scheduler, dict(mutations)
+
+    single = len(objectives) == 1
+    metric = objectives[0][0] if single else [m for m, _ in objectives]
+    mode = objectives[0][1] if single else [m for _, m in objectives]
+    points = [base_point] if base_point and space.sampler_name() != "grid" else None
+    searcher = OptunaSearch(
+        space=SpaceSampler(space.params), metric=metric, mode=mode, points_to_evaluate=points,
+        sampler=_sampler(space, num_samples),
+    )
+    searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+    if scheduler_name == "asha":
+        scheduler = ASHAScheduler(
+            time_attr="epoch", max_t=space.max_epochs(), grace_period=space.grace_period(),
+            reduction_factor=space.tune.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    return searcher, scheduler, None
+
+
+def _default_concurrency(space: SearchSpace, num_samples: int) -> int:
+    """Trials the cluster fits at once, leaving a CPU for Ray Data when trials use Ray Train."""
+    import ray
+
+    scale = space.base_config.scale
+    total = ray.cluster_resources()
+    per_trial = scale.cpus_per_worker * scale.num_workers + (1 if scale.num_workers > 1 else 0)
+    fits = int(total.get("CPU", 1) // per_trial)
+    if scale.use_gpu and total.get("GPU", 0) > 0:
+        fits = min(fits, int(total["GPU"] // (scale.gpus_per_worker * scale.num_workers)))
+    return max(1, min(num_samples, fits))
+
+
+# --------------------------------------------------------------------------
+# summary
+
+
+def _trial_rows(results, objectives) -> list[dict]:
+    rows = []
+    for result in results:
+        metrics = dict(result.metrics or {})
+        status = metrics.get("status")
+        if result.error is not None:
+            status = "errored"
+        elif status in (None, "running"):
+            status = "stopped" if metrics else "pending"
+        trial_id = metrics.get("trial_id") or Path(str(result.path)).name
+        rows.append({
+            "trial_id": trial_id,
+            "status": status,
+            "epoch": metrics.get("epoch"),
+            "metrics": {m: metrics.get(m) for m, _ in objectives},
+            "knn_acc": metrics.get("knn_acc"),
+            "rankme": metrics.get("rankme"),
+            "config": {k: v for k, v in (result.config or {}).items()},
+            "path": str(result.path),
+        })
+    return rows
+
+
+def _dominates(a: dict, b: dict, objectives) -> bool:
+    better = False
+    for m, mode in objectives:
+        x, y = a["metrics"][m], b["metrics"][m]
+        if mode == "min":
+            x, y = -x, -y
+        if x < y:
+            return False
+        better = better or x > y
+    return better
+
+
+def _ranked(rows: list[dict], objectives) -> list[dict]:
+    """Usable trials, best first: by the objective, or the Pareto front first for several."""
+    usable = [r for r in rows if r["status"] in ("finished", "stopped")
+              and all(isinstance(r["metrics"][m], (int, float)) and not _nan(r["metrics"][m]) for m, _ in objectives)]
+    metric, mode = objectives[0]
+    sign = -1 if mode == "max" else 1
+    if len(objectives) > 1:
+        for r in usable:
+            r["pareto"] = not any(_dominates(o, r, objectives) for o in usable if o is not r)
+        return sorted(usable, key=lambda r: (not r["pareto"], sign * r["metrics"][metric]))
+    return sorted(usable, key=lambda r: sign * r["metrics"][metric])
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def _leaderboard(ranked: list[dict], rows: list[dict], objectives, top: int = 10) -> str:
+    keys = sorted({k for r in rows for k in r["config"]})
+    cols = ["trial", "status", "epoch"] + [m for m, _ in objectives]
+    for extra in ("knn_acc", "rankme"):
+        if extra not in cols:
+            cols.append(extra)
+    cols += keys
+    shown = ranked[:top] + [r for r in rows if r["status"] in _BAD_STATUSES][: max(0, top - len(ranked))]
+    table = []
+    for r in shown:
+        values = {"trial": r["trial_id"], "status": r["status"] + ("*" if r.get("pareto") else ""),
+                  "epoch": r["epoch"], "knn_acc": r["knn_acc"], "rankme": r["rankme"], **r["metrics"], **r["config"]}
+        table.append([_fmt(values.get(c)) for c in cols])
+    widths = [max(len(c), *(len(row[i]) for row in table)) if table else len(c) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in table]
+    if len(objectives) > 1:
+        lines.append("(* = on the Pareto front)")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# entry point
+
+
+def _experiment_name(args, space_path: str) -> str:
+    name = args.name or Path(space_path).stem
+    if not name or "/" in name or name in (".", ".."):
+        raise ConfigError(f"--name {name!r}: use a plain folder name, e.g. --name quickstart_lr")
+    return name
+
+
+def _storage(args) -> str:
+    storage = args.storage or DEFAULT_STORAGE
+    if _is_uri(storage):
+        return storage.rstrip("/")
+    return str(Path(storage).expanduser().resolve())
+
+
+def _absolute_data_path(base: dict) -> dict:
+    """Trials run in their own folders: a relative data.path must not depend on that."""
+    path = (base.get("data") or {}).get("path")
+    if isinstance(path, str) and not _is_uri(path) and not os.path.isabs(path):
+        base = {**base, "data": {**base["data"], "path": str(Path(path).expanduser().resolve())}}
+    return base
+
+
+def _setup_wandb(name: str) -> list:
+    try:
+        from ray.air.integrations.wandb import WandbLoggerCallback
+    except ImportError:
+        raise ConfigError("--wandb needs the wandb package: pip install wandb") from None
+    logged_in = bool(os.environ.get("WANDB_API_KEY"))
+    if not logged_in:
+        netrc = Path.home() / ".netrc"
+        logged_in = netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+    if not logged_in and not os.environ.get("WANDB_MODE"):
+        os.environ["WANDB_MODE"] = "offline"
+        print("[raysl] W&B: not logged in, logging offline (wandb sync later)", file=sys.stderr)
+    kwargs = {"mode": os.environ["WANDB_MODE"]} if os.environ.get("WANDB_MODE") else {}
+    return [WandbLoggerCallback(project="raysl", group=name, upload_checkpoints=False, **kwargs)]
+
+
+def _check_resumable(experiment: str, space: SearchSpace, args) -> bool:
+    """Decide between a new experiment and a resumed one; returns True to restore."""
+    from ray.tune import Tuner
+
+    listing = _listing(experiment)
+    if not args.resume:
+        if listing:
+            raise ConfigError(
+                f"{experiment} already holds an experiment named {Path(experiment).name!r}; pass --resume to "
+                "continue it, or --name NEW for a new one (raysl never deletes results)"
+            )
+        return False
+    if not Tuner.can_restore(experiment):
+        if set(listing) - {SPACE_FILE}:
+            raise ConfigError(f"--resume: {experiment} has no Ray Tune experiment state to resume; "
+                              "pass another --name to start a new experiment")
+        print(f"[raysl] --resume: nothing was run yet in {experiment}; starting it", file=sys.stderr)
+        return False
+    stored = _read_text(_join(experiment, SPACE_FILE))
+    if stored is not None:
+        before = yaml.safe_load(stored) or {}
+        now = json.loads(json.dumps(space.to_yaml_dict()))
+        for section in ("base", "search"):
+            if before.get(section) != now.get(section):
+                raise ConfigError(
+                    f"--resume: the {section}: of {space.source} (with --set) differs from the one "
+                    f"{experiment} was started with ({_join(experiment, SPACE_FILE)}); resume with the same "
+                    "space and --set, or pass --name NEW"
+                )
+    return True
+
+
+def _install_sigterm() -> None:
+    """SIGTERM (ray job stop, a scheduler's kill) stops like Ctrl+C: Tune saves its state first."""
+    if hasattr(signal, "SIGUSR1") and threading_is_main():
+        signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGUSR1))
+
+
+def threading_is_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def tune_main(args) -> int:
+    from raysl.launch import check_against_data, init_ray, resolve_data_dir
+
+    space = load_space(args.space, args.overrides)
+    if args.num_samples is not None:
+        if args.num_samples < 1:
+            raise ConfigError(f"--num-samples must be >= 1 (got {args.num_samples})")
+        space.tune.num_samples = args.num_samples
+    num_samples = space.tune.num_samples
+    if space.sampler_name() == "grid" and args.num_samples is None and "num_samples" not in space.tune.model_fields_set:
+        num_samples = math.prod(len(v) for v in space.grid().values())
+        space.tune.num_samples = num_samples
+    name = _experiment_name(args, args.space)
+    storage = _storage(args)
+    experiment = _join(storage, name)
+
+    space.base = _absolute_data_path(space.base)
+    data_dir = resolve_data_dir(space.base_config)
+    manifest = check_against_data(space.base_config, data_dir, f"{args.space}: base")
+    objectives = space.objectives(labeled=manifest.labeled)
+    for metric, _ in objectives:
+        if "knn_acc" in metric and not manifest.labeled:
+            raise ConfigError(f"{args.space}: tune.metric {metric} needs labels and {data_dir} has none; "
+                              "use metric: rankme (label-free)")
+    restore = _check_resumable(experiment, space, args)
+    if not restore:
+        _write_text(_join(experiment, SPACE_FILE), yaml.safe_dump(space.to_yaml_dict(), sort_keys=False))
+    callbacks = _setup_wandb(name) if args.wandb else []
+
+    init_ray()
+    import ray.tune
+
+    max_concurrent = space.tune.max_concurrent or _default_concurrency(space, num_samples)
+    trainable = ray.tune.with_resources(
+        make_trainable(space.base, objectives, experiment, space.tune.max_failures), trial_resources(space.base)
+    )
+    _install_sigterm()
+    if restore:
+        print(f"[raysl] resuming {experiment}", file=sys.stderr)
+        tuner = ray.tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        searcher, scheduler, param_space = _search_and_scheduler(space, objectives, num_samples, max_concurrent)
+        single = len(objectives) == 1
+        tuner = ray.tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=ray.tune.TuneConfig(
+                metric=objectives[0][0] if single else None,
+                mode=objectives[0][1] if single else None,
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=num_samples,
+                max_concurrent_trials=max_concurrent if space.scheduler_name() == "pbt" else None,
+                trial_dirname_creator=trial_dirname,
+                trial_name_creator=trial_dirname,
+            ),
+            run_config=ray.tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                failure_config=ray.tune.FailureConfig(max_failures=space.tune.max_failures),
+                checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=space.base_config.checkpoint.keep),
+                callbacks=callbacks,
+                verbose=1,
+            ),
+        )
+    print(
+        f"[raysl] {name}: {num_samples} trials, objective "
+        + ", ".join(f"{m} ({mode})" for m, mode in objectives)
+        + f", sampler {space.sampler_name() or 'random (pbt)'}, scheduler {space.scheduler_name()}, "
+        f"{max_concurrent} at a time; results in {experiment}",
+        file=sys.stderr, flush=True,
+    )
+    results = tuner.fit()
+    return _finish(results, space, objectives, experiment, num_samples)
+
+
+def _finish(results, space: SearchSpace, objectives, experiment: str, num_samples: int) -> int:
+    rows = _trial_rows(results, objectives)
+    ranked = _ranked(rows, objectives)
+    statuses: dict[str, int] = {}
+    for r in rows:
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    summary: dict[str, Any] = {
+        "experiment": experiment,
+        "metric": objectives[0][0] if len(objectives) == 1 else [m for m, _ in objectives],
+        "best_metric": None,
+        "best_config_path": None,
+        "best_trial": None,
+        "num_trials": len(rows),
+        "statuses": statuses,
+    }
+    if ranked:
+        best = ranked[0]
+        cfg = build_config(apply_sample(space.base, best["config"]), "best trial")
+        where = _join(experiment, BEST_CONFIG_FILE)
+        header = (
+            f"# best trial {best['trial_id']} of {experiment}: "
+            + ", ".join(f"{m}={_fmt(best['metrics'][m])}" for m, _ in objectives)
+            + f" at epoch {best['epoch']}\n# train it: raysl train {where}\n"
+        )
+        _write_text(where, header + to_yaml(cfg))
+        summary.update(best_metric=best["metrics"][objectives[0][0]] if len(objectives) == 1 else best["metrics"],
+                       best_config_path=where, best_trial=best["trial_id"], best_config=best["config"])
+    _write_text(_join(experiment, SPACE_FILE), yaml.safe_dump(space.to_yaml_dict(), sort_keys=False))
+    print(_leaderboard(ranked, rows, objectives))
+    unfinished = num_samples - sum(statuses.get(s, 0) for s in ("finished", "stopped", *_BAD_STATUSES))
+    if unfinished > 0:
+        summary["interrupted"] = True
+        print(json.dumps(summary), flush=True)
+        print(f"raysl: {unfinished} of {num_samples} trials did not finish; continue with the same command "
+              "and --resume", file=sys.stderr)
+        return 130
+    print(json.dumps(summary), flush=True)
+    if not ranked:
+        print("raysl: no trial produced a usable result (see statuses)", file=sys.stderr)
+        return 1
+    return 0
+

@@ -1,0 +1,110 @@
+"""Config validation: every user mistake is one line naming the file, the key and what is allowed."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+
+import pytest
+
+from raysl.cli import main
+from raysl.config import RunConfig, load_config
+from raysl.errors import ConfigError
+
+from conftest import RAYSL, REPO
+
+
+def write(tmp_path, text: str, name: str = "run.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def error_of(path: str, overrides=()) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_defaults_live_in_one_place():
+    cfg = RunConfig()
+    assert cfg.method.name == "simclr" and cfg.method.temperature == 0.2
+    assert load_config(str(REPO / "search_spaces/quickstart.yaml")).method.name == "simclr"
+
+
+@pytest.mark.parametrize(
+    "yaml_text, expected",
+    [
+        ("method: {name: simclr, temprature: 0.1}", ["method.temprature", "unknown key", "temperature"]),
+        ("method: {name: simclr, temperature: -0.5}", ["method.temperature", "greater than 0", "-0.5"]),
+        ("method: {name: simclr, temperature: hot}", ["method.temperature", "valid number"]),
+        ("method: {name: swav}", ["unknown method 'swav'", "simclr", "byol"]),
+        ("optim: {batch_size: 1}", ["optim.batch_size", "greater than or equal to 2"]),
+        ("optim: {name: adam}", ["optim.name", "'sgd', 'lars' or 'adamw'"]),
+        ("modle: {backbone: resnet18}", ["unknown key 'modle'"]),
+        ("data: {augment: [{hflip_p: 1.5}]}", ["data.augment.0.hflip_p", "less than or equal to 1"]),
+        ("data: {source: idx}", ["data.path is required", "raysl data prepare"]),
+    ],
+)
+def test_config_errors_name_file_key_and_allowed(tmp_path, yaml_text, expected):
+    path = write(tmp_path, yaml_text)
+    message = error_of(path)
+    assert message.startswith(path)
+    for part in expected:
+        assert part in message, message
+
+
+def test_set_override_errors(tmp_path):
+    path = write(tmp_path, "method: {name: simclr}")
+    assert "method.temperature" in error_of(path, ["method.temperature=-1"])
+    with pytest.raises(ConfigError, match="expected dotted.key=value"):
+        load_config(path, ["method.temperature"])
+    assert load_config(path, ["method.temperature=0.5"]).method.temperature == 0.5
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    assert "not valid YAML" in error_of(write(tmp_path, "method: [unclosed"))
+    assert "file not found" in error_of(str(tmp_path / "nope.yaml"))
+
+
+def test_search_space_base_is_accepted(tmp_path):
+    path = write(tmp_path, "base: {method: {name: byol}}\nsearch: {}\n")
+    assert load_config(path).method.name == "byol"
+
+
+def test_cli_user_error_exits_2_with_one_line_before_ray_starts(tmp_path, capsys):
+    import ray
+
+    path = write(tmp_path, "method: {name: simclr, temperature: -1}")
+    assert main(["train", path, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "method.temperature" in err and err.startswith("raysl: error:")
+    assert not ray.is_initialized()
+    assert not (tmp_path / "out").exists()
+
+
+def test_batch_larger_than_dataset_fails_before_ray(tmp_path, capsys):
+    import ray
+
+    path = write(tmp_path, "optim: {batch_size: 100000}")
+    assert main(["train", path, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "optim.batch_size: 100000 is larger than the 1437" in err or "is larger than the" in err
+    assert not ray.is_initialized()
+
+
+def test_cli_subprocess_has_no_traceback(tmp_path):
+    path = write(tmp_path, "method: {name: nope}")
+    proc = subprocess.run([RAYSL, "train", path], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0
+    assert "unknown method 'nope'" in proc.stderr
+
+
+def test_missing_prepared_data_names_the_folder(tmp_path, capsys):
+    path = write(tmp_path, f"data: {{source: parquet, path: {tmp_path / 'nodata'}}}")
+    assert main(["train", path]) == 2
+    assert "manifest.json" in capsys.readouterr().err

@@ -1,0 +1,883 @@
+"""Tests for raysl.losses.
+
+Every loss gets (1) a hand-computed value on tiny inputs, with the arithmetic
+written out with ``math`` from the paper's formula, (2) invariances, (3) a
+finite gradient at a random point and (4) a clear error on bad inputs.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from raysl import losses
+from raysl.errors import LossInputError
+
+E = math.e
+
+
+def t(rows, dtype=torch.float64):
+    return torch.tensor(rows, dtype=dtype)
+
+
+def rand(*shape, seed=0, requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64)
+    return x.requires_grad_(requires_grad)
+
+
+# Two small fixed batches (N = 2, D = 2) used by several hand cases.
+# Identical orthonormal views: a1 = b1 = (1, 0), a2 = b2 = (0, 1).
+EYE = [[1.0, 0.0], [0.0, 1.0]]
+# Asymmetric: a1 = (1, 0), a2 = (0, 1), b1 = (0.6, 0.8), b2 = (0, 1).
+# Similarities: a1.a2 = 0, a1.b1 = 0.6, a1.b2 = 0, a2.b1 = 0.8, a2.b2 = 1, b1.b2 = 0.8
+A = [[1.0, 0.0], [0.0, 1.0]]
+B = [[0.6, 0.8], [0.0, 1.0]]
+
+
+def assert_finite_grads(*tensors):
+    for x in tensors:
+        assert x.grad is not None
+        assert torch.isfinite(x.grad).all()
+
+
+# --------------------------------------------------------------------------
+# NT-Xent
+# --------------------------------------------------------------------------
+
+
+def test_nt_xent_hand_identical_orthonormal():
+    # tau = 0.5. Anchor a1: positive b1 (sim 1 -> 1/tau = 2), others a2, b2 (sim 0).
+    # l = -log(e^2 / (e^2 + e^0 + e^0)) = log(1 + 2 e^-2); all four anchors alike.
+    expected = math.log(1 + 2 * math.exp(-2))
+    got = losses.nt_xent(t(EYE), t(EYE), temperature=0.5)
+    assert got.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_nt_xent_hand_asymmetric():
+    # tau = 1, denominators over the 3 other embeddings of each anchor:
+    # a1: pos b1 0.6, others a2 0, b1 0.6, b2 0    -> -0.6 + log(2 + e^0.6)
+    # a2: pos b2 1,   others a1 0, b1 0.8, b2 1    -> -1 + log(1 + e^0.8 + e)
+    # b1: pos a1 0.6, others a1 0.6, a2 0.8, b2 0.8 -> -0.6 + log(e^0.6 + 2 e^0.8)
+    # b2: pos a2 1,   others a1 0, a2 1, b1 0.8    -> -1 + log(1 + e + e^0.8)
+    terms = [
+        -0.6 + math.log(2 + math.exp(0.6)),
+        -1 + math.log(1 + math.exp(0.8) + E),
+        -0.6 + math.log(math.exp(0.6) + 2 * math.exp(0.8)),
+        -1 + math.log(1 + E + math.exp(0.8)),
+    ]
+    got = losses.nt_xent(t(A), t(B), temperature=1.0)
+    assert got.item() == pytest.approx(sum(terms) / 4, rel=1e-12)
+
+
+def nt_xent_loop(z1, z2, tau):
+    """Explicit per-anchor loop: positive = the pair, negatives = the other 2N-2."""
+    n = z1.shape[0]
+    z = [F.normalize(v, dim=0) for v in torch.cat([z1, z2])]
+    total = 0.0
+    for i in range(2 * n):
+        j = (i + n) % (2 * n)
+        pos = math.exp(float(z[i] @ z[j]) / tau)
+        negs = [math.exp(float(z[i] @ z[k]) / tau) for k in range(2 * n) if k not in (i, j)]
+        assert len(negs) == 2 * n - 2
+        total += -math.log(pos / (pos + sum(negs)))
+    return total / (2 * n)
+
+
+def test_nt_xent_matches_explicit_loop():
+    z1, z2 = rand(7, 5, seed=1), rand(7, 5, seed=2)
+    for tau in (0.1, 0.5, 2.0):
+        got = losses.nt_xent(z1, z2, temperature=tau).item()
+        assert got == pytest.approx(nt_xent_loop(z1, z2, tau), rel=1e-10)
+
+
+def test_nt_xent_invariances():
+    z1, z2 = rand(6, 4, seed=3), rand(6, 4, seed=4)
+    base = losses.nt_xent(z1, z2, 0.2)
+    perm = torch.randperm(6, generator=torch.Generator().manual_seed(0))
+    assert losses.nt_xent(z1[perm], z2[perm], 0.2).item() == pytest.approx(base.item(), rel=1e-12)
+    assert losses.nt_xent(3.7 * z1, 0.2 * z2, 0.2).item() == pytest.approx(base.item(), rel=1e-12)
+    # symmetric in the two views
+    assert losses.nt_xent(z2, z1, 0.2).item() == pytest.approx(base.item(), rel=1e-12)
+    # perfectly separated identical pairs: the loss falls as tau falls
+    values = [losses.nt_xent(t(EYE), t(EYE), tau).item() for tau in (1.0, 0.5, 0.1)]
+    assert values[0] > values[1] > values[2] > 0
+
+
+def test_nt_xent_gradient_finite():
+    z1, z2 = rand(8, 16, seed=5, requires_grad=True), rand(8, 16, seed=6, requires_grad=True)
+    losses.nt_xent(z1, z2, 0.1).backward()
+    assert_finite_grads(z1, z2)
+
+
+def test_nt_xent_half_precision_input_is_computed_in_float32():
+    z1, z2 = rand(4, 8, seed=7).half(), rand(4, 8, seed=8).half()
+    out = losses.nt_xent(z1, z2, 0.05)
+    assert out.dtype == torch.float32 and torch.isfinite(out)
+
+
+# --------------------------------------------------------------------------
+# DCL / DCLW
+# --------------------------------------------------------------------------
+
+
+def test_dcl_hand_identical_orthonormal():
+    # tau = 0.5: positive term -1/0.5 = -2; negatives (a2, b2 for a1) have sim 0 -> log(1 + 1)
+    got = losses.dcl(t(EYE), t(EYE), temperature=0.5)
+    assert got.item() == pytest.approx(math.log(2) - 2, rel=1e-12)
+
+
+def dcl_hand_asymmetric_terms():
+    # tau = 1; negatives of anchor i: same view j != i and other view j != i.
+    # a1: -0.6 + log(e^{a1.a2} + e^{a1.b2}) = -0.6 + log(1 + 1)
+    # a2: -1   + log(e^{a2.a1} + e^{a2.b1}) = -1 + log(1 + e^0.8)
+    # b1: -0.6 + log(e^{b1.b2} + e^{b1.a2}) = -0.6 + log(2 e^0.8)
+    # b2: -1   + log(e^{b2.b1} + e^{b2.a1}) = -1 + log(e^0.8 + 1)
+    pos = [0.6, 1.0, 0.6, 1.0]
+    neg = [math.log(2), math.log(1 + math.exp(0.8)), math.log(2 * math.exp(0.8)), math.log(1 + math.exp(0.8))]
+    return pos, neg
+
+
+def test_dcl_hand_asymmetric():
+    pos, neg = dcl_hand_asymmetric_terms()
+    expected = sum(n - p for p, n in zip(pos, neg)) / 4
+    assert losses.dcl(t(A), t(B), temperature=1.0).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_dclw_hand_asymmetric():
+    # sigma = 0.5: s = (0.6/0.5, 1/0.5) = (1.2, 2); w_i = 2 - N e^{s_i} / sum_j e^{s_j}, N = 2
+    w1 = 2 - 2 * math.exp(1.2) / (math.exp(1.2) + math.exp(2))
+    w2 = 2 - 2 * math.exp(2) / (math.exp(1.2) + math.exp(2))
+    assert (w1 + w2) / 2 == pytest.approx(1.0)  # the weights average to one
+    pos, neg = dcl_hand_asymmetric_terms()
+    w = [w1, w2, w1, w2]
+    expected = sum(n - wi * p for p, n, wi in zip(pos, neg, w)) / 4
+    got = losses.dclw(t(A), t(B), temperature=1.0, sigma=0.5)
+    assert got.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_dclw_equals_dcl_when_all_positives_are_equally_similar():
+    # every positive pair has similarity 1 -> all vMF weights are exactly 1
+    z = rand(5, 3, seed=9)
+    assert losses.dclw(z, z, 0.1).item() == pytest.approx(losses.dcl(z, z, 0.1).item(), rel=1e-12)
+
+
+def dcl_loop(z1, z2, tau, weights=None):
+    """Per-anchor loop of DCL(W) in torch ops; ``weights`` are plain python floats (constants)."""
+    n = z1.shape[0]
+    e1, e2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    terms = []
+    for anchors, same, other in ((e1, e1, e2), (e2, e2, e1)):
+        for i in range(n):
+            w = 1.0 if weights is None else weights[i]
+            pos = (e1[i] @ e2[i]) / tau
+            negs = [anchors[i] @ same[j] / tau for j in range(n) if j != i]
+            negs += [anchors[i] @ other[j] / tau for j in range(n) if j != i]
+            terms.append(-w * pos + torch.logsumexp(torch.stack(negs), dim=0))
+    return torch.stack(terms).mean()
+
+
+def test_dcl_matches_explicit_loop():
+    z1, z2 = rand(6, 4, seed=15), rand(6, 4, seed=16)
+    for tau in (0.1, 0.5):
+        assert losses.dcl(z1, z2, tau).item() == pytest.approx(dcl_loop(z1, z2, tau).item(), rel=1e-10)
+
+
+def test_dclw_weight_carries_no_gradient():
+    # The gradient of dclw must equal that of DCL with the vMF weights frozen
+    # as constants (computed here with math from the formula).
+    n, tau, sigma = 5, 0.3, 0.5
+    z1 = rand(n, 3, seed=10, requires_grad=True)
+    z2 = rand(n, 3, seed=17, requires_grad=True)
+    u1, u2 = F.normalize(z1.detach(), dim=1), F.normalize(z2.detach(), dim=1)
+    s = [float(u1[i] @ u2[i]) / sigma for i in range(n)]
+    w = [2 - n * math.exp(si) / sum(math.exp(sj) for sj in s) for si in s]
+    got = torch.autograd.grad(losses.dclw(z1, z2, tau, sigma), (z1, z2))
+    want_value = dcl_loop(z1, z2, tau, weights=w)
+    want = torch.autograd.grad(want_value, (z1, z2))
+    assert losses.dclw(z1, z2, tau, sigma).item() == pytest.approx(want_value.item(), rel=1e-10)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("fn", [losses.dcl, losses.dclw])
+def test_dcl_invariances_and_gradient(fn):
+    z1, z2 = rand(6, 4, seed=11), rand(6, 4, seed=12)
+    base = fn(z1, z2, 0.2).item()
+    perm = torch.tensor([3, 1, 5, 0, 2, 4])
+    assert fn(z1[perm], z2[perm], 0.2).item() == pytest.approx(base, rel=1e-12)
+    assert fn(2.5 * z1, 7 * z2, 0.2).item() == pytest.approx(base, rel=1e-12)
+    assert fn(z2, z1, 0.2).item() == pytest.approx(base, rel=1e-12)
+    a, b = rand(8, 16, seed=13, requires_grad=True), rand(8, 16, seed=14, requires_grad=True)
+    fn(a, b, 0.1).backward()
+    assert_finite_grads(a, b)
+
+
+# --------------------------------------------------------------------------
+# iSogCLR
+# --------------------------------------------------------------------------
+
+
+def test_isogclr_hand_identical_orthonormal_first_step():
+    # tau = 0.5 everywhere, u = 0 (not yet initialised -> u_new = g).
+    # Anchor a1: positive b1 (sim 1), negatives a2, b2 (sim 0): h = -1, -1
+    # g = mean(e^{-1/0.5}) = e^-2; F = tau log g + tau rho = 0.5 * (-2) + 0.5 * 0.4 = -0.8
+    z = t(EYE)
+    tau = torch.full((2,), 0.5, dtype=torch.float64)
+    zero = torch.zeros(2, dtype=torch.float64)
+    loss, u1, u2 = losses.isogclr_loss(z, z, tau, tau, zero, zero, gamma=0.8, rho=0.4)
+    assert loss.item() == pytest.approx(-0.8, rel=1e-9)
+    assert torch.allclose(u1, torch.full((2,), math.exp(-2), dtype=torch.float64))
+    assert torch.allclose(u2, u1)
+
+
+def test_isogclr_hand_moving_average():
+    # Same batch, u = 1 already: u_new = (1 - 0.8) * 1 + 0.8 * e^-2
+    z = t(EYE)
+    tau = torch.full((2,), 0.5, dtype=torch.float64)
+    one = torch.ones(2, dtype=torch.float64)
+    loss, u1, _ = losses.isogclr_loss(z, z, tau, tau, one, one, gamma=0.8, rho=0.4)
+    u_new = 0.2 + 0.8 * math.exp(-2)
+    assert u1[0].item() == pytest.approx(u_new, rel=1e-12)
+    assert loss.item() == pytest.approx(0.5 * (math.log(u_new) + 0.4), rel=1e-9)
+
+
+def isogclr_asymmetric_case():
+    # a1 (tau 0.5): pos 0.6, negatives a2 0, b2 0       -> h = -0.6, -0.6, g = e^{-1.2}
+    # a2 (tau 1.0): pos 1,   negatives a1 0, b1 0.8     -> h = -1, -0.2,   g = (e^-1 + e^-0.2)/2
+    # b1 (tau .25): pos 0.6, negatives b2 0.8, a2 0.8   -> h = 0.2, 0.2,   g = e^{0.8}
+    # b2 (tau 0.5): pos 1,   negatives b1 0.8, a1 0     -> h = -0.2, -1,   g = (e^-0.4 + e^-2)/2
+    taus = [0.5, 1.0, 0.25, 0.5]
+    hs = [(-0.6, -0.6), (-1.0, -0.2), (0.2, 0.2), (-0.2, -1.0)]
+    return taus, hs
+
+
+def test_isogclr_hand_asymmetric_value_and_tau_gradient():
+    rho = 0.4
+    taus, hs = isogclr_asymmetric_case()
+
+    def objective(tau, h):  # F(tau) = tau log(mean exp(h / tau)) + tau rho
+        return tau * math.log(sum(math.exp(x / tau) for x in h) / len(h)) + tau * rho
+
+    expected = sum(objective(tau, h) for tau, h in zip(taus, hs)) / 4
+    tau1 = torch.tensor(taus[:2], dtype=torch.float64, requires_grad=True)
+    tau2 = torch.tensor(taus[2:], dtype=torch.float64, requires_grad=True)
+    zero = torch.zeros(2, dtype=torch.float64)
+    loss, u1, u2 = losses.isogclr_loss(t(A), t(B), tau1, tau2, zero, zero, gamma=0.9, rho=rho)
+    assert loss.item() == pytest.approx(expected, rel=1e-9)
+    assert u1[1].item() == pytest.approx((math.exp(-1) + math.exp(-0.2)) / 2, rel=1e-12)
+    assert u2[0].item() == pytest.approx(math.exp(0.8), rel=1e-12)
+
+    # u = g on the first step, so the gradient in tau is the true dF/dtau / (2N).
+    # For a single repeated h, tau log e^{h/tau} = h is constant: dF/dtau = rho exactly.
+    loss.backward()
+    h = 1e-6
+    fd = [(objective(tau + h, hh) - objective(tau - h, hh)) / (2 * h) / 4 for tau, hh in zip(taus, hs)]
+    assert fd[0] == pytest.approx(rho / 4) and fd[2] == pytest.approx(rho / 4)
+    assert tau1.grad.tolist() == pytest.approx(fd[:2], rel=1e-6)
+    assert tau2.grad.tolist() == pytest.approx(fd[2:], rel=1e-6)
+
+
+def test_isogclr_gradient_matches_true_objective_when_u_is_exact():
+    # gamma = 1 makes u_new = g, so the surrogate's gradient must equal the
+    # autograd gradient of the objective mean_i [tau_i log g_i + tau_i rho].
+    n, rho = 5, 0.4
+    z1, z2 = rand(n, 3, seed=20, requires_grad=True), rand(n, 3, seed=21, requires_grad=True)
+    g = torch.Generator().manual_seed(0)
+    tau1 = (0.1 + torch.rand(n, generator=g, dtype=torch.float64)).requires_grad_(True)
+    tau2 = (0.1 + torch.rand(n, generator=g, dtype=torch.float64)).requires_grad_(True)
+    u = torch.ones(n, dtype=torch.float64)
+    loss, _, _ = losses.isogclr_loss(z1, z2, tau1, tau2, u, u, gamma=1.0, rho=rho)
+    grads = torch.autograd.grad(loss, (z1, z2, tau1, tau2))
+
+    def direct(z1, z2, tau1, tau2):
+        e1, e2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+        terms = []
+        for anchors, same, other, tau in ((e1, e1, e2, tau1), (e2, e2, e1, tau2)):
+            for i in range(n):
+                pos = e1[i] @ e2[i]
+                negs = [anchors[i] @ same[j] - pos for j in range(n) if j != i]
+                negs += [anchors[i] @ other[j] - pos for j in range(n) if j != i]
+                g_i = torch.stack([torch.exp(x / tau[i]) for x in negs]).mean()
+                terms.append(tau[i] * torch.log(g_i) + tau[i] * rho)
+        return torch.stack(terms).mean()
+
+    want = torch.autograd.grad(direct(z1, z2, tau1, tau2), (z1, z2, tau1, tau2))
+    for got_g, want_g in zip(grads, want):
+        assert torch.allclose(got_g, want_g, rtol=1e-8, atol=1e-10)
+
+
+def test_isogclr_invariances_and_gradient():
+    n = 6
+    z1, z2 = rand(n, 4, seed=22), rand(n, 4, seed=23)
+    tau1 = torch.linspace(0.1, 0.6, n, dtype=torch.float64)
+    tau2 = torch.linspace(0.2, 0.7, n, dtype=torch.float64)
+    u1 = torch.linspace(0.5, 2.0, n, dtype=torch.float64)
+    u2 = torch.linspace(1.0, 3.0, n, dtype=torch.float64)
+    base, bu1, bu2 = losses.isogclr_loss(z1, z2, tau1, tau2, u1, u2)
+    perm = torch.tensor([2, 0, 5, 1, 4, 3])
+    got, pu1, pu2 = losses.isogclr_loss(z1[perm], z2[perm], tau1[perm], tau2[perm], u1[perm], u2[perm])
+    assert got.item() == pytest.approx(base.item(), rel=1e-12)
+    assert torch.allclose(pu1, bu1[perm]) and torch.allclose(pu2, bu2[perm])
+    scaled, _, _ = losses.isogclr_loss(3 * z1, 0.5 * z2, tau1, tau2, u1, u2)
+    assert scaled.item() == pytest.approx(base.item(), rel=1e-12)
+    # gradients reach the embeddings and every temperature
+    a, b = rand(8, 16, seed=24, requires_grad=True), rand(8, 16, seed=25, requires_grad=True)
+    ta = torch.full((8,), 0.1, dtype=torch.float64, requires_grad=True)
+    tb = torch.full((8,), 0.1, dtype=torch.float64, requires_grad=True)
+    zero = torch.zeros(8, dtype=torch.float64)
+    loss, nu1, _ = losses.isogclr_loss(a, b, ta, tb, zero, zero)
+    loss.backward()
+    assert_finite_grads(a, b, ta, tb)
+    assert (ta.grad != 0).all() and not nu1.requires_grad
+
+
+def test_isogclr_bad_inputs():
+    z = rand(4, 3)
+    tau, u = torch.full((4,), 0.1), torch.zeros(4)
+    with pytest.raises(LossInputError, match="one entry per sample"):
+        losses.isogclr_loss(z, z, torch.full((3,), 0.1), tau, u, u)
+    with pytest.raises(LossInputError, match="must be positive"):
+        losses.isogclr_loss(z, z, torch.tensor([0.1, 0.0, 0.1, 0.1]), tau, u, u)
+    with pytest.raises(LossInputError, match="gamma must be in"):
+        losses.isogclr_loss(z, z, tau, tau, u, u, gamma=0.0)
+    with pytest.raises(LossInputError, match="at least 2 samples"):
+        losses.isogclr_loss(z[:1], z[:1], tau[:1], tau[:1], u[:1], u[:1])
+
+
+# --------------------------------------------------------------------------
+# MV-InfoNCE
+# --------------------------------------------------------------------------
+
+
+def test_infonce_multiview_hand_two_identical_views_equals_nt_xent():
+    # tau = 1. Sample i: numerator = 2 e (the two ordered positive pairs);
+    # denominator = 2 (e + 2) (each of the two views: its positive e, two negatives e^0).
+    # L = log(2 (e + 2) / (2 e)) = log(1 + 2/e), the same as NT-Xent here.
+    got = losses.infonce_multiview([t(EYE), t(EYE)], temperature=1.0)
+    assert got.item() == pytest.approx(math.log(1 + 2 / E), rel=1e-12)
+    assert got.item() == pytest.approx(losses.nt_xent(t(EYE), t(EYE), 1.0).item(), rel=1e-12)
+
+
+def test_infonce_multiview_hand_three_views():
+    # Views of sample 1: a = (1,0), b = (1,0), c = (0.6,0.8); sample 2: d = e = f = (0,1). tau = 1.
+    # Sample 1: numerator over ordered pairs: a.b = 1 (x2), a.c = 0.6 (x2), b.c = 0.6 (x2)
+    #   -> 2e + 4 e^0.6
+    # denominator: anchor a: b 1, c 0.6, d e f 0  -> e + e^0.6 + 3 ; anchor b: the same
+    #              anchor c: a 0.6, b 0.6, d e f 0.8 -> 2 e^0.6 + 3 e^0.8
+    # Sample 2: numerator 6e; denominator per anchor: 2 positives e, a 0, b 0, c 0.8
+    #   -> 3 (2e + 2 + e^0.8)
+    num1 = 2 * E + 4 * math.exp(0.6)
+    den1 = 2 * (E + math.exp(0.6) + 3) + 2 * math.exp(0.6) + 3 * math.exp(0.8)
+    num2 = 6 * E
+    den2 = 3 * (2 * E + 2 + math.exp(0.8))
+    expected = (math.log(den1 / num1) + math.log(den2 / num2)) / 2
+    v1 = t([[1.0, 0.0], [0.0, 1.0]])
+    v2 = t([[1.0, 0.0], [0.0, 1.0]])
+    v3 = t([[0.6, 0.8], [0.0, 1.0]])
+    got = losses.infonce_multiview([v1, v2, v3], temperature=1.0)
+    assert got.item() == pytest.approx(expected, rel=1e-12)
+    # a [V, N, D] tensor works the same, and the order of the views does not matter
+    stacked = torch.stack([v3, v1, v2])
+    assert losses.infonce_multiview(stacked, 1.0).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_infonce_multiview_two_views_bounds_nt_xent():
+    # V = 2: MV = log((D_a + D_b)/2) - s/tau >= (log D_a + log D_b)/2 - s/tau = NT-Xent
+    for seed in range(5):
+        z1, z2 = rand(6, 4, seed=30 + seed), rand(6, 4, seed=40 + seed)
+        mv = losses.infonce_multiview([z1, z2], 0.3).item()
+        nt = losses.nt_xent(z1, z2, 0.3).item()
+        assert mv >= nt - 1e-12
+        assert mv - nt < 0.5  # same loss up to the log-mean vs mean-log gap
+
+
+def test_infonce_multiview_invariances_and_gradient():
+    views = rand(4, 6, 5, seed=31)
+    base = losses.infonce_multiview(views, 0.2).item()
+    perm = torch.tensor([5, 3, 1, 0, 2, 4])
+    assert losses.infonce_multiview(views[:, perm], 0.2).item() == pytest.approx(base, rel=1e-12)
+    assert losses.infonce_multiview(views * 4.0, 0.2).item() == pytest.approx(base, rel=1e-12)
+    x = rand(3, 8, 16, seed=32, requires_grad=True)
+    losses.infonce_multiview(x, 0.1).backward()
+    assert_finite_grads(x)
+
+
+def test_infonce_multiview_bad_inputs():
+    with pytest.raises(LossInputError, match="at least 2 views"):
+        losses.infonce_multiview([rand(4, 3)], 0.1)
+    with pytest.raises(LossInputError, match="same shape"):
+        losses.infonce_multiview([rand(4, 3), rand(4, 2)], 0.1)
+    with pytest.raises(LossInputError, match=r"\[V, N, D\]"):
+        losses.infonce_multiview(rand(4, 3), 0.1)
+    with pytest.raises(LossInputError, match="temperature"):
+        losses.infonce_multiview(rand(2, 4, 3), -1.0)
+
+
+# --------------------------------------------------------------------------
+# MoCo / MoCHi
+# --------------------------------------------------------------------------
+
+
+def test_moco_hand():
+    # tau = 0.5: logits q.k = 1 -> 2, queue (0,1) -> 0, (-1,0) -> -2
+    # L = -log(e^2 / (e^2 + 1 + e^-2)) = log(1 + e^-2 + e^-4)
+    q, k = t([[1.0, 0.0]]), t([[1.0, 0.0]])
+    queue = t([[0.0, 1.0], [-1.0, 0.0]])
+    got = losses.moco(q, k, queue, temperature=0.5)
+    assert got.item() == pytest.approx(math.log(1 + math.exp(-2) + math.exp(-4)), rel=1e-12)
+    # an extra per-query negative (0,1) adds one more e^0 to the denominator
+    extra = t([[[0.0, 3.0]]])
+    got = losses.moco(q, k, queue, temperature=0.5, extra_negatives=extra)
+    assert got.item() == pytest.approx(math.log(1 + 2 * math.exp(-2) + math.exp(-4)), rel=1e-12)
+
+
+def test_moco_invariances_and_gradient():
+    q, k, queue = rand(5, 4, seed=50), rand(5, 4, seed=51), rand(9, 4, seed=52)
+    base = losses.moco(q, k, queue, 0.2).item()
+    perm = torch.tensor([4, 2, 0, 1, 3])
+    assert losses.moco(q[perm], k[perm], queue, 0.2).item() == pytest.approx(base, rel=1e-12)
+    assert losses.moco(2 * q, 3 * k, 0.1 * queue, 0.2).item() == pytest.approx(base, rel=1e-12)
+    qperm = torch.tensor([8, 7, 6, 5, 4, 3, 2, 1, 0])
+    assert losses.moco(q, k, queue[qperm], 0.2).item() == pytest.approx(base, rel=1e-12)
+    qq = rand(5, 16, seed=53, requires_grad=True)
+    queue = rand(32, 16, seed=54, requires_grad=True)
+    extra = losses.mochi_negatives(qq, queue, n_hard=8, s=4, s_prime=2)
+    losses.moco(qq, rand(5, 16, seed=55), queue, 0.2, extra_negatives=extra).backward()
+    assert_finite_grads(qq)
+    assert queue.grad is None  # the queue is a constant
+
+
+def test_mochi_hand_geometry():
+    # q = (0.8, 0.6); queue sims: (1,0) -> 0.8, (0,1) -> 0.6, (-1,0) -> -0.8
+    q = t([[0.8, 0.6]])
+    queue = t([[-1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    g = torch.Generator().manual_seed(0)
+    # N = 1: every negative-negative mix is the hardest negative itself
+    out = losses.mochi_negatives(q, queue, n_hard=1, s=3, s_prime=0, generator=g)
+    assert out.shape == (1, 3, 2)
+    assert torch.allclose(out, t([[[1.0, 0.0]] * 3]))
+    # N = 2: mixes of (1,0) and (0,1) stay on the arc between them
+    out = losses.mochi_negatives(q, queue, n_hard=2, s=50, s_prime=0, generator=g)
+    assert (out >= -1e-12).all()
+    # query mixes beta q + (1 - beta) n, beta < 0.5: nearer the negative than the query
+    n1 = t([1.0, 0.0])
+    out = losses.mochi_negatives(q, queue, n_hard=1, s=0, s_prime=50, generator=g)[0]
+    assert ((out @ n1) >= (out @ q[0]) - 1e-12).all()
+    assert ((out @ q[0]) >= 0.8 - 1e-12).all()  # and between q and n on the arc
+
+
+def test_mochi_shapes_norms_and_reproducibility():
+    q, queue = rand(4, 8, seed=60, requires_grad=True), rand(20, 8, seed=61)
+    a = losses.mochi_negatives(q, queue, n_hard=5, s=6, s_prime=3, generator=torch.Generator().manual_seed(1))
+    b = losses.mochi_negatives(q, queue, n_hard=5, s=6, s_prime=3, generator=torch.Generator().manual_seed(1))
+    assert a.shape == (4, 9, 8)
+    assert torch.allclose(a.norm(dim=-1), torch.ones(4, 9, dtype=a.dtype))
+    assert torch.equal(a, b)
+    assert not a.requires_grad
+    assert losses.mochi_negatives(q, queue, n_hard=5, s=0, s_prime=0).shape == (4, 0, 8)
+
+
+def test_moco_and_mochi_bad_inputs():
+    q = rand(4, 8)
+    with pytest.raises(LossInputError, match=r"queue must have shape \[K, 8\]"):
+        losses.moco(q, q, rand(5, 7), 0.2)
+    with pytest.raises(LossInputError, match="extra_negatives must have shape"):
+        losses.moco(q, q, rand(5, 8), 0.2, extra_negatives=rand(4, 2, 7))
+    with pytest.raises(LossInputError, match="temperature"):
+        losses.moco(q, q, rand(5, 8), 0.0)
+    with pytest.raises(LossInputError, match="exceeds the queue length"):
+        losses.mochi_negatives(q, rand(5, 8), n_hard=6)
+    with pytest.raises(LossInputError, match="non-negative integer"):
+        losses.mochi_negatives(q, rand(5, 8), n_hard=2, s=-1)
+
+
+# --------------------------------------------------------------------------
+# BYOL / SimSiam
+# --------------------------------------------------------------------------
+
+
+def test_byol_and_simsiam_hand():
+    # cos(p_1, z_1) = 1, cos(p_2, z_2) = 0
+    p = t([[2.0, 0.0], [0.0, 3.0]])
+    z = t([[5.0, 0.0], [1.0, 0.0]])
+    assert losses.byol(p, z).item() == pytest.approx(((2 - 2) + (2 - 0)) / 2)
+    assert losses.simsiam(p, z).item() == pytest.approx(-(1 + 0) / 2)
+    # a batch of one is fine for these two
+    assert losses.byol(p[:1], z[:1]).item() == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("fn", [losses.byol, losses.simsiam])
+def test_byol_simsiam_invariances_and_gradient(fn):
+    p, z = rand(6, 5, seed=70), rand(6, 5, seed=71)
+    base = fn(p, z).item()
+    perm = torch.tensor([1, 0, 3, 2, 5, 4])
+    assert fn(p[perm], z[perm]).item() == pytest.approx(base, rel=1e-12)
+    assert fn(4 * p, 0.3 * z).item() == pytest.approx(base, rel=1e-12)
+    pp = rand(8, 16, seed=72, requires_grad=True)
+    fn(pp, rand(8, 16, seed=73)).backward()
+    assert_finite_grads(pp)
+
+
+# --------------------------------------------------------------------------
+# Barlow Twins and the mixed-sample regulariser
+# --------------------------------------------------------------------------
+
+
+def test_barlow_twins_hand():
+    # z = [[1, 1], [-1, -1]]: each column has mean 0 and biased variance 1, so the
+    # standardised z is z / sqrt(1 + 1e-5); with z1 = z2: C = a * [[1, 1], [1, 1]],
+    # a = 1 / (1 + 1e-5). L = 2 (1 - a)^2 + lambda * 2 a^2.
+    z = t([[1.0, 1.0], [-1.0, -1.0]])
+    a = 1 / (1 + 1e-5)
+    lambd = 0.0051
+    expected = 2 * (1 - a) ** 2 + lambd * 2 * a**2
+    assert losses.barlow_twins(z, z, lambd=lambd).item() == pytest.approx(expected, rel=1e-12)
+
+
+def barlow_loop(z1, z2, lambd, eps=1e-5):
+    n, d = z1.shape
+
+    def standardize(z):
+        cols = []
+        for j in range(d):
+            col = [float(z[b, j]) for b in range(n)]
+            mean = sum(col) / n
+            var = sum((x - mean) ** 2 for x in col) / n
+            cols.append([(x - mean) / math.sqrt(var + eps) for x in col])
+        return cols  # cols[j][b]
+
+    a, b = standardize(z1), standardize(z2)
+    loss = 0.0
+    for i in range(d):
+        for j in range(d):
+            c_ij = sum(a[i][k] * b[j][k] for k in range(n)) / n
+            loss += (1 - c_ij) ** 2 if i == j else lambd * c_ij**2
+    return loss
+
+
+def test_barlow_twins_matches_loop_formula():
+    z1, z2 = rand(9, 4, seed=80), rand(9, 4, seed=81) * 3 + 1
+    for lambd in (0.0, 0.0051, 0.5):
+        got = losses.barlow_twins(z1, z2, lambd).item()
+        assert got == pytest.approx(barlow_loop(z1, z2, lambd), rel=1e-10)
+
+
+def test_barlow_twins_invariances_and_gradient():
+    z1, z2 = rand(8, 5, seed=82), rand(8, 5, seed=83)
+    base = losses.barlow_twins(z1, z2).item()
+    perm = torch.tensor([7, 0, 6, 1, 5, 2, 4, 3])
+    assert losses.barlow_twins(z1[perm], z2[perm]).item() == pytest.approx(base, rel=1e-12)
+    # per-dimension standardisation: affine maps of each dimension (positive scale) do not
+    # matter, up to the BatchNorm eps (1e-5) added to variances that the scaling changes
+    got = losses.barlow_twins(z1 * 4 + 2, z2 * 0.5 - 1).item()
+    assert got == pytest.approx(base, rel=1e-4)
+    a, b = rand(8, 16, seed=84, requires_grad=True), rand(8, 16, seed=85, requires_grad=True)
+    losses.barlow_twins(a, b).backward()
+    assert_finite_grads(a, b)
+
+
+def test_mixed_barlow_hand():
+    # D = 1, N = 2: standardised columns are +-a, a = 1/sqrt(1 + 1e-5).
+    # z_A = z_B = [1, -1], z_M = [-1, 1], l = 0.5, identity perm:
+    # C^MA = a^2 (-1 - 1)/2 = -a^2 ; C^MA_gt = 0.5 a^2 + 0.5 a^2 = a^2 -> diff^2 = 4 a^4
+    # C^MB and C^MB_gt alike -> 4 a^4 ; L = lambda * 8 a^4
+    a2 = 1 / (1 + 1e-5)
+    zA = t([[1.0], [-1.0]])
+    zM = t([[-1.0], [1.0]])
+    got = losses.mixed_barlow_regularizer(zA, zA, zM, mix_lambda=0.5, lambd=0.25)
+    assert got.item() == pytest.approx(0.25 * 8 * a2**2, rel=1e-12)
+
+
+def test_mixed_barlow_is_zero_when_mixing_is_linear_at_the_ends():
+    z1, z2 = rand(6, 4, seed=90), rand(6, 4, seed=91)
+    perm = torch.tensor([3, 4, 5, 0, 1, 2])
+    # l = 1: the mixed input is view 1 itself
+    assert losses.mixed_barlow_regularizer(z1, z2, z1, 1.0, 0.0051, perm).item() == pytest.approx(0, abs=1e-12)
+    # l = 0: the mixed input is view 2 permuted
+    assert losses.mixed_barlow_regularizer(z1, z2, z2[perm], 0.0, 0.0051, perm).item() == pytest.approx(
+        0, abs=1e-12
+    )
+
+
+def test_mixed_barlow_invariances_and_gradient():
+    z1, z2, zm = rand(6, 4, seed=92), rand(6, 4, seed=93), rand(6, 4, seed=94)
+    perm = torch.tensor([1, 2, 0, 4, 5, 3])
+    base = losses.mixed_barlow_regularizer(z1, z2, zm, 0.3, 0.01, perm).item()
+    # relabel the batch by sigma: every row moves, and perm becomes sigma^-1 . perm . sigma
+    sigma = torch.tensor([5, 3, 1, 0, 2, 4])
+    inv = torch.argsort(sigma)
+    new_perm = inv[perm[sigma]]
+    got = losses.mixed_barlow_regularizer(z1[sigma], z2[sigma], zm[sigma], 0.3, 0.01, new_perm).item()
+    assert got == pytest.approx(base, rel=1e-10)
+    a, b, m = (rand(8, 16, seed=s, requires_grad=True) for s in (95, 96, 97))
+    losses.mixed_barlow_regularizer(a, b, m, 0.4, 0.0051, torch.randperm(8)).backward()
+    assert_finite_grads(a, b, m)
+    with pytest.raises(LossInputError, match="permutation"):
+        losses.mixed_barlow_regularizer(z1, z2, zm, 0.3, 0.01, torch.tensor([0, 0, 1, 2, 3, 4]))
+    with pytest.raises(LossInputError, match="mix_lambda"):
+        losses.mixed_barlow_regularizer(z1, z2, zm, 1.5, 0.01)
+
+
+# --------------------------------------------------------------------------
+# VICReg
+# --------------------------------------------------------------------------
+
+
+def test_vicreg_hand_zero_variance():
+    # Identical rows: Var = 0 in every dimension, std = sqrt(0 + 1e-4) = 0.01,
+    # hinge = 1 - 0.01 = 0.99 per dimension -> v = 0.99 per branch, (0.99 + 0.99)/2 = 0.99.
+    # invariance: each row differs by (1, 0): mse = 3 * 1 / 6 = 0.5 ; covariance = 0.
+    z1 = t([[1.0, 2.0]] * 3)
+    z2 = t([[0.0, 2.0]] * 3)
+    got = losses.vicreg(z1, z2)
+    assert got.item() == pytest.approx(25 * 0.5 + 25 * 0.99 + 1 * 0.0, rel=1e-12)
+    # the variance term alone, per unit of weight, is 0.99
+    only_var = losses.vicreg(z1, z1, sim_weight=0.0, var_weight=1.0, cov_weight=0.0)
+    assert only_var.item() == pytest.approx(0.99, rel=1e-12)
+
+
+def test_vicreg_hand_covariance():
+    # z = [[1, 1], [-1, -1]] in both branches: invariance 0; unbiased Var = 2 per dim,
+    # std = sqrt(2.0001) > 1 so the hinge is 0; Cov = z^T z / (N - 1) = [[2, 2], [2, 2]],
+    # off-diagonal squares 2^2 + 2^2 = 8, / D = 4 per branch -> 8 total.
+    z = t([[1.0, 1.0], [-1.0, -1.0]])
+    assert losses.vicreg(z, z).item() == pytest.approx(8.0, rel=1e-12)
+
+
+def test_vicreg_invariances_and_gradient():
+    z1, z2 = rand(8, 5, seed=100), rand(8, 5, seed=101)
+    base = losses.vicreg(z1, z2).item()
+    perm = torch.tensor([7, 0, 6, 1, 5, 2, 4, 3])
+    assert losses.vicreg(z1[perm], z2[perm]).item() == pytest.approx(base, rel=1e-12)
+    assert losses.vicreg(z2, z1).item() == pytest.approx(base, rel=1e-12)
+    # a common shift of both branches changes nothing (centred statistics, difference in mse)
+    assert losses.vicreg(z1 + 3, z2 + 3).item() == pytest.approx(base, rel=1e-12)
+    a, b = rand(8, 16, seed=102, requires_grad=True), rand(8, 16, seed=103, requires_grad=True)
+    losses.vicreg(a, b).backward()
+    assert_finite_grads(a, b)
+
+
+# --------------------------------------------------------------------------
+# DINO
+# --------------------------------------------------------------------------
+
+
+def sigmoid(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def test_dino_hand():
+    # K = 2, N = 1, teacher_temp 0.5, student_temp 1, center (0.5, 0.5).
+    # Teacher crop 0 (1, 0): ((1,0) - c) / 0.5 = (1, -1) -> P = (sig(2), sig(-2)); crop 1 mirrored.
+    # Student crops: s0 = (0, 0), s1 = (1, 0), s2 = (0, 2); -log_softmax:
+    #   s0: (log 2, log 2); s1: (log(1 + e^-1), log(1 + e)); s2: (log(1 + e^2), log(1 + e^-2))
+    # Pairs skip (t0, s0) and (t1, s1): (t0,s1), (t0,s2), (t1,s0), (t1,s2).
+    p, q = sigmoid(2), sigmoid(-2)
+    h = [
+        p * math.log(1 + math.exp(-1)) + q * math.log(1 + E),
+        p * math.log(1 + math.exp(2)) + q * math.log(1 + math.exp(-2)),
+        math.log(2),
+        q * math.log(1 + math.exp(2)) + p * math.log(1 + math.exp(-2)),
+    ]
+    students = [t([[0.0, 0.0]]), t([[1.0, 0.0]]), t([[0.0, 2.0]])]
+    teachers = [t([[1.0, 0.0]]), t([[0.0, 1.0]])]
+    center = t([0.5, 0.5])
+    got = losses.dino(students, teachers, center, student_temp=1.0, teacher_temp=0.5)
+    assert got.item() == pytest.approx(sum(h) / 4, rel=1e-12)
+    # tensors [V, N, K] work the same
+    got = losses.dino(torch.stack(students), torch.stack(teachers), center, 1.0, 0.5)
+    assert got.item() == pytest.approx(sum(h) / 4, rel=1e-12)
+
+
+def test_dino_center_update_hand():
+    # batch center of teacher logits (1,0) and (0,1) is (0.5, 0.5); c = 0.9 * 0 + 0.1 * 0.5
+    center = torch.zeros(2, dtype=torch.float64)
+    new = losses.dino_center_update(center, [t([[1.0, 0.0]]), t([[0.0, 1.0]])], momentum=0.9)
+    assert torch.allclose(new, t([0.05, 0.05]))
+    assert torch.equal(center, torch.zeros(2, dtype=torch.float64))  # pure: input untouched
+
+
+def test_dino_invariances_and_gradient():
+    students = [rand(6, 10, seed=110 + i) for i in range(4)]
+    teachers = [rand(6, 10, seed=120 + i) for i in range(2)]
+    center = rand(10, seed=130)
+    base = losses.dino(students, teachers, center).item()
+    perm = torch.tensor([5, 4, 3, 0, 1, 2])
+    got = losses.dino([s[perm] for s in students], [x[perm] for x in teachers], center).item()
+    assert got == pytest.approx(base, rel=1e-12)
+    # softmax ignores a constant added to every logit of the teacher (or the center)
+    assert losses.dino(students, [x + 5 for x in teachers], center).item() == pytest.approx(base, rel=1e-10)
+    assert losses.dino(students, teachers, center - 2).item() == pytest.approx(base, rel=1e-10)
+    s = [rand(8, 32, seed=140 + i, requires_grad=True) for i in range(3)]
+    te = [rand(8, 32, seed=150 + i, requires_grad=True) for i in range(2)]
+    losses.dino(s, te, torch.zeros(32, dtype=torch.float64)).backward()
+    assert_finite_grads(*s)
+    assert all(x.grad is None for x in te)  # no gradient into the teacher
+
+
+def test_dino_bad_inputs():
+    s = [rand(4, 8)]
+    with pytest.raises(LossInputError, match="at least two crops"):
+        losses.dino(s, s, torch.zeros(8))
+    with pytest.raises(LossInputError, match="center must have shape"):
+        losses.dino([rand(4, 8), rand(4, 8)], [rand(4, 8)], torch.zeros(7))
+    with pytest.raises(LossInputError, match="every crop must have shape"):
+        losses.dino([rand(4, 8), rand(4, 9)], [rand(4, 8)], torch.zeros(8))
+    with pytest.raises(LossInputError, match="teacher_temp"):
+        losses.dino([rand(4, 8), rand(4, 8)], [rand(4, 8)], torch.zeros(8), teacher_temp=0.0)
+    with pytest.raises(LossInputError, match="momentum"):
+        losses.dino_center_update(torch.zeros(8), rand(4, 8), momentum=1.5)
+
+
+# --------------------------------------------------------------------------
+# MSBReg
+# --------------------------------------------------------------------------
+
+
+def test_msbreg_terms_hand():
+    # centroid: V = 2, N = 1; online (1,0) and (0,1) -> centroid (0.5, 0.5); targets both (1,0)
+    # -> centroid (1, 0); squared distance 0.25 + 0.25 = 0.5
+    p = [t([[1.0, 0.0]]), t([[0.0, 1.0]])]
+    z = [t([[1.0, 0.0]]), t([[1.0, 0.0]])]
+    assert losses.multiview_centroid_loss(p, z).item() == pytest.approx(0.5, rel=1e-12)
+    # singular values: orthonormal rows (N = D = 2) -> sigma = (1, 1), sum 2 = sqrt(2 * 2) -> 0
+    assert losses.singular_value_loss([t(EYE)]).item() == pytest.approx(0.0, abs=1e-12)
+    # collapsed rows: sigma = (sqrt(2), 0) -> 1 - sqrt(2)/sqrt(4) = 1 - 1/sqrt(2)
+    collapsed = t([[3.0, 4.0], [3.0, 4.0]])
+    assert losses.singular_value_loss([collapsed]).item() == pytest.approx(1 - 1 / math.sqrt(2), rel=1e-9)
+    # Brownian: <(1,0), (0.5, 2)> = 0.5 and <(0,1), (1, -3)> = -3 -> mean -1.25
+    pb = [t([[2.0, 0.0]]), t([[0.0, 1.0]])]
+    noise = [t([[0.5, 2.0]]), t([[1.0, -3.0]])]
+    assert losses.brownian_diffusive_loss(pb, noise).item() == pytest.approx(-1.25, rel=1e-12)
+    # total with the stochastic term switched off: 2 * 0.5 + 3 * singular(p)
+    sv = losses.singular_value_loss(p).item()
+    got = losses.msbreg(p, z, centroid_weight=2.0, singular_weight=3.0, brownian_weight=0.0)
+    assert got.item() == pytest.approx(2 * 0.5 + 3 * sv, rel=1e-12)
+
+
+def test_brownian_gradient_is_the_noise():
+    # d L_B / d p_hat = noise / (V N): a gradient step is a random kick
+    p = F.normalize(rand(1, 3, 4, seed=160), dim=-1).requires_grad_(True)
+    noise = rand(1, 3, 4, seed=161)
+    losses.brownian_diffusive_loss(p, noise).backward()
+    # for unit-norm p the gradient is the tangential part of noise / (V N)
+    expected = (noise - (noise * p.detach()).sum(-1, keepdim=True) * p.detach()) / 3
+    assert torch.allclose(p.grad, expected)
+
+
+def test_msbreg_invariances_reproducibility_and_gradient():
+    p, z = rand(2, 6, 5, seed=170), rand(2, 6, 5, seed=171)
+    kw = dict(centroid_weight=1.0, singular_weight=0.5, brownian_weight=0.0)
+    base = losses.msbreg(p, z, **kw).item()
+    perm = torch.tensor([2, 0, 1, 5, 3, 4])
+    assert losses.msbreg(p[:, perm], z[:, perm], **kw).item() == pytest.approx(base, rel=1e-10)
+    assert losses.msbreg(3 * p, 0.5 * z, **kw).item() == pytest.approx(base, rel=1e-10)
+    kw = dict(centroid_weight=1.0, singular_weight=0.5, brownian_weight=0.1)
+    a = losses.msbreg(p, z, **kw, generator=torch.Generator().manual_seed(3)).item()
+    b = losses.msbreg(p, z, **kw, generator=torch.Generator().manual_seed(3)).item()
+    assert a == b
+    pp = rand(2, 8, 16, seed=172, requires_grad=True)
+    losses.msbreg(pp, rand(2, 8, 16, seed=173), **kw).backward()
+    assert_finite_grads(pp)
+
+
+def test_msbreg_bad_inputs():
+    with pytest.raises(LossInputError, match="same shape"):
+        losses.msbreg(rand(2, 4, 3), rand(2, 4, 2), centroid_weight=1, singular_weight=1, brownian_weight=1)
+    with pytest.raises(LossInputError, match="brownian_weight must be a non-negative"):
+        losses.msbreg(rand(2, 4, 3), rand(2, 4, 3), centroid_weight=1, singular_weight=1, brownian_weight=-1)
+    with pytest.raises(TypeError):
+        losses.msbreg(rand(2, 4, 3), rand(2, 4, 3))  # weights are required: defaults live in the config
+
+
+# --------------------------------------------------------------------------
+# DirectPred
+# --------------------------------------------------------------------------
+
+
+def test_directpred_predictor_hand():
+    # F = diag(4, 1): s = (4, 1), p = sqrt(s / 4) + 0.1 = (1.1, 0.6)
+    w = losses.directpred_predictor(t([[4.0, 0.0], [0.0, 1.0]]), alpha=0.5, eps=0.1)
+    assert torch.allclose(w, t([[1.1, 0.0], [0.0, 0.6]]))
+    # the same spectrum in a rotated basis: W = R diag(1.1, 0.6) R^T
+    c, s = math.cos(0.3), math.sin(0.3)
+    r = t([[c, -s], [s, c]])
+    w = losses.directpred_predictor(r @ t([[4.0, 0.0], [0.0, 1.0]]) @ r.T)
+    assert torch.allclose(w, r @ t([[1.1, 0.0], [0.0, 0.6]]) @ r.T)
+    # negative eigenvalues count as zero: p = 0 + eps
+    w = losses.directpred_predictor(t([[2.0, 0.0], [0.0, -1.0]]), eps=0.1)
+    assert torch.allclose(w, t([[1.1, 0.0], [0.0, 0.1]]))
+    # and scaling F does not change W (eigenvalues are normalised by the largest)
+    w1 = losses.directpred_predictor(t([[4.0, 1.0], [1.0, 2.0]]))
+    w2 = losses.directpred_predictor(10 * t([[4.0, 1.0], [1.0, 2.0]]))
+    assert torch.allclose(w1, w2)
+
+
+def test_directpred_correlation_update_hand():
+    # batch rows (1, 0), (0, 2): E[f f^T] = diag(1, 4) / 2 = diag(0.5, 2)
+    z = t([[1.0, 0.0], [0.0, 2.0]])
+    first = losses.directpred_correlation_update(None, z)
+    assert torch.allclose(first, t([[0.5, 0.0], [0.0, 2.0]]))
+    # 0.3 * I + 0.7 * diag(0.5, 2) = diag(0.65, 1.7)
+    nxt = losses.directpred_correlation_update(torch.eye(2, dtype=torch.float64), z, rho=0.3)
+    assert torch.allclose(nxt, t([[0.65, 0.0], [0.0, 1.7]]))
+
+
+def test_directpred_bad_inputs():
+    with pytest.raises(LossInputError, match="square"):
+        losses.directpred_predictor(rand(3, 4))
+    with pytest.raises(LossInputError, match="no positive eigenvalue"):
+        losses.directpred_predictor(torch.zeros(3, 3))
+    with pytest.raises(LossInputError, match="alpha"):
+        losses.directpred_predictor(torch.eye(3), alpha=0.0)
+    with pytest.raises(LossInputError, match="corr must have shape"):
+        losses.directpred_correlation_update(torch.eye(3), rand(4, 2))
+
+
+# --------------------------------------------------------------------------
+# Bad inputs shared by the two-view losses
+# --------------------------------------------------------------------------
+
+TWO_VIEW = {
+    "nt_xent": lambda a, b, **k: losses.nt_xent(a, b, **k),
+    "dcl": lambda a, b, **k: losses.dcl(a, b, **k),
+    "dclw": lambda a, b, **k: losses.dclw(a, b, **k),
+    "barlow_twins": lambda a, b, **k: losses.barlow_twins(a, b),
+    "vicreg": lambda a, b, **k: losses.vicreg(a, b),
+    "mixed_barlow_regularizer": lambda a, b, **k: losses.mixed_barlow_regularizer(a, b, a, 0.5, 0.01),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TWO_VIEW))
+def test_two_view_losses_reject_bad_inputs(name):
+    fn = TWO_VIEW[name]
+    with pytest.raises(LossInputError, match=rf"{name}: needs a batch of at least 2 samples, got 1"):
+        fn(rand(1, 4), rand(1, 4))
+    with pytest.raises(LossInputError, match=r"must have the same shape, got \(4, 3\) and \(4, 5\)"):
+        fn(rand(4, 3), rand(4, 5))
+    with pytest.raises(LossInputError, match=r"must have 2 dimensions, got shape \(2, 4, 3\)"):
+        fn(rand(2, 4, 3), rand(2, 4, 3))
+    with pytest.raises(LossInputError, match="must be a torch.Tensor"):
+        fn([[1.0, 2.0]], rand(1, 2))
+
+
+@pytest.mark.parametrize("fn", [losses.nt_xent, losses.dcl, losses.dclw])
+@pytest.mark.parametrize("bad", [0.0, -0.1, float("nan"), float("inf")])
+def test_contrastive_losses_reject_bad_temperature(fn, bad):
+    with pytest.raises(LossInputError, match=r"temperature must be a positive finite number"):
+        fn(rand(4, 3), rand(4, 3), temperature=bad)
+
+
+def test_errors_are_value_errors():
+    with pytest.raises(ValueError):
+        losses.byol(rand(4, 3), rand(3, 3))
+    with pytest.raises(LossInputError, match="byol: p and z must have the same shape"):
+        losses.byol(rand(4, 3), rand(3, 3))
+    with pytest.raises(LossInputError, match="simsiam: p must have 2 dimensions"):
+        losses.simsiam(rand(4), rand(4))
+    with pytest.raises(LossInputError, match="dclw: sigma"):
+        losses.dclw(rand(4, 3), rand(4, 3), sigma=0.0)
+    with pytest.raises(LossInputError, match="barlow_twins: lambd"):
+        losses.barlow_twins(rand(4, 3), rand(4, 3), lambd=-1.0)

@@ -1,0 +1,229 @@
+"""Contrastive methods: DCL, DCLW, iSogCLR, MoCo (+MoCHi), MV-InfoNCE.
+
+End to end, in-process (LocalIO, no Ray) on digits: each method trains a few
+epochs from its search space's base and its encoder's kNN accuracy must beat
+the same network at its random initialisation. Unit tests cover the state
+each method keeps: the MoCo queue, the iSogCLR temperature table, the number
+of MV-InfoNCE views.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from raysl import losses
+from raysl.config import load_config
+from raysl.data.shards import load_manifest
+from raysl.errors import TrainingError
+from raysl.launch import resolve_data_dir
+from raysl.methods import METHODS, build_method
+from raysl.methods.isogclr import ISogCLR
+from raysl.methods.moco import MoCo
+from raysl.methods.mv_infonce import MVInfoNCE
+from raysl.train import LocalIO, evaluate_method, load_eval_set, train_worker
+
+METHOD_NAMES = ["dcl", "dclw", "isogclr", "moco", "mv_infonce"]
+EPOCHS = 4  # digits: 5 steps an epoch at batch 256
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """Digits prepared once per test module into a private RAYSL_CACHE."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAYSL_CACHE", str(tmp_path_factory.mktemp("raysl_cache")))
+        yield resolve_data_dir(load_config("search_spaces/dcl.yaml"))
+
+
+def space_config(method: str, *overrides: str):
+    return load_config(f"search_spaces/{method}.yaml", ["scale.torch_threads=2", *overrides])
+
+
+def random_init_knn(cfg, data_dir: str) -> float:
+    """kNN accuracy of the untrained network the training run starts from (same seed)."""
+    manifest = load_manifest(data_dir)
+    torch.manual_seed(cfg.seed)  # what train_worker does before build_method on rank 0
+    method = build_method(cfg, manifest.channels)
+    norm = dict(mean=manifest.mean, std=manifest.std, out_size=cfg.data.crop_size or manifest.height,
+                channels_last=cfg.model.channels_last)
+    eval_set = load_eval_set(data_dir, cfg, torch.device("cpu"))
+    metrics = evaluate_method(method, eval_set, cfg, norm, cfg.data.views(), torch.Generator().manual_seed(0))
+    return metrics["knn_acc"]
+
+
+def train(cfg, data_dir: str) -> list[dict]:
+    io = LocalIO(data_dir)
+    train_worker({"config": cfg.model_dump(mode="json"), "data_dir": data_dir}, io)
+    return io.reports
+
+
+def images(n: int = 16, side: int = 8, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, 1, side, side, generator=g) for _ in range(2)]
+
+
+# --------------------------------------------------------------------------- #
+# end to end
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_registered(method):
+    cfg = space_config(method)
+    assert type(build_method(cfg, 1)) is METHODS[method]
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_training_beats_random_init(method, data_dir):
+    cfg = space_config(method, f"optim.epochs={EPOCHS}", f"eval.every_epochs={EPOCHS}")
+    baseline = random_init_knn(cfg, data_dir)
+    reports = train(cfg, data_dir)
+    last = reports[-1]
+    assert last["status"] == "finished"
+    assert last["epoch"] == EPOCHS
+    assert all(math.isfinite(r["loss"]) for r in reports)
+    assert last["knn_acc"] > baseline, (method, last["knn_acc"], baseline)
+
+
+def test_mv_infonce_trains_on_num_views_views(data_dir, monkeypatch):
+    seen: list[int] = []
+    real = losses.infonce_multiview
+
+    def spy(views, temperature):
+        seen.append(len(views))
+        return real(views, temperature)
+
+    monkeypatch.setattr(losses, "infonce_multiview", spy)
+    cfg = space_config("mv_infonce", "method.num_views=3", "optim.epochs=1")
+    assert train(cfg, data_dir)[-1]["status"] == "finished"
+    assert seen and set(seen) == {3}
+
+
+# --------------------------------------------------------------------------- #
+# MV-InfoNCE
+# --------------------------------------------------------------------------- #
+
+
+def test_mv_infonce_uses_every_view():
+    cfg = space_config("mv_infonce", "method.num_views=5")
+    method = build_method(cfg, 1)
+    assert isinstance(method, MVInfoNCE) and method.num_views == 5
+    g = torch.Generator().manual_seed(0)
+    views = [torch.randn(8, 1, 8, 8, generator=g) for _ in range(5)]
+    loss, _ = method(views, torch.arange(8))
+    loss.backward()
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="expects 5 views"):
+        method(views[:2], torch.arange(8))
+
+
+# --------------------------------------------------------------------------- #
+# MoCo queue
+# --------------------------------------------------------------------------- #
+
+
+def moco_method(*overrides: str) -> MoCo:
+    cfg = space_config("moco", "model.projector_dim=4", *overrides)
+    method = build_method(cfg, 1)
+    assert isinstance(method, MoCo)
+    return method
+
+
+def test_moco_queue_wraps_around():
+    method = moco_method("method.queue_size=10")
+    assert method.queue.shape == (10, 4)
+    before = method.queue.clone()
+    keys = [torch.randn(4, 4) for _ in range(3)]
+    unit = [torch.nn.functional.normalize(k, dim=1) for k in keys]
+
+    method.enqueue(keys[0])
+    method.enqueue(keys[1])
+    assert int(method.queue_ptr) == 8
+    method.enqueue(keys[2])  # slots 8, 9, then 0, 1
+    assert int(method.queue_ptr) == 2
+    torch.testing.assert_close(method.queue[0:2], unit[2][2:])
+    torch.testing.assert_close(method.queue[2:4], before[2:4])  # not yet overwritten... until ptr reaches them
+    torch.testing.assert_close(method.queue[4:8], unit[1])
+    torch.testing.assert_close(method.queue[8:10], unit[2][:2])
+
+
+def test_moco_enqueue_more_keys_than_slots_keeps_the_newest():
+    method = moco_method("method.queue_size=6")
+    method.enqueue(torch.randn(3, 4))  # ptr 3
+    keys = torch.randn(8, 4)
+    method.enqueue(keys)
+    kept = torch.nn.functional.normalize(keys[-6:], dim=1)
+    assert int(method.queue_ptr) == 3
+    assert {tuple(r) for r in method.queue.round(decimals=5).tolist()} == {
+        tuple(r) for r in kept.round(decimals=5).tolist()
+    }
+
+
+@pytest.mark.parametrize("mochi", [False, True])
+def test_moco_step_enqueues_both_views_teacher_keys(mochi):
+    method = moco_method("method.queue_size=50", f"method.mochi={str(mochi).lower()}",
+                         "method.mochi_n_hard=8", "method.mochi_s=4", "method.mochi_s_prime=2")
+    views = images(16)
+    loss, _ = method(views, torch.arange(16))
+    assert torch.isfinite(loss)
+    loss.backward()
+    with torch.no_grad():
+        keys = torch.cat([method.teacher_encode(v) for v in views])
+    method.after_step()
+    assert int(method.queue_ptr) == 32
+    torch.testing.assert_close(method.queue[:32], torch.nn.functional.normalize(keys, dim=1))
+    assert all(p.grad is None for p in method.teacher_backbone.parameters())
+
+
+# --------------------------------------------------------------------------- #
+# iSogCLR temperature table
+# --------------------------------------------------------------------------- #
+
+
+def isogclr_method(num_samples: int, *overrides: str) -> ISogCLR:
+    cfg = space_config("isogclr", *overrides)
+    method = ISogCLR(cfg.method, cfg.model, 1, num_samples=num_samples)
+    return method
+
+
+@pytest.mark.parametrize("tau_lr", [0.03, 100.0])
+def test_isogclr_temperatures_learn_within_bounds(tau_lr):
+    method = isogclr_method(64, f"method.tau_lr={tau_lr}")
+    cfg = method.cfg
+    opt = torch.optim.SGD(method.parameters(), lr=0.01)
+    touched = torch.arange(0, 48, 2)
+    for step in range(3):
+        rows = touched[step * 8 : step * 8 + 16] if step < 2 else touched[:16]
+        loss, _ = method(images(len(rows), seed=step), rows)
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        method.after_step()
+    tau = method.tau
+    assert bool(((tau >= cfg.tau_min) & (tau <= cfg.tau_max)).all())
+    seen = torch.zeros(64, dtype=torch.bool)
+    seen[touched[:24]] = True
+    assert bool((tau[seen] != cfg.tau_init).all()), "every trained row's temperature moved"
+    assert bool((tau[~seen] == cfg.tau_init).all()), "rows not in a batch keep tau_init"
+    assert bool((method.u[seen] > 0).all()) and bool((method.u[~seen] == 0).all())
+    if tau_lr > 1:  # huge steps end on the bounds, never past them
+        assert bool(((tau[seen] == cfg.tau_min) | (tau[seen] == cfg.tau_max)).all())
+    else:
+        assert len(set(tau[seen].tolist())) > 1, "temperatures are individual"
+
+
+def test_isogclr_tables_are_checkpointed():
+    method = isogclr_method(32)
+    state = method.state_dict()
+    assert state["tau"].shape == (32,) and state["u"].shape == (32,)
+
+
+def test_isogclr_default_table_and_row_out_of_range():
+    cfg = space_config("isogclr")
+    assert build_method(cfg, 1).tau.shape == (100_000,)
+    method = isogclr_method(8)
+    with pytest.raises(TrainingError, match="num_samples"):
+        method(images(4), torch.tensor([0, 1, 2, 8]))

@@ -1,0 +1,122 @@
+"""`raysl train` end to end on a real local Ray cluster, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from raysl.checkpoint import load_state
+from raysl.config import load_config
+from raysl.data.shards import load_manifest
+from raysl.errors import DivergedError
+from raysl.methods import build_method
+from raysl.train import LocalIO, evaluate_method, load_eval_set, train_worker
+
+from conftest import RAYSL, REPO
+
+QUICKSTART = str(REPO / "search_spaces" / "quickstart.yaml")
+SMALL = ["--set", "model.width=8", "--set", "eval.every_epochs=1", "--set", "optim.epochs=4"]
+
+
+def read_metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def random_init_knn(overrides: list[str], data_dir: str) -> float:
+    cfg = load_config(QUICKSTART, overrides)
+    torch.manual_seed(cfg.seed)
+    method = build_method(cfg, 1)
+    manifest = load_manifest(data_dir)
+    norm = dict(mean=manifest.mean, std=manifest.std, out_size=8, channels_last=False)
+    eval_set = load_eval_set(data_dir, cfg, torch.device("cpu"))
+    return evaluate_method(method, eval_set, cfg, norm, cfg.data.views(), torch.Generator().manual_seed(0))["knn_acc"]
+
+
+@pytest.mark.slow
+def test_two_workers_interrupted_then_resumed_beats_random_init(tmp_path, digits_dir):
+    out = tmp_path / "run"
+    cmd = [RAYSL, "train", QUICKSTART, *SMALL, "--set", "scale.num_workers=2", "--out", str(out)]
+    env = dict(os.environ)
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                             start_new_session=True)
+    # interrupt as a user would (Ctrl-C) once two epochs are checkpointed
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if (out / "metrics.jsonl").exists() and len(read_metrics(out)) >= 2:
+            break
+        if first.poll() is not None:
+            break
+        time.sleep(0.5)
+    assert first.poll() is None, "run finished before it could be interrupted:\n" + first.stdout.read()
+    os.killpg(first.pid, signal.SIGINT)
+    first.wait(timeout=120)
+    kept = read_metrics(out)
+    assert 2 <= len(kept) < 4
+    assert all("checkpoint" in row for row in kept)
+
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    summary = json.loads(second.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "finished" and summary["epoch"] == 4
+    assert "resuming the run" in second.stderr
+    rows = read_metrics(out)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]  # each epoch exactly once
+    assert rows[: len(kept) - 1] == kept[: len(kept) - 1]  # finished epochs were not re-run
+    assert "train images" not in second.stdout + second.stderr  # no fresh start banner: it resumed
+
+    trained = summary["knn_acc"]
+    untrained = random_init_knn(["model.width=8"], digits_dir)
+    assert trained > untrained + 0.01, (trained, untrained)
+
+
+def test_one_worker_run_reports_contract_metrics(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [RAYSL, "train", QUICKSTART, "--set", "model.width=8", "--set", "optim.epochs=2", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("loss", "knn_acc", "rankme", "alignment", "uniformity", "images_per_s", "epoch", "status"):
+        assert key in summary, key
+    assert summary["status"] == "finished"
+    assert 0.0 <= summary["knn_acc"] <= 1.0 and summary["rankme"] > 1.0
+    assert (out / "config.yaml").exists()
+    assert load_config(str(out / "config.yaml")).optim.epochs == 2
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2]
+
+
+def test_diverged_run_is_one_line_and_exit_2(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [RAYSL, "train", QUICKSTART, "--set", "method.temperature=1e-30", "--set", "optim.name=sgd",
+         "--set", "optim.lr=10", "--set", "optim.epochs=2", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("raysl: error: diverged at step")
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["status"] == "diverged"
+
+
+def test_divergence_keeps_the_last_good_checkpoint(tmp_path, digits_dir):
+    out = tmp_path / "local"
+    good = load_config(QUICKSTART, ["model.width=8", "optim.epochs=2"])
+    train_worker({"config": good.model_dump(mode="json"), "data_dir": digits_dir}, LocalIO(digits_dir, str(out)))
+    saved = out / "checkpoints" / "epoch_2" / "state.pt"
+    before = saved.read_bytes()
+    bad = load_config(QUICKSTART, ["model.width=8", "optim.epochs=4", "method.temperature=1e-30",
+                                   "optim.name=sgd", "optim.lr=10"])
+    io = LocalIO(digits_dir, str(out))
+    with pytest.raises(DivergedError, match=r"diverged at step \d+ \(epoch 2\)"):
+        train_worker({"config": bad.model_dump(mode="json"), "data_dir": digits_dir}, io)
+    assert saved.read_bytes() == before
+    assert load_state(str(saved))["epoch"] == 2
+    assert not (out / "checkpoints" / "epoch_3").exists()
