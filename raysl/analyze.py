@@ -25,7 +25,7 @@ import pandas as pd
 import yaml
 
 from raysl.errors import RayslError
-from raysl.results import Experiment, Param, flatten, load_experiments
+from raysl.results import BAD_STATUSES, Experiment, Param, flatten, load_experiments
 
 # Leaderboard columns after the searched parameters (each "final" = last reported value).
 METRIC_COLUMNS = ("objective_final", "objective_best", "best_epoch", "epochs", "knn_acc", "knn_acc_k200",
@@ -37,12 +37,15 @@ METRIC_COLUMNS = ("objective_final", "objective_best", "best_epoch", "epochs", "
 
 
 def rank_trials(exp: Experiment) -> pd.DataFrame:
-    """Trials best first by their final objective; trials with no objective yet go last."""
+    """Trials best first by their final objective; diverged/collapsed/errored trials and trials
+    with no objective yet go last."""
     trials = exp.trials.copy()
     key = trials["objective_final"].astype(float)
     key = -key if exp.mode == "max" else key
+    trials["_bad"] = trials["status"].isin(BAD_STATUSES)
     trials["_key"] = key.fillna(np.inf)
-    trials = trials.sort_values(["_key", "trial_id"], kind="stable").drop(columns="_key").reset_index(drop=True)
+    trials = trials.sort_values(["_bad", "_key", "trial_id"], kind="stable").drop(columns=["_bad", "_key"])
+    trials = trials.reset_index(drop=True)
     trials.insert(1, "rank", range(1, len(trials) + 1))
     return trials
 
@@ -105,7 +108,10 @@ def _distribution(param: Param, values: list[Any]):
 
 
 def param_importance(exp: Experiment, *, seed: int = 0) -> dict[str, Any]:
-    """fANOVA importances of the searched parameters over the finished trials.
+    """fANOVA importances of the searched parameters for the final objective.
+
+    Over the finished trials when at least three of them differ; else (ASHA stopped most
+    trials) over every usable trial's last value, which ``used`` says.
 
     Returns ``{"importances": {param: share}, "evaluator": ..., "trials": n, "note": ...}``;
     ``importances`` is empty (and ``note`` says why) when there is too little to go on.
@@ -114,12 +120,13 @@ def param_importance(exp: Experiment, *, seed: int = 0) -> dict[str, Any]:
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
     trials = exp.trials
-    done = trials[(trials["status"] == "finished") & trials["objective_final"].notna()]
-    used = "finished"
-    if len(done) < 2:
-        # ASHA may leave fewer than two trials at the full budget: fall back to every trial's last value.
-        done = trials[trials["objective_final"].notna()]
-        used = "all (fewer than 2 finished)"
+    usable = trials[trials["objective_final"].notna() & ~trials["status"].isin(BAD_STATUSES)]
+    done = usable[usable["status"] == "finished"]
+    used = "finished trials"
+    if len(done) < 3 or done["objective_final"].astype(float).nunique() < 2:
+        # ASHA may leave too few trials at the full budget to compare: use every trial's last value
+        done = usable
+        used = "every trial's last value (too few finished trials differ)"
     out: dict[str, Any] = {"importances": {}, "evaluator": "fANOVA", "trials": int(len(done)), "used": used,
                            "note": None}
     names = [p.name for p in exp.params if p.name in trials]
@@ -129,9 +136,15 @@ def param_importance(exp: Experiment, *, seed: int = 0) -> dict[str, Any]:
     if len(done) < 2:
         out["note"] = f"needs at least 2 trials with an objective, has {len(done)}"
         return out
+    conditional = [n for n in names if done[n].isna().any()]
+    if conditional:  # a branch's keys (searched only under one choice) are not in every trial
+        names = [n for n in names if n not in conditional]
+        out["note"] = "left out (not in every trial): " + ", ".join(conditional)
+        if not names:
+            return out
     if len(names) == 1:
         out["importances"] = {names[0]: 1.0}
-        out["note"] = "a single searched parameter carries all the importance"
+        out["note"] = out["note"] or "a single searched parameter carries all the importance"
         return out
     if done["objective_final"].astype(float).nunique() < 2:
         out["note"] = "every trial has the same objective value"
@@ -139,7 +152,7 @@ def param_importance(exp: Experiment, *, seed: int = 0) -> dict[str, Any]:
     dists = {p.name: _distribution(p, done[p.name].tolist()) for p in exp.params if p.name in names}
     frozen = []
     for _, row in done.iterrows():
-        params = {n: row[n] for n in names if row[n] is not None and not (isinstance(row[n], float) and math.isnan(row[n]))}
+        params = {n: row[n] for n in names if not pd.isna(row[n])}
         frozen.append(optuna.trial.create_trial(
             params=params, distributions={n: dists[n] for n in params}, value=float(row["objective_final"])))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -197,7 +210,8 @@ def budget(exp: Experiment) -> dict[str, Any]:
     """Trial-epochs run vs every trial run to the full budget, and the experiment's wall-clock."""
     trials = exp.trials
     run = int(trials["epochs"].fillna(0).sum())
-    full = int(exp.max_epochs * len(trials)) if exp.max_epochs else None
+    budgets = trials["max_epochs"] if "max_epochs" in trials else pd.Series([exp.max_epochs] * len(trials))
+    full = int(budgets.sum()) if len(budgets) and budgets.notna().all() else None
     starts = trials["start_time"].dropna()
     ends = trials["end_time"].dropna()
     wall = float(ends.max() - starts.min()) if len(starts) and len(ends) else None
@@ -228,7 +242,7 @@ def best_run_config(exp: Experiment, trial: pd.Series) -> tuple[str | None, str]
     The experiment's own ``best_config.yaml`` is used when its searched values are the
     trial's; otherwise the space file's ``base:`` gets the trial's parameters applied.
     """
-    from raysl.config import RunConfig, build_config, set_dotted, to_yaml
+    from raysl.config import RunConfig, build_config, to_yaml
     from raysl.errors import ConfigError
 
     flat = flatten(trial["config"] if isinstance(trial["config"], dict) else {})
@@ -246,30 +260,35 @@ def best_run_config(exp: Experiment, trial: pd.Series) -> tuple[str | None, str]
             pass
     base = (exp.space or {}).get("base")
     sections = set(RunConfig.model_fields)
+    sample = {k: v for k, v in flat.items() if k in searched or k.split(".")[0] in sections}
     candidates = []
     if isinstance(base, dict):
-        tree = copy.deepcopy(base)
-        for key, value in flat.items():
-            if key in searched or key.split(".")[0] in sections:
-                tree = set_dotted(tree, key, value)
-        candidates.append((tree, "raysl_space.yaml base + the trial's params"))
-        tree = copy.deepcopy(base)
-        for key in searched:
-            if key in flat:
-                tree = set_dotted(tree, key, flat[key])
-        candidates.append((tree, "raysl_space.yaml base + the trial's searched params"))
-    if flat and {k.split(".")[0] for k in flat} & sections:
-        tree: dict = {}
-        for key, value in flat.items():
-            if key.split(".")[0] in sections:
-                tree = set_dotted(tree, key, value)
-        candidates.append((tree, "the trial's params.json"))
+        candidates.append((_apply_sample(base, sample), "raysl_space.yaml base + the trial's params"))
+        candidates.append((_apply_sample(base, {k: v for k, v in sample.items() if k in searched}),
+                           "raysl_space.yaml base + the trial's searched params"))
+    if sample and len({k.split(".")[0] for k in sample}) > 2:  # params.json holds a whole run config
+        candidates.append((_apply_sample({}, sample), "the trial's params.json"))
     for tree, source in candidates:
         try:
             return to_yaml(build_config(tree, source)), source
         except ConfigError:
             continue
     return None, "no raysl_space.yaml and the trial's params are not a run config"
+
+
+def _apply_sample(base: dict, sample: dict[str, Any]) -> dict:
+    """``base`` with the trial's ``{dotted.key: value}`` set, as ``raysl tune`` builds a trial's config
+    (a sampled ``method.name`` other than the base's starts from that method's defaults)."""
+    try:
+        from raysl.space import apply_sample
+    except ImportError:  # pragma: no cover - raysl.space ships with raysl
+        from raysl.config import set_dotted
+
+        tree = copy.deepcopy(base)
+        for key, value in sample.items():
+            tree = set_dotted(tree, key, value)
+        return tree
+    return apply_sample(base, sample)
 
 
 def _overall_best(experiments: list[Experiment]) -> tuple[Experiment, pd.Series] | None:
@@ -280,7 +299,7 @@ def _overall_best(experiments: list[Experiment]) -> tuple[Experiment, pd.Series]
             continue
         ranked = rank_trials(exp)
         top = ranked.iloc[0]
-        if top["objective_final"] is None or pd.isna(top["objective_final"]):
+        if pd.isna(top["objective_final"]) or top["status"] in BAD_STATUSES:
             continue
         if best is None or first.better(float(top["objective_final"]), float(best[1]["objective_final"])):
             best = (exp, top)
@@ -309,7 +328,7 @@ def experiment_summary(exp: Experiment) -> dict[str, Any]:
     ranked = rank_trials(exp)
     counts = {str(k): int(v) for k, v in exp.trials["status"].value_counts().items()}
     top = ranked.iloc[0]
-    has_best = top["objective_final"] is not None and not pd.isna(top["objective_final"])
+    has_best = not pd.isna(top["objective_final"]) and top["status"] not in BAD_STATUSES
     both = exp.trials[["rankme", "knn_acc"]].astype(float).dropna()
     return {
         "path": exp.location,

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from raysl.results import Experiment
 
@@ -32,7 +33,8 @@ CAPTIONS = {
                        "early by the scheduler; red: diverged, collapsed or errored; thick: the best trial.",
     "objective_vs_params": "Final objective of each trial against each searched parameter "
                            "(filled: finished, hollow: stopped early).",
-    "param_importance": "Parameter importance (Optuna's fANOVA over the finished trials' final objective).",
+    "param_importance": "Parameter importance: Optuna's fANOVA over the trials' final objective (the finished "
+                        "trials when at least three of them differ, else every trial's last value).",
     "rankme_vs_knn": "RankMe (label-free) against kNN accuracy, final values per trial, with Spearman's "
                      "rank correlation: how well RankMe would have picked the same trials without labels.",
     "budget": "Trial-epochs used over wall-clock time; the dashed line is what running every trial to "
@@ -46,6 +48,8 @@ STATUS_STYLE = {
     "collapsed": {"ls": ":", "alpha": 0.8, "color": "tab:red"},
     "errored": {"ls": ":", "alpha": 0.8, "color": "tab:red"},
 }
+# leaderboard columns left to leaderboard.csv, to keep the page's table readable
+HTML_HIDDEN = ("best_epoch", "knn_acc_k200", "alignment", "uniformity", "loss", "trial_dir")
 COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
 
 
@@ -162,6 +166,9 @@ def plot_objective_vs_params(experiments: list[Experiment], path: str) -> None:
             ax.set_xticklabels([str(c) for c in choices], rotation=20, fontsize=8)
         elif param.log:
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(param.name + (" (log)" if param.log else ""))
         ax.set_ylabel(f"final {metric}")
         ax.grid(alpha=0.3)
@@ -237,14 +244,15 @@ def plot_budget(experiments: list[Experiment], summaries: list[dict], path: str)
         hist = exp.history
         if hist.empty or "wall_clock" not in hist:
             continue
-        stamps = pd.to_numeric(hist["wall_clock"], errors="coerce").dropna().sort_values().to_numpy()
-        if not len(stamps):
+        points = pd.DataFrame({"t": pd.to_numeric(hist["wall_clock"], errors="coerce"),
+                               "n": hist["new_epochs"]}).dropna().sort_values("t", kind="stable")
+        if points.empty:
             continue
         start = exp.trials["start_time"].dropna()
-        t0 = float(start.min()) if len(start) else float(stamps[0])
+        t0 = float(start.min()) if len(start) else float(points["t"].iloc[0])
         color = COLORS[i % len(COLORS)]
-        xs = np.concatenate([[0.0], stamps - t0])
-        ys = np.arange(len(xs))
+        xs = np.concatenate([[0.0], points["t"].to_numpy() - t0])
+        ys = np.concatenate([[0], points["n"].cumsum().to_numpy()])
         b = summary["budget"]
         ax.step(xs, ys, where="post", color=color, lw=2,
                 label=f"{exp.name}: {b['trial_epochs_run']} trial-epochs run")
@@ -359,8 +367,11 @@ def write_html(experiments: list[Experiment], summary: dict, table: pd.DataFrame
     best = summary.get("best")
     parts.append("<h2>Leaderboard</h2>")
     parts.append("<p>One row per trial, best first by the final objective; metric columns are each trial's last "
-                 "reported value (kNN: k=20 on backbone features, val split).</p>")
-    parts.append(_table(table, trial_rows=True, best_key=(best["experiment"], best["trial_id"]) if best else None,
+                 "reported measurement (kNN: k=20 on backbone features, val split). More columns (k=200, "
+                 "alignment, uniformity, loss, trial folders) are in <a href=\"leaderboard.csv\">leaderboard.csv"
+                 "</a>.</p>")
+    shown = table.drop(columns=[c for c in HTML_HIDDEN if c in table.columns])
+    parts.append(_table(shown, trial_rows=True, best_key=(best["experiment"], best["trial_id"]) if best else None,
                         text_cols={"experiment", "trial_id", "status", "trial_dir"}))
 
     parts.append("<h2>Plots</h2>")

@@ -36,8 +36,13 @@ RAYSL_METRICS = (
     "loss", "knn_acc", "knn_acc_k200", "linear_acc", "rankme", "alignment", "uniformity", "images_per_s",
 )
 TERMINAL_STATUSES = ("finished", "stopped", "diverged", "collapsed", "errored")
+BAD_STATUSES = ("diverged", "collapsed", "errored")
 DEFAULT_METRIC, DEFAULT_MODE = "knn_acc", "max"
-_TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})(?:_|$)")
+# What every training report carries; any other metric comes from an evaluation, which
+# `raysl tune` repeats between evaluations (``eval_epoch`` says when it was measured).
+TRAIN_KEYS = {"epoch", "step", "loss", "images_per_s", "lr", "status", "eval_epoch", "error"}
+# Ray Tune's trial ids: "a1b2c_00003" (default) or 8 hex digits (raysl tune's folder names)
+_TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5}|[0-9a-f]{8})(?:_|$)")
 # Tune's bookkeeping keys in result.json: never searched parameters or metrics.
 _TUNE_KEYS = {
     "timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date", "time_this_iter_s",
@@ -189,20 +194,42 @@ class Param:
     log: bool = False
 
 
+DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
+
+
+def params_from_search(search: dict) -> list[Param]:
+    """The ``search:`` section of a space file -> Params (a choice's ``when:`` branches included)."""
+    out: list[Param] = []
+    for name, spec in search.items():
+        param = param_from_spec(str(name), spec)
+        if param is not None:
+            out.append(param)
+        when = spec.get("when") if isinstance(spec, dict) else None
+        if isinstance(when, dict):
+            for branch in when.values():
+                if isinstance(branch, dict):
+                    out.extend(p for p in params_from_search(branch) if p.name not in [q.name for q in out])
+    return out
+
+
 def param_from_spec(name: str, spec: Any) -> Param | None:
-    """A search-space entry (``{loguniform: [lo, hi]}``, ``uniform``, ``int``, ``choice``) -> Param."""
-    if not isinstance(spec, dict) or len(spec) != 1:
+    """One entry (``{loguniform: [lo, hi]}``, ``uniform``, ``{int: [lo, hi], log: true}``, ``choice``)."""
+    if not isinstance(spec, dict):
         return None
-    kind, args = next(iter(spec.items()))
-    kind = str(kind)
-    if kind == "choice" and isinstance(args, list) and args:
-        return Param(name, "choice", choices=list(args))
-    if kind in ("loguniform", "uniform", "int", "logint", "quniform", "qloguniform") and isinstance(args, list) \
-            and len(args) >= 2 and all(_finite(a) for a in args[:2]):
-        log = kind in ("loguniform", "logint", "qloguniform")
-        return Param(name, "int" if "int" in kind else ("loguniform" if log else "uniform"),
-                     low=float(args[0]), high=float(args[1]), log=log)
-    return None
+    kinds = [k for k in spec if k in DISTRIBUTIONS]
+    if len(kinds) != 1:
+        return None
+    kind, args = kinds[0], spec[kinds[0]]
+    if kind == "choice":
+        return Param(name, "choice", choices=list(args)) if isinstance(args, list) and args else None
+    if not (isinstance(args, list) and len(args) == 2):
+        return None
+    try:
+        low, high = float(args[0]), float(args[1])
+    except (TypeError, ValueError):
+        return None
+    log = kind == "loguniform" or (kind == "int" and bool(spec.get("log", False)))
+    return Param(name, kind, low=low, high=high, log=log)
 
 
 def infer_param(name: str, values: list[Any]) -> Param:
@@ -288,6 +315,9 @@ def find_experiments(location: str) -> list[tuple[Storage, str]]:
         if is_dir and any(d and _is_trial_dir(storage, f"{sub}/{n}") for n, d in storage.listdir(sub)):
             found.append((storage, sub))
     if not found:
+        if _is_trial_dir(storage, storage.root):
+            raise ResultsError(f"{location} is one trial's folder; pass the experiment folder that holds it "
+                               f"({location.rstrip('/').rsplit('/', 1)[0] or '..'})")
         raise ResultsError(_expected(location))
     return found
 
@@ -314,12 +344,6 @@ def read_experiment(storage: Storage, root: str, location: str) -> Experiment:
         except yaml.YAMLError:
             notes.append(f"{SPACE_FILE} is not valid YAML; searched parameters are inferred from the trials")
     best_config_text = storage.read_text(f"{root}/{BEST_CONFIG_FILE}") if BEST_CONFIG_FILE in names else None
-    tune_cfg = (space or {}).get("tune") or {}
-    metric = str(tune_cfg.get("metric") or DEFAULT_METRIC)
-    mode = str(tune_cfg.get("mode") or DEFAULT_MODE)
-    if mode not in ("max", "min"):
-        mode = DEFAULT_MODE
-
     tune_status = _tune_statuses(storage, root, entries)
     raw = []
     for name, is_dir in entries:
@@ -335,11 +359,16 @@ def read_experiment(storage: Storage, root: str, location: str) -> Experiment:
     if not reported & set(RAYSL_METRICS):
         raise ResultsError(f"{location}: its trials report none of raysl's metrics ({', '.join(RAYSL_METRICS[:4])}, "
                            "...); expected an experiment written by `raysl tune`")
+    objectives = _objectives((space or {}).get("tune") or {}, reported)
+    metric, mode = objectives[0]
+    if len(objectives) > 1:
+        notes.append("several objectives: trials are ranked by the first, " + metric)
     if metric not in reported:
-        fallback = next((m for m in ("knn_acc", "loss") if m in reported), None)
+        fallback = next((m for m in ("knn_acc", "rankme", "loss") if m in reported), "loss")
         notes.append(f"objective {metric!r} was never reported; ranking by {fallback!r}")
-        metric, mode = fallback or "loss", "max" if fallback == "knn_acc" else "min"
-
+        metric, mode = fallback, mode_of(fallback)
+    for t in raw:
+        t["rows"] = [measured(row, [m for m, _ in objectives]) for row in t["rows"]]
     params = _searched_params(space, raw, notes)
     max_epochs = _max_epochs(space, raw)
     history = _history(raw)
@@ -350,6 +379,45 @@ def read_experiment(storage: Storage, root: str, location: str) -> Experiment:
     return Experiment(location=location, name=_short_name(location), trials=trials, history=history, params=params,
                       metric=metric, mode=mode, max_epochs=max_epochs, space=space,
                       best_config_text=best_config_text, notes=notes)
+
+
+def mode_of(metric: str) -> str:
+    """The better direction of a raysl metric."""
+    base = metric.removeprefix("projector_")
+    return "min" if base in ("loss", "alignment", "uniformity") else "max"
+
+
+def _objectives(tune_cfg: dict, reported: set[str]) -> list[tuple[str, str]]:
+    """[(metric, mode), ...] of the space file's ``tune:`` (raysl tune's defaults when unset)."""
+    many = tune_cfg.get("objectives")
+    items: list[tuple[str, str]] = []
+    if isinstance(many, dict):
+        items = [(str(k), str(v)) for k, v in many.items()]
+    elif isinstance(many, list):
+        items = [(str(k), str(v)) for d in many if isinstance(d, dict) for k, v in d.items()]
+    if not items:
+        metric = tune_cfg.get("metric") or (DEFAULT_METRIC if DEFAULT_METRIC in reported else "rankme")
+        items = [(str(metric), str(tune_cfg.get("mode") or mode_of(str(metric))))]
+    return [(m, mode if mode in ("max", "min") else mode_of(m)) for m, mode in items]
+
+
+def measured(row: dict, objectives: list[str]) -> dict:
+    """A report with only what was measured at its epoch.
+
+    ``raysl tune`` puts the objective in every report: between evaluations it repeats the
+    last evaluation (``eval_epoch`` < ``epoch``), before the first one and on a trial that
+    diverged, collapsed or errored it reports the objective's worst value. Those values
+    are bookkeeping for the searcher, not measurements, and are left out here.
+    """
+    fresh = "eval_epoch" not in row or row.get("eval_epoch") == row.get("epoch")
+    bad = row.get("status") in BAD_STATUSES
+    out = {}
+    for key, value in row.items():
+        if key in _TUNE_KEYS or key in TRAIN_KEYS:
+            out[key] = value
+        elif fresh and not (bad and key in objectives):
+            out[key] = value
+    return out
 
 
 def _short_name(location: str) -> str:
@@ -395,12 +463,11 @@ def _searched_params(space: dict | None, raw: list[dict], notes: list[str]) -> l
     flat = [flatten(t["config"]) for t in raw]
     search = (space or {}).get("search")
     if isinstance(search, dict) and search:
-        params = []
-        for name, spec in search.items():
-            param = param_from_spec(str(name), spec)
-            if param is None:
-                param = infer_param(str(name), [f.get(str(name)) for f in flat])
-            params.append(param)
+        params = params_from_search(search)
+        known = {p.name for p in params}
+        for name in search:  # an entry this reader does not understand: infer it from the trials
+            if str(name) not in known:
+                params.append(infer_param(str(name), [f.get(str(name)) for f in flat]))
         return params
     if space is None:
         notes.append(f"no {SPACE_FILE}: searched parameters are the config keys that vary across trials")
@@ -439,17 +506,20 @@ def _epoch(row: dict) -> int | None:
 def _history(raw: list[dict]) -> pd.DataFrame:
     records = []
     for t in raw:
+        previous = 0
         for i, row in enumerate(t["rows"]):
             rec = {"trial_id": t["trial_id"], "epoch": _epoch(row) or i + 1}
+            # epochs this report adds (0 for a trial's closing status report on the same epoch)
+            rec["new_epochs"], previous = max(0, rec["epoch"] - previous), max(previous, rec["epoch"])
             for key, value in row.items():
-                if key in _TUNE_KEYS or key == "epoch" or isinstance(value, (dict, list)):
+                if key in _TUNE_KEYS or key in ("epoch", "error") or isinstance(value, (dict, list)):
                     continue
                 rec[key] = value
             for key in ("timestamp", "time_total_s", "time_this_iter_s"):
                 rec[key] = row.get(key)
             # when this report happened, on the experiment's wall-clock (unix seconds)
-            rec["wall_clock"] = (t["start"] + float(row["time_total_s"])
-                                 if t["start"] is not None and _finite(row.get("time_total_s")) else row.get("timestamp"))
+            timed = t["start"] is not None and _finite(row.get("time_total_s"))
+            rec["wall_clock"] = t["start"] + float(row["time_total_s"]) if timed else row.get("timestamp")
             records.append(rec)
     return pd.DataFrame(records)
 
@@ -462,7 +532,13 @@ def last_value(rows: list[dict], key: str) -> float | None:
     return None
 
 
-def _status(t: dict, max_epochs: int | None) -> str:
+def _trial_budget(t: dict, max_epochs: int | None) -> int | None:
+    """Epochs this trial would run to the end: its own ``optim.epochs`` when that was searched."""
+    own = flatten(t["config"]).get("optim.epochs")
+    return int(own) if _finite(own) else max_epochs
+
+
+def _status(t: dict, budget: int | None) -> str:
     rows = t["rows"]
     reported = str(rows[-1].get("status", "")) if rows else ""
     if reported in TERMINAL_STATUSES and reported != "finished":
@@ -477,37 +553,33 @@ def _status(t: dict, max_epochs: int | None) -> str:
     if t["tune_status"] in ("RUNNING", "PENDING", "PAUSED"):
         return "running"
     epoch = _epoch(rows[-1])
-    if max_epochs is not None and epoch is not None and epoch >= max_epochs:
+    if budget is not None and epoch is not None and epoch >= budget:
         return "finished"
     if t["tune_status"] == "TERMINATED" or rows[-1].get("done"):
-        return "stopped"
-    # no experiment state and no end marker: a trial that may still be running
+        return "stopped"  # ended before its last epoch without an error: the scheduler stopped it
+    # no experiment state and no end marker yet: the trial may still be running
     return "running" if not t["tune_status"] else "stopped"
 
 
 def _trial_row(t: dict, params: list[Param], metric: str, mode: str, max_epochs: int | None) -> dict:
     rows = t["rows"]
     flat = flatten(t["config"])
-    values = [float(r[metric]) for r in rows if _finite(r.get(metric))]
-    pick = max if mode == "max" else min
-    best = pick(values) if values else None
-    best_epoch = None
-    if best is not None:
-        best_epoch = next(_epoch(r) for r in rows if _finite(r.get(metric)) and float(r[metric]) == best)
+    values = [(float(r[metric]), _epoch(r)) for r in rows if _finite(r.get(metric))]
+    best = (max if mode == "max" else min)(values, key=lambda v: v[0]) if values else (None, None)
+    budget = _trial_budget(t, max_epochs)
     start = t["start"]
     total = last_value(rows, "time_total_s")
     end = start + total if start is not None and total is not None else last_value(rows, "timestamp")
-    row: dict[str, Any] = {
-        "trial_id": t["trial_id"],
-        "status": _status(t, max_epochs),
-    }
+    error = t["error"] or next((str(r["error"]) for r in reversed(rows) if r.get("error")), None)
+    row: dict[str, Any] = {"trial_id": t["trial_id"], "status": _status(t, budget)}
     for p in params:
         row[p.name] = _hashable(flat.get(p.name))
     row.update({
         "objective_final": last_value(rows, metric),
-        "objective_best": best,
-        "best_epoch": best_epoch,
+        "objective_best": best[0],
+        "best_epoch": best[1],
         "epochs": _epoch(rows[-1]) if rows else 0,
+        "max_epochs": budget,
     })
     for key in RAYSL_METRICS:
         row[key] = last_value(rows, key)
@@ -515,6 +587,6 @@ def _trial_row(t: dict, params: list[Param], metric: str, mode: str, max_epochs:
     row["start_time"] = start
     row["end_time"] = end
     row["trial_dir"] = t["dir"]
-    row["error"] = (t["error"] or "").strip().splitlines()[-1][:300] if t["error"] else None
+    row["error"] = error.strip().splitlines()[-1][:300] if error and error.strip() else None
     row["config"] = t["config"]
     return row

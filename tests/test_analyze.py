@@ -4,76 +4,36 @@ are not experiments fail with one line."""
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
 import shutil
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from conftest import RAYSL, REPO
 
 QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
-TUNE_OVERRIDES = ["--set", "optim.epochs=3", "--set", "model.width=8"]
+# ASHA's grace period is eval.every_epochs: evaluating at epochs 2 and 4 lets it stop trials at 2,
+# and epochs 1 and 3 carry raysl tune's filler values (worst before the first evaluation, then repeats).
+EPOCHS = 4
+TUNE = ["--num-samples", "6", "--set", f"optim.epochs={EPOCHS}", "--set", "eval.every_epochs=2",
+        "--set", "model.width=8"]
 NUM_SAMPLES = 6
+TRAIN_KEYS = {"epoch", "step", "loss", "images_per_s", "lr", "status", "eval_epoch", "error"}
 PLOTS = ["learning_curves.png", "objective_vs_params.png", "param_importance.png", "rankme_vs_knn.png", "budget.png"]
 OUTPUTS = ["leaderboard.csv", "leaderboard.md", "best_config.yaml", "summary.json", "report.html", *PLOTS]
 
-# A Ray Tune experiment written with ray.tune.Tuner: a small function trainable that reports
-# raysl's metric names, ASHA over 3 epochs, and the space file next to the trials as raysl tune does.
-TUNER_SCRIPT = textwrap.dedent("""
-    import json, math, os, shutil, sys
-    import yaml
-    import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
-    storage, name, space_file = sys.argv[1], sys.argv[2], sys.argv[3]
-    space = yaml.safe_load(open(space_file))
-
-    def trainable(config):
-        t, lr = config["method"]["temperature"], config["optim"]["lr"]
-        quality = 1.0 - abs(math.log(t / 0.2)) / 4 - abs(math.log(lr / 0.002)) / 6
-        for epoch in range(1, 4):
-            knn = 0.3 + 0.15 * epoch * quality
-            tune.report({"epoch": epoch, "loss": 5.0 - epoch * quality, "knn_acc": knn,
-                         "knn_acc_k200": knn - 0.02, "rankme": 10 + 30 * knn + epoch, "alignment": 0.5,
-                         "uniformity": -2.0, "images_per_s": 900.0 + 10 * epoch,
-                         "status": "finished" if epoch == 3 else "running"})
-
-    param_space = {"method": {"temperature": tune.loguniform(0.05, 1.0)}, "optim": {"lr": tune.loguniform(3e-4, 1e-2)}}
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR")
-    tuner = tune.Tuner(
-        trainable, param_space=param_space,
-        tune_config=tune.TuneConfig(num_samples=int(sys.argv[4]), metric="knn_acc", mode="max", max_concurrent_trials=2,
-                                    scheduler=ASHAScheduler(time_attr="epoch", max_t=3, grace_period=1,
-                                                            reduction_factor=2),
-                                    search_alg=tune.search.BasicVariantGenerator(random_state=0)),
-        run_config=tune.RunConfig(storage_path=storage, name=name, verbose=0))
-    tuner.fit()
-    shutil.copy(space_file, os.path.join(storage, name, "raysl_space.yaml"))
-""")
-
-
-def _space_with_overrides(path: Path) -> Path:
-    space = yaml.safe_load(QUICKSTART.read_text())
-    space["base"]["optim"]["epochs"] = 3
-    space["base"]["model"]["width"] = 8
-    path.write_text(yaml.safe_dump(space, sort_keys=False))
-    return path
-
-
-def _tuner_experiment(root: Path) -> Path:
-    space = _space_with_overrides(root / "space.yaml")
-    proc = subprocess.run([sys.executable, "-c", TUNER_SCRIPT, str(root / "results"), "t1", str(space),
-                           str(NUM_SAMPLES)], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+def _tune_experiment(root: Path) -> Path:
+    """A real `raysl tune` run on digits (RAYSL_CACHE is the session's, see conftest.py)."""
+    proc = subprocess.run([RAYSL, "tune", str(QUICKSTART), *TUNE, "--storage", str(root / "results"),
+                           "--name", "t1"], capture_output=True, text=True, timeout=900, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return root / "results" / "t1"
 
 
@@ -84,7 +44,7 @@ def experiment_dir(tmp_path_factory) -> Path:
     if not done.exists():
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
-        exp = _tuner_experiment(root)
+        exp = _tune_experiment(root)
         done.write_text(str(exp))
     return Path(done.read_text())
 
@@ -120,9 +80,30 @@ def read_trials(exp: Path) -> dict[str, dict]:
     return trials
 
 
+def measured(rows: list[dict], key: str) -> list[float]:
+    """The values of ``key`` a trial measured: raysl tune repeats the last evaluation between
+    evaluations (eval_epoch < epoch) and reports the objective's worst value before the first
+    one and when a trial fails; those are not measurements."""
+    out = []
+    for r in rows:
+        value = r.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            continue
+        fresh = key in TRAIN_KEYS or r.get("eval_epoch", r.get("epoch")) == r.get("epoch")
+        if fresh and not (key == "knn_acc" and r.get("status") in ("diverged", "collapsed", "errored")):
+            out.append(value)
+    return out
+
+
 def last(rows: list[dict], key: str):
-    values = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
+    values = measured(rows, key)
     return values[-1] if values else None
+
+
+def close(a, b) -> bool:
+    if b is None:
+        return a is None or (isinstance(a, float) and math.isnan(a))
+    return math.isclose(float(a), float(b), rel_tol=1e-9)
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -137,6 +118,8 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def test_every_output_exists_and_parses(report):
+    import base64
+
     import matplotlib.image
 
     for name in OUTPUTS:
@@ -157,13 +140,12 @@ def test_every_output_exists_and_parses(report):
     assert exp["trials"] == NUM_SAMPLES and exp["metric"] == "knn_acc" and exp["mode"] == "max"
     assert exp["searched_params"] == ["method.temperature", "optim.lr"]
     assert set(exp["importance"]["importances"]) <= {"method.temperature", "optim.lr"}
-    assert summary["best"]["trial_id"] == table.loc[0, "trial_id"]
+    assert summary["best"]["trial_id"] == str(table.loc[0, "trial_id"])
     page = (report / "report.html").read_text()
-    import base64
-
     for name in PLOTS:  # each PNG is embedded, byte for byte
         assert base64.b64encode((report / name).read_bytes()).decode() in page, name
-    assert summary["summary"] in page or summary["summary"].replace("'", "&#x27;") in page
+    assert page.count("<img ") == len(PLOTS)
+    assert html.escape(summary["summary"]) in page
     assert "Spearman" in page and "best_config.yaml" in page
 
 
@@ -171,26 +153,28 @@ def test_leaderboard_equals_the_trials_result_json(experiment, report):
     trials = read_trials(experiment)
     table = pd.read_csv(report / "leaderboard.csv", dtype={"trial_id": str}).set_index("trial_id")
     assert set(table.index) == set(trials)
-    full = max(last(t["rows"], "epoch") for t in trials.values())
     for trial_id, t in trials.items():
         row, rows = table.loc[trial_id], t["rows"]
-        assert row["epochs"] == last(rows, "epoch")
-        assert row["status"] == ("finished" if rows[-1]["status"] == "finished" else "stopped")
-        if row["epochs"] < full:
-            assert row["status"] == "stopped"
-        for col in ("knn_acc", "rankme", "images_per_s", "loss"):
-            assert math.isclose(row[col], last(rows, col), rel_tol=1e-9), (trial_id, col)
-        assert math.isclose(row["objective_final"], last(rows, "knn_acc"), rel_tol=1e-9)
-        assert math.isclose(row["objective_best"], max(r["knn_acc"] for r in rows), rel_tol=1e-9)
-        assert math.isclose(row["wall_time_s"], rows[-1]["time_total_s"], rel_tol=1e-9)
-        assert math.isclose(row["method.temperature"], t["params"]["method"]["temperature"], rel_tol=1e-9)
-        assert math.isclose(row["optim.lr"], t["params"]["optim"]["lr"], rel_tol=1e-9)
+        assert row["epochs"] == rows[-1]["epoch"]
+        expected = "finished" if rows[-1]["status"] == "finished" else "stopped"  # ASHA stopped it
+        assert row["status"] == expected, (trial_id, rows[-1])
+        assert (row["status"] == "stopped") == (rows[-1]["epoch"] < EPOCHS)
+        for col in ("knn_acc", "knn_acc_k200", "rankme", "alignment", "uniformity", "images_per_s", "loss"):
+            assert close(row[col], last(rows, col)), (trial_id, col, row[col], last(rows, col))
+        assert close(row["objective_final"], last(rows, "knn_acc"))
+        assert close(row["objective_best"], max(measured(rows, "knn_acc")))
+        assert close(row["wall_time_s"], rows[-1]["time_total_s"])
+        assert close(row["method.temperature"], t["params"]["method.temperature"])
+        assert close(row["optim.lr"], t["params"]["optim.lr"])
     # ranked best first by the final objective
     assert list(table["objective_final"]) == sorted(table["objective_final"], reverse=True)
+    assert list(table["rank"]) == list(range(1, NUM_SAMPLES + 1))
     summary = json.loads((report / "summary.json").read_text())["experiments"][0]
-    epochs_run = sum(last(t["rows"], "epoch") for t in trials.values())
+    epochs_run = sum(t["rows"][-1]["epoch"] for t in trials.values())
     assert summary["budget"]["trial_epochs_run"] == epochs_run
-    assert summary["budget"]["trial_epochs_saved"] == full * len(trials) - epochs_run
+    assert summary["budget"]["trial_epochs_saved"] == EPOCHS * NUM_SAMPLES - epochs_run
+    counts = {s: int((table["status"] == s).sum()) for s in table["status"].unique()}
+    assert summary["status_counts"] == counts
 
 
 @pytest.mark.slow
@@ -198,35 +182,46 @@ def test_best_config_is_the_best_trial_and_retrains(experiment, report, tmp_path
     from raysl.config import load_config
 
     trials = read_trials(experiment)
-    best_id = max(trials, key=lambda k: last(trials[k]["rows"], "knn_acc"))
-    best = trials[best_id]["params"]
+    best_value = max(last(t["rows"], "knn_acc") for t in trials.values())
+    best = [t["params"] for t in trials.values() if last(t["rows"], "knn_acc") == best_value]
     cfg = load_config(report / "best_config.yaml")
-    assert math.isclose(cfg.method.temperature, best["method"]["temperature"], rel_tol=1e-9)
-    assert math.isclose(cfg.optim.lr, best["optim"]["lr"], rel_tol=1e-9)
-    assert cfg.model.width == 8 and cfg.optim.epochs == 3  # the experiment's base, not the defaults
+    assert any(math.isclose(cfg.method.temperature, p["method.temperature"], rel_tol=1e-9)
+               and math.isclose(cfg.optim.lr, p["optim.lr"], rel_tol=1e-9) for p in best)
+    # the experiment's base (with its --set overrides), not raysl's defaults
+    assert cfg.model.width == 8 and cfg.optim.epochs == EPOCHS and cfg.eval.every_epochs == 2
     proc = subprocess.run([RAYSL, "train", str(report / "best_config.yaml"), "--set", "optim.epochs=1",
-                           "--out", str(tmp_path / "retrain")], capture_output=True, text=True, timeout=300)
+                           "--out", str(tmp_path / "retrain")], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["status"] == "finished"
 
 
-def test_running_experiment_partial_lines_pending_and_errored_trials(experiment, tmp_path, capsys):
+def test_running_experiment_partial_lines_pending_stopped_and_failed_trials(experiment, tmp_path, capsys):
     exp = tmp_path / "running"
-    shutil.copytree(experiment, exp, ignore=shutil.ignore_patterns("report"))
+    shutil.copytree(experiment, exp, ignore=shutil.ignore_patterns("report", "checkpoint_*"))
     for state in exp.glob("experiment_state*.json"):
         state.unlink()  # as if Tune had not written its state yet
-    trials = read_trials(exp)
-    finished = [t for t in trials.values() if t["rows"][-1]["status"] == "finished"]
-    # a trial still writing: its last line is cut off mid-JSON and not marked done
-    writing = exp / finished[0]["dir"] / "result.json"
-    lines = writing.read_text().splitlines()
-    lines[-2] = lines[-2].replace('"done": true', '"done": false')
-    writing.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])
-    # a trial that crashed, and one that has not reported yet
-    (exp / finished[1]["dir"] / "error.txt").write_text("Traceback ...\nRuntimeError: worker died\n")
-    pending = exp / "trainable_abcde_00099_99_temperature=0.1_2026-01-01_00-00-00"
+    trials = sorted(read_trials(exp).values(), key=lambda t: (-len(t["rows"]), t["dir"]))
+    writing, crashed, cut, diverged = trials[:4]
+    assert min(len(t["rows"]) for t in trials[:4]) >= 2
+
+    def rewrite(t: dict, rows: list[dict], tail: str = "") -> None:
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        (exp / t["dir"] / "result.json").write_text(text + tail)
+
+    # a trial still writing: its last line is cut off mid-JSON and the rest is not marked done
+    rows = [dict(r, done=False) for r in writing["rows"]]
+    rewrite(writing, rows[:-1], json.dumps(rows[-1])[:40])
+    # a trial whose worker crashed (Tune wrote error.txt)
+    (exp / crashed["dir"] / "error.txt").write_text("Traceback ...\nRuntimeError: worker died\n")
+    # a trial the scheduler stopped after its first epoch
+    rewrite(cut, [dict(cut["rows"][0], done=True)])
+    # a trial that diverged: raysl tune's closing report carries the objective's worst value
+    closing = {**diverged["rows"][-1], "status": "diverged", "knn_acc": 0.0, "error": "diverged at step 7"}
+    rewrite(diverged, [*diverged["rows"], closing])
+    # a trial that has not reported yet
+    pending = exp / "raysl_trial_abcdef99"
     pending.mkdir()
-    (pending / "params.json").write_text(json.dumps(finished[0]["params"]))
+    (pending / "params.json").write_text(json.dumps(writing["params"]))
     (pending / "result.json").write_text("")
     # and no raysl_space.yaml: the searched parameters are the keys that vary across trials
     (exp / "raysl_space.yaml").unlink()
@@ -235,20 +230,29 @@ def test_running_experiment_partial_lines_pending_and_errored_trials(experiment,
     assert rc == 0, err
     table = pd.read_csv(tmp_path / "report" / "leaderboard.csv", dtype={"trial_id": str}).set_index("trial_id")
     assert len(table) == NUM_SAMPLES + 1
-    writing_id = finished[0]["rows"][0]["trial_id"]
-    assert table.loc[writing_id, "status"] == "running"
-    assert table.loc[writing_id, "epochs"] == finished[0]["rows"][-2]["epoch"]
-    assert table.loc[finished[1]["rows"][0]["trial_id"], "status"] == "errored"
-    assert table.loc["abcde_00099", "status"] == "pending" and table.loc["abcde_00099", "epochs"] == 0
-    assert {"method.temperature", "optim.lr"} <= set(table.columns)
+
+    def row(t: dict):
+        return table.loc[t["rows"][0]["trial_id"]]
+
+    assert row(writing)["status"] == "running"
+    assert row(writing)["epochs"] == writing["rows"][-2]["epoch"]
+    assert row(crashed)["status"] == "errored"
+    assert row(cut)["status"] == "stopped" and row(cut)["epochs"] == 1
+    assert row(diverged)["status"] == "diverged"
+    assert close(row(diverged)["objective_final"], last(diverged["rows"], "knn_acc"))  # not the 0.0 filler
+    assert table.loc["abcdef99", "status"] == "pending" and table.loc["abcdef99", "epochs"] == 0
+    failed = table.loc[[row(crashed).name, row(diverged).name], "rank"]
+    usable = table[table["status"].isin(["finished", "stopped", "running"])]
+    assert failed.min() > usable["rank"].max()  # failed trials rank last
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert summary["experiments"][0]["searched_params"] == ["method.temperature", "optim.lr"]
     assert any("raysl_space.yaml" in note for note in summary["experiments"][0]["notes"])
+    assert summary["best"]["trial_id"] not in {row(crashed).name, row(diverged).name}
 
 
 def test_compares_experiments_and_reads_uris(experiment, tmp_path, capsys):
     other = tmp_path / "storage" / "t2"
-    shutil.copytree(experiment, other, ignore=shutil.ignore_patterns("report"))
+    shutil.copytree(experiment, other, ignore=shutil.ignore_patterns("report", "checkpoint_*"))
     out = tmp_path / "compare"
     rc, stdout, err = run_cli(capsys, "analyze", str(experiment), f"file://{other}", "--out", str(out))
     assert rc == 0, err
@@ -259,13 +263,13 @@ def test_compares_experiments_and_reads_uris(experiment, tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert [e["name"] for e in summary["experiments"]] == ["t1", "t2"]
     one, two = summary["experiments"]
-    assert one["best"]["objective"] == two["best"]["objective"]
-    assert one["budget"]["trial_epochs_run"] == two["budget"]["trial_epochs_run"]
+    assert one["best"] == two["best"] and one["budget"]["trial_epochs_run"] == two["budget"]["trial_epochs_run"]
     page = (out / "report.html").read_text()
     assert "t1" in page and "t2" in page and page.count("<img ") == len(PLOTS)
 
 
-@pytest.mark.parametrize("kind", ["missing", "empty", "not_an_experiment", "file", "foreign_metrics", "no_results"])
+@pytest.mark.parametrize("kind", ["missing", "empty", "not_an_experiment", "file", "foreign_metrics", "no_results",
+                                  "trial_folder"])
 def test_folders_that_are_not_experiments_fail_with_one_line(kind, tmp_path, capsys):
     path = tmp_path / "x"
     expected = "has no Ray Tune trials"
@@ -291,6 +295,11 @@ def test_folders_that_are_not_experiments_fail_with_one_line(kind, tmp_path, cap
         trial.mkdir(parents=True)
         (trial / "params.json").write_text('{"x": 1}')
         expected = "has reported a result yet"
+    elif kind == "trial_folder":
+        path.mkdir()
+        (path / "params.json").write_text('{"x": 1}')
+        (path / "result.json").write_text('{"loss": 1.0, "epoch": 1}\n')
+        expected = "is one trial's folder"
     rc, out, err = run_cli(capsys, "analyze", str(path))
     assert rc == 2
     assert out == ""

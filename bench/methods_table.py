@@ -1,0 +1,73 @@
+"""Every method on real Fashion-MNIST at one fixed short CPU budget: a markdown table of kNN and RankMe.
+
+Protocol: each method trains from its own `search_spaces/<method>.yaml` base
+(defaults from the papers) with the small convnet at the given width for the
+given epochs on the 60,000 training images (one Ray Train worker, 2 threads);
+kNN k = 20 (cosine, T = 0.07) on backbone features, bank = 10,000 seeded train
+images, queries = the 10,000 official test images; RankMe on backbone features
+of the train bank.
+
+    python bench/methods_table.py [--epochs 1] [--width 8] [--methods simclr,byol,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+FASHION = "/usr/share/datasets/fashion-mnist"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--width", type=int, default=8)
+    parser.add_argument("--methods", default=None)
+    args = parser.parse_args()
+
+    import ray
+
+    from raysl.config import load_config
+    from raysl.data.shards import prepare
+    from raysl.errors import RayslError
+    from raysl.launch import train_run
+    from raysl.methods import METHODS
+
+    work = Path(tempfile.mkdtemp(prefix="raysl-methods-"))
+    data = work / "fashion"
+    prepare("idx", FASHION, str(data), shard_rows=10_000)
+    methods = args.methods.split(",") if args.methods else list(METHODS)
+    rows = []
+    for name in methods:
+        cfg = load_config(str(REPO / "search_spaces" / f"{name}.yaml"), [
+            "data.source=idx", f"data.path={data}", "data.crop_size=28", f"model.width={args.width}",
+            f"optim.epochs={args.epochs}", f"eval.every_epochs={args.epochs}",
+            "scale.cpus_per_worker=2", "scale.torch_threads=2",
+        ])
+        start = time.perf_counter()
+        try:
+            summary = train_run(cfg, str(work / name))
+        except RayslError as exc:
+            summary = {"status": "failed", "error": str(exc)}
+        minutes = (time.perf_counter() - start) / 60
+        row = {"method": name, "knn_acc": summary.get("knn_acc"), "rankme": summary.get("rankme"),
+               "status": summary.get("status"), "minutes": round(minutes, 1)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        ray.shutdown()
+    print(f"\n| method | kNN acc (k=20) | RankMe | status | minutes |\n|---|---|---|---|---|")
+    for r in rows:
+        knn = f"{r['knn_acc']:.3f}" if r["knn_acc"] is not None else "-"
+        rank = f"{r['rankme']:.1f}" if r["rankme"] is not None else "-"
+        print(f"| {r['method']} | {knn} | {rank} | {r['status']} | {r['minutes']} |")
+
+
+if __name__ == "__main__":
+    main()
