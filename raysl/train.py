@@ -218,7 +218,9 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
     manifest = load_manifest(data_dir)
     out_size = cfg.data.crop_size or manifest.height
     norm = dict(mean=manifest.mean, std=manifest.std, out_size=out_size, channels_last=cfg.model.channels_last)
-    method = build_method(cfg, manifest.channels).to(device)
+    # row indices span every split (they index the source data set)
+    total_rows = sum(split["rows"] for split in manifest.splits.values())
+    method = build_method(cfg, manifest.channels, num_samples=total_rows).to(device)
     views = cfg.data.views()
     if cfg.model.channels_last:
         method = method.to(memory_format=torch.channels_last)

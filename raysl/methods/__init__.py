@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from raysl.config import RunConfig
 from raysl.methods.barlow import BarlowTwins
 from raysl.methods.base import Method
@@ -37,10 +39,14 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
-def build_method(cfg: RunConfig, in_channels: int) -> Method:
+def build_method(cfg: RunConfig, in_channels: int, num_samples: int | None = None) -> Method:
+    """The configured method. ``num_samples`` (rows in the data set) sizes per-sample state (iSogCLR)."""
     name = cfg.method.name
     if name not in METHODS:
         from raysl.errors import ConfigError
 
         raise ConfigError(f"method.name: {name!r} is not implemented yet; available: {', '.join(METHODS)}")
-    return METHODS[name](cfg.method, cfg.model, in_channels)
+    cls = METHODS[name]
+    if num_samples is not None and "num_samples" in inspect.signature(cls.__init__).parameters:
+        return cls(cfg.method, cfg.model, in_channels, num_samples=num_samples)
+    return cls(cfg.method, cfg.model, in_channels)

@@ -56,9 +56,9 @@ class ISogCLR(Method):
         loss, u1, u2 = losses.isogclr_loss(
             z1, z2, tau, tau, u, u, gamma=self.cfg.gamma, rho=self.cfg.rho
         )
-        with torch.no_grad():
-            self.u[rows] = ((u1 + u2) / 2).to(self.u.dtype)
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled():  # a training step: write u now, step tau in after_step
+            with torch.no_grad():
+                self.u[rows] = ((u1 + u2) / 2).to(self.u.dtype)
             self._pending = (rows, tau)
         return loss, {}
 
