@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ray.tune.stopper import Stopper
 
 from raysl.config import RunConfig, build_config, to_yaml
 from raysl.errors import CollapsedError, ConfigError, DivergedError, RayslError
@@ -272,7 +273,11 @@ def _fit_torch_trainer(cfg: RunConfig, loop_config: dict, data_dir: str, objecti
     train_storage = _join(experiment, trial_dir)
     loop_config = {**loop_config, "stop_marker": _join(train_storage, "train", "raysl_stop.json")}
     ray.data.DataContext.get_current().enable_progress_bars = False
-    dataset = ray.data.read_parquet(shard_uris(data_dir, "train"), columns=["image", "label", "index"])
+    # Read tasks take no CPU slot: trials' Train workers can hold every CPU of a small
+    # cluster, and a read task waiting for one would stall the trial forever.
+    dataset = ray.data.read_parquet(
+        shard_uris(data_dir, "train"), columns=["image", "label", "index"], ray_remote_args={"num_cpus": 0}
+    )
     resources = {"CPU": cfg.scale.cpus_per_worker}
     if cfg.scale.use_gpu:
         resources["GPU"] = cfg.scale.gpus_per_worker
@@ -314,6 +319,22 @@ def trial_resources(base: dict):
         return PlacementGroupFactory([bundle])
 
     return resources
+
+
+class EpochBudget(Stopper):
+    """A Tune stopper: end the whole search once its trials have trained ``budget`` epochs
+    in all (a fixed compute budget, however the scheduler spends it)."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.epochs: dict[str, int] = {}
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        self.epochs[trial_id] = max(self.epochs.get(trial_id, 0), int(result.get("epoch") or 0))
+        return False
+
+    def stop_all(self) -> bool:
+        return sum(self.epochs.values()) >= self.budget
 
 
 def trial_dirname(trial) -> str:
@@ -381,6 +402,9 @@ def _search_and_scheduler(space: SearchSpace, objectives, num_samples: int, max_
         scheduler = ASHAScheduler(
             time_attr="epoch", max_t=space.max_epochs(), grace_period=space.grace_period(),
             reduction_factor=space.tune.reduction_factor,
+            # a trial reaching max_t ends by itself: stopping it would kill a multi-worker
+            # trial's Train controller mid-shutdown (and can leak its placement group)
+            stop_last_trials=False,
         )
     else:
         scheduler = FIFOScheduler()
@@ -405,23 +429,30 @@ def _default_concurrency(space: SearchSpace, num_samples: int) -> int:
 
 
 def _trial_rows(results, objectives) -> list[dict]:
+    """One row per trial: its raysl status, last metrics and sampled config."""
+    trial_state = {}
+    analysis = getattr(results, "_experiment_analysis", None)
+    for trial in getattr(analysis, "trials", None) or []:
+        trial_state[str(trial.path).rstrip("/")] = trial.status
     rows = []
     for result in results:
         metrics = dict(result.metrics or {})
+        state = trial_state.get(str(result.path).rstrip("/"), "TERMINATED")
         status = metrics.get("status")
-        if result.error is not None:
+        if result.error is not None or state == "ERROR":
             status = "errored"
+        elif state != "TERMINATED":
+            status = "pending"  # interrupted before it ended: --resume continues it
         elif status in (None, "running"):
-            status = "stopped" if metrics else "pending"
-        trial_id = metrics.get("trial_id") or Path(str(result.path)).name
+            status = "stopped"  # ended early by the scheduler
         rows.append({
-            "trial_id": trial_id,
+            "trial_id": metrics.get("trial_id") or Path(str(result.path)).name,
             "status": status,
             "epoch": metrics.get("epoch"),
             "metrics": {m: metrics.get(m) for m, _ in objectives},
             "knn_acc": metrics.get("knn_acc"),
             "rankme": metrics.get("rankme"),
-            "config": {k: v for k, v in (result.config or {}).items()},
+            "config": dict(result.config or {}),
             "path": str(result.path),
         })
     return rows
@@ -574,9 +605,14 @@ def tune_main(args) -> int:
             raise ConfigError(f"--num-samples must be >= 1 (got {args.num_samples})")
         space.tune.num_samples = args.num_samples
     num_samples = space.tune.num_samples
-    if space.sampler_name() == "grid" and args.num_samples is None and "num_samples" not in space.tune.model_fields_set:
-        num_samples = math.prod(len(v) for v in space.grid().values())
-        space.tune.num_samples = num_samples
+    if space.sampler_name() == "grid":
+        grid_size = math.prod(len(v) for v in space.grid().values())
+        explicit = args.num_samples is not None or "num_samples" in space.tune.model_fields_set
+        if explicit and num_samples > grid_size:
+            print(f"[raysl] sampler grid: the grid has {grid_size} points; running {grid_size} trials, "
+                  f"not {num_samples}", file=sys.stderr)
+        if not explicit or num_samples > grid_size:
+            num_samples = space.tune.num_samples = grid_size
     name = _experiment_name(args, args.space)
     storage = _storage(args)
     experiment = _join(storage, name)
@@ -594,6 +630,7 @@ def tune_main(args) -> int:
         _write_text(_join(experiment, SPACE_FILE), yaml.safe_dump(space.to_yaml_dict(), sort_keys=False))
     callbacks = _setup_wandb(name) if args.wandb else []
 
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     init_ray()
     import ray.tune
 
@@ -617,7 +654,6 @@ def tune_main(args) -> int:
                 search_alg=searcher,
                 scheduler=scheduler,
                 num_samples=num_samples,
-                max_concurrent_trials=max_concurrent if space.scheduler_name() == "pbt" else None,
                 trial_dirname_creator=trial_dirname,
                 trial_name_creator=trial_dirname,
             ),
@@ -625,8 +661,11 @@ def tune_main(args) -> int:
                 name=name,
                 storage_path=storage,
                 failure_config=ray.tune.FailureConfig(max_failures=space.tune.max_failures),
-                checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=space.base_config.checkpoint.keep),
+                # PBT clones other trials' recent checkpoints: keep a few more of them
+                checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=space.base_config.checkpoint.keep + (
+                    2 if space.scheduler_name() == "pbt" else 0)),
                 callbacks=callbacks,
+                stop=EpochBudget(space.tune.budget_epochs) if space.tune.budget_epochs else None,
                 verbose=1,
             ),
         )
@@ -638,6 +677,7 @@ def tune_main(args) -> int:
         file=sys.stderr, flush=True,
     )
     results = tuner.fit()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return _finish(results, space, objectives, experiment, num_samples)
 
 
@@ -670,7 +710,12 @@ def _finish(results, space: SearchSpace, objectives, experiment: str, num_sample
                        best_config_path=where, best_trial=best["trial_id"], best_config=best["config"])
     _write_text(_join(experiment, SPACE_FILE), yaml.safe_dump(space.to_yaml_dict(), sort_keys=False))
     print(_leaderboard(ranked, rows, objectives))
+    used = sum(int(r["epoch"] or 0) for r in rows)
+    summary["epochs_trained"] = used
     unfinished = num_samples - sum(statuses.get(s, 0) for s in ("finished", "stopped", *_BAD_STATUSES))
+    budget = space.tune.budget_epochs
+    if budget is not None and used >= budget and not statuses.get("pending"):
+        unfinished = 0  # the budget ended the search, not an interruption
     if unfinished > 0:
         summary["interrupted"] = True
         print(json.dumps(summary), flush=True)

@@ -20,6 +20,7 @@ A search-space file has three sections::
       metric: knn_acc          # default: knn_acc with labels, rankme without
       scheduler: asha          # asha | pbt | fifo
       sampler: tpe             # tpe | cmaes | random | grid | gp | nsga2
+      budget_epochs: 60        # optional: stop once the trials trained 60 epochs in all
 
 Every range end and every choice is checked by building the run config with
 it, so a typo'd key, a negative temperature or a method knob searched for the
@@ -210,6 +211,7 @@ class TuneSettings(BaseModel):
     perturbation_interval: int | None = Field(None, ge=1)  # PBT, in epochs
     startup_trials: int | None = Field(None, ge=1)  # TPE/GP random trials before modelling
     max_failures: int = Field(2, ge=0)  # restarts of a trial (and of its Train workers) after a crash
+    budget_epochs: int | None = Field(None, ge=1)  # end the search once its trials trained this many epochs
 
 
 @dataclass

@@ -304,7 +304,9 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
         collapsed = bool(metrics.pop("collapsed", False))
         if last:
             metrics["status"] = "finished"
-        if collapsed and cfg.eval.stop_on_collapse:
+        # a randomly initialised projector can look collapsed; judge only after the lr warm-up
+        past_warmup = global_step / max(1, total_steps) >= cfg.schedule.warmup
+        if collapsed and past_warmup and cfg.eval.stop_on_collapse:
             metrics["status"] = "collapsed"
 
         checkpoint_dir = None

@@ -9,14 +9,19 @@ appendix A); the ops run in SimCLR/BYOL order:
     random resized crop + horizontal flip (one affine resample)
     -> colour jitter (p) -> grayscale (p) -> gaussian blur (p) -> solarize (p)
 
-Each random op draws a Bernoulli(p) mask from ``generator``, skips itself when
+Each random op draws a Bernoulli(p) mask from ``generator``, is skipped when
 p is 0 or no sample drew it, and otherwise runs only on the selected rows
-(``index_select`` / ``index_copy_``). Values are float32 in [0, 1], clamped
-after every op; all arithmetic is float32 even under an enclosing autocast.
+(``index_select`` / ``index_copy_``; no copy when every row drew it). Values
+are float32 in [0, 1], clamped after every op; the arithmetic stays float32
+even inside the caller's bf16 autocast.
 
-Random parameters are drawn on the generator's device (the CPU when no
-generator is given) and copied to the images' device, so choosing which rows
-an op touches never forces a device sync.
+``augment_batch`` first draws every random parameter of the batch (a
+:class:`ViewPlan`, on the generator's device, the CPU when no generator is
+given: choosing rows never forces a device sync), then applies it. On the CPU
+it applies the plan in cache-sized chunks of rows: the same numbers, but each
+op's temporaries stay in cache and small enough that glibc keeps reusing them
+instead of returning them to the kernel and faulting them back in on every
+batch. On an accelerator the whole batch is one chunk.
 
 Differences from torchvision, on purpose:
 
@@ -29,13 +34,15 @@ Differences from torchvision, on purpose:
   antialiasing when a large crop is shrunk; small-image recipes upsample.
 - Colour jitter applies brightness, contrast, saturation and hue in one random
   order per batch (torchvision draws an order per image).
+- Grayscale uses the ITU-R 601 weights 0.299/0.587/0.114 (torchvision: 0.2989).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import TYPE_CHECKING, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,8 +55,17 @@ __all__ = [
     "make_views",
     "to_float",
     "normalize",
+    "ViewPlan",
+    "plan_view",
+    "apply_plan",
+    "draw_mask",
+    "crop_boxes",
+    "crop_affine",
+    "resample",
     "random_resized_crop",
+    "axis_aligned_grid",
     "random_hflip",
+    "draw_jitter",
     "random_color_jitter",
     "adjust_brightness",
     "adjust_contrast",
@@ -64,8 +80,11 @@ __all__ = [
     "solarize",
 ]
 
-# ITU-R 601-2 luma, as torchvision and PIL use for "L" conversion.
+# ITU-R 601-2 luma weights.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
+# Rows per CPU chunk: about this many bytes of float32 output (85 RGB 32x32 images).
+CPU_CHUNK_BYTES = 1 << 20
 
 
 # --------------------------------------------------------------------------
@@ -81,19 +100,22 @@ def _uniform(n: int, lo: float, hi: float, generator: torch.Generator | None) ->
     return u.mul_(hi - lo).add_(lo)
 
 
-def _select(n: int, p: float, generator: torch.Generator | None) -> torch.Tensor | None:
-    """Row indices that drew Bernoulli(p); ``None`` means every row (no indexing needed)."""
+def draw_mask(n: int, p: float, generator: torch.Generator | None = None) -> torch.Tensor | None:
+    """Bernoulli(p) per sample, bool [n] on the generator's device; ``None`` when p <= 0 (no draw)."""
     if p <= 0.0 or n == 0:
-        return torch.empty(0, dtype=torch.long)
-    if p >= 1.0:
         return None
-    mask = torch.rand(n, generator=generator, device=_param_device(generator)) < p
+    if p >= 1.0:
+        return torch.ones(n, dtype=torch.bool, device=_param_device(generator))
+    return torch.rand(n, generator=generator, device=_param_device(generator)) < p
+
+
+def _rows(mask: torch.Tensor | None) -> tuple[torch.Tensor | None, int]:
+    """(indices of the drawn rows or ``None`` for all of them, how many)."""
+    if mask is None:
+        return None, 0
     idx = mask.nonzero().squeeze(1)
-    return None if idx.numel() == n else idx
-
-
-def _count(idx: torch.Tensor | None, n: int) -> int:
-    return n if idx is None else idx.numel()
+    count = idx.numel()
+    return (None if count == mask.numel() else idx), count
 
 
 def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -101,16 +123,29 @@ def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.to(device=like.device, dtype=torch.float32, non_blocking=True).view(-1, 1, 1, 1)
 
 
-def _apply_rows(x: torch.Tensor, idx: torch.Tensor | None, fn, inplace: bool) -> torch.Tensor:
-    """Run ``fn`` (which may work in place on its argument) on the rows ``idx`` of ``x``."""
-    if idx is None:
-        return fn(x if inplace else x.clone())
-    if idx.numel() == 0:
+def _apply_rows(
+    x: torch.Tensor,
+    mask: torch.Tensor | None,
+    fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    inplace: bool,
+) -> torch.Tensor:
+    """``fn(rows, idx)`` on the rows of ``x`` that drew ``mask``; ``fn`` may work in place on ``rows``.
+
+    ``idx`` (on the mask's device, ``None`` for all rows) lets ``fn`` pick its per-row parameters.
+    """
+    idx, count = _rows(mask)
+    if count == 0:
         return x
-    idx = idx.to(x.device, non_blocking=True)
-    sub = fn(x.index_select(0, idx))
+    if idx is None:
+        return fn(x if inplace else x.clone(), None)
+    on_x = idx.to(x.device, non_blocking=True)
+    sub = fn(x.index_select(0, on_x), idx)
     out = x if inplace else x.clone()
-    return out.index_copy_(0, idx, sub.to(out.dtype))
+    return out.index_copy_(0, on_x, sub.to(out.dtype))
+
+
+def _pick(values: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+    return values if idx is None else values[idx]
 
 
 def _float01(images: torch.Tensor) -> torch.Tensor:
@@ -182,6 +217,55 @@ def crop_boxes(
     return torch.stack([top, left, h, w], dim=1)
 
 
+def axis_aligned_grid(affine: torch.Tensor, size: int) -> torch.Tensor:
+    """``F.affine_grid`` (align_corners=False) for theta = [[sx, 0, tx], [0, sy, ty]], rows (sx, tx, sy, ty)."""
+    n = affine.shape[0]
+    base = torch.arange(size, device=affine.device, dtype=torch.float32).mul_(2.0 / size).add_(1.0 / size - 1.0)
+    grid = torch.empty(n, size, size, 2, device=affine.device, dtype=torch.float32)
+    sx, tx, sy, ty = (a.view(n, 1, 1) for a in affine.unbind(1))
+    grid[..., 0] = torch.addcmul(tx, sx, base.view(1, 1, size))
+    grid[..., 1] = torch.addcmul(ty, sy, base.view(1, size, 1))
+    return grid
+
+
+def crop_affine(
+    n: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    hflip_p: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Per-sample crop + flip as affine rows [n, 4] = (sx, tx, sy, ty) for :func:`axis_aligned_grid`.
+
+    A flip negates sx: crop and flip are one resample.
+    """
+    top, left, h, w = crop_boxes(n, height, width, scale, ratio, generator=generator).unbind(1)
+    sx = w / width
+    flip = draw_mask(n, hflip_p, generator)
+    if flip is not None:
+        sx = torch.where(flip, -sx, sx)
+    tx = (left + w / 2) * (2.0 / width) - 1.0
+    ty = (top + h / 2) * (2.0 / height) - 1.0
+    return torch.stack([sx, tx, h / height, ty], dim=1)
+
+
+def resample(images: torch.Tensor, affine: torch.Tensor, out_size: int) -> torch.Tensor:
+    """One bilinear ``grid_sample`` of the whole batch -> float32 [N, C, out, out] in [0, 1]."""
+    grid = axis_aligned_grid(affine.to(images.device, non_blocking=True), out_size)
+    # uint8 is resampled on its 0..255 scale; the (smaller) output is scaled after
+    x = F.grid_sample(images.to(torch.float32), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if images.dtype == torch.uint8:
+        x.div_(255.0)
+    return x.clamp_(0.0, 1.0)
+
+
+def _whole_image(scale: Sequence[float], ratio: Sequence[float], height: int, width: int) -> bool:
+    """Every box this recipe can draw is the whole image."""
+    return tuple(scale) == (1.0, 1.0) and height == width and ratio[0] <= 1.0 <= ratio[1]
+
+
 def random_resized_crop(
     images: torch.Tensor,
     out_size: int | None = None,
@@ -195,57 +279,24 @@ def random_resized_crop(
 
     One affine resample for the whole batch: the grid ``F.affine_grid`` would
     build (see :func:`axis_aligned_grid`) + one ``F.grid_sample`` (bilinear,
-    align_corners=False); the flip is a negated x scale in the same affine. Takes uint8 or
-    float in [0, 1]; returns float32 [N, C, out, out] in [0, 1]. Without a crop,
-    a flip or a resize, the images are only converted (exact identity).
+    align_corners=False); the flip is a negated x scale in the same affine.
+    Takes uint8 or float in [0, 1]; returns float32 [N, C, out, out] in [0, 1]
+    (``out`` defaults to the input height). When every box is the whole image
+    and the size is kept, there is no resample: the images are converted and
+    flipped exactly.
     """
-    n, c, height, width = images.shape
+    n, _, height, width = images.shape
     out = out_size or height
-    trivial_crop = (
-        tuple(scale) == (1.0, 1.0) and height == width and ratio[0] <= 1.0 <= ratio[1]
-    )  # every box is the whole image
-    if trivial_crop and out == height == width:
+    if _whole_image(scale, ratio, height, width) and out == height:
         return random_hflip(_float01(images), hflip_p, generator=generator, inplace=True)
-
-    boxes = crop_boxes(n, height, width, scale, ratio, generator=generator)
-    top, left, h, w = boxes.unbind(1)
-    sign = torch.ones(n, device=boxes.device)
-    flip = _select(n, hflip_p, generator)
-    if flip is None:
-        sign.fill_(-1.0)
-    elif flip.numel():
-        sign[flip.to(boxes.device)] = -1.0
-    # The affine is axis-aligned (scale + translation), so the grid affine_grid would build
-    # is an outer sum; writing it directly skips affine_grid's batched matmul.
-    affine = torch.stack(
-        [w / width * sign, (left + w / 2) * (2.0 / width) - 1.0, h / height, (top + h / 2) * (2.0 / height) - 1.0],
-        dim=1,
-    ).to(images.device, non_blocking=True)
-    grid = axis_aligned_grid(affine, out)
-    src = images.to(torch.float32)  # resample in 0..255 (uint8) and scale the smaller output
-    x = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    if images.dtype == torch.uint8:
-        x.div_(255.0)
-    return x.clamp_(0.0, 1.0)
-
-
-def axis_aligned_grid(affine: torch.Tensor, size: int) -> torch.Tensor:
-    """``F.affine_grid`` (align_corners=False) for theta = [[sx, 0, tx], [0, sy, ty]], rows (sx, tx, sy, ty)."""
-    n = affine.shape[0]
-    base = torch.arange(size, device=affine.device, dtype=torch.float32).mul_(2.0 / size).add_(1.0 / size - 1.0)
-    grid = torch.empty(n, size, size, 2, device=affine.device, dtype=torch.float32)
-    sx, tx, sy, ty = (a.view(n, 1, 1) for a in affine.unbind(1))
-    grid[..., 0] = torch.addcmul(tx, sx, base.view(1, 1, size))
-    grid[..., 1] = torch.addcmul(ty, sy, base.view(1, size, 1))
-    return grid
+    return resample(images, crop_affine(n, height, width, scale, ratio, hflip_p, generator), out)
 
 
 def random_hflip(
     x: torch.Tensor, p: float, *, generator: torch.Generator | None = None, inplace: bool = False
 ) -> torch.Tensor:
     """Flip the selected samples left-right (exactly ``torch.flip(x, [-1])``)."""
-    idx = _select(x.shape[0], p, generator)
-    return _apply_rows(x, idx, lambda t: t.flip(-1), inplace)
+    return _apply_rows(x, draw_mask(x.shape[0], p, generator), lambda t, idx: t.flip(-1), inplace)
 
 
 # --------------------------------------------------------------------------
@@ -322,6 +373,58 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor, *, inplace: bool = False) -
     return out.clamp_(0.0, 1.0)
 
 
+_ADJUST = {
+    "brightness": adjust_brightness,
+    "contrast": adjust_contrast,
+    "saturation": adjust_saturation,
+    "hue": adjust_hue,
+}
+
+
+def draw_jitter(
+    n: int,
+    channels: int,
+    p: float,
+    strengths: dict[str, float],
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor | None, tuple[str, ...], dict[str, torch.Tensor]]:
+    """(row mask, order of the adjustments that do something, their per-sample factors [n])."""
+    active = [
+        name
+        for name in JITTER_OPS
+        if strengths.get(name, 0.0) > 0 and not (channels == 1 and name in ("saturation", "hue"))
+    ]
+    if not active or p <= 0:
+        return None, (), {}
+    mask = draw_mask(n, p, generator)
+    perm = torch.randperm(len(JITTER_OPS), generator=generator, device=_param_device(generator)).tolist()
+    order = tuple(JITTER_OPS[i] for i in perm if JITTER_OPS[i] in active)
+    factors = {}
+    for name in active:  # a fixed draw order: the stream does not depend on the permutation
+        s = strengths[name]
+        lo, hi = (-s, s) if name == "hue" else (max(0.0, 1.0 - s), 1.0 + s)
+        factors[name] = _uniform(n, lo, hi, generator)
+    return mask, order, factors
+
+
+def _apply_jitter(
+    x: torch.Tensor,
+    mask: torch.Tensor | None,
+    order: tuple[str, ...],
+    factors: dict[str, torch.Tensor],
+    inplace: bool,
+) -> torch.Tensor:
+    if not order:
+        return x
+
+    def jitter(rows: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+        for name in order:
+            rows = _ADJUST[name](rows, _pick(factors[name], idx), inplace=True)
+        return rows
+
+    return _apply_rows(x, mask, jitter, inplace)
+
+
 def random_color_jitter(
     x: torch.Tensor,
     p: float,
@@ -336,46 +439,20 @@ def random_color_jitter(
     """With probability ``p`` per sample, torchvision's ColorJitter with per-sample factors.
 
     Factors: brightness/contrast/saturation ~ U[max(0, 1 - s), 1 + s], hue shift
-    ~ U[-h, h]. The four adjustments run in one random order per batch.
-    Saturation and hue are no-ops on 1-channel images.
+    ~ U[-h, h]. The adjustments run in one random order per batch. Saturation
+    and hue are no-ops on 1-channel images.
     """
-    n, channels = x.shape[0], x.shape[1]
     strengths = {"brightness": brightness, "contrast": contrast, "saturation": saturation, "hue": hue}
-    if channels == 1:
-        strengths["saturation"] = strengths["hue"] = 0.0
-    if all(s == 0 for s in strengths.values()):
-        return x
-    idx = _select(n, p, generator)
-    k = _count(idx, n)
-    if k == 0:
-        return x
-    order = torch.randperm(4, generator=generator, device=_param_device(generator)).tolist()
-    names = list(strengths)
-    factors = {}
-    for name in names:  # drawn in a fixed order so the stream does not depend on the permutation
-        s = strengths[name]
-        if s == 0:
-            continue
-        factors[name] = _uniform(k, -s, s, generator) if name == "hue" else _uniform(k, max(0.0, 1.0 - s), 1.0 + s, generator)
-    ops = {
-        "brightness": adjust_brightness,
-        "contrast": adjust_contrast,
-        "saturation": adjust_saturation,
-        "hue": adjust_hue,
-    }
-
-    def jitter(t: torch.Tensor) -> torch.Tensor:
-        for i in order:
-            name = names[i]
-            if name in factors:
-                t = ops[name](t, factors[name], inplace=True)
-        return t
-
-    return _apply_rows(x, idx, jitter, inplace)
+    mask, order, factors = draw_jitter(x.shape[0], x.shape[1], p, strengths, generator)
+    return _apply_jitter(x, mask, order, factors, inplace)
 
 
 # --------------------------------------------------------------------------
 # grayscale, blur, solarize
+
+
+def _to_grayscale(rows: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+    return rgb_to_grayscale(rows).expand_as(rows).contiguous()
 
 
 def random_grayscale(
@@ -384,8 +461,7 @@ def random_grayscale(
     """Replace the selected samples by their luma, repeated over the C channels."""
     if x.shape[1] == 1:
         return x
-    idx = _select(x.shape[0], p, generator)
-    return _apply_rows(x, idx, lambda t: rgb_to_grayscale(t).expand_as(t).contiguous(), inplace)
+    return _apply_rows(x, draw_mask(x.shape[0], p, generator), _to_grayscale, inplace)
 
 
 def blur_kernel_size(side: int) -> int:
@@ -426,13 +502,12 @@ def random_gaussian_blur(
     generator: torch.Generator | None = None,
     inplace: bool = False,
 ) -> torch.Tensor:
-    """Blur the selected samples with sigma ~ U(sigma) each."""
-    idx = _select(x.shape[0], p, generator)
-    k = _count(idx, x.shape[0])
-    if k == 0:
+    """Blur the selected samples, each with its own sigma ~ U(sigma)."""
+    mask = draw_mask(x.shape[0], p, generator)
+    if mask is None:
         return x
-    sigmas = _uniform(k, sigma[0], sigma[1], generator)
-    return _apply_rows(x, idx, lambda t: gaussian_blur(t, sigmas, kernel_size), inplace)
+    sigmas = _uniform(x.shape[0], sigma[0], sigma[1], generator)
+    return _apply_rows(x, mask, lambda t, idx: gaussian_blur(t, _pick(sigmas, idx), kernel_size), inplace)
 
 
 def solarize(x: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -448,12 +523,128 @@ def random_solarize(
     generator: torch.Generator | None = None,
     inplace: bool = False,
 ) -> torch.Tensor:
-    idx = _select(x.shape[0], p, generator)
-    return _apply_rows(x, idx, lambda t: solarize(t, threshold), inplace)
+    """Solarize the selected samples."""
+    return _apply_rows(x, draw_mask(x.shape[0], p, generator), lambda t, idx: solarize(t, threshold), inplace)
 
 
 # --------------------------------------------------------------------------
-# the recipe, views and the eval transform
+# one view: draw every parameter, then apply
+
+
+@dataclass
+class ViewPlan:
+    """Every random draw for one view of one batch, per sample, on the generator's device."""
+
+    out_size: int
+    affine: torch.Tensor | None = None  # [N, 4] crop + flip for axis_aligned_grid; None: no resample
+    flip: torch.Tensor | None = None  # [N] bool flips when there is no resample
+    jitter: torch.Tensor | None = None  # [N] bool
+    jitter_order: tuple[str, ...] = ()
+    jitter_factors: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [N]
+    grayscale: torch.Tensor | None = None  # [N] bool
+    blur: torch.Tensor | None = None  # [N] bool
+    blur_sigma: torch.Tensor | None = None  # [N]
+    blur_kernel: int = 3
+    solarize: torch.Tensor | None = None  # [N] bool
+    solarize_threshold: float = 0.5
+
+    def rows(self, start: int, stop: int) -> "ViewPlan":
+        """The plan of rows ``start:stop`` of the batch."""
+
+        def cut(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[start:stop]
+
+        return replace(
+            self,
+            affine=cut(self.affine),
+            flip=cut(self.flip),
+            jitter=cut(self.jitter),
+            jitter_factors={k: v[start:stop] for k, v in self.jitter_factors.items()},
+            grayscale=cut(self.grayscale),
+            blur=cut(self.blur),
+            blur_sigma=cut(self.blur_sigma),
+            solarize=cut(self.solarize),
+        )
+
+
+def plan_view(
+    view: "ViewAugment",
+    n: int,
+    channels: int,
+    height: int,
+    width: int,
+    out_size: int | None = None,
+    generator: torch.Generator | None = None,
+) -> ViewPlan:
+    """Draw one view's parameters for a batch of ``n`` images of ``channels`` x ``height`` x ``width``."""
+    out = out_size or height
+    plan = ViewPlan(out_size=out, solarize_threshold=view.solarize_threshold)
+    if _whole_image(view.crop_scale, view.crop_ratio, height, width) and out == height:
+        plan.flip = draw_mask(n, view.hflip_p, generator)
+    else:
+        plan.affine = crop_affine(n, height, width, view.crop_scale, view.crop_ratio, view.hflip_p, generator)
+    strengths = {name: getattr(view, name) for name in JITTER_OPS}
+    plan.jitter, plan.jitter_order, plan.jitter_factors = draw_jitter(
+        n, channels, view.jitter_p, strengths, generator
+    )
+    if channels == 3:
+        plan.grayscale = draw_mask(n, view.grayscale_p, generator)
+    plan.blur = draw_mask(n, view.blur_p, generator)
+    if plan.blur is not None:
+        plan.blur_sigma = _uniform(n, view.blur_sigma[0], view.blur_sigma[1], generator)
+        plan.blur_kernel = blur_kernel_size(out)
+    plan.solarize = draw_mask(n, view.solarize_p, generator)
+    return plan
+
+
+def apply_plan(images: torch.Tensor, plan: ViewPlan) -> torch.Tensor:
+    """uint8 (or [0, 1] float) [N, C, H, W] -> float32 [N, C, out, out] in [0, 1], in one go."""
+    if plan.affine is not None:
+        x = resample(images, plan.affine, plan.out_size)
+    else:
+        x = _apply_rows(_float01(images), plan.flip, lambda t, idx: t.flip(-1), True)
+    x = _apply_jitter(x, plan.jitter, plan.jitter_order, plan.jitter_factors, True)
+    x = _apply_rows(x, plan.grayscale, _to_grayscale, True)
+    sigma, kernel = plan.blur_sigma, plan.blur_kernel
+    x = _apply_rows(x, plan.blur, lambda t, idx: gaussian_blur(t, _pick(sigma, idx), kernel), True)
+    threshold = plan.solarize_threshold
+    return _apply_rows(x, plan.solarize, lambda t, idx: solarize(t, threshold), True)
+
+
+def _chunk_rows(images: torch.Tensor, out_size: int) -> int:
+    if images.device.type != "cpu":
+        return images.shape[0]
+    return max(1, CPU_CHUNK_BYTES // (images.shape[1] * out_size * out_size * 4))
+
+
+def _augment_into(
+    images: torch.Tensor,
+    view: "ViewAugment",
+    out_size: int | None,
+    generator: torch.Generator | None,
+    scale_bias: tuple[torch.Tensor, torch.Tensor] | None = None,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Plan, then apply chunk by chunk (CPU), normalising each chunk while it is in cache."""
+    _check_images(images)
+    n, c, height, width = images.shape
+    plan = plan_view(view, n, c, height, width, out_size, generator)
+    chunk = _chunk_rows(images, plan.out_size)
+    with _fp32(images.device):
+        if chunk >= n and scale_bias is None:
+            return apply_plan(images, plan)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        out = torch.empty(
+            (n, c, plan.out_size, plan.out_size), dtype=torch.float32, device=images.device, memory_format=fmt
+        )
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            part = apply_plan(images[start:stop], plan if chunk >= n else plan.rows(start, stop))
+            if scale_bias is None:
+                out[start:stop] = part
+            else:
+                torch.addcmul(scale_bias[1], part, scale_bias[0], out=out[start:stop])
+        return out
 
 
 def augment_batch(
@@ -465,27 +656,10 @@ def augment_batch(
 ) -> torch.Tensor:
     """One augmented view of a uint8 batch [N, C, H, W] -> float32 [N, C, out, out] in [0, 1].
 
-    Same device as ``images``; not normalised (see :func:`normalize`).
+    Same device as ``images``; not normalised (see :func:`normalize`). ``out``
+    defaults to the input height.
     """
-    _check_images(images)
-    with _fp32(images.device):
-        x = random_resized_crop(
-            images, out_size, view.crop_scale, view.crop_ratio, view.hflip_p, generator=generator
-        )
-        x = random_color_jitter(
-            x,
-            view.jitter_p,
-            view.brightness,
-            view.contrast,
-            view.saturation,
-            view.hue,
-            generator=generator,
-            inplace=True,
-        )
-        x = random_grayscale(x, view.grayscale_p, generator=generator, inplace=True)
-        x = random_gaussian_blur(x, view.blur_p, view.blur_sigma, generator=generator, inplace=True)
-        x = random_solarize(x, view.solarize_p, view.solarize_threshold, generator=generator, inplace=True)
-    return x
+    return _augment_into(images, view, out_size, generator)
 
 
 def _affine_params(
@@ -509,7 +683,7 @@ def normalize(
     """``(x - mean) / std`` per channel, in float32, as a new tensor (one pass)."""
     scale, bias = _affine_params(x.shape[1], mean, std, x.device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    out = torch.empty(x.shape, dtype=torch.float32, device=x.device).contiguous(memory_format=fmt)
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device, memory_format=fmt)
     return torch.addcmul(bias, x.to(torch.float32), scale, out=out)
 
 
@@ -527,16 +701,17 @@ def make_views(
     """``num_views`` normalised views; view i follows ``views[i % len(views)]``.
 
     Views that share a recipe are augmented together in one call over the
-    repeated batch (fewer, larger ops: what both CPU threads and GPU kernels like).
+    repeated batch (fewer, larger ops: what CPU threads and GPU kernels like),
+    and come back as row slices of one tensor.
     """
     _check_images(images)
     if not views:
         raise ValueError("make_views needs at least one ViewAugment")
     if num_views < 1:
         raise ValueError(f"num_views must be >= 1, got {num_views}")
-    recipes = [views[i % len(views)] for i in range(num_views)]
     groups: list[tuple["ViewAugment", list[int]]] = []
-    for i, recipe in enumerate(recipes):
+    for i in range(num_views):
+        recipe = views[i % len(views)]
         for seen, members in groups:
             if seen == recipe:
                 members.append(i)
@@ -545,18 +720,14 @@ def make_views(
             groups.append((recipe, [i]))
 
     n = images.shape[0]
-    out: list[torch.Tensor | None] = [None] * num_views
+    scale_bias = _affine_params(images.shape[1], mean, std, images.device)
+    out: list[torch.Tensor] = [images] * num_views  # placeholders
     for recipe, members in groups:
         batch = images if len(members) == 1 else images.repeat(len(members), 1, 1, 1)
-        x = augment_batch(batch, recipe, out_size=out_size, generator=generator)
-        if channels_last:
-            x = normalize(x, mean, std, channels_last=True)
-        else:  # x is ours: normalise in place, hand out row slices (each contiguous)
-            scale, bias = _affine_params(x.shape[1], mean, std, x.device)
-            x.mul_(scale).add_(bias)
+        x = _augment_into(batch, recipe, out_size, generator, scale_bias, channels_last)
         for j, i in enumerate(members):
             out[i] = x[j * n : (j + 1) * n]
-    return out  # type: ignore[return-value]
+    return out
 
 
 def to_float(

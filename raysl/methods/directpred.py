@@ -36,10 +36,10 @@ class DirectPred(StopGradPredictorMethod):
     def _update_predictor(self, z1: torch.Tensor, z2: torch.Tensor) -> None:
         # The global batch's projections, so every worker holds the same F and W_p.
         z = torch.cat([distributed.gather_no_grad(z1.detach()), distributed.gather_no_grad(z2.detach())])
-        first = int(self.steps) == 0
-        corr = losses.directpred_correlation_update(None if first else self.correlation, z, rho=self.cfg.alpha)
+        step = int(self.steps)
+        corr = losses.directpred_correlation_update(None if step == 0 else self.correlation, z, rho=self.cfg.alpha)
         self.correlation.copy_(corr)
-        if int(self.steps) % self.cfg.decomposition_period == 0:
+        if step % self.cfg.decomposition_period == 0:
             w = losses.directpred_predictor(self.correlation, alpha=EIGEN_POWER, eps=self.cfg.eps)
             self.predictor_weight.copy_(w)
         self.steps += 1

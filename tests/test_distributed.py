@@ -1,0 +1,319 @@
+"""Distributed losses: world size 2 must compute what world size 1 computes on the whole batch.
+
+No Ray: two gloo processes on 127.0.0.1 (torch.multiprocessing), started once
+for the module; every check runs in that one pair of processes and the
+results are compared here with the single-process computation on the
+concatenated batch.
+
+Why ``grad / world_size``: ``raysl.distributed.gather`` gives every worker the
+whole batch, so every worker computes the same global loss L. Its backward
+sums the incoming gradient over workers and hands each worker its own rows,
+so worker r holds ``world_size * dL/dz[rows of r]``. DDP then *averages*
+parameter gradients over workers, which divides the factor back out: the
+parameters see exactly dL/dtheta. A plain ``all_gather`` (other workers' rows
+as constants) instead leaves each worker only its own share, and DDP's
+average scales the parameter gradient by 1/world_size (lightly issue #1977;
+solo-learn's all_reduce of the Barlow correlation has the same effect). The
+last tests show that this check tells the two apart.
+"""
+
+from __future__ import annotations
+
+import inspect
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from raysl import distributed, losses
+from raysl.config import (
+    BarlowConfig,
+    DCLConfig,
+    DCLWConfig,
+    DINOConfig,
+    DirectPredConfig,
+    ISogCLRConfig,
+    MixedBarlowConfig,
+    ModelConfig,
+    MSBRegConfig,
+    MVInfoNCEConfig,
+    SimCLRConfig,
+    VICRegConfig,
+)
+
+WORLD = 2
+N, D = 8, 6  # global batch rows (split 4 + 4) and embedding width
+RTOL, ATOL = 1e-5, 1e-6  # float32
+
+
+# --------------------------------------------------------------------------- #
+# the losses of every method that gathers with gradients, at their defaults
+# --------------------------------------------------------------------------- #
+
+
+def _isogclr(z1, z2, tau1, tau2, u1, u2):
+    c = ISogCLRConfig()
+    return losses.isogclr_loss(z1, z2, tau1, tau2, u1, u2, gamma=c.gamma, rho=c.rho)[0]
+
+
+def _mixed_barlow(z1, z2, zm, perm_global):
+    c = MixedBarlowConfig()
+    bt = losses.barlow_twins(z1, z2, lambd=c.lambd)
+    reg = losses.mixed_barlow_regularizer(z1, z2, zm, mix_lambda=0.3, lambd=c.lambd, perm=perm_global)
+    return c.scale_loss * (bt + c.mixup_weight * reg)
+
+
+def _block_perm() -> torch.Tensor:
+    """The gathered batch's permutation when every worker permutes its own rows (as MixedBarlowTwins does)."""
+    local = torch.tensor([2, 0, 3, 1])
+    return torch.cat([local + r * (N // WORLD) for r in range(WORLD)])
+
+
+# name -> (number of [N, D] embedding inputs, loss of the gathered inputs)
+CASES = {
+    "simclr": (2, lambda z1, z2: losses.nt_xent(z1, z2, SimCLRConfig().temperature)),
+    "dcl": (2, lambda z1, z2: losses.dcl(z1, z2, DCLConfig().temperature)),
+    "dclw": (2, lambda z1, z2: losses.dclw(z1, z2, DCLWConfig().temperature, DCLWConfig().sigma)),
+    "isogclr": (2, _isogclr),
+    "barlow": (2, lambda z1, z2: BarlowConfig().scale_loss * losses.barlow_twins(z1, z2, BarlowConfig().lambd)),
+    "mixed_barlow": (3, _mixed_barlow),
+    "vicreg": (2, lambda z1, z2: losses.vicreg(
+        z1, z2, VICRegConfig().sim_weight, VICRegConfig().var_weight, VICRegConfig().cov_weight)),
+    "mv_infonce": (4, lambda *views: losses.infonce_multiview(list(views), MVInfoNCEConfig().temperature)),
+    # MSBReg's batch-level term (the per-sample terms stay local, see test_msbreg_split_*)
+    "msbreg": (2, lambda p1, p2: losses.singular_value_loss([p1, p2])),
+}
+
+
+def case_inputs(name: str) -> list[torch.Tensor]:
+    """The full-batch inputs of a case: embeddings, then per-row extras (iSogCLR's tau/u)."""
+    g = torch.Generator().manual_seed(sum(map(ord, name)))
+    views, _ = CASES[name]
+    out = [torch.randn(N, D, generator=g) for _ in range(views)]
+    if name == "isogclr":
+        out += [0.1 + 0.2 * torch.rand(N, generator=g) for _ in range(2)]  # tau1, tau2
+        out += [0.5 + torch.rand(N, generator=g) for _ in range(2)]  # u1, u2 (moving averages)
+    return out
+
+
+def case_loss(name: str, inputs: list[torch.Tensor]) -> torch.Tensor:
+    fn = CASES[name][1]
+    if name == "mixed_barlow":
+        return fn(*inputs, _block_perm())
+    return fn(*inputs)
+
+
+def rows(x: torch.Tensor, rank: int) -> torch.Tensor:
+    return x.chunk(WORLD)[rank]
+
+
+# --------------------------------------------------------------------------- #
+# parameter level: a tiny encoder under DDP
+# --------------------------------------------------------------------------- #
+
+
+class TinyPair(nn.Module):
+    """A linear "encoder" whose forward returns the loss, as raysl's methods do under DDP."""
+
+    def __init__(self, loss: str, gather=distributed.gather):
+        super().__init__()
+        self.encoder = nn.Linear(5, D)
+        self.loss, self.gather = loss, gather
+
+    def forward(self, x1, x2, t1, t2):
+        z1, z2 = self.encoder(x1), self.encoder(x2)
+        if self.loss == "simclr":
+            return losses.nt_xent(self.gather(z1), self.gather(z2), SimCLRConfig().temperature)
+        if self.loss == "barlow":
+            return losses.barlow_twins(self.gather(z1), self.gather(z2), BarlowConfig().lambd)
+        # msbreg as MSBReg computes it: per-sample terms on the local rows, the spread on the gathered batch
+        c = MSBRegConfig()
+        local = losses.msbreg([z1, z2], [t1, t2], centroid_weight=c.centroid_weight,
+                              singular_weight=0.0, brownian_weight=0.0)
+        return local + c.singular_weight * losses.singular_value_loss([self.gather(z1), self.gather(z2)])
+
+
+PARAM_CASES = ("simclr", "barlow", "msbreg")
+
+
+def param_inputs() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    return [torch.randn(N, 5, generator=g), torch.randn(N, 5, generator=g),
+            torch.randn(N, D, generator=g), torch.randn(N, D, generator=g)]
+
+
+def tiny(loss: str, gather=distributed.gather) -> TinyPair:
+    torch.manual_seed(0)
+    return TinyPair(loss, gather)
+
+
+def full_batch_msbreg(model: TinyPair, x1, x2, t1, t2) -> torch.Tensor:
+    """MSBReg's loss on one worker with the whole batch (noise term off: it is random)."""
+    c = MSBRegConfig()
+    z1, z2 = model.encoder(x1), model.encoder(x2)
+    return losses.msbreg([z1, z2], [t1, t2], centroid_weight=c.centroid_weight,
+                         singular_weight=c.singular_weight, brownian_weight=0.0)
+
+
+def param_grads(model: nn.Module) -> list[torch.Tensor]:
+    return [p.grad.detach().clone() for p in model.parameters()]
+
+
+# --------------------------------------------------------------------------- #
+# the two workers
+# --------------------------------------------------------------------------- #
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    import os
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        results: dict = {"world_size": distributed.world_size()}
+        for name in CASES:
+            local = [rows(x, rank).clone().requires_grad_(True) for x in case_inputs(name)]
+            loss = case_loss(name, [distributed.gather(x) for x in local])
+            loss.backward()
+            results[name] = (loss.detach(), [None if x.grad is None else x.grad.clone() for x in local])
+
+        for name in PARAM_CASES:
+            x1, x2, t1, t2 = (rows(x, rank) for x in param_inputs())
+            for label, gather in (("gather", distributed.gather), ("all_gather", _plain_all_gather)):
+                model = nn.parallel.DistributedDataParallel(tiny(name, gather))
+                model(x1, x2, t1, t2).backward()
+                results[f"param/{label}/{name}"] = param_grads(model.module)
+
+        # statistics without gradient: DINO's center and DirectPred's correlation
+        g = torch.Generator().manual_seed(3)
+        teacher = [torch.randn(N, 16, generator=g) for _ in range(2)]
+        center = torch.randn(1, 16, generator=g)
+        batch_mean = distributed.all_reduce_mean(torch.cat([rows(t, rank) for t in teacher]).mean(0, keepdim=True))
+        results["dino_center"] = losses.dino_center_update(center, [batch_mean], DINOConfig().center_momentum)
+        z = torch.cat([distributed.gather_no_grad(rows(t, rank)) for t in teacher])
+        results["directpred_corr"] = losses.directpred_correlation_update(None, z, rho=DirectPredConfig().alpha)
+
+        # MixedBarlowTwins' mixup: one lambda for all workers, the global permutation of the gathered batch
+        from raysl.methods.mixed_barlow import MixedBarlowTwins
+
+        torch.manual_seed(100 + rank)  # workers' RNGs differ, as in train_worker
+        method = MixedBarlowTwins(MixedBarlowConfig(), ModelConfig(width=4, projector_hidden_dim=8, projector_dim=4), 1)
+        x1, x2 = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
+        mixed, lam, perm = method.mixup(x1, x2)
+        results["mixup"] = (mixed, lam, perm, x1, x2)
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _plain_all_gather(x: torch.Tensor) -> torch.Tensor:
+    """The wrong way: other workers' rows arrive as constants (no gradient flows back to them)."""
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    parts[dist.get_rank()] = x
+    return torch.cat(parts)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("dist")
+    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+# --------------------------------------------------------------------------- #
+# tests
+# --------------------------------------------------------------------------- #
+
+
+def test_every_method_that_gathers_with_gradients_has_a_case():
+    from raysl.methods import METHODS
+    from raysl.methods.base import PairLossMethod
+
+    def gathers(cls) -> bool:
+        source = inspect.getsource(inspect.getmodule(cls))
+        return issubclass(cls, PairLossMethod) or "distributed.gather(" in source or "gathered_projections(" in source
+
+    missing = [name for name, cls in METHODS.items() if gathers(cls) and name not in CASES]
+    assert not missing, f"add a world-size-2 case to CASES for {missing}"
+
+
+def test_workers_ran_distributed(two_workers):
+    assert [r["world_size"] for r in two_workers] == [WORLD, WORLD]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_loss_and_input_gradients_match_one_worker(name, two_workers):
+    inputs = [x.clone().requires_grad_(True) for x in case_inputs(name)]
+    loss = case_loss(name, inputs)
+    loss.backward()
+    for rank, result in enumerate(two_workers):
+        worker_loss, worker_grads = result[name]
+        torch.testing.assert_close(worker_loss, loss.detach(), rtol=RTOL, atol=ATOL)
+        for i, (x, g) in enumerate(zip(inputs, worker_grads)):
+            if x.grad is None:  # an input the loss treats as a constant (iSogCLR's u)
+                assert g is None
+                continue
+            torch.testing.assert_close(
+                g / WORLD, rows(x.grad, rank), rtol=RTOL, atol=ATOL,
+                msg=lambda m: f"{name}: rank {rank} input {i}: {m}",
+            )
+
+
+@pytest.mark.parametrize("name", PARAM_CASES)
+def test_ddp_parameter_gradients_equal_one_worker_full_batch(name, two_workers):
+    model = tiny(name)
+    x1, x2, t1, t2 = param_inputs()
+    loss = full_batch_msbreg(model, x1, x2, t1, t2) if name == "msbreg" else model(x1, x2, t1, t2)
+    loss.backward()
+    expected = param_grads(model)
+    for result in two_workers:
+        for got, want in zip(result[f"param/gather/{name}"], expected):
+            torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("name", ("simclr", "barlow"))
+def test_plain_all_gather_scales_parameter_gradients_by_one_over_world_size(name, two_workers):
+    """The control: the check above catches the bug it is there for."""
+    model = tiny(name)
+    model(*param_inputs()).backward()
+    want = torch.cat([g.flatten() for g in param_grads(model)])
+    for result in two_workers:
+        got = torch.cat([g.flatten() for g in result[f"param/all_gather/{name}"]])
+        assert (got - want).norm() > 0.25 * want.norm()
+        torch.testing.assert_close(got, want / WORLD, rtol=RTOL, atol=ATOL)
+
+
+def test_dino_center_and_directpred_correlation_are_global_statistics(two_workers):
+    g = torch.Generator().manual_seed(3)
+    teacher = [torch.randn(N, 16, generator=g) for _ in range(2)]
+    center = torch.randn(1, 16, generator=g)
+    want_center = losses.dino_center_update(center, teacher, DINOConfig().center_momentum)
+    want_corr = losses.directpred_correlation_update(None, torch.cat(teacher), rho=DirectPredConfig().alpha)
+    for result in two_workers:
+        torch.testing.assert_close(result["dino_center"], want_center, rtol=RTOL, atol=ATOL)
+        torch.testing.assert_close(result["directpred_corr"], want_corr, rtol=RTOL, atol=ATOL)
+
+
+def test_mixed_barlow_mixup_agrees_across_workers(two_workers):
+    (m0, lam0, perm0, a0, b0), (m1, lam1, perm1, a1, b1) = (r["mixup"] for r in two_workers)
+    assert lam0 == lam1 and 0.0 <= lam0 <= 1.0
+    assert torch.equal(perm0, perm1)
+    n = a0.shape[0]
+    assert sorted(perm0.tolist()) == list(range(WORLD * n))
+    for rank, (mixed, a, b) in enumerate(((m0, a0, b0), (m1, a1, b1))):
+        local = perm0[rank * n : (rank + 1) * n] - rank * n  # each worker mixes its own rows only
+        assert sorted(local.tolist()) == list(range(n))
+        torch.testing.assert_close(mixed, lam0 * a + (1 - lam0) * b[local])
