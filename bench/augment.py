@@ -89,11 +89,17 @@ def torchvision_transform(size: int, mean: list[float], std: list[float]):
     )
 
 
-def bench_torchvision(images: torch.Tensor, args, mean, std) -> float:
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_torchvision(images: torch.Tensor, args, mean, std) -> tuple[float, float]:
     """One trial: fresh DataLoader workers, ``--warmup`` batches, then ``--batches`` timed."""
     dataset = TwoViewDataset(images, torchvision_transform(args.size, mean, std))
     sampler = torch.utils.data.RandomSampler(
-        dataset, replacement=True, num_samples=(args.warmup + args.batches) * args.batch
+        dataset, replacement=True, num_samples=(args.warmup + args.batches + 1) * args.batch
     )
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -105,15 +111,19 @@ def bench_torchvision(images: torch.Tensor, args, mean, std) -> float:
     it = iter(loader)
     for _ in range(args.warmup):
         next(it)
+    pids = [w.pid for w in getattr(it, "_workers", [])]
+    cpu0 = time.process_time() + sum(_cpu_seconds(p) for p in pids)
     count, start = 0, time.perf_counter()
-    for v1, v2 in it:
+    for _ in range(args.batches):  # one batch is left over: the workers are alive when we read their time
+        v1, v2 = next(it)
         count += v1.shape[0] + v2.shape[0]
-    rate = count / (time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    cpu = time.process_time() + sum(_cpu_seconds(p) for p in pids) - cpu0
     del it  # stop the workers before the other side runs
-    return rate
+    return count / wall, count / cpu
 
 
-def bench_batch(images: torch.Tensor, args, mean, std, generator: torch.Generator) -> float:
+def bench_batch(images: torch.Tensor, args, mean, std, generator: torch.Generator) -> tuple[float, float]:
     """One trial: ``--warmup`` then ``--batches`` batches of random rows, two SimCLR views each."""
     views = [ViewAugment(), ViewAugment()]
     n = len(images)
@@ -128,9 +138,10 @@ def bench_batch(images: torch.Tensor, args, mean, std, generator: torch.Generato
         return count
 
     run(args.warmup)
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     count = run(args.batches)
-    return count / (time.perf_counter() - start)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    return count / wall, count / cpu
 
 
 def main() -> None:
@@ -140,13 +151,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256, help="input images per batch")
     parser.add_argument("--channels", type=int, choices=(1, 3), default=3, help="3: gray replicated to RGB")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="DataLoader workers")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (batch side)")
     parser.add_argument("--warmup", type=int, default=3, help="batches before timing, per trial")
     parser.add_argument("--batches", type=int, default=30, help="timed batches per trial")
     parser.add_argument("--repeats", type=int, default=3, help="trials per side, interleaved; medians reported")
     args = parser.parse_args()
 
     threads = os.cpu_count() or 1
-    torch.set_num_threads(threads)
+    torch.set_num_threads(args.threads)
     raw, source = load_images(args.images)
     images = torch.from_numpy(raw.copy()).unsqueeze(1)
     if args.channels == 3:
@@ -155,19 +167,24 @@ def main() -> None:
 
     load_before = os.getloadavg()[0]
     generator = torch.Generator().manual_seed(0)
-    batch_rates, tv_rates = [], []
+    batch_trials, tv_trials = [], []
     for _ in range(args.repeats):  # interleaved, so background load hits both sides alike
-        batch_rates.append(bench_batch(images, args, mean, std, generator))
-        tv_rates.append(bench_torchvision(images, args, mean, std))
+        batch_trials.append(bench_batch(images, args, mean, std, generator))
+        tv_trials.append(bench_torchvision(images, args, mean, std))
     load_after = os.getloadavg()[0]
+    batch_rates, batch_cpu = zip(*batch_trials)
+    tv_rates, tv_cpu = zip(*tv_trials)
     batch_rate, tv_rate = statistics.median(batch_rates), statistics.median(tv_rates)
     ratio = batch_rate / tv_rate
+    cpu_ratio = statistics.median(batch_cpu) / statistics.median(tv_cpu)
     print(
         f"data={source} images={len(images)} channels={args.channels} size={args.size} batch={args.batch} "
         f"cpus={threads} torch_threads={torch.get_num_threads()} workers={args.workers} "
         f"load={load_before:.1f}->{load_after:.1f}: "
         f"raysl batch {batch_rate:,.0f} img/s, torchvision.v2 DataLoader {tv_rate:,.0f} img/s "
-        f"(medians of {args.repeats}), ratio={ratio:.2f}x"
+        f"(medians of {args.repeats}), ratio={ratio:.2f}x; "
+        f"per CPU-second {statistics.median(batch_cpu):,.0f} vs {statistics.median(tv_cpu):,.0f} img/cpu-s "
+        f"(cpu_ratio={cpu_ratio:.2f}x)"
     )
     print(
         json.dumps(
@@ -180,10 +197,14 @@ def main() -> None:
                 "batch": args.batch,
                 "views": 2,
                 "cpus": threads,
+                "torch_threads": torch.get_num_threads(),
                 "workers": args.workers,
                 "raysl_images_per_s": round(batch_rate, 1),
                 "torchvision_images_per_s": round(tv_rate, 1),
                 "ratio": round(ratio, 3),
+                "raysl_images_per_cpu_s": round(statistics.median(batch_cpu), 1),
+                "torchvision_images_per_cpu_s": round(statistics.median(tv_cpu), 1),
+                "cpu_ratio": round(cpu_ratio, 3),
                 "raysl_trials": [round(r, 1) for r in batch_rates],
                 "torchvision_trials": [round(r, 1) for r in tv_rates],
                 "loadavg": [round(load_before, 2), round(load_after, 2)],

@@ -70,6 +70,9 @@ def init_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         return
+    # keep glibc from returning (and re-faulting) the large activation buffers on every step
+    os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(256 << 20))
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(32 << 20))  # glibc maximum on 64-bit
     cpus = num_cpus or max(4, 2 * (os.cpu_count() or 2))
     ray.init(num_cpus=cpus, include_dashboard=True, log_to_driver=True, configure_logging=True, logging_level="WARNING")
 

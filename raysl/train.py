@@ -249,7 +249,8 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
         cache=cfg.data.cache_on_device, max_cached_bytes=cfg.data.max_cached_bytes, seed=cfg.seed, rank=rank,
     )
     eval_set = load_eval_set(data_dir, cfg, device) if rank == 0 else None
-    gen = torch.Generator(device=device).manual_seed(cfg.seed * 9973 + rank + 1)
+    # augmentation parameters are drawn on the CPU: choosing rows never waits on the GPU
+    gen = torch.Generator().manual_seed(cfg.seed * 9973 + rank + 1)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=is_cuda and cfg.scale.precision == "bf16")
     if rank == 0 and start_epoch == 0:
         print(

@@ -319,3 +319,17 @@ def test_to_float_eval_transform(channels: int) -> None:
     assert resized.is_contiguous(memory_format=torch.channels_last)
     const = to_float(torch.full((1, channels, 10, 14), 51, dtype=torch.uint8), mean=mean, std=std, out_size=6)
     torch.testing.assert_close(const, torch.full_like(const, (0.2 - 0.5) / 0.25), rtol=0, atol=1e-5)
+
+
+def test_cpu_chunking_gives_the_same_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = images(n=20, h=12, w=12)
+    view = ViewAugment(blur_p=0.5, solarize_p=0.5)
+    whole = augment_batch(x, view, out_size=10, generator=gen(5))
+    monkeypatch.setattr(A, "CPU_CHUNK_BYTES", 3 * 10 * 10 * 4 * 3)  # 3 rows per chunk
+    chunked = augment_batch(x, view, out_size=10, generator=gen(5))
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
+    a = make_views(x, [view], 2, mean=[0.5] * 3, std=[0.5] * 3, generator=gen(5))
+    monkeypatch.setattr(A, "CPU_CHUNK_BYTES", 1 << 30)
+    b = make_views(x, [view], 2, mean=[0.5] * 3, std=[0.5] * 3, generator=gen(5))
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=0, atol=1e-5)
