@@ -144,7 +144,8 @@ def main() -> None:
     # make both searches "reach the target" on their first trial
     parser.add_argument("--base-temperature", type=float, default=1.0)
     parser.add_argument("--base-lr", type=float, default=1e-4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="data subset and samplers")
+    parser.add_argument("--startup-trials", type=int, default=4, help="TPE's random trials before it models")
     args = parser.parse_args()
 
     work = Path(args.work)
@@ -155,13 +156,14 @@ def main() -> None:
     data = prepare(work, args)
     started = time.time()
     many = args.budget  # the budget, not num_samples, ends the ASHA searches
-    tpe = run_search(work, "tpe_asha", space(data, args, {"sampler": "tpe", "scheduler": "asha", "num_samples": many,
-                                                           "grace_period": 1, "reduction_factor": 2}))
+    # TPE models after `startup_trials` random ones; raysl's default (num_samples // 3, at most 10)
+    # would leave it random for most of a budget this small
+    asha = {"scheduler": "asha", "num_samples": many, "grace_period": 1, "reduction_factor": 2,
+            "startup_trials": args.startup_trials}
+    tpe = run_search(work, "tpe_asha", space(data, args, {"sampler": "tpe", **asha}))
     rnd = run_search(work, "random_fifo", space(data, args, {"sampler": "random", "scheduler": "fifo",
                                                               "num_samples": max(1, args.budget // args.epochs)}))
-    free = run_search(work, "rankme_tpe_asha", space(data, args, {"sampler": "tpe", "scheduler": "asha",
-                                                                   "metric": "rankme", "num_samples": many,
-                                                                   "grace_period": 1, "reduction_factor": 2}))
+    free = run_search(work, "rankme_tpe_asha", space(data, args, {"sampler": "tpe", "metric": "rankme", **asha}))
 
     print(f"Fashion-MNIST subset {args.train_rows} train / {args.val_rows} val (seed {args.seed}), crop {args.crop}, "
           f"SimCLR small_convnet width {args.width}, {args.epochs} epochs per trial, budget {args.budget} "

@@ -43,21 +43,32 @@ def bare_images_per_s(cfg: RunConfig, batch: int, channels_last: bool, seconds: 
     backbone, dim = build_backbone(cfg.model, 1)
     projector = mlp(dim, cfg.model.projector_hidden_dim, cfg.model.projector_dim, cfg.model.projector_layers)
     model = torch.nn.Sequential(backbone, projector)
-    x = torch.randn(2 * batch, 1, 28, 28)
+    # two views of `batch` images, each its own forward pass, as the methods run them
+    views = [torch.randn(batch, 1, 28, 28) for _ in range(2)]
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
+        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        sum(model(v).sum() for v in views).backward()
+
     for _ in range(3):
-        model(x).sum().backward()
+        step()
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        model.zero_grad(set_to_none=True)
-        model(x).sum().backward()
-        done += x.shape[0]
+        step()
+        done += 2 * batch
     return done / (time.perf_counter() - start)
 
 
 def main() -> None:
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        # the same allocator settings raysl gives its Ray workers (raysl.launch.init_ray);
+        # glibc reads them at start-up, so re-execute with them set
+        os.environ["MALLOC_TRIM_THRESHOLD_"] = str(256 << 20)
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(32 << 20)
+        os.execv(sys.executable, [sys.executable, *sys.argv])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch", type=int, default=256)

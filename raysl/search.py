@@ -31,7 +31,6 @@ import math
 import os
 import signal
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -616,6 +615,9 @@ def tune_main(args) -> int:
     name = _experiment_name(args, args.space)
     storage = _storage(args)
     experiment = _join(storage, name)
+    if os.environ.get("RAY_ADDRESS") and args.storage is None:
+        print(f"[raysl] note: results go to {experiment} on the driver's node; on a multi-node cluster pass "
+              "--storage s3://... (or a shared folder) so every trial can write there", file=sys.stderr)
 
     space.base = _absolute_data_path(space.base)
     data_dir = resolve_data_dir(space.base_config)

@@ -350,7 +350,9 @@ def _parse_param(key: Any, spec: Any, where: str, source: str) -> Param:
             raise ConfigError(f"{here}: int bounds must be whole numbers, got [{arg[0]}, {arg[1]}]")
         lo, hi = int(lo), int(hi)
     if not lo < hi:
-        raise ConfigError(f"{here}: {kind} needs low < high, got [{arg[0]}, {arg[1]}]; for a fixed value set it in base:")
+        raise ConfigError(
+            f"{here}: {kind} needs low < high, got [{arg[0]}, {arg[1]}]; for a fixed value set it in base:"
+        )
     log = bool(spec.get("log", False)) if kind == "int" else kind == "loguniform"
     if log and lo <= 0:
         raise ConfigError(f"{here}: {kind}{' log' if kind == 'int' else ''} needs low > 0 (log scale), got "
@@ -393,7 +395,9 @@ def _check_value(tree: dict, p: Param, value: Any, source: str, context: str = "
     return trial_tree
 
 
-def _validate(params: tuple[Param, ...], tree: dict, source: str, seen: dict[str, Param], path: tuple[str, ...]) -> None:
+def _validate(
+    params: tuple[Param, ...], tree: dict, source: str, seen: dict[str, Param], path: tuple[str, ...]
+) -> None:
     keys = [p.key for p in params]
     for key in keys:
         if keys.count(key) > 1 or key in path:
@@ -444,7 +448,9 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     search_raw = data.get("search") or {}
     params = _parse_params(search_raw, f"{source}: search", source)
     if not params:
-        raise ConfigError(f"{source}: search: is empty; add at least one key, e.g. optim.lr: {{loguniform: [0.0003, 0.01]}}")
+        raise ConfigError(
+            f"{source}: search: is empty; add at least one key, e.g. optim.lr: {{loguniform: [0.0003, 0.01]}}"
+        )
     _validate(params, base, source, {}, ())
     _check_methods(base_config, params, source)
 

@@ -1,0 +1,82 @@
+"""`ray job submit --working-dir . -- raysl tune ...` against a real head with token auth.
+
+The head is started with `ray start --head` (its own ports, temp dir and
+token file); the client side authenticates the way a user's laptop does, with
+``RAY_AUTH_MODE=token`` and the cluster's token (``RAY_AUTH_TOKEN_PATH`` here,
+``~/.ray/auth_token`` by default). Only this head's processes are stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from test_search import BIN, RAY, REPO, RayHead, explain, final_json, trials
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("raysl_cache")
+    # the job's entrypoint runs in the cluster's environment: `raysl` must be on its PATH
+    env = {"RAYSL_CACHE": str(cache), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    ray_head = RayHead(num_cpus=4, extra_env=env).start()
+    try:
+        yield ray_head
+    finally:
+        ray_head.stop()
+
+
+def ray_job(head: RayHead, *args: str, timeout: float = 600):
+    env = {k: v for k, v in head.env.items() if k != "RAY_ADDRESS"}  # the Jobs API is the dashboard's
+    return subprocess.run([RAY, "job", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def submit_job(head: RayHead, *args: str):
+    """`ray job submit`, retried while the head's job agent is still starting."""
+    for _ in range(20):
+        done = ray_job(head, "submit", *args)
+        if done.returncode == 0 or "No available agent" not in done.stderr:
+            return done
+        time.sleep(3)
+    return done
+
+
+def test_job_submit_runs_a_search_on_the_cluster(head, tmp_path):
+    storage = tmp_path / "results"
+    job_id = f"raysl_tune_{int(time.time())}"
+    submit = submit_job(
+        head, "--address", head.dashboard_url, "--submission-id", job_id, "--working-dir", ".",
+        "--runtime-env-json", json.dumps({"excludes": ["raysl_results", "runs", "test-artifacts", ".git"]}),
+        "--", "raysl", "tune", "search_spaces/quickstart.yaml", "--num-samples", "2",
+        "--set", "optim.epochs=2", "--set", "eval.every_epochs=1", "--set", "model.width=8",
+        "--storage", str(storage), "--name", "submitted",
+    )
+    assert submit.returncode == 0, explain(submit)
+    status = ray_job(head, "status", "--address", head.dashboard_url, job_id, timeout=60)
+    assert "succeeded" in (status.stdout + status.stderr).lower(), explain(status)
+
+    logs = ray_job(head, "logs", "--address", head.dashboard_url, job_id, timeout=60).stdout
+    summary = final_json(logs)
+    experiment = storage / "submitted"
+    assert summary["num_trials"] == 2 and summary["best_config_path"] == str(experiment / "best_config.yaml")
+    found = trials(experiment)
+    assert len(found) == 2 and all(t["rows"] and "knn_acc" in t["rows"][-1] for t in found.values())
+    best = yaml.safe_load((experiment / "best_config.yaml").read_text())
+    assert best["method"]["name"] == "simclr"
+    assert (experiment / "raysl_space.yaml").exists()
+
+
+def test_job_submit_without_the_token_is_refused(head):
+    env = {k: v for k, v in head.env.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
+    env["RAY_AUTH_MODE"] = "disabled"
+    done = subprocess.run([RAY, "job", "list", "--address", head.dashboard_url], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0, explain(done)
+    assert "Token authentication is enabled but no authentication token was found" in done.stderr
