@@ -423,9 +423,17 @@ def test_interrupted_search_resumes_every_trial_once(head, tmp_path):
     assert len(after) == summary["num_trials"] == 5
     assert sum(summary["statuses"].values()) == 5 and "pending" not in summary["statuses"], summary
     assert summary["statuses"].get("finished", 0) >= 3, summary
+    in_flight = [name for name, t in before.items() if not _finished(t)]
     for name, trial in after.items():
         epochs = [r["epoch"] for r in trial["rows"]]
-        # every epoch reported once, none re-run (a collapsed trial ends early, by design)
+        if name in in_flight:
+            # the trial running at the interrupt restarts from the last checkpoint Tune had
+            # recorded; Tune may already have logged the epoch after it, which is then
+            # reported again (at-least-once), but no epoch is skipped
+            assert sorted(set(epochs)) == list(range(1, max(epochs) + 1)), (name, epochs)
+            assert len(epochs) - len(set(epochs)) <= 1, (name, epochs)
+            epochs = sorted(set(epochs))
+        # every other trial: every epoch reported once, none re-run (a collapsed trial ends early, by design)
         assert epochs == list(range(1, len(epochs) + 1)), (name, epochs)
         assert len(epochs) == 3 or trial["rows"][-1]["status"] in ("collapsed", "diverged"), (name, trial["rows"])
         if name in before and _finished(before[name]):
