@@ -414,7 +414,7 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         section = ".".join(loc[:-1])
         msg = f"unknown key {key!r}"
         if section:
-            msg += f" for {section}" + _allowed_keys_hint(exc, loc)
+            msg += f" for {section}" + _allowed_keys_hint(loc)
     elif kind == "union_tag_invalid":
         got = err.get("ctx", {}).get("tag")
         msg = f"{key}.name: unknown method {got!r}; allowed: {', '.join(METHOD_NAMES)}"
@@ -436,7 +436,7 @@ def _clean_loc(loc) -> list[str]:
     return [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))]
 
 
-def _allowed_keys_hint(exc: ValidationError, loc: list[str]) -> str:
+def _allowed_keys_hint(loc: list[str]) -> str:
     model: Any = RunConfig
     for part in loc[:-1]:
         field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
@@ -448,10 +448,6 @@ def _allowed_keys_hint(exc: ValidationError, loc: list[str]) -> str:
         model = ann
     if hasattr(model, "model_fields"):
         return "; allowed: " + ", ".join(model.model_fields)
-    return ""
-
-
-def _method_hint(tree: dict) -> str:
     return ""
 
 

@@ -9,7 +9,6 @@ schedules, evaluates, and reports metrics with a checkpoint.
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 import time
@@ -325,5 +324,3 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
                 f"collapsed at epoch {epoch + 1}: the embeddings became (nearly) constant; "
                 "try a lower lr, a different temperature or loss weights"
             )
-        if math.isnan(metrics["loss"]):  # pragma: no cover - caught per step above
-            break

@@ -91,7 +91,7 @@ def test_batch_larger_than_dataset_fails_before_ray(tmp_path, capsys):
     path = write(tmp_path, "optim: {batch_size: 100000}")
     assert main(["train", path, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "optim.batch_size: 100000 is larger than the 1437" in err or "is larger than the" in err
+    assert "optim.batch_size: 100000 is larger than the 1438 training images" in err
     assert not ray.is_initialized()
 
 
