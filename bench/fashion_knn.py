@@ -39,8 +39,7 @@ def main() -> None:
     from raysl.data.shards import load_manifest, prepare
     from raysl.evaluate import knn_accuracy
     from raysl.launch import train_run
-    from raysl.methods import build_method
-    from raysl.train import evaluate_method, load_eval_set
+    from raysl.train import initial_metrics, load_eval_set
 
     work = Path(tempfile.mkdtemp(prefix="raysl-fashion-"))
     data = args.data or str(work / "fashion")
@@ -58,13 +57,10 @@ def main() -> None:
     manifest = load_manifest(data)
     device = torch.device("cpu")
     eval_set = load_eval_set(data, cfg, device)
-    norm = dict(mean=manifest.mean, std=manifest.std, out_size=28, channels_last=False)
 
     flat = lambda x: (x.float().flatten(1) / 255.0 - manifest.mean[0]) / manifest.std[0]  # noqa: E731
     raw = knn_accuracy(flat(eval_set.train_x), eval_set.train_y, flat(eval_set.val_x), eval_set.val_y, k=20)
-    torch.manual_seed(cfg.seed)
-    untrained = evaluate_method(build_method(cfg, 1), eval_set, cfg, norm, cfg.data.views(),
-                                torch.Generator().manual_seed(0))["knn_acc"]
+    untrained = initial_metrics(cfg, data)["knn_acc"]
 
     start = time.perf_counter()
     summary = train_run(cfg, str(work / "run"))

@@ -5,9 +5,10 @@ Protocol: each method trains from its own `search_spaces/<method>.yaml` base
 given epochs on the 60,000 training images (one Ray Train worker, 2 threads);
 kNN k = 20 (cosine, T = 0.07) on backbone features, bank = 10,000 seeded train
 images, queries = the 10,000 official test images; RankMe on backbone features
-of the train bank.
+of the train bank. Two reference rows use the same split and protocol: raw
+pixels, and the same convnet at random initialisation (before any training).
 
-    python bench/methods_table.py [--epochs 1] [--width 8] [--methods simclr,byol,...]
+    python bench/methods_table.py [--epochs 1] [--width 8] [--methods simclr,byol,...] [--data DIR]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--methods", default=None)
+    parser.add_argument("--data", default=None, help="a prepared Fashion-MNIST folder (default: prepare one)")
     args = parser.parse_args()
 
     import ray
@@ -41,16 +43,20 @@ def main() -> None:
     from raysl.methods import METHODS
 
     work = Path(tempfile.mkdtemp(prefix="raysl-methods-"))
-    data = work / "fashion"
-    prepare("idx", FASHION, str(data), shard_rows=10_000)
+    data = args.data or str(work / "fashion")
+    if args.data is None:
+        prepare("idx", FASHION, data, shard_rows=10_000)
     methods = args.methods.split(",") if args.methods else list(METHODS)
-    rows = []
+    overrides = [
+        "data.source=idx", f"data.path={data}", "data.crop_size=28", f"model.width={args.width}",
+        f"optim.epochs={args.epochs}", f"eval.every_epochs={args.epochs}",
+        "scale.cpus_per_worker=2", "scale.torch_threads=2",
+    ]
+    rows = reference_rows(load_config(str(REPO / "search_spaces" / "simclr.yaml"), overrides), data)
+    for row in rows:
+        print(json.dumps(row), flush=True)
     for name in methods:
-        cfg = load_config(str(REPO / "search_spaces" / f"{name}.yaml"), [
-            "data.source=idx", f"data.path={data}", "data.crop_size=28", f"model.width={args.width}",
-            f"optim.epochs={args.epochs}", f"eval.every_epochs={args.epochs}",
-            "scale.cpus_per_worker=2", "scale.torch_threads=2",
-        ])
+        cfg = load_config(str(REPO / "search_spaces" / f"{name}.yaml"), overrides)
         start = time.perf_counter()
         try:
             summary = train_run(cfg, str(work / name))
@@ -59,6 +65,8 @@ def main() -> None:
         minutes = (time.perf_counter() - start) / 60
         row = {"method": name, "knn_acc": summary.get("knn_acc"), "rankme": summary.get("rankme"),
                "status": summary.get("status"), "minutes": round(minutes, 1)}
+        if "error" in summary:
+            row["error"] = summary["error"]
         rows.append(row)
         print(json.dumps(row), flush=True)
         ray.shutdown()
@@ -67,6 +75,27 @@ def main() -> None:
         knn = f"{r['knn_acc']:.3f}" if r["knn_acc"] is not None else "-"
         rank = f"{r['rankme']:.1f}" if r["rankme"] is not None else "-"
         print(f"| {r['method']} | {knn} | {rank} | {r['status']} | {r['minutes']} |")
+
+
+def reference_rows(cfg, data: str) -> list[dict]:
+    """Raw-pixel kNN and the random-init convnet's kNN and RankMe, with the same bank, queries and k."""
+    import torch
+
+    from raysl.data.shards import load_manifest
+    from raysl.evaluate import knn_accuracy, rankme
+    from raysl.train import initial_metrics, load_eval_set
+
+    manifest = load_manifest(data)
+    eval_set = load_eval_set(data, cfg, torch.device("cpu"))
+    pixels = lambda x: (x.float().flatten(1) / 255.0 - manifest.mean[0]) / manifest.std[0]  # noqa: E731
+    train_px, val_px = pixels(eval_set.train_x), pixels(eval_set.val_x)
+    raw = {"method": "raw pixels (reference)", "knn_acc": knn_accuracy(train_px, eval_set.train_y, val_px,
+                                                                         eval_set.val_y, k=20),
+           "rankme": float(rankme(train_px)), "status": "-", "minutes": 0.0}
+    metrics = initial_metrics(cfg, data)
+    untrained = {"method": "random-init convnet (reference)", "knn_acc": metrics["knn_acc"],
+                 "rankme": metrics["rankme"], "status": "-", "minutes": 0.0}
+    return [raw, untrained]
 
 
 if __name__ == "__main__":

@@ -25,12 +25,15 @@ from raysl.config import RunConfig
 from raysl.data.augment import make_views, to_float
 from raysl.data.shards import load_manifest, read_split
 from raysl.data.stream import TrainBatches
-from raysl.errors import CollapsedError, DivergedError
+from raysl.divergence import DivergenceWatch
+from raysl.errors import CollapsedError
 from raysl.evaluate import alignment, evaluate_features, is_collapsed
 from raysl.methods import build_method
 from raysl.optim import build_optimizer, set_lr_and_wd
 
 CHECKPOINT_FILE = "state.pt"
+# steps between two reads of the divergence record on a GPU (see raysl/divergence.py)
+DIVERGENCE_CHECK_EVERY_CUDA = 32
 
 
 class LoopIO(Protocol):
@@ -172,6 +175,40 @@ def evaluate_method(method, eval_set: EvalSet, cfg: RunConfig, norm: dict, views
     return metrics
 
 
+def input_norm(cfg: RunConfig, manifest) -> dict:
+    """How a run turns uint8 batches into model input (make_views / to_float keyword arguments)."""
+    return dict(mean=manifest.mean, std=manifest.std, out_size=cfg.data.crop_size or manifest.height,
+                channels_last=cfg.model.channels_last)
+
+
+def build_run_method(cfg: RunConfig, manifest, device: torch.device) -> torch.nn.Module:
+    """The method as a run builds it; the caller seeds torch first (``cfg.seed + rank``)."""
+    # row indices span every split (they index the source data set)
+    total_rows = sum(split["rows"] for split in manifest.splits.values())
+    method = build_method(cfg, manifest.channels, num_samples=total_rows).to(device)
+    if cfg.model.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    return method
+
+
+def augment_generator(cfg: RunConfig, rank: int = 0) -> torch.Generator:
+    """Augmentation parameters are drawn on the CPU: choosing rows never waits on the GPU."""
+    return torch.Generator().manual_seed(cfg.seed * 9973 + rank + 1)
+
+
+def initial_metrics(cfg: RunConfig, data_dir: str) -> dict[str, float]:
+    """The evaluation of the very network a run of ``cfg`` starts from, before its first step, on the CPU.
+
+    The random-initialisation baseline a trained encoder's kNN and RankMe are read
+    against (same seed, architecture, memory bank and queries as the run's rank 0).
+    """
+    manifest = load_manifest(data_dir)
+    torch.manual_seed(cfg.seed)
+    method = build_run_method(cfg, manifest, torch.device("cpu"))
+    eval_set = load_eval_set(data_dir, cfg, torch.device("cpu"))
+    return evaluate_method(method, eval_set, cfg, input_norm(cfg, manifest), cfg.data.views(), augment_generator(cfg))
+
+
 def lr_at(cfg: RunConfig, progress: float, peak: float) -> float:
     s = cfg.schedule
     final = peak * s.final_lr_fraction
@@ -215,14 +252,9 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
 
     # ---- data description and model
     manifest = load_manifest(data_dir)
-    out_size = cfg.data.crop_size or manifest.height
-    norm = dict(mean=manifest.mean, std=manifest.std, out_size=out_size, channels_last=cfg.model.channels_last)
-    # row indices span every split (they index the source data set)
-    total_rows = sum(split["rows"] for split in manifest.splits.values())
-    method = build_method(cfg, manifest.channels, num_samples=total_rows).to(device)
+    norm = input_norm(cfg, manifest)
+    method = build_run_method(cfg, manifest, device)
     views = cfg.data.views()
-    if cfg.model.channels_last:
-        method = method.to(memory_format=torch.channels_last)
     peak = peak_lr(cfg)
     optimizer = build_optimizer(method.param_groups(), cfg.optim, peak)
     model = DistributedDataParallel(method) if world > 1 else method
@@ -248,8 +280,9 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
         cache=cfg.data.cache_on_device, max_cached_bytes=cfg.data.max_cached_bytes, seed=cfg.seed, rank=rank,
     )
     eval_set = load_eval_set(data_dir, cfg, device) if rank == 0 else None
-    # augmentation parameters are drawn on the CPU: choosing rows never waits on the GPU
-    gen = torch.Generator().manual_seed(cfg.seed * 9973 + rank + 1)
+    gen = augment_generator(cfg, rank)
+    # on a GPU, reading the loss back every step would stall the host; the watch reads it every few steps
+    watch = DivergenceWatch(device, every=DIVERGENCE_CHECK_EVERY_CUDA if is_cuda else 1)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=is_cuda and cfg.scale.precision == "bf16")
     if rank == 0 and start_epoch == 0:
         print(
@@ -264,27 +297,25 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
         loss_sum = torch.zeros((), device=device)
         steps_done = 0
         start = time.perf_counter()
-        for images, indices in batches.epoch(epoch, steps_per_epoch):
-            progress = global_step / max(1, total_steps)
-            method.progress = progress
-            set_lr_and_wd(optimizer, lr_at(cfg, progress, peak), weight_decay_at(cfg, progress))
-            crops = make_views(images, views, method.num_views, generator=gen, **norm)
-            with autocast:
-                loss, _ = forward(crops, indices)
-            if not torch.isfinite(loss).item():
-                raise DivergedError(
-                    f"diverged at step {global_step} (epoch {epoch}): loss is {loss.item()}; "
-                    "lower optim.lr or raise the temperature; the last good checkpoint is kept"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.grad_clip:
-                torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-            method.after_step()
-            loss_sum += loss.detach()
-            global_step += 1
-            steps_done += 1
+        # leaving the block reads the divergence record: before anything of this epoch is reported or saved
+        with watch.epoch():
+            for images, indices in batches.epoch(epoch, steps_per_epoch):
+                progress = global_step / max(1, total_steps)
+                method.progress = progress
+                set_lr_and_wd(optimizer, lr_at(cfg, progress, peak), weight_decay_at(cfg, progress))
+                crops = make_views(images, views, method.num_views, generator=gen, **norm)
+                with autocast:
+                    loss, _ = forward(crops, indices)
+                watch.observe(loss, global_step, epoch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.optim.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.grad_clip)
+                optimizer.step()
+                method.after_step()
+                loss_sum += loss.detach()
+                global_step += 1
+                steps_done += 1
         if is_cuda:
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start

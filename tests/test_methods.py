@@ -18,9 +18,8 @@ import pytest
 import torch
 
 from raysl.config import load_config
-from raysl.data.shards import load_manifest
 from raysl.methods import METHODS, build_method
-from raysl.train import LocalIO, evaluate_method, load_eval_set, train_worker
+from raysl.train import LocalIO, initial_metrics, train_worker
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 
@@ -38,24 +37,11 @@ def space_config(name: str, *overrides: str):
     return load_config(space, list(overrides))
 
 
-def random_init_knn(cfg, data_dir: str) -> float:
-    """kNN accuracy of the untrained network the run starts from: train_worker seeds
-    ``cfg.seed + rank`` right before ``build_method``, so this is the same network."""
-    manifest = load_manifest(data_dir)
-    torch.manual_seed(cfg.seed)
-    method = build_method(cfg, manifest.channels)
-    norm = dict(mean=manifest.mean, std=manifest.std, out_size=cfg.data.crop_size or manifest.height,
-                channels_last=cfg.model.channels_last)
-    eval_set = load_eval_set(data_dir, cfg, torch.device("cpu"))
-    gen = torch.Generator().manual_seed(cfg.seed * 9973 + 1)
-    return evaluate_method(method, eval_set, cfg, norm, cfg.data.views(), gen)["knn_acc"]
-
-
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_method_trains_and_beats_random_init(name, digits_dir):
     cfg = space_config(name, f"optim.epochs={EPOCHS}", f"eval.every_epochs={EVAL_EVERY}")
     assert cfg.method.name == name
-    baseline = random_init_knn(cfg, digits_dir)
+    baseline = initial_metrics(cfg, digits_dir)["knn_acc"]
 
     io = LocalIO(digits_dir)
     train_worker({"config": cfg.model_dump(mode="json"), "data_dir": digits_dir}, io)
