@@ -22,16 +22,18 @@ def save_state(path: str, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def load_state(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_state(path: str, map_location: str | torch.device = "cpu", *, mmap: bool = False) -> dict[str, Any]:
+    """``mmap=True`` maps the tensors from the file instead of reading them: cheap when only the numbers are needed."""
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint {path} does not exist; start without --resume or point at a run folder")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"checkpoint {path} holds pickled objects that are not plain tensors and was refused "
             f"(weights_only load: {first[:160]}); only load checkpoints written by raysl"
         ) from None
-    except (RuntimeError, EOFError) as exc:
-        raise CheckpointError(f"checkpoint {path} is unreadable ({str(exc).splitlines()[0][:160]}); it may be truncated") from None
+    except Exception as exc:  # noqa: BLE001 - torn or foreign bytes fail in many ways (RuntimeError, EOFError, KeyError)
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} is unreadable ({detail}); it may be truncated") from None

@@ -1,4 +1,4 @@
-"""The ``raysl`` command: data prepare, train, tune, analyze.
+"""The ``raysl`` command: data prepare, train, tune, analyze, export.
 
 Exit codes: 0 success, 2 a user error (one line on stderr), 1 an internal failure.
 """
@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     analyze = sub.add_parser("analyze", help="leaderboard, plots, importance and an HTML report")
     analyze.add_argument("paths", nargs="+", help="experiment folders or URIs")
     analyze.add_argument("--out", default=None, help="report folder (default: <first path>/report)")
+
+    export = sub.add_parser("export", help="write a run's trained backbone to a file for downstream use")
+    export.add_argument("run_dir", help="a `raysl train` run folder (its --out)")
+    export.add_argument("--out", required=True, help="output file, e.g. encoder.pt")
+    export.add_argument("--epoch", type=int, default=None, help="a checkpointed epoch (default: the latest)")
+    export.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     return parser
 
 
@@ -102,9 +108,19 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return analyze_main(args)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from raysl.export import export_backbone
+
+    summary = export_backbone(args.run_dir, args.out, args.epoch, force=args.force)
+    for problem in summary.get("skipped", []):
+        print(f"[raysl] skipped: {problem}", file=sys.stderr)
+    print(json.dumps(summary), flush=True)  # the last stdout line is the export's JSON summary
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"train": cmd_train, "tune": cmd_tune, "analyze": cmd_analyze}
+    handlers = {"train": cmd_train, "tune": cmd_tune, "analyze": cmd_analyze, "export": cmd_export}
     try:
         if args.command == "data":
             return cmd_data_prepare(args)

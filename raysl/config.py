@@ -191,8 +191,10 @@ METHOD_NAMES: tuple[str, ...] = tuple(
 
 
 class ModelConfig(Section):
-    backbone: Literal["small_convnet", "resnet18", "resnet50"] = "small_convnet"
+    backbone: Literal["small_convnet", "resnet18", "resnet50", "vit_tiny"] = "small_convnet"
     width: Annotated[int, Field(ge=4, le=512)] = 32  # small_convnet base width
+    patch_size: Annotated[int, Field(ge=1, le=64)] = 4  # vit_tiny: pixels per patch side
+    vit_image_size: Annotated[int, Field(ge=1, le=1024)] = 32  # vit_tiny: the grid its position embedding learns
     projector_hidden_dim: Annotated[int, Field(ge=1)] = 512
     projector_dim: Annotated[int, Field(ge=1)] = 128
     projector_layers: Annotated[int, Field(ge=1, le=4)] = 2
@@ -325,6 +327,14 @@ class RunConfig(Section):
                 f"optim.batch_size ({self.optim.batch_size}) must be at least 2 per worker "
                 f"({self.scale.num_workers} workers)"
             )
+        model = self.model
+        if model.backbone == "vit_tiny":
+            for key, size in (("model.vit_image_size", model.vit_image_size), ("data.crop_size", self.data.crop_size)):
+                if size is not None and size < model.patch_size:
+                    raise ValueError(
+                        f"{key} ({size}) is smaller than one ViT patch (model.patch_size={model.patch_size}); "
+                        "use a smaller model.patch_size"
+                    )
         if self.data.source != "digits" and self.data.path is None:
             raise ValueError(
                 f"data.path is required for data.source={self.data.source!r}: "

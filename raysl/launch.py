@@ -15,7 +15,8 @@ from raysl.config import RunConfig
 from raysl.errors import ConfigError, DataError, RayslError, TrainingError
 
 STATUS_FIELDS = ("epoch", "loss", "knn_acc", "rankme", "alignment", "uniformity", "images_per_s")
-
+# the Ray Train run name under --out: checkpoints land in OUT/train/checkpoint_*/ (raysl.export reads them)
+TRAIN_RUN_NAME = "train"
 
 def cache_root() -> Path:
     return Path(os.environ.get("RAYSL_CACHE", Path.home() / ".cache" / "raysl"))
@@ -43,7 +44,7 @@ def resolve_data_dir(cfg: RunConfig) -> str:
 
 
 def check_against_data(cfg: RunConfig, data_dir: str, source: str) -> Any:
-    """Checks that need the manifest: batch size vs data set size, crop size."""
+    """Checks that need the manifest: batch size vs data set size, image size vs ViT patch size."""
     from raysl.data import shards
 
     manifest = shards.load_manifest(data_dir)
@@ -52,6 +53,12 @@ def check_against_data(cfg: RunConfig, data_dir: str, source: str) -> Any:
         raise ConfigError(
             f"{source}: optim.batch_size: {cfg.optim.batch_size} is larger than the {rows} training "
             f"images in {data_dir}; use at most {rows}"
+        )
+    size = cfg.data.crop_size or min(manifest.height, manifest.width)
+    if cfg.model.backbone == "vit_tiny" and size < cfg.model.patch_size:
+        raise ConfigError(
+            f"{source}: model.patch_size: {cfg.model.patch_size} px patches do not fit the {size} px images "
+            f"in {data_dir}; set data.crop_size or a smaller model.patch_size"
         )
     return manifest
 
@@ -163,7 +170,7 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config") -> dict:
     out_dir = Path(out).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     previous = out_dir / "config.yaml"
-    if previous.exists() and (out_dir / "train").exists():
+    if previous.exists() and (out_dir / TRAIN_RUN_NAME).exists():
         print(f"[raysl] resuming the run in {out_dir} from its last checkpoint", file=sys.stderr)
     (out_dir / "config.yaml").write_text(to_yaml(cfg))
 
@@ -171,7 +178,7 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config") -> dict:
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    dataset = ray.data.read_parquet(shards.shard_uris(data_dir, "train"), columns=["image", "label", "index"])
+    dataset = ray.data.read_parquet(shards.shard_uris(data_dir, "train")).select_columns(["image", "label", "index"])
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"config": cfg.model_dump(mode="json"), "data_dir": data_dir},
@@ -181,7 +188,7 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config") -> dict:
             resources_per_worker={"CPU": cfg.scale.cpus_per_worker, **({"GPU": cfg.scale.gpus_per_worker} if cfg.scale.use_gpu else {})},
         ),
         run_config=ray.train.RunConfig(
-            name="train",
+            name=TRAIN_RUN_NAME,
             storage_path=str(out_dir),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
             failure_config=ray.train.FailureConfig(max_failures=0),

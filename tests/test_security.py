@@ -310,3 +310,15 @@ def test_a_raysl_job_with_the_token_runs(token_cluster, tmp_path: Path) -> None:
     assert "succeeded" in (job.stdout + job.stderr).lower()
     assert produced.exists(), f"{produced} missing; job output:\n{job.stdout[-3000:]}"
     print(f"token-auth job ({entrypoint[1]}) took {time.time() - started:.0f}s")
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all\n", b"PK\x03\x04 truncated zip"],
+                         ids=["empty", "text", "torn-zip"])
+def test_unreadable_checkpoint_is_a_one_line_checkpoint_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "state.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as failed:
+        load_state(str(path))
+    message = str(failed.value)
+    assert message.startswith(f"checkpoint {path} ") and "\n" not in message, message
+    assert "it may be truncated" in message or "only load checkpoints written by raysl" in message, message

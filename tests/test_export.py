@@ -1,0 +1,194 @@
+"""`raysl export`: the backbone of a real `raysl train` run, written to a file and loaded back."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from raysl.checkpoint import load_state
+from raysl.config import load_config
+from raysl.data.augment import to_float
+from raysl.data.shards import load_manifest, read_split
+from raysl.errors import CheckpointError
+from raysl.export import EXPORT_FORMAT, export_backbone, load_backbone, run_checkpoints
+from raysl.train import build_run_method, input_norm
+
+from conftest import RAYSL, REPO
+
+QUICKSTART = str(REPO / "search_spaces" / "quickstart.yaml")
+# two epochs, a checkpoint after each, both kept
+RUN = ["model.width=8", "optim.epochs=2", "checkpoint.every_epochs=1", "checkpoint.keep=2"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, digits_dir) -> Path:
+    """A real `raysl train` run (Ray Train on a local Ray cluster), laid out on disk as a user gets it."""
+    import ray
+
+    from raysl.launch import init_ray, train_run
+
+    out = tmp_path_factory.mktemp("export") / "run"
+    init_ray(num_cpus=4)
+    try:
+        summary = train_run(load_config(QUICKSTART, RUN), str(out), source=QUICKSTART)
+    finally:
+        ray.shutdown()
+    assert summary["status"] == "finished" and summary["epoch"] == 2
+    return out
+
+
+@pytest.fixture(scope="module")
+def val_images(digits_dir) -> torch.Tensor:
+    x, _ = read_split(digits_dir, "val")
+    return torch.from_numpy(np.ascontiguousarray(x[:64])).permute(0, 3, 1, 2).contiguous()
+
+
+def method_from_checkpoint(run: Path, state_path: str | None, digits_dir: str):
+    """The run's method as `raysl train` builds it, with a checkpoint's weights (None: fresh, seeded as the run)."""
+    cfg = load_config(str(run / "config.yaml"))
+    manifest = load_manifest(digits_dir)
+    torch.manual_seed(cfg.seed)
+    method = build_run_method(cfg, manifest, torch.device("cpu"))
+    if state_path is not None:
+        method.load_state_dict(load_state(state_path)["model"])
+    return method.eval(), input_norm(cfg, manifest)
+
+
+def export_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([RAYSL, "export", *args], capture_output=True, text=True, timeout=120)
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, message: str) -> None:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [f"raysl: error: {message}"]
+    assert proc.stdout == ""
+
+
+def test_exported_backbone_gives_the_checkpoint_backbone_features(run_dir, digits_dir, val_images, tmp_path):
+    out = tmp_path / "encoder.pt"
+    proc = export_cli(str(run_dir), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["epoch"] == 2 and summary["method"] == "simclr" and summary["out"] == str(out)
+
+    latest = run_checkpoints(str(run_dir))[0][2]
+    trained, norm = method_from_checkpoint(run_dir, latest, digits_dir)
+    fresh, _ = method_from_checkpoint(run_dir, None, digits_dir)
+    x = to_float(val_images, **norm)
+    with torch.no_grad():
+        expected = trained.backbone(x)
+        untrained = fresh.backbone(x)
+
+    exported = load_backbone(str(out))
+    assert not exported.module.training
+    assert (exported.feature_dim, exported.image_size, exported.in_channels) == (64, 8, 1)
+    with torch.no_grad():
+        got = exported.module(x.contiguous())
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(exported.features(val_images), expected)  # its own preprocessing is the run's
+    assert not torch.allclose(got, untrained, atol=1e-3)  # training moved the weights: the test can fail
+
+
+def test_file_is_plain_data_for_weights_only_load(run_dir, tmp_path):
+    out = tmp_path / "encoder.pt"
+    export_backbone(str(run_dir), str(out))
+    data = torch.load(out, weights_only=True)
+    assert set(data) == {"format", "backbone_state", "model", "in_channels", "feature_dim", "mean", "std",
+                         "image_size", "method", "epoch"}
+    assert data["format"] == EXPORT_FORMAT and data["method"] == "simclr" and data["epoch"] == 2
+    assert data["model"] == load_config(str(run_dir / "config.yaml")).model.model_dump(mode="json")
+    assert (data["in_channels"], data["feature_dim"], data["image_size"]) == (1, 64, 8)
+    assert all(isinstance(v, torch.Tensor) for v in data["backbone_state"].values())
+    assert not any(k.startswith("projector") for k in data["backbone_state"])
+    assert len(data["mean"]) == len(data["std"]) == 1
+    assert sorted(os.listdir(tmp_path)) == ["encoder.pt"]  # no temporary file left behind
+
+
+def test_epoch_picks_that_checkpoint(run_dir, digits_dir, val_images, tmp_path):
+    checkpoints = run_checkpoints(str(run_dir))[0]
+    assert sorted(checkpoints) == [1, 2]
+    first = export_backbone(str(run_dir), str(tmp_path / "e1.pt"), epoch=1)
+    second = export_backbone(str(run_dir), str(tmp_path / "e2.pt"), epoch=2)
+    assert (first["epoch"], second["epoch"]) == (1, 2)
+    e1, e2 = load_backbone(str(tmp_path / "e1.pt")), load_backbone(str(tmp_path / "e2.pt"))
+    assert (e1.epoch, e2.epoch) == (1, 2)
+
+    method, norm = method_from_checkpoint(run_dir, checkpoints[1], digits_dir)
+    with torch.no_grad():
+        torch.testing.assert_close(e1.features(val_images), method.backbone(to_float(val_images, **norm)))
+    assert not torch.allclose(e1.features(val_images), e2.features(val_images), atol=1e-3)
+
+
+def test_missing_run_folder_is_a_one_line_error(tmp_path):
+    missing = tmp_path / "nope"
+    assert_user_error(export_cli(str(missing), "--out", str(tmp_path / "e.pt")),
+                      f"run folder {missing} does not exist; pass the --out folder of a `raysl train` run")
+
+
+def test_run_without_checkpoint_says_train_first(run_dir, tmp_path):
+    # a run stopped before its first epoch ended: config.yaml, no checkpoint
+    early = tmp_path / "early"
+    early.mkdir()
+    (early / "config.yaml").write_bytes((run_dir / "config.yaml").read_bytes())
+    assert_user_error(
+        export_cli(str(early), "--out", str(tmp_path / "e.pt")),
+        f"no checkpoint in {early}: the run has not finished an epoch yet; run `raysl train CONFIG --out {early}` "
+        "first (it checkpoints every checkpoint.every_epochs)",
+    )
+    assert not (tmp_path / "e.pt").exists()
+
+
+def test_epoch_without_checkpoint_lists_the_available_ones(run_dir, tmp_path):
+    assert_user_error(
+        export_cli(str(run_dir), "--out", str(tmp_path / "e.pt"), "--epoch", "3"),
+        f"no checkpoint of epoch 3 in {run_dir}; available: 1, 2 (the run keeps the last checkpoint.keep=2, "
+        "one every checkpoint.every_epochs=1)",
+    )
+
+
+def test_existing_output_is_left_unchanged_unless_forced(run_dir, tmp_path):
+    out = tmp_path / "encoder.pt"
+    out.write_bytes(b"someone's file\n")
+    assert_user_error(export_cli(str(run_dir), "--out", str(out)),
+                      f"{out} already exists; choose another --out or pass --force to overwrite it")
+    assert out.read_bytes() == b"someone's file\n"
+
+    proc = export_cli(str(run_dir), "--out", str(out), "--force", "--epoch", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["epoch"] == 1
+    assert load_backbone(str(out)).epoch == 1
+    assert sorted(os.listdir(tmp_path)) == ["encoder.pt"]
+
+
+def test_load_backbone_refuses_what_is_not_an_export(run_dir, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model\n")
+    state = run_checkpoints(str(run_dir))[0][2]
+    for path, why in ((str(text), "torch.load(weights_only=True) failed"),
+                      (state, "it is a raysl training checkpoint")):
+        with pytest.raises(CheckpointError) as info:
+            load_backbone(path)
+        message = str(info.value)
+        assert "\n" not in message
+        assert message.startswith(f"{path} is not a raysl backbone export ({why}")
+        assert message.endswith("; create one with `raysl export RUN_DIR --out FILE`")
+
+
+def test_a_torn_latest_checkpoint_is_skipped_and_reported(run_dir, tmp_path):
+    # an interrupt while Ray copies the last checkpoint leaves a truncated state.pt behind
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    checkpoints = run_checkpoints(str(copy))[0]
+    torn = Path(checkpoints[2])
+    torn.write_bytes(torn.read_bytes()[:1000])
+    summary = export_backbone(str(copy), str(tmp_path / "e.pt"))
+    assert summary["epoch"] == 1 and summary["checkpoint"] == checkpoints[1]
+    assert len(summary["skipped"]) == 1 and str(torn.relative_to(tmp_path)) in summary["skipped"][0]
+    assert load_backbone(str(tmp_path / "e.pt")).epoch == 1
