@@ -178,7 +178,7 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config") -> dict:
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    dataset = ray.data.read_parquet(shards.shard_uris(data_dir, "train")).select_columns(["image", "label", "index"])
+    dataset = ray.data.read_parquet(shards.shard_uris(data_dir, "train"), columns=["image", "label", "index"])
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"config": cfg.model_dump(mode="json"), "data_dir": data_dir},

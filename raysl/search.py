@@ -274,9 +274,8 @@ def _fit_torch_trainer(cfg: RunConfig, loop_config: dict, data_dir: str, objecti
     ray.data.DataContext.get_current().enable_progress_bars = False
     # Read tasks take no CPU slot: trials' Train workers can hold every CPU of a small
     # cluster, and a read task waiting for one would stall the trial forever.
-    # select_columns is pushed down into the read: no extra operator that would need a CPU
-    dataset = ray.data.read_parquet(shard_uris(data_dir, "train"), ray_remote_args={"num_cpus": 0}).select_columns(
-        ["image", "label", "index"]
+    dataset = ray.data.read_parquet(
+        shard_uris(data_dir, "train"), columns=["image", "label", "index"], ray_remote_args={"num_cpus": 0}
     )
     resources = {"CPU": cfg.scale.cpus_per_worker}
     if cfg.scale.use_gpu:

@@ -9,6 +9,7 @@ schedules, evaluates, and reports metrics with a checkpoint.
 
 from __future__ import annotations
 
+import numbers
 import os
 import tempfile
 import time
@@ -209,6 +210,18 @@ def initial_metrics(cfg: RunConfig, data_dir: str) -> dict[str, float]:
     return evaluate_method(method, eval_set, cfg, input_norm(cfg, manifest), cfg.data.views(), augment_generator(cfg))
 
 
+def plain_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Python numbers and strings only (no numpy scalars), so a checkpoint holding them loads weights_only."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, (str, bool)) or value is None:
+            return value
+        if isinstance(value, numbers.Integral):  # int and numpy integers
+            return int(value)
+        return float(value)
+
+    return {key: plain(value) for key, value in metrics.items()}
+
+
 def lr_at(cfg: RunConfig, progress: float, peak: float) -> float:
     s = cfg.schedule
     final = peak * s.final_lr_fraction
@@ -271,6 +284,11 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
         elif rank == 0:
             print(f"[raysl] optimizer changed to {cfg.optim.name}: its state starts fresh", flush=True)
         start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
+        if start_epoch >= cfg.optim.epochs and "metrics" in state:
+            # restored at its last epoch: a re-run of a finished run, or a PBT trial that cloned a
+            # finished trial's checkpoint. Nothing is left to train; its final report is its result.
+            io.report(dict(state["metrics"]), None)
+            return
 
     local_batch = cfg.optim.batch_size // world
     steps_per_epoch = manifest.splits["train"]["rows"] // (local_batch * world)
@@ -346,7 +364,8 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
                 save_state(
                     os.path.join(tmp, CHECKPOINT_FILE),
                     {"model": method.state_dict(), "optimizer": optimizer.state_dict(),
-                     "optimizer_name": cfg.optim.name, "epoch": epoch + 1, "global_step": global_step},
+                     "optimizer_name": cfg.optim.name, "epoch": epoch + 1, "global_step": global_step,
+                     "metrics": plain_metrics(metrics)},
                 )
                 checkpoint_dir = tmp
             io.report(metrics, checkpoint_dir)

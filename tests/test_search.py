@@ -493,4 +493,5 @@ def test_pbt_trials_continue_from_cloned_checkpoints(head, tmp_path):
               if [r["epoch"] for r in t["rows"]] != list(range(1, len(t["rows"]) + 1))
               or len({json.dumps(r["config"], sort_keys=True) for r in t["rows"]}) > 1]
     assert cloned, {n: [(r["epoch"], r["config"]) for r in t["rows"]] for n, t in found.items()}
-    assert all(t["rows"][-1]["epoch"] == 5 for t in found.values())
+    assert all(t["rows"][-1]["epoch"] == 5 for t in found.values()), {
+        n: [(r["epoch"], r.get("status"), r.get("training_iteration")) for r in t["rows"]] for n, t in found.items()}

@@ -10,14 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from raysl.checkpoint import load_state
 from raysl.config import load_config
-from raysl.data.shards import load_manifest
 from raysl.errors import DivergedError
-from raysl.methods import build_method
-from raysl.train import LocalIO, evaluate_method, load_eval_set, train_worker
+from raysl.train import LocalIO, initial_metrics, train_worker
 
 from conftest import RAYSL, REPO
 
@@ -27,16 +24,6 @@ SMALL = ["--set", "model.width=8", "--set", "eval.every_epochs=1", "--set", "opt
 
 def read_metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def random_init_knn(overrides: list[str], data_dir: str) -> float:
-    cfg = load_config(QUICKSTART, overrides)
-    torch.manual_seed(cfg.seed)
-    method = build_method(cfg, 1)
-    manifest = load_manifest(data_dir)
-    norm = dict(mean=manifest.mean, std=manifest.std, out_size=8, channels_last=False)
-    eval_set = load_eval_set(data_dir, cfg, torch.device("cpu"))
-    return evaluate_method(method, eval_set, cfg, norm, cfg.data.views(), torch.Generator().manual_seed(0))["knn_acc"]
 
 
 @pytest.mark.slow
@@ -72,7 +59,7 @@ def test_two_workers_interrupted_then_resumed_beats_random_init(tmp_path, digits
     assert "train images" not in second.stdout + second.stderr  # no fresh start banner: it resumed
 
     trained = summary["knn_acc"]
-    untrained = random_init_knn(["model.width=8"], digits_dir)
+    untrained = initial_metrics(load_config(QUICKSTART, ["model.width=8"]), digits_dir)["knn_acc"]
     assert trained > untrained + 0.01, (trained, untrained)
 
 
@@ -120,3 +107,18 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, digits_dir):
     assert saved.read_bytes() == before
     assert load_state(str(saved))["epoch"] == 2
     assert not (out / "checkpoints" / "epoch_3").exists()
+
+
+def test_a_run_restored_at_its_last_epoch_reports_its_final_result_again(tmp_path, digits_dir):
+    """A re-run of a finished run, or a PBT trial that cloned a finished trial's checkpoint,
+    has nothing left to train: its one report is the checkpoint's final result, not silence."""
+    cfg = load_config(QUICKSTART, ["model.width=8", "optim.epochs=2", "eval.every_epochs=1"])
+    loop = {"config": cfg.model_dump(mode="json"), "data_dir": digits_dir}
+    first = LocalIO(digits_dir, str(tmp_path))
+    train_worker(loop, first)
+    assert [r["epoch"] for r in first.reports] == [1, 2]
+
+    again = LocalIO(digits_dir, str(tmp_path))
+    train_worker(loop, again)
+    assert again.reports == [first.reports[-1]]
+    assert again.reports[0]["status"] == "finished" and again.reports[0]["knn_acc"] > 0
