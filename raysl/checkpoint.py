@@ -16,10 +16,15 @@ from raysl.errors import CheckpointError
 
 
 def save_state(path: str, state: dict[str, Any]) -> None:
-    """Write atomically: a crash mid-write never replaces a good checkpoint with a torn one."""
+    """Write atomically: a crash mid-write never replaces a good file with a torn one, nor leaves a temporary."""
     tmp = f"{path}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def load_state(path: str, map_location: str | torch.device = "cpu", *, mmap: bool = False) -> dict[str, Any]:

@@ -12,7 +12,6 @@ tensors, numbers and strings, so it loads with ``torch.load(weights_only=True)``
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from raysl.checkpoint import load_state
+from raysl.checkpoint import load_state, save_state
 from raysl.config import ModelConfig, RunConfig, load_config
 from raysl.errors import CheckpointError, ConfigError, DataError
 from raysl.launch import TRAIN_RUN_NAME
@@ -101,23 +100,6 @@ def _choose_checkpoint(run_dir: str, epoch: int | None, cfg: RunConfig) -> tuple
     return epoch, found[epoch], unreadable
 
 
-def _write_atomically(payload: dict, out: str) -> None:
-    """A temporary file in the same folder, then ``os.replace``: ``out`` is never half written."""
-    folder, name = os.path.split(os.path.abspath(out))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # unlike mkstemp, honours the umask like any file the user writes
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def export_backbone(run_dir: str, out: str, epoch: int | None = None, *, force: bool = False) -> dict:
     """Write the backbone of ``run_dir``'s checkpoint (the latest, or ``epoch``'s) to ``out``; returns a summary."""
     from raysl.data.shards import load_manifest
@@ -168,7 +150,8 @@ def export_backbone(run_dir: str, out: str, epoch: int | None = None, *, force: 
         "method": cfg.method.name,
         "epoch": epoch,
     }
-    _write_atomically(payload, out)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    save_state(out, payload)  # atomic: `out` is never half written
     summary = {
         "out": os.path.abspath(out), "run": os.path.abspath(run_dir), "checkpoint": os.path.abspath(state_path),
         "epoch": epoch, "method": cfg.method.name, "backbone": cfg.model.backbone,

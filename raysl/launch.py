@@ -18,6 +18,7 @@ STATUS_FIELDS = ("epoch", "loss", "knn_acc", "rankme", "alignment", "uniformity"
 # the Ray Train run name under --out: checkpoints land in OUT/train/checkpoint_*/ (raysl.export reads them)
 TRAIN_RUN_NAME = "train"
 
+
 def cache_root() -> Path:
     return Path(os.environ.get("RAYSL_CACHE", Path.home() / ".cache" / "raysl"))
 
