@@ -76,12 +76,27 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
-def markdown_table(table: pd.DataFrame) -> str:
+BEST_TAG = "★ best"
+
+
+def is_best_row(row: Any, best: tuple[str, str] | None) -> bool:
+    """Whether a leaderboard row (a mapping) is the best trial ``(experiment, trial_id)``."""
+    if best is None:
+        return False
+    return str(row.get("trial_id")) == best[1] and str(row.get("experiment", best[0])) == best[0]
+
+
+def markdown_table(table: pd.DataFrame, best: tuple[str, str] | None = None) -> str:
+    """The leaderboard as Markdown; the best trial's id carries ``★ best`` whatever stopped it."""
     header = "| " + " | ".join(table.columns) + " |"
     rule = "|" + "|".join("---" for _ in table.columns) + "|"
     lines = [header, rule]
-    for row in table.itertuples(index=False):
-        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    for record in table.to_dict("records"):
+        cells = [_cell(v) for v in record.values()]
+        if is_best_row(record, best) and "trial_id" in record:
+            i = list(record).index("trial_id")
+            cells[i] = f"**{cells[i]}** {BEST_TAG}"
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -291,6 +306,50 @@ def _apply_sample(base: dict, sample: dict[str, Any]) -> dict:
     return apply_sample(base, sample)
 
 
+def _normalized_flat(tree: Any, source: str) -> dict[str, Any] | None:
+    """A run-config mapping with raysl's defaults filled in, flattened; None when it is not one."""
+    from raysl.config import build_config
+    from raysl.errors import ConfigError
+
+    if not isinstance(tree, dict):
+        return None
+    try:
+        return flatten(build_config(tree, source).model_dump(mode="json"))
+    except ConfigError:
+        return flatten(tree)
+
+
+def config_vs_base(exp: Experiment, trial: pd.Series, best_yaml: str | None) -> list[dict[str, Any]]:
+    """What the best trial changed against the search space's ``base:``.
+
+    One row per searched key (in the space's order, whether or not its value differs),
+    then every other key whose value differs from the base (a sampled ``method.name``
+    brings that method's defaults, for instance). Each row: ``key``, ``best``, ``base``
+    (None when the experiment has no ``raysl_space.yaml``), ``searched``, ``differs``.
+    """
+    trial_flat = flatten(trial["config"] if isinstance(trial["config"], dict) else {})
+    best_flat: dict[str, Any] = {}
+    if best_yaml:
+        loaded = yaml.safe_load(best_yaml)
+        best_flat = _normalized_flat(loaded, "best_config.yaml") or {}
+    base_flat = _normalized_flat((exp.space or {}).get("base"), "raysl_space.yaml base")
+    rows = []
+    for key in exp.param_names:
+        value = best_flat.get(key, trial_flat.get(key))
+        base = base_flat.get(key) if base_flat is not None else None
+        rows.append({"key": key, "best": value, "base": base, "searched": True,
+                     "differs": base_flat is None or key not in base_flat or not _same(value, base)})
+    if base_flat is not None and best_flat:
+        searched = set(exp.param_names)
+        for key in [*best_flat, *(k for k in base_flat if k not in best_flat)]:
+            if key in searched:
+                continue
+            if key not in best_flat or key not in base_flat or not _same(best_flat[key], base_flat[key]):
+                rows.append({"key": key, "best": best_flat.get(key), "base": base_flat.get(key), "searched": False,
+                             "differs": True})
+    return rows
+
+
 def _overall_best(experiments: list[Experiment]) -> tuple[Experiment, pd.Series] | None:
     first = experiments[0]
     best = None
@@ -362,7 +421,8 @@ def summary_line(summary: dict) -> str:
         status = ", ".join(f"{v} {k}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
         text = f"{exp['name']}: {exp['trials']} trials ({status})"
         if exp["best"]:
-            text += f"; best {exp['metric']} {exp['best']['objective']:.4g} (trial {exp['best']['trial_id']})"
+            text += (f"; best {exp['metric']} {exp['best']['objective']:.4g} (trial {exp['best']['trial_id']}"
+                     + (f", {exp['best']['status']}" if exp["best"]["status"] != "finished" else "") + ")")
         b = exp["budget"]
         if b["trial_epochs_saved"] is not None:
             text += (f"; {b['trial_epochs_run']} of {b['trial_epochs_if_all_ran_to_max']} trial-epochs run "
@@ -391,8 +451,6 @@ def analyze(paths: list[str], out: str) -> dict[str, Any]:
     os.makedirs(local_out, exist_ok=True)
     table = leaderboard(experiments)
     table.to_csv(os.path.join(local_out, "leaderboard.csv"), index=False)
-    with open(os.path.join(local_out, "leaderboard.md"), "w") as fh:
-        fh.write(markdown_table(table))
 
     summaries = [experiment_summary(e) for e in experiments]
     best = _overall_best(experiments)
@@ -401,15 +459,21 @@ def analyze(paths: list[str], out: str) -> dict[str, Any]:
     if best is not None:
         exp, trial = best
         best_yaml, source = best_run_config(exp, trial)
-        best_info = {"experiment": exp.name, "trial_id": str(trial["trial_id"]), "metric": exp.metric,
+        vs_base = config_vs_base(exp, trial, best_yaml)
+        best_info = {"experiment": exp.name, "trial_id": str(trial["trial_id"]), "status": str(trial["status"]),
+                     "epochs": int(trial["epochs"]), "metric": exp.metric,
                      "objective": float(trial["objective_final"]), "config_source": source,
-                     "best_config": "best_config.yaml" if best_yaml else None}
+                     "best_config": "best_config.yaml" if best_yaml else None,
+                     "searched": {r["key"]: r["best"] for r in vs_base if r["searched"]},
+                     "vs_base": vs_base}
         if best_yaml:
             header = (f"# best trial {trial['trial_id']} of {exp.location} ({exp.metric} = "
                       f"{float(trial['objective_final']):.6g}); from {source}.\n"
                       f"# re-train: raysl train best_config.yaml [--set optim.epochs=N]\n")
             with open(os.path.join(local_out, "best_config.yaml"), "w") as fh:
                 fh.write(header + best_yaml)
+    with open(os.path.join(local_out, "leaderboard.md"), "w") as fh:
+        fh.write(markdown_table(table, best=(best_info["experiment"], best_info["trial_id"]) if best_info else None))
     summary: dict[str, Any] = {"experiments": summaries, "best": best_info}
     summary["summary"] = summary_line(summary)
     summary["plots"] = report.write_plots(experiments, summaries, local_out)

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from raysl.analyze import BEST_TAG, is_best_row
 from raysl.results import Experiment
 
 PLOTS = {
@@ -29,8 +30,9 @@ PLOTS = {
     "budget": "budget.png",
 }
 CAPTIONS = {
-    "learning_curves": "Learning curves of every trial. Solid: ran to the full budget; dashed grey: stopped "
-                       "early by the scheduler; red: diverged, collapsed or errored; thick: the best trial.",
+    "learning_curves": "Learning curves of every trial. Thick dark blue, on top, with a star at its best value: "
+                       "the best trial, whatever stopped it; solid: ran to the full budget; dashed grey: stopped "
+                       "early by the scheduler; red: diverged, collapsed or errored.",
     "objective_vs_params": "Final objective of each trial against each searched parameter "
                            "(filled: finished, hollow: stopped early).",
     "param_importance": "Parameter importance: Optuna's fANOVA over the trials' final objective (the finished "
@@ -51,6 +53,8 @@ STATUS_STYLE = {
 # leaderboard columns left to leaderboard.csv, to keep the page's table readable
 HTML_HIDDEN = ("best_epoch", "knn_acc_k200", "alignment", "uniformity", "loss", "trial_dir")
 COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
+# the other trials' curves: no blue, which is the best trial's
+CURVE_COLORS = [c for c in COLORS if c != "tab:blue"]
 
 
 def _save(fig: Figure, path: str) -> None:
@@ -71,45 +75,85 @@ def _message(ax, text: str) -> None:
 # the plots
 
 
-def plot_learning_curves(experiments: list[Experiment], summaries: list[dict], path: str) -> None:
+BEST_STYLE = {"ls": "-", "alpha": 1.0, "color": "#0b3d91", "lw": 3.2, "zorder": 10}
+
+
+def best_legend_label(best: dict | None) -> str:
+    """The legend entry of the best trial: ``best trial (<id>, <status>)``."""
+    return f"best trial ({best['trial_id']}, {best['status']})" if best else "best trial"
+
+
+def plot_learning_curves(experiments: list[Experiment], summaries: list[dict], path: str) -> dict[str, Any]:
+    """Learning curves, one row per experiment (objective left, loss or kNN right).
+
+    The best trial of each experiment (its summary's ``best``) is drawn last, on top, thick, solid
+    and dark blue with a star at its best value, whatever stopped it; its legend entry is that very
+    line. Returns what was drawn: ``{experiment: {"best": id, "legend": [labels], "lines": {metric:
+    {trial_id: {"linestyle", "linewidth", "color", "zorder", "label"}}}}}``.
+    """
+    from matplotlib.colors import to_hex
+    from matplotlib.lines import Line2D
+
     fig = Figure(figsize=(12, 3.6 * len(experiments)))
     axes = fig.subplots(len(experiments), 2, squeeze=False)
+    drawn_info: dict[str, Any] = {}
     for row, (exp, summary) in enumerate(zip(experiments, summaries)):
+        best_summary = summary.get("best")
         best = _best_trial_id(summary)
         status = dict(zip(exp.trials["trial_id"], exp.trials["status"]))
+        info = drawn_info.setdefault(exp.name, {"best": best, "legend": [], "lines": {}})
         for col, metric in enumerate((exp.metric, "loss" if exp.metric != "loss" else "knn_acc")):
             ax = axes[row][col]
-            drawn = 0
+            lines: dict[str, Line2D] = {}
+            best_line = None
             if not exp.history.empty and metric in exp.history:
-                for i, (trial_id, hist) in enumerate(exp.history.groupby("trial_id", sort=True)):
+                groups = list(exp.history.groupby("trial_id", sort=True))
+                # the best trial last, so that it is drawn on top of the others
+                groups.sort(key=lambda g: g[0] == best)
+                for i, (trial_id, hist) in enumerate(groups):
                     points = hist[["epoch", metric]].dropna().sort_values("epoch")
                     if points.empty:
                         continue
-                    style = dict(STATUS_STYLE.get(status.get(trial_id, ""), {}))
-                    style.setdefault("color", COLORS[i % len(COLORS)])
-                    width = 3.0 if trial_id == best else 1.3
-                    label = f"{trial_id} (best)" if trial_id == best else None
-                    ax.plot(points["epoch"], points[metric], marker="o", markersize=3, lw=width, label=label,
-                            **style)
+                    xs, ys = points["epoch"].to_numpy(), points[metric].to_numpy(dtype=float)
+                    if trial_id == best:
+                        style = dict(BEST_STYLE)
+                        (line,) = ax.plot(xs, ys, marker="o", markersize=4, label=best_legend_label(best_summary),
+                                          **style)
+                        best_line = line
+                        if metric == exp.metric and len(ys):  # its best value
+                            at = int(np.argmax(ys) if exp.mode == "max" else np.argmin(ys))
+                            ax.plot(xs[at], ys[at], marker="*", ms=16, color=style["color"], mec="white", mew=1.0,
+                                    ls="none", zorder=11)
+                    else:
+                        style = dict(STATUS_STYLE.get(status.get(trial_id, ""), {}))
+                        style.setdefault("color", CURVE_COLORS[i % len(CURVE_COLORS)])
+                        (line,) = ax.plot(xs, ys, marker="o", markersize=3, lw=1.3, zorder=2, **style)
                     if status.get(trial_id) in ("diverged", "collapsed", "errored"):
-                        ax.plot(points["epoch"].iloc[-1], points[metric].iloc[-1], "x", color="tab:red", ms=9)
-                    drawn += 1
-            if not drawn:
+                        ax.plot(xs[-1], ys[-1], "x", color="tab:red", ms=9, zorder=3)
+                    lines[str(trial_id)] = line
+            if not lines:
                 _message(ax, f"no trial reported {metric}")
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(metric)
             ax.set_title(f"{exp.name}: {metric}" + (f" ({exp.mode})" if metric == exp.metric else ""), fontsize=10)
             ax.grid(alpha=0.3)
             if col == 0:
-                from matplotlib.lines import Line2D
-
-                handles = [Line2D([], [], color="0.15", lw=3, label="best trial"),
-                           Line2D([], [], color="0.15", lw=1.3, label="finished / running"),
-                           Line2D([], [], color="0.55", ls="--", label="stopped early"),
-                           Line2D([], [], color="tab:red", ls=":", marker="x", label="diverged / errored")]
-                ax.legend(handles=handles, fontsize=8, loc="best")
+                handles = [best_line] if best_line is not None else []
+                handles += [Line2D([], [], color="0.15", lw=1.3, label="finished / running (one colour each)"),
+                            Line2D([], [], color="0.55", ls="--", label="stopped early"),
+                            Line2D([], [], color="tab:red", ls=":", marker="x", label="diverged / errored")]
+                legend = ax.legend(handles=handles, fontsize=8, loc="best")
+                legend.set_zorder(20)
+                info["legend"] = [t.get_text() for t in legend.get_texts()]
+            info["lines"][metric] = {
+                tid: {"linestyle": line.get_linestyle(), "linewidth": float(line.get_linewidth()),
+                      "color": to_hex(line.get_color()), "zorder": float(line.get_zorder()),
+                      "label": line.get_label()}
+                for tid, line in lines.items()}
     fig.tight_layout()
     _save(fig, path)
+    return drawn_info
 
 
 def _all_params(experiments: list[Experiment]):
@@ -293,8 +337,13 @@ padding:0 16px}
 h1{font-size:1.5em;margin-bottom:4px} h2{font-size:1.15em;margin-top:28px;border-bottom:1px solid #ddd}
 .summary{background:#f4f7fb;border-left:4px solid #3b6fb6;padding:8px 12px;margin:12px 0}
 table{border-collapse:collapse;font-size:12.5px;margin:8px 0} th,td{border:1px solid #ddd;padding:3px 7px;
-text-align:right} th{background:#f0f0f0} td.t{text-align:left} tr.best{background:#eaf6ea}
+text-align:right} th{background:#f0f0f0} td.t{text-align:left}
 tr.stopped{color:#777} tr.diverged,tr.collapsed,tr.errored{color:#b00}
+tr.best,tr.best.stopped{background:#e3efff;color:#0b3d91;font-weight:600;outline:2px solid #0b3d91}
+.tag{display:inline-block;margin-left:6px;padding:0 5px;border-radius:3px;background:#0b3d91;color:#fff;
+font-size:11px;font-weight:600;white-space:nowrap}
+#best-vs-base th,#best-vs-base td{text-align:left} #best-vs-base tr.differs td.best-value{font-weight:600}
+#best-vs-base tr.same td{color:#777} details{margin:8px 0} summary{cursor:pointer;color:#3b6fb6}
 .scroll{overflow-x:auto} figure{margin:16px 0} figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:12.5px;color:#555} pre{background:#f7f7f7;padding:10px;font-size:12px;overflow-x:auto}
 .note{color:#8a5a00;font-size:12.5px}
@@ -316,14 +365,48 @@ def _table(frame: pd.DataFrame, *, text_cols: set[str] = frozenset(), trial_rows
     body = []
     for _, row in frame.iterrows():
         classes = [str(row.get("status", ""))] if trial_rows else []
-        if best_key is not None and str(row.get("trial_id")) == best_key[1] and \
-                str(row.get("experiment", best_key[0])) == best_key[0]:
+        best = is_best_row(row, best_key)
+        if best:
             classes.append("best")
-        cells = "".join(
-            f"<td class=\"{'t' if c in text_cols or not isinstance(row[c], (int, float)) else ''}\">"
-            f"{html.escape(_fmt(row[c]))}</td>" for c in frame.columns)
-        body.append(f"<tr class=\"{' '.join(classes)}\">{cells}</tr>")
+        cells = []
+        for c in frame.columns:
+            text = html.escape(_fmt(row[c]))
+            if best and c == "trial_id":
+                text += f"<span class=\"tag\">{html.escape(BEST_TAG)}</span>"
+            cls = "t" if c in text_cols or not isinstance(row[c], (int, float)) else ""
+            cells.append(f"<td class=\"{cls}\" data-col=\"{html.escape(str(c))}\">{text}</td>")
+        trial = f" data-trial=\"{html.escape(str(row.get('trial_id')))}\"" if trial_rows else ""
+        body.append(f"<tr class=\"{' '.join(classes)}\"{trial}>{''.join(cells)}</tr>")
     return f"<div class=\"scroll\"><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "(not set)"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, dict)):
+        import json
+
+        return json.dumps(value)
+    return str(value)
+
+
+def _vs_base_table(rows: list[dict]) -> str:
+    """key | best value | base value: the searched keys, then anything else that differs from the base."""
+    if not rows:
+        return "<p class=\"note\">no searched parameters and nothing differs from the base.</p>"
+    have_base = any(r["base"] is not None for r in rows)
+    body = []
+    for r in rows:
+        classes = ["searched" if r["searched"] else "other", "differs" if r["differs"] else "same"]
+        key = html.escape(r["key"]) + ("" if r["searched"] else " <small>(not searched)</small>")
+        base = html.escape(_value(r["base"])) if have_base else "(no raysl_space.yaml)"
+        body.append(f"<tr class=\"{' '.join(classes)}\" data-key=\"{html.escape(r['key'])}\"><td class=\"t\">{key}</td>"
+                    f"<td class=\"t best-value\">{html.escape(_value(r['best']))}</td>"
+                    f"<td class=\"t base-value\">{base}</td></tr>")
+    return ("<div class=\"scroll\"><table id=\"best-vs-base\"><thead><tr><th>key</th><th>best value</th>"
+            f"<th>base value</th></tr></thead><tbody>{''.join(body)}</tbody></table></div>")
 
 
 def _image(out: str, name: str) -> str:
@@ -349,7 +432,8 @@ def write_html(experiments: list[Experiment], summary: dict, table: pd.DataFrame
         rows.append({
             "experiment": s["name"], "path": s["path"], "objective": f"{s['metric']} ({s['mode']})",
             "trials": s["trials"], "status": ", ".join(f"{v} {k}" for k, v in s["status_counts"].items()),
-            "best": (f"{s['best']['objective']:.4g} ({s['best']['trial_id']})" if s["best"] else ""),
+            "best": (f"{s['best']['objective']:.4g} ({s['best']['trial_id']}, {s['best']['status']})" if s["best"]
+                     else ""),
             "trial-epochs run / full": (f"{b['trial_epochs_run']} / {b['trial_epochs_if_all_ran_to_max']}"
                                         if b["trial_epochs_if_all_ran_to_max"] else str(b["trial_epochs_run"])),
             "saved by early stopping": (f"{100 * b['saved_fraction']:.0f}%" if b["saved_fraction"] is not None
@@ -401,11 +485,17 @@ def write_html(experiments: list[Experiment], summary: dict, table: pd.DataFrame
                      "</p>")
 
     parts.append("<h2>Best config</h2>")
+    if best:
+        parts.append(f"<p id=\"best-trial\">Best trial <b>{esc(best['trial_id'])}</b> of {esc(best['experiment'])} "
+                     f"({esc(best.get('status', ''))} after {best.get('epochs', '?')} epochs; {esc(best['metric'])} = "
+                     f"{best['objective']:.4g}).</p>")
+        parts.append(_vs_base_table(best.get("vs_base") or []))
     if best and best_yaml:
-        parts.append(f"<p>Trial {esc(best['trial_id'])} of {esc(best['experiment'])} ({esc(best['metric'])} = "
-                     f"{best['objective']:.4g}), from {esc(best['config_source'])}. Saved as "
+        parts.append(f"<p>Its run config, from {esc(best['config_source'])}, is saved as "
                      f"<a href=\"best_config.yaml\">best_config.yaml</a>; re-train with "
-                     f"<code>raysl train best_config.yaml</code>.</p><pre>{esc(best_yaml)}</pre>")
+                     f"<code>raysl train best_config.yaml</code>.</p>"
+                     f"<details id=\"full-config\"><summary>full config (best_config.yaml)</summary>"
+                     f"<pre>{esc(best_yaml)}</pre></details>")
     else:
         why = best["config_source"] if best else "no trial has an objective value yet"
         parts.append(f"<p class=\"note\">no best config: {esc(why)}</p>")

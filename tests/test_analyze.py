@@ -8,6 +8,7 @@ import html
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -58,6 +59,99 @@ def report_dir(tmp_path_factory) -> Path:
 
         assert main(["analyze", str(exp)]) == 0
     return out
+
+
+# A real Ray Tune run with a real ASHA scheduler whose trials report scripted curves, so that ASHA
+# stops the trial with the best final objective: run one at a time (grid order), trial 2 reaches
+# ASHA's rung (epoch 2) with 0.80, below the rung's median of trials 0 and 1 (0.90, 0.95), and is
+# stopped there; trials 0 and 1 go on to epoch 4 and end lower (0.50, 0.55). The script itself
+# reports 4 epochs for every trial: only ASHA ends one early. Trial 3 is a plainly bad one.
+SCRIPTED_EPOCHS = 4
+SCRIPTED = {  # optim.lr -> (method.temperature, knn_acc at epochs 1..4)
+    0.002: (0.2, [0.30, 0.90, 0.60, 0.50]),  # the base's values
+    0.004: (0.5, [0.35, 0.95, 0.65, 0.55]),
+    0.006: (0.7, [0.40, 0.80, 0.50, 0.45]),  # stopped by ASHA at epoch 2: the best final value, 0.80
+    0.008: (0.1, [0.20, 0.40, 0.30, 0.20]),  # stopped by ASHA at epoch 2
+}
+SCRIPTED_BEST_LR = 0.006
+SCRIPTED_WEIGHT_DECAY = 0.05  # every trial's, not searched: differs from the base's 0.0001
+SCRIPTED_TUNE = """
+import json, sys
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+
+storage, name, curves, epochs, weight_decay = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4]), \
+    float(sys.argv[5])
+curves = {float(k): v for k, v in curves.items()}
+
+def trainable(config):
+    for epoch, acc in enumerate(curves[config["optim.lr"]][1], start=1):
+        tune.report({"epoch": epoch, "eval_epoch": epoch, "knn_acc": acc, "knn_acc_k200": acc - 0.01,
+                     "rankme": 10.0 + 20.0 * acc, "loss": 5.0 - acc, "images_per_s": 1000.0,
+                     "status": "finished" if epoch == epochs else "running"})
+
+ray.init(num_cpus=2, include_dashboard=False, configure_logging=True, logging_level="WARNING")
+tuner = tune.Tuner(
+    trainable,
+    param_space={"optim.lr": tune.grid_search(sorted(curves)),
+                 "method.temperature": tune.sample_from(lambda config: curves[config["optim.lr"]][0]),
+                 "optim.weight_decay": weight_decay},
+    tune_config=tune.TuneConfig(
+        metric="knn_acc", mode="max", max_concurrent_trials=1,
+        scheduler=ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=2, reduction_factor=2,
+                                stop_last_trials=False),
+        trial_dirname_creator=lambda t: f"raysl_trial_{t.trial_id}", trial_name_creator=lambda t: t.trial_id),
+    run_config=tune.RunConfig(storage_path=storage, name=name, verbose=0),
+)
+tuner.fit()
+"""
+
+
+def scripted_experiment_dir(tmp_path_factory) -> Path:
+    """The scripted ASHA experiment (made once per session), with the quickstart space as its
+    raysl_space.yaml, as `raysl tune` writes it."""
+    import sys
+
+    import yaml
+
+    root = tmp_path_factory.getbasetemp() / "analyze-scripted"
+    exp = root / "results" / "asha"
+    if not (root / "DONE").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        curves = json.dumps({str(lr): v for lr, v in SCRIPTED.items()})
+        proc = subprocess.run([sys.executable, "-c", SCRIPTED_TUNE, str(root / "results"), "asha", curves,
+                               str(SCRIPTED_EPOCHS), str(SCRIPTED_WEIGHT_DECAY)],
+                              capture_output=True, text=True, timeout=900, env=dict(os.environ))
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        space = yaml.safe_load(QUICKSTART.read_text())
+        space["base"]["optim"]["epochs"] = SCRIPTED_EPOCHS
+        space["base"]["eval"]["every_epochs"] = 2
+        (exp / "raysl_space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
+        (root / "DONE").write_text("ok")
+    return exp
+
+
+def scripted_report_dir(tmp_path_factory) -> Path:
+    """`raysl analyze` of the scripted ASHA experiment (made once)."""
+    exp = scripted_experiment_dir(tmp_path_factory)
+    out = exp / "report"
+    if not (out / "report.html").exists():
+        from raysl.cli import main
+
+        assert main(["analyze", str(exp)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def scripted(tmp_path_factory) -> Path:
+    return scripted_experiment_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def scripted_report(tmp_path_factory) -> Path:
+    return scripted_report_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
@@ -341,3 +435,121 @@ def test_importance_with_too_few_trials_or_one_param():
     scores = param_importance(many)["importances"]
     assert set(scores) == {"a", "b"} and scores["a"] > scores["b"]
     assert math.isclose(sum(scores.values()), 1.0, rel_tol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# the best trial is marked whatever stopped it (here: ASHA)
+
+
+def _scripted_ids(scripted: Path) -> dict[float, str]:
+    """optim.lr -> trial id of the scripted experiment."""
+    return {t["params"]["optim.lr"]: trial_id for trial_id, t in read_trials(scripted).items()}
+
+
+def test_asha_stopped_the_best_trial_and_the_report_marks_it(scripted, scripted_report, tmp_path):
+    from raysl.analyze import experiment_summary
+    from raysl.report import plot_learning_curves
+    from raysl.results import load_experiments
+
+    trials = read_trials(scripted)
+    ids = _scripted_ids(scripted)
+    assert sorted(ids) == sorted(SCRIPTED)
+    best = ids[SCRIPTED_BEST_LR]
+    # ASHA (not the script, which reports every epoch) ended the best trial at its first rung
+    epochs = {lr: trials[i]["rows"][-1]["epoch"] for lr, i in ids.items()}
+    assert epochs == {0.002: SCRIPTED_EPOCHS, 0.004: SCRIPTED_EPOCHS, 0.006: 2, 0.008: 2}
+    finished = [last(trials[ids[lr]]["rows"], "knn_acc") for lr in (0.002, 0.004)]
+    assert last(trials[best]["rows"], "knn_acc") == 0.80 > max(finished)
+
+    summary = json.loads((scripted_report / "summary.json").read_text())
+    assert summary["best"]["trial_id"] == best and summary["best"]["status"] == "stopped"
+    assert summary["best"]["epochs"] == 2
+    assert summary["best"]["searched"] == {"method.temperature": 0.7, "optim.lr": 0.006}
+    assert f"trial {best}, stopped" in summary["summary"]
+
+    # leaderboard.md: the best row, and only it, is tagged; leaderboard.csv keeps plain ids
+    md = (scripted_report / "leaderboard.md").read_text().splitlines()
+    tagged = [line for line in md if "★ best" in line]
+    assert len(tagged) == 1 and f"**{best}** ★ best" in tagged[0] and "| stopped |" in tagged[0]
+    csv = pd.read_csv(scripted_report / "leaderboard.csv", dtype={"trial_id": str})
+    assert sorted(csv["trial_id"]) == sorted(ids.values())
+
+    # report.html: the best row carries the class `best` next to its status
+    page = (scripted_report / "report.html").read_text()
+    rows = re.findall(r'<tr class="([^"]*)" data-trial="([^"]+)">', page)
+    assert [trial for cls, trial in rows if "best" in cls.split()] == [best]
+    assert dict((trial, cls) for cls, trial in rows)[best] == "stopped best"
+    assert dict((trial, cls) for cls, trial in rows)[ids[0.008]] == "stopped"
+
+    # the learning curves: the best trial's line is solid, thick, on top and is the legend's first entry
+    experiments = load_experiments(str(scripted))
+    drawn = plot_learning_curves(experiments, [experiment_summary(e) for e in experiments], str(tmp_path / "lc.png"))
+    assert (tmp_path / "lc.png").stat().st_size > 1000
+    info = drawn["asha"]
+    assert info["best"] == best
+    assert info["legend"][0] == f"best trial ({best}, stopped)"
+    for metric in ("knn_acc", "loss"):
+        lines = info["lines"][metric]
+        assert set(lines) == set(ids.values())
+        mine, others = lines[best], [v for k, v in lines.items() if k != best]
+        assert mine["linestyle"] == "-" and mine["label"] == info["legend"][0]
+        assert mine["linewidth"] > max(o["linewidth"] for o in others)
+        assert mine["zorder"] > max(o["zorder"] for o in others)
+        assert mine["color"] not in {o["color"] for o in others}
+        # the other trial ASHA stopped stays dashed grey
+        assert lines[ids[0.008]]["linestyle"] == "--" and lines[ids[0.008]]["color"] == "#8c8c8c"
+        assert {lines[ids[lr]]["linestyle"] for lr in (0.002, 0.004)} == {"-"}
+
+
+def test_best_config_vs_base(scripted, scripted_report):
+    import yaml
+
+    from raysl.analyze import best_run_config, config_vs_base, rank_trials
+    from raysl.config import load_config
+    from raysl.results import load_experiments
+
+    exp = load_experiments(str(scripted))[0]
+    top = rank_trials(exp).iloc[0]
+    assert top["trial_id"] == _scripted_ids(scripted)[SCRIPTED_BEST_LR]
+    text, source = best_run_config(exp, top)
+    assert source == "raysl_space.yaml base + the trial's params"
+    rows = config_vs_base(exp, top, text)
+    # the searched keys first (space order), then what else differs from the base
+    assert rows == [
+        {"key": "method.temperature", "best": 0.7, "base": 0.2, "searched": True, "differs": True},
+        {"key": "optim.lr", "best": 0.006, "base": 0.002, "searched": True, "differs": True},
+        {"key": "optim.weight_decay", "best": SCRIPTED_WEIGHT_DECAY, "base": 0.0001, "searched": False,
+         "differs": True},
+    ]
+    # a searched key left at the base's value is still listed, marked as not differing
+    same = top.copy()
+    same["config"] = {**top["config"], "method.temperature": 0.2}
+    rows_same = config_vs_base(exp, same, best_run_config(exp, same)[0])
+    assert rows_same[0] == {"key": "method.temperature", "best": 0.2, "base": 0.2, "searched": True,
+                            "differs": False}
+    # no raysl_space.yaml: no base to compare with
+    exp.space = None
+    assert [(r["key"], r["base"]) for r in config_vs_base(exp, top, text)] == [("method.temperature", None),
+                                                                               ("optim.lr", None)]
+
+    summary = json.loads((scripted_report / "summary.json").read_text())
+    assert summary["best"]["vs_base"] == rows
+    page = (scripted_report / "report.html").read_text()
+    table = re.search(r'<table id="best-vs-base">(.*?)</table>', page, re.S).group(1)
+    cells = re.findall(r'<tr class="([^"]*)" data-key="([^"]+)"><td class="t">[^<]*(?:<small>[^<]*</small>)?</td>'
+                       r'<td class="t best-value">([^<]*)</td><td class="t base-value">([^<]*)</td></tr>', table)
+    assert cells == [("searched differs", "method.temperature", "0.7", "0.2"),
+                     ("searched differs", "optim.lr", "0.006", "0.002"),
+                     ("other differs", "optim.weight_decay", "0.05", "0.0001")]
+    # the full config: best_config.yaml itself, collapsed in a <details> a click away
+    saved = (scripted_report / "best_config.yaml").read_text()
+    assert saved.startswith("# best trial ")
+    body = "".join(line + "\n" for line in saved.splitlines() if not line.startswith("#"))
+    details = re.search(r'<details id="full-config"><summary>full config \(best_config.yaml\)</summary>'
+                        r'<pre>(.*?)</pre></details>', page, re.S)
+    assert details and html.unescape(details.group(1)) == body
+    assert page.count("<pre>") == 1  # no other copy of the YAML on the page
+    assert yaml.safe_load(body)["optim"]["lr"] == 0.006
+    cfg = load_config(scripted_report / "best_config.yaml")
+    assert (cfg.method.temperature, cfg.optim.lr, cfg.optim.weight_decay) == (0.7, 0.006, SCRIPTED_WEIGHT_DECAY)
+    assert cfg.optim.epochs == SCRIPTED_EPOCHS and cfg.model.width == 16
