@@ -13,6 +13,11 @@ import sys
 from raysl.errors import RayslError
 
 
+SET_HELP = ("override one config key, repeatable; the value is read as YAML: --set optim.lr=0.01 "
+            "--set method.temperature=0.1 --set data.augment=byol; sections: method, model, data, optim, "
+            "schedule, scale, eval, checkpoint (all keys and defaults: raysl/config.py)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raysl", description="Tune and scale self-supervised learning on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -23,23 +28,32 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("source", help="digits | idx | cifar10 | imagefolder")
     prep.add_argument("path", nargs="?", help="input folder (not for digits)")
     prep.add_argument("--out", required=True, help="output folder or URI (s3://...)")
-    prep.add_argument("--shard-rows", type=int, default=10_000)
+    prep.add_argument("--shard-rows", type=int, default=None, help="rows per shard (default 10000; imagefolder 1000)")
     prep.add_argument("--val-fraction", type=float, default=0.2)
     prep.add_argument("--seed", type=int, default=0)
+    prep.add_argument("--max-side", type=int, default=None,
+                      help="imagefolder: downsize images whose longer side exceeds N to N (default: keep sizes)")
+    prep.add_argument("--quality", type=int, default=None, help="imagefolder: JPEG quality of downsized JPEGs (default 90)")
+    prep.add_argument("--strict", action="store_true", help="imagefolder: stop at the first unreadable file")
+    prep.add_argument("--workers", type=int, default=None,
+                      help="imagefolder: parallel processes (default: CPU count; Ray tasks when RAY_ADDRESS is set)")
 
     train = sub.add_parser("train", help="train one run with Ray Train")
     train.add_argument("config", help="run config YAML (or a search space; its base: is used)")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     train.add_argument("--out", default=None, help="run folder (default: runs/<method>); re-running resumes")
+    train.add_argument("--verbose", action="store_true", help="also show Ray's own logs (workers, warnings, reports)")
 
     tune = sub.add_parser("tune", help="search hyperparameters with Ray Tune + Optuna")
     tune.add_argument("space", help="search-space YAML")
     tune.add_argument("--num-samples", type=int, default=None)
-    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help=SET_HELP + " (applies to the space's base:, e.g. --set optim.epochs=5)")
     tune.add_argument("--storage", default=None, help="results folder or URI (default: ./raysl_results)")
     tune.add_argument("--name", default=None, help="experiment name (default: the space file's name)")
     tune.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
     tune.add_argument("--wandb", action="store_true", help="log trials to Weights & Biases (offline unless logged in)")
+    tune.add_argument("--verbose", action="store_true", help="also show Ray's own logs and Tune's result tables")
 
     analyze = sub.add_parser("analyze", help="leaderboard, plots, importance and an HTML report")
     analyze.add_argument("paths", nargs="+", help="experiment folders or URIs")
@@ -56,16 +70,28 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from raysl.data.shards import prepare
 
-    if args.shard_rows < 1:
+    if args.shard_rows is not None and args.shard_rows < 1:
         raise RayslError(f"--shard-rows must be >= 1 (got {args.shard_rows})")
     if not 0.0 <= args.val_fraction < 1.0:
         raise RayslError(f"--val-fraction must be in [0, 1) (got {args.val_fraction})")
-    manifest = prepare(
-        args.source, args.path, args.out, shard_rows=args.shard_rows, val_fraction=args.val_fraction, seed=args.seed
-    )
+    try:
+        manifest = prepare(
+            args.source, args.path, args.out, shard_rows=args.shard_rows, val_fraction=args.val_fraction,
+            seed=args.seed, max_side=args.max_side, quality=args.quality, strict=args.strict, workers=args.workers,
+            progress=sys.stderr,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        kept = "finished shards are kept: " if args.source == "imagefolder" else ""
+        print(f"\nraysl: interrupted; {kept}re-run the same command to continue", file=sys.stderr)
+        return 130
+    if manifest.skipped:
+        count = len(manifest.skipped)
+        print(f"raysl: skipped {count} unreadable file{'s' * (count != 1)}, see "
+              f"{args.out.rstrip('/')}/manifest.json", file=sys.stderr)  # fmt: skip
     rows = {k: v["rows"] for k, v in manifest.splits.items()}
     print(json.dumps({"out": args.out, "source": manifest.source, "rows": rows,
                       "shape": [manifest.height, manifest.width, manifest.channels],
+                      "encoding": manifest.encoding, "skipped": len(manifest.skipped),
                       "classes": manifest.num_classes}))
     return 0
 
@@ -78,7 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     out = args.out or os.path.join("runs", cfg.method.name)
     try:
-        summary = train_run(cfg, out, source=args.config)
+        summary = train_run(cfg, out, source=args.config, verbose=args.verbose)
     except TrainingError as exc:
         _shutdown_ray()
         print(json.dumps(getattr(exc, "summary", {"status": "errored", "error": str(exc)})), flush=True)
@@ -120,6 +146,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "verbose", False) and not (sys.stdout.isatty() and sys.stderr.isatty()):
+        # before Ray is imported: its log de-duplication marks repeats in ANSI green, even in a file
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     handlers = {"train": cmd_train, "tune": cmd_tune, "analyze": cmd_analyze, "export": cmd_export}
     try:
         if args.command == "data":

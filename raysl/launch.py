@@ -13,8 +13,9 @@ from typing import Any
 
 from raysl.config import RunConfig
 from raysl.errors import ConfigError, DataError, RayslError, TrainingError
+from raysl.progress import EPOCH_FIELDS, epoch_line
 
-STATUS_FIELDS = ("epoch", "loss", "knn_acc", "rankme", "alignment", "uniformity", "images_per_s")
+STATUS_FIELDS = EPOCH_FIELDS  # shown in each epoch line
 # the Ray Train run name under --out: checkpoints land in OUT/train/checkpoint_*/ (raysl.export reads them)
 TRAIN_RUN_NAME = "train"
 
@@ -47,6 +48,7 @@ def resolve_data_dir(cfg: RunConfig) -> str:
 def check_against_data(cfg: RunConfig, data_dir: str, source: str) -> Any:
     """Checks that need the manifest: batch size vs data set size, image size vs ViT patch size."""
     from raysl.data import shards
+    from raysl.data.pipeline import global_crop_size, is_encoded
 
     manifest = shards.load_manifest(data_dir)
     rows = manifest.splits["train"]["rows"]
@@ -55,7 +57,9 @@ def check_against_data(cfg: RunConfig, data_dir: str, source: str) -> Any:
             f"{source}: optim.batch_size: {cfg.optim.batch_size} is larger than the {rows} training "
             f"images in {data_dir}; use at most {rows}"
         )
-    size = cfg.data.crop_size or min(manifest.height, manifest.width)
+    # encoded shards hold images of many sizes: the crop size (224 by default) is what the model sees
+    size = global_crop_size(cfg, manifest) if is_encoded(manifest) else (
+        cfg.data.crop_size or min(manifest.height, manifest.width))
     if cfg.model.backbone == "vit_tiny" and size < cfg.model.patch_size:
         raise ConfigError(
             f"{source}: model.patch_size: {cfg.model.patch_size} px patches do not fit the {size} px images "
@@ -64,32 +68,86 @@ def check_against_data(cfg: RunConfig, data_dir: str, source: str) -> Any:
     return manifest
 
 
-def init_ray(num_cpus: int | None = None) -> None:
+def init_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:
     """Join RAY_ADDRESS if set (ray job submit), else start a local cluster.
 
     Locally Ray gets more logical CPUs than cores: the Train workers, the Ray
     Data read tasks and (under Tune) the trial drivers must all be placed, and
     on a 2-core machine exact accounting deadlocks.
+
+    Unless ``verbose``, Ray's own output stays out of the user's terminal: the
+    workers' and actors' stdout/stderr is not forwarded (``log_to_driver``;
+    it stays in the session's log files) and the driver's "ray" loggers show
+    errors only. What raysl wants shown travels through :mod:`raysl.progress`.
     """
     import ray
 
     if ray.is_initialized():
         return
+    quiet_ray(verbose)
+    level = "WARNING" if verbose else "ERROR"
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=verbose, logging_level=level)
         return
     # keep glibc from returning (and re-faulting) the large activation buffers on every step
     os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(256 << 20))
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(32 << 20))  # glibc maximum on 64-bit
     cpus = num_cpus or max(4, 2 * (os.cpu_count() or 2))
-    ray.init(num_cpus=cpus, include_dashboard=True, log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    ray.init(num_cpus=cpus, include_dashboard=True, log_to_driver=verbose, configure_logging=True, logging_level=level)
+
+
+def quiet_ray(verbose: bool) -> None:
+    """How much of Ray's own output reaches the user; set before Ray starts (a user's own env values win)."""
+    import logging
+
+    if not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no ANSI colour in forwarded log prefixes
+    if not verbose:
+        for name in ("ray", "ray.train", "ray.tune", "ray.data"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        # Tune's new output engine prints its experiment box and result tables even at verbose=0;
+        # the classic one prints nothing at verbose=0 (`raysl tune` shows its own lines)
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        _filter_cluster_errors()
+
+
+# the raylet's "N PYTHON worker processes have been started ... which is Nx the maximum expected
+# startup concurrency" warning: every run on a small machine triggers it and a user cannot act on it
+_UNACTIONABLE_RAY_ERRORS = ("worker processes have been started on node",)
+
+
+def _filter_cluster_errors() -> None:
+    """Ray's driver prints every cluster error message (a worker killed, out of memory, ...) to
+    stdout, which holds raysl's JSON summary: send them to stderr instead, without the one
+    warning above and without Ray's de-duplication (it adds colour codes). A Ray without
+    this hook is left as it is."""
+    import ray._private.worker as ray_worker
+
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    print_lines = getattr(ray_worker, "print_worker_logs", None)
+    if original is None or print_lines is None or getattr(original, "raysl_filtered", False):
+        return
+
+    def print_cluster_error(data, ignore_prefix):
+        lines = [line for line in data.get("lines", []) if not any(s in line for s in _UNACTIONABLE_RAY_ERRORS)]
+        if lines:
+            print_lines({**data, "lines": lines}, sys.stderr, ignore_prefix)
+
+    print_cluster_error.raysl_filtered = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = print_cluster_error
 
 
 class MetricsFile:
-    """Appends each report to ``metrics.jsonl`` (exactly once per epoch, across resumes) and prints progress."""
+    """Appends each report to ``metrics.jsonl`` (exactly once per epoch, across resumes).
 
-    def __init__(self, path: Path):
+    ``show``: also print the epoch line to stderr. ``raysl train`` does not: there this
+    runs in the TrainController, and rank 0 relays the line itself, in order with its
+    step progress (see raysl.progress).
+    """
+
+    def __init__(self, path: Path, show: bool = True):
         self.path = path
+        self.show = show
 
     def write(self, metrics: dict) -> None:
         rows = []
@@ -105,20 +163,16 @@ class MetricsFile:
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         os.replace(tmp, self.path)
-        shown = "  ".join(
-            f"{k}={metrics[k]:.4g}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
-            for k in STATUS_FIELDS
-            if k in metrics
-        )
-        print(f"[raysl] {shown}", file=sys.stderr, flush=True)
+        if self.show:
+            print(epoch_line(metrics, STATUS_FIELDS), file=sys.stderr, flush=True)
 
 
-def _make_callback(path: Path):
+def _make_callback(path: Path, show: bool = True):
     from ray.train.v2.api.callback import UserCallback
 
     class _Callback(UserCallback):
         def __init__(self):
-            self.file = MetricsFile(path)
+            self.file = MetricsFile(path, show)
 
         def after_report(self, run_context, metrics, checkpoint):
             row = dict(metrics[0])
@@ -157,13 +211,18 @@ def user_error_from(exc: BaseException) -> RayslError | None:
     return None
 
 
-def train_run(cfg: RunConfig, out: str, *, source: str = "config") -> dict:
-    """Train one run into ``out`` (resuming from its last checkpoint); returns the summary."""
+def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool = False) -> dict:
+    """Train one run into ``out`` (resuming from its last checkpoint); returns the summary.
+
+    Progress (rank 0's banner and steps, each epoch's line) reaches stderr through a
+    relay actor that a driver thread polls while ``trainer.fit()`` runs (raysl.progress).
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from raysl import progress
     from raysl.config import to_yaml
-    from raysl.data import shards
+    from raysl.data.pipeline import train_dataset
     from raysl.train import train_worker
 
     data_dir = resolve_data_dir(cfg)
@@ -175,14 +234,16 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config") -> dict:
         print(f"[raysl] resuming the run in {out_dir} from its last checkpoint", file=sys.stderr)
     (out_dir / "config.yaml").write_text(to_yaml(cfg))
 
-    init_ray()
+    init_ray(verbose=verbose)
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    dataset = ray.data.read_parquet(shards.shard_uris(data_dir, "train"), columns=["image", "label", "index"])
+    dataset = train_dataset(cfg, data_dir)  # pixel rows, or JPEG crops cut by Ray Data tasks
+    relay = progress.start_relay()
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "data_dir": data_dir},
+        train_loop_config={"config": cfg.model_dump(mode="json"), "data_dir": data_dir,
+                           "progress": progress.relay_config(relay, progress.stream_isatty(sys.stderr))},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scale.num_workers,
             use_gpu=cfg.scale.use_gpu,
@@ -193,12 +254,13 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config") -> dict:
             storage_path=str(out_dir),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
             failure_config=ray.train.FailureConfig(max_failures=0),
-            callbacks=[_make_callback(out_dir / "metrics.jsonl")],
+            callbacks=[_make_callback(out_dir / "metrics.jsonl", show=False)],
         ),
         datasets={"train": dataset},
     )
     try:
-        result = trainer.fit()
+        with progress.DriverView(relay):
+            result = trainer.fit()
     except Exception as exc:  # noqa: BLE001 - translate worker errors a user can act on
         user = user_error_from(exc)
         if user is None:

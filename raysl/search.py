@@ -266,17 +266,16 @@ def _fit_torch_trainer(cfg: RunConfig, loop_config: dict, data_dir: str, objecti
     import ray.tune
     from ray.train.torch import TorchTrainer
 
-    from raysl.data.shards import shard_uris
+    from raysl.data.pipeline import train_dataset
 
     trial_dir = os.path.basename(ray.tune.get_context().get_trial_dir().rstrip("/"))
     train_storage = _join(experiment, trial_dir)
     loop_config = {**loop_config, "stop_marker": _join(train_storage, "train", "raysl_stop.json")}
     ray.data.DataContext.get_current().enable_progress_bars = False
     # Read tasks take no CPU slot: trials' Train workers can hold every CPU of a small
-    # cluster, and a read task waiting for one would stall the trial forever.
-    dataset = ray.data.read_parquet(
-        shard_uris(data_dir, "train"), columns=["image", "label", "index"], ray_remote_args={"num_cpus": 0}
-    )
+    # cluster, and a read task waiting for one would stall the trial forever. JPEG shards
+    # add decode tasks of one CPU each: _default_concurrency leaves a CPU per trial for them.
+    dataset = train_dataset(cfg, data_dir, read_remote_args={"num_cpus": 0})
     resources = {"CPU": cfg.scale.cpus_per_worker}
     if cfg.scale.use_gpu:
         resources["GPU"] = cfg.scale.gpus_per_worker
@@ -633,8 +632,16 @@ def tune_main(args) -> int:
     callbacks = _setup_wandb(name) if args.wandb else []
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    init_ray()
+    verbose = bool(getattr(args, "verbose", False))
+    init_ray(verbose=verbose)
     import ray.tune
+
+    from raysl.progress import tune_view
+
+    if not verbose:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
 
     max_concurrent = space.tune.max_concurrent or _default_concurrency(space, num_samples)
     trainable = ray.tune.with_resources(
@@ -666,9 +673,10 @@ def tune_main(args) -> int:
                 # PBT clones other trials' recent checkpoints: keep a few more of them
                 checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=space.base_config.checkpoint.keep + (
                     2 if space.scheduler_name() == "pbt" else 0)),
-                callbacks=callbacks,
+                # one line per ended trial and a status line, instead of Tune's result tables
+                callbacks=callbacks + ([] if verbose else [tune_view(objectives, num_samples)]),
                 stop=EpochBudget(space.tune.budget_epochs) if space.tune.budget_epochs else None,
-                verbose=1,
+                verbose=1 if verbose else 0,
             ),
         )
     print(

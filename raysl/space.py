@@ -437,13 +437,15 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         raise ConfigError(f"{source}: tune: must be a mapping, e.g. tune: {{num_samples: 8, scheduler: asha}}")
     tune_raw = dict(tune_raw)
     base = copy.deepcopy(base)
+    set_keys: dict[str, str] = {}
     for item in overrides:
         key, value = parse_override(item)
         if key.startswith("tune."):
             tune_raw[key.removeprefix("tune.")] = value
         else:
             base = set_dotted(base, key.removeprefix("base."), value)
-    base_config = build_config(base, f"{source}: base")
+            set_keys[key.removeprefix("base.")] = item.strip()
+    base_config = build_config(base, f"{source}: base", set_keys)
 
     search_raw = data.get("search") or {}
     params = _parse_params(search_raw, f"{source}: search", source)

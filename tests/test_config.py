@@ -64,6 +64,41 @@ def test_set_override_errors(tmp_path):
     assert load_config(path, ["method.temperature=0.5"]).method.temperature == 0.5
 
 
+@pytest.mark.parametrize(
+    "override, suggestion",
+    [
+        ("optim.lrr=0.1", "did you mean optim.lr?"),  # a typo
+        ("optim.learning_rate=0.1", "did you mean optim.lr?"),  # another library's name
+        ("optim.temperature=0.3", "did you mean method.temperature?"),  # the right key in the wrong section
+        ("method.temprature=0.1", "did you mean method.temperature?"),
+    ],
+)
+def test_unknown_key_suggests_the_closest_and_says_it_came_from_set(tmp_path, override, suggestion):
+    path = write(tmp_path, "method: {name: simclr}")
+    message = error_of(path, [override])
+    assert message.startswith(f"--set {override}: unknown key"), message
+    assert suggestion in message
+
+
+def test_unknown_key_in_the_file_names_the_file_even_with_other_overrides(tmp_path):
+    path = write(tmp_path, "optim: {lrr: 0.1}")
+    message = error_of(path, ["optim.epochs=3"])
+    assert message.startswith(f"{path}: unknown key 'optim.lrr'") and "did you mean optim.lr?" in message
+
+
+def test_search_space_set_errors_name_the_override(tmp_path):
+    from raysl.space import load_space
+
+    with pytest.raises(ConfigError) as info:
+        load_space(str(REPO / "search_spaces/quickstart.yaml"), ["optim.bs=64"])
+    assert str(info.value).startswith("--set optim.bs=64: unknown key") and "did you mean optim.batch_size?" in str(info.value)
+
+
+def test_set_has_help_text():
+    proc = subprocess.run([RAYSL, "train", "--help"], capture_output=True, text=True, timeout=120)
+    assert "--set KEY=VALUE" in proc.stdout and "optim.lr=0.01" in proc.stdout
+
+
 def test_bad_yaml_and_missing_file(tmp_path):
     assert "not valid YAML" in error_of(write(tmp_path, "method: [unclosed"))
     assert "file not found" in error_of(str(tmp_path / "nope.yaml"))

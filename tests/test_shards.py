@@ -265,25 +265,29 @@ def test_imagefolder_with_class_folders(tmp_path: Path) -> None:
             pixels = rng.integers(0, 256, (8, 8, 3), np.uint8)
             _write_png(tmp_path / "src" / name / f"{i}.png", pixels)
             written[pixels.tobytes()] = label
-    manifest = prepare("imagefolder", str(tmp_path / "src"), str(tmp_path / "out"), val_fraction=0.0)
+    manifest = prepare("imagefolder", str(tmp_path / "src"), str(tmp_path / "out"), val_fraction=0.0, workers=1)
     assert manifest.class_names == ("cat", "dog") and manifest.labeled
-    assert manifest.image_shape == (8, 8, 3) and manifest.encoding == "raw"
+    assert manifest.image_shape == (8, 8, 3) and manifest.encoding == "encoded"  # even small images keep their bytes
     assert manifest.splits["val"].rows == 0 and manifest.splits["val"].shards == ()
-    images, labels = read_split(str(tmp_path / "out"), "train")
+    stored = {image for image, _ in _by_index(tmp_path / "out", "train").values()}
+    assert stored == {file.read_bytes() for file in (tmp_path / "src").rglob("*.png")}
+    images, labels = read_split(str(tmp_path / "out"), "train", size=8)
     assert {image.tobytes(): int(label) for image, label in zip(images, labels)} == written
-    assert read_split(str(tmp_path / "out"), "val")[0].shape == (0, 8, 8, 3)
+    assert read_split(str(tmp_path / "out"), "val", size=8)[0].shape == (0, 8, 8, 3)
 
 
-def test_imagefolder_large_images_stored_as_png(tmp_path: Path) -> None:
+def test_imagefolder_keeps_each_image_size(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     gray = [rng.integers(0, 256, (80, 80), np.uint8) for _ in range(4)]
     for i, pixels in enumerate(gray):
         _write_png(tmp_path / "src" / "only" / f"{i}.png", pixels)
     _write_png(tmp_path / "src" / "only" / "odd.png", rng.integers(0, 256, (40, 90), np.uint8))
-    manifest = prepare("imagefolder", str(tmp_path / "src"), str(tmp_path / "out"), val_fraction=0.0)
-    assert manifest.encoding == "png" and manifest.image_shape == (80, 80, 1)
-    images, _ = read_split(str(tmp_path / "out"), "train")
-    assert images.shape == (5, 80, 80, 1)  # the odd-sized image was resized to the common size
+    manifest = prepare("imagefolder", str(tmp_path / "src"), str(tmp_path / "out"), val_fraction=0.0, workers=1)
+    assert manifest.encoding == "encoded" and manifest.image_shape == (80, 80, 1)  # the median size
+    table = pq.read_table(shard_uris(str(tmp_path / "out"), "train")[0])
+    sizes = sorted(zip(table.column("height").to_pylist(), table.column("width").to_pylist()))
+    assert sizes == [(40, 90)] + [(80, 80)] * 4  # nothing was resized
+    images, _ = read_split(str(tmp_path / "out"), "train", size=80)
     stored = {image.tobytes() for image in images}
     assert all(pixels[..., None].tobytes() in stored for pixels in gray)  # PNG is lossless
 
@@ -291,9 +295,9 @@ def test_imagefolder_large_images_stored_as_png(tmp_path: Path) -> None:
 def test_flat_imagefolder_is_unlabeled(tmp_path: Path) -> None:
     for i in range(5):
         _write_png(tmp_path / "src" / f"{i}.jpg", np.full((8, 8, 3), i * 40, np.uint8))
-    manifest = prepare("imagefolder", str(tmp_path / "src"), str(tmp_path / "out"), val_fraction=0.2)
+    manifest = prepare("imagefolder", str(tmp_path / "src"), str(tmp_path / "out"), val_fraction=0.2, workers=1)
     assert not manifest.labeled and manifest.class_names is None and manifest.num_classes == 0
-    images, labels = read_split(str(tmp_path / "out"), "train")
+    images, labels = read_split(str(tmp_path / "out"), "train", size=8)
     assert labels is None and images.shape == (4, 8, 8, 3)
     assert pq.read_table(shard_uris(str(tmp_path / "out"), "train")[0]).column("label").null_count == 4
 

@@ -17,7 +17,7 @@ from typing import Any
 from raysl.errors import DataError
 
 FORMAT_VERSION = 1
-ENCODINGS = ("raw", "png")
+ENCODINGS = ("raw", "png", "encoded")
 SPLIT_FROM = ("shuffle", "source")
 
 
@@ -42,6 +42,14 @@ class ShardInfo(_ItemAccess):
 
 
 @dataclass(frozen=True)
+class SkippedFile(_ItemAccess):
+    """A source file ``raysl data prepare`` could not read, with why (path relative to the source)."""
+
+    file: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class SplitInfo(_ItemAccess):
     """A split ("train" or "val"): its row count and its shards, in order."""
 
@@ -57,6 +65,13 @@ class Manifest:
     scale. ``split_from`` is "source" when the source defines its own
     train/test split (then ``val_fraction`` was not used) and "shuffle" when
     ``val_fraction`` of the shuffled rows became "val".
+
+    ``encoding`` is "raw" (uint8 HWC bytes, every row ``height`` x ``width``),
+    "png" (one size, PNG bytes; older image-folder datasets) or "encoded"
+    (each image's own JPEG bytes or PNG, any size; shards then also carry
+    ``height``, ``width`` and ``orientation`` columns and ``height``/``width``
+    here are the medians over the train split, for information only).
+    ``skipped`` lists the source files that could not be read.
     """
 
     source: str
@@ -74,12 +89,13 @@ class Manifest:
     val_fraction: float
     split_from: str
     splits: dict[str, SplitInfo]
+    skipped: tuple[SkippedFile, ...] = ()
     created_by: str = "raysl data prepare"
     format_version: int = FORMAT_VERSION
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        """(height, width, channels): the shape of one decoded image."""
+        """(height, width, channels): the shape of one decoded image (for "encoded": the median one)."""
         return (self.height, self.width, self.channels)
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,6 +134,9 @@ class Manifest:
                 val_fraction=float(data["val_fraction"]),
                 split_from=str(data["split_from"]),
                 splits={name: _split_from_dict(s) for name, s in data["splits"].items()},
+                skipped=tuple(
+                    SkippedFile(file=str(s["file"]), reason=str(s["reason"])) for s in data.get("skipped", [])
+                ),
                 created_by=str(data["created_by"]),
                 format_version=version,
             )

@@ -25,10 +25,13 @@ Sources (``SOURCES``):
   is ignored, ``split_from="source"``).
 - ``cifar10 PATH``: the CIFAR-10 or CIFAR-100 "python version" folder, read with
   an unpickler that only admits numpy arrays (the files are pickles).
-- ``imagefolder PATH``: one sub-folder per class of PNG/JPEG files, or a flat
-  folder of images (unlabeled). Images whose size differs from the most common
-  size are resized (bicubic) to it, so every row decodes to one array shape.
-  Grayscale stays one channel only if every image is grayscale.
+- ``imagefolder PATH``: one sub-folder per class of images, or a flat folder
+  of images (unlabeled), stored as ``encoded`` shards: each image's own JPEG
+  bytes (PNG for other formats), any size, in parallel and resumable; see
+  ``raysl.data.imagefolder`` for its columns and options, and
+  ``raysl.data.codec`` for decoding them. ``read_split``/``iter_split`` with
+  ``size=N`` give the evaluation view of such data (shorter side to N, centre
+  crop N x N).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import io
 import os
 import pickle
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +60,7 @@ __all__ = [
     "SOURCES",
     "Manifest",
     "decode_images",
+    "iter_split",
     "load_manifest",
     "prepare",
     "read_split",
@@ -83,12 +87,33 @@ def prepare(
     path: str | None,
     out: str,
     *,
-    shard_rows: int = 10_000,
+    shard_rows: int | None = None,
     val_fraction: float = 0.2,
     seed: int = 0,
+    max_side: int | None = None,
+    quality: int | None = None,
+    strict: bool = False,
+    workers: int | None = None,
+    progress: Any = None,
 ) -> Manifest:
-    """Read ``source`` (at ``path``), shuffle, split, write shards to ``out``; return the manifest."""
-    _check_arguments(source, path, shard_rows, val_fraction)
+    """Read ``source`` (at ``path``), shuffle, split, write shards to ``out``; return the manifest.
+
+    ``shard_rows`` defaults to 10,000 (1,000 for ``imagefolder``). ``max_side``,
+    ``quality``, ``strict``, ``workers`` and ``progress`` (a stream for the
+    progress line, e.g. ``sys.stderr``) apply to ``imagefolder`` only.
+    """
+    _check_arguments(source, path, 1 if shard_rows is None else shard_rows, val_fraction)
+    if source == "imagefolder":
+        from raysl.data.imagefolder import DEFAULT_QUALITY, prepare_imagefolder
+
+        return prepare_imagefolder(
+            str(path), out, shard_rows=shard_rows, val_fraction=val_fraction, seed=seed, max_side=max_side,
+            quality=DEFAULT_QUALITY if quality is None else quality, strict=strict, workers=workers,
+            progress=progress,
+        )  # fmt: skip
+    if max_side is not None or quality is not None or strict or workers is not None:
+        raise ConfigError("--max-side, --quality, --strict and --workers apply to imagefolder only; drop them")
+    shard_rows = 10_000 if shard_rows is None else shard_rows
     fs, root, _ = _resolve(out)
     _refuse_existing(fs, root, out)
     data = _load_source(source, path)
@@ -153,15 +178,25 @@ def verify_shards(out: str, manifest: Manifest | None = None) -> None:
 
 
 def read_split(
-    out: str, split: str, manifest: Manifest | None = None
+    out: str, split: str, manifest: Manifest | None = None, size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Load a whole split into memory; every shard's size and sha256 are checked before decoding.
 
     Returns uint8 images (N, H, W, C) in shard order and int64 labels with -1
-    where a label is missing, or None when the dataset is unlabeled.
+    where a label is missing, or None when the dataset is unlabeled. With
+    ``size`` (required for ``encoded`` data, whose images differ in size)
+    every image is resized, shorter side to ``size``, and centre-cropped to
+    (size, size): the evaluation transform. For a big split prefer
+    ``iter_split``, which streams.
     """
     manifest = manifest or load_manifest(out)
     info = _split_info(manifest, split)
+    if size is not None or manifest.encoding == "encoded":
+        size = _eval_size(manifest, size)
+        batches = list(iter_split(out, split, size, batch_rows=1024, manifest=manifest))
+        images = [np.zeros((0, size, size, manifest.channels), np.uint8)] + [b[0] for b in batches]
+        labels = [np.zeros(0, np.int64)] + [b[1] for b in batches if b[1] is not None]
+        return np.concatenate(images), (np.concatenate(labels) if manifest.labeled else None)
     fs, root, _ = _resolve(out)
     payloads = [_read_verified(fs, root, out, shard) for shard in info.shards]
     images = [np.zeros((0, *manifest.image_shape), np.uint8)]
@@ -171,6 +206,79 @@ def read_split(
         images.append(decode_images(table.column("image"), manifest))
         labels.append(table.column("label").fill_null(-1).to_numpy().astype(np.int64))
     return np.concatenate(images), (np.concatenate(labels) if manifest.labeled else None)
+
+
+def iter_split(
+    out: str, split: str, size: int | None, batch_rows: int = 256, manifest: Manifest | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """Stream a split as (uint8 (B, size, size, C) images, int64 labels or None) batches, in shard order.
+
+    Each shard is checked (size, sha256) when it is reached and decoded batch
+    by batch, so memory holds one shard's bytes and one batch of pixels, never
+    the split at full resolution. Images get the evaluation transform (shorter
+    side to ``size``, antialiased, centre crop; JPEGs decode at a reduced DCT
+    scale when that still covers ``size``). Every batch has ``batch_rows``
+    rows except the last. ``size=None`` keeps raw/png images as stored.
+    """
+    from raysl.data.codec import decode_image, resize_center_crop
+
+    if batch_rows < 1:
+        raise ConfigError(f"batch_rows must be at least 1, got {batch_rows}")
+    manifest = manifest or load_manifest(out)
+    info = _split_info(manifest, split)
+    if size is not None or manifest.encoding == "encoded":
+        size = _eval_size(manifest, size)
+    fs, root, _ = _resolve(out)
+    images: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    buffered = 0
+    for shard in info.shards:
+        table = _parse_shard(_read_verified(fs, root, out, shard), shard)
+        shard_labels = table.column("label").fill_null(-1).to_numpy().astype(np.int64)
+        for start in range(0, table.num_rows, batch_rows):
+            rows = table.slice(start, batch_rows)
+            if manifest.encoding == "encoded":
+                data = rows.column("image").to_pylist()
+                orientations = rows.column("orientation").to_pylist()
+                pixels = np.stack([
+                    resize_center_crop(decode_image(d, o, manifest.channels, min_size=(size, size)), size)
+                    for d, o in zip(data, orientations)
+                ]) if data else np.zeros((0, size, size, manifest.channels), np.uint8)  # fmt: skip
+            else:
+                pixels = decode_images(rows.column("image"), manifest)
+                if size is not None:
+                    pixels = np.stack([resize_center_crop(p, size) for p in pixels]) if len(pixels) else (
+                        np.zeros((0, size, size, manifest.channels), np.uint8))  # fmt: skip
+            images.append(pixels)
+            labels.append(shard_labels[start : start + batch_rows])
+            buffered += len(pixels)
+            while buffered >= batch_rows:
+                batch, images, labels, buffered = _take(images, labels, batch_rows)
+                yield batch[0], (batch[1] if manifest.labeled else None)
+    if buffered:
+        batch, images, labels, buffered = _take(images, labels, buffered)
+        yield batch[0], (batch[1] if manifest.labeled else None)
+
+
+def _take(
+    images: list[np.ndarray], labels: list[np.ndarray], rows: int
+) -> tuple[tuple[np.ndarray, np.ndarray], list[np.ndarray], list[np.ndarray], int]:
+    """The first ``rows`` buffered rows as one batch, and the rest still buffered."""
+    all_images, all_labels = np.concatenate(images), np.concatenate(labels)
+    rest = len(all_images) - rows
+    remainder = ([all_images[rows:]], [all_labels[rows:]]) if rest else ([], [])
+    return (all_images[:rows], all_labels[:rows]), remainder[0], remainder[1], rest
+
+
+def _eval_size(manifest: Manifest, size: int | None) -> int:
+    if size is None:
+        raise DataError(
+            "this dataset stores encoded images of different sizes; pass size=N to read_split/iter_split "
+            "(shorter side resized to N, centre crop N x N)"
+        )
+    if size < 1:
+        raise ConfigError(f"size must be at least 1, got {size}")
+    return int(size)
 
 
 def shard_uris(out: str, split: str, manifest: Manifest | None = None) -> list[str]:
@@ -186,7 +294,15 @@ def decode_images(
     """Turn an ``image`` column (bytes per row) into a writable uint8 (N, H, W, C) array.
 
     Raw encoding is decoded in one vectorised step; PNG rows go through PIL.
+    ``encoded`` datasets have no single image shape: decode their rows one by
+    one with ``raysl.data.codec.decode_image`` (or use ``read_split``/``iter_split``
+    with ``size``); this raises DataError for them.
     """
+    if manifest.encoding == "encoded":
+        raise DataError(
+            "decode_images needs one image size, but this dataset stores encoded images of different sizes; "
+            "decode rows with raysl.data.codec.decode_image, or read_split/iter_split with size=N"
+        )
     shape = manifest.image_shape
     if manifest.encoding == "raw":
         if isinstance(column_values, (pa.Array, pa.ChunkedArray)):
@@ -242,7 +358,6 @@ def _load_source(source: str, path: str | None) -> _SourceData:
         "digits": _load_digits,
         "idx": _load_idx,
         "cifar10": _load_cifar,
-        "imagefolder": _load_imagefolder,
     }
     data = loaders[source](path)
     if data.num_rows == 0:
@@ -460,68 +575,6 @@ def _cifar_class_names(meta: Path, key: bytes, labels: np.ndarray) -> tuple[str,
         return tuple(name.decode() if isinstance(name, bytes) else str(name) for name in names)
     except (KeyError, TypeError) as err:
         raise DataError(f"CIFAR metadata {meta} lacks {err}; re-download CIFAR") from None
-
-
-# Image folders
-
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
-_GRAYSCALE_MODES = {"1", "L", "LA"}
-
-
-def _image_files(folder: Path, recursive: bool) -> list[Path]:
-    found = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(
-        f for f in found if f.suffix.lower() in _IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file()
-    )
-
-
-def _load_imagefolder(path: str | None) -> _SourceData:
-    from PIL import Image, UnidentifiedImageError
-
-    folder = _existing_dir(path, "imagefolder")
-    classes = {
-        d.name: files
-        for d in sorted(folder.iterdir())
-        if d.is_dir() and not d.name.startswith(".") and (files := _image_files(d, recursive=True))
-    }
-    loose = _image_files(folder, recursive=False)
-    if classes and loose:
-        raise DataError(
-            f"{folder} has both images and class sub-folders; move the loose images into a class folder"
-        )
-    if not classes and not loose:
-        raise DataError(f"no PNG/JPEG images in {folder}; point PATH at a folder of images")
-    files = [f for group in classes.values() for f in group] or loose
-    labels = None
-    if classes:
-        labels = np.concatenate([np.full(len(g), c, np.int64) for c, g in enumerate(classes.values())])
-
-    sizes, modes = [], set()
-    for file in files:
-        try:
-            with Image.open(file) as image:
-                sizes.append(image.size)
-                modes.add(image.mode)
-        except (UnidentifiedImageError, OSError) as err:
-            raise DataError(f"cannot open image {file} ({err}); remove or fix it") from None
-    width, height = collections.Counter(sizes).most_common(1)[0][0]
-    channels = 1 if modes <= _GRAYSCALE_MODES else 3
-
-    def load(rows: np.ndarray) -> np.ndarray:
-        return np.stack([_read_image(files[row], (width, height), channels) for row in rows])
-
-    return _SourceData(height, width, channels, labels, tuple(classes) or None, load, len(files))
-
-
-def _read_image(file: Path, size: tuple[int, int], channels: int) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(file) as image:
-        image = image.convert("L" if channels == 1 else "RGB")
-        if image.size != size:
-            image = image.resize(size, Image.Resampling.BICUBIC)
-        pixels = np.asarray(image, dtype=np.uint8)
-    return pixels[..., None] if channels == 1 else pixels
 
 
 # --------------------------------------------------------------------------- splitting and writing

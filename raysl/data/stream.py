@@ -5,6 +5,12 @@ Data. When the split fits in ``data.max_cached_bytes`` it stays resident on the
 device as one uint8 tensor and later epochs shuffle it there (airbench's
 approach): small-image SSL is then bound by the model, not by the loader.
 Larger splits stream every epoch.
+
+Real-size images (``encoded`` shards) never cache: every epoch needs fresh
+random crops. Their batches arrive as one crop column per view (or as encoded
+rows to decode on the device) and a :class:`raysl.data.pipeline.CropInput`
+turns them into one uint8 tensor per view; ``TrainBatches`` then yields a list
+of views instead of one image tensor.
 """
 
 from __future__ import annotations
@@ -39,8 +45,10 @@ class TrainBatches:
         max_cached_bytes: int,
         seed: int,
         rank: int,
+        crop_input: Any = None,
     ):
         self.data_iterator = data_iterator
+        self.crop_input = crop_input  # real-size images: batch -> one uint8 tensor per view
         self.manifest = manifest
         self.batch_size = batch_size
         self.device = device
@@ -69,16 +77,23 @@ class TrainBatches:
             take = order[s * self.batch_size : (s + 1) * self.batch_size]
             yield self._images.index_select(0, take), self._indices.index_select(0, take)
 
-    def _stream(self, steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        keep = self.cache_enabled
+    def _convert(self, batch: dict[str, np.ndarray]) -> tuple[Any, torch.Tensor]:
+        if self.crop_input is None:
+            return to_device_batch(batch, self.manifest, self.device)
+        views = self.crop_input(batch)
+        idx = torch.from_numpy(np.array(batch["index"], dtype=np.int64)).to(self.device)
+        return views, idx
+
+    def _stream(self, steps: int) -> Iterator[tuple[Any, torch.Tensor]]:
+        keep = self.cache_enabled and self.crop_input is None
         images: list[torch.Tensor] = []
         indices: list[torch.Tensor] = []
         cached_bytes = 0
         done = 0
-        pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        pending: list[tuple[Any, torch.Tensor]] = []
         pending_rows = 0
         for batch in self.data_iterator.iter_batches(batch_size=self.batch_size, batch_format="numpy", prefetch_batches=2):
-            x, idx = to_device_batch(batch, self.manifest, self.device)
+            x, idx = self._convert(batch)
             if keep:
                 cached_bytes += x.numel()
                 if cached_bytes > self.max_cached_bytes:
@@ -89,15 +104,15 @@ class TrainBatches:
                     indices.append(idx)
             # Ray Data may hand back short blocks; regroup into exact batch_size batches.
             pending.append((x, idx))
-            pending_rows += x.shape[0]
+            pending_rows += idx.shape[0]
             while pending_rows >= self.batch_size and done < steps:
-                xs = torch.cat([p[0] for p in pending])
+                xs = _cat([p[0] for p in pending])
                 ids = torch.cat([p[1] for p in pending])
-                yield xs[: self.batch_size], ids[: self.batch_size]
+                yield _rows(xs, 0, self.batch_size), ids[: self.batch_size]
                 done += 1
-                rest_x, rest_i = xs[self.batch_size :], ids[self.batch_size :]
-                pending = [(rest_x, rest_i)] if rest_x.shape[0] else []
-                pending_rows = rest_x.shape[0]
+                rest_x, rest_i = _rows(xs, self.batch_size, None), ids[self.batch_size :]
+                pending = [(rest_x, rest_i)] if rest_i.shape[0] else []
+                pending_rows = rest_i.shape[0]
             if done >= steps and not keep:
                 break
         if keep and images:
@@ -105,10 +120,24 @@ class TrainBatches:
             self._indices = torch.cat(indices)
 
 
+def _cat(parts: list[Any]) -> Any:
+    """Concatenate batches along rows: image tensors, or lists of per-view tensors."""
+    if isinstance(parts[0], list):
+        return [torch.cat([p[v] for p in parts]) if len(parts) > 1 else parts[0][v] for v in range(len(parts[0]))]
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def _rows(x: Any, start: int, stop: int | None) -> Any:
+    if isinstance(x, list):
+        return [t[start:stop] for t in x]
+    return x[start:stop]
+
+
 class ParquetBatches:
     """A stand-in for Ray Data's per-worker iterator when a run trains in-process without Ray Train.
 
-    Reads the split's shards with pyarrow in shard order; exposes the one method the loop uses.
+    Reads the split's shards with pyarrow in shard order (every column: encoded
+    shards carry height, width and orientation too); exposes the one method the loop uses.
     """
 
     def __init__(self, uris: list[str]):
@@ -118,11 +147,7 @@ class ParquetBatches:
         import pyarrow.parquet as pq
 
         for uri in self.uris:
-            table = pq.read_table(uri, columns=["image", "label", "index"])
+            table = pq.read_table(uri)
             for start in range(0, table.num_rows, batch_size):
                 part = table.slice(start, batch_size)
-                yield {
-                    "image": part.column("image").to_numpy(zero_copy_only=False),
-                    "label": part.column("label").to_numpy(zero_copy_only=False),
-                    "index": part.column("index").to_numpy(),
-                }
+                yield {name: part.column(name).to_numpy(zero_copy_only=False) for name in part.column_names}
