@@ -219,6 +219,7 @@ class ViewAugment(Section):
     blur_sigma: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (0.1, 2.0)
     solarize_p: Probability = 0.0
     solarize_threshold: Probability = 0.5
+    size: Annotated[int, Field(ge=4)] | None = None  # this view's output side in px; None: data.crop_size
 
     @model_validator(mode="after")
     def _ordered_ranges(self) -> "ViewAugment":
@@ -245,18 +246,75 @@ AUGMENT_PRESETS = {
 }
 
 
+class LocalCrops(Section):
+    """Multi-crop (Caron et al. 2020, SwAV; DINO): small crops beside the global views.
+
+    Defaults are DINO's ImageNet recipe (6 x 96 px at scale 0.05-0.4). Local crops
+    use the colour recipe of the last global view with blur probability ``blur_p``
+    and no solarization (DINO's local transform).
+    """
+
+    number: Annotated[int, Field(ge=0, le=16)] = 0
+    size: Annotated[int, Field(ge=4)] = 96
+    scale: tuple[Probability, Probability] = (0.05, 0.4)
+    blur_p: Probability = 0.5
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "LocalCrops":
+        lo, hi = self.scale
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale must be [low, high] with 0 < low <= high, got [{lo}, {hi}]")
+        return self
+
+
 class DataConfig(Section):
     source: Literal["digits", "idx", "cifar10", "imagefolder", "parquet"] = "digits"
     path: str | None = None  # a prepared shard folder (raysl data prepare --out)
     augment: list[ViewAugment] | Literal["simclr", "byol"] = "simclr"
-    crop_size: Annotated[int, Field(ge=4)] | None = None  # output side; default: the image's
+    crop_size: Annotated[int, Field(ge=4)] | None = None  # global views' side; default: the image's (224 for JPEG shards)
+    local_crops: LocalCrops = Field(default_factory=LocalCrops)
+    decode: Literal["auto", "cpu", "gpu"] = "auto"  # JPEG shards: gpu = nvJPEG on the worker's GPU; auto: gpu on CUDA
     cache_on_device: bool = True  # keep the uint8 split on the worker's device after one pass
     max_cached_bytes: Annotated[int, Field(ge=0)] = 4 << 30
 
-    def views(self) -> list[ViewAugment]:
+    def global_views(self) -> list[ViewAugment]:
         if isinstance(self.augment, str):
             return AUGMENT_PRESETS[self.augment]()
         return list(self.augment)
+
+    def local_views(self) -> list[ViewAugment]:
+        """``local_crops.number`` recipes for the local crops (empty without multi-crop)."""
+        local = self.local_crops
+        if local.number == 0:
+            return []
+        last = self.global_views()[-1]
+        recipe = last.model_copy(update={"crop_scale": local.scale, "size": local.size,
+                                         "blur_p": local.blur_p, "solarize_p": 0.0})
+        return [recipe] * local.number
+
+    def views(self, num_global: int = 2) -> list[ViewAugment]:
+        """One recipe per view a training step makes: ``num_global`` global views, then the local crops.
+
+        The global recipes cycle through ``global_views()`` (a method with more
+        views than recipes reuses them in order); the ``local_crops.number``
+        local recipes follow, so ``views[:num_global]`` are the global views.
+        """
+        if num_global < 1:
+            raise ValueError(f"num_global must be >= 1, got {num_global}")
+        recipes = self.global_views()
+        return [recipes[i % len(recipes)] for i in range(num_global)] + self.local_views()
+
+    @model_validator(mode="after")
+    def _local_crops_are_local(self) -> "DataConfig":
+        if isinstance(self.augment, list) and not self.augment:
+            raise ValueError("augment: give at least one view recipe, or a preset (simclr, byol)")
+        local = self.local_crops
+        if local.number and self.crop_size is not None and local.size > self.crop_size:
+            raise ValueError(
+                f"local_crops.size ({local.size}) is larger than crop_size ({self.crop_size}); "
+                "local crops are the small views: set data.local_crops.size <= data.crop_size"
+            )
+        return self
 
 
 class OptimConfig(Section):
@@ -335,6 +393,21 @@ class RunConfig(Section):
                         f"{key} ({size}) is smaller than one ViT patch (model.patch_size={model.patch_size}); "
                         "use a smaller model.patch_size"
                     )
+        if self.data.local_crops.number:
+            from raysl.methods import METHODS  # here, not at the top: the registry imports this module
+
+            method = METHODS.get(self.method.name)
+            if method is not None and not method.supports_local_crops:
+                takes = ", ".join(name for name, cls in METHODS.items() if cls.supports_local_crops)
+                raise ValueError(
+                    f"data.local_crops.number ({self.data.local_crops.number}): method {self.method.name!r} "
+                    f"does not use local crops (multi-crop); set data.local_crops.number=0, or use one of: {takes}"
+                )
+            if model.backbone == "vit_tiny" and self.data.local_crops.size < model.patch_size:
+                raise ValueError(
+                    f"data.local_crops.size ({self.data.local_crops.size}) is smaller than one ViT patch "
+                    f"(model.patch_size={model.patch_size}); use a smaller model.patch_size"
+                )
         if self.data.source != "digits" and self.data.path is None:
             raise ValueError(
                 f"data.path is required for data.source={self.data.source!r}: "
@@ -408,16 +481,22 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One line: the file, the dotted key and what is allowed."""
-    errors = exc.errors()
+def _error_loc(exc: ValidationError) -> tuple[dict, list[str]]:
+    """The most informative error of ``exc`` and its dotted location (method tags dropped)."""
     # a union (e.g. data.augment: preset name | list of views) reports one error per member;
     # the structured member's error is the informative one
-    err = max(errors, key=lambda e: len(_clean_loc(e["loc"])))
+    err = max(exc.errors(), key=lambda e: len(_clean_loc(e["loc"])))
     loc = _clean_loc(err["loc"])
     # discriminated unions put the tag in the location (method.simclr.temperature)
     if len(loc) >= 2 and loc[0] == "method" and loc[1] in METHOD_NAMES:
         loc = [loc[0]] + loc[2:]
+    return err, loc
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line: the file, the dotted key and what is allowed."""
+    errors = exc.errors()
+    err, loc = _error_loc(exc)
     key = ".".join(loc) if loc else "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":
@@ -461,13 +540,62 @@ def _allowed_keys_hint(loc: list[str]) -> str:
     return ""
 
 
-def build_config(tree: dict, source: str = "config") -> RunConfig:
+def config_keys(method_name: str = "simclr") -> list[str]:
+    """Every dotted key a run config of ``method_name`` accepts (``optim.lr``, ``method.temperature``...)."""
+
+    def walk(model: Any, prefix: str) -> list[str]:
+        keys = []
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if prefix == "" and name == "method":
+                cls = _method_class(method_name) or SimCLRConfig
+                keys += [f"method.{k}" for k in cls.model_fields]
+            elif isinstance(ann, type) and issubclass(ann, BaseModel):
+                keys += walk(ann, f"{prefix}{name}.")
+            else:
+                keys.append(f"{prefix}{name}")
+        return keys
+
+    return walk(RunConfig, "")
+
+
+# names other libraries use for our keys (the last part of a dotted key)
+_SYNONYMS = {"learning_rate": "lr", "wd": "weight_decay", "bs": "batch_size", "batch": "batch_size",
+             "epoch": "epochs", "temp": "temperature", "tau": "temperature", "workers": "num_workers"}
+
+
+def _did_you_mean(key: str, method_name: str) -> str:
+    import difflib
+
+    known = config_keys(method_name)
+    head, _, leaf = key.rpartition(".")
+    synonym = f"{head}.{_SYNONYMS[leaf]}" if head and leaf in _SYNONYMS else None
+    close = [synonym] if synonym in known else difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if not close:  # a right name in the wrong section: optim.temperature -> method.temperature
+        leaf = key.rsplit(".", 1)[-1]
+        close = [k for k in known if k.rsplit(".", 1)[-1] == leaf][:1]
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def build_config(tree: dict, source: str = "config", set_keys: dict[str, str] | None = None) -> RunConfig:
+    """Validate ``tree``; a ConfigError names the file (or the ``--set`` item of an override) and the key.
+
+    ``set_keys``: dotted key -> the ``--set key=value`` item that set it.
+    """
+    set_keys = set_keys or {}
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as exc:
+        err, loc = _error_loc(exc)
+        dotted = ".".join(loc)
+        from_set = next((item for k, item in set_keys.items() if dotted == k or dotted.startswith(k + ".")), None)
+        if from_set is not None:
+            source = f"--set {from_set}"
         msg = format_validation_error(exc, source)
-        if "method." in msg and "unknown key" in msg:
-            name = get_dotted(tree, "method.name", "simclr")
+        name = get_dotted(tree, "method.name", "simclr")
+        if err["type"] == "extra_forbidden":
+            msg += _did_you_mean(dotted, name if isinstance(name, str) else "simclr")
+        if dotted.startswith("method.") and "unknown key" in msg:
             cls = _method_class(name)
             if cls is not None:
                 msg += f"; {name} takes: {', '.join(k for k in cls.model_fields if k != 'name')}"
@@ -495,10 +623,12 @@ def config_tree(path: str | Path) -> dict:
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a YAML run config (or a search space's base), apply ``--set`` overrides, validate."""
     tree = config_tree(path) if path is not None else {}
+    set_keys: dict[str, str] = {}
     for item in overrides:
         key, value = parse_override(item)
         tree = set_dotted(tree, key, value)
-    return build_config(tree, str(path) if path is not None else "--set")
+        set_keys[key] = item.strip()
+    return build_config(tree, str(path) if path is not None else "--set", set_keys)
 
 
 def to_yaml(config: RunConfig) -> str:

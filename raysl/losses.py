@@ -28,6 +28,7 @@ from raysl.errors import LossInputError
 
 __all__ = [
     "nt_xent",
+    "nt_xent_multicrop",
     "dcl",
     "dclw",
     "isogclr_loss",
@@ -35,6 +36,7 @@ __all__ = [
     "moco",
     "mochi_negatives",
     "byol",
+    "byol_multicrop",
     "simsiam",
     "barlow_twins",
     "mixed_barlow_regularizer",
@@ -190,6 +192,44 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
     logits = logits.masked_fill(self_mask, float("-inf"))
     positive = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
     return F.cross_entropy(logits, positive)
+
+
+def nt_xent_multicrop(crops: Sequence[Tensor] | Tensor, temperature: float = 0.1) -> Tensor:
+    """NT-Xent over V >= 2 crops per sample (multi-crop SimCLR, as solo-learn's ``simclr_loss_func``).
+
+    Every crop of sample i is a positive of every other crop of sample i; the
+    crops of the other samples are its negatives. With the V*N embeddings
+    {z_a}, s(a) the sample of crop a and ``e(a, b) = exp(sim(z_a, z_b) / tau)``::
+
+        pos(a) = sum_{b != a, s(b) = s(a)} e(a, b)
+        neg(a) = sum_{b: s(b) != s(a)} e(a, b)
+
+        L = -1/(V N) sum_a log( pos(a) / (pos(a) + neg(a)) )
+
+    The positives share one numerator (SupCon's "L_in" form, Khosla et al.
+    2020, Eq. 3), every crop is an anchor once. With V = 2 each anchor has
+    one positive and ``pos + neg`` is the sum over every other view: exactly
+    :func:`nt_xent`.
+
+    Args:
+        crops: V >= 2 crops, a list of [N, D] tensors or a [V, N, D] tensor;
+            row i of every crop comes from sample i (global and local crops
+            alike: only the embeddings enter). N >= 2.
+        temperature: tau > 0.
+    """
+    fn = "nt_xent_multicrop"
+    z = _stack_views(fn, "crops", crops, min_views=2, min_batch=2)
+    _check_positive(fn, "temperature", temperature)
+    v, n, d = z.shape
+    u = _unit(z).reshape(v * n, d)  # row r = crop r // N of sample r % N
+    logits = u @ u.T / temperature
+    self_mask = torch.eye(v * n, dtype=torch.bool, device=u.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    sample = torch.arange(n, device=u.device).repeat(v)
+    positive = (sample[:, None] == sample[None, :]) & ~self_mask
+    log_all = torch.logsumexp(logits, dim=1)  # log(pos + neg)
+    log_pos = torch.logsumexp(logits.masked_fill(~positive, float("-inf")), dim=1)
+    return (log_all - log_pos).mean()
 
 
 def _dcl_terms(z1: Tensor, z2: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
@@ -579,6 +619,37 @@ def byol(p: Tensor, z: Tensor) -> Tensor:
     fn = "byol"
     _check_pair(fn, p, z, min_batch=1, names=("p", "z"))
     return (2.0 - 2.0 * (_unit(p) * _unit(z)).sum(dim=1)).mean()
+
+
+def byol_multicrop(predictions: Sequence[Tensor], targets: Sequence[Tensor]) -> Tensor:
+    """BYOL over several crops: every crop predicts the teacher's projection of every *other* global crop.
+
+    ``targets`` are the teacher's projections z_g of the V_t global crops;
+    ``predictions`` the online predictions p_j of all V_s crops, the global
+    ones first in the same order (then the local crops, which the teacher
+    never sees)::
+
+        L = 1/|pairs| sum_{g < V_t} sum_{j < V_s, j != g} byol(p_j, z_g)
+
+    with :func:`byol` the batch-mean ``2 - 2 cos``. With two crops this is
+    BYOL's symmetrised loss ``(byol(p_2, z_1) + byol(p_1, z_2)) / 2``. The
+    caller detaches the targets. Crops may come from inputs of different
+    sizes; every [N, D] must match.
+    """
+    fn = "byol_multicrop"
+    for name, crops in (("predictions", predictions), ("targets", targets)):
+        if not isinstance(crops, (list, tuple)) or not crops:
+            raise LossInputError(f"{fn}: {name} must be a non-empty list of [N, D] tensors, got {crops!r:.80}")
+    if len(targets) > len(predictions):
+        raise LossInputError(
+            f"{fn}: {len(targets)} targets but {len(predictions)} predictions; every target crop "
+            "(global) is also a predicted crop, so predictions needs at least as many"
+        )
+    pairs = [(g, j) for g in range(len(targets)) for j in range(len(predictions)) if j != g]
+    if not pairs:
+        raise LossInputError(f"{fn}: needs at least two crops, got {len(predictions)}")
+    total = sum(byol(predictions[j], targets[g]) for g, j in pairs)
+    return total / len(pairs)
 
 
 def simsiam(p: Tensor, z: Tensor) -> Tensor:

@@ -23,7 +23,8 @@ from torch.nn.parallel import DistributedDataParallel
 from raysl import distributed, schedules
 from raysl.checkpoint import load_state, save_state
 from raysl.config import RunConfig
-from raysl.data.augment import make_views, to_float
+from raysl.data.augment import augment_precropped, make_views, to_float
+from raysl.data.pipeline import CropInput, eval_images, global_crop_size, is_encoded
 from raysl.data.shards import load_manifest, read_split
 from raysl.data.stream import TrainBatches
 from raysl.divergence import DivergenceWatch
@@ -31,6 +32,7 @@ from raysl.errors import CollapsedError
 from raysl.evaluate import alignment, evaluate_features, is_collapsed
 from raysl.methods import build_method
 from raysl.optim import build_optimizer, set_lr_and_wd
+from raysl.progress import StepTicker
 
 CHECKPOINT_FILE = "state.pt"
 # steps between two reads of the divergence record on a GPU (see raysl/divergence.py)
@@ -121,11 +123,20 @@ class EvalSet:
 
 
 def load_eval_set(data_dir: str, cfg: RunConfig, device: torch.device) -> EvalSet:
-    """A seeded subset of train (kNN memory bank) and of val, as on-device uint8 tensors."""
+    """A seeded subset of train (kNN memory bank) and of val, as on-device uint8 tensors.
+
+    Real-size images are streamed, resized (shorter side) and centre-cropped to
+    the global crop size, keeping the first rows of each split (see
+    ``raysl.data.pipeline.eval_images``).
+    """
     rng = np.random.default_rng(cfg.seed)
+    manifest = load_manifest(data_dir)
 
     def take(split: str, limit: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x, y = read_split(data_dir, split)
+        if is_encoded(manifest):
+            x, y = eval_images(data_dir, split, global_crop_size(cfg, manifest), limit, manifest)
+        else:
+            x, y = read_split(data_dir, split)
         if len(x) > limit:
             keep = np.sort(rng.choice(len(x), size=limit, replace=False))
             x = x[keep]
@@ -178,7 +189,7 @@ def evaluate_method(method, eval_set: EvalSet, cfg: RunConfig, norm: dict, views
 
 def input_norm(cfg: RunConfig, manifest) -> dict:
     """How a run turns uint8 batches into model input (make_views / to_float keyword arguments)."""
-    return dict(mean=manifest.mean, std=manifest.std, out_size=cfg.data.crop_size or manifest.height,
+    return dict(mean=manifest.mean, std=manifest.std, out_size=global_crop_size(cfg, manifest),
                 channels_last=cfg.model.channels_last)
 
 
@@ -267,11 +278,13 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
     manifest = load_manifest(data_dir)
     norm = input_norm(cfg, manifest)
     method = build_run_method(cfg, manifest, device)
-    views = cfg.data.views()
+    views = cfg.data.views(method.num_views)  # the method's global views, then any local crops (multi-crop)
     peak = peak_lr(cfg)
     optimizer = build_optimizer(method.param_groups(), cfg.optim, peak)
     model = DistributedDataParallel(method) if world > 1 else method
     forward = torch.compile(model) if cfg.model.compile else model
+    # rank 0's notes and step progress for the user (relayed to the driver under `raysl train`)
+    ticker = StepTicker.from_loop_config(loop_config, rank, cfg.optim.epochs, cfg.optim.batch_size * len(views))
 
     # ---- resume
     start_epoch, global_step = 0, 0
@@ -282,7 +295,7 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
         if state.get("optimizer_name") == cfg.optim.name:
             optimizer.load_state_dict(state["optimizer"])
         elif rank == 0:
-            print(f"[raysl] optimizer changed to {cfg.optim.name}: its state starts fresh", flush=True)
+            ticker.say(f"[raysl] optimizer changed to {cfg.optim.name}: its state starts fresh")
         start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
         if start_epoch >= cfg.optim.epochs and "metrics" in state:
             # restored at its last epoch: a re-run of a finished run, or a PBT trial that cloned a
@@ -296,6 +309,7 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
     batches = TrainBatches(
         io.dataset_shard("train"), manifest, local_batch, device,
         cache=cfg.data.cache_on_device, max_cached_bytes=cfg.data.max_cached_bytes, seed=cfg.seed, rank=rank,
+        crop_input=CropInput.for_run(cfg, manifest, views, device, rank),  # None for small-image shards
     )
     eval_set = load_eval_set(data_dir, cfg, device) if rank == 0 else None
     gen = augment_generator(cfg, rank)
@@ -303,11 +317,10 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
     watch = DivergenceWatch(device, every=DIVERGENCE_CHECK_EVERY_CUDA if is_cuda else 1)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=is_cuda and cfg.scale.precision == "bf16")
     if rank == 0 and start_epoch == 0:
-        print(
+        ticker.say(
             f"[raysl] {cfg.method.name}: {manifest.splits['train']['rows']} train images, {world} worker(s), "
             f"global batch {cfg.optim.batch_size}, {steps_per_epoch} steps/epoch; peak lr {peak:.4g} = "
-            f"{cfg.optim.lr:g} x {cfg.optim.batch_size}/256 ({cfg.optim.lr_scaling} scaling)",
-            flush=True,
+            f"{cfg.optim.lr:g} x {cfg.optim.batch_size}/256 ({cfg.optim.lr_scaling} scaling)"
         )
 
     for epoch in range(start_epoch, cfg.optim.epochs):
@@ -321,7 +334,11 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
                 progress = global_step / max(1, total_steps)
                 method.progress = progress
                 set_lr_and_wd(optimizer, lr_at(cfg, progress, peak), weight_decay_at(cfg, progress))
-                crops = make_views(images, views, method.num_views, generator=gen, **norm)
+                if isinstance(images, list):  # real-size images: each view's crop was cut by the data path
+                    crops = augment_precropped(images, views, mean=norm["mean"], std=norm["std"], generator=gen,
+                                               channels_last=norm["channels_last"])
+                else:
+                    crops = make_views(images, views, len(views), generator=gen, **norm)
                 with autocast:
                     loss, _ = forward(crops, indices)
                 watch.observe(loss, global_step, epoch)
@@ -334,10 +351,13 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
                 loss_sum += loss.detach()
                 global_step += 1
                 steps_done += 1
+                ticker.step(epoch, steps_done, steps_per_epoch, start)  # throttled, reads no tensor
         if is_cuda:
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
-        images_seen = steps_done * cfg.optim.batch_size * method.num_views
+        images_seen = steps_done * cfg.optim.batch_size * len(views)  # views made, local crops included
+        if rank == 0 and epoch == start_epoch and batches.crop_input is not None:
+            ticker.say(f"[raysl] input: {CropInput.SOURCES.get(batches.crop_input.source, 'no batch')}")
 
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
@@ -368,6 +388,7 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
                      "metrics": plain_metrics(metrics)},
                 )
                 checkpoint_dir = tmp
+            ticker.epoch_done(metrics)
             io.report(metrics, checkpoint_dir)
         if metrics["status"] == "collapsed":
             raise CollapsedError(

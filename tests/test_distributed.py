@@ -103,6 +103,8 @@ CASES = {
     "vicreg": (2, lambda z1, z2: losses.vicreg(
         z1, z2, VICRegConfig().sim_weight, VICRegConfig().var_weight, VICRegConfig().cov_weight)),
     "mv_infonce": (4, lambda *views: losses.infonce_multiview(list(views), MVInfoNCEConfig().temperature)),
+    # multi-crop SimCLR: 2 global + 2 local crops, each gathered (as SimCLR does with data.local_crops)
+    "simclr_multicrop": (4, lambda *crops: losses.nt_xent_multicrop(list(crops), SimCLRConfig().temperature)),
     # MSBReg's batch-level term (the per-sample terms stay local, see test_msbreg_split_*)
     "msbreg": (2, lambda p1, p2: losses.singular_value_loss([p1, p2])),
 }
@@ -218,6 +220,17 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         z = torch.cat([distributed.gather_no_grad(rows(t, rank)) for t in teacher])
         results["directpred_corr"] = losses.directpred_correlation_update(None, z, rho=DirectPredConfig().alpha)
 
+        # DINO with local crops: per-sample loss on the worker's own rows (no gather), centre from
+        # the teacher's global crops only, averaged over workers
+        students, teachers, center = dino_multicrop_inputs()
+        local_students = [rows(x, rank).clone().requires_grad_(True) for x in students]
+        local_teachers = [rows(x, rank) for x in teachers]
+        loss = losses.dino(local_students, local_teachers, center, DINOConfig().student_temp, DINOConfig().teacher_temp)
+        loss.backward()
+        batch_mean = distributed.all_reduce_mean(torch.cat(local_teachers).mean(0, keepdim=True))
+        results["dino_multicrop"] = (loss.detach(), [x.grad.clone() for x in local_students],
+                                     losses.dino_center_update(center, [batch_mean], DINOConfig().center_momentum))
+
         # MixedBarlowTwins' mixup: one lambda for all workers, the global permutation of the gathered batch
         from raysl.methods.mixed_barlow import MixedBarlowTwins
 
@@ -229,6 +242,14 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def dino_multicrop_inputs() -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """Student logits of 2 global + 2 local crops, teacher logits of the 2 global crops, a centre."""
+    g = torch.Generator().manual_seed(11)
+    students = [torch.randn(N, 16, generator=g) for _ in range(4)]
+    teachers = [torch.randn(N, 16, generator=g) for _ in range(2)]
+    return students, teachers, torch.randn(1, 16, generator=g)
 
 
 def _plain_all_gather(x: torch.Tensor) -> torch.Tensor:
@@ -325,6 +346,24 @@ def test_dino_center_and_directpred_correlation_are_global_statistics(two_worker
     for result in two_workers:
         assert_close(result["dino_center"], want_center)
         assert_close(result["directpred_corr"], want_corr)
+
+
+def test_dino_multicrop_workers_average_to_the_full_batch(two_workers):
+    """DINO's loss is a per-sample mean on each worker's rows: DDP's average of the workers'
+    (equal-sized) losses and gradients is the full batch's; the centre is a global statistic."""
+    students, teachers, center = dino_multicrop_inputs()
+    students = [x.clone().requires_grad_(True) for x in students]
+    c = DINOConfig()
+    loss = losses.dino(students, teachers, center, c.student_temp, c.teacher_temp)
+    loss.backward()
+    want_center = losses.dino_center_update(center, teachers, c.center_momentum)
+    worker_losses = torch.stack([r["dino_multicrop"][0] for r in two_workers])
+    assert_close(worker_losses.mean(), loss.detach())
+    for rank, result in enumerate(two_workers):
+        _, grads, worker_center = result["dino_multicrop"]
+        for x, g in zip(students, grads):  # d(own mean)/dz = WORLD x d(full mean)/dz on the own rows
+            assert_close(g / WORLD, rows(x.grad, rank))
+        assert_close(worker_center, want_center)
 
 
 def test_mixed_barlow_mixup_agrees_across_workers(two_workers):

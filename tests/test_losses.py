@@ -122,6 +122,55 @@ def test_nt_xent_half_precision_input_is_computed_in_float32():
 # --------------------------------------------------------------------------
 
 
+def test_nt_xent_multicrop_with_two_crops_equals_nt_xent():
+    z1, z2 = rand(7, 5, seed=30), rand(7, 5, seed=31)
+    # same formula, computed as log(sum of all) - log(the positive) instead of a cross-entropy:
+    # float64 rounding of a value ~2.5 only
+    want = losses.nt_xent(z1, z2, 0.2).item()
+    assert losses.nt_xent_multicrop([z1, z2], 0.2).item() == pytest.approx(want, rel=1e-12)
+    assert losses.nt_xent_multicrop(torch.stack([z1, z2]), 0.5).item() == pytest.approx(
+        losses.nt_xent(z1, z2, 0.5).item(), rel=1e-12)
+
+
+def test_nt_xent_multicrop_hand_three_crops():
+    # N = 2 samples, V = 3 crops, tau = 1. Sample a: (1,0), (1,0), (0,1); sample b: (0,1), (0,1), (-1,0).
+    # loss(anchor) = -log(pos / (pos + neg)), pos = sum over the anchor's other crops of exp(cos),
+    # neg = sum over the other sample's 3 crops.
+    #   a0, a1: pos = e + 1 (a1 resp. a0, and a2); neg = 1 + 1 + e^-1
+    #   a2:     pos = 1 + 1;                     neg = e + e + 1
+    #   b0, b1: pos = e + 1;                     neg = 1 + 1 + e
+    #   b2:     pos = 1 + 1;                     neg = e^-1 + e^-1 + 1
+    def term(pos, neg):
+        return -math.log(pos / (pos + neg))
+
+    want = (2 * term(E + 1, 2 + 1 / E) + term(2, 2 * E + 1) + 2 * term(E + 1, 2 + E) + term(2, 2 / E + 1)) / 6
+    crops = [t([[1.0, 0.0], [0.0, 1.0]]), t([[1.0, 0.0], [0.0, 1.0]]), t([[0.0, 1.0], [-1.0, 0.0]])]
+    assert losses.nt_xent_multicrop(crops, temperature=1.0).item() == pytest.approx(want, rel=1e-12)
+    # scaling the embeddings changes nothing (cosine similarity); the crop order neither
+    assert losses.nt_xent_multicrop([3 * crops[2], crops[0], crops[1]], 1.0).item() == pytest.approx(want, rel=1e-12)
+
+
+def test_nt_xent_multicrop_matches_explicit_loop_and_has_gradients():
+    crops = [rand(4, 3, seed=40 + i, requires_grad=True) for i in range(4)]
+    tau = 0.3
+    u = [F.normalize(c.detach(), dim=1) for c in crops]
+    terms = []
+    for v in range(4):
+        for i in range(4):
+            pos = sum(math.exp(float(u[v][i] @ u[w][i]) / tau) for w in range(4) if w != v)
+            neg = sum(math.exp(float(u[v][i] @ u[w][j]) / tau) for w in range(4) for j in range(4) if j != i)
+            terms.append(-math.log(pos / (pos + neg)))
+    loss = losses.nt_xent_multicrop(crops, tau)
+    # float64 throughout; the loop sums 16 terms ~3 in another order: rounding ~1e-15 relative
+    assert loss.item() == pytest.approx(sum(terms) / len(terms), rel=1e-12)
+    loss.backward()
+    assert_finite_grads(*crops)
+    with pytest.raises(LossInputError, match="nt_xent_multicrop: needs at least 2 views in crops, got 1"):
+        losses.nt_xent_multicrop(crops[:1], tau)
+    with pytest.raises(LossInputError, match="nt_xent_multicrop: temperature"):
+        losses.nt_xent_multicrop(crops, 0.0)
+
+
 def test_dcl_hand_identical_orthonormal():
     # tau = 0.5: positive term -1/0.5 = -2; negatives (a2, b2 for a1) have sim 0 -> log(1 + 1)
     got = losses.dcl(t(EYE), t(EYE), temperature=0.5)
@@ -508,6 +557,33 @@ def test_byol_and_simsiam_hand():
     assert losses.byol(p[:1], z[:1]).item() == pytest.approx(0.0, abs=1e-12)
 
 
+def test_byol_multicrop_hand_pair_average():
+    # Teacher targets of the 2 global crops z0 = (1, 0), z1 = (0, 1); predictions of the crops
+    # p0 = (1, 0) (global 0), p1 = (3, 0) (global 1), p2 = (1, 1) (a local crop). N = 1.
+    # Pairs (target g, prediction j != g): (0,1): 2 - 2*1 = 0; (0,2): 2 - 2/sqrt2;
+    #                                      (1,0): 2 - 2*0 = 2; (1,2): 2 - 2/sqrt2.
+    z = [t([[1.0, 0.0]]), t([[0.0, 1.0]])]
+    p = [t([[1.0, 0.0]]), t([[3.0, 0.0]]), t([[1.0, 1.0]])]
+    want = (0.0 + (2 - math.sqrt(2)) + 2.0 + (2 - math.sqrt(2))) / 4
+    assert losses.byol_multicrop(p, z).item() == pytest.approx(want, rel=1e-12)
+
+
+def test_byol_multicrop_with_two_crops_is_the_symmetrised_byol_loss():
+    p = [rand(6, 5, seed=74), rand(6, 5, seed=75)]
+    z = [rand(6, 5, seed=76), rand(6, 5, seed=77)]
+    # the very same float operations (a sum of two terms halved) as BYOL's two-view loss
+    assert torch.equal(losses.byol_multicrop(p, z), 0.5 * (losses.byol(p[0], z[1]) + losses.byol(p[1], z[0])))
+    # a local crop adds its two pairs to the mean
+    local = rand(6, 5, seed=78)
+    got = losses.byol_multicrop(p + [local], z)
+    want = (losses.byol(p[1], z[0]) + losses.byol(local, z[0]) + losses.byol(p[0], z[1]) + losses.byol(local, z[1])) / 4
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    with pytest.raises(LossInputError, match="byol_multicrop: 3 targets but 2 predictions"):
+        losses.byol_multicrop(p, z + [local])
+    with pytest.raises(LossInputError, match="byol_multicrop: needs at least two crops"):
+        losses.byol_multicrop(p[:1], z[:1])
+
+
 @pytest.mark.parametrize("fn", [losses.byol, losses.simsiam])
 def test_byol_simsiam_invariances_and_gradient(fn):
     p, z = rand(6, 5, seed=70), rand(6, 5, seed=71)
@@ -689,6 +765,45 @@ def test_dino_hand():
     # tensors [V, N, K] work the same
     got = losses.dino(torch.stack(students), torch.stack(teachers), center, 1.0, 0.5)
     assert got.item() == pytest.approx(sum(h) / 4, rel=1e-12)
+
+
+def softmax2(a, b):
+    """softmax of two logits, by hand."""
+    return math.exp(a) / (math.exp(a) + math.exp(b)), math.exp(b) / (math.exp(a) + math.exp(b))
+
+
+def test_dino_multicrop_hand_two_globals_one_local():
+    # DINO eq. 3 with 2 global crops (teacher and student) and 1 local crop (student only):
+    #   L = 1/4 [H(Pt(g0), Ps(g1)) + H(Pt(g0), Ps(l)) + H(Pt(g1), Ps(g0)) + H(Pt(g1), Ps(l))]
+    # Pt(x) = softmax((g_t(x) - c) / tau_t), Ps(x) = softmax(g_s(x) / tau_s), H(a, b) = -sum_k a_k log b_k,
+    # each averaged over the N = 2 rows. K = 2, tau_t = 0.25, tau_s = 0.5, c = (0.2, -0.1).
+    tau_t, tau_s, c = 0.25, 0.5, (0.2, -0.1)
+    teacher = [[[1.0, 0.0], [0.0, 0.5]], [[0.3, 0.3], [1.0, -1.0]]]  # crop -> row -> logits
+    student = [[[0.5, 0.0], [0.0, 1.0]], [[0.0, 0.5], [0.2, 0.0]], [[1.0, 1.0], [-0.5, 0.5]]]  # g0, g1, local
+
+    def p_t(crop, row):
+        a, b = teacher[crop][row]
+        return softmax2((a - c[0]) / tau_t, (b - c[1]) / tau_t)
+
+    def p_s(crop, row):
+        a, b = student[crop][row]
+        return softmax2(a / tau_s, b / tau_s)
+
+    def h(tc, sc):  # batch mean of the cross-entropy of one (teacher crop, student crop) pair
+        rows = [-sum(pt * math.log(ps) for pt, ps in zip(p_t(tc, r), p_s(sc, r))) for r in range(2)]
+        return sum(rows) / 2
+
+    want = (h(0, 1) + h(0, 2) + h(1, 0) + h(1, 2)) / 4
+    center = t([c])
+    got = losses.dino([t(x) for x in student], [t(x) for x in teacher], center, student_temp=tau_s, teacher_temp=tau_t)
+    # float64 softmax/log of O(1) numbers against math's: a few ulps of a value ~0.7
+    assert got.item() == pytest.approx(want, rel=1e-12)
+
+    # without the local crop: the two-view loss, (H(g0 -> g1) + H(g1 -> g0)) / 2
+    two = losses.dino([t(x) for x in student[:2]], [t(x) for x in teacher], center, tau_s, tau_t)
+    assert two.item() == pytest.approx((h(0, 1) + h(1, 0)) / 2, rel=1e-12)
+    # the multi-crop loss is the mean of all four pairs, of which the two-view loss is half
+    assert got.item() == pytest.approx((2 * two.item() + h(0, 2) + h(1, 2)) / 4, rel=1e-12)
 
 
 def test_dino_center_update_hand():

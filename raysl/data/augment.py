@@ -53,6 +53,7 @@ if TYPE_CHECKING:  # only for annotations: the ops take plain numbers
 __all__ = [
     "augment_batch",
     "make_views",
+    "augment_precropped",
     "to_float",
     "normalize",
     "ViewPlan",
@@ -700,9 +701,12 @@ def make_views(
 ) -> list[torch.Tensor]:
     """``num_views`` normalised views; view i follows ``views[i % len(views)]``.
 
-    Views that share a recipe are augmented together in one call over the
-    repeated batch (fewer, larger ops: what CPU threads and GPU kernels like),
-    and come back as row slices of one tensor.
+    View i is ``view.size`` px square, or ``out_size`` (the global views'
+    side; default: the input height) when its recipe has no size: multi-crop
+    mixes 2 global views with smaller local crops, so the views may differ in
+    shape. Views that share a recipe (size included) are augmented together in
+    one call over the repeated batch (fewer, larger ops: what CPU threads and
+    GPU kernels like), and come back as row slices of one tensor.
     """
     _check_images(images)
     if not views:
@@ -724,7 +728,54 @@ def make_views(
     out: list[torch.Tensor] = [images] * num_views  # placeholders
     for recipe, members in groups:
         batch = images if len(members) == 1 else images.repeat(len(members), 1, 1, 1)
-        x = _augment_into(batch, recipe, out_size, generator, scale_bias, channels_last)
+        size = recipe.size or out_size
+        x = _augment_into(batch, recipe, size, generator, scale_bias, channels_last)
+        for j, i in enumerate(members):
+            out[i] = x[j * n : (j + 1) * n]
+    return out
+
+
+def augment_precropped(
+    crops: "Sequence[torch.Tensor]",
+    views: "Sequence[ViewAugment]",
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    generator: torch.Generator | None = None,
+    channels_last: bool = False,
+) -> list[torch.Tensor]:
+    """:func:`make_views` for views whose random-resized crop the data path already cut.
+
+    ``crops[i]`` is view i's uint8 [N, C, S_i, S_i] batch (real-size images:
+    :mod:`raysl.data.decode` or :mod:`raysl.data.gpu_decode` cut it with
+    ``views[i]``'s scale and ratio); this applies the rest of ``views[i]``
+    (flip, colour jitter, grayscale, blur, solarize: :func:`plan_view` /
+    :func:`apply_plan` with a whole-image crop, so there is no resample) and
+    normalises. Same output as :func:`make_views`: float32 [N, C, S_i, S_i]
+    per view, row slices of one tensor for views that share a recipe and size.
+    """
+    if len(crops) != len(views):
+        raise ValueError(f"augment_precropped got {len(crops)} crop batches for {len(views)} view recipes")
+    for crop in crops:
+        _check_images(crop)
+        if crop.shape[-1] != crop.shape[-2]:
+            raise ValueError(f"expected square crops, got shape {tuple(crop.shape)}")
+    groups: list[tuple[object, list[int]]] = []
+    for i, recipe in enumerate(views):
+        # crop already done: a whole-image box draws no resample, only the flip
+        key = (recipe.model_copy(update={"crop_scale": (1.0, 1.0), "crop_ratio": (1.0, 1.0)}), tuple(crops[i].shape))
+        for seen, members in groups:
+            if seen == key:
+                members.append(i)
+                break
+        else:
+            groups.append((key, [i]))
+    out: list[torch.Tensor] = list(crops)  # placeholders
+    for (recipe, shape), members in groups:
+        n, c, side = shape[0], shape[1], shape[-1]
+        batch = crops[members[0]] if len(members) == 1 else torch.cat([crops[i] for i in members])
+        scale_bias = _affine_params(c, mean, std, batch.device)
+        x = _augment_into(batch, recipe, side, generator, scale_bias, channels_last)
         for j, i in enumerate(members):
             out[i] = x[j * n : (j + 1) * n]
     return out

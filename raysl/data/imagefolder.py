@@ -63,6 +63,7 @@ import pyarrow.parquet as pq
 
 from raysl.data.codec import GRAYSCALE_MODES, EXIF_ORIENTATION_TAG, to_pixels, transposes_axes
 from raysl.data.manifest import Manifest, ShardInfo, SkippedFile, SplitInfo
+from raysl.progress import format_duration
 from raysl.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -452,7 +453,7 @@ class Progress:
         elapsed = max(now - self.start, 1e-9)
         fresh = max(done - self.already, 0)
         rate = fresh / elapsed
-        eta = _duration((self.total - done) / rate) if rate > 0 else "?"
+        eta = format_duration((self.total - done) / rate) if rate > 0 else "?"
         line = f"prepare: {done:,}/{self.total:,} files, {rate:,.0f} files/s, ETA {eta}"
         if self.tty:
             self.stream.write("\r" + line.ljust(self.width))
@@ -475,14 +476,7 @@ class Progress:
             return
         elapsed = time.monotonic() - self.start
         rate = max(done - self.already, 0) / max(elapsed, 1e-9)
-        self.note(f"prepare: {done:,}/{self.total:,} files in {_duration(elapsed)} ({rate:,.0f} files/s)")
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
+        self.note(f"prepare: {done:,}/{self.total:,} files in {format_duration(elapsed)} ({rate:,.0f} files/s)")
 
 
 # --------------------------------------------------------------------------- the prepare

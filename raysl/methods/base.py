@@ -32,6 +32,10 @@ class Method(nn.Module):
 
     #: The augmentation preset used when the config does not give its own views.
     augment_preset = "simclr"
+    #: Whether the method uses multi-crop local crops (``data.local_crops``). Such a method
+    #: gets ``views[:num_views]`` (the global views) followed by the local crops, which are
+    #: smaller; a method without it is never given local crops (the config rejects them).
+    supports_local_crops = False
 
     def __init__(self, method_cfg: Any, model_cfg: ModelConfig, in_channels: int):
         super().__init__()
@@ -45,6 +49,32 @@ class Method(nn.Module):
     def num_views(self) -> int:
         return int(getattr(self.cfg, "num_views", 2))
 
+    def split_views(self, views: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(the ``num_views`` global views, the local crops after them: empty without multi-crop)."""
+        n = self.num_views
+        if len(views) < n:
+            raise ValueError(f"{type(self).__name__} expects {n} views (its global views), got {len(views)}")
+        if len(views) > n and not self.supports_local_crops:
+            raise ValueError(f"{type(self).__name__} does not use local crops; got {len(views) - n} beside "
+                             f"its {n} views")
+        return list(views[:n]), list(views[n:])
+
+    def encode_crops(self, views: list[torch.Tensor], encode=None) -> list[torch.Tensor]:
+        """``encode`` (default: the projection of :meth:`encode`) of each global view, then of the local crops.
+
+        The global views go through one at a time, as in two-view training (BatchNorm sees
+        each view's batch alone); the local crops, all of one size, go through in one
+        batch, as DINO's multi-crop wrapper does, and come back split per crop.
+        """
+        encode = encode or (lambda x: self.encode(x)[1])
+        global_views, local = self.split_views(views)
+        out = [encode(v) for v in global_views]
+        if local and all(v.shape == local[0].shape for v in local):
+            out += list(encode(torch.cat(local)).chunk(len(local)))
+        else:
+            out += [encode(v) for v in local]
+        return out
+
     def build_projector(self) -> nn.Module:
         m = self.model_cfg
         return mlp(self.feat_dim, m.projector_hidden_dim, m.projector_dim, m.projector_layers)
@@ -55,6 +85,7 @@ class Method(nn.Module):
 
     def forward(self, views: list[torch.Tensor], indices: torch.Tensor | None = None) -> tuple[torch.Tensor, Metrics]:
         # DDP wraps ``forward``, so the whole loss computation runs inside it.
+        self.split_views(views)  # the right number of global views; local crops only for methods that use them
         return self.training_loss(views, indices)
 
     def training_loss(self, views: list[torch.Tensor], indices: torch.Tensor | None) -> tuple[torch.Tensor, Metrics]:

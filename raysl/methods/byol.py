@@ -2,6 +2,11 @@
 
 The online network predicts the momentum teacher's projection of the other
 view; the loss is symmetrised over the two views.
+
+Multi-crop (``data.local_crops``, as solo-learn offers it): the teacher embeds
+the two global views only; every crop (global or local) predicts the teacher's
+projection of each global view that is not itself, and the loss averages those
+pairs (:func:`raysl.losses.byol_multicrop`; with two views, the loss above).
 """
 
 from raysl import losses
@@ -10,14 +15,14 @@ from raysl.models import mlp
 
 
 class BYOL(EMATeacherMethod):
+    supports_local_crops = True
+
     def __init__(self, method_cfg, model_cfg, in_channels):
         super().__init__(method_cfg, model_cfg, in_channels)
         self.predictor = mlp(model_cfg.projector_dim, model_cfg.predictor_hidden_dim, model_cfg.projector_dim, 2)
 
     def training_loss(self, views, indices):
-        _, z1 = self.encode(views[0])
-        _, z2 = self.encode(views[1])
-        p1, p2 = self.predictor(z1), self.predictor(z2)
-        t1, t2 = self.teacher_encode(views[0]), self.teacher_encode(views[1])
-        loss = 0.5 * (losses.byol(p1, t2) + losses.byol(p2, t1))
-        return loss, {"ema_momentum": self.ema_momentum()}
+        global_views, _ = self.split_views(views)
+        predictions = self.encode_crops(views, lambda x: self.predictor(self.encode(x)[1]))
+        targets = [self.teacher_encode(v) for v in global_views]
+        return losses.byol_multicrop(predictions, targets), {"ema_momentum": self.ema_momentum()}

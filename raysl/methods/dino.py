@@ -11,8 +11,14 @@ target of the student's output on the *other* view.
 
 The head is the projector MLP down to a bottleneck (``projector_dim``), L2
 normalisation, then a weight-normalised linear layer to ``out_dim`` whose rows
-have unit norm (DINO's ``norm_last_layer``). Two global views; no multi-crop.
-The teacher follows the student with momentum ``ema_base`` -> ``ema_final``.
+have unit norm (DINO's ``norm_last_layer``). The teacher follows the student
+with momentum ``ema_base`` -> ``ema_final``.
+
+Multi-crop (``data.local_crops``, DINO sec. 3.1): the teacher sees only the two
+global views, the student every crop (global views, then the smaller local
+crops, which go through the student in one batch); the loss averages
+H(P_t(global i), P_s(crop j)) over every pair with j != i, and the centre
+follows the teacher's outputs on the global views only.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ class Prototypes(nn.Module):
 
 
 class DINO(EMATeacherMethod):
+    supports_local_crops = True
+
     def __init__(self, method_cfg, model_cfg, in_channels):
         super().__init__(method_cfg, model_cfg, in_channels)
         self.register_buffer("center", torch.zeros(1, method_cfg.out_dim))
@@ -56,8 +64,9 @@ class DINO(EMATeacherMethod):
         return schedules.teacher_temperature(self.progress, c.teacher_temp, c.teacher_temp_final, c.teacher_temp_warmup)
 
     def training_loss(self, views, indices):
-        student = [self.encode(v)[1] for v in views[:2]]
-        teacher = [self.teacher_encode(v) for v in views[:2]]
+        global_views, _ = self.split_views(views)
+        student = self.encode_crops(views)  # global views first, then the local crops
+        teacher = [self.teacher_encode(v) for v in global_views]
         temp = self.teacher_temperature()
         loss = losses.dino(student, teacher, self.center, student_temp=self.cfg.student_temp, teacher_temp=temp)
         if torch.is_grad_enabled():
