@@ -15,7 +15,6 @@ import copy
 import json
 import math
 import os
-import shutil
 import sys
 import tempfile
 from typing import Any
@@ -24,8 +23,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from raysl import storage
 from raysl.errors import RayslError
-from raysl.results import BAD_STATUSES, Experiment, Param, flatten, load_experiments
+from raysl.results import BAD_STATUSES, UNFINISHED, Experiment, Param, flatten, load_experiments
 
 # Leaderboard columns after the searched parameters (each "final" = last reported value).
 METRIC_COLUMNS = ("objective_final", "objective_best", "best_epoch", "epochs", "knn_acc", "knn_acc_k200",
@@ -42,7 +42,8 @@ def rank_trials(exp: Experiment) -> pd.DataFrame:
     trials = exp.trials.copy()
     key = trials["objective_final"].astype(float)
     key = -key if exp.mode == "max" else key
-    trials["_bad"] = trials["status"].isin(BAD_STATUSES)
+    # usable trials first, then unfinished ones (never the best), then diverged/collapsed/errored
+    trials["_bad"] = trials["status"].map(lambda s: 2 if s in BAD_STATUSES else 1 if s == UNFINISHED else 0)
     trials["_key"] = key.fillna(np.inf)
     trials = trials.sort_values(["_bad", "_key", "trial_id"], kind="stable").drop(columns=["_bad", "_key"])
     trials = trials.reset_index(drop=True)
@@ -358,7 +359,7 @@ def _overall_best(experiments: list[Experiment]) -> tuple[Experiment, pd.Series]
             continue
         ranked = rank_trials(exp)
         top = ranked.iloc[0]
-        if pd.isna(top["objective_final"]) or top["status"] in BAD_STATUSES:
+        if pd.isna(top["objective_final"]) or top["status"] in (*BAD_STATUSES, UNFINISHED):
             continue
         if best is None or first.better(float(top["objective_final"]), float(best[1]["objective_final"])):
             best = (exp, top)
@@ -387,7 +388,7 @@ def experiment_summary(exp: Experiment) -> dict[str, Any]:
     ranked = rank_trials(exp)
     counts = {str(k): int(v) for k, v in exp.trials["status"].value_counts().items()}
     top = ranked.iloc[0]
-    has_best = not pd.isna(top["objective_final"]) and top["status"] not in BAD_STATUSES
+    has_best = not pd.isna(top["objective_final"]) and top["status"] not in (*BAD_STATUSES, UNFINISHED)
     both = exp.trials[["rankme", "knn_acc"]].astype(float).dropna()
     return {
         "path": exp.location,
@@ -438,7 +439,6 @@ def analyze(paths: list[str], out: str) -> dict[str, Any]:
     experiments: list[Experiment] = []
     for path in paths:
         experiments.extend(load_experiments(path))
-    from raysl import report  # matplotlib: only once there is something to plot
     names = [e.name for e in experiments]
     for i, exp in enumerate(experiments):  # keep experiment labels unique when comparing
         if names.count(exp.name) > 1:
@@ -447,8 +447,21 @@ def analyze(paths: list[str], out: str) -> dict[str, Any]:
             if not exp.history.empty:
                 exp.history["experiment"] = exp.name
 
-    local_out, remote = _local_target(out)
-    os.makedirs(local_out, exist_ok=True)
+    # the report is made in a local staging folder, then each file is written atomically into --out
+    # (a folder or URI): a read-only or full --out leaves the old report or the new file, never a torn one
+    target = storage.make_dirs(out)
+    with tempfile.TemporaryDirectory(prefix="raysl-report-") as local_out:
+        summary = _write_outputs(experiments, local_out)
+        with storage.guard(target, "writing the report"):
+            for name in sorted(os.listdir(local_out)):
+                with open(os.path.join(local_out, name), "rb") as fh:
+                    storage.write_atomic(target.join(name), fh.read())
+    return summary
+
+
+def _write_outputs(experiments: list[Experiment], local_out: str) -> dict[str, Any]:
+    from raysl import report  # matplotlib: only once there is something to plot
+
     table = leaderboard(experiments)
     table.to_csv(os.path.join(local_out, "leaderboard.csv"), index=False)
 
@@ -483,26 +496,7 @@ def analyze(paths: list[str], out: str) -> dict[str, Any]:
     with open(os.path.join(local_out, "summary.json"), "w") as fh:
         json.dump(summary, fh, indent=2)
     report.write_html(experiments, summary, table, best_yaml, local_out)
-    if remote is not None:
-        _upload(local_out, remote)
-        shutil.rmtree(local_out, ignore_errors=True)
     return summary
-
-
-def _local_target(out: str) -> tuple[str, str | None]:
-    if "://" in out and not out.startswith("file://"):
-        return tempfile.mkdtemp(prefix="raysl-report-"), out
-    if out.startswith("file://"):
-        out = out[len("file://"):]
-    return os.path.abspath(os.path.expanduser(out)), None
-
-
-def _upload(local: str, uri: str) -> None:
-    import pyarrow.fs as pafs
-
-    fs, root = pafs.FileSystem.from_uri(uri)
-    fs.create_dir(root, recursive=True)
-    pafs.copy_files(local, root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 
 
 def default_out(first_path: str) -> str:

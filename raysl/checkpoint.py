@@ -6,25 +6,32 @@ unpickled) is refused with a ``CheckpointError``, never executed.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 from typing import Any
 
 import torch
 
+from raysl import storage
 from raysl.errors import CheckpointError
 
 
-def save_state(path: str, state: dict[str, Any]) -> None:
-    """Write atomically: a crash mid-write never replaces a good file with a torn one, nor leaves a temporary."""
-    tmp = f"{path}.tmp"
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+def checkpoint_dirs(train_dir: str) -> list[str]:
+    """The ``checkpoint_*`` folders of a local Ray Train run folder, oldest first (Ray names them by
+    time). Temporaries of an upload in progress (``.checkpoint_*.tmp``) are not among them."""
+    if not os.path.isdir(train_dir):
+        return []
+    return [os.path.join(train_dir, name) for name in sorted(os.listdir(train_dir))
+            if name.startswith("checkpoint_") and os.path.isdir(os.path.join(train_dir, name))]
+
+
+def save_state(path: str, state: dict[str, Any], option: str = "--out") -> None:
+    """Write atomically (a local path or URI): a crash or a full disk mid-write never replaces a good
+    file with a torn one, nor leaves a temporary; OS errors become a one-line StorageError."""
+    buffer = io.BytesIO()  # serialised first: torch's zip writer masks a write error with its own
+    torch.save(state, buffer)
+    storage.write_atomic(path, buffer.getbuffer(), option)
 
 
 def load_state(path: str, map_location: str | torch.device = "cpu", *, mmap: bool = False) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The ``raysl`` command: data prepare, train, tune, analyze, export.
 
-Exit codes: 0 success, 2 a user error (one line on stderr), 1 an internal failure.
+Exit codes: 0 success, 2 a user or environment error (one line on stderr), 130 an interruption
+(one line ending with the command that resumes), 1 an internal failure.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from raysl.errors import RayslError
 
@@ -55,6 +57,18 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--wandb", action="store_true", help="log trials to Weights & Biases (offline unless logged in)")
     tune.add_argument("--verbose", action="store_true", help="also show Ray's own logs and Tune's result tables")
 
+    scale = sub.add_parser("scale", help="a grid of runs as one Tune experiment, then scaling-law fits")
+    scale.add_argument("file", help="scaling YAML (base:, grid:, fit:; see search_spaces/scaling_quickstart.yaml)")
+    scale.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help=SET_HELP + " (applies to the file's base:)")
+    scale.add_argument("--predict", action="append", default=[], metavar="KEY=VALUE",
+                       help="also predict the error at a point: --predict width=64 (grid axes, comma-separated) "
+                            "or --predict compute=1e15 (training FLOPs); repeatable")
+    scale.add_argument("--storage", default=None, help="results folder or URI (default: ./raysl_results)")
+    scale.add_argument("--name", default=None, help="experiment name (default: the file's name)")
+    scale.add_argument("--resume", action="store_true", help="continue an interrupted grid")
+    scale.add_argument("--verbose", action="store_true", help="also show Ray's own logs and Tune's result tables")
+
     analyze = sub.add_parser("analyze", help="leaderboard, plots, importance and an HTML report")
     analyze.add_argument("paths", nargs="+", help="experiment folders or URIs")
     analyze.add_argument("--out", default=None, help="report folder (default: <first path>/report)")
@@ -98,13 +112,31 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from raysl.config import load_config
-    from raysl.errors import TrainingError
+    from raysl.errors import Interrupted, StorageError, TrainingError, WorkerDiedError
     from raysl.launch import train_run
 
     cfg = load_config(args.config, args.overrides)
     out = args.out or os.path.join("runs", cfg.method.name)
     try:
         summary = train_run(cfg, out, source=args.config, verbose=args.verbose)
+    except StorageError as exc:  # the run folder could not be written: say how to continue once it can
+        _shutdown_ray()
+        if hasattr(exc, "summary"):
+            print(json.dumps(exc.summary), flush=True)
+        resume = train_resume_command(args, _absolute(out))
+        print(f"raysl: error: {' '.join(str(exc).split())}; resume with: {resume}", file=sys.stderr, flush=True)
+        return 2
+    except Interrupted as stop:  # Ctrl-C or SIGTERM: train_run stopped Ray and kept every registered checkpoint
+        resume = train_resume_command(args, _absolute(out))
+        print(f"raysl: interrupted ({stop.signal_name}) {stop.detail}; resume with: {resume}", file=sys.stderr,
+              flush=True)
+        return 130
+    except WorkerDiedError as exc:  # an environment failure: say what was kept and how to go on
+        _shutdown_ray()
+        print(json.dumps(exc.summary), flush=True)  # type: ignore[attr-defined]
+        resume = train_resume_command(args, _absolute(out))
+        print(f"raysl: error: {' '.join(str(exc).split())}; resume with: {resume}", file=sys.stderr, flush=True)
+        return 2
     except TrainingError as exc:
         _shutdown_ray()
         print(json.dumps(getattr(exc, "summary", {"status": "errored", "error": str(exc)})), flush=True)
@@ -112,6 +144,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     _shutdown_ray()
     print(json.dumps(summary), flush=True)  # the last stdout line is the run's JSON summary
     return 0
+
+
+def _absolute(out: str) -> str:
+    """A local --out made absolute (the resume command works from any folder); a URI as given."""
+    return out if "://" in out else str(Path(out).expanduser().resolve())
+
+
+def train_resume_command(args: argparse.Namespace, out: str) -> str:
+    """The exact `raysl train` command that continues this run from its last checkpoint."""
+    import shlex
+
+    parts = ["raysl", "train", args.config, *(x for o in args.overrides for x in ("--set", o)), "--out", out]
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def _shutdown_ray() -> None:
@@ -126,6 +171,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from raysl.search import tune_main
 
     return tune_main(args)
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    from raysl.scale import scale_main
+
+    return scale_main(args)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -146,10 +197,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed: the resume commands repeat it
     if getattr(args, "verbose", False) and not (sys.stdout.isatty() and sys.stderr.isatty()):
         # before Ray is imported: its log de-duplication marks repeats in ANSI green, even in a file
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    handlers = {"train": cmd_train, "tune": cmd_tune, "analyze": cmd_analyze, "export": cmd_export}
+    handlers = {"train": cmd_train, "tune": cmd_tune, "scale": cmd_scale, "analyze": cmd_analyze,
+                "export": cmd_export}
     try:
         if args.command == "data":
             return cmd_data_prepare(args)
@@ -158,8 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(exc).split())
         print(f"raysl: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("raysl: interrupted; completed epochs are checkpointed, re-run the same command to resume", file=sys.stderr)
+    except KeyboardInterrupt as stop:  # before a command could say more (e.g. while Ray starts)
+        name = getattr(stop, "signal_name", "SIGINT")
+        print(f"raysl: interrupted ({name}); completed epochs are checkpointed, re-run the same command to resume",
+              file=sys.stderr)
         return 130
 
 

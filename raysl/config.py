@@ -276,6 +276,8 @@ class DataConfig(Section):
     decode: Literal["auto", "cpu", "gpu"] = "auto"  # JPEG shards: gpu = nvJPEG on the worker's GPU; auto: gpu on CUDA
     cache_on_device: bool = True  # keep the uint8 split on the worker's device after one pass
     max_cached_bytes: Annotated[int, Field(ge=0)] = 4 << 30
+    # train on a seeded fraction of the train split (raysl/data/subset.py); eval sets stay whole
+    fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
 
     def global_views(self) -> list[ViewAugment]:
         if isinstance(self.augment, str):
@@ -320,13 +322,17 @@ class DataConfig(Section):
 class OptimConfig(Section):
     name: Literal["sgd", "lars", "adamw"] = "adamw"
     lr: Annotated[float, Field(gt=0.0, le=100.0)] = 1e-3  # per 256 images (see lr_scaling)
-    lr_scaling: Literal["linear", "none"] = "linear"  # lr * global_batch / 256
+    # linear: lr * global_batch / 256; sqrt: lr * sqrt(global_batch / 256) (raysl.scaling_laws.scaled_lr)
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
     weight_decay: Weight = 1e-4
     momentum: Momentum = 0.9
     batch_size: Annotated[int, Field(ge=2)] = 256  # global, split across workers
     epochs: Annotated[int, Field(ge=1)] = 10
     grad_clip: Annotated[float, Field(gt=0.0)] | None = None
     exclude_bias_and_norm: bool = True  # no weight decay / LARS adaptation on biases and norms
+    # EMA scaling rule (Busbridge et al. 2023): when set, an EMA teacher's momenta (method.ema_base,
+    # ema_final) are the values for this global batch, and a run at batch_size uses rho ** (batch_size / it)
+    ema_reference_batch: Annotated[int, Field(ge=1)] | None = None
 
 
 class ScheduleConfig(Section):
@@ -464,7 +470,11 @@ def get_dotted(tree: dict, key: str, default: Any = None) -> Any:
     return node
 
 
-def read_yaml(path: str | Path) -> dict:
+EMPTY_CONFIG_HINT = ("a run config needs at least its method: section, e.g. method: {name: simclr}; "
+                     "see search_spaces/quickstart.yaml (its base: is a complete run config)")
+
+
+def read_yaml(path: str | Path, empty_hint: str = EMPTY_CONFIG_HINT) -> dict:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: file not found")
@@ -474,8 +484,8 @@ def read_yaml(path: str | Path) -> dict:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    if data is None:
-        data = {}
+    if data is None or data == {}:  # nothing but comments or blank lines: never train (or search) defaults
+        raise ConfigError(f"{path} is empty; {empty_hint}")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
     return data

@@ -39,3 +39,24 @@ class LossInputError(RayslError, ValueError):
 
 class CheckpointError(RayslError):
     """A checkpoint cannot be loaded safely."""
+
+
+class StorageError(RayslError):
+    """A path cannot be read or written: permission denied, read-only, no space left, missing."""
+
+
+class WorkerDiedError(TrainingError):
+    """A training worker process died (killed by a signal: the OOM killer, a preempted node)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or a scheduler's SIGTERM stopped a command; ``detail`` says what was kept.
+
+    A ``KeyboardInterrupt``: code that does not know it lets it through as it would Ctrl-C.
+    The CLI prints ``raysl: interrupted (SIGNAL) <detail>; resume with: <command>`` and exits 130.
+    """
+
+    def __init__(self, signal_name: str = "SIGINT", detail: str = ""):
+        super().__init__(signal_name, detail)
+        self.signal_name = signal_name
+        self.detail = detail

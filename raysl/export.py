@@ -19,7 +19,8 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from raysl.checkpoint import load_state, save_state
+from raysl import storage
+from raysl.checkpoint import checkpoint_dirs, load_state, save_state
 from raysl.config import ModelConfig, RunConfig, load_config
 from raysl.errors import CheckpointError, ConfigError, DataError
 from raysl.launch import TRAIN_RUN_NAME
@@ -67,7 +68,9 @@ def run_checkpoints(run_dir: str) -> tuple[dict[int, str], list[CheckpointError]
     found: dict[int, str] = {}
     unreadable: list[CheckpointError] = []
     # Ray names checkpoint folders by time: on a repeated epoch the later one wins
-    for path in sorted(Path(run_dir, TRAIN_RUN_NAME).glob("checkpoint_*/state.pt")):
+    for path in (Path(d, "state.pt") for d in checkpoint_dirs(os.path.join(run_dir, TRAIN_RUN_NAME))):
+        if not path.is_file():
+            continue
         try:
             epoch = int(load_state(str(path), mmap=True)["epoch"])
         except CheckpointError as exc:
@@ -115,9 +118,9 @@ def export_backbone(run_dir: str, out: str, epoch: int | None = None, *, force: 
         )
     if epoch is not None and epoch < 1:
         raise ConfigError(f"--epoch must be >= 1 (got {epoch})")
-    if os.path.isdir(out):
-        raise ConfigError(f"--out {out} is a folder; give a file path such as {os.path.join(out, 'backbone.pt')}")
-    if os.path.exists(out) and not force:
+    if storage.is_dir(out):
+        raise ConfigError(f"--out {out} is a folder; give a file path such as {storage.join_uri(out, 'backbone.pt')}")
+    if storage.exists(out) and not force:
         raise ConfigError(f"{out} already exists; choose another --out or pass --force to overwrite it")
 
     cfg = load_config(config_path)
@@ -150,10 +153,9 @@ def export_backbone(run_dir: str, out: str, epoch: int | None = None, *, force: 
         "method": cfg.method.name,
         "epoch": epoch,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    save_state(out, payload)  # atomic: `out` is never half written
+    save_state(out, payload)  # atomic: `out` is never half written, on a full disk neither
     summary = {
-        "out": os.path.abspath(out), "run": os.path.abspath(run_dir), "checkpoint": os.path.abspath(state_path),
+        "out": storage.resolve(out).uri, "run": os.path.abspath(run_dir), "checkpoint": os.path.abspath(state_path),
         "epoch": epoch, "method": cfg.method.name, "backbone": cfg.model.backbone,
         "feature_dim": payload["feature_dim"], "image_size": payload["image_size"],
         "in_channels": payload["in_channels"],

@@ -5,14 +5,18 @@ Everything a user can get wrong is checked here, before Ray starts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from raysl.config import RunConfig
-from raysl.errors import ConfigError, DataError, RayslError, TrainingError
+from raysl import storage
+from raysl.errors import (ConfigError, DataError, Interrupted, RayslError, StorageError, TrainingError,
+                          WorkerDiedError)
 from raysl.progress import EPOCH_FIELDS, epoch_line
 
 STATUS_FIELDS = EPOCH_FIELDS  # shown in each epoch line
@@ -113,7 +117,9 @@ def quiet_ray(verbose: bool) -> None:
 
 # the raylet's "N PYTHON worker processes have been started ... which is Nx the maximum expected
 # startup concurrency" warning: every run on a small machine triggers it and a user cannot act on it
-_UNACTIONABLE_RAY_ERRORS = ("worker processes have been started on node",)
+# Also "A worker died or was killed": when it is a Train worker, raysl's own line says so and how to resume.
+_UNACTIONABLE_RAY_ERRORS = ("worker processes have been started on node",
+                            "A worker died or was killed while executing a task")
 
 
 def _filter_cluster_errors() -> None:
@@ -145,29 +151,66 @@ class MetricsFile:
     step progress (see raysl.progress).
     """
 
-    def __init__(self, path: Path, show: bool = True):
-        self.path = path
+    def __init__(self, path: str | Path | storage.Location, show: bool = True):
+        self.path = storage.resolve(path)  # a local path or a URI
         self.show = show
 
-    def write(self, metrics: dict) -> None:
+    def rows(self) -> list[dict]:
         rows = []
-        if self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if row.get("epoch", 0) < metrics.get("epoch", 0):
-                    rows.append(row)
+        for line in (storage.read_text(self.path, missing_ok=True) or "").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows
+
+    def write(self, metrics: dict) -> None:
+        rows = [row for row in self.rows() if row.get("epoch", 0) < metrics.get("epoch", 0)]
         rows.append(metrics)
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, self.path)
+        # atomic: a full disk leaves the previous file, never a torn one
+        storage.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
         if self.show:
             print(epoch_line(metrics, STATUS_FIELDS), file=sys.stderr, flush=True)
 
 
-def _make_callback(path: Path, show: bool = True):
+def restore_metrics_rows(out: storage.Location) -> None:
+    """Put back the row of the checkpoint a resume starts from when metrics.jsonl lacks it.
+
+    Ray registers a checkpoint before its callbacks run, so a run that failed while writing
+    metrics.jsonl (a full disk) resumes after an epoch whose row was never written: the
+    checkpoint holds that epoch's metrics, so the row is restored from it.
+    """
+    from raysl.checkpoint import load_state
+    from raysl.train import CHECKPOINT_FILE
+
+    run = out.join(TRAIN_RUN_NAME)
+    storage.remove_temporaries(run)  # a checkpoint upload killed mid-way
+    metrics = MetricsFile(out.join("metrics.jsonl"), show=False)
+    have = {row.get("epoch") for row in metrics.rows()}
+    names = sorted((n for n, is_dir in storage.list_dir(run) if is_dir and n.startswith("checkpoint_")), reverse=True)
+    for name in names:  # Ray names checkpoint folders by time: the newest first
+        state_file = run.join(name, CHECKPOINT_FILE)
+        try:
+            if state_file.is_local:
+                state = load_state(state_file.path, mmap=True)
+            else:
+                import io
+
+                import torch
+
+                state = torch.load(io.BytesIO(storage.read_bytes(state_file)), map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - a torn or foreign one is not resumed from either
+            continue
+        row = dict(state.get("metrics") or {})
+        if not row or row.get("epoch") in have:
+            return
+        row["checkpoint"] = run.join(name).path
+        metrics.write(row)
+        print(f"[raysl] restored the metrics.jsonl row of epoch {row['epoch']} from its checkpoint", file=sys.stderr)
+        return
+
+
+def _make_callback(path: storage.Location, show: bool = True):
     from ray.train.v2.api.callback import UserCallback
 
     class _Callback(UserCallback):
@@ -185,6 +228,12 @@ def _make_callback(path: Path, show: bool = True):
 
 def user_error_from(exc: BaseException) -> RayslError | None:
     """The RayslError a worker raised, found through Ray's wrappers."""
+    return _find_cause(exc, lambda e: isinstance(e, RayslError))
+
+
+def _find_cause(exc: BaseException, wanted) -> Any:
+    """The first exception in ``exc``'s chain (causes, Ray's wrapped causes, per-worker failures)
+    for which ``wanted`` is true."""
     seen: set[int] = set()
     stack: list[Any] = [exc]
     while stack:
@@ -192,11 +241,12 @@ def user_error_from(exc: BaseException) -> RayslError | None:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, RayslError):
+        if wanted(e):
             return e
-        cause = getattr(e, "cause", None)
-        if isinstance(cause, BaseException):
-            stack.append(cause)
+        for attr in ("cause", "health_check_failure"):  # Ray's wrapped cause; a failed worker health check's
+            cause = getattr(e, attr, None)
+            if isinstance(cause, BaseException):
+                stack.append(cause)
         for attr in ("worker_failures", "_worker_failures"):
             failures = getattr(e, attr, None)
             if isinstance(failures, dict):
@@ -209,6 +259,142 @@ def user_error_from(exc: BaseException) -> RayslError | None:
             except Exception:
                 pass
     return None
+
+
+# --------------------------------------------------------------------------
+# interruptions and dead workers: stop cleanly, keep every checkpoint Ray registered
+
+# Ray Train's record of the checkpoints it registered (what a resume starts from)
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
+
+
+# the signal that stopped the run (set by interrupt_signals' handler)
+_RECEIVED: dict[str, str] = {}
+
+
+@contextlib.contextmanager
+def interrupt_signals():
+    """Ctrl-C (SIGINT) and a scheduler's SIGTERM raise :class:`Interrupted` in the main thread.
+
+    Ray Train's driver would otherwise handle SIGINT itself (abort, then exit with 0 or 1 and
+    nothing said) and die on SIGTERM at once. A second signal while the run is being stopped
+    is ignored: the stop is bounded and leaves nothing half written."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_interrupted(signum, frame):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        # remembered here too: Ray's blocking calls turn whatever a handler raises into a plain KeyboardInterrupt
+        _RECEIVED["signal"] = signal.Signals(signum).name
+        raise Interrupted(_RECEIVED["signal"])
+
+    _RECEIVED.clear()
+    previous = {sig: signal.signal(sig, raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Ray's own shutdown (aborted actors, a raylet going away) writes to fd 2 from C++: keep it out
+    of the user's terminal while raysl stops the run (``RAYSL_DEBUG_STOP=1`` shows it)."""
+    if os.environ.get("RAYSL_DEBUG_STOP"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def registered_checkpoints(out: storage.Location) -> tuple[list[str], int] | None:
+    """(checkpoint folder names, epoch of the latest) that Ray Train registered for the run in ``out``:
+    ``([], 0)`` before the first one; None when its record cannot be read."""
+    text = storage.read_text(out.join(TRAIN_RUN_NAME, SNAPSHOT_FILE), missing_ok=True)
+    if text is None:
+        return [], 0
+    try:
+        snapshot = json.loads(text)
+        names = [r["checkpoint_dir_name"] for r in snapshot.get("checkpoint_results") or []]
+        latest = snapshot.get("latest_checkpoint_result") or {}
+        return names, int((latest.get("metrics") or {}).get("epoch") or 0)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def discard_unregistered_checkpoints(out: storage.Location) -> None:
+    """After a stop: remove what a stopped upload left (temporaries, and checkpoint folders written
+    after the last one Ray registered: a resume never starts from them and their epochs are not in
+    metrics.jsonl), so every checkpoint folder left is one the run can resume from."""
+    run = out.join(TRAIN_RUN_NAME)
+    if not storage.is_dir(run):
+        return
+    storage.remove_temporaries(run)
+    registered = registered_checkpoints(out)
+    if registered is None:
+        return
+    names, _ = registered
+    newest = max(names) if names else ""
+    for name, is_dir in storage.list_dir(run):
+        if is_dir and name.startswith("checkpoint_") and name not in names and name > newest:
+            storage.remove(run.join(name))
+
+
+def kept_epochs(out: storage.Location, epochs: int) -> tuple[int, str]:
+    """(the epoch a resume starts from, "epochs 1-N are checkpointed in OUT")."""
+    registered = registered_checkpoints(out)
+    done = registered[1] if registered else 0
+    if done == 0:
+        return 0, f"no epoch is checkpointed yet in {out}"
+    if done >= epochs:
+        return done, f"all {epochs} epochs are checkpointed in {out}"
+    return done, (f"epoch 1 is checkpointed in {out}" if done == 1 else f"epochs 1-{done} are checkpointed in {out}")
+
+
+def _stop_run(controllers: list, out: storage.Location) -> None:
+    """Abort the Train run (its workers stop writing), leave Ray quietly, tidy the run folder."""
+    import ray
+
+    with quiet_stderr():
+        for controller in controllers:
+            try:
+                ray.get(controller.abort.remote(), timeout=120)
+            except Exception:  # noqa: BLE001 - abort ends the controller actor: RayActorError is the normal answer
+                pass
+        try:
+            ray.shutdown()
+        except Exception:  # noqa: BLE001 - the run is over either way
+            pass
+    discard_unregistered_checkpoints(out)
+
+
+def worker_death_from(exc: BaseException) -> BaseException | None:
+    """The Ray error saying a Train worker process died (a signal, the OOM killer, a lost node)."""
+    from ray import exceptions as rex
+
+    died = tuple(getattr(rex, name) for name in ("ActorDiedError", "RayActorError", "WorkerCrashedError",
+                                                 "OutOfMemoryError", "NodeDiedError") if hasattr(rex, name))
+    try:  # Ray Train V2 reports a dead worker as a failed health check (its cause: the actor died)
+        from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
+
+        died = (*died, WorkerHealthCheckFailedError)
+    except ImportError:
+        pass
+    return _find_cause(exc, lambda e: isinstance(e, died))
 
 
 def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool = False) -> dict:
@@ -226,13 +412,17 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
     from raysl.train import train_worker
 
     data_dir = resolve_data_dir(cfg)
-    check_against_data(cfg, data_dir, source)
-    out_dir = Path(out).expanduser().resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    previous = out_dir / "config.yaml"
-    if previous.exists() and (out_dir / TRAIN_RUN_NAME).exists():
+    manifest = check_against_data(cfg, data_dir, source)
+    from raysl.data import shards
+
+    # a shard deleted or changed since prepare fails here, in one line, not inside a Ray Data task
+    shards.verify_shards(data_dir, manifest, checksums=storage.resolve(data_dir).is_local)
+    out_dir = storage.make_dirs(out)  # a local folder or a URI; read-only or full: one line, before Ray
+    resuming = storage.exists(out_dir.join("config.yaml")) and storage.exists(out_dir.join(TRAIN_RUN_NAME))
+    if resuming:
         print(f"[raysl] resuming the run in {out_dir} from its last checkpoint", file=sys.stderr)
-    (out_dir / "config.yaml").write_text(to_yaml(cfg))
+        restore_metrics_rows(out_dir)
+    storage.write_atomic(out_dir.join("config.yaml"), to_yaml(cfg))
 
     init_ray(verbose=verbose)
     import ray.data
@@ -251,23 +441,44 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
         ),
         run_config=ray.train.RunConfig(
             name=TRAIN_RUN_NAME,
-            storage_path=str(out_dir),
+            storage_path=out_dir.uri,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
             failure_config=ray.train.FailureConfig(max_failures=0),
-            callbacks=[_make_callback(out_dir / "metrics.jsonl", show=False)],
+            callbacks=[_make_callback(out_dir.join("metrics.jsonl"), show=False)],
         ),
         datasets={"train": dataset},
     )
+    # Ray Train V2 hands its controller to a SIGINT handler of its own; raysl's handlers stop the run
+    # instead (SIGTERM too) and say what was kept
+    controllers: list = []
+    trainer._register_sigint_handler = controllers.append  # type: ignore[method-assign]
     try:
-        with progress.DriverView(relay):
-            result = trainer.fit()
+        with interrupt_signals():
+            try:
+                with progress.DriverView(relay):
+                    result = trainer.fit()
+            except KeyboardInterrupt:  # raysl's Interrupted, or the plain one Ray's ray.get makes of it
+                _stop_run(controllers, out_dir)
+                done, kept = kept_epochs(out_dir, cfg.optim.epochs)
+                reported = max((int(r.get("epoch") or 0) for r in MetricsFile(out_dir.join("metrics.jsonl"),
+                                                                                show=False).rows()), default=0)
+                at = min(cfg.optim.epochs, max(done, reported) + 1)
+                detail = f"at epoch {at} of {cfg.optim.epochs}; {kept}"
+                raise Interrupted(_RECEIVED.get("signal", "SIGINT"), detail) from None
     except Exception as exc:  # noqa: BLE001 - translate worker errors a user can act on
-        user = user_error_from(exc)
+        user = user_error_from(exc) or storage.error_in(exc, out_dir.uri)  # e.g. Ray's own write on a full disk
+        if user is None and worker_death_from(exc) is not None:
+            _stop_run(controllers, out_dir)
+            _, kept = kept_epochs(out_dir, cfg.optim.epochs)
+            error = WorkerDiedError(
+                f"a training worker died (killed by a signal: out of memory or preemption?); {kept}")
+            error.summary = {"status": "errored", "error": str(error), "out": str(out_dir)}  # type: ignore[attr-defined]
+            raise error from None
         if user is None:
             raise
         status = "diverged" if "diverged" in str(user) else "collapsed" if "collapsed" in str(user) else "errored"
         summary = {"status": status, "error": str(user), "out": str(out_dir)}
-        error = TrainingError(str(user))
+        error = user if isinstance(user, StorageError) else TrainingError(str(user))
         error.summary = summary  # type: ignore[attr-defined]
         raise error from None
     summary = dict(result.metrics or {})

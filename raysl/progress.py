@@ -318,6 +318,9 @@ def trial_line(trial_id: str, status: str, objectives: list[tuple[str, str]], re
     searched = " ".join(f"{k}={_short(v)}" for k, v in sorted(config.items()))
     if searched:
         text += "  " + searched
+    failures = result.get("worker_failures")
+    if failures:
+        text += f"  (recovered from {failures} worker failure{'s' * (failures != 1)}: restarted from its last checkpoint)"
     if result.get("error") and status not in ("finished", "stopped"):
         text += "  (" + " ".join(str(result["error"]).split())[:200] + ")"
     return text
@@ -414,6 +417,13 @@ def tune_view(objectives: list[tuple[str, str]], total: int, stream: TextIO | No
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self._end(trials, trial, "errored")
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            # a worker or the trial's process died (preemption, OOM kill) and Tune retries the trial
+            epoch = (trial.last_result or {}).get("epoch")
+            where = f"its last checkpoint (epoch {epoch})" if epoch else "its start"
+            self._write(renderer.line(f"[raysl] trial {trial.trial_id} failed (a worker or its process died); "
+                                      f"restarting from {where}"))
 
         def on_step_end(self, iteration, trials, **info):
             self._status(trials)

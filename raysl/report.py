@@ -44,7 +44,7 @@ CAPTIONS = {
 }
 STATUS_STYLE = {
     "finished": {"ls": "-", "alpha": 0.9},
-    "running": {"ls": "-", "alpha": 0.6},
+    "unfinished": {"ls": "-", "alpha": 0.6},
     "stopped": {"ls": "--", "alpha": 0.55, "color": "0.55"},
     "diverged": {"ls": ":", "alpha": 0.8, "color": "tab:red"},
     "collapsed": {"ls": ":", "alpha": 0.8, "color": "tab:red"},
@@ -199,7 +199,7 @@ def plot_objective_vs_params(experiments: list[Experiment], path: str) -> None:
                     pd.to_numeric(group[param.name], errors="coerce").tolist()
                 label = f"{exp.name} {status}" if len(experiments) > 1 else status
                 ys = group["objective_final"].astype(float)
-                if status in ("finished", "running"):
+                if status in ("finished", "unfinished"):
                     ax.scatter(xs, ys, color=color, s=40, label=label)
                 elif status == "stopped":
                     ax.scatter(xs, ys, facecolors="none", edgecolors=color, s=40, label=label)
@@ -260,7 +260,7 @@ def plot_rankme_vs_knn(experiments: list[Experiment], summaries: list[dict], pat
             continue
         rho = summary["rankme_knn_spearman"]
         label = exp.name + (f" (Spearman {rho:.2f})" if rho is not None else "")
-        filled = pts["status"].isin(["finished", "running"])
+        filled = pts["status"].isin(["finished", "unfinished"])
         color = COLORS[i % len(COLORS)]
         ax.scatter(pts["rankme"][filled], pts["knn_acc"][filled], color=color, s=40, label=label)
         ax.scatter(pts["rankme"][~filled], pts["knn_acc"][~filled], facecolors="none", edgecolors=color, s=40,

@@ -5,7 +5,7 @@ Only Tune's own experiment layout is read (``<storage>/<name>/<trial>/params.jso
 ``experiment_state-*.json`` Tune keeps next to the trials) plus two optional files
 ``raysl tune`` adds: ``raysl_space.yaml`` (the search space) and ``best_config.yaml``.
 Experiments that are still running are fine: a half-written last line of
-``result.json`` is skipped and a trial with no report yet shows up as ``pending``.
+``result.json`` is skipped and a trial that has not ended shows up as ``unfinished``.
 
 Local folders and URIs (``s3://``, ``gs://``, ``file://``) are read through
 ``pyarrow.fs``, so a results bucket needs no download step.
@@ -37,6 +37,9 @@ RAYSL_METRICS = (
 )
 TERMINAL_STATUSES = ("finished", "stopped", "diverged", "collapsed", "errored")
 BAD_STATUSES = ("diverged", "collapsed", "errored")
+# a trial that has not ended: still running or waiting, or caught by an interrupted search
+# (`raysl tune --resume` continues it); never the best trial
+UNFINISHED = "unfinished"
 DEFAULT_METRIC, DEFAULT_MODE = "knn_acc", "max"
 # What every training report carries; any other metric comes from an evaluation, which
 # `raysl tune` repeats between evaluations (``eval_epoch`` says when it was measured).
@@ -60,21 +63,23 @@ class ResultsError(RayslError):
 
 
 class Storage:
-    """Read-only access to one folder, local or remote, through ``pyarrow.fs``."""
+    """Read-only access to one experiment folder, local or remote, through :mod:`raysl.storage`."""
 
     def __init__(self, location: str):
-        import pyarrow.fs as pafs
+        from raysl import storage
+        from raysl.errors import ConfigError
 
         self.location = location
-        if "://" in location:
-            try:
-                self.fs, self.root = pafs.FileSystem.from_uri(location)
-            except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad URI
-                raise ResultsError(f"{location}: cannot open this URI ({exc})") from None
-            self.root = self.root.rstrip("/")
-        else:
-            self.fs = pafs.LocalFileSystem()
-            self.root = os.path.abspath(os.path.expanduser(location))
+        try:
+            self._loc = storage.resolve(location)
+        except ConfigError as exc:
+            raise ResultsError(str(exc)) from None
+        self.fs, self.root = self._loc.fs, self._loc.path
+
+    def _at(self, path: str):
+        from raysl import storage
+
+        return storage.Location(self.fs, path, path)
 
     def join(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts]) if self.root else "/".join(parts)
@@ -83,30 +88,30 @@ class Storage:
         return self.fs.get_file_info(path)
 
     def is_dir(self, path: str) -> bool:
-        import pyarrow.fs as pafs
+        from raysl import storage
 
-        return self.info(path).type == pafs.FileType.Directory
+        return storage.is_dir(self._at(path))
 
     def is_file(self, path: str) -> bool:
-        import pyarrow.fs as pafs
+        from raysl import storage
 
-        return self.info(path).type == pafs.FileType.File
+        return storage.is_file(self._at(path))
 
     def listdir(self, path: str) -> list[tuple[str, bool]]:
         """(base name, is a folder) of each entry directly under ``path``."""
-        import pyarrow.fs as pafs
+        from raysl import storage
 
         try:
-            infos = self.fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
-        except (OSError, ValueError):
+            return storage.list_dir(self._at(path))
+        except RayslError:
             return []
-        return sorted((i.base_name, i.type == pafs.FileType.Directory) for i in infos)
 
     def read_text(self, path: str) -> str | None:
+        from raysl import storage
+
         try:
-            with self.fs.open_input_stream(path) as stream:
-                return stream.read().decode("utf-8", errors="replace")
-        except (OSError, FileNotFoundError):
+            return storage.read_text(self._at(path), missing_ok=True)
+        except RayslError:
             return None
 
 
@@ -440,12 +445,16 @@ def _read_trial(storage: Storage, path: str, dirname: str, tune_status: str) -> 
     if not isinstance(config, dict):
         config = next((r["config"] for r in rows if isinstance(r.get("config"), dict)), {})
     error = storage.read_text(f"{path}/error.txt")
+    error_time = None
+    if error is not None:
+        mtime = getattr(storage.info(f"{path}/error.txt"), "mtime", None)
+        error_time = mtime.timestamp() if mtime is not None else None
     trial_id = next((str(r["trial_id"]) for r in rows if r.get("trial_id")), None)
     if trial_id is None:
         match = _TRIAL_ID.search(dirname)
         trial_id = match.group(1) if match else dirname
     return {"dir": dirname, "trial_id": trial_id, "rows": rows, "config": config, "start": _trial_start(rows),
-            "error": error.strip() if error else None, "tune_status": tune_status}
+            "error": error.strip() if error else None, "error_time": error_time, "tune_status": tune_status}
 
 
 def _trial_start(rows: list[dict]) -> float | None:
@@ -538,27 +547,38 @@ def _trial_budget(t: dict, max_epochs: int | None) -> int | None:
     return int(own) if _finite(own) else max_epochs
 
 
+def _reported_since_error(t: dict) -> bool:
+    """Whether the trial reported after its error.txt was written (Tune restarted it and it went on).
+    Tune's ``timestamp`` is in whole seconds: a report counts only when clearly after the error."""
+    last = last_value(t["rows"], "timestamp")
+    return t.get("error_time") is not None and last is not None and last > t["error_time"] + 1
+
+
 def _status(t: dict, budget: int | None) -> str:
+    """What finally happened to a trial. ``error.txt`` stays after a crash Tune recovered from
+    (FailureConfig restarts the trial from its checkpoint): only Tune's final ERROR, or an error
+    with no experiment state to say otherwise and no report after it, makes a trial errored.
+    A trial that has not ended (running, waiting, or caught by an interruption) is ``unfinished``."""
     rows = t["rows"]
     reported = str(rows[-1].get("status", "")) if rows else ""
     if reported in TERMINAL_STATUSES and reported != "finished":
         return reported
-    if t["error"] or t["tune_status"] == "ERROR":
+    if t["tune_status"] == "ERROR" or (t["error"] and not t["tune_status"] and not _reported_since_error(t)):
         text = (t["error"] or "").lower()
         return "diverged" if "diverged" in text else "collapsed" if "collapsed" in text else "errored"
     if reported == "finished":
         return "finished"
     if not rows:
-        return "pending"
+        return UNFINISHED
     if t["tune_status"] in ("RUNNING", "PENDING", "PAUSED"):
-        return "running"
+        return UNFINISHED
     epoch = _epoch(rows[-1])
     if budget is not None and epoch is not None and epoch >= budget:
         return "finished"
     if t["tune_status"] == "TERMINATED" or rows[-1].get("done"):
         return "stopped"  # ended before its last epoch without an error: the scheduler stopped it
     # no experiment state and no end marker yet: the trial may still be running
-    return "running" if not t["tune_status"] else "stopped"
+    return UNFINISHED if not t["tune_status"] else "stopped"
 
 
 def _trial_row(t: dict, params: list[Param], metric: str, mode: str, max_epochs: int | None) -> dict:

@@ -16,7 +16,10 @@ trial; ASHA stops poor trials, PBT (no searcher) mutates running ones. A trial
 that diverges, collapses or samples an unusable config ends normally with
 ``status`` set and its objective at the worst value, so the search goes on
 and the searcher learns that region is bad. Crashed trials (a worker killed)
-restart from their last checkpoint.
+restart from their last checkpoint, and their status is what finally happened.
+An interrupted search (Ctrl-C, SIGTERM) exits 130 with the command that resumes
+it; the trials it caught before they ended are ``unfinished``, and only a trial
+with a measured objective can be the best (``best_config.yaml``).
 
 Results follow Ray Tune's layout under ``--storage/--name`` (so
 ``Tuner.restore(path, trainable)`` and ``raysl analyze`` read them), plus
@@ -37,6 +40,7 @@ from typing import Any
 import yaml
 from ray.tune.stopper import Stopper
 
+from raysl import storage
 from raysl.config import RunConfig, build_config, to_yaml
 from raysl.errors import CollapsedError, ConfigError, DivergedError, RayslError
 from raysl.space import SearchSpace, apply_sample, load_space, worst_value
@@ -47,53 +51,6 @@ BEST_CONFIG_FILE = "best_config.yaml"
 # what a training report always carries; everything else comes from an evaluation
 _TRAIN_KEYS = {"epoch", "step", "loss", "images_per_s", "lr", "status"}
 _BAD_STATUSES = ("diverged", "collapsed", "errored")
-
-
-# --------------------------------------------------------------------------
-# storage helpers (a local folder or a URI such as s3://bucket/prefix)
-
-
-def _is_uri(path: str) -> bool:
-    return "://" in path
-
-
-def _fs(path: str):
-    import pyarrow.fs as pafs
-
-    if _is_uri(path):
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), path
-
-
-def _listing(path: str) -> list[str]:
-    import pyarrow.fs as pafs
-
-    fs, root = _fs(path)
-    info = fs.get_file_info(root)
-    if info.type != pafs.FileType.Directory:
-        return []
-    return [Path(i.path).name for i in fs.get_file_info(pafs.FileSelector(root, recursive=False))]
-
-
-def _write_text(path: str, text: str) -> None:
-    fs, where = _fs(path)
-    fs.create_dir(where.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(where) as out:
-        out.write(text.encode())
-
-
-def _read_text(path: str) -> str | None:
-    import pyarrow.fs as pafs
-
-    fs, where = _fs(path)
-    if fs.get_file_info(where).type != pafs.FileType.File:
-        return None
-    with fs.open_input_stream(where) as stream:
-        return stream.read().decode()
-
-
-def _join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts])
 
 
 # --------------------------------------------------------------------------
@@ -109,8 +66,9 @@ class ResultFiller:
     the worst objective value.
     """
 
-    def __init__(self, objectives: list[tuple[str, str]]):
+    def __init__(self, objectives: list[tuple[str, str]], extra: dict[str, Any] | None = None):
         self.objectives = objectives
+        self.extra = dict(extra or {})  # constant per trial, in every report (raysl scale: flops, params)
         self.last_eval: dict[str, Any] = {}
         self.eval_epoch = 0
         self.epoch = 0
@@ -124,6 +82,7 @@ class ResultFiller:
         else:
             out = {**self.last_eval, **out}
         out["eval_epoch"] = self.eval_epoch
+        out.update(self.extra)
         for metric, mode in self.objectives:
             if metric not in out or out.get("status") in _BAD_STATUSES or _nan(out[metric]):
                 out[metric] = worst_value(metric, mode)
@@ -131,7 +90,7 @@ class ResultFiller:
 
     def final(self, status: str, message: str) -> dict:
         """The last report of a trial that stopped on a user-level error."""
-        out = {**self.last_eval, "epoch": self.epoch, "eval_epoch": self.eval_epoch, "status": status,
+        out = {**self.last_eval, **self.extra, "epoch": self.epoch, "eval_epoch": self.eval_epoch, "status": status,
                "error": message[:500]}
         for metric, mode in self.objectives:
             out[metric] = worst_value(metric, mode)
@@ -176,18 +135,24 @@ class TuneIO:
         return torch.device("cuda" if self.use_gpu and torch.cuda.is_available() else "cpu")
 
 
-def _relay_callback(objectives: list[tuple[str, str]]):
+def _relay_callback(objectives: list[tuple[str, str]], extra: dict[str, Any] | None = None):
     """A TuneReportCallback (runs in the TrainController) that fills in the objectives."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     class RayslTuneReportCallback(TuneReportCallback):
         def __init__(self):
             super().__init__()
-            self.filler = ResultFiller(objectives)
+            self.filler = ResultFiller(objectives, extra)
+            self.worker_failures = 0  # worker groups Ray Train restarted from the last checkpoint
+
+        def after_exception(self, run_context, worker_exceptions):
+            self.worker_failures += 1
 
         def after_report(self, run_context, metrics, checkpoint):
-            filled = [self.filler(metrics[0]), *metrics[1:]]
-            super().after_report(run_context, filled, checkpoint)
+            first = self.filler(metrics[0])
+            if self.worker_failures:
+                first = {**first, "worker_failures": self.worker_failures}
+            super().after_report(run_context, [first, *metrics[1:]], checkpoint)
 
     return RayslTuneReportCallback()
 
@@ -201,7 +166,7 @@ def train_worker_in_trial(loop_config: dict) -> None:
     from raysl.train import train_worker
 
     marker = loop_config["stop_marker"]
-    text = _read_text(marker)
+    text = storage.read_text(marker, missing_ok=True)
     if text is not None:
         stop = json.loads(text)
         cls = DivergedError if stop["status"] == "diverged" else CollapsedError
@@ -210,7 +175,7 @@ def train_worker_in_trial(loop_config: dict) -> None:
         train_worker(loop_config)
     except (DivergedError, CollapsedError) as exc:
         status = "diverged" if isinstance(exc, DivergedError) else "collapsed"
-        _write_text(marker, json.dumps({"status": status, "error": str(exc)}))
+        storage.write_atomic(marker, json.dumps({"status": status, "error": str(exc)}))
         raise
 
 
@@ -222,8 +187,13 @@ def _status_of(error: RayslError) -> str:
     return "errored"
 
 
-def make_trainable(base: dict, objectives: list[tuple[str, str]], experiment: str, max_failures: int):
-    """The Tune function trainable: one call trains one sampled config."""
+def make_trainable(base: dict, objectives: list[tuple[str, str]], experiment: str, max_failures: int,
+                   extra_metrics=None):
+    """The Tune function trainable: one call trains one sampled config.
+
+    ``extra_metrics(cfg, data_dir) -> dict`` (a module-level function: it is pickled to the
+    trials) adds constant per-trial values to every report (``raysl scale``: FLOPs).
+    """
 
     def raysl_trial(config: dict) -> None:
         import ray.tune
@@ -236,6 +206,8 @@ def make_trainable(base: dict, objectives: list[tuple[str, str]], experiment: st
             cfg = build_config(apply_sample(base, config), "trial config")
             data_dir = resolve_data_dir(cfg)
             check_against_data(cfg, data_dir, "trial config")
+            if extra_metrics is not None:
+                filler.extra = extra_metrics(cfg, data_dir)
         except RayslError as exc:
             ray.tune.report(filler.final("errored", str(exc)))
             return
@@ -249,7 +221,7 @@ def make_trainable(base: dict, objectives: list[tuple[str, str]], experiment: st
                 ray.tune.report(filler.final(_status_of(exc), str(exc)))
             return
         try:
-            _fit_torch_trainer(cfg, loop_config, data_dir, objectives, experiment, max_failures)
+            _fit_torch_trainer(cfg, loop_config, data_dir, objectives, experiment, max_failures, filler.extra)
         except Exception as exc:  # noqa: BLE001 - a user-level error ends the trial, anything else is retried
             user = user_error_from(exc)
             if user is None:
@@ -260,7 +232,7 @@ def make_trainable(base: dict, objectives: list[tuple[str, str]], experiment: st
 
 
 def _fit_torch_trainer(cfg: RunConfig, loop_config: dict, data_dir: str, objectives, experiment: str,
-                       max_failures: int) -> None:
+                       max_failures: int, extra: dict[str, Any] | None = None) -> None:
     import ray.data
     import ray.train
     import ray.tune
@@ -269,8 +241,8 @@ def _fit_torch_trainer(cfg: RunConfig, loop_config: dict, data_dir: str, objecti
     from raysl.data.pipeline import train_dataset
 
     trial_dir = os.path.basename(ray.tune.get_context().get_trial_dir().rstrip("/"))
-    train_storage = _join(experiment, trial_dir)
-    loop_config = {**loop_config, "stop_marker": _join(train_storage, "train", "raysl_stop.json")}
+    train_storage = storage.join_uri(experiment, trial_dir)
+    loop_config = {**loop_config, "stop_marker": storage.join_uri(train_storage, "train", "raysl_stop.json")}
     ray.data.DataContext.get_current().enable_progress_bars = False
     # Read tasks take no CPU slot: trials' Train workers can hold every CPU of a small
     # cluster, and a read task waiting for one would stall the trial forever. JPEG shards
@@ -291,7 +263,7 @@ def _fit_torch_trainer(cfg: RunConfig, loop_config: dict, data_dir: str, objecti
             storage_path=train_storage,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            callbacks=[_relay_callback(objectives)],
+            callbacks=[_relay_callback(objectives, extra)],
         ),
         datasets={"train": dataset},
     )
@@ -426,27 +398,55 @@ def _default_concurrency(space: SearchSpace, num_samples: int) -> int:
 # summary
 
 
-def _trial_rows(results, objectives) -> list[dict]:
-    """One row per trial: its raysl status, last metrics and sampled config."""
+# a trial an interruption caught before it ended (running or waiting): --resume continues it
+UNFINISHED = "unfinished"
+
+
+def _saved_trial_states(experiment: str | None) -> dict[str, str]:
+    """Trial folder name -> Tune's status as its experiment state recorded it. Tune saves that state
+    when a search is interrupted, before it stops the trials (and marks them TERMINATED in memory)."""
+    if experiment is None:
+        return {}
+    from raysl.results import Storage, _tune_statuses
+
+    try:
+        where = Storage(experiment)
+        return _tune_statuses(where, where.root, where.listdir(where.root))
+    except Exception:  # noqa: BLE001 - without it, the in-memory statuses decide
+        return {}
+
+
+def _trial_rows(results, objectives, experiment: str | None = None) -> list[dict]:
+    """One row per trial: its raysl status (what finally happened), last metrics and sampled config.
+
+    ``measured``: the objective is a real evaluation (not the placeholder a trial reports before its
+    first evaluation, nor the worst value of a diverged/collapsed/errored one)."""
     trial_state = {}
     analysis = getattr(results, "_experiment_analysis", None)
     for trial in getattr(analysis, "trials", None) or []:
         trial_state[str(trial.path).rstrip("/")] = trial.status
+    saved = _saved_trial_states(experiment)
     rows = []
     for result in results:
         metrics = dict(result.metrics or {})
-        state = trial_state.get(str(result.path).rstrip("/"), "TERMINATED")
+        path = str(result.path).rstrip("/")
+        state = trial_state.get(path, "TERMINATED")
+        saved_state = saved.get(Path(path).name, state)
         status = metrics.get("status")
-        if result.error is not None or state == "ERROR":
+        if status in _BAD_STATUSES or status == "finished":
+            pass  # the trial's own last word: a crash Tune recovered from does not change it
+        elif result.error is not None or state == "ERROR":
             status = "errored"
-        elif state != "TERMINATED":
-            status = "pending"  # interrupted before it ended: --resume continues it
+        elif state != "TERMINATED" or saved_state in ("RUNNING", "PENDING", "PAUSED"):
+            status = UNFINISHED  # interrupted before it ended: --resume continues it
         elif status in (None, "running"):
             status = "stopped"  # ended early by the scheduler
         rows.append({
             "trial_id": metrics.get("trial_id") or Path(str(result.path)).name,
             "status": status,
             "epoch": metrics.get("epoch"),
+            "measured": status not in _BAD_STATUSES and (
+                "eval_epoch" not in metrics or int(metrics.get("eval_epoch") or 0) > 0),
             "metrics": {m: metrics.get(m) for m, _ in objectives},
             "knn_acc": metrics.get("knn_acc"),
             "rankme": metrics.get("rankme"),
@@ -470,7 +470,7 @@ def _dominates(a: dict, b: dict, objectives) -> bool:
 
 def _ranked(rows: list[dict], objectives) -> list[dict]:
     """Usable trials, best first: by the objective, or the Pareto front first for several."""
-    usable = [r for r in rows if r["status"] in ("finished", "stopped")
+    usable = [r for r in rows if r["status"] in ("finished", "stopped") and r.get("measured", True)
               and all(isinstance(r["metrics"][m], (int, float)) and not _nan(r["metrics"][m]) for m, _ in objectives)]
     metric, mode = objectives[0]
     sign = -1 if mode == "max" else 1
@@ -520,16 +520,13 @@ def _experiment_name(args, space_path: str) -> str:
 
 
 def _storage(args) -> str:
-    storage = args.storage or DEFAULT_STORAGE
-    if _is_uri(storage):
-        return storage.rstrip("/")
-    return str(Path(storage).expanduser().resolve())
+    return storage.resolve(args.storage or DEFAULT_STORAGE).uri
 
 
 def _absolute_data_path(base: dict) -> dict:
     """Trials run in their own folders: a relative data.path must not depend on that."""
     path = (base.get("data") or {}).get("path")
-    if isinstance(path, str) and not _is_uri(path) and not os.path.isabs(path):
+    if isinstance(path, str) and not storage.is_uri(path) and not os.path.isabs(path):
         base = {**base, "data": {**base["data"], "path": str(Path(path).expanduser().resolve())}}
     return base
 
@@ -554,7 +551,7 @@ def _check_resumable(experiment: str, space: SearchSpace, args) -> bool:
     """Decide between a new experiment and a resumed one; returns True to restore."""
     from ray.tune import Tuner
 
-    listing = _listing(experiment)
+    listing = [entry for entry, _ in storage.list_dir(experiment)]
     if not args.resume:
         if listing:
             raise ConfigError(
@@ -562,13 +559,17 @@ def _check_resumable(experiment: str, space: SearchSpace, args) -> bool:
                 "continue it, or --name NEW for a new one (raysl never deletes results)"
             )
         return False
+    if not listing:  # a typo in --name or --storage must not quietly start a new search
+        where, name = experiment.rstrip("/").rsplit("/", 1)
+        raise ConfigError(f"no experiment {name} in {where} to resume; drop --resume to start it")
     if not Tuner.can_restore(experiment):
         if set(listing) - {SPACE_FILE}:
             raise ConfigError(f"--resume: {experiment} has no Ray Tune experiment state to resume; "
                               "pass another --name to start a new experiment")
+        # interrupted before Tune wrote its state: only the space raysl wrote first is there
         print(f"[raysl] --resume: nothing was run yet in {experiment}; starting it", file=sys.stderr)
         return False
-    stored = _read_text(_join(experiment, SPACE_FILE))
+    stored = storage.read_text(storage.join_uri(experiment, SPACE_FILE), missing_ok=True)
     if stored is not None:
         before = yaml.safe_load(stored) or {}
         now = json.loads(json.dumps(space.to_yaml_dict()))
@@ -576,16 +577,51 @@ def _check_resumable(experiment: str, space: SearchSpace, args) -> bool:
             if before.get(section) != now.get(section):
                 raise ConfigError(
                     f"--resume: the {section}: of {space.source} (with --set) differs from the one "
-                    f"{experiment} was started with ({_join(experiment, SPACE_FILE)}); resume with the same "
+                    f"{experiment} was started with ({storage.join_uri(experiment, SPACE_FILE)}); resume with the same "
                     "space and --set, or pass --name NEW"
                 )
     return True
 
 
+# the signal that interrupted the search, for the closing line (Tune's own handler takes SIGINT)
+_INTERRUPTED_BY = {"signal": "SIGINT"}
+
+
 def _install_sigterm() -> None:
     """SIGTERM (ray job stop, a scheduler's kill) stops like Ctrl+C: Tune saves its state first."""
     if hasattr(signal, "SIGUSR1") and threading_is_main():
-        signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGUSR1))
+        def on_sigterm(*_):
+            _INTERRUPTED_BY["signal"] = "SIGTERM"
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def tune_resume_command(args, storage_root: str) -> str:
+    """The exact `raysl tune` command that continues this search: the command as given (``args.argv``,
+    else rebuilt from ``args``), with --storage made absolute and --resume."""
+    import shlex
+
+    argv = list(getattr(args, "argv", None) or [])
+    if not argv:
+        argv = ["tune", args.space, *(x for o in args.overrides for x in ("--set", o))]
+        if args.num_samples is not None:
+            argv += ["--num-samples", str(args.num_samples)]
+        if args.name:
+            argv += ["--name", args.name]
+    parts: list[str] = []
+    given = False
+    for i, arg in enumerate(argv):
+        if arg == "--resume" or (i > 0 and argv[i - 1] == "--storage"):
+            continue
+        if arg == "--storage" or arg.startswith("--storage="):
+            parts += ["--storage", storage_root]  # where it is, as given, made absolute
+            given = True
+            continue
+        parts.append(arg)
+    if not given:
+        parts += ["--storage", storage_root]
+    return shlex.join(["raysl", *parts, "--resume"])
 
 
 def threading_is_main() -> bool:
@@ -594,10 +630,11 @@ def threading_is_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def tune_main(args) -> int:
+def tune_main(args, space: SearchSpace | None = None, extra_metrics=None) -> int:
+    """``raysl tune``; ``raysl scale`` passes its grid as ``space`` and its FLOP counter as ``extra_metrics``."""
     from raysl.launch import check_against_data, init_ray, resolve_data_dir
 
-    space = load_space(args.space, args.overrides)
+    space = space if space is not None else load_space(args.space, args.overrides)
     if args.num_samples is not None:
         if args.num_samples < 1:
             raise ConfigError(f"--num-samples must be >= 1 (got {args.num_samples})")
@@ -612,8 +649,8 @@ def tune_main(args) -> int:
         if not explicit or num_samples > grid_size:
             num_samples = space.tune.num_samples = grid_size
     name = _experiment_name(args, args.space)
-    storage = _storage(args)
-    experiment = _join(storage, name)
+    storage_root = _storage(args)
+    experiment = storage.join_uri(storage_root, name)
     if os.environ.get("RAY_ADDRESS") and args.storage is None:
         print(f"[raysl] note: results go to {experiment} on the driver's node; on a multi-node cluster pass "
               "--storage s3://... (or a shared folder) so every trial can write there", file=sys.stderr)
@@ -628,7 +665,8 @@ def tune_main(args) -> int:
                               "use metric: rankme (label-free)")
     restore = _check_resumable(experiment, space, args)
     if not restore:
-        _write_text(_join(experiment, SPACE_FILE), yaml.safe_dump(space.to_yaml_dict(), sort_keys=False))
+        storage.write_atomic(storage.join_uri(experiment, SPACE_FILE), yaml.safe_dump(space.to_yaml_dict(), sort_keys=False),
+                             option="--storage")
     callbacks = _setup_wandb(name) if args.wandb else []
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -645,7 +683,8 @@ def tune_main(args) -> int:
 
     max_concurrent = space.tune.max_concurrent or _default_concurrency(space, num_samples)
     trainable = ray.tune.with_resources(
-        make_trainable(space.base, objectives, experiment, space.tune.max_failures), trial_resources(space.base)
+        make_trainable(space.base, objectives, experiment, space.tune.max_failures, extra_metrics),
+        trial_resources(space.base),
     )
     _install_sigterm()
     if restore:
@@ -668,7 +707,7 @@ def tune_main(args) -> int:
             ),
             run_config=ray.tune.RunConfig(
                 name=name,
-                storage_path=storage,
+                storage_path=storage_root,
                 failure_config=ray.tune.FailureConfig(max_failures=space.tune.max_failures),
                 # PBT clones other trials' recent checkpoints: keep a few more of them
                 checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=space.base_config.checkpoint.keep + (
@@ -688,11 +727,12 @@ def tune_main(args) -> int:
     )
     results = tuner.fit()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    return _finish(results, space, objectives, experiment, num_samples)
+    return _finish(results, space, objectives, experiment, num_samples, tune_resume_command(args, storage_root))
 
 
-def _finish(results, space: SearchSpace, objectives, experiment: str, num_samples: int) -> int:
-    rows = _trial_rows(results, objectives)
+def _finish(results, space: SearchSpace, objectives, experiment: str, num_samples: int,
+            resume_command: str = "the same command with --resume") -> int:
+    rows = _trial_rows(results, objectives, experiment)
     ranked = _ranked(rows, objectives)
     statuses: dict[str, int] = {}
     for r in rows:
@@ -709,28 +749,33 @@ def _finish(results, space: SearchSpace, objectives, experiment: str, num_sample
     if ranked:
         best = ranked[0]
         cfg = build_config(apply_sample(space.base, best["config"]), "best trial")
-        where = _join(experiment, BEST_CONFIG_FILE)
+        where = storage.join_uri(experiment, BEST_CONFIG_FILE)
         header = (
             f"# best trial {best['trial_id']} of {experiment}: "
             + ", ".join(f"{m}={_fmt(best['metrics'][m])}" for m, _ in objectives)
             + f" at epoch {best['epoch']}\n# train it: raysl train {where}\n"
         )
-        _write_text(where, header + to_yaml(cfg))
+        storage.write_atomic(where, header + to_yaml(cfg), option="--storage")
         summary.update(best_metric=best["metrics"][objectives[0][0]] if len(objectives) == 1 else best["metrics"],
                        best_config_path=where, best_trial=best["trial_id"], best_config=best["config"])
-    _write_text(_join(experiment, SPACE_FILE), yaml.safe_dump(space.to_yaml_dict(), sort_keys=False))
+    storage.write_atomic(storage.join_uri(experiment, SPACE_FILE), yaml.safe_dump(space.to_yaml_dict(), sort_keys=False),
+                             option="--storage")
     print(_leaderboard(ranked, rows, objectives))
     used = sum(int(r["epoch"] or 0) for r in rows)
     summary["epochs_trained"] = used
     unfinished = num_samples - sum(statuses.get(s, 0) for s in ("finished", "stopped", *_BAD_STATUSES))
     budget = space.tune.budget_epochs
-    if budget is not None and used >= budget and not statuses.get("pending"):
+    if budget is not None and used >= budget and not statuses.get(UNFINISHED):
         unfinished = 0  # the budget ended the search, not an interruption
     if unfinished > 0:
         summary["interrupted"] = True
         print(json.dumps(summary), flush=True)
-        print(f"raysl: {unfinished} of {num_samples} trials did not finish; continue with the same command "
-              "and --resume", file=sys.stderr)
+        ended = num_samples - unfinished
+        best = (f"best so far {summary['best_trial']} ({_fmt(summary['best_metric'])})" if summary["best_trial"]
+                else "no trial has a result yet")
+        print(f"raysl: interrupted ({_INTERRUPTED_BY['signal']}): {ended} of {num_samples} trials ended, "
+              f"{unfinished} unfinished; {best}; results in {experiment}; resume with: {resume_command}",
+              file=sys.stderr, flush=True)
         return 130
     print(json.dumps(summary), flush=True)
     if not ranked:

@@ -424,8 +424,13 @@ def _validate(
 
 def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SearchSpace:
     """Read and validate a search-space file; ``--set key=value`` edits base: (``tune.key=value`` edits tune:)."""
-    source = str(path)
-    data = read_yaml(path)
+    data = read_yaml(path, "a search-space file needs base: (a run config), search: and tune:; "
+                           "start from a copy of search_spaces/quickstart.yaml")
+    return space_from_dict(data, str(path), overrides)
+
+
+def space_from_dict(data: dict, source: str, overrides: list[str] | tuple[str, ...] = ()) -> SearchSpace:
+    """:func:`load_space` on a mapping (``raysl scale`` turns a scaling file into one); ``source`` names it."""
     unknown = [k for k in data if k not in ("base", "search", "tune")]
     if unknown:
         raise ConfigError(f"{source}: unknown section {unknown[0]!r}; a search-space file has base:, search: and tune:")

@@ -21,18 +21,20 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from raysl import distributed, schedules
-from raysl.checkpoint import load_state, save_state
+from raysl.checkpoint import checkpoint_dirs, load_state, save_state
 from raysl.config import RunConfig
 from raysl.data.augment import augment_precropped, make_views, to_float
 from raysl.data.pipeline import CropInput, eval_images, global_crop_size, is_encoded
 from raysl.data.shards import load_manifest, read_split
 from raysl.data.stream import TrainBatches
+from raysl.data.subset import train_rows as subset_train_rows
 from raysl.divergence import DivergenceWatch
-from raysl.errors import CollapsedError
+from raysl.errors import CheckpointError, CollapsedError
 from raysl.evaluate import alignment, evaluate_features, is_collapsed
 from raysl.methods import build_method
 from raysl.optim import build_optimizer, set_lr_and_wd
 from raysl.progress import StepTicker
+from raysl.scaling_laws import scaled_lr
 
 CHECKPOINT_FILE = "state.pt"
 # steps between two reads of the divergence record on a GPU (see raysl/divergence.py)
@@ -62,16 +64,48 @@ class RayTrainIO:
             return None
         return ckpt.to_directory()
 
+    def checkpoint_candidates(self) -> list[str]:
+        """Checkpoints to resume from, newest first: the one Ray registered last, then the older ones
+        of the run (a damaged newest one falls back to them), at their real paths. On remote storage
+        only the latest, downloaded."""
+        import pyarrow.fs as pafs
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return []
+        if not isinstance(ckpt.filesystem, pafs.LocalFileSystem):
+            return [ckpt.to_directory()]
+        return resume_candidates(ckpt.path)
+
     def report(self, metrics, checkpoint_dir):
         import ray.train
 
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_fn=upload_checkpoint)
 
     def device(self):
         import ray.train.torch
 
         return ray.train.torch.get_device()
+
+
+def upload_checkpoint(checkpoint, checkpoint_dir_name: str):
+    """Ray Train's checkpoint upload through raysl.storage: copied under a temporary name and renamed,
+    so a full disk or a read-only storage leaves no torn ``checkpoint_*`` folder, and fails with a
+    one-line StorageError (the worker raises it; ``raysl train`` reports it and how to resume)."""
+    import ray.train
+
+    from raysl import storage
+
+    context = ray.train.get_context().get_storage()
+    check = getattr(context, "_check_validation_file", None)
+    if check is not None:  # Ray's check that this node reaches the run's storage (multi-node)
+        check()
+    path = context.build_checkpoint_path_from_name(checkpoint_dir_name)
+    destination = storage.Location(context.storage_filesystem, path, path)
+    storage.copy_dir_atomic(checkpoint.path, destination, action="writing the checkpoint")
+    return ray.train.Checkpoint(filesystem=context.storage_filesystem, path=path)
 
 
 class LocalIO:
@@ -110,6 +144,50 @@ class LocalIO:
 
     def device(self):
         return torch.device("cpu")
+
+
+def resume_candidates(latest: str) -> list[str]:
+    """``latest`` (the checkpoint Ray resumes from), then the older checkpoints beside it, newest first.
+    Folders newer than ``latest`` were never registered by Ray (a stopped run's last upload) and are
+    not resumed from: their epochs are not in metrics.jsonl."""
+    latest = latest.rstrip("/")
+    name = os.path.basename(latest)
+    older = [d for d in checkpoint_dirs(os.path.dirname(latest)) if os.path.basename(d) < name]
+    return [latest, *reversed(older)]
+
+
+def restore_state(io: LoopIO, ticker: StepTicker | None = None) -> dict[str, Any] | None:
+    """The newest checkpoint of the run that loads, or None for a fresh run.
+
+    A damaged one (truncated, its file missing) is skipped with one line on ``ticker`` naming its
+    real path and why; when none loads the run stops with a CheckpointError instead of silently
+    starting over.
+    """
+    candidates = getattr(io, "checkpoint_candidates", None)
+    dirs = candidates() if candidates is not None else [d for d in [io.checkpoint_dir()] if d]
+    skipped: list[str] = []
+    for ckpt_dir in dirs:
+        path = os.path.join(ckpt_dir, CHECKPOINT_FILE)
+        if not os.path.isfile(path):
+            skipped.append(f"{ckpt_dir}: {CHECKPOINT_FILE} is missing")
+            continue
+        try:
+            state = load_state(path)
+            int(state["epoch"]), int(state["global_step"]), state["model"]  # noqa: B018 - what a resume needs
+        except CheckpointError as exc:
+            skipped.append(f"{ckpt_dir}: {CHECKPOINT_FILE} " + str(exc).removeprefix(f"checkpoint {path} "))
+            continue
+        except (KeyError, TypeError, ValueError):
+            skipped.append(f"{ckpt_dir}: {CHECKPOINT_FILE} was not written by raysl train")
+            continue
+        if ticker is not None:
+            for reason in skipped:
+                ticker.say(f"[raysl] skipped checkpoint {reason}; resuming from epoch {int(state['epoch'])}")
+        return state
+    if skipped:
+        raise CheckpointError("no checkpoint of this run loads (" + "; ".join(skipped) + "); move the run "
+                              "folder away to train from scratch")
+    return None
 
 
 @dataclass
@@ -254,9 +332,14 @@ def weight_decay_at(cfg: RunConfig, progress: float) -> float:
 
 
 def peak_lr(cfg: RunConfig) -> float:
-    if cfg.optim.lr_scaling == "linear":
-        return cfg.optim.lr * cfg.optim.batch_size / 256
-    return cfg.optim.lr
+    """``optim.lr`` (per 256 images) scaled to the global batch by ``optim.lr_scaling``."""
+    return scaled_lr(cfg.optim.lr, cfg.optim.batch_size, cfg.optim.lr_scaling, reference=256)
+
+
+def _lr_formula(cfg: RunConfig) -> str:
+    o = cfg.optim
+    return {"linear": f"{o.lr:g} x {o.batch_size}/256", "sqrt": f"{o.lr:g} x sqrt({o.batch_size}/256)",
+            "none": f"{o.lr:g}"}[o.lr_scaling]
 
 
 def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
@@ -288,9 +371,8 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
 
     # ---- resume
     start_epoch, global_step = 0, 0
-    ckpt_dir = io.checkpoint_dir()
-    if ckpt_dir is not None:
-        state = load_state(os.path.join(ckpt_dir, CHECKPOINT_FILE))
+    state = restore_state(io, ticker if rank == 0 else None)
+    if state is not None:
         method.load_state_dict(state["model"])
         if state.get("optimizer_name") == cfg.optim.name:
             optimizer.load_state_dict(state["optimizer"])
@@ -304,12 +386,14 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
             return
 
     local_batch = cfg.optim.batch_size // world
-    steps_per_epoch = manifest.splits["train"]["rows"] // (local_batch * world)
+    rows = subset_train_rows(data_dir, manifest, cfg.data.fraction, cfg.seed)  # all of them at data.fraction 1
+    steps_per_epoch = rows // (local_batch * world)
     total_steps = steps_per_epoch * cfg.optim.epochs
     batches = TrainBatches(
         io.dataset_shard("train"), manifest, local_batch, device,
         cache=cfg.data.cache_on_device, max_cached_bytes=cfg.data.max_cached_bytes, seed=cfg.seed, rank=rank,
         crop_input=CropInput.for_run(cfg, manifest, views, device, rank),  # None for small-image shards
+        fraction=cfg.data.fraction,
     )
     eval_set = load_eval_set(data_dir, cfg, device) if rank == 0 else None
     gen = augment_generator(cfg, rank)
@@ -318,9 +402,10 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=is_cuda and cfg.scale.precision == "bf16")
     if rank == 0 and start_epoch == 0:
         ticker.say(
-            f"[raysl] {cfg.method.name}: {manifest.splits['train']['rows']} train images, {world} worker(s), "
+            f"[raysl] {cfg.method.name}: {rows} train images"
+            f"{f' (data.fraction {cfg.data.fraction:g})' if cfg.data.fraction < 1 else ''}, {world} worker(s), "
             f"global batch {cfg.optim.batch_size}, {steps_per_epoch} steps/epoch; peak lr {peak:.4g} = "
-            f"{cfg.optim.lr:g} x {cfg.optim.batch_size}/256 ({cfg.optim.lr_scaling} scaling)"
+            f"{_lr_formula(cfg)} ({cfg.optim.lr_scaling} scaling)"
         )
 
     for epoch in range(start_epoch, cfg.optim.epochs):

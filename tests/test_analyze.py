@@ -328,15 +328,15 @@ def test_running_experiment_partial_lines_pending_stopped_and_failed_trials(expe
     def row(t: dict):
         return table.loc[t["rows"][0]["trial_id"]]
 
-    assert row(writing)["status"] == "running"
+    assert row(writing)["status"] == "unfinished"  # not ended yet (running, or caught by an interrupt)
     assert row(writing)["epochs"] == writing["rows"][-2]["epoch"]
     assert row(crashed)["status"] == "errored"
     assert row(cut)["status"] == "stopped" and row(cut)["epochs"] == 1
     assert row(diverged)["status"] == "diverged"
     assert close(row(diverged)["objective_final"], last(diverged["rows"], "knn_acc"))  # not the 0.0 filler
-    assert table.loc["abcdef99", "status"] == "pending" and table.loc["abcdef99", "epochs"] == 0
+    assert table.loc["abcdef99", "status"] == "unfinished" and table.loc["abcdef99", "epochs"] == 0
     failed = table.loc[[row(crashed).name, row(diverged).name], "rank"]
-    usable = table[table["status"].isin(["finished", "stopped", "running"])]
+    usable = table[table["status"].isin(["finished", "stopped", "unfinished"])]
     assert failed.min() > usable["rank"].max()  # failed trials rank last
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert summary["experiments"][0]["searched_params"] == ["method.temperature", "optim.lr"]

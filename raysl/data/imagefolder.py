@@ -51,16 +51,15 @@ import multiprocessing
 import os
 import re
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from raysl import storage
 from raysl.data.codec import GRAYSCALE_MODES, EXIF_ORIENTATION_TAG, to_pixels, transposes_axes
 from raysl.data.manifest import Manifest, ShardInfo, SkippedFile, SplitInfo
 from raysl.progress import format_duration
@@ -339,10 +338,7 @@ def _tick() -> None:
 
 def _local_shard(job: _Job, source: str, out: str, max_side: int | None, quality: int) -> dict[str, Any]:
     payload, entry = build_shard(job, lambda rel: read_file(os.path.join(source, rel)), max_side, quality, _tick)
-    from raysl.data.shards import _resolve
-
-    fs, root, _ = _resolve(out)
-    _write_atomic(fs, root, job.name, payload)
+    storage.write_atomic(storage.join(out, job.name), payload)
     return entry
 
 
@@ -351,66 +347,52 @@ def _ray_shard(job: _Job, blobs: list[bytes | str], max_side: int | None, qualit
     return build_shard(job, by_name.__getitem__, max_side, quality)
 
 
-def _write_atomic(fs: pafs.FileSystem, root: str, name: str, payload: bytes) -> None:
-    temporary = f"{root}/{JOURNAL}/{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-    with fs.open_output_stream(temporary) as stream:
-        stream.write(payload)
-    fs.move(temporary, f"{root}/{name}")
-
-
 # --------------------------------------------------------------------------- journal
 
 
 class _Journal:
     """``OUT/.prepare/``: the options of this prepare and one sidecar per finished shard."""
 
-    def __init__(self, fs: pafs.FileSystem, root: str, out: str, options: dict[str, Any]) -> None:
-        self.fs, self.root, self.out = fs, root, out
-        self.folder = f"{root}/{JOURNAL}"
-        location = f"{self.folder}/options.json"
-        if fs.get_file_info(location).type == pafs.FileType.File:
-            with fs.open_input_stream(location) as stream:
-                try:
-                    previous = json.loads(stream.read())
-                except json.JSONDecodeError:
-                    previous = None
+    def __init__(self, loc: storage.Location, out: str, options: dict[str, Any]) -> None:
+        self.loc, self.out = loc, out
+        self.folder = loc.join(JOURNAL)
+        location = self.folder.join("options.json")
+        text = storage.read_bytes(location, missing_ok=True)
+        if text is not None:
+            try:
+                previous = json.loads(text)
+            except json.JSONDecodeError:
+                previous = None
             if previous != options:
                 changed = _changed_keys(previous, options)
                 raise DataError(
                     f"{out} holds an interrupted prepare with other options or files ({changed}); "
                     "re-run with the same options, or pick another --out or delete it"
                 )
+            storage.remove_temporaries(loc)
         else:
             from raysl.data.shards import _remove_stale_shards
 
-            fs.create_dir(self.folder, recursive=True)
-            _remove_stale_shards(fs, root)
-            self._write_json(location, options)
-
-    def _write_json(self, location: str, value: Any) -> None:
-        temporary = f"{location}.{os.getpid()}.tmp"
-        with self.fs.open_output_stream(temporary) as stream:
-            stream.write(json.dumps(value, indent=1).encode())
-        self.fs.move(temporary, location)
+            storage.make_dirs(self.folder)
+            _remove_stale_shards(loc)
+            storage.write_atomic(location, json.dumps(options, indent=1))
 
     def finished(self, names: list[str]) -> dict[str, dict[str, Any]]:
         """Sidecars whose shard is present with the recorded size and sha256 (the others are rebuilt)."""
         kept = {}
         for name in names:
-            sidecar = f"{self.folder}/{name}.json"
-            if self.fs.get_file_info(sidecar).type != pafs.FileType.File:
+            text = storage.read_bytes(self.folder.join(f"{name}.json"), missing_ok=True)
+            if text is None:
                 continue
             try:
-                with self.fs.open_input_stream(sidecar) as stream:
-                    entry = json.loads(stream.read())
-            except (json.JSONDecodeError, OSError):
+                entry = json.loads(text)
+            except json.JSONDecodeError:
                 continue
-            shard = f"{self.root}/{name}"
-            info = self.fs.get_file_info(shard)
-            if info.type != pafs.FileType.File or info.size != entry.get("bytes"):
+            shard = self.loc.join(name)
+            if storage.size(shard) != entry.get("bytes"):
                 continue
             digest = hashlib.sha256()
-            with self.fs.open_input_stream(shard) as stream:
+            with storage.guard(shard, "reading it"), shard.fs.open_input_stream(shard.path) as stream:
                 while chunk := stream.read(1 << 24):
                     digest.update(chunk)
             if digest.hexdigest() == entry.get("sha256"):
@@ -418,10 +400,10 @@ class _Journal:
         return kept
 
     def record(self, entry: dict[str, Any]) -> None:
-        self._write_json(f"{self.folder}/{entry['file']}.json", entry)
+        storage.write_atomic(self.folder.join(f"{entry['file']}.json"), json.dumps(entry, indent=1))
 
     def remove(self) -> None:
-        self.fs.delete_dir(self.folder)
+        storage.remove(self.folder)
 
 
 def _changed_keys(previous: Any, options: dict[str, Any]) -> str:
@@ -496,7 +478,7 @@ def prepare_imagefolder(
     progress: TextIO | None = None,
 ) -> Manifest:
     """Build (or finish building) the encoded shards of the image folder ``path`` in ``out``."""
-    from raysl.data.shards import _existing_dir, _refuse_existing, _resolve, _write_manifest
+    from raysl.data.shards import _existing_dir, _refuse_existing, _write_manifest
 
     shard_rows = DEFAULT_SHARD_ROWS if shard_rows is None else shard_rows
     if max_side is not None and max_side < 1:
@@ -509,8 +491,8 @@ def prepare_imagefolder(
         "RAY_ADDRESS"
     ].startswith(("http://", "https://"))  # a dashboard address is for `ray job submit`, not for tasks
     folder = _existing_dir(path, "imagefolder")
-    fs, root, _ = _resolve(out)
-    _refuse_existing(fs, root, out)
+    loc = storage.resolve(out)
+    _refuse_existing(loc, out)
     listing = list_images(folder)
     plan = _plan(listing, val_fraction, seed, shard_rows)
 
@@ -525,8 +507,8 @@ def prepare_imagefolder(
         "max_side": max_side,
         "quality": quality if max_side is not None else None,  # only downsized images are re-encoded
     }
-    fs.create_dir(root, recursive=True)
-    journal = _Journal(fs, root, out, options)
+    storage.make_dirs(loc)
+    journal = _Journal(loc, out, options)
     shard_names = [f"{split}-{number:05d}.parquet" for split, number, _ in plan]
     entries = journal.finished(shard_names)
     sizes = {f"{split}-{number:05d}.parquet": len(rows) for split, number, rows in plan}
@@ -548,7 +530,7 @@ def prepare_imagefolder(
         if f"{split}-{number:05d}.parquet" not in entries
     )
     if on_ray:
-        _run_on_ray(jobs, str(folder), fs, root, max_side, quality, workers, finished, meter, kept_files)
+        _run_on_ray(jobs, str(folder), loc, max_side, quality, workers, finished, meter, kept_files)
         workers = 0
     else:
         workers = min(default_workers() if workers is None else workers, max(1, len(plan) - len(entries)))
@@ -563,14 +545,14 @@ def prepare_imagefolder(
             payload, entry = build_shard(
                 job, lambda rel: read_file(os.path.join(folder, rel)), max_side, quality, tick
             )
-            _write_atomic(fs, root, job.name, payload)
+            storage.write_atomic(loc.join(job.name), payload)
             finished(entry)
     elif workers > 1:
         _run_in_pool(jobs, str(folder), out, max_side, quality, workers, finished, meter, kept_files)
     meter.finish(len(listing.files))
 
-    manifest = _manifest(fs, root, path, listing, plan, entries, seed, val_fraction)
-    _write_manifest(fs, root, manifest)
+    manifest = _manifest(loc, path, listing, plan, entries, seed, val_fraction)
+    _write_manifest(loc, manifest)
     journal.remove()
     return manifest
 
@@ -625,8 +607,7 @@ def _chain_none(jobs: Iterator[_Job]) -> Iterator[_Job | None]:
 def _run_on_ray(
     jobs: Iterator[_Job],
     source: str,
-    fs: pafs.FileSystem,
-    root: str,
+    loc: storage.Location,
     max_side: int | None,
     quality: int,
     workers: int | None,
@@ -648,7 +629,7 @@ def _run_on_ray(
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
             for ref in ready:
                 payload, entry = ray.get(ref)
-                _write_atomic(fs, root, entry["file"], payload)
+                storage.write_atomic(loc.join(entry["file"]), payload)
                 finished(entry)
                 done_files += pending.pop(ref)
             meter.update(done_files)
@@ -658,8 +639,7 @@ def _run_on_ray(
 
 
 def _manifest(
-    fs: pafs.FileSystem,
-    root: str,
+    loc: storage.Location,
     path: str,
     listing: _Listing,
     plan: list[tuple[str, int, np.ndarray]],
@@ -685,7 +665,7 @@ def _manifest(
         )
     heights, widths = [], []
     for shard in splits["train"]:
-        with fs.open_input_file(f"{root}/{shard.file}") as file:
+        with storage.open_input(loc.join(shard.file)) as file:
             table = pq.read_table(file, columns=["height", "width"])
         heights.append(table.column("height").to_numpy())
         widths.append(table.column("width").to_numpy())

@@ -107,8 +107,8 @@ def train_dataset(
     uris = shard_uris(data_dir, "train", manifest)
     read_args = {"ray_remote_args": read_remote_args} if read_remote_args else {}
     if not is_encoded(manifest):
-        return ray.data.read_parquet(uris, columns=PIXEL_COLUMNS, **read_args)
-    rows = ray.data.read_parquet(uris, columns=list(ENCODED_COLUMNS), **read_args)
+        return _keep_fraction(cfg, ray.data.read_parquet(uris, columns=PIXEL_COLUMNS, **read_args))
+    rows = _keep_fraction(cfg, ray.data.read_parquet(uris, columns=list(ENCODED_COLUMNS), **read_args))
     if decode_on_device(cfg, "cuda" if cfg.scale.use_gpu else "cpu"):
         return rows
     specs = crop_specs(views if views is not None else run_views(cfg), global_crop_size(cfg, manifest))
@@ -120,6 +120,15 @@ def train_dataset(
         num_cpus=1,
         num_gpus=0,
     )
+
+
+def _keep_fraction(cfg: "RunConfig", dataset: "ray.data.Dataset") -> "ray.data.Dataset":
+    """``data.fraction`` < 1: only the seeded subset's rows (before any decoding)."""
+    if cfg.data.fraction >= 1.0:
+        return dataset
+    from raysl.data.subset import KeepFraction
+
+    return dataset.map_batches(KeepFraction(cfg.data.fraction, cfg.seed), batch_format="pyarrow", num_cpus=0)
 
 
 class CropInput:

@@ -50,9 +50,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from raysl import storage
 from raysl.data.manifest import Manifest, ShardInfo, SplitInfo
 from raysl.errors import ConfigError, DataError, ShardError
 
@@ -75,7 +75,7 @@ FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
-_RERUN = "re-run raysl data prepare"
+_RERUN = "re-run raysl data prepare into a new --out (or delete the old folder first)"
 _SHARD_NAME = re.compile(r"^(train|val)-\d{5}\.parquet$")
 
 
@@ -114,14 +114,14 @@ def prepare(
     if max_side is not None or quality is not None or strict or workers is not None:
         raise ConfigError("--max-side, --quality, --strict and --workers apply to imagefolder only; drop them")
     shard_rows = 10_000 if shard_rows is None else shard_rows
-    fs, root, _ = _resolve(out)
-    _refuse_existing(fs, root, out)
+    loc = storage.resolve(out)
+    _refuse_existing(loc, out)
     data = _load_source(source, path)
     splits, split_from = _split_rows(data, val_fraction, seed)
     encoding = "raw" if max(data.height, data.width) <= RAW_MAX_SIDE else "png"
 
-    fs.create_dir(root, recursive=True)
-    _remove_stale_shards(fs, root)
+    storage.make_dirs(loc)
+    _remove_stale_shards(loc)
     stats = _ChannelStats(data.channels)
     split_infos = {}
     for name, rows in splits.items():
@@ -133,7 +133,7 @@ def prepare(
                 stats.add(images)
             labels = None if data.labels is None else data.labels[indices]
             table = _shard_table(images, labels, indices, encoding)
-            shards.append(_write_shard(fs, root, f"{name}-{number:05d}.parquet", table))
+            shards.append(_write_shard(loc, f"{name}-{number:05d}.parquet", table))
         split_infos[name] = SplitInfo(rows=len(rows), shards=tuple(shards))
 
     mean, std = stats.result()
@@ -154,27 +154,26 @@ def prepare(
         split_from=split_from,
         splits=split_infos,
     )
-    _write_manifest(fs, root, manifest)
+    _write_manifest(loc, manifest)
     return manifest
 
 
 def load_manifest(out: str) -> Manifest:
     """Read ``OUT/manifest.json``; raise DataError if it is missing or invalid."""
-    fs, root, _ = _resolve(out)
-    location = f"{root}/{MANIFEST_FILE}"
-    if fs.get_file_info(location).type != pafs.FileType.File:
+    text = storage.read_bytes(storage.join(out, MANIFEST_FILE), missing_ok=True)
+    if text is None:
         raise DataError(f"no {MANIFEST_FILE} in {out}; run raysl data prepare first")
-    with fs.open_input_stream(location) as stream:
-        return Manifest.from_json(stream.read())
+    return Manifest.from_json(text)
 
 
-def verify_shards(out: str, manifest: Manifest | None = None) -> None:
-    """Check every shard exists with the recorded size and sha256; raise ShardError naming the file."""
+def verify_shards(out: str, manifest: Manifest | None = None, *, checksums: bool = True) -> None:
+    """Check every shard exists with the recorded size (and sha256 unless ``checksums=False``, which
+    reads nothing); raise ShardError naming the file."""
     manifest = manifest or load_manifest(out)
-    fs, root, _ = _resolve(out)
+    loc = storage.resolve(out)
     for split in manifest.splits.values():
         for shard in split.shards:
-            _read_verified(fs, root, out, shard)
+            _read_verified(loc, out, shard, checksum=checksums)
 
 
 def read_split(
@@ -197,8 +196,8 @@ def read_split(
         images = [np.zeros((0, size, size, manifest.channels), np.uint8)] + [b[0] for b in batches]
         labels = [np.zeros(0, np.int64)] + [b[1] for b in batches if b[1] is not None]
         return np.concatenate(images), (np.concatenate(labels) if manifest.labeled else None)
-    fs, root, _ = _resolve(out)
-    payloads = [_read_verified(fs, root, out, shard) for shard in info.shards]
+    loc = storage.resolve(out)
+    payloads = [_read_verified(loc, out, shard) for shard in info.shards]
     images = [np.zeros((0, *manifest.image_shape), np.uint8)]
     labels = [np.zeros(0, np.int64)]
     for shard, payload in zip(info.shards, payloads):
@@ -228,12 +227,12 @@ def iter_split(
     info = _split_info(manifest, split)
     if size is not None or manifest.encoding == "encoded":
         size = _eval_size(manifest, size)
-    fs, root, _ = _resolve(out)
+    loc = storage.resolve(out)
     images: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     buffered = 0
     for shard in info.shards:
-        table = _parse_shard(_read_verified(fs, root, out, shard), shard)
+        table = _parse_shard(_read_verified(loc, out, shard), shard)
         shard_labels = table.column("label").fill_null(-1).to_numpy().astype(np.int64)
         for start in range(0, table.num_rows, batch_rows):
             rows = table.slice(start, batch_rows)
@@ -284,7 +283,7 @@ def _eval_size(manifest: Manifest, size: int | None) -> int:
 def shard_uris(out: str, split: str, manifest: Manifest | None = None) -> list[str]:
     """Full paths (local) or URIs (remote) of a split's shards, for ``ray.data.read_parquet``."""
     manifest = manifest or load_manifest(out)
-    _, _, prefix = _resolve(out)
+    prefix = storage.resolve(out).uri
     return [f"{prefix}/{shard.file}" for shard in _split_info(manifest, split).shards]
 
 
@@ -691,55 +690,39 @@ def _arrow_binary_bytes(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.frombuffer(array.buffers()[2], np.uint8)[offsets[0] : offsets[-1]].copy()
 
 
-def _write_shard(fs: pafs.FileSystem, root: str, name: str, table: pa.Table) -> ShardInfo:
-    """Serialise in memory first so the checksum is of exactly the bytes written."""
+def _write_shard(loc: storage.Location, name: str, table: pa.Table) -> ShardInfo:
+    """Serialise in memory first so the checksum is of exactly the bytes written; written atomically."""
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     payload = sink.getvalue()
-    with fs.open_output_stream(f"{root}/{name}") as stream:
-        stream.write(payload)
+    storage.write_atomic(loc.join(name), payload.to_pybytes())
     digest = hashlib.sha256(memoryview(payload)).hexdigest()
     return ShardInfo(file=name, rows=table.num_rows, bytes=payload.size, sha256=digest)
 
 
-def _write_manifest(fs: pafs.FileSystem, root: str, manifest: Manifest) -> None:
-    """Write under a temporary name, then move: readers see no manifest or a complete one."""
-    temporary = f"{root}/{MANIFEST_FILE}.tmp"
-    with fs.open_output_stream(temporary) as stream:
-        stream.write(manifest.to_json().encode())
-    fs.move(temporary, f"{root}/{MANIFEST_FILE}")
+def _write_manifest(loc: storage.Location, manifest: Manifest) -> None:
+    """Written last and atomically: readers see no manifest or a complete one."""
+    storage.write_atomic(loc.join(MANIFEST_FILE), manifest.to_json())
 
 
 # --------------------------------------------------------------------------- locations and reading
 
 
-def _resolve(out: str) -> tuple[pafs.FileSystem, str, str]:
-    """(filesystem, root path inside it, prefix for URIs handed to Ray) for a local path or URI."""
-    if "://" not in out:
-        root = os.path.abspath(out)
-        return pafs.LocalFileSystem(), root, root
-    try:
-        fs, root = pafs.FileSystem.from_uri(out)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as err:
-        raise ConfigError(f"cannot open {out} ({err}); use a local path or an s3:// / gs:// URI") from None
-    return fs, root.rstrip("/"), out.rstrip("/")
-
-
-def _refuse_existing(fs: pafs.FileSystem, root: str, out: str) -> None:
-    if fs.get_file_info(f"{root}/{MANIFEST_FILE}").type != pafs.FileType.NotFound:
+def _refuse_existing(loc: storage.Location, out: str) -> None:
+    if storage.exists(loc.join(MANIFEST_FILE)):
         raise DataError(
             f"{out} already holds a prepared dataset ({MANIFEST_FILE}); pick another --out or delete it"
         )
-    if fs.get_file_info(root).type == pafs.FileType.File:
+    if storage.is_file(loc):
         raise ConfigError(f"--out {out} is a file; point it at a folder")
 
 
-def _remove_stale_shards(fs: pafs.FileSystem, root: str) -> None:
-    """Drop shards an interrupted earlier prepare left behind, so OUT holds exactly one dataset."""
-    for entry in fs.get_file_info(pafs.FileSelector(root)):
-        leftover = _SHARD_NAME.match(entry.base_name) or entry.base_name == f"{MANIFEST_FILE}.tmp"
-        if entry.type == pafs.FileType.File and leftover:
-            fs.delete_file(entry.path)
+def _remove_stale_shards(loc: storage.Location) -> None:
+    """Drop shards (and temporaries) an interrupted earlier prepare left behind, so OUT holds exactly one dataset."""
+    for name, is_dir in storage.list_dir(loc):
+        if not is_dir and (_SHARD_NAME.match(name) or name == f"{MANIFEST_FILE}.tmp"):
+            storage.remove(loc.join(name))
+    storage.remove_temporaries(loc)
 
 
 def _split_info(manifest: Manifest, split: str) -> SplitInfo:
@@ -748,18 +731,19 @@ def _split_info(manifest: Manifest, split: str) -> SplitInfo:
     return manifest.splits[split]
 
 
-def _read_verified(fs: pafs.FileSystem, root: str, out: str, shard: ShardInfo) -> bytes:
-    location = f"{root}/{shard.file}"
-    info = fs.get_file_info(location)
-    if info.type != pafs.FileType.File:
+def _read_verified(loc: storage.Location, out: str, shard: ShardInfo, checksum: bool = True) -> bytes:
+    location = loc.join(shard.file)
+    found = storage.size(location)
+    if found is None:
         raise ShardError(f"shard {shard.file} is missing from {out}; {_RERUN}")
-    if info.size != shard.bytes:
+    if found != shard.bytes:
         raise ShardError(
-            f"shard {shard.file}: {info.size} bytes, expected {shard.bytes} "
+            f"shard {shard.file}: {found} bytes, expected {shard.bytes} "
             f"(file changed or truncated); {_RERUN}"
         )
-    with fs.open_input_stream(location) as stream:
-        payload = stream.read()
+    if not checksum:
+        return b""
+    payload = storage.read_bytes(location)
     if hashlib.sha256(payload).hexdigest() != shard.sha256:
         raise ShardError(f"shard {shard.file}: sha256 mismatch (file changed or truncated); {_RERUN}")
     return payload

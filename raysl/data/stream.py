@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from raysl.data.shards import decode_images
+from raysl.data.subset import filter_batch
 
 
 def to_device_batch(batch: dict[str, np.ndarray], manifest: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,8 +47,10 @@ class TrainBatches:
         seed: int,
         rank: int,
         crop_input: Any = None,
+        fraction: float = 1.0,
     ):
         self.data_iterator = data_iterator
+        self.fraction = fraction  # data.fraction: rows outside the seeded subset are dropped (data/subset.py)
         self.crop_input = crop_input  # real-size images: batch -> one uint8 tensor per view
         self.manifest = manifest
         self.batch_size = batch_size
@@ -93,6 +96,10 @@ class TrainBatches:
         pending: list[tuple[Any, torch.Tensor]] = []
         pending_rows = 0
         for batch in self.data_iterator.iter_batches(batch_size=self.batch_size, batch_format="numpy", prefetch_batches=2):
+            if self.fraction < 1.0:
+                batch = filter_batch(batch, self.fraction, self.seed)
+                if not len(batch["index"]):
+                    continue
             x, idx = self._convert(batch)
             if keep:
                 cached_bytes += x.numel()

@@ -47,6 +47,23 @@ def build_method(cfg: RunConfig, in_channels: int, num_samples: int | None = Non
 
         raise ConfigError(f"method.name: {name!r} is not implemented yet; available: {', '.join(METHODS)}")
     cls = METHODS[name]
+    method_cfg = ema_scaled_method_config(cfg)
     if num_samples is not None and "num_samples" in inspect.signature(cls.__init__).parameters:
-        return cls(cfg.method, cfg.model, in_channels, num_samples=num_samples)
-    return cls(cfg.method, cfg.model, in_channels)
+        return cls(method_cfg, cfg.model, in_channels, num_samples=num_samples)
+    return cls(method_cfg, cfg.model, in_channels)
+
+
+def ema_scaled_method_config(cfg: RunConfig):
+    """``cfg.method`` with its EMA momenta raised to ``kappa = batch_size / optim.ema_reference_batch``.
+
+    Busbridge et al. 2023 (``raysl.scaling_laws.scaled_ema``); unchanged when
+    ``optim.ema_reference_batch`` is unset or the method has no EMA teacher.
+    """
+    from raysl.scaling_laws import scaled_ema
+
+    reference = cfg.optim.ema_reference_batch
+    if reference is None or not hasattr(cfg.method, "ema_base"):
+        return cfg.method
+    kappa = cfg.optim.batch_size / reference
+    return cfg.method.model_copy(update={"ema_base": scaled_ema(cfg.method.ema_base, kappa),
+                                         "ema_final": scaled_ema(cfg.method.ema_final, kappa)})

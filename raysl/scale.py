@@ -1,0 +1,454 @@
+"""`raysl scale`: a grid of small runs as one Ray Tune experiment, then scaling-law fits.
+
+A scaling file::
+
+    base:                    # a complete run config (what `raysl train` accepts)
+      ...
+    grid:                    # axes, each a list; every combination is one run
+      model.width: [4, 8, 16]
+      data.fraction: [0.25, 0.5, 1.0]
+      optim.batch_size: [64, 128]      # optional: a critical-batch-size fit per group
+      optim.epochs: [5]
+    fit:                     # all optional
+      metric: knn_acc        # error = 1 - metric
+      predict: [{model.width: 64}, {compute: 1e15}]
+      level: 0.9             # interval level
+      bootstrap: 500         # bootstrap refits
+      target_error: 0.05     # critical batch size: steps to reach this error (default: one every run reaches)
+      budgets: [1e13, 1e14]  # compute-optimal frontier at these FLOPs (default: 1x, 10x, 100x the largest run)
+    tune:                    # all optional
+      max_concurrent: 2
+      max_failures: 2
+      seed: 0
+
+The grid runs through ``raysl tune``'s own machinery (the same trainable,
+Tuner, storage layout, interruption and ``--resume``) as a search space with
+one ``choice`` per axis, Optuna's grid sampler and no early stopping
+(``scheduler: fifo``). Every report carries the run's training FLOPs
+(``flops``, counted by :mod:`raysl.flops`), backbone parameters (``n_params``)
+and training images seen (``train_images``) beside Tune's wall time. At the
+end the pure fits of :mod:`raysl.scaling_laws` run on the finished runs and
+``scaling.json`` is written into the experiment folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import math
+import sys
+import time
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from raysl import scaling_laws as laws
+from raysl.config import RunConfig, build_config, format_validation_error, parse_override, read_yaml, set_dotted
+from raysl.errors import ConfigError
+
+SCALING_FILE = "raysl_scaling.yaml"
+RESULT_FILE = "scaling.json"
+GRID_AXES = ("model.width", "model.backbone", "data.fraction", "optim.batch_size", "optim.epochs")
+# --predict width=64: short names for the grid axes
+SHORT_KEYS = {"width": "model.width", "backbone": "model.backbone", "fraction": "data.fraction",
+              "batch_size": "optim.batch_size", "epochs": "optim.epochs", "compute": "compute", "flops": "compute"}
+
+
+class FitSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = "knn_acc"
+    predict: list[dict[str, Any]] = Field(default_factory=list)
+    level: float = Field(laws.DEFAULT_LEVEL, gt=0.0, lt=1.0)
+    bootstrap: int = Field(laws.DEFAULT_BOOTSTRAP, ge=20, le=100_000)
+    seed: int = Field(0, ge=0)
+    target_error: float | None = Field(None, gt=0.0, lt=1.0)
+    budgets: list[float] | None = None
+
+
+class ScaleTuneSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_concurrent: int | None = Field(None, ge=1)
+    max_failures: int = Field(2, ge=0)
+    seed: int = Field(0, ge=0)
+
+
+class ScalingSpec(BaseModel):
+    base: dict
+    grid: dict[str, list]
+    fit: FitSettings
+    tune: ScaleTuneSettings
+    source: str
+    mode: Literal["max"] = "max"
+
+    def space_dict(self) -> dict:
+        """The search space this grid runs as (see the module docstring)."""
+        return {
+            "base": self.base,
+            "search": {key: {"choice": list(values)} for key, values in self.grid.items()},
+            "tune": {"sampler": "grid", "scheduler": "fifo", "metric": self.fit.metric, "mode": "max",
+                     "seed": self.tune.seed, "max_failures": self.tune.max_failures,
+                     **({"max_concurrent": self.tune.max_concurrent} if self.tune.max_concurrent else {})},
+        }
+
+    def to_yaml_dict(self) -> dict:
+        return {"base": self.base, "grid": self.grid, "fit": self.fit.model_dump(exclude_none=True),
+                "tune": self.tune.model_dump(exclude_none=True)}
+
+
+def _section(model: type[BaseModel], raw: Any, source: str, name: str) -> BaseModel:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {name}: must be a mapping")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(f"{source}: {name}: unknown key {err['loc'][0]!r}; allowed: "
+                              f"{', '.join(model.model_fields)}") from None
+        msg = format_validation_error(exc, source)
+        raise ConfigError(msg.replace(f"{source}: ", f"{source}: {name}.", 1)) from None
+
+
+def predict_point(item: str) -> dict[str, Any]:
+    """``--predict width=64,fraction=1`` / ``--predict compute=1e15`` -> {dotted key: value}."""
+    point: dict[str, Any] = {}
+    for part in item.split(","):
+        key, value = parse_override(part)
+        point[SHORT_KEYS.get(key, key)] = value
+    return point
+
+
+def load_scaling(path: str, overrides: list[str] = (), predictions: list[str] = ()) -> ScalingSpec:
+    """Read and validate a scaling file (``--set`` edits base:, ``--predict`` adds to fit.predict)."""
+    source = str(path)
+    data = read_yaml(path)
+    unknown = [k for k in data if k not in ("base", "grid", "fit", "tune")]
+    if unknown:
+        raise ConfigError(f"{source}: unknown section {unknown[0]!r}; a scaling file has base:, grid:, fit: and tune:")
+    base = data.get("base")
+    if not isinstance(base, dict):
+        raise ConfigError(f"{source}: needs a 'base:' mapping with the run config (what raysl train accepts)")
+    base = copy.deepcopy(base)
+    for item in overrides:
+        key, value = parse_override(item)
+        base = set_dotted(base, key.removeprefix("base."), value)
+    grid = data.get("grid")
+    if not isinstance(grid, dict) or not grid:
+        raise ConfigError(f"{source}: needs a 'grid:' mapping of axes to lists, e.g. grid: {{model.width: [4, 8, 16], "
+                          "data.fraction: [0.25, 1.0]}}")
+    for key, values in grid.items():
+        if key not in GRID_AXES:
+            raise ConfigError(f"{source}: grid.{key}: not a scaling axis; allowed: {', '.join(GRID_AXES)} "
+                              "(set anything else in base:)")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{source}: grid.{key}: expected a non-empty list, e.g. [4, 8, 16]; got {values!r}")
+        if len(set(map(repr, values))) != len(values):
+            raise ConfigError(f"{source}: grid.{key}: repeated values {values!r}")
+    if "model.width" in grid and "model.backbone" in grid:
+        raise ConfigError(f"{source}: grid: scale model.width or model.backbone, not both")
+    fit = _section(FitSettings, data.get("fit"), source, "fit")
+    tune = _section(ScaleTuneSettings, data.get("tune"), source, "tune")
+    from raysl.space import metric_mode
+
+    try:
+        mode = metric_mode(fit.metric)
+    except KeyError:
+        mode = None
+    if mode != "max" or "acc" not in fit.metric:
+        raise ConfigError(f"{source}: fit.metric {fit.metric!r}: the fits need an accuracy (error = 1 - metric); "
+                          "use knn_acc, knn_acc_k200, linear_acc or a projector_ one")
+    fit.predict = list(fit.predict) + [predict_point(p) for p in predictions]
+    for point in fit.predict:
+        for key in point:
+            key = SHORT_KEYS.get(key, key)
+            if key != "compute" and key not in GRID_AXES:
+                raise ConfigError(f"{source}: fit.predict: {key!r}: predict at compute=... or at grid axes "
+                                  f"({', '.join(GRID_AXES)})")
+    fit.predict = [{SHORT_KEYS.get(k, k): v for k, v in p.items()} for p in fit.predict]
+    return ScalingSpec(base=base, grid=grid, fit=fit, tune=tune, source=source)
+
+
+# --------------------------------------------------------------------------
+# per-trial values (run inside each Tune trial: a module-level function pickles)
+
+
+def trial_flops(cfg: RunConfig, data_dir: str) -> dict[str, Any]:
+    """``flops`` (training FLOPs of the whole run), ``n_params`` (backbone), ``train_images`` (D)."""
+    from raysl.data.pipeline import global_crop_size
+    from raysl.data.shards import load_manifest
+    from raysl.data.subset import train_rows
+    from raysl.flops import run_flops
+
+    manifest = load_manifest(data_dir)
+    rows = train_rows(data_dir, manifest, cfg.data.fraction, cfg.seed)
+    counted = run_flops(cfg, manifest.channels, global_crop_size(cfg, manifest), rows)
+    return {"flops": counted["flops"], "n_params": counted["params"], "n_params_heads": counted["params_heads"],
+            "train_images": counted["images"], "train_rows": rows,
+            "forward_flops_per_image": counted["forward_flops_per_image"]}
+
+
+# --------------------------------------------------------------------------
+# collecting the runs and fitting
+
+
+def collect_runs(experiment: str, metric: str, grid_keys: list[str]) -> tuple[list[dict], list[dict]]:
+    """(finished runs, the others) from the experiment folder: one dict per trial."""
+    from raysl.results import load_experiments
+
+    exp = load_experiments(experiment)[0]
+    history = exp.history
+    runs, others = [], []
+    for _, trial in exp.trials.iterrows():
+        rows = history[history["trial_id"] == trial["trial_id"]] if not history.empty else history
+        config = trial["config"] or {}
+        run: dict[str, Any] = {"trial_id": trial["trial_id"], "status": trial["status"],
+                               "config": {k: config.get(k) for k in grid_keys}}
+        if rows.empty or trial["status"] != "finished":
+            others.append(run)
+            continue
+        last = rows.iloc[-1]
+        value = last.get(metric)
+        if value is None or not math.isfinite(float(value)):
+            others.append(run)
+            continue
+        curve = rows[["step", metric]].dropna() if "step" in rows else rows.iloc[0:0]
+        run.update({
+            metric: float(value), "error": 1.0 - float(value),
+            "flops": float(last.get("flops")), "n_params": int(last.get("n_params")),
+            "train_images": int(last.get("train_images")), "epochs": int(last.get("epoch") or 0),
+            "wall_time_s": _number(trial["wall_time_s"]),
+            "curve": [[float(s), 1.0 - float(v)] for s, v in curve.drop_duplicates("step").itertuples(index=False)],
+        })
+        runs.append(run)
+    return runs, others
+
+
+def _number(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _compute_frontier(runs: list[dict]) -> list[dict]:
+    """Runs no other run beats with less or equal compute (Kaplan et al.'s compute-efficient frontier)."""
+    out = []
+    for r in sorted(runs, key=lambda r: (r["flops"], r["error"])):
+        if not out or r["error"] < out[-1]["error"]:
+            out.append(r)
+    return out
+
+
+def fit_all(runs: list[dict], spec: ScalingSpec, point_values) -> dict[str, Any]:
+    """Every fit the runs support, and the predictions. ``point_values(point) -> (N, D, C)``."""
+    fit = spec.fit
+    kw = {"n_bootstrap": fit.bootstrap, "level": fit.level, "seed": fit.seed}
+    result: dict[str, Any] = {"notes": []}
+    frontier = _compute_frontier(runs)
+    points = frontier if len(frontier) >= 4 and len({r["flops"] for r in frontier}) >= 3 else runs
+    compute_fit = None
+    try:
+        compute_fit = laws.fit_compute_law([r["flops"] for r in points], [r["error"] for r in points], **kw)
+        result["compute"] = {**compute_fit.to_dict(), "points": "frontier" if points is frontier else "all runs",
+                             "runs": [r["trial_id"] for r in points]}
+    except ValueError as exc:
+        result["notes"].append(f"E(C) not fitted: {exc}")
+    model_data_fit = None
+    try:
+        model_data_fit = laws.fit_model_data_law([r["n_params"] for r in runs], [r["train_images"] for r in runs],
+                                                 [r["error"] for r in runs], **kw)
+        result["model_data"] = {**model_data_fit.to_dict(), "N": "backbone parameters",
+                                "D": "training images seen (rows x epochs)"}
+    except ValueError as exc:
+        result["notes"].append(f"E(N, D) not fitted: {exc}")
+    if model_data_fit is not None:
+        k = laws.flops_per_param_example([r["flops"] for r in runs], [r["n_params"] for r in runs],
+                                         [r["train_images"] for r in runs])
+        biggest = max(r["flops"] for r in runs)
+        budgets = fit.budgets or [biggest, 10 * biggest, 100 * biggest]
+        result["frontier"] = {"k": k, "formula": "C = k N D; N_opt = G (C/k)^(beta/(alpha+beta))",
+                              "points": laws.compute_optimal_frontier(model_data_fit, budgets, k)}
+    if "optim.batch_size" in spec.grid and len(spec.grid["optim.batch_size"]) >= 2:
+        result["critical_batch"] = _critical_batch(runs, spec)
+    predictions = []
+    for point in fit.predict:
+        entry: dict[str, Any] = {"point": point}
+        if "compute" in point:
+            c = float(point["compute"])
+            entry["compute"] = c
+        else:
+            n, d, c = point_values(point)
+            entry.update({"n_params": n, "train_images": d, "compute": c})
+            if model_data_fit is not None:
+                entry["error_model_data"] = list(laws.predict(model_data_fit, N=n, D=d))
+        if compute_fit is not None:
+            entry["error_compute"] = list(laws.predict(compute_fit, C=entry["compute"]))
+        predictions.append(entry)
+    result["predictions"] = predictions
+    return result
+
+
+def _critical_batch(runs: list[dict], spec: ScalingSpec) -> list[dict]:
+    """One McCandlish fit per group of runs that differ only in batch size."""
+    others = [k for k in spec.grid if k != "optim.batch_size"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(tuple(repr(r["config"].get(k)) for k in others), []).append(r)
+    out = []
+    for key, members in groups.items():
+        label = {k: members[0]["config"].get(k) for k in others}
+        if len({m["config"]["optim.batch_size"] for m in members}) < 2:
+            continue
+        target = spec.fit.target_error or max(min(e for _, e in m["curve"]) for m in members if m["curve"])
+        batches, steps = [], []
+        for m in members:
+            s = laws.steps_to_target([p[0] for p in m["curve"]], [p[1] for p in m["curve"]], target)
+            if s is not None and s > 0:
+                batches.append(m["config"]["optim.batch_size"])
+                steps.append(s)
+        entry: dict[str, Any] = {"group": label, "target_error": target,
+                                 "runs": [{"batch_size": b, "steps": s} for b, s in zip(batches, steps)]}
+        try:
+            entry.update(laws.fit_critical_batch(batches, steps, n_bootstrap=spec.fit.bootstrap, level=spec.fit.level,
+                                                 seed=spec.fit.seed).to_dict())
+        except ValueError as exc:
+            entry["note"] = str(exc)
+        out.append(entry)
+    return out
+
+
+# --------------------------------------------------------------------------
+# printing
+
+
+def _g(x: Any) -> str:
+    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.4g}"
+
+
+def format_report(result: dict, level: float) -> str:
+    pct = f"{100 * level:g}%"
+    lines = []
+    for key in ("compute", "model_data"):
+        fit = result.get(key)
+        if not fit:
+            continue
+        extra = f", fitted on {fit['points']}" if key == "compute" else f" (N = {fit['N']}, D = {fit['D']})"
+        lines.append(f"{fit['formula']}: {fit['n_runs']} runs{extra}, rms log residual {fit['rmse_log']:.3g}")
+        for name, value in fit["params"].items():
+            lo, hi = fit["intervals"][name]
+            lines.append(f"  {name:6s} = {_g(value):>10s}   {pct} [{_g(lo)}, {_g(hi)}]")
+    frontier = result.get("frontier")
+    if frontier:
+        lines.append(f"compute-optimal frontier (C = k N D, k = {frontier['k']:.4g} FLOPs per parameter per image):")
+        for p in frontier["points"]:
+            lo, hi = p["N_opt_interval"] or (None, None)
+            lines.append(f"  C = {p['compute']:.3g}: N_opt = {_g(p['N_opt'])} [{_g(lo)}, {_g(hi)}], "
+                         f"D_opt = {_g(p['D_opt'])}, error {_g(p['E_opt'])}")
+    for cb in result.get("critical_batch", []):
+        if "B_crit" in cb:
+            lo, hi = cb["intervals"]["B_crit"]
+            lines.append(f"critical batch size {cb['group']} at error {cb['target_error']:.3g}: B_crit = "
+                         f"{_g(cb['B_crit'])} {pct} [{_g(lo)}, {_g(hi)}], S_min = {_g(cb['S_min'])}, "
+                         f"E_min = {_g(cb['E_min'])}")
+        else:
+            lines.append(f"critical batch size {cb['group']}: not fitted ({cb.get('note')})")
+    for p in result.get("predictions", []):
+        where = ", ".join(f"{k}={v}" for k, v in p["point"].items())
+        parts = []
+        for key, label in (("error_model_data", "E(N, D)"), ("error_compute", "E(C)")):
+            if key in p:
+                med, lo, hi = p[key]
+                parts.append(f"{label} {_g(med)} [{_g(lo)}, {_g(hi)}]")
+        lines.append(f"predict {where} (C = {_g(p.get('compute'))} FLOPs): error " + ("; ".join(parts) or "no fit"))
+    lines += [f"note: {n}" for n in result.get("notes", [])]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# entry point
+
+
+def scale_main(args) -> int:
+    from raysl import storage
+    from raysl.data.pipeline import global_crop_size
+    from raysl.data.shards import load_manifest
+    from raysl.data.subset import train_rows
+    from raysl.flops import run_flops
+    from raysl.launch import resolve_data_dir
+    from raysl.search import _absolute_data_path, _experiment_name, _storage, tune_main
+    from raysl.space import space_from_dict
+
+    spec = load_scaling(args.file, args.overrides, args.predict)
+    space = space_from_dict(spec.space_dict(), spec.source)
+    grid_size = math.prod(len(v) for v in spec.grid.values())
+    for combo in itertools.product(*spec.grid.values()):  # every run's config is valid before Ray starts
+        tree = spec.base
+        for key, value in zip(spec.grid, combo):
+            tree = set_dotted(tree, key, value)
+        build_config(tree, f"{spec.source}: grid point {dict(zip(spec.grid, combo))}")
+    space.tune.num_samples = grid_size
+    name = _experiment_name(args, args.file)
+    experiment = storage.join_uri(_storage(args), name)
+    args.space, args.num_samples = args.file, None
+    args.wandb = getattr(args, "wandb", False)
+    print(f"[raysl] scale: {grid_size} runs ({' x '.join(f'{len(v)} {k}' for k, v in spec.grid.items())}), "
+          f"no early stopping; then fits of 1 - {spec.fit.metric}", file=sys.stderr, flush=True)
+    code = tune_main(args, space=space, extra_metrics=trial_flops)
+    storage.write_atomic(storage.join_uri(experiment, SCALING_FILE), yaml.safe_dump(spec.to_yaml_dict(),
+                                                                                   sort_keys=False), option="--storage")
+    if code != 0:
+        if code == 130:
+            print("[raysl] scale: fits run once every run has finished (resume with --resume)", file=sys.stderr)
+        return code
+
+    runs, others = collect_runs(experiment, spec.fit.metric, list(spec.grid))
+    base = build_config(_absolute_data_path(spec.base), spec.source)
+    data_dir = resolve_data_dir(base)
+    manifest = load_manifest(data_dir)
+
+    def point_values(point: dict) -> tuple[float, float, float]:
+        tree = _absolute_data_path(spec.base)
+        for key, value in point.items():
+            tree = set_dotted(tree, key, value)
+        cfg = build_config(tree, f"{spec.source}: fit.predict {point}")
+        rows = train_rows(data_dir, manifest, cfg.data.fraction, cfg.seed)
+        counted = run_flops(cfg, manifest.channels, global_crop_size(cfg, manifest), rows)
+        return float(counted["params"]), float(counted["images"]), float(counted["flops"])
+
+    result = fit_all(runs, spec, point_values)
+    out = {"experiment": experiment, "metric": spec.fit.metric, "error": f"1 - {spec.fit.metric}",
+           "level": spec.fit.level, "grid": spec.grid, "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+           "runs": runs, "not_used": others, **result}
+    where = storage.join_uri(experiment, RESULT_FILE)
+    storage.write_atomic(where, json.dumps(_json_safe(out), indent=1), option="--storage")
+    print(format_report(result, spec.fit.level), file=sys.stderr, flush=True)
+    summary = {"experiment": experiment, "scaling_json": where, "runs": len(runs), "not_used": len(others)}
+    for key in ("compute", "model_data"):
+        if key in result:
+            summary[key] = result[key]["params"]
+    summary["predictions"] = result["predictions"]
+    print(json.dumps(_json_safe(summary)), flush=True)
+    return 0
+
+
+def _json_safe(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _json_safe(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(float(value)) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

@@ -1,0 +1,524 @@
+"""Pure scaling-law fits: numpy and scipy only, no Ray, no torch.
+
+Every function here takes plain arrays of per-run numbers and returns plain
+numbers, so each is tested on synthetic data drawn from a known law.
+
+- :func:`fit_compute_law`: ``E(C) = E_inf + a * C^-b`` (saturating power law in
+  compute; Kaplan et al. 2020, "Scaling Laws for Neural Language Models";
+  Henighan et al. 2020 for the irreducible term).
+- :func:`fit_model_data_law`: ``E(N, D) = E_inf + A / N^alpha + B / D^beta``
+  (Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models",
+  approach 3).
+- :func:`predict`: the fitted curve at new points with a bootstrap interval.
+- :func:`compute_optimal_frontier`: the best model size per compute budget
+  from ``E(N, D)`` with ``C = k N D`` (Hoffmann et al. 2022, eq. 4).
+- :func:`fit_critical_batch`: ``(S / S_min - 1)(E / E_min - 1) = 1`` and
+  ``B_crit = E_min / S_min`` (McCandlish et al. 2018, "An Empirical Model of
+  Large-Batch Training", eq. 2.11); :func:`steps_to_target` reads S from a run.
+- :func:`gradient_noise_scale`: ``B_simple = tr(Sigma) / |G|^2`` from gradient
+  norms at two batch sizes (McCandlish et al. 2018, appendix A.1).
+- :func:`scaled_lr`, :func:`scaled_ema`: batch-size rules for the learning
+  rate (linear, Goyal et al. 2017; square root, Krizhevsky 2014 and Malladi
+  et al. 2022 for Adam) and for EMA momenta (Busbridge et al. 2023, "How to
+  Scale Your EMA").
+
+Intervals are bootstrap percentile intervals over runs: resample the runs with
+replacement, refit, take the percentiles (seeded, so a fit is repeatable).
+They are confidence intervals of the fitted curve and constants, not
+prediction intervals for one new noisy run. With few runs they are too
+narrow: on synthetic data with 8-10 runs a nominal 90% interval held the
+truth in about 80-90% of data sets (tests/test_scaling_laws.py counts it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+from scipy.optimize import least_squares, nnls
+
+DEFAULT_LEVEL = 0.9
+DEFAULT_BOOTSTRAP = 500
+
+
+# --------------------------------------------------------------------------
+# fitted laws
+
+
+@dataclass
+class LawFit:
+    """A fitted law: point estimates, bootstrap samples of the constants, interval level.
+
+    ``law`` is ``"compute"`` (constants ``E_inf, a, b``) or ``"model_data"``
+    (``E_inf, A, alpha, B, beta``). ``samples`` holds one row of constants per
+    bootstrap refit (in the order of ``names``). ``rmse_log`` is the fit's root
+    mean squared residual of ``log E`` (about the relative error of the fit).
+    """
+
+    law: str
+    names: tuple[str, ...]
+    params: dict[str, float]
+    samples: np.ndarray
+    level: float
+    n_runs: int
+    rmse_log: float
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.intervals:
+            self.intervals = {n: _percentiles(self.samples[:, i], self.level) for i, n in enumerate(self.names)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "law": self.law,
+            "formula": FORMULAS[self.law],
+            "params": dict(self.params),
+            "intervals": {k: list(v) for k, v in self.intervals.items()},
+            "level": self.level,
+            "n_runs": self.n_runs,
+            "n_bootstrap": int(len(self.samples)),
+            "rmse_log": self.rmse_log,
+        }
+
+
+FORMULAS = {
+    "compute": "E(C) = E_inf + a * C^-b",
+    "model_data": "E(N, D) = E_inf + A / N^alpha + B / D^beta",
+}
+
+
+def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return (math.nan, math.nan)
+    tail = 50.0 * (1.0 - level)
+    lo, hi = np.percentile(values, [tail, 100.0 - tail])
+    return float(lo), float(hi)
+
+
+def _positive(name: str, values: Any) -> np.ndarray:
+    arr = np.asarray(values, dtype=float).ravel()
+    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(f"{name} must be finite and > 0, got {arr}")
+    return arr
+
+
+# The laws are fitted in normalised units (x / geometric mean of x) with the scale
+# of each power term as a log: the problem is then well conditioned whatever the
+# units of C, N or D (FLOPs of 1e15 next to exponents of 0.3). Residuals are of
+# log E, so every run weighs by its relative error, as Hoffmann et al. fit.
+
+
+def _compute_model(theta: np.ndarray, u: np.ndarray) -> np.ndarray:
+    e_inf, log_a, b = theta
+    return e_inf + np.exp(log_a - b * u)
+
+
+def _model_data_model(theta: np.ndarray, un: np.ndarray, ud: np.ndarray) -> np.ndarray:
+    e_inf, log_a, alpha, log_b, beta = theta
+    return e_inf + np.exp(log_a - alpha * un) + np.exp(log_b - beta * ud)
+
+
+def _best_of(residual, starts: list[np.ndarray], lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, float]:
+    best, best_cost = None, math.inf
+    for x0 in starts:
+        x0 = np.clip(x0, lower + 1e-12, upper - 1e-12)
+        try:
+            res = least_squares(residual, x0, bounds=(lower, upper), method="trf", x_scale="jac", max_nfev=2000)
+        except (ValueError, FloatingPointError):
+            continue
+        if np.isfinite(res.cost) and res.cost < best_cost:
+            best, best_cost = res.x, float(res.cost)
+    if best is None:
+        raise ValueError("the fit did not converge from any starting point")
+    return best, best_cost
+
+
+def _fit_compute_theta(u: np.ndarray, err: np.ndarray,
+                       extra_start: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    log_err = np.log(err)
+    floor = float(err.min())
+
+    def residual(theta):
+        return np.log(_compute_model(theta, u)) - log_err
+
+    lower = np.array([0.0, -50.0, 1e-4])
+    upper = np.array([floor, 50.0, 5.0])
+    starts = []
+    for frac in (0.0, 0.5, 0.9):
+        for b in (0.1, 0.5, 1.5):
+            e_inf = frac * floor
+            starts.append(np.array([e_inf, float(np.mean(np.log(np.maximum(err - e_inf, 1e-12)))), b]))
+    if extra_start is not None:
+        try:  # a bootstrap refit starts from the full fit: near it, and ten times faster than the grid
+            return _best_of(residual, [extra_start], lower, upper)
+        except ValueError:
+            pass
+    return _best_of(residual, starts, lower, upper)
+
+
+def _fit_model_data_theta(un: np.ndarray, ud: np.ndarray, err: np.ndarray,
+                          extra_start: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    log_err = np.log(err)
+    floor = float(err.min())
+
+    def residual(theta):
+        return np.log(_model_data_model(theta, un, ud)) - log_err
+
+    lower = np.array([0.0, -50.0, 1e-4, -50.0, 1e-4])
+    upper = np.array([floor, 50.0, 5.0, 50.0, 5.0])
+    starts = []
+    for frac in (0.0, 0.5, 0.9):
+        gap = max(float(np.mean(err)) - frac * floor, 1e-6)
+        for alpha, beta in ((0.3, 0.3), (1.0, 0.3), (0.3, 1.0)):
+            half = math.log(gap / 2)
+            starts.append(np.array([frac * floor, half, alpha, half, beta]))
+    if extra_start is not None:
+        try:  # a bootstrap refit starts from the full fit: near it, and ten times faster than the grid
+            return _best_of(residual, [extra_start], lower, upper)
+        except ValueError:
+            pass
+    return _best_of(residual, starts, lower, upper)
+
+
+def _bootstrap(n: int, n_boot: int, seed: int, min_unique: int, refit) -> np.ndarray:
+    """Refit on ``n_boot`` resamples of the ``n`` runs (with replacement); rows of constants."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    attempts = 0
+    while len(rows) < n_boot and attempts < 4 * n_boot:
+        attempts += 1
+        idx = rng.integers(0, n, size=n)
+        if len(np.unique(idx)) < min_unique:
+            continue  # too few distinct runs to pin the constants down: draw again
+        try:
+            rows.append(refit(idx))
+        except ValueError:
+            continue
+    return np.array(rows, dtype=float).reshape(len(rows), -1)
+
+
+def fit_compute_law(compute: Sequence[float], error: Sequence[float], *, n_bootstrap: int = DEFAULT_BOOTSTRAP,
+                    level: float = DEFAULT_LEVEL, seed: int = 0) -> LawFit:
+    """Fit ``E(C) = E_inf + a * C^-b`` to runs (C, E) with bootstrap intervals.
+
+    Kaplan et al. 2020 (eq. 1.3, ``L(C) = (C_c / C)^alpha_C``) with the
+    irreducible term ``E_inf`` of Henighan et al. 2020 ("Scaling Laws for
+    Autoregressive Generative Modeling"). ``E`` is an error in (0, 1], e.g.
+    ``1 - knn_acc``; ``C`` is training FLOPs.
+
+    Least squares on ``log E`` (relative errors) with bounds ``0 <= E_inf <=
+    min(E)``, ``0 < b <= 5``, from a grid of starting points (the best one
+    wins). Needs at least 4 runs for 3 constants.
+    """
+    c = _positive("compute", compute)
+    err = _positive("error", error)
+    if len(c) != len(err):
+        raise ValueError(f"compute and error differ in length ({len(c)} vs {len(err)})")
+    if len(c) < 4 or len(np.unique(c)) < 3:
+        raise ValueError(f"fitting E(C) needs >= 4 runs at >= 3 compute values, got {len(c)} runs")
+    log_c0 = float(np.mean(np.log(c)))
+    u = np.log(c) - log_c0
+    theta, cost = _fit_compute_theta(u, err)
+
+    def to_params(t: np.ndarray) -> np.ndarray:
+        e_inf, log_a, b = t
+        return np.array([e_inf, math.exp(log_a + b * log_c0), b])  # a in the units of C
+
+    def refit(idx: np.ndarray) -> np.ndarray:
+        return to_params(_fit_compute_theta(u[idx], err[idx], extra_start=theta)[0])
+
+    samples = _bootstrap(len(c), n_bootstrap, seed, 3, refit)
+    names = ("E_inf", "a", "b")
+    return LawFit("compute", names, dict(zip(names, map(float, to_params(theta)))), samples, level, len(c),
+                  math.sqrt(2 * cost / len(c)))
+
+
+def fit_model_data_law(params: Sequence[float], data: Sequence[float], error: Sequence[float], *,
+                       n_bootstrap: int = DEFAULT_BOOTSTRAP, level: float = DEFAULT_LEVEL, seed: int = 0) -> LawFit:
+    """Fit ``E(N, D) = E_inf + A / N^alpha + B / D^beta`` to runs (N, D, E) with bootstrap intervals.
+
+    Hoffmann et al. 2022 (Chinchilla), eq. 2 and approach 3: N the model's
+    parameters, D the training examples seen. Least squares on ``log E`` with
+    bounds ``0 <= E_inf <= min(E)``, ``0 < alpha, beta <= 5``, from a grid of
+    starting points. Needs runs that vary N and D both (a grid of model sizes x
+    data fractions) and at least 6 of them for 5 constants.
+    """
+    n = _positive("N", params)
+    d = _positive("D", data)
+    err = _positive("error", error)
+    if not len(n) == len(d) == len(err):
+        raise ValueError(f"N, D and error differ in length ({len(n)}, {len(d)}, {len(err)})")
+    if len(n) < 6 or len(np.unique(n)) < 2 or len(np.unique(d)) < 2:
+        raise ValueError(f"fitting E(N, D) needs >= 6 runs at >= 2 values of N and of D, got {len(n)} runs "
+                         f"({len(np.unique(n))} N, {len(np.unique(d))} D)")
+    log_n0, log_d0 = float(np.mean(np.log(n))), float(np.mean(np.log(d)))
+    un, ud = np.log(n) - log_n0, np.log(d) - log_d0
+    theta, cost = _fit_model_data_theta(un, ud, err)
+
+    def to_params(t: np.ndarray) -> np.ndarray:
+        e_inf, log_a, alpha, log_b, beta = t
+        return np.array([e_inf, math.exp(log_a + alpha * log_n0), alpha, math.exp(log_b + beta * log_d0), beta])
+
+    def refit(idx: np.ndarray) -> np.ndarray:
+        if len(np.unique(n[idx])) < 2 or len(np.unique(d[idx])) < 2:
+            raise ValueError("resample lacks a second N or D")
+        return to_params(_fit_model_data_theta(un[idx], ud[idx], err[idx], extra_start=theta)[0])
+
+    samples = _bootstrap(len(n), n_bootstrap, seed, 5, refit)
+    names = ("E_inf", "A", "alpha", "B", "beta")
+    return LawFit("model_data", names, dict(zip(names, map(float, to_params(theta)))), samples, level, len(n),
+                  math.sqrt(2 * cost / len(n)))
+
+
+def law_value(fit: LawFit, constants: Sequence[float] | dict, *, C: Any = None, N: Any = None,
+              D: Any = None) -> np.ndarray:
+    """The law with the given constants (a row of ``fit.samples`` or ``fit.params``) at points."""
+    values = [constants[k] for k in fit.names] if isinstance(constants, dict) else list(constants)
+    if fit.law == "compute":
+        if C is None:
+            raise ValueError("a compute law is evaluated at C=...")
+        e_inf, a, b = values
+        return e_inf + a * np.asarray(C, dtype=float) ** (-b)
+    if N is None or D is None:
+        raise ValueError("an E(N, D) law is evaluated at N=... and D=...")
+    e_inf, big_a, alpha, big_b, beta = values
+    return e_inf + big_a * np.asarray(N, dtype=float) ** (-alpha) + big_b * np.asarray(D, dtype=float) ** (-beta)
+
+
+def predict(fit: LawFit, *, C: Any = None, N: Any = None, D: Any = None,
+            level: float | None = None) -> tuple[Any, Any, Any]:
+    """(median, lo, hi) of the fitted curve at ``C`` (compute law) or at ``N`` and ``D``.
+
+    Each bootstrap refit is evaluated at the point; the median and the
+    ``level`` percentile interval of those values are returned (scalars for
+    scalar input, arrays otherwise). This is the uncertainty of the curve, not
+    the spread of a single new run around it.
+    """
+    level = fit.level if level is None else level
+    values = np.array([law_value(fit, row, C=C, N=N, D=D) for row in fit.samples])
+    if not len(values):
+        point = law_value(fit, fit.params, C=C, N=N, D=D)
+        return _scalar(point), _scalar(point * np.nan), _scalar(point * np.nan)
+    tail = 50.0 * (1.0 - level)
+    median = np.median(values, axis=0)
+    lo, hi = np.percentile(values, [tail, 100.0 - tail], axis=0)
+    return _scalar(median), _scalar(lo), _scalar(hi)
+
+
+def _scalar(x: Any) -> Any:
+    arr = np.asarray(x, dtype=float)
+    return float(arr) if arr.ndim == 0 else arr
+
+
+# --------------------------------------------------------------------------
+# compute-optimal frontier
+
+
+def flops_per_param_example(compute: Sequence[float], params: Sequence[float], data: Sequence[float]) -> float:
+    """``k`` in ``C = k N D``: the geometric mean of ``C / (N D)`` over the runs.
+
+    For a Transformer k is about 6 (Kaplan et al. 2020); for a convnet at a fixed
+    image size FLOPs per parameter depend on the feature-map sizes, so k is
+    estimated from the runs' counted FLOPs.
+    """
+    c, n, d = (_positive(name, v) for name, v in (("compute", compute), ("N", params), ("D", data)))
+    return float(np.exp(np.mean(np.log(c) - np.log(n) - np.log(d))))
+
+
+def _optimal_n(constants: Sequence[float], budget: np.ndarray, k: float) -> np.ndarray:
+    _, big_a, alpha, big_b, beta = constants
+    log_g = (math.log(alpha * big_a) - math.log(beta * big_b)) / (alpha + beta)
+    return np.exp(log_g + beta / (alpha + beta) * np.log(budget / k))
+
+
+def compute_optimal_frontier(fit: LawFit, budgets: Sequence[float], k: float,
+                             level: float | None = None) -> list[dict[str, Any]]:
+    """The compute-optimal model size per budget from a fitted ``E(N, D)`` with ``C = k N D``.
+
+    Minimising ``A N^-alpha + B D^-beta`` with ``D = C / (k N)`` gives
+    (Hoffmann et al. 2022, eq. 4)::
+
+        N_opt(C) = G (C / k)^(beta / (alpha + beta)),  G = (alpha A / (beta B))^(1 / (alpha + beta))
+        D_opt(C) = C / (k N_opt)
+
+    One dict per budget: ``compute``, ``N_opt``, ``D_opt``, ``E_opt`` (point
+    estimates) and each one's bootstrap interval (``N_opt_interval`` ...).
+    """
+    if fit.law != "model_data":
+        raise ValueError("the compute-optimal frontier needs an E(N, D) fit (fit_model_data_law)")
+    level = fit.level if level is None else level
+    c = _positive("budgets", budgets)
+    point = [fit.params[n] for n in fit.names]
+
+    def frontier(constants) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n_opt = _optimal_n(constants, c, k)
+        d_opt = c / (k * n_opt)
+        return n_opt, d_opt, law_value(fit, constants, N=n_opt, D=d_opt)
+
+    n_opt, d_opt, e_opt = frontier(point)
+    boot = [frontier(row) for row in fit.samples]
+    out = []
+    for i, budget in enumerate(c):
+        row: dict[str, Any] = {"compute": float(budget), "N_opt": float(n_opt[i]), "D_opt": float(d_opt[i]),
+                               "E_opt": float(e_opt[i])}
+        for j, key in enumerate(("N_opt", "D_opt", "E_opt")):
+            row[f"{key}_interval"] = list(_percentiles(np.array([b[j][i] for b in boot]), level)) if boot else None
+        out.append(row)
+    return out
+
+
+# --------------------------------------------------------------------------
+# critical batch size
+
+
+@dataclass
+class CriticalBatchFit:
+    """``S_min`` (fewest steps), ``E_min`` (fewest examples), ``B_crit = E_min / S_min``, with intervals."""
+
+    S_min: float
+    E_min: float
+    B_crit: float
+    intervals: dict[str, tuple[float, float]]
+    level: float
+    n_runs: int
+
+    def predict_steps(self, batch_size: Any) -> Any:
+        """Steps to the target at ``batch_size``: ``S = S_min (1 + B_crit / B)``."""
+        return _scalar(self.S_min + self.E_min / np.asarray(batch_size, dtype=float))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"formula": "(S / S_min - 1)(E / E_min - 1) = 1, B_crit = E_min / S_min",
+                "S_min": self.S_min, "E_min": self.E_min, "B_crit": self.B_crit,
+                "intervals": {k: list(v) for k, v in self.intervals.items()}, "level": self.level,
+                "n_runs": self.n_runs}
+
+
+def steps_to_target(steps: Sequence[float], errors: Sequence[float], target: float) -> float | None:
+    """The first step where the error reaches ``target``, linearly interpolated; None if it never does."""
+    s = np.asarray(steps, dtype=float)
+    e = np.asarray(errors, dtype=float)
+    order = np.argsort(s)
+    s, e = s[order], e[order]
+    for i in range(len(s)):
+        if e[i] <= target:
+            if i == 0 or e[i - 1] == e[i]:
+                return float(s[i])
+            t = (e[i - 1] - target) / (e[i - 1] - e[i])
+            return float(s[i - 1] + t * (s[i] - s[i - 1]))
+    return None
+
+
+def _critical_batch_solve(inv_b: np.ndarray, s: np.ndarray) -> tuple[float, float]:
+    # S = S_min + E_min / B, each row divided by its S: relative errors, S_min, E_min >= 0
+    design = np.stack([np.ones_like(inv_b), inv_b], axis=1) / s[:, None]
+    (s_min, e_min), _ = nnls(design, np.ones_like(s))
+    return float(s_min), float(e_min)
+
+
+def fit_critical_batch(batch_sizes: Sequence[float], steps: Sequence[float], *, n_bootstrap: int = DEFAULT_BOOTSTRAP,
+                       level: float = DEFAULT_LEVEL, seed: int = 0) -> CriticalBatchFit:
+    """Fit McCandlish et al. 2018's steps/examples trade-off to runs that reached one target error.
+
+    Each run trained at batch size ``B`` and took ``S`` steps (``E = S B``
+    examples) to reach the target. The paper's eq. 2.11,
+    ``(S / S_min - 1)(E / E_min - 1) = 1``, is the same as
+    ``S = S_min + E_min / B``: linear in ``(S_min, E_min)``, solved by
+    non-negative least squares on relative residuals. The critical batch
+    size is ``B_crit = E_min / S_min``: below it doubling the batch nearly
+    halves the steps, above it the steps barely drop. Needs >= 2 batch sizes.
+    """
+    b = _positive("batch_sizes", batch_sizes)
+    s = _positive("steps", steps)
+    if len(b) != len(s):
+        raise ValueError(f"batch_sizes and steps differ in length ({len(b)} vs {len(s)})")
+    if len(np.unique(b)) < 2:
+        raise ValueError("the critical batch size needs runs at >= 2 batch sizes")
+    s_min, e_min = _critical_batch_solve(1.0 / b, s)
+
+    def refit(idx: np.ndarray) -> np.ndarray:
+        if len(np.unique(b[idx])) < 2:
+            raise ValueError("one batch size in the resample")
+        sm, em = _critical_batch_solve(1.0 / b[idx], s[idx])
+        return np.array([sm, em, em / sm if sm > 0 else math.inf])
+
+    samples = _bootstrap(len(b), n_bootstrap, seed, 2, refit)
+    intervals = {name: _percentiles(samples[:, i], level) for i, name in enumerate(("S_min", "E_min", "B_crit"))}
+    return CriticalBatchFit(s_min, e_min, e_min / s_min if s_min > 0 else math.inf, intervals, level, len(b))
+
+
+def gradient_noise_scale(sq_norms_small: Sequence[float], batch_small: int, sq_norms_big: Sequence[float],
+                         batch_big: int) -> dict[str, float]:
+    """``B_simple = tr(Sigma) / |G|^2`` from squared gradient norms at two batch sizes.
+
+    McCandlish et al. 2018, appendix A.1: a mean gradient over ``B`` i.i.d.
+    samples has ``E|G_B|^2 = |G|^2 + tr(Sigma) / B``, so two batch sizes give
+    unbiased estimates::
+
+        |G|^2     = (B_big |G_big|^2 - B_small |G_small|^2) / (B_big - B_small)
+        tr(Sigma) = (|G_small|^2 - |G_big|^2) / (1 / B_small - 1 / B_big)
+
+    ``sq_norms_*`` are ``|G_B|^2`` measured on several batches; they are
+    averaged before the ratio is taken (the ratio of means, as the paper
+    advises: the ratio itself is biased, more so with few batches).
+
+    Where it is biased for SSL: the identity needs the batch loss to be a mean
+    of independent per-sample terms. Losses with in-batch negatives (SimCLR,
+    DCL, MoCo's queue aside), batch statistics (Barlow Twins and VICReg
+    covariances, BatchNorm, DINO's centering) make each sample's gradient
+    depend on the rest of the batch, so ``E|G_B|^2`` is not
+    ``|G|^2 + tr(Sigma) / B`` and the estimate is off by an amount that
+    depends on the loss; read it as a rough scale, and compare it with
+    :func:`fit_critical_batch` on real runs.
+    """
+    if batch_big <= batch_small:
+        raise ValueError(f"batch_big ({batch_big}) must be larger than batch_small ({batch_small})")
+    g_small = float(np.mean(np.asarray(sq_norms_small, dtype=float)))
+    g_big = float(np.mean(np.asarray(sq_norms_big, dtype=float)))
+    g2 = (batch_big * g_big - batch_small * g_small) / (batch_big - batch_small)
+    trace = (g_small - g_big) / (1.0 / batch_small - 1.0 / batch_big)
+    return {"G2": g2, "trace_sigma": trace, "B_simple": trace / g2 if g2 > 0 else math.inf}
+
+
+# --------------------------------------------------------------------------
+# batch-size rules
+
+
+LR_RULES = ("linear", "sqrt", "none")
+
+
+def scaled_lr(lr: float, batch_size: int, rule: str = "linear", reference: int = 256) -> float:
+    """The peak learning rate at ``batch_size`` for ``lr`` given per ``reference`` images.
+
+    - ``linear``: ``lr * B / B_ref`` (Goyal et al. 2017, "Accurate, Large
+      Minibatch SGD"; SimCLR, BYOL and DINO state their lr this way);
+    - ``sqrt``: ``lr * sqrt(B / B_ref)`` (Krizhevsky 2014, "One weird trick";
+      Malladi et al. 2022 derive it for Adam);
+    - ``none``: ``lr``.
+    """
+    if rule == "linear":
+        return lr * batch_size / reference
+    if rule == "sqrt":
+        return lr * math.sqrt(batch_size / reference)
+    if rule == "none":
+        return lr
+    raise ValueError(f"unknown lr scaling rule {rule!r}; use one of {', '.join(LR_RULES)}")
+
+
+def scaled_ema(momentum: float, kappa: float) -> float:
+    """The EMA momentum at a batch ``kappa`` times the reference: ``rho^kappa``.
+
+    Busbridge et al. 2023, "How to Scale Your EMA": with ``kappa`` times
+    larger batches there are ``kappa`` times fewer steps, and an EMA updated
+    once per step follows the same trajectory when its momentum is raised to
+    the power ``kappa`` (together with the linear lr rule for SGD, or the
+    square-root rule for Adam). ``rho = 1`` stays 1.
+    """
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    if kappa <= 0:
+        raise ValueError(f"kappa must be > 0, got {kappa}")
+    return float(momentum ** kappa)
