@@ -42,11 +42,12 @@ import time
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from raysl import scaling_laws as laws
-from raysl.config import RunConfig, build_config, format_validation_error, parse_override, read_yaml, set_dotted
+from raysl.config import RunConfig, build_config, parse_override, read_yaml, set_dotted
 from raysl.errors import ConfigError
+from raysl.space import metric_mode, validate_section
 
 SCALING_FILE = "raysl_scaling.yaml"
 RESULT_FILE = "scaling.json"
@@ -99,22 +100,6 @@ class ScalingSpec(BaseModel):
                 "tune": self.tune.model_dump(exclude_none=True)}
 
 
-def _section(model: type[BaseModel], raw: Any, source: str, name: str) -> BaseModel:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: {name}: must be a mapping")
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        if err["type"] == "extra_forbidden":
-            raise ConfigError(f"{source}: {name}: unknown key {err['loc'][0]!r}; allowed: "
-                              f"{', '.join(model.model_fields)}") from None
-        msg = format_validation_error(exc, source)
-        raise ConfigError(msg.replace(f"{source}: ", f"{source}: {name}.", 1)) from None
-
-
 def predict_point(item: str) -> dict[str, Any]:
     """``--predict width=64,fraction=1`` / ``--predict compute=1e15`` -> {dotted key: value}."""
     point: dict[str, Any] = {}
@@ -152,10 +137,8 @@ def load_scaling(path: str, overrides: list[str] = (), predictions: list[str] = 
             raise ConfigError(f"{source}: grid.{key}: repeated values {values!r}")
     if "model.width" in grid and "model.backbone" in grid:
         raise ConfigError(f"{source}: grid: scale model.width or model.backbone, not both")
-    fit = _section(FitSettings, data.get("fit"), source, "fit")
-    tune = _section(ScaleTuneSettings, data.get("tune"), source, "tune")
-    from raysl.space import metric_mode
-
+    fit = validate_section(FitSettings, data.get("fit"), source, "fit")
+    tune = validate_section(ScaleTuneSettings, data.get("tune"), source, "tune")
     try:
         mode = metric_mode(fit.metric)
     except KeyError:

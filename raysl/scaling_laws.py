@@ -152,8 +152,14 @@ def _fit_compute_theta(u: np.ndarray, err: np.ndarray,
         for b in (0.1, 0.5, 1.5):
             e_inf = frac * floor
             starts.append(np.array([e_inf, float(np.mean(np.log(np.maximum(err - e_inf, 1e-12)))), b]))
+    return _fit_from(residual, starts, lower, upper, extra_start)
+
+
+def _fit_from(residual, starts, lower, upper, extra_start: np.ndarray | None):
+    """Least squares from ``extra_start`` when given (a bootstrap refit starts from the full fit: near it,
+    and ten times faster than the grid of ``starts``), else the best of ``starts``."""
     if extra_start is not None:
-        try:  # a bootstrap refit starts from the full fit: near it, and ten times faster than the grid
+        try:
             return _best_of(residual, [extra_start], lower, upper)
         except ValueError:
             pass
@@ -176,12 +182,7 @@ def _fit_model_data_theta(un: np.ndarray, ud: np.ndarray, err: np.ndarray,
         for alpha, beta in ((0.3, 0.3), (1.0, 0.3), (0.3, 1.0)):
             half = math.log(gap / 2)
             starts.append(np.array([frac * floor, half, alpha, half, beta]))
-    if extra_start is not None:
-        try:  # a bootstrap refit starts from the full fit: near it, and ten times faster than the grid
-            return _best_of(residual, [extra_start], lower, upper)
-        except ValueError:
-            pass
-    return _best_of(residual, starts, lower, upper)
+    return _fit_from(residual, starts, lower, upper, extra_start)
 
 
 def _bootstrap(n: int, n_boot: int, seed: int, min_unique: int, refit) -> np.ndarray:

@@ -461,18 +461,27 @@ def space_from_dict(data: dict, source: str, overrides: list[str] | tuple[str, .
     _validate(params, base, source, {}, ())
     _check_methods(base_config, params, source)
 
-    try:
-        settings = TuneSettings.model_validate(tune_raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        if err["type"] == "extra_forbidden":
-            raise ConfigError(f"{source}: tune: unknown key {err['loc'][0]!r}; allowed: "
-                              f"{', '.join(TuneSettings.model_fields)}") from None
-        msg = format_validation_error(exc, source)
-        raise ConfigError(msg.replace(f"{source}: ", f"{source}: tune.", 1)) from None
+    settings = validate_section(TuneSettings, tune_raw, source, "tune")
     space = SearchSpace(source, base, base_config, params, settings, raw=search_raw)
     _check_tune(space)
     return space
+
+
+def validate_section(model: type, raw: Any, source: str, name: str) -> Any:
+    """A file's top-level section (``tune:``, ``fit:``...) as ``model``; errors name ``source: name.key``."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {name}: must be a mapping")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(f"{source}: {name}: unknown key {err['loc'][0]!r}; allowed: "
+                              f"{', '.join(model.model_fields)}") from None
+        msg = format_validation_error(exc, source)
+        raise ConfigError(msg.replace(f"{source}: ", f"{source}: {name}.", 1)) from None
 
 
 def _check_methods(base_config: RunConfig, params: tuple[Param, ...], source: str) -> None:

@@ -442,7 +442,9 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
         elapsed = time.perf_counter() - start
         images_seen = steps_done * cfg.optim.batch_size * len(views)  # views made, local crops included
         if rank == 0 and epoch == start_epoch and batches.crop_input is not None:
-            ticker.say(f"[raysl] input: {CropInput.SOURCES.get(batches.crop_input.source, 'no batch')}")
+            sizes = ", ".join(str(v.size or norm["out_size"]) for v in views)
+            ticker.say(f"[raysl] input: {CropInput.SOURCES.get(batches.crop_input.source, 'no batch')}; "
+                       f"views of {sizes} px")
 
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,

@@ -350,22 +350,28 @@ def _run_config(shards: str, overrides: list[str]) -> RunConfig:
     return load_config(str(path), overrides)
 
 
+# SimCLR with its two global views; DINO multi-crop as in its paper: 2 global + local crops, each cut by
+# the Ray Data tasks at its own size (64 and 32 px here)
+MULTICROP = ["--set", "method={name: dino}", "--set", "data.local_crops.number=2", "--set", "data.local_crops.size=32"]
+
+
 @pytest.mark.slow
-def test_raysl_train_decodes_jpeg_crops_in_ray_data(jpeg_shards, tmp_path):
+@pytest.mark.parametrize("overrides, sizes", [([], "64, 64"), (MULTICROP, "64, 64, 32, 32")], ids=["simclr", "dino"])
+def test_raysl_train_decodes_jpeg_crops_in_ray_data(jpeg_shards, tmp_path, overrides, sizes):
     config = Path(jpeg_shards).parent / "run.yaml"
     config.write_text(RUN_YAML.replace("PATH", jpeg_shards))
     out = tmp_path / "run"
     ray_tmp = tempfile.mkdtemp(prefix="rsl", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([RAYSL, "train", str(config), "--out", str(out)], capture_output=True, text=True,
-                          timeout=600, env=env)
+    proc = subprocess.run([RAYSL, "train", str(config), *overrides, "--out", str(out)], capture_output=True,
+                          text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["status"] == "finished" and summary["epoch"] == 1
     assert 0.0 <= summary["knn_acc"] <= 1.0 and summary["rankme"] > 1.0 and summary["images_per_s"] > 0
     # the workers were handed crop columns (they say so from the batches they got) ...
-    assert "[raysl] input: crops cut by Ray Data tasks (MapBatches(DecodeCrops))" in proc.stderr
+    assert f"[raysl] input: crops cut by Ray Data tasks (MapBatches(DecodeCrops)); views of {sizes} px" in proc.stderr
     # ... which Ray Data's executor made with DecodeCrops tasks, per its own log of the run
     logs = list(Path(ray_tmp).glob("ray/session_*/logs/ray-data/ray-data-train*.log"))
     text = "".join(p.read_text() for p in logs)

@@ -109,6 +109,7 @@ def test_prepare_out_on_a_read_only_mount(tmpfs):
     assert list(ro.rglob("*")) == [ro / "existing"]
 
 
+@pytest.mark.slow
 def test_train_out_on_a_read_only_mount_then_resume(tmpfs, digits_dir):
     ro = read_only(tmpfs)
     out = ro / "existing" / "run"
@@ -139,6 +140,7 @@ def finished_run(tmp_path_factory, raysl_cache) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_export_out_on_a_full_tmpfs(tmpfs, finished_run):
     full = tmpfs("full", "size=16k")
     (full / "filler").write_bytes(b"x" * 8192)
@@ -149,6 +151,7 @@ def test_export_out_on_a_full_tmpfs(tmpfs, finished_run):
     assert sorted(p.name for p in full.iterdir()) == ["filler"]  # no torn encoder.pt, no temporary
 
 
+@pytest.mark.slow
 def test_analyze_out_on_a_read_only_mount(tmpfs, tmp_path_factory):
     from test_analyze import scripted_experiment_dir
 
@@ -162,6 +165,7 @@ def test_analyze_out_on_a_read_only_mount(tmpfs, tmp_path_factory):
 # --------------------------------------------------------------------------- a disk that fills up mid-run
 
 
+@pytest.mark.slow
 def test_checkpoint_fills_the_disk_then_resume_keeps_every_epoch_once(tmpfs, finished_run):
     from raysl.checkpoint import load_state
 
