@@ -385,8 +385,16 @@ def test_ray_tasks_write_the_same_shards_as_the_local_pool(
     assert on_ray == local
     from ray.util.state import list_tasks
 
-    tasks = list_tasks(filters=[("func_or_class_name", "=", "_ray_shard")], raise_on_missing_output=False)
-    assert len(tasks) == len(local.splits["train"].shards) + len(local.splits["val"].shards)
+    expected = len(local.splits["train"].shards) + len(local.splits["val"].shards)
+    # Ray's state API is eventually consistent (workers report task events in the background): wait until
+    # every task has been recorded; the deadline only guards against a hang
+    deadline = time.time() + 120
+    while True:
+        tasks = list_tasks(filters=[("func_or_class_name", "=", "_ray_shard")], raise_on_missing_output=False)
+        if len(tasks) >= expected or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert len(tasks) == expected
     for shard in local.splits["train"].shards + local.splits["val"].shards:
         assert (tmp_path / "ray" / shard.file).read_bytes() == (tmp_path / "local" / shard.file).read_bytes()
 
