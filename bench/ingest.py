@@ -339,12 +339,9 @@ def _median(trials: list[dict], key: str) -> float:
 
 
 def main() -> None:
-    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
-        # the allocator settings raysl gives its Ray processes (raysl.launch.init_ray), for both sides;
-        # glibc reads them at start-up, so re-execute with them set
-        os.environ["MALLOC_TRIM_THRESHOLD_"] = str(256 << 20)
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(32 << 20)
-        os.execv(sys.executable, [sys.executable, *sys.argv])
+    from raysl.launch import reexec_with_allocator_env
+
+    reexec_with_allocator_env()  # the allocator settings raysl gives its Ray processes, for both sides
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", type=Path, default=None, help="a folder of JPEGs (default: made in --work)")
     parser.add_argument("--folder-images", type=int, default=5000, help="images bench/make_imagefolder.py makes")

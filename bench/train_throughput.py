@@ -101,12 +101,9 @@ def step_images_per_s(cfg: RunConfig, batch: int, seconds: float = 8.0) -> float
 
 
 def main() -> None:
-    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
-        # the same allocator settings raysl gives its Ray workers (raysl.launch.init_ray);
-        # glibc reads them at start-up, so re-execute with them set
-        os.environ["MALLOC_TRIM_THRESHOLD_"] = str(256 << 20)
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(32 << 20)
-        os.execv(sys.executable, [sys.executable, *sys.argv])
+    from raysl.launch import reexec_with_allocator_env
+
+    reexec_with_allocator_env()  # the allocator settings raysl gives its Ray processes, for both sides
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch", type=int, default=256)

@@ -72,6 +72,19 @@ def check_against_data(cfg: RunConfig, data_dir: str, source: str) -> Any:
     return manifest
 
 
+# glibc allocator thresholds for Ray's processes: keep large activation buffers instead of returning
+# (and re-faulting) them every step; 32 MiB is glibc's maximum mmap threshold on 64-bit
+ALLOCATOR_ENV = {"MALLOC_TRIM_THRESHOLD_": str(256 << 20), "MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
+
+
+def reexec_with_allocator_env() -> None:
+    """Re-execute this script with ALLOCATOR_ENV set (glibc reads it at start-up): for benches that
+    compare raysl's Ray workers with an in-process baseline under the same allocator."""
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        os.environ.update(ALLOCATOR_ENV)
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+
+
 def init_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:
     """Join RAY_ADDRESS if set (ray job submit), else start a local cluster.
 
@@ -94,8 +107,8 @@ def init_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=verbose, logging_level=level)
         return
     # keep glibc from returning (and re-faulting) the large activation buffers on every step
-    os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(256 << 20))
-    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(32 << 20))  # glibc maximum on 64-bit
+    for key, value in ALLOCATOR_ENV.items():
+        os.environ.setdefault(key, value)
     cpus = num_cpus or max(4, 2 * (os.cpu_count() or 2))
     ray.init(num_cpus=cpus, include_dashboard=True, log_to_driver=verbose, configure_logging=True, logging_level=level)
 
