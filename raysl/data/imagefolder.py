@@ -62,7 +62,7 @@ import pyarrow.parquet as pq
 from raysl import storage
 from raysl.data.codec import GRAYSCALE_MODES, EXIF_ORIENTATION_TAG, to_pixels, transposes_axes
 from raysl.data.manifest import Manifest, ShardInfo, SkippedFile, SplitInfo
-from raysl.progress import format_duration
+from raysl.progress import Renderer, format_duration, stream_isatty
 from raysl.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -417,45 +417,34 @@ def _changed_keys(previous: Any, options: dict[str, Any]) -> str:
 
 
 class Progress:
-    """Files done/total, files/s and ETA on stderr: one \\r-updated line on a terminal, else a line every ~10 s."""
+    """Files done/total, files/s and ETA on stderr, drawn by :class:`raysl.progress.Renderer`: one
+    \\r-updated line on a terminal (every 0.5 s), else a plain line every ~10 s."""
 
     def __init__(self, total: int, stream: TextIO | None, already: int = 0) -> None:
         self.total, self.stream, self.already = total, stream, already
-        self.start = self.last = time.monotonic()
-        self.tty = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
-        self.width = 0
+        self.start = time.monotonic()
+        tty = bool(stream is not None and stream_isatty(stream))
+        self.renderer = Renderer(tty, plain_every_s=10.0, tty_every_s=0.5)
+        self.renderer.last_bar_at = self.start  # the first line comes one interval in, not at once
+
+    def _write(self, text: str) -> None:
+        if self.stream is not None and text:
+            self.stream.write(text)
+            self.stream.flush()
 
     def update(self, done: int, force: bool = False) -> None:
         if self.stream is None:
             return
         now = time.monotonic()
-        if not force and now - self.last < (0.5 if self.tty else 10.0):
-            return
-        self.last = now
-        elapsed = max(now - self.start, 1e-9)
-        fresh = max(done - self.already, 0)
-        rate = fresh / elapsed
+        rate = max(done - self.already, 0) / max(now - self.start, 1e-9)
         eta = format_duration((self.total - done) / rate) if rate > 0 else "?"
         line = f"prepare: {done:,}/{self.total:,} files, {rate:,.0f} files/s, ETA {eta}"
-        if self.tty:
-            self.stream.write("\r" + line.ljust(self.width))
-            self.width = len(line)
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+        self._write(self.renderer.bar(line, now, final=force))
 
     def note(self, text: str) -> None:
-        if self.stream is None:
-            return
-        if self.tty and self.width:
-            self.stream.write("\r" + " " * self.width + "\r")
-            self.width = 0
-        self.stream.write(text + "\n")
-        self.stream.flush()
+        self._write(self.renderer.line(text))
 
     def finish(self, done: int) -> None:
-        if self.stream is None:
-            return
         elapsed = time.monotonic() - self.start
         rate = max(done - self.already, 0) / max(elapsed, 1e-9)
         self.note(f"prepare: {done:,}/{self.total:,} files in {format_duration(elapsed)} ({rate:,.0f} files/s)")
