@@ -44,3 +44,27 @@ def ray_local():
     init_ray(num_cpus=4)
     yield ray
     ray.shutdown()
+
+
+# a hang guard far above any run time here, never a timing assumption
+HANG = 900
+
+
+def interrupt_when(proc, ready, what: str = "the run") -> tuple[str, str]:
+    """Wait until ``ready()`` (or the hang guard), send SIGINT as Ctrl-C does, return (stdout, stderr).
+
+    Fails if ``proc`` ended before it could be interrupted; kills it if it outlives the guard.
+    """
+    import signal
+    import time
+
+    try:
+        deadline = time.time() + HANG
+        while time.time() < deadline and proc.poll() is None and not ready():
+            time.sleep(0.5)
+        assert proc.poll() is None, f"{what} ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        return proc.communicate(timeout=HANG)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -12,11 +12,9 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +24,9 @@ import yaml
 from raysl.errors import ConfigError
 from raysl.scale import fit_all, format_report, load_scaling, predict_point
 
-REPO = Path(__file__).resolve().parents[1]
-RAYSL = str(Path(sys.executable).with_name("raysl"))
+from conftest import HANG, RAYSL, REPO, interrupt_when
+
 QUICKSTART = REPO / "search_spaces" / "scaling_quickstart.yaml"
-HANG = 900  # a hang guard far above the run time, not a timing assumption
 
 
 def write(path: Path, data: dict) -> Path:
@@ -150,16 +147,7 @@ def test_scale_interrupted_and_resumed_fits_every_run(tmp_path):
     args = [RAYSL, "scale", str(scaling), "--storage", str(storage), "--predict", "width=32"]
     try:
         proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.time() + HANG
-            while time.time() < deadline and proc.poll() is None and _finished(experiment) < 2:
-                time.sleep(0.5)
-            assert proc.poll() is None, "the grid ended before it could be interrupted"
-            proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=HANG)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        out, err = interrupt_when(proc, lambda: _finished(experiment) >= 2, "the grid")
         assert proc.returncode == 130, f"{proc.returncode}\n{out[-2000:]}\n{err[-4000:]}"
         assert not (experiment / "scaling.json").exists()  # no fit on a partial grid
         assert "--resume" in err

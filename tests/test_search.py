@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import HANG, REPO, interrupt_when  # noqa: E402
+
 BIN = Path(sys.executable).parent
 RAYSL = str(BIN / "raysl")
 RAY = str(BIN / "ray")
@@ -144,9 +145,8 @@ def head(cache_dir):
         ray_head.stop()
 
 
-# Subprocess timeouts here only guard against a hang (pytest-timeout is the suite's guard too); they
-# are far above the run times so that a loaded 2-core machine (3-4x slower) never trips them.
-HANG = 900
+# Subprocess timeouts here (conftest.HANG) only guard against a hang (pytest-timeout is the suite's
+# guard too); they are far above the run times so that a loaded 2-core machine never trips them.
 
 
 def run_raysl(head: RayHead, args: list[str], timeout: float = HANG, cwd: Path | None = None):
@@ -402,21 +402,10 @@ def test_interrupted_search_resumes_every_trial_once(head, tmp_path):
     experiment = storage / "resumed"
     proc = subprocess.Popen([RAYSL, *args], env=head.env, cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    try:
-        # wait (no deadline but the hang guard) until 2 trials have finished; 5 trials run one at a time,
-        # so the search is then still running whatever the machine's speed
-        deadline = time.time() + HANG
-        while time.time() < deadline and proc.poll() is None:
-            finished = [t for t in trials(experiment).values() if _finished(t)]
-            if len(finished) >= 2:
-                break
-            time.sleep(0.5)
-        assert proc.poll() is None, "the search ended before it could be interrupted"
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=HANG)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    # once 2 trials have finished: 5 trials run one at a time, so the search is then still running
+    # whatever the machine's speed
+    out, err = interrupt_when(proc, lambda: sum(_finished(t) for t in trials(experiment).values()) >= 2,
+                              "the search")
     assert proc.returncode == 130, f"{proc.returncode}\n{out[-2000:]}\n{err[-4000:]}"
     assert final_json(out).get("interrupted")
     before = trials(experiment)
