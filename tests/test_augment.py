@@ -163,6 +163,26 @@ def test_blur_keeps_constant_mean_and_smooths_noise() -> None:
     assert A.blur_kernel_size(32) == 3 and A.blur_kernel_size(224) == 23 and A.blur_kernel_size(96) == 9
 
 
+def test_blur_drops_only_taps_that_weigh_less_than_half_a_grey_level() -> None:
+    # blur_support's bound: the renormalised short kernel moves a [0, 1] image by at most
+    # the dropped tail weight, <= 0.5/255. Compared on the image where the tails matter most
+    # (random 0/1 pixels), every sigma of SimCLR's range against the full 23-tap kernel.
+    assert [A.blur_support(s) for s in (0.1, 1.0, 2.0)] == [0, 3, 6]  # sigma 0.1: the identity
+    assert A.blur_taps(224, 2.0) == 13 and A.blur_taps(32, 2.0) == 3  # never more than SimCLR's kernel
+    g = gen()
+    x = (torch.rand(8, 3, 64, 64, generator=g) > 0.5).float()
+    for sigma in (0.1, 0.5, 1.0, 1.5, 2.0):
+        sig = torch.full((8,), sigma)
+        full = A.gaussian_blur(x, sig, kernel_size=23)
+        short = A.gaussian_blur(x, sig, kernel_size=2 * A.blur_support(sigma) + 1)
+        assert (short - full).abs().max() <= 0.5 / 255, sigma
+        # and the bound is not slack: one tap fewer moves some pixel by more than a tenth of it
+        r = A.blur_support(sigma)
+        if r > 1:
+            shorter = A.gaussian_blur(x, sig, kernel_size=2 * r - 1)
+            assert (shorter - full).abs().max() > 0.05 / 255, sigma
+
+
 def test_blur_per_sample_sigma() -> None:
     noise = floats(n=1, h=32, w=32).expand(2, -1, -1, -1)
     y = A.gaussian_blur(noise, torch.tensor([0.3, 3.0]), kernel_size=9)

@@ -47,10 +47,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from raysl.data.codec import decode_image, image_format
-from raysl.data.decode import CropSpec, sample_crop_boxes
+from raysl.data.decode import CropSpec, crop_resize, rescale_box, sample_crop_boxes
 
 __all__ = ["decode_crops", "decode_rows", "crop_resize", "jpeg_components", "orient"]
 
@@ -102,15 +101,6 @@ def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
     if orientation == 8:  # 90 degrees counter-clockwise
         return torch.rot90(image, 1, dims=(-2, -1))
     raise ValueError(f"EXIF orientation {orientation} is not 1..8")
-
-
-def crop_resize(image: torch.Tensor, box: Sequence[int], size: int) -> torch.Tensor:
-    """uint8 [C, H, W] -> the box (top, left, h, w) resized to uint8 [C, size, size], antialiased bilinear."""
-    top, left, h, w = (int(v) for v in box)
-    crop = image[:, top : top + h, left : left + w].unsqueeze(0).to(torch.float32)
-    if (h, w) != (size, size):
-        crop = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return crop.squeeze(0).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _decode_jpegs(tensors: list[torch.Tensor], channels: int, device: torch.device) -> list[torch.Tensor]:
@@ -217,12 +207,6 @@ def decode_crops(
         for v, spec in enumerate(specs):
             box = boxes[v][row]
             if (h, w) != (int(heights_np[row]), int(widths_np[row])):
-                box = _rescale_box(box, h / heights_np[row], w / widths_np[row])
+                box = rescale_box(box, h / heights_np[row], w / widths_np[row])
             out[v][row] = crop_resize(image, box, spec.size)
     return out
-
-
-def _rescale_box(box: np.ndarray, sy: float, sx: float) -> tuple[int, int, int, int]:
-    """A box in the row's recorded size mapped onto a decoded image of another size (defensive)."""
-    top, left, h, w = (float(v) for v in box)
-    return (int(round(top * sy)), int(round(left * sx)), max(1, int(round(h * sy))), max(1, int(round(w * sx))))
