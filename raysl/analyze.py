@@ -7,6 +7,11 @@ rank correlation), how many trial-epochs ASHA saved, and writes into ``--out``:
 
 ``leaderboard.csv``, ``leaderboard.md``, ``best_config.yaml``, ``summary.json``,
 the PNG plots and ``report.html`` (:mod:`raysl.report`).
+
+A scaling experiment (a folder ``raysl scale`` wrote, with ``scaling.json``) gets the
+scaling report as ``report.html`` (:mod:`raysl.scaling_report`: fits, frontier,
+predictions, ``--predict`` from the stored fits) and the search report of the same
+runs as ``search_report.html``.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import pandas as pd
 import yaml
 
 from raysl import storage
-from raysl.errors import RayslError
+from raysl.errors import ConfigError, RayslError
 from raysl.results import BAD_STATUSES, UNFINISHED, Experiment, Param, flatten, load_experiments
 
 # Leaderboard columns after the searched parameters (each "final" = last reported value).
@@ -434,8 +439,26 @@ def summary_line(summary: dict) -> str:
     return " | ".join(parts)
 
 
-def analyze(paths: list[str], out: str) -> dict[str, Any]:
-    """Analyze the experiments at ``paths`` and write every output into ``out``; returns the summary."""
+SEARCH_REPORT = "search_report.html"  # a scaling experiment's search report (its report.html is the scaling one)
+
+
+def _scaling_of(experiments: list[Experiment], predict: list[dict]) -> tuple[dict, dict | None] | None:
+    """(scaling.json, stored scaling file) when the one experiment analyzed is a ``raysl scale`` one."""
+    from raysl.scaling_report import read_scaling
+
+    found = read_scaling(experiments[0].location) if len(experiments) == 1 else None
+    if predict and found is None:
+        where = ", ".join(e.location for e in experiments)
+        raise ConfigError(f"--predict needs one scaling experiment (a folder `raysl scale` wrote, with scaling.json); "
+                          f"{where} is not one" + (" (analyze it alone)" if len(experiments) > 1 else ""))
+    return found
+
+
+def analyze(paths: list[str], out: str, predict: list[dict] = ()) -> dict[str, Any]:
+    """Analyze the experiments at ``paths`` and write every output into ``out``; returns the summary.
+
+    ``predict``: points (``{"model.width": 64}``, ``{"compute": 1e15}``) at which a scaling
+    experiment's stored fits predict the error."""
     experiments: list[Experiment] = []
     for path in paths:
         experiments.extend(load_experiments(path))
@@ -446,12 +469,13 @@ def analyze(paths: list[str], out: str) -> dict[str, Any]:
             exp.trials["experiment"] = exp.name
             if not exp.history.empty:
                 exp.history["experiment"] = exp.name
+    scaling = _scaling_of(experiments, list(predict))
 
     # the report is made in a local staging folder, then each file is written atomically into --out
     # (a folder or URI): a read-only or full --out leaves the old report or the new file, never a torn one
     target = storage.make_dirs(out)
     with tempfile.TemporaryDirectory(prefix="raysl-report-") as local_out:
-        summary = _write_outputs(experiments, local_out)
+        summary = _write_outputs(experiments, local_out, scaling, list(predict))
         with storage.guard(target, "writing the report"):
             for name in sorted(os.listdir(local_out)):
                 with open(os.path.join(local_out, name), "rb") as fh:
@@ -459,7 +483,8 @@ def analyze(paths: list[str], out: str) -> dict[str, Any]:
     return summary
 
 
-def _write_outputs(experiments: list[Experiment], local_out: str) -> dict[str, Any]:
+def _write_outputs(experiments: list[Experiment], local_out: str, scaling: tuple[dict, dict | None] | None = None,
+                   predict: list[dict] = ()) -> dict[str, Any]:
     from raysl import report  # matplotlib: only once there is something to plot
 
     table = leaderboard(experiments)
@@ -493,9 +518,19 @@ def _write_outputs(experiments: list[Experiment], local_out: str) -> dict[str, A
     summary["outputs"] = sorted(["leaderboard.csv", "leaderboard.md", "summary.json", "report.html",
                                  *(["best_config.yaml"] if best_yaml else []), *summary["plots"].values()])
     summary = _json_safe(summary)
+    report.write_html(experiments, summary, table, best_yaml, local_out)
+    if scaling is not None:  # report.html is the scaling report; the search report of the same runs is kept
+        from raysl import scaling_report
+
+        os.replace(os.path.join(local_out, "report.html"), os.path.join(local_out, SEARCH_REPORT))
+        scaled = scaling_report.write_report(*scaling, local_out, name=experiments[0].name, predict=predict,
+                                             search_report=SEARCH_REPORT)
+        summary["scaling"] = _json_safe({k: scaled[k] for k in ("summary", "plots", "fitted", "notes",
+                                                                 "predictions")})
+        summary["summary"] += " | scaling: " + scaled["summary"]
+        summary["outputs"] = sorted([*summary["outputs"], SEARCH_REPORT, *scaled["plots"].values()])
     with open(os.path.join(local_out, "summary.json"), "w") as fh:
         json.dump(summary, fh, indent=2)
-    report.write_html(experiments, summary, table, best_yaml, local_out)
     return summary
 
 
@@ -504,11 +539,22 @@ def default_out(first_path: str) -> str:
 
 
 def analyze_main(args) -> int:
+    from raysl.scale import check_predict_points, predict_point
+
+    points = check_predict_points([predict_point(p) for p in getattr(args, "predict", None) or []], "--predict")
     out = args.out or default_out(args.paths[0])
     try:
-        summary = analyze(list(args.paths), out)
+        summary = analyze(list(args.paths), out, points)
     except OSError as exc:
         raise RayslError(f"cannot read or write the results: {exc}") from None
     print(f"[raysl] {summary['summary']}", file=sys.stderr)
-    print(json.dumps({"out": out, "report": out.rstrip("/") + "/report.html", "best": summary["best"]}))
+    final = {"out": out, "report": out.rstrip("/") + "/report.html", "best": summary["best"]}
+    if "scaling" in summary:
+        from raysl.scaling_report import prediction_lines
+
+        for line in prediction_lines(summary["scaling"]["predictions"]):
+            print(f"[raysl] {line}", file=sys.stderr)
+        final["search_report"] = out.rstrip("/") + "/" + SEARCH_REPORT
+        final["predictions"] = summary["scaling"]["predictions"]
+    print(json.dumps(final))
     return 0

@@ -72,6 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     analyze = sub.add_parser("analyze", help="leaderboard, plots, importance and an HTML report")
     analyze.add_argument("paths", nargs="+", help="experiment folders or URIs")
     analyze.add_argument("--out", default=None, help="report folder (default: <first path>/report)")
+    analyze.add_argument("--predict", action="append", default=[], metavar="KEY=VALUE",
+                         help="a scaling experiment (raysl scale): predict the error from its stored fits at a "
+                              "point: --predict width=64 (grid axes, comma-separated) or --predict compute=1e15; "
+                              "repeatable")
 
     export = sub.add_parser("export", help="write a run's trained backbone to a file for downstream use")
     export.add_argument("run_dir", help="a `raysl train` run folder (its --out)")

@@ -9,6 +9,7 @@ A scaling file::
       data.fraction: [0.25, 0.5, 1.0]
       optim.batch_size: [64, 128]      # optional: a critical-batch-size fit per group
       optim.epochs: [5]
+      scale.num_workers: [1, 2, 4]     # optional: images/s, speed-up and parallel efficiency per worker count
     fit:                     # all optional
       metric: knn_acc        # error = 1 - metric
       predict: [{model.width: 64}, {compute: 1e15}]
@@ -51,10 +52,13 @@ from raysl.space import metric_mode, validate_section
 
 SCALING_FILE = "raysl_scaling.yaml"
 RESULT_FILE = "scaling.json"
-GRID_AXES = ("model.width", "model.backbone", "data.fraction", "optim.batch_size", "optim.epochs")
+GRID_AXES = ("model.width", "model.backbone", "data.fraction", "optim.batch_size", "optim.epochs",
+             "scale.num_workers")
+WORKERS_AXIS = "scale.num_workers"  # a throughput axis: images/s, speed-up and parallel efficiency per group
 # --predict width=64: short names for the grid axes
 SHORT_KEYS = {"width": "model.width", "backbone": "model.backbone", "fraction": "data.fraction",
-              "batch_size": "optim.batch_size", "epochs": "optim.epochs", "compute": "compute", "flops": "compute"}
+              "batch_size": "optim.batch_size", "epochs": "optim.epochs", "workers": "scale.num_workers",
+              "num_workers": "scale.num_workers", "compute": "compute", "flops": "compute"}
 
 
 class FitSettings(BaseModel):
@@ -104,6 +108,9 @@ def predict_point(item: str) -> dict[str, Any]:
     """``--predict width=64,fraction=1`` / ``--predict compute=1e15`` -> {dotted key: value}."""
     point: dict[str, Any] = {}
     for part in item.split(","):
+        if "=" not in part or not part.split("=", 1)[1].strip():
+            raise ConfigError(f"--predict {item!r}: expected axis=value, e.g. --predict width=64 or "
+                              "--predict compute=1e15")
         key, value = parse_override(part)
         point[SHORT_KEYS.get(key, key)] = value
     return point
@@ -111,8 +118,13 @@ def predict_point(item: str) -> dict[str, Any]:
 
 def load_scaling(path: str, overrides: list[str] = (), predictions: list[str] = ()) -> ScalingSpec:
     """Read and validate a scaling file (``--set`` edits base:, ``--predict`` adds to fit.predict)."""
-    source = str(path)
-    data = read_yaml(path)
+    return scaling_from_dict(read_yaml(path), str(path), overrides, predictions)
+
+
+def scaling_from_dict(data: Any, source: str, overrides: list[str] = (), predictions: list[str] = ()) -> ScalingSpec:
+    """:func:`load_scaling` of a file's parsed YAML (``raysl analyze`` reads the stored ``SCALING_FILE``)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping with base:, grid:, fit: and tune:")
     unknown = [k for k in data if k not in ("base", "grid", "fit", "tune")]
     if unknown:
         raise ConfigError(f"{source}: unknown section {unknown[0]!r}; a scaling file has base:, grid:, fit: and tune:")
@@ -146,15 +158,33 @@ def load_scaling(path: str, overrides: list[str] = (), predictions: list[str] = 
     if mode != "max" or "acc" not in fit.metric:
         raise ConfigError(f"{source}: fit.metric {fit.metric!r}: the fits need an accuracy (error = 1 - metric); "
                           "use knn_acc, knn_acc_k200, linear_acc or a projector_ one")
-    fit.predict = list(fit.predict) + [predict_point(p) for p in predictions]
-    for point in fit.predict:
-        for key in point:
+    fit.predict = check_predict_points(list(fit.predict) + [predict_point(p) for p in predictions],
+                                       f"{source}: fit.predict")
+    return ScalingSpec(base=base, grid=grid, fit=fit, tune=tune, source=source)
+
+
+def check_predict_points(points: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
+    """Prediction points with short keys expanded and compute as a float; a key that is neither compute nor
+    a grid axis, or a compute that is not a positive number, is an error."""
+    out = []
+    for point in points:
+        expanded: dict[str, Any] = {}
+        for key, value in point.items():
             key = SHORT_KEYS.get(key, key)
             if key != "compute" and key not in GRID_AXES:
-                raise ConfigError(f"{source}: fit.predict: {key!r}: predict at compute=... or at grid axes "
+                raise ConfigError(f"{where}: {key!r}: predict at compute=... or at grid axes "
                                   f"({', '.join(GRID_AXES)})")
-    fit.predict = [{SHORT_KEYS.get(k, k): v for k, v in p.items()} for p in fit.predict]
-    return ScalingSpec(base=base, grid=grid, fit=fit, tune=tune, source=source)
+            if key == "compute":  # YAML reads 1e15 (no dot) as text
+                try:
+                    value = float(value) if not isinstance(value, bool) else math.nan
+                except (TypeError, ValueError):
+                    value = math.nan
+                if not value > 0:
+                    raise ConfigError(f"{where}: compute={point.get('compute', point.get('flops'))!r}: expected "
+                                      "training FLOPs > 0, e.g. 1e15")
+            expanded[key] = value
+        out.append(expanded)
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -201,12 +231,15 @@ def collect_runs(experiment: str, metric: str, grid_keys: list[str]) -> tuple[li
             others.append(run)
             continue
         curve = rows[["step", metric]].dropna() if "step" in rows else rows.iloc[0:0]
+        rates = rows[["epoch", "images_per_s"]].dropna() if "images_per_s" in rows else rows.iloc[0:0]
         run.update({
             metric: float(value), "error": 1.0 - float(value),
             "flops": float(last.get("flops")), "n_params": int(last.get("n_params")),
             "train_images": int(last.get("train_images")), "epochs": int(last.get("epoch") or 0),
             "wall_time_s": _number(trial["wall_time_s"]),
             "curve": [[float(s), 1.0 - float(v)] for s, v in curve.drop_duplicates("step").itertuples(index=False)],
+            # one value per epoch in epoch order (a closing report repeats its epoch's value)
+            "images_per_s": [float(v) for v in rates.drop_duplicates("epoch").sort_values("epoch")["images_per_s"]],
         })
         runs.append(run)
     return runs, others
@@ -239,7 +272,8 @@ def fit_all(runs: list[dict], spec: ScalingSpec, point_values) -> dict[str, Any]
     compute_fit = None
     try:
         compute_fit = laws.fit_compute_law([r["flops"] for r in points], [r["error"] for r in points], **kw)
-        result["compute"] = {**compute_fit.to_dict(), "points": "frontier" if points is frontier else "all runs",
+        result["compute"] = {**compute_fit.to_dict(samples=True),
+                             "points": "frontier" if points is frontier else "all runs",
                              "runs": [r["trial_id"] for r in points]}
     except ValueError as exc:
         result["notes"].append(f"E(C) not fitted: {exc}")
@@ -247,7 +281,7 @@ def fit_all(runs: list[dict], spec: ScalingSpec, point_values) -> dict[str, Any]
     try:
         model_data_fit = laws.fit_model_data_law([r["n_params"] for r in runs], [r["train_images"] for r in runs],
                                                  [r["error"] for r in runs], **kw)
-        result["model_data"] = {**model_data_fit.to_dict(), "N": "backbone parameters",
+        result["model_data"] = {**model_data_fit.to_dict(samples=True), "N": "backbone parameters",
                                 "D": "training images seen (rows x epochs)"}
     except ValueError as exc:
         result["notes"].append(f"E(N, D) not fitted: {exc}")
@@ -260,22 +294,46 @@ def fit_all(runs: list[dict], spec: ScalingSpec, point_values) -> dict[str, Any]
                               "points": laws.compute_optimal_frontier(model_data_fit, budgets, k)}
     if "optim.batch_size" in spec.grid and len(spec.grid["optim.batch_size"]) >= 2:
         result["critical_batch"] = _critical_batch(runs, spec)
-    predictions = []
-    for point in fit.predict:
-        entry: dict[str, Any] = {"point": point}
-        if "compute" in point:
-            c = float(point["compute"])
-            entry["compute"] = c
-        else:
-            n, d, c = point_values(point)
-            entry.update({"n_params": n, "train_images": d, "compute": c})
-            if model_data_fit is not None:
-                entry["error_model_data"] = list(laws.predict(model_data_fit, N=n, D=d))
-        if compute_fit is not None:
-            entry["error_compute"] = list(laws.predict(compute_fit, C=entry["compute"]))
-        predictions.append(entry)
-    result["predictions"] = predictions
+    if WORKERS_AXIS in spec.grid:
+        result["worker_scaling"] = _worker_scaling(runs, spec)
+    result["predictions"] = [predict_at(point, compute_fit, model_data_fit, point_values) for point in fit.predict]
     return result
+
+
+def predict_at(point: dict[str, Any], compute_fit: laws.LawFit | None, model_data_fit: laws.LawFit | None,
+               point_values) -> dict[str, Any]:
+    """The predicted error at ``{compute: C}`` or at grid-axis values (``point_values(point) -> (N, D, C)``)
+    from each fit there is: ``error_compute`` / ``error_model_data`` = [median, lo, hi]."""
+    entry: dict[str, Any] = {"point": point}
+    if "compute" in point:
+        entry["compute"] = float(point["compute"])
+    else:
+        n, d, c = point_values(point)
+        entry.update({"n_params": n, "train_images": d, "compute": c})
+        if model_data_fit is not None:
+            entry["error_model_data"] = list(laws.predict(model_data_fit, N=n, D=d))
+    if compute_fit is not None:
+        entry["error_compute"] = list(laws.predict(compute_fit, C=entry["compute"]))
+    return entry
+
+
+def _worker_scaling(runs: list[dict], spec: ScalingSpec) -> list[dict]:
+    """One throughput table (images/s, speed-up, parallel efficiency per worker count) per group of runs
+    that differ only in ``scale.num_workers`` (a wider model is slower at any worker count)."""
+    others = [k for k in spec.grid if k != WORKERS_AXIS]
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(tuple(repr(r["config"].get(k)) for k in others), []).append(r)
+    out = []
+    for members in groups.values():
+        entry: dict[str, Any] = {"group": {k: members[0]["config"].get(k) for k in others}}
+        try:
+            entry.update(laws.worker_scaling([m["config"].get(WORKERS_AXIS) or 1 for m in members],
+                                             [m.get("images_per_s") or [] for m in members]))
+        except ValueError as exc:
+            entry["note"] = str(exc)
+        out.append(entry)
+    return out
 
 
 def _critical_batch(runs: list[dict], spec: ScalingSpec) -> list[dict]:
@@ -342,6 +400,15 @@ def format_report(result: dict, level: float) -> str:
                          f"E_min = {_g(cb['E_min'])}")
         else:
             lines.append(f"critical batch size {cb['group']}: not fitted ({cb.get('note')})")
+    for ws in result.get("worker_scaling", []):
+        if "rows" not in ws:
+            lines.append(f"worker scaling {ws['group']}: {ws.get('note')}")
+            continue
+        lines.append(f"worker scaling {ws['group']} (median images/s over epochs after the first; "
+                     f"speed-up against {ws['reference_workers']} worker(s)):")
+        for row in ws["rows"]:
+            lines.append(f"  {row['num_workers']:3d} workers: {row['images_per_s']:10.1f} images/s, speed-up "
+                         f"{row['speedup']:.2f}x, efficiency {100 * row['efficiency']:.0f}%")
     for p in result.get("predictions", []):
         where = ", ".join(f"{k}={v}" for k, v in p["point"].items())
         parts = []
@@ -360,12 +427,7 @@ def format_report(result: dict, level: float) -> str:
 
 def scale_main(args) -> int:
     from raysl import storage
-    from raysl.data.pipeline import global_crop_size
-    from raysl.data.shards import load_manifest
-    from raysl.data.subset import train_rows
-    from raysl.flops import run_flops
-    from raysl.launch import resolve_data_dir
-    from raysl.search import _absolute_data_path, _experiment_name, _storage, tune_main
+    from raysl.search import _experiment_name, _storage, tune_main
     from raysl.space import space_from_dict
 
     spec = load_scaling(args.file, args.overrides, args.predict)
@@ -392,20 +454,7 @@ def scale_main(args) -> int:
         return code
 
     runs, others = collect_runs(experiment, spec.fit.metric, list(spec.grid))
-    base = build_config(_absolute_data_path(spec.base), spec.source)
-    data_dir = resolve_data_dir(base)
-    manifest = load_manifest(data_dir)
-
-    def point_values(point: dict) -> tuple[float, float, float]:
-        tree = _absolute_data_path(spec.base)
-        for key, value in point.items():
-            tree = set_dotted(tree, key, value)
-        cfg = build_config(tree, f"{spec.source}: fit.predict {point}")
-        rows = train_rows(data_dir, manifest, cfg.data.fraction, cfg.seed)
-        counted = run_flops(cfg, manifest.channels, global_crop_size(cfg, manifest), rows)
-        return float(counted["params"]), float(counted["images"]), float(counted["flops"])
-
-    result = fit_all(runs, spec, point_values)
+    result = fit_all(runs, spec, point_values_for(spec))
     out = {"experiment": experiment, "metric": spec.fit.metric, "error": f"1 - {spec.fit.metric}",
            "level": spec.fit.level, "grid": spec.grid, "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "runs": runs, "not_used": others, **result}
@@ -419,6 +468,32 @@ def scale_main(args) -> int:
     summary["predictions"] = result["predictions"]
     print(json.dumps(_json_safe(summary)), flush=True)
     return 0
+
+
+def point_values_for(spec: ScalingSpec):
+    """``point_values(point) -> (N, D, C)``: backbone parameters, training images seen and training FLOPs
+    of the run that ``spec.base`` with ``point``'s grid values would be (counted as each trial counts its own)."""
+    from raysl.data.pipeline import global_crop_size
+    from raysl.data.shards import load_manifest
+    from raysl.data.subset import train_rows
+    from raysl.flops import run_flops
+    from raysl.launch import resolve_data_dir
+    from raysl.search import _absolute_data_path
+
+    base = build_config(_absolute_data_path(spec.base), spec.source)
+    data_dir = resolve_data_dir(base)
+    manifest = load_manifest(data_dir)
+
+    def point_values(point: dict) -> tuple[float, float, float]:
+        tree = _absolute_data_path(spec.base)
+        for key, value in point.items():
+            tree = set_dotted(tree, key, value)
+        cfg = build_config(tree, f"{spec.source}: fit.predict {point}")
+        rows = train_rows(data_dir, manifest, cfg.data.fraction, cfg.seed)
+        counted = run_flops(cfg, manifest.channels, global_crop_size(cfg, manifest), rows)
+        return float(counted["params"]), float(counted["images"]), float(counted["flops"])
+
+    return point_values
 
 
 def _json_safe(value: Any) -> Any:

@@ -17,6 +17,8 @@ numbers, so each is tested on synthetic data drawn from a known law.
   Large-Batch Training", eq. 2.11); :func:`steps_to_target` reads S from a run.
 - :func:`gradient_noise_scale`: ``B_simple = tr(Sigma) / |G|^2`` from gradient
   norms at two batch sizes (McCandlish et al. 2018, appendix A.1).
+- :func:`worker_scaling`: images/s per number of workers, speed-up and parallel
+  efficiency (speed-up / workers).
 - :func:`scaled_lr`, :func:`scaled_ema`: batch-size rules for the learning
   rate (linear, Goyal et al. 2017; square root, Krizhevsky 2014 and Malladi
   et al. 2022 for Adam) and for EMA momenta (Busbridge et al. 2023, "How to
@@ -70,8 +72,10 @@ class LawFit:
         if not self.intervals:
             self.intervals = {n: _percentiles(self.samples[:, i], self.level) for i, n in enumerate(self.names)}
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
+    def to_dict(self, samples: bool = False) -> dict[str, Any]:
+        """The fit as plain numbers; ``samples=True`` adds the bootstrap rows (what :meth:`from_dict` needs
+        to predict with intervals again, e.g. ``raysl analyze --predict`` from ``scaling.json``)."""
+        out = {
             "law": self.law,
             "formula": FORMULAS[self.law],
             "params": dict(self.params),
@@ -81,6 +85,21 @@ class LawFit:
             "n_bootstrap": int(len(self.samples)),
             "rmse_log": self.rmse_log,
         }
+        if samples:
+            out["samples"] = self.samples.tolist()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LawFit":
+        """The fit :meth:`to_dict` wrote (with or without its samples: without, predictions have no interval)."""
+        law = data["law"]
+        names = {"compute": ("E_inf", "a", "b"), "model_data": ("E_inf", "A", "alpha", "B", "beta")}[law]
+        rows = data.get("samples") or []
+        samples = np.asarray(rows, dtype=float).reshape(len(rows), len(names))
+        intervals = {k: tuple(v) for k, v in (data.get("intervals") or {}).items()}
+        return cls(law, names, {k: float(data["params"][k]) for k in names}, samples, float(data["level"]),
+                   int(data["n_runs"]), float(data.get("rmse_log") or math.nan),
+                   intervals or {n: (math.nan, math.nan) for n in names})
 
 
 FORMULAS = {
@@ -482,6 +501,51 @@ def gradient_noise_scale(sq_norms_small: Sequence[float], batch_small: int, sq_n
     g2 = (batch_big * g_big - batch_small * g_small) / (batch_big - batch_small)
     trace = (g_small - g_big) / (1.0 / batch_small - 1.0 / batch_big)
     return {"G2": g2, "trace_sigma": trace, "B_simple": trace / g2 if g2 > 0 else math.inf}
+
+
+# --------------------------------------------------------------------------
+# worker scaling
+
+
+def worker_scaling(workers: Sequence[int], rates: Sequence[Sequence[float]]) -> dict[str, Any]:
+    """Throughput per number of data-parallel workers, the speed-up and the parallel efficiency.
+
+    One entry per run: ``workers[i]`` workers and ``rates[i]`` its images/s per epoch, in epoch
+    order. The first epoch of each run is left out (it includes start-up: Ray Data's first read,
+    the data put on the device, the process group); a run with one epoch only keeps it, and the
+    row says so (``first_epoch_only``). Per worker count the median over the pooled epochs is its
+    throughput ``T(w)``; against the fewest workers ``w0`` (1 when a 1-worker run exists)::
+
+        speedup(w) = T(w) / T(w0),   efficiency(w) = speedup(w) / (w / w0)
+
+    so a perfectly parallel job has efficiency 1 at every ``w``. Returns ``{"reference_workers":
+    w0, "rows": [{"num_workers", "images_per_s", "epochs", "runs", "first_epoch_only", "speedup",
+    "efficiency"}, ...]}`` (rows by worker count); raises ValueError without a usable run.
+    """
+    if len(workers) != len(rates):
+        raise ValueError(f"workers and rates differ in length ({len(workers)} vs {len(rates)})")
+    pooled: dict[int, list[float]] = {}
+    runs: dict[int, int] = {}
+    first_only: dict[int, bool] = {}
+    for w, per_epoch in zip(workers, rates):
+        values = [float(v) for v in per_epoch if v is not None and math.isfinite(float(v)) and float(v) > 0]
+        if int(w) < 1 or not values:
+            continue
+        kept = values[1:] if len(values) > 1 else values
+        pooled.setdefault(int(w), []).extend(kept)
+        runs[int(w)] = runs.get(int(w), 0) + 1
+        first_only[int(w)] = first_only.get(int(w), False) or len(values) == 1
+    if not pooled:
+        raise ValueError("no run reported images_per_s")
+    ref = min(pooled)
+    t_ref = float(np.median(pooled[ref]))
+    rows = []
+    for w in sorted(pooled):
+        t = float(np.median(pooled[w]))
+        speedup = t / t_ref
+        rows.append({"num_workers": w, "images_per_s": t, "epochs": len(pooled[w]), "runs": runs[w],
+                     "first_epoch_only": first_only[w], "speedup": speedup, "efficiency": speedup / (w / ref)})
+    return {"reference_workers": ref, "rows": rows}
 
 
 # --------------------------------------------------------------------------
