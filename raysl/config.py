@@ -366,6 +366,9 @@ class EvalConfig(Section):
     rankme_max_samples: Annotated[int, Field(ge=2)] = 25_600
     linear_probe: bool = False  # offline probe at the end of training
     stop_on_collapse: bool = True
+    # gradient noise scale B_simple at each evaluation (raysl.noise_scale); None = auto: only for
+    # methods whose loss is a mean of per-sample terms (unbiased there)
+    noise_scale: bool | None = None
 
 
 class CheckpointConfig(Section):

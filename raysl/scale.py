@@ -237,6 +237,9 @@ def collect_runs(experiment: str, metric: str, grid_keys: list[str]) -> tuple[li
             "flops": float(last.get("flops")), "n_params": int(last.get("n_params")),
             "train_images": int(last.get("train_images")), "epochs": int(last.get("epoch") or 0),
             "wall_time_s": _number(trial["wall_time_s"]),
+            # B_simple at the last evaluation that logged it (raysl.noise_scale; None where not logged)
+            "noise_scale": _number(rows["noise_scale"].dropna().iloc[-1])
+            if "noise_scale" in rows and rows["noise_scale"].notna().any() else None,
             "curve": [[float(s), 1.0 - float(v)] for s, v in curve.drop_duplicates("step").itertuples(index=False)],
             # one value per epoch in epoch order (a closing report repeats its epoch's value)
             "images_per_s": [float(v) for v in rates.drop_duplicates("epoch").sort_values("epoch")["images_per_s"]],

@@ -604,9 +604,12 @@ def write_html(result: dict, summary: dict, preds: list[dict], plots: dict[str, 
         run_rows.append(({"data-trial": str(r["trial_id"])},
                          [str(r["trial_id"]), *(str(r["config"].get(k)) for k in grid), _g(r["flops"]),
                           _g(r["n_params"]), _g(r["train_images"]), _g(r["error"]),
-                          _g(float(np.median(rates)) if rates else None)]))
+                          _g(float(np.median(rates)) if rates else None), _g(r.get("noise_scale"))]))
     parts.append(_html_table("runs", ["trial", *grid, "FLOPs", "N (params)", "D (images)", "error",
-                                      "images/s"], run_rows))
+                                      "images/s", "B_simple"], run_rows))
+    parts.append("<p class=\"note\">B_simple: the gradient noise scale tr(&Sigma;)/|G|&sup2; of the run's last "
+                 "evaluation (raysl.noise_scale; logged by default only for losses that are means of per-sample terms, "
+                 "biased for in-batch negatives and batch statistics), a rough critical batch size.</p>")
     not_used = result.get("not_used") or []
     if not_used:
         listed = ", ".join(f"{r['trial_id']} ({r['status']})" for r in not_used)

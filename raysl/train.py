@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from raysl import distributed, schedules
+from raysl import distributed, noise_scale, schedules
 from raysl.checkpoint import checkpoint_dirs, load_state, save_state
 from raysl.config import RunConfig
 from raysl.data.augment import augment_precropped, make_views, to_float
@@ -456,6 +456,9 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
         }
         last = epoch + 1 == cfg.optim.epochs
         if eval_set is not None and ((epoch + 1) % cfg.eval.every_epochs == 0 or last):
+            if steps_done and noise_scale.wanted(cfg.eval.noise_scale, method):
+                with autocast:  # the epoch's last step's views, cut into pieces (raysl.noise_scale), in train mode
+                    metrics.update(noise_scale.measure_noise_scale(method, crops, indices))
             metrics.update(evaluate_method(method, eval_set, cfg, norm, views, gen))
         collapsed = bool(metrics.pop("collapsed", False))
         if last:

@@ -36,6 +36,10 @@ class Method(nn.Module):
     #: gets ``views[:num_views]`` (the global views) followed by the local crops, which are
     #: smaller; a method without it is never given local crops (the config rejects them).
     supports_local_crops = False
+    #: Whether the loss is a mean of per-sample terms (given the teacher, queue or centre of the
+    #: step): then the gradient noise scale is an unbiased estimate and ``eval.noise_scale: auto``
+    #: logs it (:mod:`raysl.noise_scale`); in-batch negatives and batch statistics make it biased.
+    loss_is_sample_mean = False
 
     def __init__(self, method_cfg: Any, model_cfg: ModelConfig, in_channels: int):
         super().__init__()

@@ -15,6 +15,7 @@ from raysl.models import mlp
 
 
 class BYOL(EMATeacherMethod):
+    loss_is_sample_mean = True  # per-sample terms given the step's teacher, queue or centre
     supports_local_crops = True
 
     def __init__(self, method_cfg, model_cfg, in_channels):

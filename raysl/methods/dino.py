@@ -44,6 +44,7 @@ class Prototypes(nn.Module):
 
 
 class DINO(EMATeacherMethod):
+    loss_is_sample_mean = True  # per-sample terms given the step's teacher, queue or centre
     supports_local_crops = True
 
     def __init__(self, method_cfg, model_cfg, in_channels):

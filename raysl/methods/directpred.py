@@ -25,6 +25,7 @@ EIGEN_POWER = 0.5
 
 
 class DirectPred(StopGradPredictorMethod):
+    loss_is_sample_mean = True  # per-sample terms given the step's teacher, queue or centre
     def __init__(self, method_cfg, model_cfg, in_channels):
         super().__init__(method_cfg, model_cfg, in_channels)
         d = model_cfg.projector_dim

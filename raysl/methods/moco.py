@@ -29,6 +29,7 @@ from raysl.methods.base import EMATeacherMethod
 
 
 class MoCo(EMATeacherMethod):
+    loss_is_sample_mean = True  # per-sample terms given the step's teacher, queue or centre
     def __init__(self, method_cfg, model_cfg, in_channels):
         super().__init__(method_cfg, model_cfg, in_channels)
         # Random unit keys until real ones arrive, as in MoCo.

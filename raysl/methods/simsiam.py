@@ -12,6 +12,7 @@ from raysl.methods.base import StopGradPredictorMethod, predictor_mlp
 
 
 class SimSiam(StopGradPredictorMethod):
+    loss_is_sample_mean = True  # per-sample terms given the step's teacher, queue or centre
     def __init__(self, method_cfg, model_cfg, in_channels):
         super().__init__(method_cfg, model_cfg, in_channels)
         self.predictor = predictor_mlp(model_cfg)
