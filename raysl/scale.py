@@ -428,19 +428,42 @@ def format_report(result: dict, level: float) -> str:
 # entry point
 
 
+def check_batches(points: list[tuple[str, Any]]) -> None:
+    """Every grid point trains at least one full batch an epoch (a small ``data.fraction`` may not)."""
+    from raysl.data.shards import load_manifest
+    from raysl.data.subset import train_rows
+    from raysl.launch import resolve_data_dir
+
+    seen: dict[tuple, int] = {}
+    for where, cfg in points:
+        data_dir = resolve_data_dir(cfg)
+        key = (data_dir, cfg.data.fraction, cfg.seed)
+        if key not in seen:
+            seen[key] = train_rows(data_dir, load_manifest(data_dir), cfg.data.fraction, cfg.seed)
+        rows = seen[key]
+        if rows < cfg.optim.batch_size:
+            raise ConfigError(
+                f"{where}: data.fraction {cfg.data.fraction:g} leaves {rows} train images, fewer than one batch "
+                f"(optim.batch_size {cfg.optim.batch_size}); use larger fractions in grid: or a smaller "
+                f"optim.batch_size")
+
+
 def scale_main(args) -> int:
     from raysl import storage
-    from raysl.search import _experiment_name, _storage, tune_main
+    from raysl.search import _absolute_data_path, _experiment_name, _storage, tune_main
     from raysl.space import space_from_dict
 
     spec = load_scaling(args.file, args.overrides, args.predict)
     space = space_from_dict(spec.space_dict(), spec.source)
     grid_size = math.prod(len(v) for v in spec.grid.values())
+    points = []
     for combo in itertools.product(*spec.grid.values()):  # every run's config is valid before Ray starts
-        tree = spec.base
+        tree = _absolute_data_path(spec.base)
         for key, value in zip(spec.grid, combo):
             tree = set_dotted(tree, key, value)
-        build_config(tree, f"{spec.source}: grid point {dict(zip(spec.grid, combo))}")
+        where = f"{spec.source}: grid point {dict(zip(spec.grid, combo))}"
+        points.append((where, build_config(tree, where)))
+    check_batches(points)
     space.tune.num_samples = grid_size
     name = _experiment_name(args, args.file)
     experiment = storage.join_uri(_storage(args), name)

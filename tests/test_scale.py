@@ -70,6 +70,20 @@ def test_bad_scaling_files_fail_before_ray(tmp_path, edit, message):
         load_scaling(str(write(tmp_path / "bad.yaml", data)))
 
 
+def test_a_fraction_smaller_than_one_batch_is_a_config_error_before_ray(tmp_path, digits_dir):
+    # digits has 1,437 train rows: fraction 0.02 keeps ~29 of them (seeded hash), fewer than a batch of 64
+    data = yaml.safe_load(QUICKSTART.read_text())
+    data["base"]["data"] = {**data["base"]["data"], "source": "digits", "path": digits_dir}
+    data["grid"] = {"model.width": [4], "data.fraction": [0.02, 1.0]}
+    spec = write(tmp_path / "tiny.yaml", data)
+    proc = subprocess.run([RAYSL, "scale", str(spec), "--storage", str(tmp_path / "runs")], capture_output=True,
+                          text=True, timeout=HANG, env={**os.environ, "RAY_ADDRESS": ""})
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("raysl: error:")]
+    assert len(lines) == 1 and "data.fraction 0.02 leaves" in lines[0] and "fewer than one batch" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()  # nothing started, nothing written
+
+
 def test_fit_all_on_synthetic_runs_recovers_the_law_and_predicts():
     """Runs drawn from E = 0.1 + 5 N^-0.35 + 20 D^-0.4 (1% noise) with C = 6 N D: the E(N, D) fit finds
     the exponents within 15% (E_inf, A and alpha trade off: with this seed's noise the least-squares
