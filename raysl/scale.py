@@ -306,7 +306,9 @@ def fit_all(runs: list[dict], spec: ScalingSpec, point_values) -> dict[str, Any]
 def predict_at(point: dict[str, Any], compute_fit: laws.LawFit | None, model_data_fit: laws.LawFit | None,
                point_values) -> dict[str, Any]:
     """The predicted error at ``{compute: C}`` or at grid-axis values (``point_values(point) -> (N, D, C)``)
-    from each fit there is: ``error_compute`` / ``error_model_data`` = [median, lo, hi]."""
+    from each fit there is: ``error_compute`` / ``error_model_data`` = [median, lo, hi] of the curve, and
+    ``run_compute`` / ``run_model_data`` = the same for one new run there (the prediction interval, which
+    adds the runs' scatter around the curve: what a held-out run is checked against)."""
     entry: dict[str, Any] = {"point": point}
     if "compute" in point:
         entry["compute"] = float(point["compute"])
@@ -315,8 +317,10 @@ def predict_at(point: dict[str, Any], compute_fit: laws.LawFit | None, model_dat
         entry.update({"n_params": n, "train_images": d, "compute": c})
         if model_data_fit is not None:
             entry["error_model_data"] = list(laws.predict(model_data_fit, N=n, D=d))
+            entry["run_model_data"] = list(laws.predict_run(model_data_fit, N=n, D=d))
     if compute_fit is not None:
         entry["error_compute"] = list(laws.predict(compute_fit, C=entry["compute"]))
+        entry["run_compute"] = list(laws.predict_run(compute_fit, C=entry["compute"]))
     return entry
 
 
@@ -415,10 +419,12 @@ def format_report(result: dict, level: float) -> str:
     for p in result.get("predictions", []):
         where = ", ".join(f"{k}={v}" for k, v in p["point"].items())
         parts = []
-        for key, label in (("error_model_data", "E(N, D)"), ("error_compute", "E(C)")):
+        for key, run, label in (("error_model_data", "run_model_data", "E(N, D)"),
+                                ("error_compute", "run_compute", "E(C)")):
             if key in p:
                 med, lo, hi = p[key]
-                parts.append(f"{label} {_g(med)} [{_g(lo)}, {_g(hi)}]")
+                one = f", one run [{_g(p[run][1])}, {_g(p[run][2])}]" if run in p else ""
+                parts.append(f"{label} {_g(med)} [{_g(lo)}, {_g(hi)}]{one}")
         lines.append(f"predict {where} (C = {_g(p.get('compute'))} FLOPs): error " + ("; ".join(parts) or "no fit"))
     lines += [f"note: {n}" for n in result.get("notes", [])]
     return "\n".join(lines)

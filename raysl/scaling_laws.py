@@ -329,6 +329,37 @@ def predict(fit: LawFit, *, C: Any = None, N: Any = None, D: Any = None,
     return _scalar(median), _scalar(lo), _scalar(hi)
 
 
+def residual_sd(fit: LawFit) -> float:
+    """The scatter of a run's ``log E`` around the law: the fit's residual standard deviation with
+    ``n - p`` degrees of freedom (``rmse_log * sqrt(n / (n - p))``; NaN when n <= p)."""
+    n, p = fit.n_runs, len(fit.names)
+    return fit.rmse_log * math.sqrt(n / (n - p)) if n > p else math.nan
+
+
+def predict_run(fit: LawFit, *, C: Any = None, N: Any = None, D: Any = None, level: float | None = None,
+                seed: int = 0) -> tuple[Any, Any, Any]:
+    """(median, lo, hi) of the error *one new run* at the point will measure: a prediction interval.
+
+    :func:`predict` bounds the curve (where the mean of many runs would
+    lie); a single run also scatters around the curve (seed, data order,
+    the grid's own misfit). Each bootstrap refit's value is multiplied by
+    ``exp(e)``, ``e ~ N(0, s^2)`` with ``s`` = :func:`residual_sd` (the fit's
+    scatter in ``log E``), and the ``level`` percentiles of those draws are
+    returned: the interval a held-out run should fall in ``level`` of the time.
+    """
+    level = fit.level if level is None else level
+    s = residual_sd(fit)
+    if not len(fit.samples) or not math.isfinite(s):
+        return predict(fit, C=C, N=N, D=D, level=level)
+    rng = np.random.default_rng(seed)
+    values = np.array([law_value(fit, row, C=C, N=N, D=D) for row in fit.samples])
+    draws = values * np.exp(rng.normal(0.0, s, size=(8,) + values.shape))  # 8 noise draws per refit
+    tail = 50.0 * (1.0 - level)
+    median = np.median(draws.reshape(-1, *values.shape[1:]), axis=0)
+    lo, hi = np.percentile(draws.reshape(-1, *values.shape[1:]), [tail, 100.0 - tail], axis=0)
+    return _scalar(median), _scalar(lo), _scalar(hi)
+
+
 def _scalar(x: Any) -> Any:
     arr = np.asarray(x, dtype=float)
     return float(arr) if arr.ndim == 0 else arr

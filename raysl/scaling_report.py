@@ -506,6 +506,8 @@ def prediction_rows(preds: list[dict]) -> list[tuple[dict[str, str], list[str]]]
         for key in ("error_model_data", "error_compute"):
             med, lo, hi = p.get(key) or (None, None, None)
             cells += [_g(med), _interval((lo, hi)) if key in p else "no fit"]
+        for key in ("run_model_data", "run_compute"):
+            cells.append(_interval(p[key][1:]) if key in p else "-")
         rows.append(({"data-point": json.dumps(p["point"], sort_keys=True)}, cells))
     return rows
 
@@ -544,8 +546,13 @@ def write_html(result: dict, summary: dict, preds: list[dict], plots: dict[str, 
     parts.append("<h2>Predictions</h2>")
     if preds:
         parts.append(_html_table("predictions", ["point", "from", "N (params)", "D (images)", "C (FLOPs)",
-                                                 "E(N, D)", f"E(N, D) {level}", "E(C)", f"E(C) {level}"],
+                                                 "E(N, D)", f"E(N, D) {level}", "E(C)", f"E(C) {level}",
+                                                 f"one run, E(N, D) {level}", f"one run, E(C) {level}"],
                                  prediction_rows(preds)))
+        parts.append(f"<p>E(N, D) and E(C) {level}: where the fitted curve lies (bootstrap over the runs). "
+                     f"<em>One run</em>: the {level} prediction interval of a single new run there, which adds "
+                     "the runs' scatter around the curve (the fit's residual spread in log error): the interval "
+                     "a held-out run is checked against.</p>")
     else:
         parts.append("<p class=\"note\" id=\"predictions-missing\">No predictions: add <code>fit.predict</code> "
                      "to the scaling file, or <code>raysl analyze EXP --predict width=64 --predict compute=1e15"
@@ -652,7 +659,9 @@ def prediction_lines(preds: list[dict]) -> list[str]:
     for p in preds:
         where = point_text(p["point"])
         found = [f"{label} {_g(p[key][0])} {_interval(p[key][1:])}"
-                 for key, label in (("error_model_data", "E(N, D)"), ("error_compute", "E(C)")) if key in p]
+                 + (f", one run {_interval(p[run][1:])}" if run in p else "")
+                 for key, run, label in (("error_model_data", "run_model_data", "E(N, D)"),
+                                         ("error_compute", "run_compute", "E(C)")) if key in p]
         lines.append(f"predict {where} (C = {_g(p.get('compute'))} FLOPs): error "
                      + ("; ".join(found) or "no fit (see the notes)"))
     return lines
