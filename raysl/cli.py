@@ -20,6 +20,16 @@ SET_HELP = ("override one config key, repeatable; the value is read as YAML: --s
             "schedule, scale, eval, checkpoint (all keys and defaults: raysl/config.py)")
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raysl", description="Tune and scale self-supervised learning on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -44,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="run config YAML (or a search space; its base: is used)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     train.add_argument("--out", default=None, help="run folder (default: runs/<method>); re-running resumes")
+    train.add_argument("--max-failures", type=_non_negative_int, default=None, metavar="N",
+                       help="restart the worker group from the latest checkpoint up to N times when a worker "
+                            "fails (a preempted node, the OOM killer); default: scale.max_failures (0)")
     train.add_argument("--verbose", action="store_true", help="also show Ray's own logs (workers, warnings, reports)")
 
     tune = sub.add_parser("tune", help="search hyperparameters with Ray Tune + Optuna")
@@ -132,6 +145,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 2
     except Interrupted as stop:  # Ctrl-C or SIGTERM: train_run stopped Ray and kept every registered checkpoint
         resume = train_resume_command(args, _absolute(out))
+    if args.max_failures is not None:  # the flag wins over the config's scale.max_failures
+        cfg.scale.max_failures = args.max_failures
         print(f"raysl: interrupted ({stop.signal_name}) {stop.detail}; resume with: {resume}", file=sys.stderr,
               flush=True)
         return 130
@@ -172,6 +187,8 @@ def _shutdown_ray() -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    if getattr(args, "max_failures", None) is not None:
+        parts += ["--max-failures", str(args.max_failures)]
     from raysl.search import tune_main
 
     return tune_main(args)

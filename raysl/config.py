@@ -10,11 +10,12 @@ its ``base:`` is the run config.
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raysl.errors import ConfigError
 
@@ -348,13 +349,54 @@ class ScheduleConfig(Section):
     weight_decay_final: Weight = 0.4  # used by cosine (DINO)
 
 
+WORKERS_HINT = "a number of workers (e.g. 2), or [min, max] for elastic training (e.g. [1, 4])"
+
+
 class ScaleConfig(Section):
-    num_workers: Annotated[int, Field(ge=1)] = 1
+    # a number, or [min, max]: elastic (raysl train), Ray Train runs as many workers as the cluster
+    # fits, restarting the group at another size when workers are lost or come back; optim.batch_size
+    # stays the global batch (each worker takes batch_size / workers)
+    num_workers: int | tuple[int, int] = 1
+    # raysl train: restarts of the worker group (from the latest checkpoint) after a worker fails;
+    # `raysl train --max-failures N` sets it. Trials use tune.max_failures.
+    max_failures: Annotated[int, Field(ge=0)] = 0
     use_gpu: bool = False
     cpus_per_worker: Annotated[float, Field(gt=0.0)] = 1.0
     gpus_per_worker: Annotated[float, Field(gt=0.0)] = 1.0
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast is used on GPU only
     torch_threads: Annotated[int, Field(ge=1)] | None = None  # default: cpus_per_worker
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> int | tuple[int, int]:
+        def count(v: Any) -> int:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v):
+                raise ValueError(f"expected {WORKERS_HINT}")
+            return int(v)
+
+        if isinstance(value, (list, tuple)):
+            if len(value) != 2:
+                raise ValueError(f"expected {WORKERS_HINT}")
+            low, high = count(value[0]), count(value[1])
+            if not 1 <= low <= high:
+                raise ValueError("[min, max] needs 1 <= min <= max, e.g. [1, 4]")
+            return low if low == high else (low, high)
+        if count(value) < 1:
+            raise ValueError(f"needs at least 1 worker; expected {WORKERS_HINT}")
+        return count(value)
+
+    @property
+    def elastic(self) -> bool:
+        return isinstance(self.num_workers, tuple)
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers[0] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        """The most workers a run uses (what resource and FLOP counts assume)."""
+        return self.num_workers[1] if isinstance(self.num_workers, tuple) else self.num_workers
 
 
 class EvalConfig(Section):
@@ -389,16 +431,31 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "RunConfig":
-        if self.optim.batch_size < 2 * self.scale.num_workers:
+        scale, batch = self.scale, self.optim.batch_size
+        if batch < 2 * scale.max_workers:
             raise ValueError(
-                f"optim.batch_size ({self.optim.batch_size}) must be at least 2 per worker "
-                f"({self.scale.num_workers} workers)"
+                f"optim.batch_size ({batch}) must be at least 2 per worker ({scale.max_workers} workers)"
             )
         model = self.model
         if model.backbone == "vit_tiny":
             for key, size in (("model.vit_image_size", model.vit_image_size), ("data.crop_size", self.data.crop_size)):
                 if size is not None and size < model.patch_size:
                     raise ValueError(
+        if scale.elastic:
+            # the global batch (and so the lr and the results) must not change with the worker count:
+            # every count Ray may choose has to split it evenly
+            counts = range(scale.min_workers, scale.max_workers + 1)
+            uneven = [n for n in counts if batch % n]
+            if uneven:
+                step = math.lcm(*counts)
+                above = -(-batch // step) * step
+                fits = f"{above}" if above == step else f"{above - step} or {above}"
+                raise ValueError(
+                    f"optim.batch_size ({batch}) is the global batch and must split evenly over every worker "
+                    f"count in scale.num_workers [{scale.min_workers}, {scale.max_workers}], but not over "
+                    f"{' or '.join(map(str, uneven))} workers; use a multiple of {step} (e.g. {fits}) or a "
+                    "narrower range"
+                )
                         f"{key} ({size}) is smaller than one ViT patch (model.patch_size={model.patch_size}); "
                         "use a smaller model.patch_size"
                     )

@@ -6,12 +6,13 @@ Everything a user can get wrong is checked here, before Ray starts.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from raysl.config import RunConfig
 from raysl import storage
@@ -239,6 +240,77 @@ def _make_callback(path: storage.Location, show: bool = True):
     return _Callback()
 
 
+def relay_line(relay, text: str) -> None:
+    """A line for the user from the TrainController (an async actor: it does not wait)."""
+    relay.put.remote({"kind": "line", "text": text})
+
+
+def make_failure_policy(failure_config, say: Callable[[str], Any], out: storage.Location):
+    """Ray Train's failure policy for ``raysl train``, with two changes: a RayslError a worker raised
+    (diverged, collapsed, a full disk, no loadable checkpoint) ends the run at once, since a restart
+    from the checkpoint would only repeat it; and each restart is told in one line (``say``)."""
+    from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy, FailureDecision
+    from ray.train.v2.api.exceptions import ControllerError
+
+    class _RunFailurePolicy(DefaultFailurePolicy):
+        def make_decision(self, training_failed_error):
+            if user_error_from(training_failed_error) is not None:
+                return FailureDecision.RAISE
+            preemptions = getattr(self, "_preemption_failures", 0)  # Ray's own counts
+            decision = super().make_decision(training_failed_error)
+            if decision == FailureDecision.RETRY and not isinstance(training_failed_error, ControllerError):
+                # (a ControllerError here is Ray retrying to start the group: no worker failed)
+                registered = registered_checkpoints(out)
+                line = restart_line(training_failed_error, registered[1] if registered else 0,
+                                    self.failure_config.max_failures, getattr(self, "_worker_group_failures", 0),
+                                    preempted=getattr(self, "_preemption_failures", 0) > preemptions)
+                say(line)
+            return decision
+
+    return _RunFailurePolicy(failure_config)
+
+
+def restart_line(error: BaseException, epoch: int, max_failures: int, failures: int, preempted: bool = False) -> str:
+    """``[raysl] a training worker died; restarting the worker group from the epoch 3 checkpoint
+    (failure 1 of 2)``: what failed, where the run goes on from, and how much of the budget is used."""
+    where = f"the epoch {epoch} checkpoint" if epoch else "the start (no epoch is checkpointed yet)"
+    budget = f"failure {failures} of {max_failures}"
+    if preempted:  # Ray counts them apart (FailureConfig.max_preemption_failures, unlimited)
+        what, budget = "a worker's node was preempted", "preemptions do not count against --max-failures"
+    elif worker_death_from(error) is not None:
+        what = "a training worker died"
+    else:  # an exception in the training code (not a RayslError: those end the run)
+        cause = _find_cause(error, lambda e: not type(e).__module__.startswith("ray."))
+        what = "a training worker failed"
+        if cause is not None:
+            what += f" ({type(cause).__name__}: {' '.join(str(cause).split())[:200]})"
+    return f"[raysl] {what}; restarting the worker group from {where} ({budget})"
+
+
+def make_resize_callback(say: Callable[[str], Any], batch_size: int):
+    """Tells the user each time Ray Train starts the worker group at another size (elastic
+    ``scale.num_workers: [min, max]``): the global batch stays, each worker's share changes."""
+    from ray.train.v2._internal.execution.callback import ControllerCallback
+
+    class _ResizeCallback(ControllerCallback):
+        def __init__(self):
+            self.workers: int | None = None
+
+        def on_controller_start_worker_group(self, *, scaling_config, num_workers):
+            if self.workers is not None and num_workers != self.workers:
+                say(resize_line(self.workers, num_workers, batch_size))
+            self.workers = num_workers
+            return None
+
+    return _ResizeCallback()
+
+
+def resize_line(before: int, after: int, batch_size: int) -> str:
+    """``[raysl] workers: 2 -> 1, per-worker batch 64 -> 128 (global batch 128)``."""
+    return (f"[raysl] workers: {before} -> {after}, per-worker batch {batch_size // before} -> "
+            f"{batch_size // after} (global batch {batch_size})")
+
+
 def user_error_from(exc: BaseException) -> RayslError | None:
     """The RayslError a worker raised, found through Ray's wrappers."""
     return _find_cause(exc, lambda e: isinstance(e, RayslError))
@@ -443,12 +515,14 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
     ray.data.DataContext.get_current().enable_progress_bars = False
     dataset = train_dataset(cfg, data_dir)  # pixel rows, or JPEG crops cut by Ray Data tasks
     relay = progress.start_relay()
+    failure_config = ray.train.FailureConfig(max_failures=cfg.scale.max_failures)
+    say = functools.partial(relay_line, relay)  # restarts and resizes, told from the TrainController
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"config": cfg.model_dump(mode="json"), "data_dir": data_dir,
                            "progress": progress.relay_config(relay, progress.stream_isatty(sys.stderr))},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.scale.num_workers,
+            num_workers=cfg.scale.num_workers,  # (min, max): elastic
             use_gpu=cfg.scale.use_gpu,
             resources_per_worker={"CPU": cfg.scale.cpus_per_worker, **({"GPU": cfg.scale.gpus_per_worker} if cfg.scale.use_gpu else {})},
         ),
@@ -456,8 +530,9 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
             name=TRAIN_RUN_NAME,
             storage_path=out_dir.uri,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
-            failure_config=ray.train.FailureConfig(max_failures=0),
-            callbacks=[_make_callback(out_dir.join("metrics.jsonl"), show=False)],
+            failure_config=failure_config,
+            callbacks=[_make_callback(out_dir.join("metrics.jsonl"), show=False),
+                       make_resize_callback(say, cfg.optim.batch_size)],
         ),
         datasets={"train": dataset},
     )
@@ -465,6 +540,10 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
     # instead (SIGTERM too) and say what was kept
     controllers: list = []
     trainer._register_sigint_handler = controllers.append  # type: ignore[method-assign]
+    # and Ray's failure policy, with raysl's: user errors are final, each restart is told (see above)
+    run_controller = trainer._initialize_and_run_controller
+    trainer._initialize_and_run_controller = lambda **kwargs: run_controller(  # type: ignore[method-assign]
+        **{**kwargs, "failure_policy": make_failure_policy(failure_config, say, out_dir)})
     try:
         with interrupt_signals():
             try:
@@ -483,8 +562,11 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
         if user is None and worker_death_from(exc) is not None:
             _stop_run(controllers, out_dir)
             _, kept = kept_epochs(out_dir, cfg.optim.epochs)
+            restarts = cfg.scale.max_failures
+            spent = f", with the {restarts} restart{'s' * (restarts != 1)} of --max-failures {restarts} used up" \
+                if restarts else ""
             error = WorkerDiedError(
-                f"a training worker died (killed by a signal: out of memory or preemption?); {kept}")
+                f"a training worker died (killed by a signal: out of memory or preemption?){spent}; {kept}")
             error.summary = {"status": "errored", "error": str(error), "out": str(out_dir)}  # type: ignore[attr-defined]
             raise error from None
         if user is None:

@@ -185,8 +185,11 @@ class RelayBuffer:
 def start_relay():
     """A relay actor for one run (the driver creates it after ``ray.init``)."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    return ray.remote(num_cpus=0, max_restarts=0)(RelayBuffer).remote()
+    # on the driver's node: a worker node can go away (a preempted spot node) and the run go on
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(num_cpus=0, max_restarts=0)(RelayBuffer).options(scheduling_strategy=here).remote()
 
 
 def relay_config(relay, tty: bool) -> dict:

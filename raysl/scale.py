@@ -408,10 +408,11 @@ def format_report(result: dict, level: float) -> str:
         else:
             lines.append(f"critical batch size {cb['group']}: not fitted ({cb.get('note')})")
     for ws in result.get("worker_scaling", []):
+        group = f" {ws['group']}" if ws["group"] else ""
         if "rows" not in ws:
-            lines.append(f"worker scaling {ws['group']}: {ws.get('note')}")
+            lines.append(f"worker scaling{group}: {ws.get('note')}")
             continue
-        lines.append(f"worker scaling {ws['group']} (median images/s over epochs after the first; "
+        lines.append(f"worker scaling{group} (median images/s over epochs after the first; "
                      f"speed-up against {ws['reference_workers']} worker(s)):")
         for row in ws["rows"]:
             lines.append(f"  {row['num_workers']:3d} workers: {row['images_per_s']:10.1f} images/s, speed-up "

@@ -403,8 +403,10 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
     if rank == 0 and start_epoch == 0:
         ticker.say(
             f"[raysl] {cfg.method.name}: {rows} train images"
-            f"{f' (data.fraction {cfg.data.fraction:g})' if cfg.data.fraction < 1 else ''}, {world} worker(s), "
-            f"global batch {cfg.optim.batch_size}, {steps_per_epoch} steps/epoch; peak lr {peak:.4g} = "
+            f"{f' (data.fraction {cfg.data.fraction:g})' if cfg.data.fraction < 1 else ''}, {world} worker(s)"
+            f"{f' (elastic, {cfg.scale.min_workers}-{cfg.scale.max_workers})' if cfg.scale.elastic else ''}, "
+            f"global batch {cfg.optim.batch_size}{f' ({local_batch} per worker)' if world > 1 else ''}, "
+            f"{steps_per_epoch} steps/epoch; peak lr {peak:.4g} = "
             f"{_lr_formula(cfg)} ({cfg.optim.lr_scaling} scaling)"
         )
 
