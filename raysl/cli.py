@@ -133,6 +133,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from raysl.launch import train_run
 
     cfg = load_config(args.config, args.overrides)
+    if args.max_failures is not None:  # the flag wins over the config's scale.max_failures
+        cfg.scale.max_failures = args.max_failures
     out = args.out or os.path.join("runs", cfg.method.name)
     try:
         summary = train_run(cfg, out, source=args.config, verbose=args.verbose)
@@ -145,8 +147,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 2
     except Interrupted as stop:  # Ctrl-C or SIGTERM: train_run stopped Ray and kept every registered checkpoint
         resume = train_resume_command(args, _absolute(out))
-    if args.max_failures is not None:  # the flag wins over the config's scale.max_failures
-        cfg.scale.max_failures = args.max_failures
         print(f"raysl: interrupted ({stop.signal_name}) {stop.detail}; resume with: {resume}", file=sys.stderr,
               flush=True)
         return 130
@@ -175,6 +175,8 @@ def train_resume_command(args: argparse.Namespace, out: str) -> str:
     import shlex
 
     parts = ["raysl", "train", args.config, *(x for o in args.overrides for x in ("--set", o)), "--out", out]
+    if getattr(args, "max_failures", None) is not None:
+        parts += ["--max-failures", str(args.max_failures)]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -187,8 +189,6 @@ def _shutdown_ray() -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    if getattr(args, "max_failures", None) is not None:
-        parts += ["--max-failures", str(args.max_failures)]
     from raysl.search import tune_main
 
     return tune_main(args)

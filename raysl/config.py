@@ -436,11 +436,6 @@ class RunConfig(Section):
             raise ValueError(
                 f"optim.batch_size ({batch}) must be at least 2 per worker ({scale.max_workers} workers)"
             )
-        model = self.model
-        if model.backbone == "vit_tiny":
-            for key, size in (("model.vit_image_size", model.vit_image_size), ("data.crop_size", self.data.crop_size)):
-                if size is not None and size < model.patch_size:
-                    raise ValueError(
         if scale.elastic:
             # the global batch (and so the lr and the results) must not change with the worker count:
             # every count Ray may choose has to split it evenly
@@ -456,6 +451,11 @@ class RunConfig(Section):
                     f"{' or '.join(map(str, uneven))} workers; use a multiple of {step} (e.g. {fits}) or a "
                     "narrower range"
                 )
+        model = self.model
+        if model.backbone == "vit_tiny":
+            for key, size in (("model.vit_image_size", model.vit_image_size), ("data.crop_size", self.data.crop_size)):
+                if size is not None and size < model.patch_size:
+                    raise ValueError(
                         f"{key} ({size}) is smaller than one ViT patch (model.patch_size={model.patch_size}); "
                         "use a smaller model.patch_size"
                     )

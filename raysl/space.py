@@ -460,15 +460,15 @@ def space_from_dict(data: dict, source: str, overrides: list[str] | tuple[str, .
         )
     _validate(params, base, source, {}, ())
     _check_methods(base_config, params, source)
+    if base_config.scale.elastic:  # (a search: choice cannot hold a list)
+        raise ConfigError(f"{source}: base: scale.num_workers: [min, max] (elastic) is for raysl train; a trial "
+                          "runs a fixed number of workers: give one number (tune.max_failures restarts a trial "
+                          "whose workers failed)")
 
     settings = validate_section(TuneSettings, tune_raw, source, "tune")
     space = SearchSpace(source, base, base_config, params, settings, raw=search_raw)
     _check_tune(space)
     return space
-    if base_config.scale.elastic:  # (a search: choice cannot hold a list)
-        raise ConfigError(f"{source}: base: scale.num_workers: [min, max] (elastic) is for raysl train; a trial "
-                          "runs a fixed number of workers: give one number (tune.max_failures restarts a trial "
-                          "whose workers failed)")
 
 
 def validate_section(model: type, raw: Any, source: str, name: str) -> Any:
