@@ -1,4 +1,4 @@
-"""The ``raysl`` command: data prepare, train, tune, analyze, export.
+"""The ``raysl`` command: data prepare, train, tune, analyze, export, dashboard.
 
 Exit codes: 0 success, 2 a user or environment error (one line on stderr), 130 an interruption
 (one line ending with the command that resumes), 1 an internal failure.
@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--storage", default=None, help="results folder or URI (default: ./raysl_results)")
     tune.add_argument("--name", default=None, help="experiment name (default: the space file's name)")
     tune.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
+    tune.add_argument("--optuna-storage", default=None, metavar="URL",
+                      help="database of the search's Optuna study (default: SQLite EXPERIMENT/optuna.db), e.g. a "
+                           "team's postgresql+psycopg2://USER@HOST:5432/DB; the study is named after the experiment")
     tune.add_argument("--wandb", action="store_true", help="log trials to Weights & Biases (offline unless logged in)")
     tune.add_argument("--verbose", action="store_true", help="also show Ray's own logs and Tune's result tables")
 
@@ -89,6 +92,15 @@ def _parser() -> argparse.ArgumentParser:
                          help="a scaling experiment (raysl scale): predict the error from its stored fits at a "
                               "point: --predict width=64 (grid axes, comma-separated) or --predict compute=1e15; "
                               "repeatable")
+
+    dash = sub.add_parser("dashboard", help="serve an experiment's Optuna study with optuna-dashboard on 127.0.0.1")
+    dash.add_argument("experiment", help="experiment folder or URI (--storage/--name of raysl tune)")
+    dash.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080; 0: any free port)")
+    dash.add_argument("--host", default="127.0.0.1",
+                      help="loopback address to listen on (default 127.0.0.1); reach it from elsewhere through "
+                           "ssh -L PORT:127.0.0.1:PORT HEAD_NODE")
+    dash.add_argument("--optuna-storage", default=None, metavar="URL",
+                      help="the study's database URL with its password, when the recorded one has none")
 
     export = sub.add_parser("export", help="write a run's trained backbone to a file for downstream use")
     export.add_argument("run_dir", help="a `raysl train` run folder (its --out)")
@@ -206,6 +218,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return analyze_main(args)
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from raysl.dashboard import dashboard_main
+
+    return dashboard_main(args)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from raysl.export import export_backbone
 
@@ -223,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         # before Ray is imported: its log de-duplication marks repeats in ANSI green, even in a file
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     handlers = {"train": cmd_train, "tune": cmd_tune, "scale": cmd_scale, "analyze": cmd_analyze,
-                "export": cmd_export}
+                "export": cmd_export, "dashboard": cmd_dashboard}
     try:
         if args.command == "data":
             return cmd_data_prepare(args)

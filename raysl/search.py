@@ -44,6 +44,8 @@ from raysl import storage
 from raysl.config import RunConfig, build_config, to_yaml
 from raysl.errors import CollapsedError, ConfigError, DivergedError, RayslError
 from raysl.space import SearchSpace, apply_sample, load_space, worst_value
+from raysl.study import OPTION as OPTUNA_OPTION
+from raysl.study import STUDY_FILES, prepare_new, prepare_resume, public_url
 
 DEFAULT_STORAGE = "./raysl_results"
 SPACE_FILE = "raysl_space.yaml"
@@ -335,7 +337,8 @@ def _sampler(space: SearchSpace, num_samples: int):
     return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, num_samples // 3)))
 
 
-def _search_and_scheduler(space: SearchSpace, objectives, num_samples: int, max_concurrent: int):
+def _search_and_scheduler(space: SearchSpace, objectives, num_samples: int, max_concurrent: int, study=None):
+    """``study``: the :class:`raysl.study.StudyPlace` the Optuna searcher keeps its study in (PBT has none)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
@@ -363,10 +366,14 @@ def _search_and_scheduler(space: SearchSpace, objectives, num_samples: int, max_
     metric = objectives[0][0] if single else [m for m, _ in objectives]
     mode = objectives[0][1] if single else [m for _, m in objectives]
     points = [base_point] if base_point and space.sampler_name() != "grid" else None
-    searcher = OptunaSearch(
-        space=SpaceSampler(space.params), metric=metric, mode=mode, points_to_evaluate=points,
-        sampler=_sampler(space, num_samples),
-    )
+    searcher_args = dict(space=SpaceSampler(space.params), metric=metric, mode=mode, points_to_evaluate=points,
+                         sampler=_sampler(space, num_samples))
+    if study is not None:
+        from raysl.study import StudySearch
+
+        searcher = StudySearch(study, **searcher_args)
+    else:
+        searcher = OptunaSearch(**searcher_args)
     searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
     if scheduler_name == "asha":
         scheduler = ASHAScheduler(
@@ -563,7 +570,7 @@ def _check_resumable(experiment: str, space: SearchSpace, args) -> bool:
         where, name = experiment.rstrip("/").rsplit("/", 1)
         raise ConfigError(f"no experiment {name} in {where} to resume; drop --resume to start it")
     if not Tuner.can_restore(experiment):
-        if set(listing) - {SPACE_FILE}:
+        if set(listing) - {SPACE_FILE} - STUDY_FILES:
             raise ConfigError(f"--resume: {experiment} has no Ray Tune experiment state to resume; "
                               "pass another --name to start a new experiment")
         # interrupted before Tune wrote its state: only the space raysl wrote first is there
@@ -613,6 +620,12 @@ def tune_resume_command(args, storage_root: str) -> str:
     given = False
     for i, arg in enumerate(argv):
         if arg == "--resume" or (i > 0 and argv[i - 1] == "--storage"):
+            continue
+        if i > 0 and argv[i - 1] == OPTUNA_OPTION or arg.startswith(OPTUNA_OPTION + "="):
+            # a database password is never printed: the resumed search gets it from PGPASSWORD,
+            # ~/.pgpass or an --optuna-storage typed again
+            head, url = (arg.split("=", 1) if arg.startswith(OPTUNA_OPTION + "=") else (None, arg))
+            parts.append(public_url(url) if head is None else f"{head}={public_url(url)}")
             continue
         if arg == "--storage" or arg.startswith("--storage="):
             parts += ["--storage", storage_root]  # where it is, as given, made absolute
@@ -664,9 +677,21 @@ def tune_main(args, space: SearchSpace | None = None, extra_metrics=None) -> int
             raise ConfigError(f"{args.space}: tune.metric {metric} needs labels and {data_dir} has none; "
                               "use metric: rankme (label-free)")
     restore = _check_resumable(experiment, space, args)
+    given_study = getattr(args, "optuna_storage", None)  # raysl scale has no --optuna-storage
+    if space.scheduler_name() == "pbt" and given_study:
+        raise ConfigError(f"{OPTUNA_OPTION}: a PBT search keeps no Optuna study (PBT mutates running trials "
+                          f"without a sampler); drop {OPTUNA_OPTION}, or use scheduler: asha")
+    if restore:
+        study = prepare_resume(experiment, given_study)
+    elif space.scheduler_name() == "pbt":
+        study = None
+    else:  # validated before anything is written: a database that does not answer leaves no experiment behind
+        study = prepare_new(experiment, name, given_study, retry=bool(args.resume))
     if not restore:
         storage.write_atomic(storage.join_uri(experiment, SPACE_FILE), yaml.safe_dump(space.to_yaml_dict(), sort_keys=False),
                              option="--storage")
+        if study is not None:
+            study.record()
     callbacks = _setup_wandb(name) if args.wandb else []
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -691,7 +716,8 @@ def tune_main(args, space: SearchSpace | None = None, extra_metrics=None) -> int
         print(f"[raysl] resuming {experiment}", file=sys.stderr)
         tuner = ray.tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
     else:
-        searcher, scheduler, param_space = _search_and_scheduler(space, objectives, num_samples, max_concurrent)
+        searcher, scheduler, param_space = _search_and_scheduler(space, objectives, num_samples, max_concurrent,
+                                                                 study)
         single = len(objectives) == 1
         tuner = ray.tune.Tuner(
             trainable,
@@ -722,7 +748,8 @@ def tune_main(args, space: SearchSpace | None = None, extra_metrics=None) -> int
         f"[raysl] {name}: {num_samples} trials, objective "
         + ", ".join(f"{m} ({mode})" for m, mode in objectives)
         + f", sampler {space.sampler_name() or 'random (pbt)'}, scheduler {space.scheduler_name()}, "
-        f"{max_concurrent} at a time; results in {experiment}",
+        f"{max_concurrent} at a time; results in {experiment}"
+        + (f"; Optuna study {study.name} in {study.public_url}" if study is not None else ""),
         file=sys.stderr, flush=True,
     )
     results = tuner.fit()

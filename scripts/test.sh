@@ -2,12 +2,12 @@
 # Set up a fresh machine and run the test suite (pass pytest options, e.g. -m "not slow").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# System packages the tests use: real Fashion-MNIST and a headless browser (Debian).
+# System packages the tests use: real Fashion-MNIST, a headless browser and a PostgreSQL server (Debian).
 if command -v apt-get >/dev/null && [[ "$(id -u)" == 0 ]]; then
-  if [[ ! -d /usr/share/datasets/fashion-mnist || ! -x /usr/bin/chromium ]]; then
+  if [[ ! -d /usr/share/datasets/fashion-mnist || ! -x /usr/bin/chromium ]] || ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
     apt-get update -qq >/dev/null 2>&1 || true
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist chromium >/dev/null 2>&1 \
-      || echo "warning: apt-get could not install dataset-fashion-mnist/chromium; tests needing them skip" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist chromium postgresql >/dev/null 2>&1 \
+      || echo "warning: apt-get could not install dataset-fashion-mnist/chromium/postgresql; tests needing them skip" >&2
   fi
 fi
 PY="$(bash scripts/install.sh)"
