@@ -363,6 +363,8 @@ class ScaleConfig(Section):
     use_gpu: bool = False
     cpus_per_worker: Annotated[float, Field(gt=0.0)] = 1.0
     gpus_per_worker: Annotated[float, Field(gt=0.0)] = 1.0
+    # memory of one GPU, for the check of a fractional gpus_per_worker (raysl.gpu_memory); default 80
+    gpu_memory_gb: Annotated[float, Field(gt=0.0)] | None = None
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast is used on GPU only
     torch_threads: Annotated[int, Field(ge=1)] | None = None  # default: cpus_per_worker
 

@@ -70,6 +70,9 @@ def check_against_data(cfg: RunConfig, data_dir: str, source: str) -> Any:
             f"{source}: model.patch_size: {cfg.model.patch_size} px patches do not fit the {size} px images "
             f"in {data_dir}; set data.crop_size or a smaller model.patch_size"
         )
+    from raysl.gpu_memory import check_gpu_share
+
+    check_gpu_share(cfg, manifest.channels, size, source)  # a fractional GPU share too small for the run
     return manifest
 
 

@@ -1,0 +1,60 @@
+"""The GPU memory estimate behind fractional ``scale.gpus_per_worker``: its arithmetic on a model small
+enough to count by hand, and the refusal, one line before Ray starts, of a share too small for the run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import torch
+from torch import nn
+
+from raysl.config import load_config
+from raysl.gpu_memory import GIB, activation_bytes, check_gpu_share, estimate_worker_memory
+
+from conftest import HANG, RAYSL, REPO
+
+
+def test_activation_bytes_counts_every_leaf_output():
+    # Linear(4, 8) -> ReLU -> Linear(8, 2): outputs of 8 + 8 + 2 values per image
+    mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    assert activation_bytes(mlp, (1, 4)) == 18 * 4
+    assert activation_bytes(mlp, (3, 4), bytes_per_value=2) == 3 * 18 * 2
+    assert mlp.training  # mode restored
+
+
+def test_estimate_adds_state_activations_and_the_fixed_part():
+    cfg = load_config(REPO / "search_spaces" / "simclr.yaml", ["model.width=4", "data.crop_size=8",
+                                                                "optim.batch_size=32"])
+    found = estimate_worker_memory(cfg, 1, 8)
+    from raysl.methods import build_method
+
+    torch.manual_seed(0)
+    method = build_method(cfg, 1)
+    params = sum(p.numel() for p in method.parameters())
+    assert found["state"] == 16 * params  # SimCLR has no teacher: 4 weights + 4 grads + 8 AdamW moments
+    assert found["activations"] == found["per_image"] * 32
+    assert found["total"] == 1.2 * (found["state"] + found["activations"] + GIB)
+    bf16 = estimate_worker_memory(load_config(REPO / "search_spaces" / "simclr.yaml", [
+        "model.width=4", "data.crop_size=8", "optim.batch_size=32", "scale.precision=bf16"]), 1, 8)
+    assert bf16["activations"] * 2 == found["activations"]
+
+
+def test_small_runs_fit_a_quarter_gpu_and_a_cpu_run_is_not_checked():
+    cfg = load_config(REPO / "search_spaces" / "simclr.yaml", ["scale.use_gpu=true", "scale.gpus_per_worker=0.25",
+                                                                "model.width=8", "data.crop_size=8"])
+    assert check_gpu_share(cfg, 1, 8, "x")["total"] < 0.25 * 80 * GIB
+    assert check_gpu_share(load_config(REPO / "search_spaces" / "simclr.yaml", []), 1, 8, "x") is None
+
+
+def test_a_share_too_small_is_refused_in_one_line_before_ray(tmp_path, digits_dir):
+    # 0.25 of a GPU said to have 1 GB: 0.25 GB, below the fixed 1 GB part alone
+    proc = subprocess.run(
+        [RAYSL, "train", str(REPO / "search_spaces" / "simclr.yaml"), "--out", str(tmp_path / "run"),
+         "--set", f"data.path={digits_dir}", "--set", "scale.use_gpu=true", "--set", "scale.gpus_per_worker=0.25",
+         "--set", "scale.gpu_memory_gb=1"],
+        capture_output=True, text=True, timeout=HANG, env={**os.environ, "RAY_ADDRESS": ""})
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("raysl: error:")]
+    assert len(errors) == 1 and "scale.gpus_per_worker: 0.25 of a 1 GB GPU is 0.2 GB" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
