@@ -163,6 +163,16 @@ class MVInfoNCEConfig(Section):
     num_views: Annotated[int, Field(ge=2, le=16)] = 4
 
 
+# ---- MoCo v3, W-MSE, VIbCReg, ReSSL
+
+
+class MoCoV3Config(EMASchedule):
+    name: Literal["mocov3"] = "mocov3"
+    temperature: Temperature = 0.2  # MoCo v3 (Chen, Xie & He 2021) sec. 4; the loss is scaled by 2 tau
+    # vit_tiny: a random patch projection, never trained (MoCo v3 sec. 5.3, a stability fix)
+    freeze_patch_embed: bool = True
+
+
 MethodConfig = Annotated[
     Union[
         SimCLRConfig,
@@ -179,6 +189,7 @@ MethodConfig = Annotated[
         DINOConfig,
         MSBRegConfig,
         MVInfoNCEConfig,
+        MoCoV3Config,
     ],
     Field(discriminator="name"),
 ]

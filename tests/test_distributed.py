@@ -239,6 +239,17 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         x1, x2 = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
         mixed, lam, perm = method.mixup(x1, x2)
         results["mixup"] = (mixed, lam, perm, x1, x2)
+        # MoCo v3: each worker's queries against the keys of the global batch (gathered, no gradient);
+        # the method's own contrast() picks the positives at rank * rows
+        from raysl.config import MoCoV3Config
+        from raysl.methods.mocov3 import MoCoV3
+
+        mocov3 = MoCoV3(MoCoV3Config(), ModelConfig(width=4, projector_hidden_dim=8, projector_dim=4), 1)
+        q, k = mocov3_inputs()
+        local_q = rows(q, rank).clone().requires_grad_(True)
+        loss = mocov3.contrast(local_q, distributed.gather_no_grad(rows(k, rank)))
+        loss.backward()
+        results["mocov3"] = (loss.detach(), local_q.grad.clone())
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -376,3 +387,27 @@ def test_mixed_barlow_mixup_agrees_across_workers(two_workers):
         local = perm0[rank * n : (rank + 1) * n] - rank * n  # each worker mixes its own rows only
         assert sorted(local.tolist()) == list(range(n))
         torch.testing.assert_close(mixed, lam0 * a + (1 - lam0) * b[local])
+
+
+# --------------------------------------------------------------------------- #
+# MoCo v3: in-batch keys gathered across workers
+# --------------------------------------------------------------------------- #
+
+
+def mocov3_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(16)
+    return torch.randn(N, D, generator=g), torch.randn(N, D, generator=g)
+
+
+def test_mocov3_workers_with_gathered_keys_average_to_the_full_batch(two_workers):
+    """Each worker's loss is the mean over its own queries against all keys: DDP's average of the
+    workers' losses and gradients is the one-worker loss of the whole batch."""
+    from raysl.config import MoCoV3Config
+
+    q, k = mocov3_inputs()
+    q = q.clone().requires_grad_(True)
+    loss = losses.mocov3(q, k, MoCoV3Config().temperature)
+    loss.backward()
+    assert_close(torch.stack([r["mocov3"][0] for r in two_workers]).mean(), loss.detach())
+    for rank, result in enumerate(two_workers):
+        assert_close(result["mocov3"][1] / WORLD, rows(q.grad, rank))

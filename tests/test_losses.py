@@ -996,3 +996,48 @@ def test_errors_are_value_errors():
         losses.dclw(rand(4, 3), rand(4, 3), sigma=0.0)
     with pytest.raises(LossInputError, match="barlow_twins: lambd"):
         losses.barlow_twins(rand(4, 3), rand(4, 3), lambd=-1.0)
+
+
+# --------------------------------------------------------------------------
+# MoCo v3
+# --------------------------------------------------------------------------
+
+
+def test_mocov3_hand():
+    # q = k = EYE, tau = 0.5: each query's logits are [2, 0] (own key first or second):
+    # CE = log(1 + e^-2), times 2 tau = 1.
+    assert losses.mocov3(t(EYE), t(EYE), 0.5).item() == pytest.approx(math.log(1 + math.exp(-2)), rel=1e-12)
+    # q = A, k = B, tau = 1: q1 = (1, 0) -> logits [0.6, 0], label 0; q2 = (0, 1) -> [0.8, 1], label 1.
+    l1 = -0.6 + math.log(math.exp(0.6) + 1)
+    l2 = -1.0 + math.log(math.exp(0.8) + math.exp(1.0))
+    assert losses.mocov3(t(A), t(B), 1.0).item() == pytest.approx(2 * (l1 + l2) / 2, rel=1e-12)
+    # offset: the second query alone, its positive is key 1
+    assert losses.mocov3(t(A)[1:], t(B), 1.0, offset=1).item() == pytest.approx(2 * l2, rel=1e-12)
+
+
+def test_mocov3_queries_split_over_workers_average_to_the_whole_batch():
+    q, k = rand(6, 5, seed=120), rand(6, 5, seed=121)
+    whole = losses.mocov3(q, k, 0.2)
+    parts = [losses.mocov3(q[i : i + 3], k, 0.2, offset=i) for i in (0, 3)]
+    assert ((parts[0] + parts[1]) / 2).item() == pytest.approx(whole.item(), rel=1e-12)
+
+
+def test_mocov3_invariances_and_gradient():
+    q, k = rand(6, 5, seed=122), rand(6, 5, seed=123)
+    base = losses.mocov3(q, k, 0.2).item()
+    perm = torch.tensor([5, 3, 1, 0, 2, 4])
+    assert losses.mocov3(q[perm], k[perm], 0.2).item() == pytest.approx(base, rel=1e-12)
+    assert losses.mocov3(3 * q, 0.5 * k, 0.2).item() == pytest.approx(base, rel=1e-12)
+    qq, kk = rand(6, 8, seed=124, requires_grad=True), rand(6, 8, seed=125, requires_grad=True)
+    losses.mocov3(qq, kk, 0.2).backward()
+    assert_finite_grads(qq)
+    assert kk.grad is None  # the keys are constants
+
+
+def test_mocov3_bad_inputs():
+    with pytest.raises(LossInputError, match=r"mocov3: offset must be"):
+        losses.mocov3(rand(3, 4), rand(4, 4), offset=2)
+    with pytest.raises(LossInputError, match=r"mocov3: q and k must have the same width"):
+        losses.mocov3(rand(3, 4), rand(3, 5))
+    with pytest.raises(LossInputError, match=r"mocov3: temperature"):
+        losses.mocov3(rand(3, 4), rand(3, 4), temperature=0.0)

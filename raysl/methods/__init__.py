@@ -15,6 +15,7 @@ from raysl.methods.directpred import DirectPred
 from raysl.methods.isogclr import ISogCLR
 from raysl.methods.mixed_barlow import MixedBarlowTwins
 from raysl.methods.moco import MoCo
+from raysl.methods.mocov3 import MoCoV3
 from raysl.methods.msbreg import MSBReg
 from raysl.methods.mv_infonce import MVInfoNCE
 from raysl.methods.simclr import SimCLR
@@ -35,6 +36,7 @@ METHODS: dict[str, type[Method]] = {
     "dclw": DCLW,
     "isogclr": ISogCLR,
     "moco": MoCo,
+    "mocov3": MoCoV3,
     "mv_infonce": MVInfoNCE,
 }
 

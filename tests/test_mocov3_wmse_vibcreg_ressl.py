@@ -1,0 +1,61 @@
+"""Method-level checks of MoCo v3, W-MSE, VIbCReg and ReSSL (their losses: tests/test_losses.py;
+training from their search spaces: tests/test_methods.py)."""
+
+from __future__ import annotations
+
+import torch
+
+from raysl.config import load_config
+from raysl.methods import build_method
+
+SMALL = ["model.width=4", "model.projector_hidden_dim=16", "model.projector_dim=8", "model.predictor_hidden_dim=16"]
+
+
+def small_method(name: str, *overrides: str, in_channels: int = 1):
+    torch.manual_seed(0)
+    return build_method(load_config(None, [f"method.name={name}", *SMALL, *overrides]), in_channels)
+
+
+def views(n: int = 16, seed: int = 0, count: int = 2) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, 1, 8, 8, generator=g) for _ in range(count)]
+
+
+def optimized(method) -> set[int]:
+    return {id(p) for g in method.param_groups() for p in g["params"]}
+
+
+# --------------------------------------------------------------------------- #
+# MoCo v3
+# --------------------------------------------------------------------------- #
+
+
+def test_mocov3_trains_the_online_network_only():
+    method = small_method("mocov3")
+    teacher = [p for n, p in method.named_parameters() if n.startswith("teacher_")]
+    assert teacher and not any(id(p) in optimized(method) for p in teacher)
+    assert all(id(p) in optimized(method) for p in method.predictor.parameters())
+    loss, metrics = method(views())
+    loss.backward()
+    assert torch.isfinite(loss) and "ema_momentum" in metrics
+    assert all(p.grad is None for p in teacher)
+    assert all(p.grad is not None for p in method.predictor.parameters())
+
+
+def test_mocov3_vit_keeps_its_random_patch_projection():
+    vit = ["model.backbone=vit_tiny", "model.patch_size=4", "model.vit_image_size=8"]
+    method = small_method("mocov3", *vit)
+    patch = list(method.backbone.patch_embed.parameters())
+    assert patch and not any(p.requires_grad for p in patch)
+    assert not any(id(p) in optimized(method) for p in patch)
+    before = [p.detach().clone() for p in patch]
+    loss, _ = method(views(n=4))
+    loss.backward()
+    assert all(p.grad is None for p in patch)
+    assert method.backbone.cls_token.grad is not None  # the rest of the ViT trains
+    method.after_step()  # the teacher's copy stays equal to the frozen projection
+    for p, b, tp in zip(patch, before, method.teacher_backbone.patch_embed.parameters()):
+        torch.testing.assert_close(p, b)
+        torch.testing.assert_close(tp, b)
+    trained = small_method("mocov3", *vit, "method.freeze_patch_embed=false")
+    assert all(id(p) in optimized(trained) for p in trained.backbone.patch_embed.parameters())
