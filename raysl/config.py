@@ -173,6 +173,28 @@ class MoCoV3Config(EMASchedule):
     freeze_patch_embed: bool = True
 
 
+# ---- nearest-neighbour methods (NNCLR, NNBYOL, NNSiam): a support queue of earlier projections
+# (raysl/methods/support.py). The paper's 98,304 is for ImageNet; a queue longer than the data set
+# holds stale copies of the same images, so the default is small.
+SupportQueueSize = Annotated[int, Field(ge=1)]
+
+
+class NNCLRConfig(Section):
+    name: Literal["nnclr"] = "nnclr"
+    temperature: Temperature = 0.1  # Dwibedi et al. 2021, Sec. 4
+    queue_size: SupportQueueSize = 4096
+
+
+class NNBYOLConfig(BYOLConfig):
+    name: Literal["nnbyol"] = "nnbyol"  # type: ignore[assignment]
+    queue_size: SupportQueueSize = 4096
+
+
+class NNSiamConfig(SimSiamConfig):
+    name: Literal["nnsiam"] = "nnsiam"  # type: ignore[assignment]
+    queue_size: SupportQueueSize = 4096
+
+
 MethodConfig = Annotated[
     Union[
         SimCLRConfig,
@@ -189,6 +211,9 @@ MethodConfig = Annotated[
         DINOConfig,
         MSBRegConfig,
         MVInfoNCEConfig,
+        NNCLRConfig,
+        NNBYOLConfig,
+        NNSiamConfig,
         MoCoV3Config,
     ],
     Field(discriminator="name"),

@@ -107,6 +107,8 @@ CASES = {
     "simclr_multicrop": (4, lambda *crops: losses.nt_xent_multicrop(list(crops), SimCLRConfig().temperature)),
     # MSBReg's batch-level term (the per-sample terms stay local, see test_msbreg_split_*)
     "msbreg": (2, lambda p1, p2: losses.singular_value_loss([p1, p2])),
+    # NNCLR: neighbours of z1, z2 in a fixed support set against the gathered predictions p2, p1
+    "nnclr": (4, lambda z1, z2, p1, p2: _nnclr(z1, z2, p1, p2)),
 }
 
 
@@ -239,6 +241,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         x1, x2 = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
         mixed, lam, perm = method.mixup(x1, x2)
         results["mixup"] = (mixed, lam, perm, x1, x2)
+        # NNCLR / NNBYOL / NNSiam: each worker looks its own rows up in the support queue and pushes the
+        # gathered batch, so every worker keeps the queue and neighbours of one worker on the whole batch
+        results["support"] = support_queue_steps(rank)
         # MoCo v3: each worker's queries against the keys of the global batch (gathered, no gradient);
         # the method's own contrast() picks the positives at rank * rows
         from raysl.config import MoCoV3Config
@@ -411,3 +416,50 @@ def test_mocov3_workers_with_gathered_keys_average_to_the_full_batch(two_workers
     assert_close(torch.stack([r["mocov3"][0] for r in two_workers]).mean(), loss.detach())
     for rank, result in enumerate(two_workers):
         assert_close(result["mocov3"][1] / WORLD, rows(q.grad, rank))
+
+
+# --------------------------------------------------------------------------- #
+# NNCLR, NNBYOL, NNSiam: the support queue's nearest-neighbour lookup
+# --------------------------------------------------------------------------- #
+
+
+def _nn_support() -> torch.Tensor:
+    return torch.randn(12, D, generator=torch.Generator().manual_seed(19))
+
+
+def _nnclr(z1, z2, p1, p2):
+    from raysl.config import NNCLRConfig
+
+    support, t = _nn_support(), NNCLRConfig().temperature
+    nn1, nn2 = losses.nearest_neighbour(z1, support)[0], losses.nearest_neighbour(z2, support)[0]
+    return 0.5 * (losses.nnclr(nn1, p2, t) + losses.nnclr(nn2, p1, t))
+
+
+def support_queue_steps(rank: int | None = None) -> list[torch.Tensor]:
+    """Three steps of a 12-row support queue: each step's neighbours (gathered), then the queue state.
+
+    ``rank`` None: one worker with the whole batch of 8; otherwise that worker's 4 rows. The first
+    step finds the queue empty (a row is its own neighbour), the third wraps around its end.
+    """
+    from raysl.methods.support import SupportQueue
+
+    g = torch.Generator().manual_seed(17)
+    queue, out = SupportQueue(12, D), []
+    for z in [torch.randn(N, D, generator=g) for _ in range(3)]:
+        local = z if rank is None else rows(z, rank)
+        out.append(distributed.gather_no_grad(queue.nearest(local)))
+        queue.stage(local)  # gathers the global batch
+        queue.flush()  # after_step
+    return out + [queue.queue.clone(), queue.ptr.clone(), queue.filled.clone()]
+
+
+def test_support_queue_lookup_and_push_equal_one_worker(two_workers):
+    want = support_queue_steps()
+    assert int(want[-1]) == 12 and int(want[-2]) == 24 % 12  # full, wrapped
+    # step 1 pushed its (unit) rows, which are its own neighbours; step 2 finds its neighbours among them
+    assert all(any(torch.equal(r, q) for q in want[0]) for r in want[1])
+    for result in two_workers:
+        got = result["support"]
+        for a, b in zip(got[:-2], want[:-2]):
+            assert_close(a, b)
+        assert torch.equal(got[-2], want[-2]) and torch.equal(got[-1], want[-1])

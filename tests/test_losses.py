@@ -1041,3 +1041,65 @@ def test_mocov3_bad_inputs():
         losses.mocov3(rand(3, 4), rand(3, 5))
     with pytest.raises(LossInputError, match=r"mocov3: temperature"):
         losses.mocov3(rand(3, 4), rand(3, 4), temperature=0.0)
+
+
+# --------------------------------------------------------------------------
+# Nearest neighbours in a support set (NNCLR, NNBYOL, NNSiam)
+# --------------------------------------------------------------------------
+
+# A hand-made support set: rows need not be unit (the lookup is by cosine), row 4 ties row 0.
+SUPPORT = [[3.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.6, 0.8], [1.0, 0.0]]
+
+
+def test_nearest_neighbour_hand():
+    # cosines: (0.9, 0.1) -> row 0 (0.994) over row 3 (0.685); (0.1, 0.9) -> row 1 (0.994) over row 3
+    # (0.861); (-1, -0.1) -> row 2; (0.5, 0.9) -> row 3 (0.991) over row 1 (0.874); (2, 0) ties rows 0 and 4
+    z = t([[0.9, 0.1], [0.1, 0.9], [-1.0, -0.1], [0.5, 0.9], [2.0, 0.0]]).requires_grad_(True)
+    nn, idx = losses.nearest_neighbour(z, t(SUPPORT))
+    assert idx.tolist() == [0, 1, 2, 3, 0]  # ties go to the lowest index
+    torch.testing.assert_close(nn, t(SUPPORT)[[0, 1, 2, 3, 0]])  # the rows as stored (row 0 is not unit)
+    assert not nn.requires_grad
+
+
+def test_nearest_neighbour_invariances():
+    z, support = rand(6, 4, seed=1), rand(10, 4, seed=2)
+    _, idx = losses.nearest_neighbour(z, support)
+    perm = torch.randperm(6, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(losses.nearest_neighbour(z[perm], support)[1], idx[perm])  # row-wise
+    scale = torch.rand(6, 1, dtype=torch.float64) + 0.1
+    assert torch.equal(losses.nearest_neighbour(z * scale, support * 2.5)[1], idx)  # cosine: scale-free
+    # a sample in the support set is its own neighbour
+    assert losses.nearest_neighbour(support[[3, 7]], support)[1].tolist() == [3, 7]
+    with pytest.raises(LossInputError, match=r"nearest_neighbour: support must have shape \[K, 4\]"):
+        losses.nearest_neighbour(z, rand(10, 3))
+
+
+def test_nnclr_hand():
+    # nn = A (the neighbours), p = B (the other view's predictions), tau = 0.1:
+    # n1.p1 = 0.6, n1.p2 = 0, n2.p1 = 0.8, n2.p2 = 1 -> logits 6, 0 / 8, 10
+    rows = [math.log(1 + E**-6), math.log(1 + E**-2)]  # -log e^6/(e^6+e^0), -log e^10/(e^8+e^10)
+    cols = [math.log(1 + E**2), math.log(1 + E**-10)]  # -log e^6/(e^6+e^8), -log e^10/(e^0+e^10)
+    got = losses.nnclr(t(A), t(B), temperature=0.1, symmetric=False)
+    assert got.item() == pytest.approx(sum(rows) / 2, rel=1e-12)
+    got = losses.nnclr(t(A), t(B), temperature=0.1)
+    assert got.item() == pytest.approx((sum(rows) + sum(cols)) / 4, rel=1e-12)
+
+
+def test_nnclr_invariances_and_gradient():
+    nn, p = rand(8, 5, seed=3, requires_grad=True), rand(8, 5, seed=4, requires_grad=True)
+    loss = losses.nnclr(nn, p, temperature=0.1)
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(1))
+    scale = torch.rand(8, 1, dtype=torch.float64) + 0.1
+    torch.testing.assert_close(losses.nnclr(nn[perm], p[perm], temperature=0.1), loss)
+    torch.testing.assert_close(losses.nnclr(nn * scale, p * scale.flip(0), temperature=0.1), loss)
+    # with the sample itself as its neighbour it is the cross-view InfoNCE term of NT-Xent (no in-view negatives)
+    z = rand(8, 5, seed=5)
+    want = F.cross_entropy(F.normalize(z, dim=1) @ F.normalize(p.detach(), dim=1).T / 0.1, torch.arange(8))
+    torch.testing.assert_close(losses.nnclr(z, p.detach(), temperature=0.1, symmetric=False), want)
+    loss.backward()
+    assert nn.grad is None  # the neighbours are constants
+    assert_finite_grads(p)
+    with pytest.raises(LossInputError, match="nnclr: temperature"):
+        losses.nnclr(nn, p, temperature=0.0)
+    with pytest.raises(LossInputError, match="nnclr: nn and p must have the same shape"):
+        losses.nnclr(rand(4, 3), rand(5, 3))

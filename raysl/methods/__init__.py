@@ -18,6 +18,9 @@ from raysl.methods.moco import MoCo
 from raysl.methods.mocov3 import MoCoV3
 from raysl.methods.msbreg import MSBReg
 from raysl.methods.mv_infonce import MVInfoNCE
+from raysl.methods.nnbyol import NNBYOL
+from raysl.methods.nnclr import NNCLR
+from raysl.methods.nnsiam import NNSiam
 from raysl.methods.simclr import SimCLR
 from raysl.methods.simsiam import SimSiam
 from raysl.methods.vicreg import VICReg
@@ -38,6 +41,9 @@ METHODS: dict[str, type[Method]] = {
     "moco": MoCo,
     "mocov3": MoCoV3,
     "mv_infonce": MVInfoNCE,
+    "nnclr": NNCLR,
+    "nnbyol": NNBYOL,
+    "nnsiam": NNSiam,
 }
 
 
