@@ -173,6 +173,14 @@ class MoCoV3Config(EMASchedule):
     freeze_patch_embed: bool = True
 
 
+class WMSEConfig(Section):
+    name: Literal["wmse"] = "wmse"
+    w_size: Annotated[int, Field(ge=2)] = 128  # whitening sub-batch (W-MSE's CIFAR setting); > projector_dim
+    w_eps: Probability = 0.0  # shrinkage of the covariance towards I (authors' code: 0)
+    w_iter: Annotated[int, Field(ge=1, le=16)] = 1  # sub-batch partitions per step, averaged
+    num_views: Annotated[int, Field(ge=2, le=16)] = 2  # W-MSE 2; the paper's best is W-MSE 4
+
+
 # ---- nearest-neighbour methods (NNCLR, NNBYOL, NNSiam): a support queue of earlier projections
 # (raysl/methods/support.py). The paper's 98,304 is for ImageNet; a queue longer than the data set
 # holds stale copies of the same images, so the default is small.
@@ -215,6 +223,7 @@ MethodConfig = Annotated[
         NNBYOLConfig,
         NNSiamConfig,
         MoCoV3Config,
+        WMSEConfig,
     ],
     Field(discriminator="name"),
 ]

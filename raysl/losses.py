@@ -1218,7 +1218,7 @@ def nnclr(nn: Tensor, p: Tensor, temperature: float = 0.1, symmetric: bool = Tru
 # MoCo v3, W-MSE (Cholesky whitening), VIbCReg (IterNorm), ReSSL
 # --------------------------------------------------------------------------
 
-__all__ += ["mocov3"]
+__all__ += ["mocov3", "whiten_cholesky", "w_mse"]
 
 
 def mocov3(q: Tensor, k: Tensor, temperature: float = 0.2, offset: int = 0) -> Tensor:
@@ -1258,3 +1258,86 @@ def mocov3(q: Tensor, k: Tensor, temperature: float = 0.2, offset: int = 0) -> T
     logits = _unit(q) @ _unit(k.detach()).T / temperature
     labels = torch.arange(q.shape[0], device=q.device) + offset
     return 2.0 * temperature * F.cross_entropy(logits, labels)
+
+
+def whiten_cholesky(x: Tensor, eps: float = 0.0) -> Tensor:
+    """Cholesky whitening of a batch (W-MSE's ``Whitening2d``, Ermolov et al. 2021, Sec. 3)::
+
+        C   = 1/(N-1) sum_i (x_i - xbar)(x_i - xbar)^T        (unbiased covariance)
+        C_e = (1 - eps) C + eps I = L L^T                    (shrinkage; Cholesky factor L)
+        z_i = L^{-1} (x_i - xbar)
+
+    With eps = 0 the output has covariance exactly I. The result is unchanged
+    by x -> A x for a lower-triangular A with a positive diagonal (then L -> A L,
+    e.g. a positive per-dimension scale) and by a shift; for any invertible A
+    (a rotation) it changes by an orthogonal map, so its Gram matrix z z^T is
+    unchanged. Computed in float64 (an inverse of a covariance), returned in
+    x's float precision.
+
+    Args:
+        x: [N, D], N >= 2; with eps = 0 it needs N > D (a full-rank covariance).
+        eps: shrinkage towards I in [0, 1].
+    """
+    fn = "whiten_cholesky"
+    _check_tensor(fn, "x", x, 2)
+    _check_batch(fn, x.shape[0], 2)
+    _check_fraction(fn, "eps", eps)
+    out_dtype = _float(x).dtype
+    x64 = x.double()
+    n, d = x64.shape
+    xc = x64 - x64.mean(dim=0)
+    eye = torch.eye(d, dtype=torch.float64, device=x.device)
+    cov = (1.0 - eps) * (xc.T @ xc) / (n - 1) + eps * eye
+    factor, info = torch.linalg.cholesky_ex(cov)
+    if int(info) != 0:
+        raise LossInputError(
+            f"{fn}: the covariance of {n} rows of width {d} is singular (eps={eps}); whitening needs more rows "
+            "than dimensions (a larger w_size or batch, a smaller projector_dim) or eps > 0"
+        )
+    inverse = torch.linalg.solve_triangular(factor, eye, upper=False)  # L^{-1}
+    return (xc @ inverse.T).to(out_dtype)
+
+
+def w_mse(
+    views: Sequence[Tensor] | Tensor, w_size: int = 128, eps: float = 0.0, perm: Tensor | None = None
+) -> Tensor:
+    """W-MSE loss (Ermolov, Siarohin, Sangineto & Sebe 2021, ICML, Eq. 5 and the authors' code).
+
+    The N rows are split into sub-batches of ``w_size`` (rows ``perm`` in
+    order, chunked; N // w_size chunks, sizes differing by at most one when
+    w_size does not divide N; one chunk when N <= w_size). Each view of each
+    sub-batch is whitened on its own (:func:`whiten_cholesky`), then::
+
+        L = 1/|pairs| sum_{v < v'} 1/N sum_i || zhat_i^v / ||zhat_i^v|| - zhat_i^v' / ||zhat_i^v'|| ||^2
+          = 1/|pairs| sum_{v < v'} (2 - 2/N sum_i cos(zhat_i^v, zhat_i^v'))
+
+    Whitening scatters each view's embeddings (identity covariance), so no
+    negatives are needed; the MSE between normalised vectors pulls the views
+    of an image together.
+
+    Args:
+        views: V >= 2 views, a list of [N, D] or [V, N, D] (row i of every view is one image).
+        w_size: sub-batch size for whitening (paper: 128 for CIFAR, > D).
+        eps: shrinkage of the whitening (authors' code: 0).
+        perm: [N] permutation of the rows that defines the sub-batches; None: rows in order.
+    """
+    fn = "w_mse"
+    zs = _stack_views(fn, "views", views, min_views=2, min_batch=2)
+    n = zs.shape[1]
+    if not (isinstance(w_size, int) and w_size >= 2):
+        raise LossInputError(f"{fn}: w_size must be an int >= 2, got {w_size!r}")
+    if perm is None:
+        perm = torch.arange(n, device=zs.device)
+    elif not isinstance(perm, Tensor) or perm.shape != (n,) or not torch.equal(
+        torch.sort(perm.cpu()).values, torch.arange(n)
+    ):
+        raise LossInputError(f"{fn}: perm must be a permutation of the {n} rows, got {perm!r:.80}")
+    chunks = torch.tensor_split(perm.to(zs.device), max(1, n // w_size))
+    whitened = torch.empty_like(_float(zs))
+    for idx in chunks:
+        for v in range(zs.shape[0]):
+            whitened[v, idx] = whiten_cholesky(zs[v, idx], eps)
+    unit = F.normalize(whitened, dim=-1)
+    pairs = [(a, b) for a in range(zs.shape[0]) for b in range(a + 1, zs.shape[0])]
+    return sum((unit[a] - unit[b]).pow(2).sum(dim=1).mean() for a, b in pairs) / len(pairs)
+

@@ -112,6 +112,20 @@ CASES = {
 }
 
 
+def _wmse(z1, z2, w_size: int = N, eps: float | None = None):
+    """W-MSE on the gathered batch, whitened in sub-batches of one global permutation (rank 0's, in WMSE)."""
+    from raysl.config import WMSEConfig
+
+    eps = WMSEConfig().w_eps if eps is None else eps
+    return losses.w_mse([z1, z2], w_size=w_size, eps=eps, perm=_block_perm())
+
+
+# W-MSE's whitening: the whole batch at once (default shrinkage 0), and two sub-batches of
+# N / 2 = 4 rows (fewer rows than D = 6 dimensions: shrunk to stay positive definite)
+CASES["wmse"] = (2, _wmse)
+CASES["wmse_subbatches"] = (2, lambda z1, z2: _wmse(z1, z2, w_size=N // 2, eps=0.3))
+
+
 def case_inputs(name: str) -> list[torch.Tensor]:
     """The full-batch inputs of a case: embeddings, then per-row extras (iSogCLR's tau/u)."""
     g = torch.Generator().manual_seed(sum(map(ord, name)))

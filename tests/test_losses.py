@@ -1044,6 +1044,93 @@ def test_mocov3_bad_inputs():
 
 
 # --------------------------------------------------------------------------
+# W-MSE: Cholesky whitening
+# --------------------------------------------------------------------------
+
+# Rows with covariance [[8, 4], [4, 4]] / 3 (unbiased, N = 4); its Cholesky factor is
+# [[2 sqrt2, 0], [sqrt2, sqrt2]] / sqrt3, and L^{-1} x = sqrt1.5 * (1, 0) for x = (2, 1), sqrt1.5 * (0, 1) for x = (0, 1).
+WX = [[2.0, 1.0], [-2.0, -1.0], [0.0, 1.0], [0.0, -1.0]]
+S = math.sqrt(1.5)
+
+
+def test_whiten_cholesky_hand():
+    want = t([[S, 0.0], [-S, 0.0], [0.0, S], [0.0, -S]])
+    torch.testing.assert_close(losses.whiten_cholesky(t(WX)), want, rtol=0, atol=1e-12)
+    # eps = 1 shrinks the covariance to I: only the centring is left
+    x = rand(6, 3, seed=130)
+    torch.testing.assert_close(losses.whiten_cholesky(x, eps=1.0), x - x.mean(0), rtol=0, atol=1e-12)
+
+
+def test_whitening_gives_identity_covariance():
+    x = rand(40, 6, seed=131) @ rand(6, 6, seed=132)  # correlated columns
+    z = losses.whiten_cholesky(x)
+    torch.testing.assert_close(z.mean(0), torch.zeros(6, dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(z.T @ z / 39, torch.eye(6, dtype=torch.float64), rtol=0, atol=1e-12)
+    z32 = losses.whiten_cholesky(x.float())  # float32 in, float32 out (computed in float64)
+    assert z32.dtype == torch.float32
+    torch.testing.assert_close(z32.T @ z32 / 39, torch.eye(6), rtol=0, atol=1e-5)
+
+
+def test_whitening_invariances():
+    x = rand(12, 4, seed=133)
+    z = losses.whiten_cholesky(x)
+    # a shift and a lower-triangular map with a positive diagonal (L -> A L): the same output
+    lower = torch.tril(rand(4, 4, seed=134)) + 3 * torch.eye(4, dtype=torch.float64)
+    lower = lower * torch.sign(lower.diagonal()).reshape(-1, 1)
+    torch.testing.assert_close(losses.whiten_cholesky(x @ lower.T + 5.0), z, rtol=0, atol=1e-10)
+    # a rotation: the output turns by an orthogonal map (another whitening), so the Gram matrix
+    # z z^T, and with it every distance and angle between the whitened samples, is unchanged
+    rot, _ = torch.linalg.qr(rand(4, 4, seed=135))
+    zr = losses.whiten_cholesky(x @ rot.T)
+    torch.testing.assert_close(zr @ zr.T, z @ z.T, rtol=0, atol=1e-10)
+    q = torch.linalg.lstsq(z, zr).solution  # zr = z q with q orthogonal
+    torch.testing.assert_close(q.T @ q, torch.eye(4, dtype=torch.float64), rtol=0, atol=1e-10)
+
+
+def test_w_mse_hand():
+    # Both views have the rows of WX (same covariance, same whitening): whitened and normalised,
+    # view 1 is (e1, -e1, e2, -e2); view 2 = rows 2, 1, 0, 3 of it = (e2, -e1, e1, -e2).
+    # ||e2 - e1||^2 = 2 for rows 0 and 2, 0 for rows 1 and 3: L = (2 + 0 + 2 + 0) / 4 = 1.
+    x = t(WX)
+    assert losses.w_mse([x, x[[2, 1, 0, 3]]], w_size=4).item() == pytest.approx(1.0, rel=1e-12)
+    # each view may be scaled, shifted, sheared (lower-triangular) on its own: the same loss
+    assert losses.w_mse([3 * x + 1, x[[2, 1, 0, 3]] @ t([[1.0, 0.0], [2.0, 0.5]]).T], w_size=4).item() == (
+        pytest.approx(1.0, rel=1e-12))
+    # three views: the mean over the three pairs (x, x) -> 0, (x, y) -> 1, (x, y) -> 1
+    assert losses.w_mse([x, x, x[[2, 1, 0, 3]]], w_size=4).item() == pytest.approx(2 / 3, rel=1e-12)
+
+
+def test_w_mse_sub_batches():
+    z1, z2 = rand(12, 3, seed=136), rand(12, 3, seed=137)
+    halves = [losses.w_mse([z1[i : i + 6], z2[i : i + 6]], w_size=6) for i in (0, 6)]
+    assert losses.w_mse([z1, z2], w_size=6).item() == pytest.approx((halves[0] + halves[1]).item() / 2, rel=1e-12)
+    perm = torch.randperm(12, generator=torch.Generator().manual_seed(0))
+    # perm lists the rows of each sub-batch: the same as reordering the rows and chunking in order
+    assert losses.w_mse([z1, z2], w_size=6, perm=perm).item() == pytest.approx(
+        losses.w_mse([z1[perm], z2[perm]], w_size=6).item(), rel=1e-12)
+    # w_size >= N: one whitening of the whole batch, so the order of the rows does not matter
+    assert losses.w_mse([z1[perm], z2[perm]], w_size=12).item() == pytest.approx(
+        losses.w_mse([z1, z2], w_size=64).item(), rel=1e-12)
+    a, b = rand(12, 3, seed=138, requires_grad=True), rand(12, 3, seed=139, requires_grad=True)
+    losses.w_mse([a, b], w_size=6, perm=perm).backward()
+    assert_finite_grads(a, b)
+
+
+def test_w_mse_bad_inputs():
+    with pytest.raises(LossInputError, match=r"whiten_cholesky: the covariance of 4 rows of width 6 is singular"):
+        losses.w_mse([rand(8, 6), rand(8, 6)], w_size=4)
+    losses.w_mse([rand(8, 6), rand(8, 6)], w_size=4, eps=0.1)  # shrinkage makes it positive definite
+    with pytest.raises(LossInputError, match=r"w_mse: perm must be a permutation of the 4 rows"):
+        losses.w_mse([rand(4, 2), rand(4, 2)], perm=torch.tensor([0, 1, 1, 3]))
+    with pytest.raises(LossInputError, match=r"w_mse: w_size must be an int >= 2"):
+        losses.w_mse([rand(4, 2), rand(4, 2)], w_size=1)
+    with pytest.raises(LossInputError, match=r"w_mse: needs at least 2 views"):
+        losses.w_mse([rand(4, 2)])
+    with pytest.raises(LossInputError, match=r"whiten_cholesky: eps must be in \[0, 1\]"):
+        losses.whiten_cholesky(rand(4, 2), eps=2.0)
+
+
+# --------------------------------------------------------------------------
 # Nearest neighbours in a support set (NNCLR, NNBYOL, NNSiam)
 # --------------------------------------------------------------------------
 

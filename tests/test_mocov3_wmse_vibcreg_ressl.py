@@ -59,3 +59,25 @@ def test_mocov3_vit_keeps_its_random_patch_projection():
         torch.testing.assert_close(tp, b)
     trained = small_method("mocov3", *vit, "method.freeze_patch_embed=false")
     assert all(id(p) in optimized(trained) for p in trained.backbone.patch_embed.parameters())
+
+
+# --------------------------------------------------------------------------- #
+# W-MSE
+# --------------------------------------------------------------------------- #
+
+
+def test_wmse_whitens_every_view_of_the_batch_in_sub_batches():
+    from raysl import losses
+
+    method = small_method("wmse", "method.num_views=4", "method.w_size=16", "method.w_iter=2")
+    assert method.num_views == 4
+    vs = views(n=32, count=4)
+    torch.manual_seed(5)
+    loss, _ = method(vs)
+    zs = [method.encode(v)[1] for v in vs]
+    torch.manual_seed(5)  # the permutations are the only random draws of a step
+    perms = [torch.randperm(32) for _ in range(2)]
+    want = sum(losses.w_mse(zs, w_size=16, eps=0.0, perm=p) for p in perms) / 2
+    torch.testing.assert_close(loss, want)
+    loss.backward()
+    assert all(p.grad is not None for p in method.projector.parameters())

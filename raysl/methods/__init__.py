@@ -24,6 +24,7 @@ from raysl.methods.nnsiam import NNSiam
 from raysl.methods.simclr import SimCLR
 from raysl.methods.simsiam import SimSiam
 from raysl.methods.vicreg import VICReg
+from raysl.methods.wmse import WMSE
 
 METHODS: dict[str, type[Method]] = {
     "simclr": SimCLR,
@@ -40,6 +41,7 @@ METHODS: dict[str, type[Method]] = {
     "isogclr": ISogCLR,
     "moco": MoCo,
     "mocov3": MoCoV3,
+    "wmse": WMSE,
     "mv_infonce": MVInfoNCE,
     "nnclr": NNCLR,
     "nnbyol": NNBYOL,
