@@ -181,6 +181,15 @@ class WMSEConfig(Section):
     num_views: Annotated[int, Field(ge=2, le=16)] = 2  # W-MSE 2; the paper's best is W-MSE 4
 
 
+class VIbCRegConfig(Section):
+    name: Literal["vibcreg"] = "vibcreg"
+    sim_weight: Weight = 25.0
+    var_weight: Weight = 25.0
+    cov_weight: Weight = 200.0
+    iternorm_iterations: Annotated[int, Field(ge=1, le=20)] = 5
+    num_groups: Annotated[int, Field(ge=1)] = 64  # IterNorm groups; must divide model.projector_dim
+
+
 # ---- nearest-neighbour methods (NNCLR, NNBYOL, NNSiam): a support queue of earlier projections
 # (raysl/methods/support.py). The paper's 98,304 is for ImageNet; a queue longer than the data set
 # holds stale copies of the same images, so the default is small.
@@ -224,6 +233,7 @@ MethodConfig = Annotated[
         NNSiamConfig,
         MoCoV3Config,
         WMSEConfig,
+        VIbCRegConfig,
     ],
     Field(discriminator="name"),
 ]

@@ -1218,7 +1218,7 @@ def nnclr(nn: Tensor, p: Tensor, temperature: float = 0.1, symmetric: bool = Tru
 # MoCo v3, W-MSE (Cholesky whitening), VIbCReg (IterNorm), ReSSL
 # --------------------------------------------------------------------------
 
-__all__ += ["mocov3", "whiten_cholesky", "w_mse"]
+__all__ += ["mocov3", "whiten_cholesky", "w_mse", "iternorm", "vibcreg"]
 
 
 def mocov3(q: Tensor, k: Tensor, temperature: float = 0.2, offset: int = 0) -> Tensor:
@@ -1340,4 +1340,98 @@ def w_mse(
     unit = F.normalize(whitened, dim=-1)
     pairs = [(a, b) for a in range(zs.shape[0]) for b in range(a + 1, zs.shape[0])]
     return sum((unit[a] - unit[b]).pow(2).sum(dim=1).mean() for a, b in pairs) / len(pairs)
+
+
+def iternorm(x: Tensor, num_groups: int = 64, iterations: int = 5, eps: float = 1e-5) -> tuple[Tensor, Tensor, Tensor]:
+    """Iterative normalisation (IterNorm, Huang et al. 2019, CVPR, Algorithm 1), in training mode.
+
+    The D features are split into ``num_groups`` groups of D / num_groups;
+    for each group, with X_c the centred [N, d] block::
+
+        S   = eps I + 1/N X_c^T X_c,          S_N = S / tr(S)
+        P_0 = I,  P_k = 1/2 (3 P_{k-1} - P_{k-1}^3 S_N)    (k = 1..T, Newton's iteration for S_N^{-1/2})
+        W   = P_T / sqrt(tr(S)),               xhat_i = W (x_i - xbar)
+
+    P_T converges to S_N^{-1/2}, so W to S^{-1/2} (ZCA whitening), as T grows;
+    a few iterations whiten the large eigen-directions and leave the small
+    ones partly unwhitened (and many iterations on an ill-conditioned S amplify
+    rounding errors: Newton's iteration is only conditionally stable, Higham
+    1986). W is a polynomial of S, so a rotation of the features within a
+    group rotates the output the same way.
+
+    Returns:
+        (xhat [N, D], the batch mean [D], the whitening matrices W [G, d, d]) - the
+        latter two for running estimates.
+    """
+    fn = "iternorm"
+    _check_tensor(fn, "x", x, 2)
+    _check_batch(fn, x.shape[0], 2)
+    n, d = x.shape
+    if not (isinstance(num_groups, int) and 1 <= num_groups <= d and d % num_groups == 0):
+        raise LossInputError(f"{fn}: num_groups must divide the width {d}, got {num_groups!r}")
+    if not (isinstance(iterations, int) and iterations >= 1):
+        raise LossInputError(f"{fn}: iterations must be an int >= 1, got {iterations!r}")
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
+        raise LossInputError(f"{fn}: eps must be a non-negative number, got {eps!r}")
+    xf = _float(x)
+    mean = xf.mean(dim=0)
+    xc = (xf - mean).reshape(n, num_groups, d // num_groups).transpose(0, 1)  # [G, N, d]
+    eye = torch.eye(d // num_groups, dtype=xf.dtype, device=x.device)
+    cov = eps * eye + xc.transpose(1, 2) @ xc / n  # [G, d, d]
+    trace = cov.diagonal(dim1=1, dim2=2).sum(dim=1).reshape(-1, 1, 1)
+    cov_n = cov / trace
+    p = eye.expand_as(cov)
+    for _ in range(iterations):
+        p = 0.5 * (3.0 * p - p @ p @ p @ cov_n)
+    w = p / trace.sqrt()
+    out = (xc @ w.transpose(1, 2)).transpose(0, 1).reshape(n, d)
+    return out, mean, w
+
+
+def vibcreg(
+    z1: Tensor,
+    z2: Tensor,
+    sim_weight: float = 25.0,
+    var_weight: float = 25.0,
+    cov_weight: float = 200.0,
+    eps: float = 1e-4,
+) -> Tensor:
+    """VIbCReg (Lee & Aune 2021, "VIbCReg: Variance-Invariance-better-Covariance Regularization
+    for Self-Supervised Learning on Time Series", Eq. 1-4 and the authors' code)::
+
+        s(Z, Z') = 1/(N D) sum_b ||z_b - z'_b||^2                      (invariance, MSE)
+        v(Z)     = 1/D sum_j max(0, 1 - sqrt(Var(z^j) + eps))          (variance hinge, as VICReg)
+        Zn       = columns of Z - zbar divided by their L2 norm
+        c(Z)     = 1/D^2 sum_{i != j} (Zn^T Zn)_ij^2                   (normalised covariance = correlation)
+
+        L = sim_weight * s + var_weight * (v(Z) + v(Z')) + cov_weight * (c(Z) + c(Z'))
+
+    Var is unbiased. Unlike VICReg's covariance term, c(Z) is a correlation, in
+    [0, 1) whatever the scale of Z, so its weight (200) does not have to track
+    the variance of the embeddings. The method whitens the projector output with
+    IterNorm (:func:`iternorm`) before this loss.
+
+    Args:
+        z1, z2: [N, D] (IterNorm-ed) projections of the two views (N >= 2).
+        sim_weight, var_weight, cov_weight: lambda, mu, nu (paper: 25, 25, 200).
+    """
+    fn = "vibcreg"
+    _check_pair(fn, z1, z2)
+    for name, value in (("sim_weight", sim_weight), ("var_weight", var_weight), ("cov_weight", cov_weight)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise LossInputError(f"{fn}: {name} must be a non-negative number, got {value!r}")
+    _check_positive(fn, "eps", eps)
+    x, y = _float(z1), _float(z2)
+    d = x.shape[1]
+    invariance = F.mse_loss(x, y)
+
+    def variance(z: Tensor) -> Tensor:
+        return F.relu(1.0 - torch.sqrt(z.var(dim=0) + eps)).mean()
+
+    def covariance(z: Tensor) -> Tensor:
+        zn = F.normalize(z - z.mean(dim=0), dim=0)
+        return _off_diagonal(zn.T @ zn).pow(2).sum() / d**2
+
+    return (sim_weight * invariance + var_weight * (variance(x) + variance(y))
+            + cov_weight * (covariance(x) + covariance(y)))
 

@@ -126,6 +126,16 @@ CASES["wmse"] = (2, _wmse)
 CASES["wmse_subbatches"] = (2, lambda z1, z2: _wmse(z1, z2, w_size=N // 2, eps=0.3))
 
 
+def _vibcreg(z1, z2):
+    from raysl.config import VIbCRegConfig
+
+    c = VIbCRegConfig()
+    return losses.vibcreg(z1, z2, c.sim_weight, c.var_weight, c.cov_weight)
+
+
+CASES["vibcreg"] = (2, _vibcreg)  # variance and correlation of the gathered (IterNorm-ed) projections
+
+
 def case_inputs(name: str) -> list[torch.Tensor]:
     """The full-batch inputs of a case: embeddings, then per-row extras (iSogCLR's tau/u)."""
     g = torch.Generator().manual_seed(sum(map(ord, name)))

@@ -1131,6 +1131,93 @@ def test_w_mse_bad_inputs():
 
 
 # --------------------------------------------------------------------------
+# VIbCReg: IterNorm and the normalised covariance
+# --------------------------------------------------------------------------
+
+# Centred rows with biased covariance diag(1, 4): trace 5, S_N = diag(0.2, 0.8)
+IX = [[1.0, 2.0], [-1.0, -2.0], [1.0, -2.0], [-1.0, 2.0]]
+
+
+def test_iternorm_hand():
+    # one group, eps = 0: P_1 = (3 I - S_N) / 2 = diag(1.4, 1.1), W = P_1 / sqrt(5)
+    x = t(IX)
+    out, mean, w = losses.iternorm(x, num_groups=1, iterations=1, eps=0.0)
+    torch.testing.assert_close(w[0], t([[1.4, 0.0], [0.0, 1.1]]) / math.sqrt(5), rtol=0, atol=1e-12)
+    torch.testing.assert_close(out, x * t([1.4, 1.1]) / math.sqrt(5), rtol=0, atol=1e-12)
+    assert mean.abs().max() == 0
+    # T = 2: p_2 = (3 p_1 - p_1^3 s) / 2 per eigenvalue s
+    p2 = [(3 * p - p**3 * s) / 2 for p, s in ((1.4, 0.2), (1.1, 0.8))]
+    out, _, _ = losses.iternorm(x + 7.0, num_groups=1, iterations=2, eps=0.0)  # a shift is centred away
+    torch.testing.assert_close(out, x * t(p2) / math.sqrt(5), rtol=0, atol=1e-12)
+    # two groups of one feature: each feature is standardised exactly (p = 1/sqrt(s_N) = 1 for s_N = 1)
+    out, _, _ = losses.iternorm(x, num_groups=2, iterations=1, eps=0.0)
+    torch.testing.assert_close(out, x / t([1.0, 2.0]), rtol=0, atol=1e-12)
+
+
+def test_iternorm_converges_to_whitening_and_is_rotation_equivariant():
+    # (a well-conditioned covariance: Newton's iteration run far past convergence amplifies rounding
+    # errors when the condition number is large, Higham 1986; IterNorm stops at T = 5)
+    x = rand(64, 6, seed=140)
+    out, _, _ = losses.iternorm(x, num_groups=1, iterations=20, eps=0.0)
+    torch.testing.assert_close(out.T @ out / 64, torch.eye(6, dtype=torch.float64), rtol=0, atol=1e-12)
+    x = x @ (torch.eye(6, dtype=torch.float64) + 0.3 * rand(6, 6, seed=141))
+    # 5 iterations: not white yet, but W is a polynomial of the covariance, so rotating the
+    # features rotates the output (exactly, for any T)
+    rot, _ = torch.linalg.qr(rand(6, 6, seed=142))
+    out5, _, _ = losses.iternorm(x, num_groups=1, iterations=5)
+    rotated, _, _ = losses.iternorm(x @ rot.T, num_groups=1, iterations=5)
+    torch.testing.assert_close(rotated, out5 @ rot.T, rtol=0, atol=1e-10)
+    # groups are whitened independently: the result is the groups' results side by side
+    grouped, _, w = losses.iternorm(x, num_groups=3, iterations=5)
+    assert w.shape == (3, 2, 2)
+    parts = [losses.iternorm(x[:, i : i + 2], num_groups=1, iterations=5)[0] for i in (0, 2, 4)]
+    torch.testing.assert_close(grouped, torch.cat(parts, dim=1), rtol=0, atol=1e-12)
+
+
+def test_vibcreg_hand():
+    # z = [[1, 1], [-1, -1]] in both views: invariance 0; unbiased Var = 2, the hinge is 0;
+    # the columns are equal, so their correlation is 1: c = (1^2 + 1^2) / D^2 = 0.5 per view.
+    z = t([[1.0, 1.0], [-1.0, -1.0]])
+    assert losses.vibcreg(z, z).item() == pytest.approx(200 * (0.5 + 0.5), rel=1e-12)
+    # the correlation does not depend on the scale: 10 z (std > 1) gives the same
+    assert losses.vibcreg(10 * z, 10 * z).item() == pytest.approx(200.0, rel=1e-12)
+    # identical rows: Var 0, std 0.01, hinge 0.99 in each view and summed (not halved as in VICReg's code):
+    # 25 * (0.99 + 0.99); a (1, 0) shift between views: mse 0.5; centred columns are 0: no correlation
+    z1, z2 = t([[1.0, 2.0]] * 3), t([[0.0, 2.0]] * 3)
+    assert losses.vibcreg(z1, z2).item() == pytest.approx(25 * 0.5 + 25 * 1.98, rel=1e-12)
+    # uncorrelated unit-variance columns: only the invariance term
+    u = t([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0]]) * math.sqrt(1.5)
+    assert losses.vibcreg(u, u.flip(0)).item() == pytest.approx(25 * (2 * 6 + 2 * 6) / 8, rel=1e-12)
+
+
+def test_vibcreg_invariances_and_gradient():
+    z1, z2 = rand(8, 5, seed=143), rand(8, 5, seed=144)
+    base = losses.vibcreg(z1, z2).item()
+    perm = torch.tensor([7, 0, 6, 1, 5, 2, 4, 3])
+    assert losses.vibcreg(z1[perm], z2[perm]).item() == pytest.approx(base, rel=1e-12)
+    assert losses.vibcreg(z2, z1).item() == pytest.approx(base, rel=1e-12)
+    assert losses.vibcreg(z1 + 3, z2 + 3).item() == pytest.approx(base, rel=1e-12)
+    # the correlation term alone is invariant to a positive rescaling of each dimension
+    scale = t([0.5, 2.0, 3.0, 1.0, 7.0])
+    corr = losses.vibcreg(z1, z2, sim_weight=0.0, var_weight=0.0).item()
+    assert losses.vibcreg(z1 * scale, z2 * scale, sim_weight=0.0, var_weight=0.0).item() == pytest.approx(corr)
+    a, b = rand(8, 16, seed=145, requires_grad=True), rand(8, 16, seed=146, requires_grad=True)
+    losses.vibcreg(a, b).backward()
+    assert_finite_grads(a, b)
+
+
+def test_iternorm_and_vibcreg_bad_inputs():
+    with pytest.raises(LossInputError, match=r"iternorm: num_groups must divide the width 6, got 4"):
+        losses.iternorm(rand(8, 6), num_groups=4)
+    with pytest.raises(LossInputError, match=r"iternorm: iterations must be an int >= 1"):
+        losses.iternorm(rand(8, 6), num_groups=1, iterations=0)
+    with pytest.raises(LossInputError, match=r"vibcreg: needs a batch of at least 2 samples"):
+        losses.vibcreg(rand(1, 4), rand(1, 4))
+    with pytest.raises(LossInputError, match=r"vibcreg: cov_weight must be a non-negative number"):
+        losses.vibcreg(rand(4, 4), rand(4, 4), cov_weight=-1.0)
+
+
+# --------------------------------------------------------------------------
 # Nearest neighbours in a support set (NNCLR, NNBYOL, NNSiam)
 # --------------------------------------------------------------------------
 

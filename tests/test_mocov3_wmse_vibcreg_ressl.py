@@ -81,3 +81,36 @@ def test_wmse_whitens_every_view_of_the_batch_in_sub_batches():
     torch.testing.assert_close(loss, want)
     loss.backward()
     assert all(p.grad is not None for p in method.projector.parameters())
+
+
+# --------------------------------------------------------------------------- #
+# VIbCReg
+# --------------------------------------------------------------------------- #
+
+
+def test_vibcreg_whitens_the_projector_output_with_iternorm():
+    import pytest
+
+    from raysl import losses
+    from raysl.errors import ConfigError
+
+    method = small_method("vibcreg", "method.num_groups=2", "method.iternorm_iterations=3")
+    norm = method.projector[-1]
+    x = views()[0]
+    h = method.backbone(x)
+    pre = method.projector[:-1](h)
+    want, mean, w = losses.iternorm(pre, num_groups=2, iterations=3, eps=norm.eps)
+    torch.testing.assert_close(method.projector(h), want)  # training: the batch's own whitening
+    torch.testing.assert_close(norm.running_mean, 0.1 * mean.detach())  # running estimates, momentum 0.1
+    method.eval()
+    with torch.no_grad():  # evaluation: the running mean and whitening matrices
+        pre = method.projector[:-1](method.backbone(x))
+        xc = (pre - norm.running_mean).reshape(16, 2, 4).transpose(0, 1)
+        torch.testing.assert_close(method.embed(x)["projector"],
+                                   (xc @ norm.running_wm.transpose(1, 2)).transpose(0, 1).reshape(16, 8))
+    method.train()
+    loss, _ = method(views())
+    loss.backward()
+    assert torch.isfinite(loss)
+    with pytest.raises(ConfigError, match=r"method.num_groups \(3\) must divide model.projector_dim \(8\)"):
+        small_method("vibcreg", "method.num_groups=3")

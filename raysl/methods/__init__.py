@@ -23,6 +23,7 @@ from raysl.methods.nnclr import NNCLR
 from raysl.methods.nnsiam import NNSiam
 from raysl.methods.simclr import SimCLR
 from raysl.methods.simsiam import SimSiam
+from raysl.methods.vibcreg import VIbCReg
 from raysl.methods.vicreg import VICReg
 from raysl.methods.wmse import WMSE
 
@@ -42,6 +43,7 @@ METHODS: dict[str, type[Method]] = {
     "moco": MoCo,
     "mocov3": MoCoV3,
     "wmse": WMSE,
+    "vibcreg": VIbCReg,
     "mv_infonce": MVInfoNCE,
     "nnclr": NNCLR,
     "nnbyol": NNBYOL,
