@@ -163,6 +163,20 @@ class MVInfoNCEConfig(Section):
     num_views: Annotated[int, Field(ge=2, le=16)] = 4
 
 
+class SwAVConfig(Section):
+    # Caron et al. 2020 (SwAV), Sec. 4 / appendix A: tau 0.1, epsilon 0.05, 3 Sinkhorn iterations, 3000 prototypes
+    name: Literal["swav"] = "swav"
+    temperature: Temperature = 0.1
+    num_prototypes: Annotated[int, Field(ge=2)] = 3000
+    sinkhorn_iterations: Annotated[int, Field(ge=1, le=100)] = 3
+    epsilon: Annotated[float, Field(ge=0.01, le=10.0)] = 0.05  # the codes are computed in float64
+    # earlier global-view embeddings beside the batch in Sinkhorn, used once full (paper: 3840 for small
+    # batches); 0 = none, the right choice when the data set is small
+    queue_size: Annotated[int, Field(ge=0)] = 0
+    # fraction of training with the prototypes frozen (paper: the first epoch, 313 of ~100k+ steps)
+    freeze_prototypes: Probability = 0.01
+
+
 # ---- MoCo v3, W-MSE, VIbCReg, ReSSL
 
 
@@ -228,6 +242,7 @@ MethodConfig = Annotated[
         DINOConfig,
         MSBRegConfig,
         MVInfoNCEConfig,
+        SwAVConfig,
         NNCLRConfig,
         NNBYOLConfig,
         NNSiamConfig,

@@ -18,7 +18,7 @@ Notation: ``N`` batch size, ``D`` embedding width, ``V`` number of views,
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +49,8 @@ __all__ = [
     "brownian_diffusive_loss",
     "directpred_predictor",
     "directpred_correlation_update",
+    "sinkhorn_knopp",
+    "swav",
     "nearest_neighbour",
     "nnclr",
 ]
@@ -1435,3 +1437,103 @@ def vibcreg(
     return (sim_weight * invariance + var_weight * (variance(x) + variance(y))
             + cov_weight * (covariance(x) + covariance(y)))
 
+
+# --------------------------------------------------------------------------
+# SwAV: Sinkhorn-Knopp codes and the swapped prediction loss
+# --------------------------------------------------------------------------
+
+
+def sinkhorn_knopp(
+    scores: Tensor,
+    iterations: int = 3,
+    epsilon: float = 0.05,
+    all_reduce_sum: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
+    """Soft codes of SwAV's online clustering (Caron et al. 2020, Eq. 3 and Algorithm 1).
+
+    With C the K prototypes and Z the B embeddings of the *global* batch, the codes
+    Q maximise Tr(Q^T C^T Z) + epsilon H(Q) over the transportation polytope (each
+    prototype gets B/K of the mass, each sample 1). Starting from
+    ``Q = exp(C^T Z / epsilon)`` ([K, B]) normalised to sum 1, every iteration
+    alternates::
+
+        Q <- Q / (K * row sums)     each prototype's total mass -> 1/K
+        Q <- Q / (B * column sums)  each sample's total mass   -> 1/B
+
+    and the result is ``B * Q`` transposed: each sample's code sums to 1 exactly,
+    each prototype's column of codes to about B/K (exactly at convergence).
+
+    The batch may be split over workers, as in the paper's ``distributed_sinkhorn``:
+    each worker passes its own rows and ``all_reduce_sum`` (a sum over workers, no
+    gradient) sums the total and the per-prototype row sums inside the iterations; B
+    is the global batch. The column sums are per sample, so they stay local. Rows of
+    other data (SwAV's queue) are simply more rows here; pass each of them on one
+    worker only.
+
+    Args:
+        scores: [N, K] prototype scores (cosines) of this worker's rows.
+        iterations: Sinkhorn iterations (paper: 3).
+        epsilon: entropy weight, > 0 (paper: 0.05). Computed in float64: exp(1 / 0.01)
+            would overflow float32.
+        all_reduce_sum: sums a tensor over workers; None on one worker.
+
+    Returns:
+        [N, K] codes (float64, no gradient), each row summing to 1.
+    """
+    fn = "sinkhorn_knopp"
+    _check_tensor(fn, "scores", scores, 2)
+    _check_batch(fn, scores.shape[0], 1)
+    _check_positive(fn, "epsilon", epsilon)
+    if not (isinstance(iterations, int) and iterations >= 1):
+        raise LossInputError(f"{fn}: iterations must be an integer >= 1, got {iterations!r}")
+    reduce = all_reduce_sum or (lambda x: x)
+    with torch.no_grad():
+        q = torch.exp(scores.detach().to(torch.float64) / epsilon).T  # [K, N]
+        k = q.shape[0]
+        b = reduce(torch.tensor(float(q.shape[1]), dtype=torch.float64, device=q.device))
+        q = q / reduce(q.sum())
+        for _ in range(iterations):
+            q = q / reduce(q.sum(dim=1, keepdim=True)) / k
+            q = q / q.sum(dim=0, keepdim=True) / b
+        return (q * b).T
+
+
+def swav(scores: Sequence[Tensor] | Tensor, codes: Sequence[Tensor] | Tensor, temperature: float = 0.1) -> Tensor:
+    """SwAV's swapped prediction loss (Caron et al. 2020, Eq. 1-2, multi-crop in Sec. 3.2).
+
+    Crop v predicts the code q_i of every other crop i it can take from (the
+    global crops, whose codes Sinkhorn computed)::
+
+        p_v = softmax(z_v^T C / tau)
+        L = 1/|Q| sum_{i in codes} 1/(V - 1) sum_{v != i} -1/N sum_n sum_k q_i[n, k] log p_v[n, k]
+
+    Args:
+        scores: V crops' prototype scores z^T C, [N, K] each (list or [V, N, K]), the
+            global crops first in the order of ``codes``.
+        codes: the codes of the first len(codes) crops, [N, K] each (targets, no gradient).
+        temperature: tau > 0 (paper: 0.1).
+    """
+    fn = "swav"
+    crops = _crops(fn, "scores", scores)
+    targets = _crops(fn, "codes", codes)
+    _check_positive(fn, "temperature", temperature)
+    if len(crops) < 2 or len(targets) > len(crops):
+        raise LossInputError(
+            f"{fn}: needs at least two crops and at most one code per crop, got {len(crops)} crops and "
+            f"{len(targets)} codes"
+        )
+    for name, group in (("scores", crops), ("codes", targets)):
+        for i, c in enumerate(group):
+            if c.shape != crops[0].shape:
+                raise LossInputError(
+                    f"{fn}: every crop and code must have shape {_shape(crops[0])} like scores[0], "
+                    f"got {_shape(c)} for {name}[{i}]"
+                )
+    log_p = [F.log_softmax(_float(s) / temperature, dim=-1) for s in crops]
+    total = 0.0
+    for i, q in enumerate(targets):
+        q = q.detach().to(log_p[0].dtype)
+        total = total + sum(-(q * log_p[v]).sum(dim=-1).mean() for v in range(len(crops)) if v != i) / (
+            len(crops) - 1
+        )
+    return total / len(targets)

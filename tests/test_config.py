@@ -40,7 +40,7 @@ def test_defaults_live_in_one_place():
         ("method: {name: simclr, temprature: 0.1}", ["method.temprature", "unknown key", "temperature"]),
         ("method: {name: simclr, temperature: -0.5}", ["method.temperature", "greater than 0", "-0.5"]),
         ("method: {name: simclr, temperature: hot}", ["method.temperature", "valid number"]),
-        ("method: {name: swav}", ["unknown method 'swav'", "simclr", "byol"]),
+        ("method: {name: nosuchmethod}", ["unknown method 'nosuchmethod'", "simclr", "byol"]),
         ("optim: {batch_size: 1}", ["optim.batch_size", "greater than or equal to 2"]),
         ("optim: {name: adam}", ["optim.name", "'sgd', 'lars' or 'adamw'"]),
         ("modle: {backbone: resnet18}", ["unknown key 'modle'"]),

@@ -1277,3 +1277,135 @@ def test_nnclr_invariances_and_gradient():
         losses.nnclr(nn, p, temperature=0.0)
     with pytest.raises(LossInputError, match="nnclr: nn and p must have the same shape"):
         losses.nnclr(rand(4, 3), rand(5, 3))
+
+
+# --------------------------------------------------------------------------
+# SwAV: Sinkhorn-Knopp codes, swapped prediction
+# --------------------------------------------------------------------------
+
+
+def test_sinkhorn_hand_2x2_one_iteration():
+    # exp(scores / eps) = M = [[2, 1], [1, 1]] (rows: samples, columns: prototypes), B = K = 2.
+    # Q = M^T / 5; prototype rows sum to 3/5 and 2/5 -> divided by them and by K:
+    #   proto 0: [1/3, 1/6], proto 1: [1/4, 1/4]; sample columns sum to 7/12 and 5/12 -> divided
+    #   by them and by B, times B: sample 0 = [4/7, 3/7], sample 1 = [2/5, 3/5].
+    for eps in (1.0, 0.05):
+        scores = eps * torch.log(t([[2.0, 1.0], [1.0, 1.0]]))
+        q = losses.sinkhorn_knopp(scores, iterations=1, epsilon=eps)
+        torch.testing.assert_close(q, t([[4 / 7, 3 / 7], [2 / 5, 3 / 5]]))
+    # every sample's code sums to 1 exactly; the prototypes' mass (34/35, 36/35) is only near B/K = 1
+    torch.testing.assert_close(q.sum(dim=1), t([1.0, 1.0]))
+    torch.testing.assert_close(q.sum(dim=0), t([34 / 35, 36 / 35]))
+
+
+def test_sinkhorn_converges_to_the_doubly_stochastic_scaling_3x3():
+    # M = D1 P D2 with P doubly stochastic: Sinkhorn's scaling of M is unique, so it converges to P
+    # (rows sum to 1 and prototype columns to B/K = 1).
+    p = t([[0.5, 0.25, 0.25], [0.25, 0.5, 0.25], [0.25, 0.25, 0.5]])
+    m = torch.diag(t([1.0, 2.0, 3.0])) @ p @ torch.diag(t([1.0, 4.0, 0.5]))
+    q = losses.sinkhorn_knopp(torch.log(m), iterations=500, epsilon=1.0)
+    torch.testing.assert_close(q, p)
+    # B = 4 samples, K = 2 prototypes: marginals 1 per sample, B/K = 2 per prototype
+    q = losses.sinkhorn_knopp(rand(4, 2, seed=1), iterations=500, epsilon=0.5)
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(4, dtype=torch.float64))
+    torch.testing.assert_close(q.sum(dim=0), torch.full((2,), 2.0, dtype=torch.float64))
+    assert bool((q > 0).all())
+
+
+def test_sinkhorn_invariances():
+    scores = rand(6, 4, seed=2) * 0.3
+    q = losses.sinkhorn_knopp(scores)  # paper defaults: 3 iterations, epsilon 0.05
+    # a shift per prototype (column) or of everything is absorbed by the normalisations, at any iteration
+    shift = t([0.1, -0.2, 0.3, 0.05])
+    torch.testing.assert_close(losses.sinkhorn_knopp(scores + shift), q)
+    torch.testing.assert_close(losses.sinkhorn_knopp(scores + 1.5), q)
+    # equivariant to the order of the samples and of the prototypes
+    perm, kperm = torch.tensor([3, 0, 5, 1, 4, 2]), torch.tensor([2, 0, 3, 1])
+    torch.testing.assert_close(losses.sinkhorn_knopp(scores[perm]), q[perm])
+    torch.testing.assert_close(losses.sinkhorn_knopp(scores[:, kperm]), q[:, kperm])
+    # no gradient flows into the codes
+    assert not losses.sinkhorn_knopp(rand(6, 4, requires_grad=True)).requires_grad
+
+
+def test_sinkhorn_all_reduce_sums_over_the_global_batch():
+    """Two threads with half the batch each, whose reductions add both halves' partial sums
+    (an all-reduce), compute the whole batch's codes; B is the global batch (8, not 4)."""
+    import threading
+
+    scores = rand(8, 5, seed=3) * 0.5
+    want = losses.sinkhorn_knopp(scores)
+    halves = scores.chunk(2)
+    barrier = threading.Barrier(2, timeout=10)
+    slots: list = [None, None]
+    got: list = [None, None]
+
+    def worker(rank):
+        def all_reduce_sum(x):
+            slots[rank] = x
+            barrier.wait()
+            total = slots[0] + slots[1]
+            barrier.wait()  # both have read before either writes its next partial sum
+            return total
+
+        got[rank] = losses.sinkhorn_knopp(halves[rank], all_reduce_sum=all_reduce_sum)
+
+    threads = [threading.Thread(target=worker, args=(r,)) for r in (0, 1)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    torch.testing.assert_close(torch.cat(got), want)
+    # without the reduction each half is balanced on its own: different codes
+    assert not torch.allclose(torch.cat([losses.sinkhorn_knopp(h) for h in halves]), want)
+
+
+def test_swav_swapped_prediction_hand():
+    # two crops, one sample, tau = 0.1; scores tau*log([1, 3]) and [0, 0]:
+    #   p_0 = [1/4, 3/4], p_1 = [1/2, 1/2]; codes q_0 = [1, 0], q_1 = [1/2, 1/2]
+    #   L = 1/2 [H(q_0, p_1) + H(q_1, p_0)] = 1/2 [log 2 + (log 4 - log(3/4)) / 2]
+    s0 = 0.1 * torch.log(t([[1.0, 3.0]]))
+    s1 = t([[0.0, 0.0]])
+    q0, q1 = t([[1.0, 0.0]]), t([[0.5, 0.5]])
+    want = 0.5 * (math.log(2) + 0.5 * (math.log(4) - math.log(3 / 4)))
+    assert losses.swav([s0, s1], [q0, q1], temperature=0.1).item() == pytest.approx(want)
+
+
+def test_swav_multicrop_hand_two_globals_one_local():
+    # 2 global crops (codes) + 1 local crop, one sample: every code is predicted by the 2 other crops
+    #   L = 1/2 [ (H(q_0, p_1) + H(q_0, p_2)) / 2 + (H(q_1, p_0) + H(q_1, p_2)) / 2 ]
+    # p_0 = [1/4, 3/4], p_1 = [1/2, 1/2], p_2 = [4/5, 1/5]; q_0 = [1, 0], q_1 = [0, 1]
+    s = [0.1 * torch.log(t([[1.0, 3.0]])), t([[0.0, 0.0]]), 0.1 * torch.log(t([[4.0, 1.0]]))]
+    q = [t([[1.0, 0.0]]), t([[0.0, 1.0]])]
+    want = 0.5 * ((math.log(2) + math.log(5 / 4)) / 2 + (math.log(4 / 3) + math.log(5)) / 2)
+    assert losses.swav(s, q, temperature=0.1).item() == pytest.approx(want)
+
+
+def test_swav_formula_on_a_batch_and_gradient():
+    scores = [rand(5, 4, seed=i, requires_grad=True) for i in range(4)]
+    codes = [losses.sinkhorn_knopp(s) for s in scores[:2]]
+    loss = losses.swav(scores, codes, temperature=0.2)
+    want = 0.0
+    for i, q in enumerate(codes):
+        terms = [-(q * F.log_softmax(scores[v] / 0.2, dim=1)).sum(dim=1).mean() for v in range(4) if v != i]
+        want = want + sum(terms) / 3
+    torch.testing.assert_close(loss, want / 2)
+    loss.backward()
+    assert_finite_grads(*scores)
+    # a constant added to a crop's scores changes nothing (softmax)
+    shifted = [s.detach() + 1.0 for s in scores]
+    torch.testing.assert_close(losses.swav(shifted, codes, temperature=0.2), loss.detach())
+
+
+def test_swav_and_sinkhorn_bad_inputs():
+    with pytest.raises(LossInputError, match="swav: needs at least two crops"):
+        losses.swav([rand(4, 3)], [rand(4, 3)])
+    with pytest.raises(LossInputError, match=r"swav: every crop and code must have shape \(4, 3\)"):
+        losses.swav([rand(4, 3), rand(4, 3)], [rand(4, 2)])
+    with pytest.raises(LossInputError, match="swav: temperature"):
+        losses.swav([rand(4, 3), rand(4, 3)], [rand(4, 3)], temperature=0.0)
+    with pytest.raises(LossInputError, match="sinkhorn_knopp: epsilon"):
+        losses.sinkhorn_knopp(rand(4, 3), epsilon=-1.0)
+    with pytest.raises(LossInputError, match="sinkhorn_knopp: iterations"):
+        losses.sinkhorn_knopp(rand(4, 3), iterations=0)
+    with pytest.raises(LossInputError, match="sinkhorn_knopp: scores must have 2 dimensions"):
+        losses.sinkhorn_knopp(rand(4))

@@ -141,3 +141,59 @@ def test_teacher_methods_keep_the_teacher_out_of_the_optimizer(name):
     loss, _ = method(views())
     loss.backward()
     assert all(p.grad is None for p in teacher)
+
+
+# --------------------------------------------------------------------------- #
+# SwAV: prototypes, their freeze, the queue, multi-crop
+# --------------------------------------------------------------------------- #
+
+
+def test_swav_prototypes_are_unit_frozen_early_and_the_queue_joins_sinkhorn_once_full():
+    method = small_method("swav", "method.num_prototypes=10", "method.queue_size=40", "method.freeze_prototypes=0.1")
+    unit = torch.ones(10)
+    torch.testing.assert_close(method.prototypes.weight.norm(dim=1), unit)
+    method.progress = 0.0  # frozen: a zero gradient (DDP needs one for every parameter), not None
+    loss, metrics = method(views())
+    loss.backward()
+    assert metrics["prototypes_frozen"] == 1.0
+    assert method.prototypes.weight.grad is not None and not method.prototypes.weight.grad.any()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.backbone.parameters())
+    method.after_step()
+    assert int(method.queue_filled) == 16 and not method.queue_full()  # 16 rows per global view
+    method.zero_grad()
+    method.progress = 0.5
+    with torch.no_grad():
+        method.prototypes.weight.mul_(3.0)
+    loss, metrics = method(views(seed=1))
+    loss.backward()
+    assert metrics["prototypes_frozen"] == 0.0 and method.prototypes.weight.grad.abs().sum() > 0
+    method.after_step()  # renormalises the prototypes, pushes the second batch
+    torch.testing.assert_close(method.prototypes.weight.norm(dim=1), unit)
+    assert int(method.queue_filled) == 32
+    method(views(seed=2))
+    method.after_step()
+    assert method.queue_full()
+    # once full, the codes of a batch depend on the queue
+    s = method.scores(method.encode(views(seed=3)[0])[1]).detach()
+    with_queue = method.codes(s, 0)
+    torch.testing.assert_close(with_queue.sum(dim=1), torch.ones(16, dtype=torch.float64))
+    method.queue_filled.zero_()
+    assert not torch.allclose(method.codes(s, 0), with_queue)
+
+
+def test_swav_codes_come_from_the_global_views_and_every_crop_predicts_them(monkeypatch):
+    from raysl import losses
+
+    method = small_method("swav", "method.num_prototypes=10", "data.local_crops.number=2", "data.crop_size=8",
+                          "data.local_crops.size=4")
+    seen, real = {}, losses.swav
+
+    def spy(scores, codes, temperature):
+        seen.update(crops=len(scores), codes=len(codes))
+        return real(scores, codes, temperature)
+
+    monkeypatch.setattr("raysl.methods.swav.losses.swav", spy)
+    g = torch.Generator().manual_seed(0)
+    crops = views() + [torch.randn(16, 1, 4, 4, generator=g) for _ in range(2)]
+    loss, _ = method(crops)
+    assert seen == {"crops": 4, "codes": 2} and torch.isfinite(loss)

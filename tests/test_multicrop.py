@@ -93,7 +93,7 @@ def test_make_views_with_local_crops_is_deterministic_for_a_seeded_generator():
 
 def test_methods_declare_local_crops_and_the_config_rejects_them_elsewhere():
     takes = sorted(name for name, cls in METHODS.items() if cls.supports_local_crops)
-    assert takes == ["byol", "dino", "simclr"]
+    assert takes == ["byol", "dino", "simclr", "swav"]
     for name in takes:
         cfg = load_config(None, [f"method.name={name}", "data.local_crops.number=2", *SMALL])
         assert cfg.data.local_crops.number == 2

@@ -23,6 +23,7 @@ from raysl.methods.nnclr import NNCLR
 from raysl.methods.nnsiam import NNSiam
 from raysl.methods.simclr import SimCLR
 from raysl.methods.simsiam import SimSiam
+from raysl.methods.swav import SwAV
 from raysl.methods.vibcreg import VIbCReg
 from raysl.methods.vicreg import VICReg
 from raysl.methods.wmse import WMSE
@@ -45,6 +46,7 @@ METHODS: dict[str, type[Method]] = {
     "wmse": WMSE,
     "vibcreg": VIbCReg,
     "mv_infonce": MVInfoNCE,
+    "swav": SwAV,
     "nnclr": NNCLR,
     "nnbyol": NNBYOL,
     "nnsiam": NNSiam,
