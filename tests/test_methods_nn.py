@@ -36,6 +36,17 @@ def test_support_queue_is_its_own_neighbour_until_filled_then_looks_up_fifo():
                                F.normalize(torch.arange(10.0).reshape(5, 2)[2:] + 1, dim=1).sort(dim=0).values)
 
 
+def test_support_queue_restored_partly_filled_looks_up_only_its_rows():
+    full = SupportQueue(2, 2)
+    full.push(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    full.nearest(torch.ones(1, 2))  # now known full
+    partial = SupportQueue(2, 2)
+    partial.push(torch.tensor([[0.0, -1.0]]))
+    full.load_state_dict(partial.state_dict())
+    # the unwritten zero row would be nearer (cos 0) than (0, -1) (cos -0.71)
+    torch.testing.assert_close(full.nearest(torch.ones(1, 2)), torch.tensor([[0.0, -1.0]]))
+
+
 def test_support_queue_stages_only_training_steps():
     queue = SupportQueue(4, 2)
     with torch.no_grad():  # an evaluation forward

@@ -30,14 +30,24 @@ class SupportQueue(nn.Module):
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))  # rows written so far (<= size)
         self._pending: torch.Tensor | None = None
+        # once full, always full: no host read of ``filled`` per lookup (a GPU sync) from then on
+        self._full = False
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._full = False  # a restored queue may be partly filled
 
     @torch.no_grad()
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         """Each row's nearest neighbour in the support set (unit norm, detached); itself while it is empty."""
-        filled = int(self.filled)
-        if filled == 0:
-            return F.normalize(z.detach().float(), dim=1).to(z.dtype)
-        return losses.nearest_neighbour(z, self.queue[:filled])[0].to(z.dtype)
+        support = self.queue
+        if not self._full:
+            filled = int(self.filled)
+            if filled == 0:
+                return F.normalize(z.detach().float(), dim=1).to(z.dtype)
+            self._full = filled == self.queue.shape[0]
+            support = self.queue[:filled]
+        return losses.nearest_neighbour(z, support)[0].to(z.dtype)
 
     def stage(self, z: torch.Tensor) -> None:
         """Keep this step's projections (gathered over workers) for :meth:`flush`; a no-op without gradients."""
