@@ -226,6 +226,12 @@ class NNSiamConfig(SimSiamConfig):
     queue_size: SupportQueueSize = 4096
 
 
+class SupConConfig(Section):
+    # Khosla et al. 2020: needs labelled data (raysl.launch.check_against_data); unlabelled rows are their own class
+    name: Literal["supcon"] = "supcon"
+    temperature: Temperature = 0.1
+
+
 MethodConfig = Annotated[
     Union[
         SimCLRConfig,
@@ -246,6 +252,7 @@ MethodConfig = Annotated[
         NNCLRConfig,
         NNBYOLConfig,
         NNSiamConfig,
+        SupConConfig,
         MoCoV3Config,
         WMSEConfig,
         VIbCRegConfig,

@@ -56,6 +56,11 @@ def check_against_data(cfg: RunConfig, data_dir: str, source: str) -> Any:
     from raysl.data.pipeline import global_crop_size, is_encoded
 
     manifest = shards.load_manifest(data_dir)
+    if cfg.method.name == "supcon" and not manifest.labeled:
+        raise ConfigError(
+            f"{source}: method supcon needs labelled data; {data_dir} has no labels "
+            "(prepared from an unlabelled source); use a labelled data set or a self-supervised method"
+        )
     rows = manifest.splits["train"]["rows"]
     if cfg.optim.batch_size > rows:
         raise ConfigError(

@@ -361,6 +361,8 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
     manifest = load_manifest(data_dir)
     norm = input_norm(cfg, manifest)
     method = build_run_method(cfg, manifest, device)
+    if getattr(method, "needs_labels", False):  # SupCon: the train split's labels, looked up by row index
+        method.load_labels(data_dir, manifest)
     views = cfg.data.views(method.num_views)  # the method's global views, then any local crops (multi-crop)
     peak = peak_lr(cfg)
     optimizer = build_optimizer(method.param_groups(), cfg.optim, peak)

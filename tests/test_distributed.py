@@ -109,6 +109,8 @@ CASES = {
     "msbreg": (2, lambda p1, p2: losses.singular_value_loss([p1, p2])),
     # NNCLR: neighbours of z1, z2 in a fixed support set against the gathered predictions p2, p1
     "nnclr": (4, lambda z1, z2, p1, p2: _nnclr(z1, z2, p1, p2)),
+    # SupCon: the labels of the whole batch (gathered without gradient by the method), three classes
+    "supcon": (2, lambda z1, z2: losses.supcon([z1, z2], torch.tensor([0, 1, 0, 2, 1, 1, 0, 2]), 0.1)),
 }
 
 

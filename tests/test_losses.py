@@ -1280,6 +1280,59 @@ def test_nnclr_invariances_and_gradient():
 
 
 # --------------------------------------------------------------------------
+# SupCon
+# --------------------------------------------------------------------------
+
+
+def test_supcon_hand_two_classes_four_samples():
+    # One view of 4 unit samples, labels [0, 0, 0, 1], tau = 0.5. Dot products:
+    # z0.z1 = 0.6, z0.z2 = 0, z0.z3 = -1, z1.z2 = 0.8, z1.z3 = -0.6, z2.z3 = 0.
+    z = t([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-1.0, 0.0]])
+    tau = 0.5
+    dots = {(0, 1): 0.6, (0, 2): 0.0, (0, 3): -1.0, (1, 2): 0.8, (1, 3): -0.6, (2, 3): 0.0}
+    s = lambda i, j: dots[(min(i, j), max(i, j))] / tau  # noqa: E731
+
+    def anchor(i, positives):  # -1/|P(i)| sum_p log exp(s_ip) / sum_{a != i} exp(s_ia)
+        log_den = math.log(sum(math.exp(s(i, a)) for a in range(4) if a != i))
+        return -sum(s(i, p) - log_den for p in positives) / len(positives)
+
+    # sample 3 is alone in its class: no positive, not an anchor
+    want = (anchor(0, [1, 2]) + anchor(1, [0, 2]) + anchor(2, [0, 1])) / 3
+    assert losses.supcon([z], torch.tensor([0, 0, 0, 1]), temperature=tau).item() == pytest.approx(want, rel=1e-12)
+    # labels are names: any integers, any order
+    assert losses.supcon(z[None], torch.tensor([7, 7, 7, -2]), temperature=tau).item() == pytest.approx(want, rel=1e-12)
+
+
+def test_supcon_with_every_sample_its_own_class_is_simclr():
+    z1, z2 = rand(6, 4, seed=8), rand(6, 4, seed=9)
+    got = losses.supcon([z1, z2], torch.arange(6), temperature=0.2)
+    torch.testing.assert_close(got, losses.nt_xent(z1, z2, temperature=0.2))
+
+
+def test_supcon_invariances_and_gradient():
+    z1, z2 = rand(8, 5, seed=10, requires_grad=True), rand(8, 5, seed=11, requires_grad=True)
+    y = torch.tensor([0, 1, 0, 2, 1, 1, 0, 2])
+    loss = losses.supcon([z1, z2], y, temperature=0.1)
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(losses.supcon([z1[perm], z2[perm]], y[perm], temperature=0.1), loss)
+    torch.testing.assert_close(losses.supcon([z2, z1], y, temperature=0.1), loss)  # the views' order
+    torch.testing.assert_close(losses.supcon([3 * z1, z2 * 0.5], y, temperature=0.1), loss)  # scale
+    # one class for all: every other embedding is a positive, and the loss is at its floor log(2N - 1)
+    # (cross entropy to a uniform target over the 15 others) only when all similarities are equal
+    assert losses.supcon([z1, z2], torch.zeros(8, dtype=torch.long), 0.1) > math.log(15)
+    same = torch.ones(8, 5, dtype=torch.float64)
+    assert losses.supcon([same, same], torch.zeros(8, dtype=torch.long), 0.1).item() == pytest.approx(math.log(15))
+    loss.backward()
+    assert_finite_grads(z1, z2)
+    with pytest.raises(LossInputError, match=r"supcon: labels must be an integer tensor of shape \[8\]"):
+        losses.supcon([z1, z2], torch.zeros(8), 0.1)
+    with pytest.raises(LossInputError, match="supcon: no anchor has a positive"):
+        losses.supcon([z1], torch.arange(8), 0.1)
+    with pytest.raises(LossInputError, match="supcon: temperature"):
+        losses.supcon([z1, z2], y, temperature=0.0)
+
+
+# --------------------------------------------------------------------------
 # SwAV: Sinkhorn-Knopp codes, swapped prediction
 # --------------------------------------------------------------------------
 

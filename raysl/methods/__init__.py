@@ -23,6 +23,7 @@ from raysl.methods.nnclr import NNCLR
 from raysl.methods.nnsiam import NNSiam
 from raysl.methods.simclr import SimCLR
 from raysl.methods.simsiam import SimSiam
+from raysl.methods.supcon import SupCon
 from raysl.methods.swav import SwAV
 from raysl.methods.vibcreg import VIbCReg
 from raysl.methods.vicreg import VICReg
@@ -50,6 +51,7 @@ METHODS: dict[str, type[Method]] = {
     "nnclr": NNCLR,
     "nnbyol": NNBYOL,
     "nnsiam": NNSiam,
+    "supcon": SupCon,
 }
 
 
