@@ -1,5 +1,5 @@
-"""Representation quality without fine-tuning: kNN, linear probe, RankMe,
-alignment/uniformity and a collapse check.
+"""Representation quality without fine-tuning: kNN, linear probe, the label-free
+RankMe, alpha-ReQ, LiDAR and alignment/uniformity, and a collapse check.
 
 Every function takes plain tensors (``[N, D]`` features, ``[N]`` integer labels),
 runs on whatever device the features are on, and returns Python numbers. No
@@ -13,8 +13,10 @@ Protocol stated with every number (as the design asks):
   Caron et al. 2021, DINO), k = 20 and 200, temperature 0.07.
 - Linear probe: multinomial logistic regression on standardised frozen
   features, Adam with a cosine learning rate, L2 penalty on the weights.
-- RankMe, uniformity and the feature std are label-free and computed on the
-  train features (the larger set: RankMe wants up to 25,600 rows).
+- RankMe, alpha-ReQ, uniformity and the feature std are label-free and computed
+  on the train features (the larger set: RankMe wants up to 25,600 rows).
+- LiDAR is label-free too but needs several augmented views of each image; the
+  caller embeds them (``raysl.train.evaluate_method``).
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ import torch.nn.functional as F
 
 __all__ = [
     "alignment",
+    "alpha_req",
+    "alpha_req_score",
     "collapse_std",
     "evaluate_features",
     "is_collapsed",
     "knn_accuracy",
     "linear_probe_accuracy",
+    "lidar",
     "rankme",
     "uniformity",
 ]
@@ -219,6 +224,156 @@ def rankme(embeddings: ArrayLike, eps: float = 1e-7, max_samples: int = 25600) -
     return float(torch.exp(-(p * p.log()).sum()).item())
 
 
+# alpha-ReQ's fit range, 1-based ranks with both ends included (the authors' reference code, reptrix,
+# fits eigenvalues 5..99 counted from 0: the same ranks)
+ALPHA_REQ_RANKS = (6, 100)
+# eigenvalues below this fraction of the largest are raised to it: a rank-deficient spectrum's zeros have
+# no logarithm, and a representation left with fewer directions than the fit range gets a steep, finite alpha
+_SPECTRUM_FLOOR = 1e-12
+
+
+def _covariance_spectrum(z: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues (float64, largest first, >= 0) of the covariance of the rows of ``z``."""
+    z = z.to(torch.float64)
+    z = z - z.mean(dim=0, keepdim=True)
+    cov = z.T @ z / z.shape[0]
+    return torch.linalg.eigvalsh((cov + cov.T) / 2).flip(0).clamp_min(0.0)
+
+
+@torch.no_grad()
+def alpha_req(
+    embeddings: ArrayLike, ranks: tuple[int, int] = ALPHA_REQ_RANKS, max_samples: int = 25600
+) -> float:
+    """alpha-ReQ: the decay coefficient of the embedding eigenspectrum (Agrawal, Mondal, Ghosh &
+    Richards 2022, "alpha-ReQ: Assessing Representation Quality in Self-Supervised Learning by
+    measuring eigenspectrum decay", NeurIPS).
+
+    With ``lambda_1 >= lambda_2 >= ...`` the eigenvalues of the covariance of the centred rows, the
+    power law ``lambda_k = c k^-alpha`` is fitted by weighted least squares on
+    ``log lambda_k = log c - alpha log k`` over the ranks ``k`` from ``ranks[0]`` to ``ranks[1]``
+    (1-based, both included; default 6..100 as in the authors' reference code, reptrix: the first
+    five eigenvalues, a few leading directions that often stand apart from the power law, are left
+    out, and so is the far tail, where the sample spectrum is mostly estimation noise). Rank ``k`` weighs ``1/k``,
+    as in that code (after Stringer, Pachitariu et al. 2019, "High-dimensional geometry of population
+    responses in visual cortex", Nature): ranks are dense at the high end of a log axis, and
+    the weight makes every octave of ranks count about equally. The upper end is clamped to the
+    ``min(N - 1, D)`` eigenvalues a centred ``N x D`` matrix can have; eigenvalues below
+    ``1e-12 lambda_1`` are raised to it (a representation left with fewer directions than the
+    range gets a steep alpha).
+
+    Higher alpha: a faster decay, fewer directions carry the variance (towards collapse); lower: a
+    flatter, more noise-like spectrum. :func:`alpha_req_score` turns it into an objective. Invariant
+    to scaling, rotating and translating the embeddings (exactly, up to float error). Uses the first
+    ``max_samples`` rows. NaN when fewer than two ranks are in range or fewer than two of them above
+    that floor (a collapse to a handful of directions), when every row is the same, or for non-finite
+    entries (a search then gives :func:`alpha_req_score` its worst value).
+    """
+    low, high = ranks
+    if low < 1 or high <= low:
+        raise ValueError(f"ranks must be (low, high) with 1 <= low < high, got {ranks}")
+    z = _features(embeddings, "embeddings")[:max_samples]
+    if not bool(torch.isfinite(z).all()):
+        return math.nan
+    spectrum = _covariance_spectrum(z)[: max(0, min(z.shape[0] - 1, z.shape[1]))]
+    high = min(high, spectrum.numel())
+    if high - low + 1 < 2 or spectrum[0].item() == 0.0:
+        return math.nan
+    floor = spectrum[0] * _SPECTRUM_FLOOR
+    if int((spectrum[low - 1 : high] > floor).sum().item()) < 2:
+        return math.nan  # (almost) nothing left past rank `low`: collapsed, a slope of the floor means nothing
+    k = torch.arange(low, high + 1, dtype=torch.float64, device=spectrum.device)
+    y = spectrum[low - 1 : high].clamp_min(floor).log()
+    x = k.log()
+    w = 1.0 / k
+    x_mean, y_mean = (w * x).sum() / w.sum(), (w * y).sum() / w.sum()
+    slope = (w * (x - x_mean) * (y - y_mean)).sum() / (w * (x - x_mean) ** 2).sum()
+    return float(-slope.item())
+
+
+def alpha_req_score(alpha: float) -> float:
+    """``-|alpha - 1|``: alpha-ReQ as an objective to maximise (0 is best).
+
+    The paper reads the decay coefficient on both sides: alpha well below 1 spreads the variance over
+    many directions, white-noise-like and sensitive to small input changes (the smoothness argument
+    of Stringer et al. 2019, whose visual-cortex spectra decay with alpha close to 1); alpha well
+    above 1 leaves few directions, too little capacity for a linear read-out. Across its SSL runs
+    the best linear-probe accuracies sit in an interval around alpha = 1, so closeness to 1 is the
+    selection rule used here. The best interval can move with the data and the features: ``raysl
+    analyze`` shows how this score ranked the trials of an experiment with labels.
+    """
+    return -abs(float(alpha) - 1.0)
+
+
+@torch.no_grad()
+def lidar(embeddings_per_view: ArrayLike | list, delta: float = 1e-4, eps: float = 1e-7) -> float:
+    """LiDAR, the effective rank of the LDA matrix of the SSL surrogate task (Thilak, Huang, Saremi,
+    Dinh, Goh, Nakkiran, Susskind & Littwin 2023, "LiDAR: Sensing Linear Probing Performance in Joint
+    Embedding SSL Architectures", ICLR 2024).
+
+    ``embeddings_per_view``: ``[n, q, D]`` (``n`` images, ``q`` augmented views of each), or a list of
+    ``q`` ``[n, D]`` matrices (view ``j`` of every image). Each image is a surrogate class whose
+    members are its views; with ``z_ij`` view ``j`` of image ``i``, ``mu_i`` the mean of its views
+    and ``mu`` the mean of the ``mu_i``:
+
+    - between-class scatter ``S_b = 1/n sum_i (mu_i - mu)(mu_i - mu)^T``;
+    - within-class scatter ``S_w = 1/(n q) sum_ij (z_ij - mu_i)(z_ij - mu_i)^T + delta' I``;
+    - ``S_lidar = S_w^-1/2 S_b S_w^-1/2``, with eigenvalues ``lambda_k``;
+    - ``LiDAR = exp(-sum_k p_k log p_k)``, ``p_k = lambda_k / sum(lambda) + eps`` (the smooth
+      effective rank of RankMe).
+
+    It counts the directions in which the images stand apart relative to the spread of their own
+    augmentations: between 1 and ``min(n - 1, D)``. Directions where every image varies a lot across
+    views barely count, however much variance they carry (RankMe counts them). With few views
+    ``S_b`` also holds ``S_w / q`` of estimation noise, a floor the paper keeps small with many views.
+
+    One departure from the paper: its regulariser is a fixed ``delta I``; here ``delta' = delta *
+    tr(S_w + S_b) / D``, ``delta`` times the mean variance per feature of all ``n q`` rows, so that
+    LiDAR (like RankMe and alpha-ReQ) is the same for features scaled by any factor. Invariant to
+    scaling, rotating and translating the features (exactly, up to float error). Returns 0.0 when
+    every image has the same mean (no between-class scatter) and NaN for non-finite entries.
+
+    Raises:
+        ValueError: with fewer than 2 images or 2 views, or ``delta <= 0``.
+    """
+    if delta <= 0:
+        raise ValueError(f"delta must be > 0, got {delta}")
+    if isinstance(embeddings_per_view, (list, tuple)):
+        views = [_features(v, f"view {j}") for j, v in enumerate(embeddings_per_view)]
+        if not views or any(v.shape != views[0].shape for v in views):
+            raise ValueError("the views must be [n, D] matrices of one shape, got "
+                             f"{[tuple(v.shape) for v in views]}")
+        z = torch.stack([v.to(views[0].device) for v in views], dim=1)
+    else:
+        z = torch.as_tensor(embeddings_per_view).detach()
+        if z.ndim != 3:
+            raise ValueError(f"embeddings_per_view must be [n, q, D], got shape {tuple(z.shape)}")
+    n, q, d = z.shape
+    if n < 2 or q < 2:
+        raise ValueError(f"LiDAR needs at least 2 images and 2 views of each, got {n} images x {q} views")
+    z = z.to(torch.float64)
+    if not bool(torch.isfinite(z).all()):
+        return math.nan
+    class_means = z.mean(dim=1)
+    between = class_means - class_means.mean(dim=0, keepdim=True)
+    s_b = between.T @ between / n
+    within = (z - class_means[:, None, :]).reshape(n * q, d)
+    s_w = within.T @ within / (n * q)
+    mean_variance = float((s_w.trace() + s_b.trace()).item()) / d
+    if mean_variance == 0.0:
+        return 0.0
+    reg = delta * mean_variance
+    s_w = (s_w + s_w.T) / 2 + reg * torch.eye(d, dtype=z.dtype, device=z.device)
+    w, vectors = torch.linalg.eigh(s_w)
+    inv_sqrt = vectors @ torch.diag(w.clamp_min(reg).rsqrt()) @ vectors.T
+    m = inv_sqrt @ s_b @ inv_sqrt
+    lam = torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0.0)
+    total = lam.sum()
+    if total.item() == 0.0:
+        return 0.0
+    p = lam / total + eps
+    return float(torch.exp(-(p * p.log()).sum()).item())
+
+
 @torch.no_grad()
 def alignment(z1: ArrayLike, z2: ArrayLike, alpha: float = 2) -> float:
     """Alignment (Wang & Isola 2020): ``mean_i ||f(x_i) - f(y_i)||^alpha`` over
@@ -313,10 +468,11 @@ def evaluate_features(
     - ``knn_acc``: kNN accuracy on the val rows with ``k = ks[0]`` (20), and
       ``knn_acc_k{k}`` for every further ``k`` (``knn_acc_k200``); left out
       when either set has no labels (None or all < 0);
-    - ``rankme``, ``uniformity``, ``feature_std`` (:func:`collapse_std`): label-free,
-      on the train features.
+    - ``rankme``, ``alpha_req`` (the decay coefficient), ``alpha_req_score``
+      (``-|alpha_req - 1|``), ``uniformity``, ``feature_std`` (:func:`collapse_std`):
+      label-free, on the train features.
 
-    ``alignment`` needs two views of the same images, so the caller adds it.
+    ``alignment`` and ``lidar`` need augmented views of the same images, so the caller adds them.
     """
     out: dict[str, float] = {}
     if _has_labels(train_labels) and _has_labels(val_labels) and ks:
@@ -324,6 +480,8 @@ def evaluate_features(
             key = "knn_acc" if i == 0 else f"knn_acc_k{k}"
             out[prefix + key] = knn_accuracy(train_feats, train_labels, val_feats, val_labels, k=k)
     out[prefix + "rankme"] = rankme(train_feats)
+    out[prefix + "alpha_req"] = alpha_req(train_feats)
+    out[prefix + "alpha_req_score"] = alpha_req_score(out[prefix + "alpha_req"])
     out[prefix + "uniformity"] = uniformity(train_feats)
     out[prefix + "feature_std"] = collapse_std(train_feats)
     return out

@@ -238,7 +238,8 @@ def test_non_finite_is_not_collapse():
 def test_evaluate_features_keys_and_values():
     feats, labels = blobs(900, 32, classes=3, spread=5.0, seed=15)
     out = evaluate_features(feats[:600], labels[:600], feats[600:], labels[600:])
-    assert set(out) == {"knn_acc", "knn_acc_k200", "rankme", "uniformity", "feature_std"}
+    assert set(out) == {"knn_acc", "knn_acc_k200", "rankme", "alpha_req", "alpha_req_score", "uniformity",
+                        "feature_std"}
     assert out["knn_acc"] == 1.0
     assert 1.0 < out["rankme"] <= 32
     assert all(isinstance(v, float) for v in out.values())
@@ -246,12 +247,13 @@ def test_evaluate_features_keys_and_values():
     pre = evaluate_features(
         feats[:600], labels[:600], feats[600:], labels[600:], ks=(5,), prefix="backbone/"
     )
-    assert set(pre) == {f"backbone/{key}" for key in ("knn_acc", "rankme", "uniformity", "feature_std")}
+    assert set(pre) == {f"backbone/{key}" for key in ("knn_acc", "rankme", "alpha_req", "alpha_req_score",
+                                                      "uniformity", "feature_std")}
 
 
 def test_evaluate_features_without_labels():
     feats = torch.randn(300, 16, generator=gen(16))
-    expected = {"rankme", "uniformity", "feature_std"}
+    expected = {"rankme", "alpha_req", "alpha_req_score", "uniformity", "feature_std"}
     assert set(evaluate_features(feats[:200], None, feats[200:], None)) == expected
     missing = torch.full((200,), -1)
     assert set(evaluate_features(feats[:200], missing, feats[200:], torch.zeros(100))) == expected
