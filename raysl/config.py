@@ -177,6 +177,15 @@ class SwAVConfig(Section):
     freeze_prototypes: Probability = 0.01
 
 
+class DeepClusterV2Config(Section):
+    # Caron et al. 2020 (the SwAV paper's DeepCluster-v2); solo-learn: 3 clusterings of 3000, tau 0.1, 10 iterations
+    name: Literal["deepclusterv2"] = "deepclusterv2"
+    temperature: Temperature = 0.1
+    # one k-means (and its prototypes) per entry; each must be <= the data set's rows
+    num_prototypes: Annotated[list[Annotated[int, Field(ge=2)]], Field(min_length=1, max_length=8)] = [3000, 3000, 3000]
+    kmeans_iterations: Annotated[int, Field(ge=1, le=100)] = 10
+
+
 # ---- MoCo v3, W-MSE, VIbCReg, ReSSL
 
 
@@ -249,6 +258,7 @@ MethodConfig = Annotated[
         MSBRegConfig,
         MVInfoNCEConfig,
         SwAVConfig,
+        DeepClusterV2Config,
         NNCLRConfig,
         NNBYOLConfig,
         NNSiamConfig,

@@ -51,6 +51,8 @@ __all__ = [
     "directpred_correlation_update",
     "sinkhorn_knopp",
     "swav",
+    "spherical_kmeans",
+    "deepclusterv2",
     "nearest_neighbour",
     "nnclr",
 ]
@@ -1583,3 +1585,105 @@ def swav(scores: Sequence[Tensor] | Tensor, codes: Sequence[Tensor] | Tensor, te
             len(crops) - 1
         )
     return total / len(targets)
+
+
+# --------------------------------------------------------------------------
+# DeepCluster v2: spherical k-means, cross-entropy to the assignments
+# --------------------------------------------------------------------------
+
+
+# rows of the bank compared with the centroids at a time (65536 x 3000 float32 scores: 0.8 GB)
+_KMEANS_CHUNK = 65536
+
+
+def spherical_kmeans(
+    x: Tensor, k: int, iterations: int = 10, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """K-means on the unit sphere, as DeepCluster v2 clusters its memory bank (Caron et al. 2020, appendix).
+
+    The centroids start at ``k`` distinct rows of x drawn with ``generator`` (on the CPU,
+    so every worker that passes the same seed draws the same rows); each iteration
+    assigns every row to its most similar centroid (largest dot product) and moves each
+    centroid to the normalised sum (the mean's direction) of its rows; a centroid without
+    rows stays where it is. A last assignment step follows the last update::
+
+        a_i = argmax_j <x_i, c_j>,    c_j <- (sum_{i: a_i = j} x_i) / ||sum_{i: a_i = j} x_i||
+
+    Args:
+        x: [M, D] rows (L2-normalised here), M >= k.
+        k: number of clusters >= 1.
+        iterations: centroid updates (solo-learn: 10).
+        generator: seeds the initial centroids.
+
+    Returns:
+        (centroids [k, D] unit rows, assignments [M] in [0, k)), no gradient.
+    """
+    fn = "spherical_kmeans"
+    _check_tensor(fn, "x", x, 2)
+    if not (isinstance(k, int) and 1 <= k <= x.shape[0]):
+        raise LossInputError(f"{fn}: k must be an integer in [1, {x.shape[0]}] (the rows of x), got {k!r}")
+    if not (isinstance(iterations, int) and iterations >= 0):
+        raise LossInputError(f"{fn}: iterations must be an integer >= 0, got {iterations!r}")
+    with torch.no_grad():
+        x = _unit(x.detach())
+        first = torch.randperm(x.shape[0], generator=generator)[:k].to(x.device)
+        centroids = x[first].clone()
+        for step in range(iterations + 1):
+            # in chunks of rows: a data set's bank against thousands of centroids would not fit at once
+            assignments = torch.cat([(part @ centroids.T).argmax(dim=1) for part in x.split(_KMEANS_CHUNK)])
+            if step == iterations:
+                break
+            sums = torch.zeros_like(centroids).index_add_(0, assignments, x)
+            counts = torch.bincount(assignments, minlength=k)
+            moved = counts > 0
+            centroids[moved] = F.normalize(sums[moved], dim=1)
+        return centroids, assignments
+
+
+def deepclusterv2(
+    scores: Sequence[Sequence[Tensor]], assignments: Tensor, temperature: float = 0.1
+) -> Tensor:
+    """DeepCluster v2's loss (Caron et al. 2020, appendix; solo-learn's ``deepclusterv2_loss_func``).
+
+    For each clustering h (its own prototypes C_h: the k-means centroids of the memory
+    bank) and each view v, the prototype scores of sample n are a classifier trained to
+    predict the sample's k-means assignment a_h[n]::
+
+        L = 1/H sum_h  mean_{v, n: a_h[n] >= 0}  -log softmax(z_{v,n}^T C_h / tau)[a_h[n]]
+
+    Samples without an assignment (-1: not in the clustered bank yet) are left out; with
+    none at all the loss is 0 (with a graph, so every parameter gets a zero gradient).
+
+    Args:
+        scores: scores[h][v], [N, K_h] per clustering h and view v.
+        assignments: [H, N] long, the k-means cluster of each sample in each clustering, -1 for none.
+        temperature: tau > 0 (paper: 0.1).
+    """
+    fn = "deepclusterv2"
+    _check_positive(fn, "temperature", temperature)
+    if not isinstance(scores, (list, tuple)) or not scores:
+        raise LossInputError(f"{fn}: scores must be a non-empty list (one entry per clustering) of lists of views")
+    _check_tensor(fn, "assignments", assignments, 2)
+    if assignments.shape[0] != len(scores):
+        raise LossInputError(
+            f"{fn}: assignments must have one row per clustering ({len(scores)}), got shape {_shape(assignments)}"
+        )
+    total = 0.0
+    for h, views in enumerate(scores):
+        heads = _crops(fn, f"scores[{h}]", views)
+        targets = assignments[h].long()
+        for v, s in enumerate(heads):
+            if s.shape[0] != targets.shape[0]:
+                raise LossInputError(
+                    f"{fn}: scores[{h}][{v}] has {s.shape[0]} rows, assignments {targets.shape[0]} columns"
+                )
+            if bool((targets >= s.shape[1]).any()):
+                raise LossInputError(f"{fn}: an assignment of clustering {h} is >= its {s.shape[1]} prototypes")
+        logits = torch.cat([_float(s) for s in heads]) / temperature
+        labels = targets.repeat(len(heads))
+        known = labels >= 0
+        if bool(known.any()):
+            total = total + F.cross_entropy(logits[known], labels[known])
+        else:
+            total = total + 0.0 * logits.sum()
+    return total / len(scores)

@@ -283,6 +283,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         results["mocov3"] = (loss.detach(), local_q.grad.clone())
         # SwAV: Sinkhorn codes over the global batch, the sums all-reduced inside the iterations
         results["swav"] = swav_codes(rank)
+        # DeepCluster v2: the memory bank of the gathered batch, k-means of it on every worker
+        results["deepclusterv2"] = deepclusterv2_run(rank)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -533,3 +535,53 @@ def test_swav_sinkhorn_codes_equal_one_worker_on_the_global_batch(two_workers):
         assert_close(got_plain, rows(plain, rank))
         assert_close(got_queued, rows(queued, rank))
     assert_close(torch.stack([r["swav"][2] for r in two_workers]).mean(), loss)
+
+
+# --------------------------------------------------------------------------- #
+# DeepCluster v2: memory bank and k-means shared by every worker
+# --------------------------------------------------------------------------- #
+
+
+def deepclusterv2_run(rank: int | None = None) -> dict:
+    """Three epochs of 2 steps over 8 images (global batch 4): k-means at the start of epochs 2 and 3.
+
+    ``rank`` None: one worker with the whole batch; otherwise that worker's 2 rows of each step. The
+    network is in eval mode (BatchNorm's running statistics), so a row's projection does not depend on
+    the rows beside it; no optimizer step, so only the method's own state changes.
+    """
+    from raysl.config import DeepClusterV2Config
+    from raysl.methods.deepclusterv2 import DeepClusterV2
+
+    torch.manual_seed(0)
+    method = DeepClusterV2(DeepClusterV2Config(num_prototypes=[2, 3], kmeans_iterations=3),
+                           ModelConfig(width=4, projector_hidden_dim=8, projector_dim=D), 1, num_samples=N)
+    method.eval()
+    g = torch.Generator().manual_seed(21)
+    images = torch.randn(N, 1, 8, 8, generator=g)
+    step_losses = []
+    for epoch in range(3):
+        for batch in torch.randperm(N, generator=g).chunk(2):  # the same order on every worker
+            rows_of_step = batch if rank is None else rows(batch, rank)
+            x = images[rows_of_step]
+            loss, _ = method([x, x.flip(-1)], rows_of_step)
+            loss.backward()
+            method.after_step()
+            step_losses.append(loss.detach())
+    return {"losses": torch.stack(step_losses), "assignments": method.assignments.clone(),
+            "prototypes": [p.clone() for p in method.prototypes()], "clusterings": int(method.clusterings)}
+
+
+def test_deepclusterv2_kmeans_agrees_across_workers_and_equals_one_worker(two_workers):
+    """Every worker keeps the whole bank (gathered rows), so the k-means is the one-worker k-means:
+    the same centroids and assignments everywhere; the per-sample losses average to the full batch's."""
+    want = deepclusterv2_run()
+    assert want["clusterings"] == 2 and bool((want["assignments"] >= 0).all())
+    assert not want["losses"][:2].any() and bool((want["losses"][2:] > 0).all())  # the first epoch fills the bank
+    for result in two_workers:
+        got = result["deepclusterv2"]
+        assert got["clusterings"] == 2
+        assert torch.equal(got["assignments"], want["assignments"])
+        for a, b in zip(got["prototypes"], want["prototypes"]):
+            assert_close(a, b)
+    mean = torch.stack([r["deepclusterv2"]["losses"] for r in two_workers]).mean(dim=0)
+    assert_close(mean, want["losses"])

@@ -1462,3 +1462,90 @@ def test_swav_and_sinkhorn_bad_inputs():
         losses.sinkhorn_knopp(rand(4, 3), iterations=0)
     with pytest.raises(LossInputError, match="sinkhorn_knopp: scores must have 2 dimensions"):
         losses.sinkhorn_knopp(rand(4))
+
+
+# --------------------------------------------------------------------------
+# DeepCluster v2: spherical k-means, cross-entropy to the assignments
+# --------------------------------------------------------------------------
+
+
+def _angles(*degrees):
+    return t([[math.cos(math.radians(a)), math.sin(math.radians(a))] for a in degrees])
+
+
+def test_spherical_kmeans_hand_two_clusters_on_the_circle():
+    # points at 0, 10, 90 and 100 degrees: from any start the two centroids end at the directions of
+    # their pairs' sums, 5 and 95 degrees (if both start in one pair: 0 and 10 -> {0} and {10, 90, 100}
+    # (at ~67 degrees) -> {0, 10} and {90, 100}).
+    x = 3.0 * _angles(0, 10, 90, 100)  # lengths do not matter: rows are normalised
+    for seed in range(6):
+        centroids, assignments = losses.spherical_kmeans(x, 2, iterations=5, generator=torch.Generator().manual_seed(seed))
+        order = torch.argsort(centroids[:, 1])  # the 5-degree centroid first
+        torch.testing.assert_close(centroids[order], _angles(5, 95))
+        assert assignments[0] == assignments[1] != assignments[2] == assignments[3]
+        assert int(assignments[0]) == int(order[0])  # rows 0 and 1 sit with the 5-degree centroid
+
+
+def test_spherical_kmeans_start_empty_cluster_and_determinism():
+    # one update by hand: start {0 deg, 10 deg} (rows 0 and 1); rows 2, 3 (90, 100 deg) join 10 deg,
+    # whose centroid moves to the direction of 10 + 90 + 100 degrees; 0 degrees keeps row 0 alone.
+    x = _angles(0, 10, 90, 100)
+    assert torch.randperm(4, generator=torch.Generator().manual_seed(0))[:2].tolist() == [0, 1]  # seed 0 draws them
+    c, a = losses.spherical_kmeans(x, 2, iterations=0, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(c, x[:2])  # no update: the drawn rows
+    assert a.tolist() == [0, 1, 1, 1]
+    c, a = losses.spherical_kmeans(x, 2, iterations=1, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(c, torch.stack([x[0], F.normalize(x[1] + x[2] + x[3], dim=0)]))
+    torch.testing.assert_close(c.norm(dim=1), torch.ones(2, dtype=torch.float64))
+    # a centroid that gets no rows stays where it started: three copies of one point, two clusters
+    same = _angles(30, 30, 30)
+    c, a = losses.spherical_kmeans(same, 2, iterations=3, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(c, _angles(30, 30))
+    assert a.tolist() == [0, 0, 0]  # ties go to the first centroid
+    # the same generator seed gives the same clustering
+    x = rand(20, 4, seed=5)
+    one = losses.spherical_kmeans(x, 3, generator=torch.Generator().manual_seed(7))
+    two = losses.spherical_kmeans(x, 3, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+    # every row sits with its most similar centroid at the end
+    assert torch.equal(one[1], (F.normalize(x, dim=1) @ one[0].T).argmax(dim=1))
+
+
+def test_deepclusterv2_hand():
+    # one clustering, two views, tau = 0.1; sample 0 is in cluster 1, sample 1 has no cluster (-1).
+    # view 1 scores tau*log([1, 3]) -> p = [1/4, 3/4]; view 2 scores [0, 0] -> p = [1/2, 1/2]
+    #   L = mean over the 2 known (view, sample) pairs = (-log(3/4) - log(1/2)) / 2
+    v1 = torch.stack([0.1 * torch.log(t([1.0, 3.0])), t([5.0, -5.0])])
+    v2 = torch.stack([t([0.0, 0.0]), t([-5.0, 5.0])])
+    loss = losses.deepclusterv2([[v1, v2]], torch.tensor([[1, -1]]), temperature=0.1)
+    assert loss.item() == pytest.approx((-math.log(3 / 4) - math.log(1 / 2)) / 2)
+    # two clusterings average: the second puts sample 0 in cluster 0 -> (-log(1/4) - log(1/2)) / 2
+    loss2 = losses.deepclusterv2([[v1, v2], [v1, v2]], torch.tensor([[1, -1], [0, -1]]), temperature=0.1)
+    want = ((-math.log(3 / 4) - math.log(1 / 2)) / 2 + (-math.log(1 / 4) - math.log(1 / 2)) / 2) / 2
+    assert loss2.item() == pytest.approx(want)
+
+
+def test_deepclusterv2_formula_gradient_and_no_assignment():
+    scores = [[rand(6, 4, seed=s, requires_grad=True) for s in (1, 2)], [rand(6, 3, seed=s, requires_grad=True) for s in (3, 4)]]
+    a = torch.tensor([[0, 3, 1, 2, 2, 0], [2, 1, 0, 0, 1, 2]])
+    loss = losses.deepclusterv2(scores, a, temperature=0.2)
+    want = sum(F.cross_entropy(torch.cat(views) / 0.2, a[h].repeat(2)) for h, views in enumerate(scores)) / 2
+    torch.testing.assert_close(loss, want)
+    loss.backward()
+    assert_finite_grads(*scores[0], *scores[1])
+    # no sample has a cluster yet (the first epoch): 0, and a zero gradient rather than none
+    s = rand(6, 4, seed=9, requires_grad=True)
+    empty = losses.deepclusterv2([[s, s]], torch.full((1, 6), -1))
+    empty.backward()
+    assert empty.item() == 0.0 and s.grad is not None and not s.grad.any()
+
+
+def test_deepclusterv2_and_kmeans_bad_inputs():
+    with pytest.raises(LossInputError, match=r"spherical_kmeans: k must be an integer in \[1, 3\]"):
+        losses.spherical_kmeans(rand(3, 2), 4)
+    with pytest.raises(LossInputError, match="deepclusterv2: assignments must have one row per clustering"):
+        losses.deepclusterv2([[rand(4, 3), rand(4, 3)]], torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(LossInputError, match="deepclusterv2: an assignment of clustering 0 is >= its 3 prototypes"):
+        losses.deepclusterv2([[rand(4, 3)]], torch.tensor([[0, 1, 2, 3]]))
+    with pytest.raises(LossInputError, match="deepclusterv2: temperature"):
+        losses.deepclusterv2([[rand(4, 3)]], torch.zeros(1, 4, dtype=torch.long), temperature=0.0)

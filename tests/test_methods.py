@@ -197,3 +197,60 @@ def test_swav_codes_come_from_the_global_views_and_every_crop_predicts_them(monk
     crops = views() + [torch.randn(16, 1, 4, 4, generator=g) for _ in range(2)]
     loss, _ = method(crops)
     assert seen == {"crops": 4, "codes": 2} and torch.isfinite(loss)
+
+
+# --------------------------------------------------------------------------- #
+# DeepCluster v2: memory bank, k-means at each epoch start
+# --------------------------------------------------------------------------- #
+
+
+def test_deepclusterv2_clusters_the_bank_when_an_epoch_starts():
+    method = small_method("deepclusterv2", "method.num_prototypes=[4, 5]", "method.kmeans_iterations=3")
+    first, second = torch.arange(16), torch.arange(16, 32)
+    # epoch 1 fills the bank: no assignment yet, a zero loss with a (zero) gradient for DDP
+    for seed, rows in ((0, first), (1, second)):
+        loss, _ = method(views(seed=seed), rows)
+        loss.backward()
+        assert loss.item() == 0.0
+        method.after_step()
+    assert int(method.clusterings) == 0 and int(method.filled.sum()) == 32
+    torch.testing.assert_close(method.bank[0, 5].norm(), torch.tensor(1.0))
+    # a row comes back: epoch 2 begins with k-means of the 32 embedded rows (the bank of view h mod 2)
+    method.zero_grad()
+    loss, metrics = method(views(seed=2), first)
+    assert metrics["clusterings"] == 1.0 and loss.item() > 0
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.backbone.parameters())
+    assert bool((method.assignments[:, :32] >= 0).all()) and bool((method.assignments[:, 32:] == -1).all())
+    assert method.assignments[0, :32].max() < 4 and method.assignments[1, :32].max() < 5
+    for prototypes, view in zip(method.prototypes(), (0, 1)):
+        torch.testing.assert_close(prototypes.norm(dim=1), torch.ones(prototypes.shape[0]))
+        bank = method.bank[view, :32]  # each row sits with its most similar centroid
+        assert torch.equal((bank @ prototypes.T).argmax(dim=1), method.assignments[view, :32])
+    method.after_step()
+    method(views(seed=3), second)  # the rest of epoch 2: no new clustering
+    method.after_step()
+    assert int(method.clusterings) == 1
+    # the prototypes are set, not learned; DDP leaves the shared tables alone
+    assert not any("prototypes" in name for name, _ in method.named_parameters())
+    buffers = dict(method.named_buffers())
+    assert all(name in buffers for name in method._ddp_params_and_buffers_to_ignore)
+
+
+def test_deepclusterv2_needs_indices_and_enough_images():
+    from raysl.errors import TrainingError
+
+    method = small_method("deepclusterv2", "method.num_prototypes=[4]")
+    with pytest.raises(ValueError, match="needs the batch's dataset row indices"):
+        method(views())
+    with pytest.raises(ValueError, match=r"num_prototypes \[3000\] exceed the data set's 1797 rows"):
+        build_method(load_config(None, ["method.name=deepclusterv2", *SMALL, "method.num_prototypes=[3000]"]), 1,
+                     num_samples=1797)
+    small = build_method(load_config(None, ["method.name=deepclusterv2", *SMALL, "method.num_prototypes=[8]"]), 1,
+                         num_samples=20)
+    small(views(n=4), torch.arange(4))
+    small.after_step()
+    with pytest.raises(TrainingError, match="4 embedded images cannot form 8 clusters"):
+        small(views(n=4), torch.arange(4))
+    with pytest.raises(TrainingError, match="outside its 20-row memory bank"):
+        small(views(n=4), torch.arange(18, 22))

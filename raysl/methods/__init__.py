@@ -10,6 +10,7 @@ from raysl.methods.base import Method
 from raysl.methods.byol import BYOL
 from raysl.methods.dcl import DCL
 from raysl.methods.dclw import DCLW
+from raysl.methods.deepclusterv2 import DeepClusterV2
 from raysl.methods.dino import DINO
 from raysl.methods.directpred import DirectPred
 from raysl.methods.isogclr import ISogCLR
@@ -48,6 +49,7 @@ METHODS: dict[str, type[Method]] = {
     "vibcreg": VIbCReg,
     "mv_infonce": MVInfoNCE,
     "swav": SwAV,
+    "deepclusterv2": DeepClusterV2,
     "nnclr": NNCLR,
     "nnbyol": NNBYOL,
     "nnsiam": NNSiam,
