@@ -213,6 +213,13 @@ class VIbCRegConfig(Section):
     num_groups: Annotated[int, Field(ge=1)] = 64  # IterNorm groups; must divide model.projector_dim
 
 
+class ReSSLConfig(EMASchedule):
+    name: Literal["ressl"] = "ressl"
+    queue_size: Annotated[int, Field(ge=1)] = 4096
+    student_temp: Temperature = 0.1
+    teacher_temp: Temperature = 0.04
+
+
 # ---- nearest-neighbour methods (NNCLR, NNBYOL, NNSiam): a support queue of earlier projections
 # (raysl/methods/support.py). The paper's 98,304 is for ImageNet; a queue longer than the data set
 # holds stale copies of the same images, so the default is small.
@@ -266,6 +273,7 @@ MethodConfig = Annotated[
         MoCoV3Config,
         WMSEConfig,
         VIbCRegConfig,
+        ReSSLConfig,
     ],
     Field(discriminator="name"),
 ]

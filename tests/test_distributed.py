@@ -281,6 +281,19 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         loss = mocov3.contrast(local_q, distributed.gather_no_grad(rows(k, rank)))
         loss.backward()
         results["mocov3"] = (loss.detach(), local_q.grad.clone())
+        # ReSSL: the student's own rows against the relation set every worker shares (before the first
+        # push: the gathered teacher embeddings of the global batch)
+        from raysl.config import ReSSLConfig
+        from raysl.methods.ressl import ReSSL
+
+        ressl = ReSSL(ReSSLConfig(), ModelConfig(width=4, projector_hidden_dim=8, projector_dim=4), 1)
+        q, k = ressl_inputs()
+        local_q = rows(q, rank).clone().requires_grad_(True)
+        anchors = ressl.relation_set(distributed.gather_no_grad(rows(k, rank)))
+        c = ReSSLConfig()
+        loss = losses.ressl(local_q, rows(k, rank), anchors, c.student_temp, c.teacher_temp)
+        loss.backward()
+        results["ressl"] = (loss.detach(), local_q.grad.clone())
         # SwAV: Sinkhorn codes over the global batch, the sums all-reduced inside the iterations
         results["swav"] = swav_codes(rank)
         # DeepCluster v2: the memory bank of the gathered batch, k-means of it on every worker
@@ -446,6 +459,29 @@ def test_mocov3_workers_with_gathered_keys_average_to_the_full_batch(two_workers
     assert_close(torch.stack([r["mocov3"][0] for r in two_workers]).mean(), loss.detach())
     for rank, result in enumerate(two_workers):
         assert_close(result["mocov3"][1] / WORLD, rows(q.grad, rank))
+
+
+# --------------------------------------------------------------------------- #
+# ReSSL: per-sample relations to a relation set every worker shares
+# --------------------------------------------------------------------------- #
+
+
+def ressl_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(17)
+    return torch.randn(N, 4, generator=g), torch.randn(N, 4, generator=g)
+
+
+def test_ressl_workers_average_to_the_full_batch(two_workers):
+    from raysl.config import ReSSLConfig
+
+    q, k = ressl_inputs()
+    q = q.clone().requires_grad_(True)
+    c = ReSSLConfig()
+    loss = losses.ressl(q, k, k, c.student_temp, c.teacher_temp)  # the empty queue's stand-in: the batch's keys
+    loss.backward()
+    assert_close(torch.stack([r["ressl"][0] for r in two_workers]).mean(), loss.detach())
+    for rank, result in enumerate(two_workers):
+        assert_close(result["ressl"][1] / WORLD, rows(q.grad, rank))
 
 
 # --------------------------------------------------------------------------- #

@@ -1218,6 +1218,64 @@ def test_iternorm_and_vibcreg_bad_inputs():
 
 
 # --------------------------------------------------------------------------
+# ReSSL
+# --------------------------------------------------------------------------
+
+
+def test_ressl_hand():
+    # queue (1, 0), (0, 1); teacher k = (1, 0) at tau_t = 0.5: logits (2, 0), p_t = (e^2, 1) / (e^2 + 1);
+    # student q = (0.6, 0.8) at tau_s = 1: log p_s = (0.6, 0.8) - log(e^0.6 + e^0.8).
+    queue = t([[1.0, 0.0], [0.0, 1.0]])
+    pt = [E**2 / (E**2 + 1), 1 / (E**2 + 1)]
+    lse = math.log(math.exp(0.6) + math.exp(0.8))
+    want = -(pt[0] * (0.6 - lse) + pt[1] * (0.8 - lse))
+    got = losses.ressl(t([[0.6, 0.8]]), t([[1.0, 0.0]]), queue, student_temp=1.0, teacher_temp=0.5)
+    assert got.item() == pytest.approx(want, rel=1e-12)
+    # rows are averaged: a second sample with q = k = (0, 1) adds H(p, p) = the entropy of softmax(0, 1/0.5)
+    p = [1 / (1 + E**2), E**2 / (1 + E**2)]
+    entropy = -sum(x * math.log(x) for x in p)
+    got = losses.ressl(t([[0.6, 0.8], [0.0, 1.0]]), t([[1.0, 0.0], [0.0, 1.0]]), queue, 0.5, 0.5)
+    first = -(pt[0] * (1.2 - math.log(math.exp(1.2) + math.exp(1.6))) + pt[1] * (1.6 - math.log(
+        math.exp(1.2) + math.exp(1.6))))
+    assert got.item() == pytest.approx((first + entropy) / 2, rel=1e-12)
+
+
+def test_ressl_is_stationary_when_the_student_matches_the_teacher():
+    # equal temperatures and q = k: the student's distribution is the target, the cross entropy
+    # is at its minimum over the logits, so no gradient reaches q
+    k, queue = rand(5, 4, seed=150), rand(9, 4, seed=151)
+    q = k.clone().requires_grad_(True)
+    losses.ressl(q, k, queue, student_temp=0.1, teacher_temp=0.1).backward()
+    torch.testing.assert_close(q.grad, torch.zeros_like(q), rtol=0, atol=1e-12)
+
+
+def test_ressl_invariances_and_gradient():
+    q, k, queue = rand(6, 4, seed=152), rand(6, 4, seed=153), rand(9, 4, seed=154)
+    base = losses.ressl(q, k, queue).item()
+    perm = torch.tensor([5, 3, 1, 0, 2, 4])
+    assert losses.ressl(q[perm], k[perm], queue).item() == pytest.approx(base, rel=1e-12)
+    assert losses.ressl(q, k, queue[torch.arange(8, -1, -1)]).item() == pytest.approx(base, rel=1e-12)
+    assert losses.ressl(2 * q, 3 * k, 0.5 * queue).item() == pytest.approx(base, rel=1e-12)
+    # a mean of per-sample terms: rows split over workers average to the whole batch
+    parts = [losses.ressl(q[i : i + 3], k[i : i + 3], queue).item() for i in (0, 3)]
+    assert sum(parts) / 2 == pytest.approx(base, rel=1e-12)
+    qq, kk = rand(6, 8, seed=155, requires_grad=True), rand(6, 8, seed=156, requires_grad=True)
+    qu = rand(16, 8, seed=157, requires_grad=True)
+    losses.ressl(qq, kk, qu).backward()
+    assert_finite_grads(qq)
+    assert kk.grad is None and qu.grad is None  # the teacher and the queue are constants
+
+
+def test_ressl_bad_inputs():
+    with pytest.raises(LossInputError, match=r"ressl: queue must have shape \[K, 4\]"):
+        losses.ressl(rand(3, 4), rand(3, 4), rand(5, 3))
+    with pytest.raises(LossInputError, match=r"ressl: q and k must have the same shape"):
+        losses.ressl(rand(3, 4), rand(2, 4), rand(5, 4))
+    with pytest.raises(LossInputError, match=r"ressl: teacher_temp must be a positive finite number"):
+        losses.ressl(rand(3, 4), rand(3, 4), rand(5, 4), teacher_temp=0.0)
+
+
+# --------------------------------------------------------------------------
 # Nearest neighbours in a support set (NNCLR, NNBYOL, NNSiam)
 # --------------------------------------------------------------------------
 

@@ -114,3 +114,34 @@ def test_vibcreg_whitens_the_projector_output_with_iternorm():
     assert torch.isfinite(loss)
     with pytest.raises(ConfigError, match=r"method.num_groups \(3\) must divide model.projector_dim \(8\)"):
         small_method("vibcreg", "method.num_groups=3")
+
+
+# --------------------------------------------------------------------------- #
+# ReSSL
+# --------------------------------------------------------------------------- #
+
+
+def test_ressl_teacher_sees_the_weak_view_and_fills_its_queue():
+    from raysl import losses
+
+    method = small_method("ressl", "method.queue_size=24")
+    teacher = [p for n, p in method.named_parameters() if n.startswith("teacher_")]
+    assert teacher and not any(id(p) in optimized(method) for p in teacher)
+    weak, strong = views()
+    loss, _ = method([weak, strong])
+    k = method.teacher_encode(weak)
+    # the empty queue: the relations are to the step's own teacher embeddings
+    want = losses.ressl(method.encode(strong)[1], k, k, method.cfg.student_temp, method.cfg.teacher_temp)
+    torch.testing.assert_close(loss, want)
+    loss.backward()
+    assert all(p.grad is None for p in teacher)
+    method.after_step()
+    assert int(method.memory.filled) == 16
+    torch.testing.assert_close(method.relation_set(k), torch.nn.functional.normalize(k.detach(), dim=1))
+    loss, _ = method(views(seed=1))  # now over the queue
+    method.after_step()
+    assert int(method.memory.filled) == 24  # full: the oldest keys were overwritten
+    with torch.no_grad():
+        method([weak, strong])  # evaluation-time calls do not push
+    method.after_step()
+    assert int(method.memory.ptr) == (32 % 24)

@@ -22,6 +22,7 @@ from raysl.methods.mv_infonce import MVInfoNCE
 from raysl.methods.nnbyol import NNBYOL
 from raysl.methods.nnclr import NNCLR
 from raysl.methods.nnsiam import NNSiam
+from raysl.methods.ressl import ReSSL
 from raysl.methods.simclr import SimCLR
 from raysl.methods.simsiam import SimSiam
 from raysl.methods.supcon import SupCon
@@ -47,6 +48,7 @@ METHODS: dict[str, type[Method]] = {
     "mocov3": MoCoV3,
     "wmse": WMSE,
     "vibcreg": VIbCReg,
+    "ressl": ReSSL,
     "mv_infonce": MVInfoNCE,
     "swav": SwAV,
     "deepclusterv2": DeepClusterV2,
