@@ -1302,7 +1302,8 @@ def mocov3(q: Tensor, k: Tensor, temperature: float = 0.2, offset: int = 0) -> T
         raise LossInputError(f"{fn}: q and k must have the same width, got {_shape(q)} and {_shape(k)}")
     if not (isinstance(offset, int) and 0 <= offset and offset + q.shape[0] <= k.shape[0]):
         raise LossInputError(
-            f"{fn}: offset must be an int with 0 <= offset and offset + {q.shape[0]} <= {k.shape[0]} keys, got {offset!r}"
+            f"{fn}: offset must be an int with 0 <= offset and offset + {q.shape[0]} <= {k.shape[0]} keys, "
+            f"got {offset!r}"
         )
     _check_positive(fn, "temperature", temperature)
     logits = _unit(q) @ _unit(k.detach()).T / temperature

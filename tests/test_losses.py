@@ -1048,7 +1048,8 @@ def test_mocov3_bad_inputs():
 # --------------------------------------------------------------------------
 
 # Rows with covariance [[8, 4], [4, 4]] / 3 (unbiased, N = 4); its Cholesky factor is
-# [[2 sqrt2, 0], [sqrt2, sqrt2]] / sqrt3, and L^{-1} x = sqrt1.5 * (1, 0) for x = (2, 1), sqrt1.5 * (0, 1) for x = (0, 1).
+# [[2 sqrt2, 0], [sqrt2, sqrt2]] / sqrt3, and L^{-1} x = sqrt1.5 * (1, 0) for x = (2, 1),
+# sqrt1.5 * (0, 1) for x = (0, 1).
 WX = [[2.0, 1.0], [-2.0, -1.0], [0.0, 1.0], [0.0, -1.0]]
 S = math.sqrt(1.5)
 
