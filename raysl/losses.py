@@ -1425,17 +1425,19 @@ def iternorm(x: Tensor, num_groups: int = 64, iterations: int = 5, eps: float = 
     if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
         raise LossInputError(f"{fn}: eps must be a non-negative number, got {eps!r}")
     xf = _float(x)
-    mean = xf.mean(dim=0)
-    xc = (xf - mean).reshape(n, num_groups, d // num_groups).transpose(0, 1)  # [G, N, d]
-    eye = torch.eye(d // num_groups, dtype=xf.dtype, device=x.device)
-    cov = eps * eye + xc.transpose(1, 2) @ xc / n  # [G, d, d]
-    trace = cov.diagonal(dim1=1, dim2=2).sum(dim=1).reshape(-1, 1, 1)
-    cov_n = cov / trace
-    p = eye.expand_as(cov)
-    for _ in range(iterations):
-        p = 0.5 * (3.0 * p - p @ p @ p @ cov_n)
-    w = p / trace.sqrt()
-    out = (xc @ w.transpose(1, 2)).transpose(0, 1).reshape(n, d)
+    # the Newton iteration in (at least) float32 also under bf16 autocast: its matmuls would round to 8 bits
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        mean = xf.mean(dim=0)
+        xc = (xf - mean).reshape(n, num_groups, d // num_groups).transpose(0, 1)  # [G, N, d]
+        eye = torch.eye(d // num_groups, dtype=xf.dtype, device=x.device)
+        cov = eps * eye + xc.transpose(1, 2) @ xc / n  # [G, d, d]
+        trace = cov.diagonal(dim1=1, dim2=2).sum(dim=1).reshape(-1, 1, 1)
+        cov_n = cov / trace
+        p = eye.expand_as(cov)
+        for _ in range(iterations):
+            p = 0.5 * (3.0 * p - p @ p @ p @ cov_n)
+        w = p / trace.sqrt()
+        out = (xc @ w.transpose(1, 2)).transpose(0, 1).reshape(n, d)
     return out, mean, w
 
 

@@ -1175,6 +1175,15 @@ def test_iternorm_converges_to_whitening_and_is_rotation_equivariant():
     torch.testing.assert_close(grouped, torch.cat(parts, dim=1), rtol=0, atol=1e-12)
 
 
+def test_iternorm_stays_in_float32_under_bf16_autocast():
+    x = rand(32, 8, seed=147).float()
+    want, _, _ = losses.iternorm(x, num_groups=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, _, w = losses.iternorm(x, num_groups=2)
+    assert got.dtype == w.dtype == torch.float32
+    torch.testing.assert_close(got, want)
+
+
 def test_vibcreg_hand():
     # z = [[1, 1], [-1, -1]] in both views: invariance 0; unbiased Var = 2, the hinge is 0;
     # the columns are equal, so their correlation is 1: c = (1^2 + 1^2) / D^2 = 0.5 per view.
