@@ -228,9 +228,13 @@ def test_deepclusterv2_clusters_the_bank_when_an_epoch_starts():
         bank = method.bank[view, :32]  # each row sits with its most similar centroid
         assert torch.equal((bank @ prototypes.T).argmax(dim=1), method.assignments[view, :32])
     method.after_step()
+    method(views(seed=3), first)  # a row back before the bank is refreshed (data not split): no epoch
+    method.after_step()
     method(views(seed=3), second)  # the rest of epoch 2: no new clustering
     method.after_step()
     assert int(method.clusterings) == 1
+    method(views(seed=4), first)  # all refreshed and a row is back: epoch 3
+    assert int(method.clusterings) == 2
     # the prototypes are set, not learned; DDP leaves the shared tables alone
     assert not any("prototypes" in name for name, _ in method.named_parameters())
     buffers = dict(method.named_buffers())

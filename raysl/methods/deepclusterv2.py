@@ -11,9 +11,10 @@ trained, by a cross-entropy at ``temperature``, to predict its image's cluster.
 clusters the bank of global view h mod 2, as the reference code alternates.
 
 The training loop has no epoch hook: an epoch starts when a row of the data
-comes back (each epoch visits every row once, so the first batch of the next
-epoch holds a row of this one), and the first training step that sees one
-clusters the bank first. The first epoch only fills the bank (the reference
+comes back (each epoch visits every row once and leaves out less than one
+batch, so the first batch of the next epoch holds a row of this one) after
+all but less than a batch of the bank's rows were written since the last
+k-means; the first training step that sees that clusters the bank first. The first epoch only fills the bank (the reference
 code's ``init_memory`` pass before training): nothing has an assignment yet,
 so its loss is 0. Rows that no epoch has embedded yet have no cluster (-1) and
 are left out of the loss.
@@ -82,12 +83,22 @@ class DeepClusterV2(Method):
         own = self._rows(indices)
         if torch.is_grad_enabled():  # a training step
             rows = distributed.gather_no_grad(own)
-            if bool(self.seen[rows].any()):  # a row is back: a new epoch; cluster the last one's bank
+            if self.epoch_starts(rows):
                 self.cluster()
             self._pending = (rows, torch.stack([distributed.gather_no_grad(x.detach().float()) for x in z]))
         scores = [[F.linear(x, c.to(x.dtype)) for x in z] for c in self.prototypes()]
         loss = losses.deepclusterv2(scores, self.assignments[:, own], temperature=self.cfg.temperature)
         return loss, {"clusterings": float(self.clusterings)}
+
+    @torch.no_grad()
+    def epoch_starts(self, rows: torch.Tensor) -> bool:
+        """Whether the global batch ``rows`` opens a new epoch: a row written since the last k-means is back,
+        and the bank has been refreshed since (fewer than a batch of its rows were not: an epoch leaves
+        out less than one batch), so a row that comes back early (data not split between workers)
+        does not start one."""
+        if not bool(self.seen[rows].any()):
+            return False
+        return int(self.filled.sum()) - int(self.seen.sum()) < rows.numel()
 
     @torch.no_grad()
     def cluster(self) -> None:
