@@ -43,7 +43,8 @@ UNFINISHED = "unfinished"
 DEFAULT_METRIC, DEFAULT_MODE = "knn_acc", "max"
 # What every training report carries; any other metric comes from an evaluation, which
 # `raysl tune` repeats between evaluations (``eval_epoch`` says when it was measured).
-TRAIN_KEYS = {"epoch", "step", "loss", "images_per_s", "lr", "status", "eval_epoch", "error"}
+TRAIN_KEYS = {"epoch", "step", "loss", "images_per_s", "lr", "status", "eval_epoch", "error", "resumed_epoch",
+              "resumed_weights"}
 # Ray Tune's trial ids: "a1b2c_00003" (default) or 8 hex digits (raysl tune's folder names)
 _TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5}|[0-9a-f]{8})(?:_|$)")
 # Tune's bookkeeping keys in result.json: never searched parameters or metrics.
@@ -279,6 +280,8 @@ class Experiment:
     space: dict | None = None  # raysl_space.yaml, when the experiment has one
     best_config_text: str | None = None  # the experiment's own best_config.yaml
     notes: list[str] = field(default_factory=list)
+    # PBT clones, oldest first: {trial_id, donor, epoch, mutation, time, ...} (raysl.pbt's lineage records)
+    lineage: list[dict] = field(default_factory=list)
 
     @property
     def param_names(self) -> list[str]:
@@ -381,9 +384,10 @@ def read_experiment(storage: Storage, root: str, location: str) -> Experiment:
     trials.insert(0, "experiment", _short_name(location))
     if not history.empty:
         history.insert(0, "experiment", _short_name(location))
+    lineage = sorted((entry for t in raw for entry in t["lineage"]), key=lambda e: (e.get("time") or 0))
     return Experiment(location=location, name=_short_name(location), trials=trials, history=history, params=params,
                       metric=metric, mode=mode, max_epochs=max_epochs, space=space,
-                      best_config_text=best_config_text, notes=notes)
+                      best_config_text=best_config_text, notes=notes, lineage=lineage)
 
 
 def mode_of(metric: str) -> str:
@@ -453,8 +457,13 @@ def _read_trial(storage: Storage, path: str, dirname: str, tune_status: str) -> 
     if trial_id is None:
         match = _TRIAL_ID.search(dirname)
         trial_id = match.group(1) if match else dirname
+    from raysl.pbt import LINEAGE_FILE, parse_lineage
+
+    lineage = [{**e, "trial_id": str(e.get("trial_id") or trial_id)}
+               for e in parse_lineage(storage.read_text(f"{path}/{LINEAGE_FILE}") or "")]
     return {"dir": dirname, "trial_id": trial_id, "rows": rows, "config": config, "start": _trial_start(rows),
-            "error": error.strip() if error else None, "error_time": error_time, "tune_status": tune_status}
+            "error": error.strip() if error else None, "error_time": error_time, "tune_status": tune_status,
+            "lineage": lineage}
 
 
 def _trial_start(rows: list[dict]) -> float | None:
