@@ -1547,7 +1547,8 @@ def test_spherical_kmeans_hand_two_clusters_on_the_circle():
     # (at ~67 degrees) -> {0, 10} and {90, 100}).
     x = 3.0 * _angles(0, 10, 90, 100)  # lengths do not matter: rows are normalised
     for seed in range(6):
-        centroids, assignments = losses.spherical_kmeans(x, 2, iterations=5, generator=torch.Generator().manual_seed(seed))
+        generator = torch.Generator().manual_seed(seed)
+        centroids, assignments = losses.spherical_kmeans(x, 2, iterations=5, generator=generator)
         order = torch.argsort(centroids[:, 1])  # the 5-degree centroid first
         torch.testing.assert_close(centroids[order], _angles(5, 95))
         assert assignments[0] == assignments[1] != assignments[2] == assignments[3]
@@ -1594,7 +1595,8 @@ def test_deepclusterv2_hand():
 
 
 def test_deepclusterv2_formula_gradient_and_no_assignment():
-    scores = [[rand(6, 4, seed=s, requires_grad=True) for s in (1, 2)], [rand(6, 3, seed=s, requires_grad=True) for s in (3, 4)]]
+    scores = [[rand(6, 4, seed=s, requires_grad=True) for s in (1, 2)],
+              [rand(6, 3, seed=s, requires_grad=True) for s in (3, 4)]]
     a = torch.tensor([[0, 3, 1, 2, 2, 0], [2, 1, 0, 0, 1, 2]])
     loss = losses.deepclusterv2(scores, a, temperature=0.2)
     want = sum(F.cross_entropy(torch.cat(views) / 0.2, a[h].repeat(2)) for h, views in enumerate(scores)) / 2

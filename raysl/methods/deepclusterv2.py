@@ -14,10 +14,11 @@ The training loop has no epoch hook: an epoch starts when a row of the data
 comes back (each epoch visits every row once and leaves out less than one
 batch, so the first batch of the next epoch holds a row of this one) after
 all but less than a batch of the bank's rows were written since the last
-k-means; the first training step that sees that clusters the bank first. The first epoch only fills the bank (the reference
-code's ``init_memory`` pass before training): nothing has an assignment yet,
-so its loss is 0. Rows that no epoch has embedded yet have no cluster (-1) and
-are left out of the loss.
+k-means; the first training step that sees that clusters the bank first.
+The first epoch only fills the bank (the reference code's ``init_memory``
+pass before training): nothing has an assignment yet, so its loss is 0.
+Rows that no epoch has embedded yet have no cluster (-1) and are left out of
+the loss.
 
 Distributed: the batch's row indices and projections are gathered (no
 gradient), so every worker writes the same bank, runs the same k-means (the
