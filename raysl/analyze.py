@@ -3,7 +3,9 @@
 Reads one or more Ray Tune experiments (:mod:`raysl.results`), ranks the trials,
 measures how much each searched parameter mattered (Optuna's fANOVA over the
 finished trials), how well the label-free RankMe tracked kNN accuracy (Spearman
-rank correlation), how many trial-epochs ASHA saved, and writes into ``--out``:
+rank correlation), how each label-free metric (RankMe, alpha-ReQ, LiDAR, alignment,
+uniformity) would have picked the best trial without labels (Spearman with kNN and
+the kNN lost by selecting with it), how many trial-epochs ASHA saved, and writes into ``--out``:
 
 ``leaderboard.csv``, ``leaderboard.md``, ``best_config.yaml``, ``summary.json``,
 the PNG plots and ``report.html`` (:mod:`raysl.report`).
@@ -34,7 +36,7 @@ from raysl.results import BAD_STATUSES, UNFINISHED, Experiment, Param, flatten, 
 
 # Leaderboard columns after the searched parameters (each "final" = last reported value).
 METRIC_COLUMNS = ("objective_final", "objective_best", "best_epoch", "epochs", "knn_acc", "knn_acc_k200",
-                  "rankme", "alignment", "uniformity", "loss", "images_per_s", "wall_time_s")
+                  "rankme", "alpha_req", "lidar", "alignment", "uniformity", "loss", "images_per_s", "wall_time_s")
 
 
 # --------------------------------------------------------------------------
@@ -62,7 +64,11 @@ def leaderboard(experiments: list[Experiment]) -> pd.DataFrame:
     params: list[str] = []
     for exp in experiments:
         params.extend(p for p in exp.param_names if p not in params)
-        frames.append(rank_trials(exp))
+        ranked = rank_trials(exp)
+        for metric in ("alpha_req", "lidar"):  # label-free metrics the trial table does not carry
+            if metric not in ranked:
+                ranked[metric] = ranked["trial_id"].map(dict(zip(exp.trials["trial_id"], final_values(exp, metric))))
+        frames.append(ranked)
     table = pd.concat(frames, ignore_index=True)
     columns = ["experiment", "rank", "trial_id", "status", *params, *METRIC_COLUMNS, "trial_dir"]
     for col in columns:
@@ -221,6 +227,75 @@ def spearman(x: Any, y: Any) -> float | None:
     rx, ry = _ranks(x), _ranks(y)
     rx, ry = rx - rx.mean(), ry - ry.mean()
     return float((rx * ry).sum() / math.sqrt((rx * rx).sum() * (ry * ry).sum()))
+
+
+# --------------------------------------------------------------------------
+# label-free selectors vs kNN
+
+# each label-free metric, how it picks a trial, and the score that is highest for the trial it picks
+LABEL_FREE_SELECTORS: dict[str, tuple[str, Any]] = {
+    "rankme": ("max", lambda v: v),
+    "alpha_req": ("closest to 1", lambda v: -np.abs(v - 1.0)),  # raysl.evaluate.alpha_req_score
+    "lidar": ("max", lambda v: v),
+    "alignment": ("min", lambda v: -v),
+    "uniformity": ("min", lambda v: -v),
+}
+
+
+def final_values(exp: Experiment, metric: str) -> pd.Series:
+    """Each trial's last reported value of ``metric`` (NaN when it never reported one), aligned with
+    ``exp.trials``: the leaderboard's column when it has one, else read from the history."""
+    if metric in exp.trials:
+        return pd.to_numeric(exp.trials[metric], errors="coerce").astype(float)
+    if exp.history.empty or metric not in exp.history:
+        return pd.Series(np.nan, index=exp.trials.index, dtype=float)
+    hist = exp.history[["trial_id", metric]].copy()
+    hist[metric] = pd.to_numeric(hist[metric], errors="coerce")
+    last = hist[np.isfinite(hist[metric])].groupby("trial_id")[metric].last()
+    return exp.trials["trial_id"].map(last).astype(float)
+
+
+def label_free_selectors(exp: Experiment) -> dict[str, Any]:
+    """How each label-free metric would have picked among the finished trials, judged by kNN accuracy.
+
+    Over the finished trials that report ``knn_acc`` (final values), for each metric of
+    :data:`LABEL_FREE_SELECTORS`: ``spearman``, the rank correlation between the metric's selection
+    score (the metric for max, minus it for min, ``-|alpha_req - 1|`` for alpha-ReQ; so +1 means it
+    orders the trials as kNN does) and ``knn_acc``; the trial it picks (the highest score) and
+    ``regret``, the best ``knn_acc`` minus the picked trial's (0 = it picked the best; trials tied on
+    the score count with their mean ``knn_acc``). A trial without the metric cannot be picked by it;
+    the best ``knn_acc`` is over every trial in the pool, so missing the best costs regret.
+
+    Returns ``{"trials", "best_knn_acc", "best_trial", "rows": [{"metric", "selects", "trials",
+    "spearman", "picked_trial", "picked_value", "picked_knn_acc", "regret"}], "note"}``; ``rows`` is
+    empty (and ``note`` says why) when no finished trial reports ``knn_acc``.
+    """
+    trials = exp.trials
+    knn = final_values(exp, "knn_acc")
+    pool = (trials["status"] == "finished") & np.isfinite(knn)
+    out: dict[str, Any] = {"trials": int(pool.sum()), "best_knn_acc": None, "best_trial": None, "rows": [],
+                           "note": None}
+    if not pool.any():
+        out["note"] = "no finished trial reports knn_acc (labels are needed to judge the selectors)"
+        return out
+    knn = knn[pool]
+    ids = trials.loc[pool, "trial_id"].astype(str)
+    best = float(knn.max())
+    out["best_knn_acc"], out["best_trial"] = best, str(ids[knn.idxmax()])
+    for metric, (rule, score_of) in LABEL_FREE_SELECTORS.items():
+        values = final_values(exp, metric)[pool]
+        have = np.isfinite(values)
+        row: dict[str, Any] = {"metric": metric, "selects": rule, "trials": int(have.sum()), "spearman": None,
+                               "picked_trial": None, "picked_value": None, "picked_knn_acc": None, "regret": None}
+        if have.any():
+            score = score_of(values[have].to_numpy(dtype=float))
+            picked = np.flatnonzero(score == score.max())
+            picked_knn = float(knn[have].to_numpy(dtype=float)[picked].mean())
+            first = values[have].index[picked[0]]
+            row.update(spearman=spearman(score, knn[have]), picked_trial=str(ids[first]),
+                       picked_value=float(values[first]), picked_knn_acc=picked_knn, regret=best - picked_knn)
+        out["rows"].append(row)
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -389,6 +464,21 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def pbt_lineage(exp: Experiment) -> list[dict[str, Any]]:
+    """Each PBT clone, oldest first: the trial, the trial it cloned, the epoch it continued from and the
+    mutation (``{key: [donor's value, new value]}`` and as text); ``fallback`` when the donor's checkpoint
+    of that epoch was gone and the clone took the donor's newest one."""
+    from raysl.pbt import describe_mutation
+
+    rows = []
+    for e in exp.lineage:
+        change = e.get("mutation") if isinstance(e.get("mutation"), dict) else {}
+        rows.append({"trial_id": str(e.get("trial_id")), "cloned": str(e.get("donor")), "epoch": e.get("epoch"),
+                     "mutation": describe_mutation(change), "changes": change, "time": e.get("time"),
+                     "fallback": bool(e.get("fallback"))})
+    return rows
+
+
 def experiment_summary(exp: Experiment) -> dict[str, Any]:
     ranked = rank_trials(exp)
     counts = {str(k): int(v) for k, v in exp.trials["status"].value_counts().items()}
@@ -415,6 +505,8 @@ def experiment_summary(exp: Experiment) -> dict[str, Any]:
         "budget": budget(exp),
         "rankme_knn_spearman": spearman(both["rankme"], both["knn_acc"]),
         "rankme_knn_trials": int(len(both)),
+        "pbt_lineage": pbt_lineage(exp),
+        "label_free_selectors": label_free_selectors(exp),
         "importance": param_importance(exp),
         "notes": list(exp.notes),
     }
@@ -429,12 +521,18 @@ def summary_line(summary: dict) -> str:
         if exp["best"]:
             text += (f"; best {exp['metric']} {exp['best']['objective']:.4g} (trial {exp['best']['trial_id']}"
                      + (f", {exp['best']['status']}" if exp["best"]["status"] != "finished" else "") + ")")
+        if exp.get("pbt_lineage"):
+            text += f"; {len(exp['pbt_lineage'])} PBT clone(s)"
         b = exp["budget"]
         if b["trial_epochs_saved"] is not None:
             text += (f"; {b['trial_epochs_run']} of {b['trial_epochs_if_all_ran_to_max']} trial-epochs run "
                      f"({b['trial_epochs_saved']} saved by early stopping)")
         if exp["rankme_knn_spearman"] is not None:
             text += f"; RankMe vs kNN Spearman {exp['rankme_knn_spearman']:.2f}"
+        chosen = [r for r in exp["label_free_selectors"]["rows"] if r["regret"] is not None]
+        if chosen:
+            top = min(chosen, key=lambda r: r["regret"])
+            text += f"; best label-free selector {top['metric']} (kNN regret {top['regret']:.4f})"
         parts.append(text)
     return " | ".join(parts)
 

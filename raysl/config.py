@@ -163,29 +163,6 @@ class MVInfoNCEConfig(Section):
     num_views: Annotated[int, Field(ge=2, le=16)] = 4
 
 
-class SwAVConfig(Section):
-    # Caron et al. 2020 (SwAV), Sec. 4 / appendix A: tau 0.1, epsilon 0.05, 3 Sinkhorn iterations, 3000 prototypes
-    name: Literal["swav"] = "swav"
-    temperature: Temperature = 0.1
-    num_prototypes: Annotated[int, Field(ge=2)] = 3000
-    sinkhorn_iterations: Annotated[int, Field(ge=1, le=100)] = 3
-    epsilon: Annotated[float, Field(ge=0.01, le=10.0)] = 0.05  # the codes are computed in float64
-    # earlier global-view embeddings beside the batch in Sinkhorn, used once full (paper: 3840 for small
-    # batches); 0 = none, the right choice when the data set is small
-    queue_size: Annotated[int, Field(ge=0)] = 0
-    # fraction of training with the prototypes frozen (paper: the first epoch, 313 of ~100k+ steps)
-    freeze_prototypes: Probability = 0.01
-
-
-class DeepClusterV2Config(Section):
-    # Caron et al. 2020 (the SwAV paper's DeepCluster-v2); solo-learn: 3 clusterings of 3000, tau 0.1, 10 iterations
-    name: Literal["deepclusterv2"] = "deepclusterv2"
-    temperature: Temperature = 0.1
-    # one k-means (and its prototypes) per entry; each must be <= the data set's rows
-    num_prototypes: Annotated[list[Annotated[int, Field(ge=2)]], Field(min_length=1, max_length=8)] = [3000, 3000, 3000]
-    kmeans_iterations: Annotated[int, Field(ge=1, le=100)] = 10
-
-
 # ---- MoCo v3, W-MSE, VIbCReg, ReSSL
 
 
@@ -218,6 +195,29 @@ class ReSSLConfig(EMASchedule):
     queue_size: Annotated[int, Field(ge=1)] = 4096
     student_temp: Temperature = 0.1
     teacher_temp: Temperature = 0.04
+
+
+class SwAVConfig(Section):
+    # Caron et al. 2020 (SwAV), Sec. 4 / appendix A: tau 0.1, epsilon 0.05, 3 Sinkhorn iterations, 3000 prototypes
+    name: Literal["swav"] = "swav"
+    temperature: Temperature = 0.1
+    num_prototypes: Annotated[int, Field(ge=2)] = 3000
+    sinkhorn_iterations: Annotated[int, Field(ge=1, le=100)] = 3
+    epsilon: Annotated[float, Field(ge=0.01, le=10.0)] = 0.05  # the codes are computed in float64
+    # earlier global-view embeddings beside the batch in Sinkhorn, used once full (paper: 3840 for small
+    # batches); 0 = none, the right choice when the data set is small
+    queue_size: Annotated[int, Field(ge=0)] = 0
+    # fraction of training with the prototypes frozen (paper: the first epoch, 313 of ~100k+ steps)
+    freeze_prototypes: Probability = 0.01
+
+
+class DeepClusterV2Config(Section):
+    # Caron et al. 2020 (the SwAV paper's DeepCluster-v2); solo-learn: 3 clusterings of 3000, tau 0.1, 10 iterations
+    name: Literal["deepclusterv2"] = "deepclusterv2"
+    temperature: Temperature = 0.1
+    # one k-means (and its prototypes) per entry; each must be <= the data set's rows
+    num_prototypes: Annotated[list[Annotated[int, Field(ge=2)]], Field(min_length=1, max_length=8)] = [3000, 3000, 3000]
+    kmeans_iterations: Annotated[int, Field(ge=1, le=100)] = 10
 
 
 # ---- nearest-neighbour methods (NNCLR, NNBYOL, NNSiam): a support queue of earlier projections
@@ -503,6 +503,11 @@ class EvalConfig(Section):
     max_train: Annotated[int, Field(ge=1)] = 10_000  # kNN memory bank rows
     max_val: Annotated[int, Field(ge=1)] = 10_000
     rankme_max_samples: Annotated[int, Field(ge=2)] = 25_600
+    # LiDAR (raysl.evaluate.lidar): the first lidar_images val images, lidar_views augmented views of
+    # each (the run's global view recipes, the same draws at every evaluation); lidar_images 0 turns it off
+    lidar_images: Annotated[int, Field(ge=0)] = 500
+    lidar_views: Annotated[int, Field(ge=2)] = 8
+    lidar_delta: Annotated[float, Field(gt=0.0)] = 1e-4  # S_w regulariser, relative to the mean feature variance
     linear_probe: bool = False  # offline probe at the end of training
     stop_on_collapse: bool = True
     # gradient noise scale B_simple at each evaluation (raysl.noise_scale); None = auto: only for

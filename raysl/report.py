@@ -51,7 +51,7 @@ STATUS_STYLE = {
     "errored": {"ls": ":", "alpha": 0.8, "color": "tab:red"},
 }
 # leaderboard columns left to leaderboard.csv, to keep the page's table readable
-HTML_HIDDEN = ("best_epoch", "knn_acc_k200", "alignment", "uniformity", "loss", "trial_dir")
+HTML_HIDDEN = ("best_epoch", "knn_acc_k200", "alpha_req", "lidar", "alignment", "uniformity", "loss", "trial_dir")
 COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
 # the other trials' curves: no blue, which is the best trial's
 CURVE_COLORS = [c for c in COLORS if c != "tab:blue"]
@@ -409,6 +409,14 @@ def _vs_base_table(rows: list[dict]) -> str:
             f"<th>base value</th></tr></thead><tbody>{''.join(body)}</tbody></table></div>")
 
 
+def _clock(stamp: Any) -> str:
+    import datetime
+
+    if not isinstance(stamp, (int, float)):
+        return ""
+    return datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def _image(out: str, name: str) -> str:
     with open(os.path.join(out, name), "rb") as fh:
         data = base64.b64encode(fh.read()).decode("ascii")
@@ -452,12 +460,26 @@ def write_html(experiments: list[Experiment], summary: dict, table: pd.DataFrame
     parts.append("<h2>Leaderboard</h2>")
     parts.append("<p>One row per trial, best first by the final objective; metric columns are each trial's last "
                  "reported measurement (kNN: k=20 on backbone features, val split). More columns (k=200, "
-                 "alignment, uniformity, loss, trial folders) are in <a href=\"leaderboard.csv\">leaderboard.csv"
-                 "</a>.</p>")
+                 "alpha-ReQ, LiDAR, alignment, uniformity, loss, trial folders) are in "
+                 "<a href=\"leaderboard.csv\">leaderboard.csv</a>.</p>")
     shown = table.drop(columns=[c for c in HTML_HIDDEN if c in table.columns])
     parts.append(_table(shown, trial_rows=True, best_key=(best["experiment"], best["trial_id"]) if best else None,
                         text_cols={"experiment", "trial_id", "status", "trial_dir"}))
 
+    lineages = [s for s in summary["experiments"] if s.get("pbt_lineage")]
+    if lineages:  # PBT: which trial each clone continued from, when, with which mutation
+        parts.append("<h2 id=\"pbt-lineage\">PBT lineage</h2>")
+        parts.append("<p>Each time population-based training replaced a trial's weights with another's: the trial "
+                     "continued from the cloned trial's checkpoint of that epoch with the mutated hyperparameters "
+                     "(its config in the leaderboard is the last one).</p>")
+        for s in lineages:
+            frame = pd.DataFrame([{"trial_id": r["trial_id"], "cloned trial": r["cloned"], "at epoch": r["epoch"],
+                                   "mutation": r["mutation"] + (" (from the donor's newest checkpoint)"
+                                                                if r["fallback"] else ""),
+                                   "time (UTC)": _clock(r["time"])} for r in s["pbt_lineage"]])
+            if len(lineages) > 1:
+                parts.append(f"<p>{esc(s['name'])}:</p>")
+            parts.append(_table(frame, text_cols={"trial_id", "cloned trial", "mutation", "time (UTC)"}))
     parts.append("<h2>Plots</h2>")
     for key, name in summary["plots"].items():
         parts.append(f"<figure id=\"{esc(key)}\">{_image(out, name)}<figcaption>{esc(CAPTIONS[key])} "
@@ -483,6 +505,25 @@ def write_html(experiments: list[Experiment], summary: dict, table: pd.DataFrame
         parts.append(f"<p>{esc(s['name'])}: Spearman rank correlation between final RankMe and final kNN accuracy "
                      f"over {s['rankme_knn_trials']} trials: <b>{'undefined' if rho is None else f'{rho:.3f}'}</b>"
                      "</p>")
+
+    parts.append("<h2 id=\"label-free-selectors\">Label-free selectors</h2>")
+    parts.append("<p>How each label-free metric would have picked the best trial without labels, judged by kNN "
+                 "accuracy over the finished trials (final values): Spearman between the metric's selection score "
+                 "(higher picks; minus the metric for alignment and uniformity, -|alpha_req - 1| for alpha-ReQ) and "
+                 "kNN accuracy (+1: it orders the trials as kNN does), the trial it picks, and the regret: the best "
+                 "kNN accuracy minus the picked trial's (0: it picked the best).</p>")
+    for s in summary["experiments"]:
+        sel = s.get("label_free_selectors") or {}
+        if not sel.get("rows"):
+            parts.append(f"<p class=\"note\">{esc(s['name'])}: not available ({esc(sel.get('note') or '')}).</p>")
+            continue
+        parts.append(f"<p>{esc(s['name'])}: {sel['trials']} finished trials with kNN accuracy; label-based selection "
+                     f"picks trial {esc(str(sel['best_trial']))} (kNN {sel['best_knn_acc']:.4g}).</p>")
+        frame = pd.DataFrame([{"metric": r["metric"], "selects": r["selects"], "trials": r["trials"],
+                               "Spearman with kNN": r["spearman"], "picked trial": r["picked_trial"],
+                               "its value": r["picked_value"], "its kNN": r["picked_knn_acc"],
+                               "regret (kNN)": r["regret"]} for r in sel["rows"]])
+        parts.append(_table(frame, text_cols={"metric", "selects", "picked trial"}))
 
     parts.append("<h2>Best config</h2>")
     if best:

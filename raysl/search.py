@@ -8,7 +8,10 @@ keys) and trains it:
   reserves the worker's CPUs/GPU);
 - more workers: the trial fits a ``TorchTrainer`` (Ray Train V2 cannot be
   wrapped by a Tuner; a trainable that fits one is the supported way) whose
-  callback relays rank 0's reports to Tune; the trial driver reserves no CPU.
+  callback relays rank 0's reports to Tune, each Train checkpoint as a small Tune
+  checkpoint that points at it (so PBT can clone multi-worker trials: a clone's
+  workers start from the donor's Train checkpoint, see :mod:`raysl.pbt`); the
+  trial driver reserves no CPU.
 
 Searching is Ray Tune's ``OptunaSearch`` with a define-by-run space
 (:class:`raysl.space.SpaceSampler`), seeded, with the base config as the first
@@ -43,6 +46,7 @@ from ray.tune.stopper import Stopper
 from raysl import storage
 from raysl.config import RunConfig, build_config, to_yaml
 from raysl.errors import CollapsedError, ConfigError, DivergedError, RayslError
+from raysl.pbt import PBT_EXTRA_KEEP, RESUMED_FILE
 from raysl.space import SearchSpace, apply_sample, load_space, worst_value
 from raysl.study import OPTION as OPTUNA_OPTION
 from raysl.study import STUDY_FILES, prepare_new, prepare_resume, public_url
@@ -51,7 +55,7 @@ DEFAULT_STORAGE = "./raysl_results"
 SPACE_FILE = "raysl_space.yaml"
 BEST_CONFIG_FILE = "best_config.yaml"
 # what a training report always carries; everything else comes from an evaluation
-_TRAIN_KEYS = {"epoch", "step", "loss", "images_per_s", "lr", "status"}
+_TRAIN_KEYS = {"epoch", "step", "loss", "images_per_s", "lr", "status", "resumed_epoch", "resumed_weights"}
 _BAD_STATUSES = ("diverged", "collapsed", "errored")
 
 
@@ -106,10 +110,11 @@ def _nan(value: Any) -> bool:
 class TuneIO:
     """LoopIO for a one-worker trial running inside its Tune trial process."""
 
-    def __init__(self, data_dir: str, use_gpu: bool, filler: ResultFiller):
+    def __init__(self, data_dir: str, use_gpu: bool, filler: ResultFiller, trial=None):
         self.data_dir = data_dir
         self.use_gpu = use_gpu
         self.filler = filler
+        self.trial = trial  # raysl.pbt.TrialRef: each checkpoint says which trial wrote it (PBT lineage)
 
     def dataset_shard(self, name: str):
         # The trial reads its shards with pyarrow in its own process: under Tune on a small
@@ -128,6 +133,10 @@ class TuneIO:
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         import ray.tune
 
+        from raysl.pbt import write_pointer
+
+        if checkpoint_dir and self.trial is not None:
+            write_pointer(checkpoint_dir, self.trial.pointer(metrics["epoch"]))
         checkpoint = ray.tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.tune.report(self.filler(metrics), checkpoint=checkpoint)
 
@@ -137,13 +146,15 @@ class TuneIO:
         return torch.device("cuda" if self.use_gpu and torch.cuda.is_available() else "cpu")
 
 
-def _relay_callback(objectives: list[tuple[str, str]], extra: dict[str, Any] | None = None):
-    """A TuneReportCallback (runs in the TrainController) that fills in the objectives."""
-    from ray.tune.integration.ray_train import TuneReportCallback
+def _relay_callback(objectives: list[tuple[str, str]], extra: dict[str, Any] | None, reports, run_uri: str):
+    """A Train callback (it runs in the TrainController) that hands rank 0's reports, the objectives filled
+    in, to the trial through the ``reports`` queue, with where the report's Train checkpoint is (``run_uri``
+    + its folder name) for the trial to report as a Tune checkpoint (Ray's TuneReportCallback relays the
+    metrics only, which leaves PBT nothing to clone)."""
+    from ray.train import UserCallback
 
-    class RayslTuneReportCallback(TuneReportCallback):
+    class RayslTuneRelay(UserCallback):
         def __init__(self):
-            super().__init__()
             self.filler = ResultFiller(objectives, extra)
             self.worker_failures = 0  # worker groups Ray Train restarted from the last checkpoint
 
@@ -154,18 +165,58 @@ def _relay_callback(objectives: list[tuple[str, str]], extra: dict[str, Any] | N
             first = self.filler(metrics[0])
             if self.worker_failures:
                 first = {**first, "worker_failures": self.worker_failures}
-            super().after_report(run_context, [first, *metrics[1:]], checkpoint)
+            where = None if checkpoint is None else storage.join_uri(run_uri, str(checkpoint.path).rstrip("/")
+                                                                     .rsplit("/", 1)[-1])
+            reports.put((first, where))  # blocks while the trial has the previous one: Tune's pace
 
-    return RayslTuneReportCallback()
+    return RayslTuneRelay()
+
+
+def _relay_to_tune(reports, trial, run: str, fit) -> None:
+    """Run ``fit`` (``trainer.fit``) in a thread while this one, the trial's, reports what the relay queue
+    brings to Tune, each Train checkpoint as a small Tune checkpoint pointing at it (raysl.pbt); then
+    raise what ``fit`` raised."""
+    import tempfile
+    import threading
+
+    import ray.tune
+
+    from raysl.pbt import write_pointer
+
+    outcome: dict[str, BaseException] = {}
+
+    def run_fit() -> None:
+        try:
+            fit()
+        except BaseException as exc:  # noqa: BLE001 - handed to the trial's thread
+            outcome["error"] = exc
+        finally:
+            reports.put(None)
+
+    # a daemon: when Tune stops the trial (ASHA, a PBT pause) its process ends with the Train run it owns
+    thread = threading.Thread(target=run_fit, name="raysl-train-fit", daemon=True)
+    thread.start()
+    while (item := reports.get()) is not None:
+        metrics, where = item
+        if where is None:
+            ray.tune.report(metrics)
+            continue
+        with tempfile.TemporaryDirectory(prefix="raysl-pointer-") as tmp:
+            write_pointer(tmp, trial.pointer(metrics["epoch"], run, where))
+            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
 
 
 def train_worker_in_trial(loop_config: dict) -> None:
     """``train_worker`` for multi-worker trials, made to stop for good on divergence/collapse.
 
     The rank that raises leaves a marker; a Train restart then fails at once on
-    every rank instead of re-training into the same NaN.
+    every rank instead of re-training into the same NaN. A PBT clone's workers start
+    from ``loop_config["resume_from"]`` (the donor's Train checkpoint).
     """
-    from raysl.train import train_worker
+    from raysl.train import RayTrainIO, train_worker
 
     marker = loop_config["stop_marker"]
     text = storage.read_text(marker, missing_ok=True)
@@ -174,7 +225,7 @@ def train_worker_in_trial(loop_config: dict) -> None:
         cls = DivergedError if stop["status"] == "diverged" else CollapsedError
         raise cls(stop["error"])
     try:
-        train_worker(loop_config)
+        train_worker(loop_config, RayTrainIO(resume_from=loop_config.get("resume_from")))
     except (DivergedError, CollapsedError) as exc:
         status = "diverged" if isinstance(exc, DivergedError) else "collapsed"
         storage.write_atomic(marker, json.dumps({"status": status, "error": str(exc)}))
@@ -190,16 +241,19 @@ def _status_of(error: RayslError) -> str:
 
 
 def make_trainable(base: dict, objectives: list[tuple[str, str]], experiment: str, max_failures: int,
-                   extra_metrics=None):
+                   extra_metrics=None, keep_extra: int = 0):
     """The Tune function trainable: one call trains one sampled config.
 
     ``extra_metrics(cfg, data_dir) -> dict`` (a module-level function: it is pickled to the
     trials) adds constant per-trial values to every report (``raysl scale``: FLOPs).
+    ``keep_extra``: Train checkpoints a multi-worker trial keeps beyond ``checkpoint.keep``
+    (PBT: as many more as Tune keeps, see raysl.pbt).
     """
 
     def raysl_trial(config: dict) -> None:
         import ray.tune
 
+        from raysl import pbt
         from raysl.launch import check_against_data, resolve_data_dir, user_error_from
         from raysl.train import train_worker
 
@@ -214,16 +268,28 @@ def make_trainable(base: dict, objectives: list[tuple[str, str]], experiment: st
             ray.tune.report(filler.final("errored", str(exc)))
             return
         loop_config = {"config": cfg.model_dump(mode="json"), "data_dir": data_dir}
+        context = ray.tune.get_context()
+        trial = pbt.TrialRef(context.get_trial_id(), os.path.basename(context.get_trial_dir().rstrip("/")),
+                             dict(config))
+        handed = ray.tune.get_checkpoint()  # a PBT clone's is another trial's
+        try:
+            start = pbt.start_of(pbt.read_pointer(handed), trial, experiment, cfg.scale.num_workers > 1,
+                                 None if handed is None else str(handed.path))
+        except RayslError as exc:
+            ray.tune.report(filler.final("errored", str(exc)))
+            return
+        loop_config["report_resume"] = start.cloned
         if cfg.scale.num_workers == 1:
             try:
-                train_worker(loop_config, TuneIO(data_dir, cfg.scale.use_gpu, filler))
+                train_worker(loop_config, TuneIO(data_dir, cfg.scale.use_gpu, filler, trial))
             except CollapsedError:
                 return  # train_worker reported status "collapsed" before raising
             except RayslError as exc:
                 ray.tune.report(filler.final(_status_of(exc), str(exc)))
             return
         try:
-            _fit_torch_trainer(cfg, loop_config, data_dir, objectives, experiment, max_failures, filler.extra)
+            _fit_torch_trainer(cfg, loop_config, data_dir, objectives, experiment, max_failures, filler.extra,
+                               trial, start, keep_extra)
         except Exception as exc:  # noqa: BLE001 - a user-level error ends the trial, anything else is retried
             user = user_error_from(exc)
             if user is None:
@@ -234,17 +300,22 @@ def make_trainable(base: dict, objectives: list[tuple[str, str]], experiment: st
 
 
 def _fit_torch_trainer(cfg: RunConfig, loop_config: dict, data_dir: str, objectives, experiment: str,
-                       max_failures: int, extra: dict[str, Any] | None = None) -> None:
+                       max_failures: int, extra: dict[str, Any] | None, trial, start, keep_extra: int = 0) -> None:
+    """Fit the trial's TorchTrainer: Train run ``start.run`` in the trial's folder (a PBT clone's starts
+    from the donor's checkpoint, ``start.resume_from``), its reports relayed to Tune with pointer
+    checkpoints (raysl.pbt)."""
     import ray.data
     import ray.train
     import ray.tune
     from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
 
     from raysl.data.pipeline import train_dataset
 
-    trial_dir = os.path.basename(ray.tune.get_context().get_trial_dir().rstrip("/"))
-    train_storage = storage.join_uri(experiment, trial_dir)
-    loop_config = {**loop_config, "stop_marker": storage.join_uri(train_storage, "train", "raysl_stop.json")}
+    train_storage = storage.join_uri(experiment, trial.trial_dir)
+    loop_config = {**loop_config, "stop_marker": storage.join_uri(train_storage, start.run, "raysl_stop.json"),
+                   "resume_from": start.resume_from,
+                   "resume_record": storage.join_uri(train_storage, start.run, RESUMED_FILE) if start.cloned else None}
     ray.data.DataContext.get_current().enable_progress_bars = False
     # Read tasks take no CPU slot: trials' Train workers can hold every CPU of a small
     # cluster, and a read task waiting for one would stall the trial forever. JPEG shards
@@ -253,6 +324,7 @@ def _fit_torch_trainer(cfg: RunConfig, loop_config: dict, data_dir: str, objecti
     resources = {"CPU": cfg.scale.cpus_per_worker}
     if cfg.scale.use_gpu:
         resources["GPU"] = cfg.scale.gpus_per_worker
+    reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
         train_worker_in_trial,
         train_loop_config=loop_config,
@@ -261,15 +333,15 @@ def _fit_torch_trainer(cfg: RunConfig, loop_config: dict, data_dir: str, objecti
         ),
         run_config=ray.train.RunConfig(
             # same name and storage on a restarted trial: Train resumes from its last checkpoint
-            name="train",
+            name=start.run,
             storage_path=train_storage,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep + keep_extra),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            callbacks=[_relay_callback(objectives, extra)],
+            callbacks=[_relay_callback(objectives, extra, reports, storage.join_uri(train_storage, start.run))],
         ),
         datasets={"train": dataset},
     )
-    trainer.fit()
+    _relay_to_tune(reports, trial, start.run, trainer.fit)
 
 
 def trial_resources(base: dict):
@@ -708,7 +780,8 @@ def tune_main(args, space: SearchSpace | None = None, extra_metrics=None) -> int
 
     max_concurrent = space.tune.max_concurrent or _default_concurrency(space, num_samples)
     trainable = ray.tune.with_resources(
-        make_trainable(space.base, objectives, experiment, space.tune.max_failures, extra_metrics),
+        make_trainable(space.base, objectives, experiment, space.tune.max_failures, extra_metrics,
+                       keep_extra=PBT_EXTRA_KEEP if space.scheduler_name() == "pbt" else 0),
         trial_resources(space.base),
     )
     _install_sigterm()
@@ -735,9 +808,9 @@ def tune_main(args, space: SearchSpace | None = None, extra_metrics=None) -> int
                 name=name,
                 storage_path=storage_root,
                 failure_config=ray.tune.FailureConfig(max_failures=space.tune.max_failures),
-                # PBT clones other trials' recent checkpoints: keep a few more of them
+                # PBT clones other trials' recent checkpoints: keep a few more of them (Train's too)
                 checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=space.base_config.checkpoint.keep + (
-                    2 if space.scheduler_name() == "pbt" else 0)),
+                    PBT_EXTRA_KEEP if space.scheduler_name() == "pbt" else 0)),
                 # one line per ended trial and a status line, instead of Tune's result tables
                 callbacks=callbacks + ([] if verbose else [tune_view(objectives, num_samples)]),
                 stop=EpochBudget(space.tune.budget_epochs) if space.tune.budget_epochs else None,

@@ -58,19 +58,24 @@ DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
 _EXTRA_KEYS = {"choice": {"when"}, "int": {"log"}, "loguniform": set(), "uniform": set()}
 _DIST_HELP = "{loguniform: [lo, hi]}, {uniform: [lo, hi]}, {int: [lo, hi]} or {choice: [a, b, ...]}"
 
-# metric -> the direction that is better; a trial that diverged or collapsed reports WORST
+# metric -> the direction that is better; a trial that diverged or collapsed reports WORST.
+# alpha_req (alpha-ReQ's decay coefficient) has none: it is best near 1, so a search gives tune.mode
+# with it or searches alpha_req_score = -|alpha_req - 1| (raysl.evaluate.alpha_req_score)
 METRIC_MODES = {
     "knn_acc": "max",
     "linear_acc": "max",
     "rankme": "max",
+    "lidar": "max",
+    "alpha_req_score": "max",
+    "alpha_req": None,
     "images_per_s": "max",
     "feature_std": "max",
     "loss": "min",
     "alignment": "min",
     "uniformity": "min",
 }
-_WORST = {"knn_acc": 0.0, "linear_acc": 0.0, "rankme": 0.0, "images_per_s": 0.0, "feature_std": 0.0,
-          "alignment": 4.0, "uniformity": 0.0, "loss": 1e9}
+_WORST = {"knn_acc": 0.0, "linear_acc": 0.0, "rankme": 0.0, "lidar": 0.0, "alpha_req_score": -1e9,
+          "images_per_s": 0.0, "feature_std": 0.0, "alignment": 4.0, "uniformity": 0.0, "loss": 1e9}
 SAMPLERS = ("tpe", "cmaes", "random", "grid", "gp", "nsga2")
 SCHEDULERS = ("asha", "pbt", "fifo")
 # keys PBT must not mutate: they change the model's shape or the run's length, so a
@@ -508,10 +513,14 @@ def _check_tune(space: SearchSpace) -> None:
                               "[knn_acc: max, images_per_s: max]; for one, use tune.metric")
         if t.metric or t.mode:
             raise ConfigError(f"{source}: tune: set either metric/mode or objectives, not both")
-    for metric, _ in space.objectives():
+    for metric, mode in space.objectives():
         if not known_metric(metric):
             raise ConfigError(f"{source}: tune.metric: unknown metric {metric!r}; allowed: "
                               f"{', '.join(METRIC_MODES)} (projector_ prefixed too, and knn_acc_k<K>)")
+        if mode is None:
+            raise ConfigError(f"{source}: tune.metric: {metric} (alpha-ReQ's eigenspectrum decay) is best near 1, "
+                              f"neither max nor min: search {metric}_score (-|{metric} - 1|, max) instead, or set "
+                              "tune.mode")
     sampler, scheduler = space.sampler_name(), space.scheduler_name()
     multi = len(space.objectives()) > 1
     if scheduler == "pbt":
@@ -531,11 +540,6 @@ def _check_tune(space: SearchSpace) -> None:
                     f"{source}: search.{p.key}: scheduler: pbt mutates running trials, which continue from a "
                     f"checkpoint, and {p.key} changes the model or the run's length; search it with asha or fifo"
                 )
-        if space.base_config.scale.num_workers > 1:
-            raise ConfigError(
-                f"{source}: scheduler: pbt needs scale.num_workers: 1 (PBT clones trials through Tune "
-                "checkpoints; multi-worker trials checkpoint through Ray Train); use asha for multi-worker trials"
-            )
         interval = t.perturbation_interval or 1
         every = space.base_config.checkpoint.every_epochs
         if interval % every:

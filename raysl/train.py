@@ -30,7 +30,7 @@ from raysl.data.stream import TrainBatches
 from raysl.data.subset import train_rows as subset_train_rows
 from raysl.divergence import DivergenceWatch
 from raysl.errors import CheckpointError, CollapsedError
-from raysl.evaluate import alignment, evaluate_features, is_collapsed
+from raysl.evaluate import alignment, evaluate_features, is_collapsed, lidar
 from raysl.methods import build_method
 from raysl.optim import build_optimizer, set_lr_and_wd
 from raysl.progress import StepTicker
@@ -51,6 +51,11 @@ class LoopIO(Protocol):
 
 
 class RayTrainIO:
+    def __init__(self, resume_from: str | None = None):
+        # a checkpoint of another run (path or URI) to start from while this run has none of its own:
+        # a PBT clone starts from the donor trial's (raysl.pbt)
+        self.resume_from = resume_from
+
     def dataset_shard(self, name):
         import ray.train
 
@@ -61,8 +66,13 @@ class RayTrainIO:
 
         ckpt = ray.train.get_checkpoint()
         if ckpt is None:
-            return None
+            return self._resume_dir()
         return ckpt.to_directory()
+
+    def _resume_dir(self) -> str | None:
+        from raysl.pbt import local_checkpoint_dir
+
+        return local_checkpoint_dir(self.resume_from) if self.resume_from else None
 
     def checkpoint_candidates(self) -> list[str]:
         """Checkpoints to resume from, newest first: the one Ray registered last, then the older ones
@@ -72,8 +82,8 @@ class RayTrainIO:
         import ray.train
 
         ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            return []
+        if ckpt is None:  # exactly the given one: every rank must load the same weights
+            return [d for d in [self._resume_dir()] if d]
         if not isinstance(ckpt.filesystem, pafs.LocalFileSystem):
             return [ckpt.to_directory()]
         return resume_candidates(ckpt.path)
@@ -239,8 +249,33 @@ def embed_all(method, images: torch.Tensor, norm: dict, batch: int = 512) -> dic
 
 
 @torch.no_grad()
+def embed_views(method, images: torch.Tensor, cfg: RunConfig, norm: dict, batch: int = 512) -> dict[str, torch.Tensor]:
+    """``[n, q, D]`` features of ``q = eval.lidar_views`` augmented views of each image, for LiDAR.
+
+    The views follow the run's global view recipes in turn, drawn from a generator seeded with the
+    run's seed: every evaluation sees the same augmentations, so LiDAR moves only with the network
+    (and the training stream's augmentations are left alone).
+    """
+    q = cfg.eval.lidar_views
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + 17)
+    recipes = cfg.data.global_views()
+    outs: dict[str, list[torch.Tensor]] = {}
+    step = max(1, batch // q)
+    for i in range(0, images.shape[0], step):
+        chunk = images[i : i + step]
+        views = make_views(chunk, recipes, q, generator=gen, **norm)
+        same_size = all(v.shape == views[0].shape for v in views)  # one forward pass for all q views
+        found = [method.embed(torch.cat(views))] if same_size else [method.embed(v) for v in views]
+        for key in found[0]:
+            value = torch.cat([f[key].float() for f in found])
+            outs.setdefault(key, []).append(value.reshape(q, chunk.shape[0], -1).transpose(0, 1))
+    return {k: torch.cat(v) for k, v in outs.items()}
+
+
+@torch.no_grad()
 def evaluate_method(method, eval_set: EvalSet, cfg: RunConfig, norm: dict, views, gen: torch.Generator) -> dict[str, float]:
-    """kNN (k=20 and 200, cosine, temperature-weighted), RankMe, alignment/uniformity, collapse.
+    """kNN (k=20 and 200, cosine, temperature-weighted), RankMe, alpha-ReQ, LiDAR, alignment/uniformity,
+    collapse.
 
     Protocol: features of the un-augmented train subset are the memory bank,
     the val split is classified; ``knn_acc`` uses backbone features with k=20.
@@ -260,6 +295,11 @@ def evaluate_method(method, eval_set: EvalSet, cfg: RunConfig, norm: dict, views
     sample = eval_set.val_x[:1024]
     v1, v2 = make_views(sample, views, 2, generator=gen, **norm)
     metrics["alignment"] = float(alignment(method.backbone(v1).float(), method.backbone(v2).float()))
+    images = eval_set.val_x[: cfg.eval.lidar_images]
+    if images.shape[0] >= 2:
+        for key, per_view in embed_views(method, images, cfg, norm).items():
+            prefix = "" if key == "backbone" else "projector_"
+            metrics[prefix + "lidar"] = lidar(per_view, delta=cfg.eval.lidar_delta)
     metrics["collapsed"] = bool(is_collapsed(val["projector"]))
     method.train(was_training)
     return metrics
@@ -373,18 +413,32 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
 
     # ---- resume
     start_epoch, global_step = 0, 0
+    resumed: dict[str, Any] = {}
     state = restore_state(io, ticker if rank == 0 else None)
     if state is not None:
         method.load_state_dict(state["model"])
         if state.get("optimizer_name") == cfg.optim.name:
+            # the moments of the checkpoint, the hyperparameters of this config (a PBT clone's are mutated)
+            hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
             optimizer.load_state_dict(state["optimizer"])
+            for group, values in zip(optimizer.param_groups, hyper):
+                group.update(values)
         elif rank == 0:
             ticker.say(f"[raysl] optimizer changed to {cfg.optim.name}: its state starts fresh")
         start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
+        if loop_config.get("report_resume") and rank == 0:
+            # a PBT clone's first report says which weights it continued from (checked by the tests)
+            from raysl.pbt import weights_fingerprint
+
+            resumed = {"resumed_epoch": start_epoch, "resumed_weights": weights_fingerprint(method.state_dict())}
+            if loop_config.get("resume_record"):
+                from raysl.pbt import record_resume
+
+                record_resume(loop_config["resume_record"], resumed)
         if start_epoch >= cfg.optim.epochs and "metrics" in state:
             # restored at its last epoch: a re-run of a finished run, or a PBT trial that cloned a
             # finished trial's checkpoint. Nothing is left to train; its final report is its result.
-            io.report(dict(state["metrics"]), None)
+            io.report({**dict(state["metrics"]), **resumed}, None)
             return
 
     local_batch = cfg.optim.batch_size // world
@@ -483,7 +537,8 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
                 )
                 checkpoint_dir = tmp
             ticker.epoch_done(metrics)
-            io.report(metrics, checkpoint_dir)
+            io.report({**metrics, **resumed}, checkpoint_dir)
+            resumed = {}
         if metrics["status"] == "collapsed":
             raise CollapsedError(
                 f"collapsed at epoch {epoch + 1}: the embeddings became (nearly) constant; "

@@ -485,6 +485,48 @@ def test_ressl_workers_average_to_the_full_batch(two_workers):
 
 
 # --------------------------------------------------------------------------- #
+# SwAV: Sinkhorn-Knopp over the global batch (and the queue)
+# --------------------------------------------------------------------------- #
+
+
+def swav_codes(rank: int | None = None) -> list[torch.Tensor]:
+    """SwAV's codes of global view 0 without and with a full queue, and the loss of two views with them.
+
+    ``rank`` None: one worker with the whole batch; otherwise that worker's rows.
+    """
+    from raysl.config import SwAVConfig
+    from raysl.methods.swav import SwAV
+
+    torch.manual_seed(0)  # the same prototypes on every worker, as DDP's broadcast makes them
+    method = SwAV(SwAVConfig(num_prototypes=5, queue_size=6),
+                  ModelConfig(width=4, projector_hidden_dim=8, projector_dim=D), 1)
+    g = torch.Generator().manual_seed(13)
+    z1, z2, queue = torch.randn(N, D, generator=g), torch.randn(N, D, generator=g), torch.randn(2, 6, D, generator=g)
+    if rank is not None:
+        z1, z2 = rows(z1, rank), rows(z2, rank)
+    s1, s2 = method.scores(z1), method.scores(z2)
+    out = [method.codes(s1, 0)]
+    method.enqueue(torch.nn.functional.normalize(queue, dim=2))  # the gathered queue, the same on every worker
+    assert method.queue_full()
+    codes = [method.codes(s1, 0), method.codes(s2, 1)]
+    out += [codes[0], losses.swav([s1, s2], codes, method.cfg.temperature).detach()]
+    return out
+
+
+def test_swav_sinkhorn_codes_equal_one_worker_on_the_global_batch(two_workers):
+    """World size 2 == world size 1: each worker's rows get the codes of the whole batch (B = 8, not 4),
+    with the queue too (each queued row enters on one worker); the per-sample losses average to the
+    full batch's."""
+    plain, queued, loss = swav_codes()
+    assert not torch.allclose(plain, queued)  # the queue changes the equipartition
+    for rank, result in enumerate(two_workers):
+        got_plain, got_queued, _ = result["swav"]
+        assert_close(got_plain, rows(plain, rank))
+        assert_close(got_queued, rows(queued, rank))
+    assert_close(torch.stack([r["swav"][2] for r in two_workers]).mean(), loss)
+
+
+# --------------------------------------------------------------------------- #
 # NNCLR, NNBYOL, NNSiam: the support queue's nearest-neighbour lookup
 # --------------------------------------------------------------------------- #
 
@@ -529,48 +571,6 @@ def test_support_queue_lookup_and_push_equal_one_worker(two_workers):
         for a, b in zip(got[:-2], want[:-2]):
             assert_close(a, b)
         assert torch.equal(got[-2], want[-2]) and torch.equal(got[-1], want[-1])
-
-
-# --------------------------------------------------------------------------- #
-# SwAV: Sinkhorn-Knopp over the global batch (and the queue)
-# --------------------------------------------------------------------------- #
-
-
-def swav_codes(rank: int | None = None) -> list[torch.Tensor]:
-    """SwAV's codes of global view 0 without and with a full queue, and the loss of two views with them.
-
-    ``rank`` None: one worker with the whole batch; otherwise that worker's rows.
-    """
-    from raysl.config import SwAVConfig
-    from raysl.methods.swav import SwAV
-
-    torch.manual_seed(0)  # the same prototypes on every worker, as DDP's broadcast makes them
-    method = SwAV(SwAVConfig(num_prototypes=5, queue_size=6),
-                  ModelConfig(width=4, projector_hidden_dim=8, projector_dim=D), 1)
-    g = torch.Generator().manual_seed(13)
-    z1, z2, queue = torch.randn(N, D, generator=g), torch.randn(N, D, generator=g), torch.randn(2, 6, D, generator=g)
-    if rank is not None:
-        z1, z2 = rows(z1, rank), rows(z2, rank)
-    s1, s2 = method.scores(z1), method.scores(z2)
-    out = [method.codes(s1, 0)]
-    method.enqueue(torch.nn.functional.normalize(queue, dim=2))  # the gathered queue, the same on every worker
-    assert method.queue_full()
-    codes = [method.codes(s1, 0), method.codes(s2, 1)]
-    out += [codes[0], losses.swav([s1, s2], codes, method.cfg.temperature).detach()]
-    return out
-
-
-def test_swav_sinkhorn_codes_equal_one_worker_on_the_global_batch(two_workers):
-    """World size 2 == world size 1: each worker's rows get the codes of the whole batch (B = 8, not 4),
-    with the queue too (each queued row enters on one worker); the per-sample losses average to the
-    full batch's."""
-    plain, queued, loss = swav_codes()
-    assert not torch.allclose(plain, queued)  # the queue changes the equipartition
-    for rank, result in enumerate(two_workers):
-        got_plain, got_queued, _ = result["swav"]
-        assert_close(got_plain, rows(plain, rank))
-        assert_close(got_queued, rows(queued, rank))
-    assert_close(torch.stack([r["swav"][2] for r in two_workers]).mean(), loss)
 
 
 # --------------------------------------------------------------------------- #

@@ -999,6 +999,138 @@ def test_errors_are_value_errors():
 
 
 # --------------------------------------------------------------------------
+# SwAV: Sinkhorn-Knopp codes, swapped prediction
+# --------------------------------------------------------------------------
+
+
+def test_sinkhorn_hand_2x2_one_iteration():
+    # exp(scores / eps) = M = [[2, 1], [1, 1]] (rows: samples, columns: prototypes), B = K = 2.
+    # Q = M^T / 5; prototype rows sum to 3/5 and 2/5 -> divided by them and by K:
+    #   proto 0: [1/3, 1/6], proto 1: [1/4, 1/4]; sample columns sum to 7/12 and 5/12 -> divided
+    #   by them and by B, times B: sample 0 = [4/7, 3/7], sample 1 = [2/5, 3/5].
+    for eps in (1.0, 0.05):
+        scores = eps * torch.log(t([[2.0, 1.0], [1.0, 1.0]]))
+        q = losses.sinkhorn_knopp(scores, iterations=1, epsilon=eps)
+        torch.testing.assert_close(q, t([[4 / 7, 3 / 7], [2 / 5, 3 / 5]]))
+    # every sample's code sums to 1 exactly; the prototypes' mass (34/35, 36/35) is only near B/K = 1
+    torch.testing.assert_close(q.sum(dim=1), t([1.0, 1.0]))
+    torch.testing.assert_close(q.sum(dim=0), t([34 / 35, 36 / 35]))
+
+
+def test_sinkhorn_converges_to_the_doubly_stochastic_scaling_3x3():
+    # M = D1 P D2 with P doubly stochastic: Sinkhorn's scaling of M is unique, so it converges to P
+    # (rows sum to 1 and prototype columns to B/K = 1).
+    p = t([[0.5, 0.25, 0.25], [0.25, 0.5, 0.25], [0.25, 0.25, 0.5]])
+    m = torch.diag(t([1.0, 2.0, 3.0])) @ p @ torch.diag(t([1.0, 4.0, 0.5]))
+    q = losses.sinkhorn_knopp(torch.log(m), iterations=500, epsilon=1.0)
+    torch.testing.assert_close(q, p)
+    # B = 4 samples, K = 2 prototypes: marginals 1 per sample, B/K = 2 per prototype
+    q = losses.sinkhorn_knopp(rand(4, 2, seed=1), iterations=500, epsilon=0.5)
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(4, dtype=torch.float64))
+    torch.testing.assert_close(q.sum(dim=0), torch.full((2,), 2.0, dtype=torch.float64))
+    assert bool((q > 0).all())
+
+
+def test_sinkhorn_invariances():
+    scores = rand(6, 4, seed=2) * 0.3
+    q = losses.sinkhorn_knopp(scores)  # paper defaults: 3 iterations, epsilon 0.05
+    # a shift per prototype (column) or of everything is absorbed by the normalisations, at any iteration
+    shift = t([0.1, -0.2, 0.3, 0.05])
+    torch.testing.assert_close(losses.sinkhorn_knopp(scores + shift), q)
+    torch.testing.assert_close(losses.sinkhorn_knopp(scores + 1.5), q)
+    # equivariant to the order of the samples and of the prototypes
+    perm, kperm = torch.tensor([3, 0, 5, 1, 4, 2]), torch.tensor([2, 0, 3, 1])
+    torch.testing.assert_close(losses.sinkhorn_knopp(scores[perm]), q[perm])
+    torch.testing.assert_close(losses.sinkhorn_knopp(scores[:, kperm]), q[:, kperm])
+    # no gradient flows into the codes
+    assert not losses.sinkhorn_knopp(rand(6, 4, requires_grad=True)).requires_grad
+
+
+def test_sinkhorn_all_reduce_sums_over_the_global_batch():
+    """Two threads with half the batch each, whose reductions add both halves' partial sums
+    (an all-reduce), compute the whole batch's codes; B is the global batch (8, not 4)."""
+    import threading
+
+    scores = rand(8, 5, seed=3) * 0.5
+    want = losses.sinkhorn_knopp(scores)
+    halves = scores.chunk(2)
+    barrier = threading.Barrier(2, timeout=10)
+    slots: list = [None, None]
+    got: list = [None, None]
+
+    def worker(rank):
+        def all_reduce_sum(x):
+            slots[rank] = x
+            barrier.wait()
+            total = slots[0] + slots[1]
+            barrier.wait()  # both have read before either writes its next partial sum
+            return total
+
+        got[rank] = losses.sinkhorn_knopp(halves[rank], all_reduce_sum=all_reduce_sum)
+
+    threads = [threading.Thread(target=worker, args=(r,)) for r in (0, 1)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    torch.testing.assert_close(torch.cat(got), want)
+    # without the reduction each half is balanced on its own: different codes
+    assert not torch.allclose(torch.cat([losses.sinkhorn_knopp(h) for h in halves]), want)
+
+
+def test_swav_swapped_prediction_hand():
+    # two crops, one sample, tau = 0.1; scores tau*log([1, 3]) and [0, 0]:
+    #   p_0 = [1/4, 3/4], p_1 = [1/2, 1/2]; codes q_0 = [1, 0], q_1 = [1/2, 1/2]
+    #   L = 1/2 [H(q_0, p_1) + H(q_1, p_0)] = 1/2 [log 2 + (log 4 - log(3/4)) / 2]
+    s0 = 0.1 * torch.log(t([[1.0, 3.0]]))
+    s1 = t([[0.0, 0.0]])
+    q0, q1 = t([[1.0, 0.0]]), t([[0.5, 0.5]])
+    want = 0.5 * (math.log(2) + 0.5 * (math.log(4) - math.log(3 / 4)))
+    assert losses.swav([s0, s1], [q0, q1], temperature=0.1).item() == pytest.approx(want)
+
+
+def test_swav_multicrop_hand_two_globals_one_local():
+    # 2 global crops (codes) + 1 local crop, one sample: every code is predicted by the 2 other crops
+    #   L = 1/2 [ (H(q_0, p_1) + H(q_0, p_2)) / 2 + (H(q_1, p_0) + H(q_1, p_2)) / 2 ]
+    # p_0 = [1/4, 3/4], p_1 = [1/2, 1/2], p_2 = [4/5, 1/5]; q_0 = [1, 0], q_1 = [0, 1]
+    s = [0.1 * torch.log(t([[1.0, 3.0]])), t([[0.0, 0.0]]), 0.1 * torch.log(t([[4.0, 1.0]]))]
+    q = [t([[1.0, 0.0]]), t([[0.0, 1.0]])]
+    want = 0.5 * ((math.log(2) + math.log(5 / 4)) / 2 + (math.log(4 / 3) + math.log(5)) / 2)
+    assert losses.swav(s, q, temperature=0.1).item() == pytest.approx(want)
+
+
+def test_swav_formula_on_a_batch_and_gradient():
+    scores = [rand(5, 4, seed=i, requires_grad=True) for i in range(4)]
+    codes = [losses.sinkhorn_knopp(s) for s in scores[:2]]
+    loss = losses.swav(scores, codes, temperature=0.2)
+    want = 0.0
+    for i, q in enumerate(codes):
+        terms = [-(q * F.log_softmax(scores[v] / 0.2, dim=1)).sum(dim=1).mean() for v in range(4) if v != i]
+        want = want + sum(terms) / 3
+    torch.testing.assert_close(loss, want / 2)
+    loss.backward()
+    assert_finite_grads(*scores)
+    # a constant added to a crop's scores changes nothing (softmax)
+    shifted = [s.detach() + 1.0 for s in scores]
+    torch.testing.assert_close(losses.swav(shifted, codes, temperature=0.2), loss.detach())
+
+
+def test_swav_and_sinkhorn_bad_inputs():
+    with pytest.raises(LossInputError, match="swav: needs at least two crops"):
+        losses.swav([rand(4, 3)], [rand(4, 3)])
+    with pytest.raises(LossInputError, match=r"swav: every crop and code must have shape \(4, 3\)"):
+        losses.swav([rand(4, 3), rand(4, 3)], [rand(4, 2)])
+    with pytest.raises(LossInputError, match="swav: temperature"):
+        losses.swav([rand(4, 3), rand(4, 3)], [rand(4, 3)], temperature=0.0)
+    with pytest.raises(LossInputError, match="sinkhorn_knopp: epsilon"):
+        losses.sinkhorn_knopp(rand(4, 3), epsilon=-1.0)
+    with pytest.raises(LossInputError, match="sinkhorn_knopp: iterations"):
+        losses.sinkhorn_knopp(rand(4, 3), iterations=0)
+    with pytest.raises(LossInputError, match="sinkhorn_knopp: scores must have 2 dimensions"):
+        losses.sinkhorn_knopp(rand(4))
+
+
+# --------------------------------------------------------------------------
 # MoCo v3
 # --------------------------------------------------------------------------
 
@@ -1041,6 +1173,121 @@ def test_mocov3_bad_inputs():
         losses.mocov3(rand(3, 4), rand(3, 5))
     with pytest.raises(LossInputError, match=r"mocov3: temperature"):
         losses.mocov3(rand(3, 4), rand(3, 4), temperature=0.0)
+
+
+# --------------------------------------------------------------------------
+# Nearest neighbours in a support set (NNCLR, NNBYOL, NNSiam)
+# --------------------------------------------------------------------------
+
+# A hand-made support set: rows need not be unit (the lookup is by cosine), row 4 ties row 0.
+SUPPORT = [[3.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.6, 0.8], [1.0, 0.0]]
+
+
+def test_nearest_neighbour_hand():
+    # cosines: (0.9, 0.1) -> row 0 (0.994) over row 3 (0.685); (0.1, 0.9) -> row 1 (0.994) over row 3
+    # (0.861); (-1, -0.1) -> row 2; (0.5, 0.9) -> row 3 (0.991) over row 1 (0.874); (2, 0) ties rows 0 and 4
+    z = t([[0.9, 0.1], [0.1, 0.9], [-1.0, -0.1], [0.5, 0.9], [2.0, 0.0]]).requires_grad_(True)
+    nn, idx = losses.nearest_neighbour(z, t(SUPPORT))
+    assert idx.tolist() == [0, 1, 2, 3, 0]  # ties go to the lowest index
+    torch.testing.assert_close(nn, t(SUPPORT)[[0, 1, 2, 3, 0]])  # the rows as stored (row 0 is not unit)
+    assert not nn.requires_grad
+
+
+def test_nearest_neighbour_invariances():
+    z, support = rand(6, 4, seed=1), rand(10, 4, seed=2)
+    _, idx = losses.nearest_neighbour(z, support)
+    perm = torch.randperm(6, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(losses.nearest_neighbour(z[perm], support)[1], idx[perm])  # row-wise
+    scale = torch.rand(6, 1, dtype=torch.float64) + 0.1
+    assert torch.equal(losses.nearest_neighbour(z * scale, support * 2.5)[1], idx)  # cosine: scale-free
+    # a sample in the support set is its own neighbour
+    assert losses.nearest_neighbour(support[[3, 7]], support)[1].tolist() == [3, 7]
+    with pytest.raises(LossInputError, match=r"nearest_neighbour: support must have shape \[K, 4\]"):
+        losses.nearest_neighbour(z, rand(10, 3))
+
+
+def test_nnclr_hand():
+    # nn = A (the neighbours), p = B (the other view's predictions), tau = 0.1:
+    # n1.p1 = 0.6, n1.p2 = 0, n2.p1 = 0.8, n2.p2 = 1 -> logits 6, 0 / 8, 10
+    rows = [math.log(1 + E**-6), math.log(1 + E**-2)]  # -log e^6/(e^6+e^0), -log e^10/(e^8+e^10)
+    cols = [math.log(1 + E**2), math.log(1 + E**-10)]  # -log e^6/(e^6+e^8), -log e^10/(e^0+e^10)
+    got = losses.nnclr(t(A), t(B), temperature=0.1, symmetric=False)
+    assert got.item() == pytest.approx(sum(rows) / 2, rel=1e-12)
+    got = losses.nnclr(t(A), t(B), temperature=0.1)
+    assert got.item() == pytest.approx((sum(rows) + sum(cols)) / 4, rel=1e-12)
+
+
+def test_nnclr_invariances_and_gradient():
+    nn, p = rand(8, 5, seed=3, requires_grad=True), rand(8, 5, seed=4, requires_grad=True)
+    loss = losses.nnclr(nn, p, temperature=0.1)
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(1))
+    scale = torch.rand(8, 1, dtype=torch.float64) + 0.1
+    torch.testing.assert_close(losses.nnclr(nn[perm], p[perm], temperature=0.1), loss)
+    torch.testing.assert_close(losses.nnclr(nn * scale, p * scale.flip(0), temperature=0.1), loss)
+    # with the sample itself as its neighbour it is the cross-view InfoNCE term of NT-Xent (no in-view negatives)
+    z = rand(8, 5, seed=5)
+    want = F.cross_entropy(F.normalize(z, dim=1) @ F.normalize(p.detach(), dim=1).T / 0.1, torch.arange(8))
+    torch.testing.assert_close(losses.nnclr(z, p.detach(), temperature=0.1, symmetric=False), want)
+    loss.backward()
+    assert nn.grad is None  # the neighbours are constants
+    assert_finite_grads(p)
+    with pytest.raises(LossInputError, match="nnclr: temperature"):
+        losses.nnclr(nn, p, temperature=0.0)
+    with pytest.raises(LossInputError, match="nnclr: nn and p must have the same shape"):
+        losses.nnclr(rand(4, 3), rand(5, 3))
+
+
+# --------------------------------------------------------------------------
+# SupCon
+# --------------------------------------------------------------------------
+
+
+def test_supcon_hand_two_classes_four_samples():
+    # One view of 4 unit samples, labels [0, 0, 0, 1], tau = 0.5. Dot products:
+    # z0.z1 = 0.6, z0.z2 = 0, z0.z3 = -1, z1.z2 = 0.8, z1.z3 = -0.6, z2.z3 = 0.
+    z = t([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-1.0, 0.0]])
+    tau = 0.5
+    dots = {(0, 1): 0.6, (0, 2): 0.0, (0, 3): -1.0, (1, 2): 0.8, (1, 3): -0.6, (2, 3): 0.0}
+    s = lambda i, j: dots[(min(i, j), max(i, j))] / tau  # noqa: E731
+
+    def anchor(i, positives):  # -1/|P(i)| sum_p log exp(s_ip) / sum_{a != i} exp(s_ia)
+        log_den = math.log(sum(math.exp(s(i, a)) for a in range(4) if a != i))
+        return -sum(s(i, p) - log_den for p in positives) / len(positives)
+
+    # sample 3 is alone in its class: no positive, not an anchor
+    want = (anchor(0, [1, 2]) + anchor(1, [0, 2]) + anchor(2, [0, 1])) / 3
+    assert losses.supcon([z], torch.tensor([0, 0, 0, 1]), temperature=tau).item() == pytest.approx(want, rel=1e-12)
+    # labels are names: any integers, any order
+    assert losses.supcon(z[None], torch.tensor([7, 7, 7, -2]), temperature=tau).item() == pytest.approx(want, rel=1e-12)
+
+
+def test_supcon_with_every_sample_its_own_class_is_simclr():
+    z1, z2 = rand(6, 4, seed=8), rand(6, 4, seed=9)
+    got = losses.supcon([z1, z2], torch.arange(6), temperature=0.2)
+    torch.testing.assert_close(got, losses.nt_xent(z1, z2, temperature=0.2))
+
+
+def test_supcon_invariances_and_gradient():
+    z1, z2 = rand(8, 5, seed=10, requires_grad=True), rand(8, 5, seed=11, requires_grad=True)
+    y = torch.tensor([0, 1, 0, 2, 1, 1, 0, 2])
+    loss = losses.supcon([z1, z2], y, temperature=0.1)
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(losses.supcon([z1[perm], z2[perm]], y[perm], temperature=0.1), loss)
+    torch.testing.assert_close(losses.supcon([z2, z1], y, temperature=0.1), loss)  # the views' order
+    torch.testing.assert_close(losses.supcon([3 * z1, z2 * 0.5], y, temperature=0.1), loss)  # scale
+    # one class for all: every other embedding is a positive, and the loss is at its floor log(2N - 1)
+    # (cross entropy to a uniform target over the 15 others) only when all similarities are equal
+    assert losses.supcon([z1, z2], torch.zeros(8, dtype=torch.long), 0.1) > math.log(15)
+    same = torch.ones(8, 5, dtype=torch.float64)
+    assert losses.supcon([same, same], torch.zeros(8, dtype=torch.long), 0.1).item() == pytest.approx(math.log(15))
+    loss.backward()
+    assert_finite_grads(z1, z2)
+    with pytest.raises(LossInputError, match=r"supcon: labels must be an integer tensor of shape \[8\]"):
+        losses.supcon([z1, z2], torch.zeros(8), 0.1)
+    with pytest.raises(LossInputError, match="supcon: no anchor has a positive"):
+        losses.supcon([z1], torch.arange(8), 0.1)
+    with pytest.raises(LossInputError, match="supcon: temperature"):
+        losses.supcon([z1, z2], y, temperature=0.0)
 
 
 # --------------------------------------------------------------------------
@@ -1228,311 +1475,6 @@ def test_iternorm_and_vibcreg_bad_inputs():
 
 
 # --------------------------------------------------------------------------
-# ReSSL
-# --------------------------------------------------------------------------
-
-
-def test_ressl_hand():
-    # queue (1, 0), (0, 1); teacher k = (1, 0) at tau_t = 0.5: logits (2, 0), p_t = (e^2, 1) / (e^2 + 1);
-    # student q = (0.6, 0.8) at tau_s = 1: log p_s = (0.6, 0.8) - log(e^0.6 + e^0.8).
-    queue = t([[1.0, 0.0], [0.0, 1.0]])
-    pt = [E**2 / (E**2 + 1), 1 / (E**2 + 1)]
-    lse = math.log(math.exp(0.6) + math.exp(0.8))
-    want = -(pt[0] * (0.6 - lse) + pt[1] * (0.8 - lse))
-    got = losses.ressl(t([[0.6, 0.8]]), t([[1.0, 0.0]]), queue, student_temp=1.0, teacher_temp=0.5)
-    assert got.item() == pytest.approx(want, rel=1e-12)
-    # rows are averaged: a second sample with q = k = (0, 1) adds H(p, p) = the entropy of softmax(0, 1/0.5)
-    p = [1 / (1 + E**2), E**2 / (1 + E**2)]
-    entropy = -sum(x * math.log(x) for x in p)
-    got = losses.ressl(t([[0.6, 0.8], [0.0, 1.0]]), t([[1.0, 0.0], [0.0, 1.0]]), queue, 0.5, 0.5)
-    first = -(pt[0] * (1.2 - math.log(math.exp(1.2) + math.exp(1.6))) + pt[1] * (1.6 - math.log(
-        math.exp(1.2) + math.exp(1.6))))
-    assert got.item() == pytest.approx((first + entropy) / 2, rel=1e-12)
-
-
-def test_ressl_is_stationary_when_the_student_matches_the_teacher():
-    # equal temperatures and q = k: the student's distribution is the target, the cross entropy
-    # is at its minimum over the logits, so no gradient reaches q
-    k, queue = rand(5, 4, seed=150), rand(9, 4, seed=151)
-    q = k.clone().requires_grad_(True)
-    losses.ressl(q, k, queue, student_temp=0.1, teacher_temp=0.1).backward()
-    torch.testing.assert_close(q.grad, torch.zeros_like(q), rtol=0, atol=1e-12)
-
-
-def test_ressl_invariances_and_gradient():
-    q, k, queue = rand(6, 4, seed=152), rand(6, 4, seed=153), rand(9, 4, seed=154)
-    base = losses.ressl(q, k, queue).item()
-    perm = torch.tensor([5, 3, 1, 0, 2, 4])
-    assert losses.ressl(q[perm], k[perm], queue).item() == pytest.approx(base, rel=1e-12)
-    assert losses.ressl(q, k, queue[torch.arange(8, -1, -1)]).item() == pytest.approx(base, rel=1e-12)
-    assert losses.ressl(2 * q, 3 * k, 0.5 * queue).item() == pytest.approx(base, rel=1e-12)
-    # a mean of per-sample terms: rows split over workers average to the whole batch
-    parts = [losses.ressl(q[i : i + 3], k[i : i + 3], queue).item() for i in (0, 3)]
-    assert sum(parts) / 2 == pytest.approx(base, rel=1e-12)
-    qq, kk = rand(6, 8, seed=155, requires_grad=True), rand(6, 8, seed=156, requires_grad=True)
-    qu = rand(16, 8, seed=157, requires_grad=True)
-    losses.ressl(qq, kk, qu).backward()
-    assert_finite_grads(qq)
-    assert kk.grad is None and qu.grad is None  # the teacher and the queue are constants
-
-
-def test_ressl_bad_inputs():
-    with pytest.raises(LossInputError, match=r"ressl: queue must have shape \[K, 4\]"):
-        losses.ressl(rand(3, 4), rand(3, 4), rand(5, 3))
-    with pytest.raises(LossInputError, match=r"ressl: q and k must have the same shape"):
-        losses.ressl(rand(3, 4), rand(2, 4), rand(5, 4))
-    with pytest.raises(LossInputError, match=r"ressl: teacher_temp must be a positive finite number"):
-        losses.ressl(rand(3, 4), rand(3, 4), rand(5, 4), teacher_temp=0.0)
-
-
-# --------------------------------------------------------------------------
-# Nearest neighbours in a support set (NNCLR, NNBYOL, NNSiam)
-# --------------------------------------------------------------------------
-
-# A hand-made support set: rows need not be unit (the lookup is by cosine), row 4 ties row 0.
-SUPPORT = [[3.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.6, 0.8], [1.0, 0.0]]
-
-
-def test_nearest_neighbour_hand():
-    # cosines: (0.9, 0.1) -> row 0 (0.994) over row 3 (0.685); (0.1, 0.9) -> row 1 (0.994) over row 3
-    # (0.861); (-1, -0.1) -> row 2; (0.5, 0.9) -> row 3 (0.991) over row 1 (0.874); (2, 0) ties rows 0 and 4
-    z = t([[0.9, 0.1], [0.1, 0.9], [-1.0, -0.1], [0.5, 0.9], [2.0, 0.0]]).requires_grad_(True)
-    nn, idx = losses.nearest_neighbour(z, t(SUPPORT))
-    assert idx.tolist() == [0, 1, 2, 3, 0]  # ties go to the lowest index
-    torch.testing.assert_close(nn, t(SUPPORT)[[0, 1, 2, 3, 0]])  # the rows as stored (row 0 is not unit)
-    assert not nn.requires_grad
-
-
-def test_nearest_neighbour_invariances():
-    z, support = rand(6, 4, seed=1), rand(10, 4, seed=2)
-    _, idx = losses.nearest_neighbour(z, support)
-    perm = torch.randperm(6, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(losses.nearest_neighbour(z[perm], support)[1], idx[perm])  # row-wise
-    scale = torch.rand(6, 1, dtype=torch.float64) + 0.1
-    assert torch.equal(losses.nearest_neighbour(z * scale, support * 2.5)[1], idx)  # cosine: scale-free
-    # a sample in the support set is its own neighbour
-    assert losses.nearest_neighbour(support[[3, 7]], support)[1].tolist() == [3, 7]
-    with pytest.raises(LossInputError, match=r"nearest_neighbour: support must have shape \[K, 4\]"):
-        losses.nearest_neighbour(z, rand(10, 3))
-
-
-def test_nnclr_hand():
-    # nn = A (the neighbours), p = B (the other view's predictions), tau = 0.1:
-    # n1.p1 = 0.6, n1.p2 = 0, n2.p1 = 0.8, n2.p2 = 1 -> logits 6, 0 / 8, 10
-    rows = [math.log(1 + E**-6), math.log(1 + E**-2)]  # -log e^6/(e^6+e^0), -log e^10/(e^8+e^10)
-    cols = [math.log(1 + E**2), math.log(1 + E**-10)]  # -log e^6/(e^6+e^8), -log e^10/(e^0+e^10)
-    got = losses.nnclr(t(A), t(B), temperature=0.1, symmetric=False)
-    assert got.item() == pytest.approx(sum(rows) / 2, rel=1e-12)
-    got = losses.nnclr(t(A), t(B), temperature=0.1)
-    assert got.item() == pytest.approx((sum(rows) + sum(cols)) / 4, rel=1e-12)
-
-
-def test_nnclr_invariances_and_gradient():
-    nn, p = rand(8, 5, seed=3, requires_grad=True), rand(8, 5, seed=4, requires_grad=True)
-    loss = losses.nnclr(nn, p, temperature=0.1)
-    perm = torch.randperm(8, generator=torch.Generator().manual_seed(1))
-    scale = torch.rand(8, 1, dtype=torch.float64) + 0.1
-    torch.testing.assert_close(losses.nnclr(nn[perm], p[perm], temperature=0.1), loss)
-    torch.testing.assert_close(losses.nnclr(nn * scale, p * scale.flip(0), temperature=0.1), loss)
-    # with the sample itself as its neighbour it is the cross-view InfoNCE term of NT-Xent (no in-view negatives)
-    z = rand(8, 5, seed=5)
-    want = F.cross_entropy(F.normalize(z, dim=1) @ F.normalize(p.detach(), dim=1).T / 0.1, torch.arange(8))
-    torch.testing.assert_close(losses.nnclr(z, p.detach(), temperature=0.1, symmetric=False), want)
-    loss.backward()
-    assert nn.grad is None  # the neighbours are constants
-    assert_finite_grads(p)
-    with pytest.raises(LossInputError, match="nnclr: temperature"):
-        losses.nnclr(nn, p, temperature=0.0)
-    with pytest.raises(LossInputError, match="nnclr: nn and p must have the same shape"):
-        losses.nnclr(rand(4, 3), rand(5, 3))
-
-
-# --------------------------------------------------------------------------
-# SupCon
-# --------------------------------------------------------------------------
-
-
-def test_supcon_hand_two_classes_four_samples():
-    # One view of 4 unit samples, labels [0, 0, 0, 1], tau = 0.5. Dot products:
-    # z0.z1 = 0.6, z0.z2 = 0, z0.z3 = -1, z1.z2 = 0.8, z1.z3 = -0.6, z2.z3 = 0.
-    z = t([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-1.0, 0.0]])
-    tau = 0.5
-    dots = {(0, 1): 0.6, (0, 2): 0.0, (0, 3): -1.0, (1, 2): 0.8, (1, 3): -0.6, (2, 3): 0.0}
-    s = lambda i, j: dots[(min(i, j), max(i, j))] / tau  # noqa: E731
-
-    def anchor(i, positives):  # -1/|P(i)| sum_p log exp(s_ip) / sum_{a != i} exp(s_ia)
-        log_den = math.log(sum(math.exp(s(i, a)) for a in range(4) if a != i))
-        return -sum(s(i, p) - log_den for p in positives) / len(positives)
-
-    # sample 3 is alone in its class: no positive, not an anchor
-    want = (anchor(0, [1, 2]) + anchor(1, [0, 2]) + anchor(2, [0, 1])) / 3
-    assert losses.supcon([z], torch.tensor([0, 0, 0, 1]), temperature=tau).item() == pytest.approx(want, rel=1e-12)
-    # labels are names: any integers, any order
-    assert losses.supcon(z[None], torch.tensor([7, 7, 7, -2]), temperature=tau).item() == pytest.approx(want, rel=1e-12)
-
-
-def test_supcon_with_every_sample_its_own_class_is_simclr():
-    z1, z2 = rand(6, 4, seed=8), rand(6, 4, seed=9)
-    got = losses.supcon([z1, z2], torch.arange(6), temperature=0.2)
-    torch.testing.assert_close(got, losses.nt_xent(z1, z2, temperature=0.2))
-
-
-def test_supcon_invariances_and_gradient():
-    z1, z2 = rand(8, 5, seed=10, requires_grad=True), rand(8, 5, seed=11, requires_grad=True)
-    y = torch.tensor([0, 1, 0, 2, 1, 1, 0, 2])
-    loss = losses.supcon([z1, z2], y, temperature=0.1)
-    perm = torch.randperm(8, generator=torch.Generator().manual_seed(2))
-    torch.testing.assert_close(losses.supcon([z1[perm], z2[perm]], y[perm], temperature=0.1), loss)
-    torch.testing.assert_close(losses.supcon([z2, z1], y, temperature=0.1), loss)  # the views' order
-    torch.testing.assert_close(losses.supcon([3 * z1, z2 * 0.5], y, temperature=0.1), loss)  # scale
-    # one class for all: every other embedding is a positive, and the loss is at its floor log(2N - 1)
-    # (cross entropy to a uniform target over the 15 others) only when all similarities are equal
-    assert losses.supcon([z1, z2], torch.zeros(8, dtype=torch.long), 0.1) > math.log(15)
-    same = torch.ones(8, 5, dtype=torch.float64)
-    assert losses.supcon([same, same], torch.zeros(8, dtype=torch.long), 0.1).item() == pytest.approx(math.log(15))
-    loss.backward()
-    assert_finite_grads(z1, z2)
-    with pytest.raises(LossInputError, match=r"supcon: labels must be an integer tensor of shape \[8\]"):
-        losses.supcon([z1, z2], torch.zeros(8), 0.1)
-    with pytest.raises(LossInputError, match="supcon: no anchor has a positive"):
-        losses.supcon([z1], torch.arange(8), 0.1)
-    with pytest.raises(LossInputError, match="supcon: temperature"):
-        losses.supcon([z1, z2], y, temperature=0.0)
-
-
-# --------------------------------------------------------------------------
-# SwAV: Sinkhorn-Knopp codes, swapped prediction
-# --------------------------------------------------------------------------
-
-
-def test_sinkhorn_hand_2x2_one_iteration():
-    # exp(scores / eps) = M = [[2, 1], [1, 1]] (rows: samples, columns: prototypes), B = K = 2.
-    # Q = M^T / 5; prototype rows sum to 3/5 and 2/5 -> divided by them and by K:
-    #   proto 0: [1/3, 1/6], proto 1: [1/4, 1/4]; sample columns sum to 7/12 and 5/12 -> divided
-    #   by them and by B, times B: sample 0 = [4/7, 3/7], sample 1 = [2/5, 3/5].
-    for eps in (1.0, 0.05):
-        scores = eps * torch.log(t([[2.0, 1.0], [1.0, 1.0]]))
-        q = losses.sinkhorn_knopp(scores, iterations=1, epsilon=eps)
-        torch.testing.assert_close(q, t([[4 / 7, 3 / 7], [2 / 5, 3 / 5]]))
-    # every sample's code sums to 1 exactly; the prototypes' mass (34/35, 36/35) is only near B/K = 1
-    torch.testing.assert_close(q.sum(dim=1), t([1.0, 1.0]))
-    torch.testing.assert_close(q.sum(dim=0), t([34 / 35, 36 / 35]))
-
-
-def test_sinkhorn_converges_to_the_doubly_stochastic_scaling_3x3():
-    # M = D1 P D2 with P doubly stochastic: Sinkhorn's scaling of M is unique, so it converges to P
-    # (rows sum to 1 and prototype columns to B/K = 1).
-    p = t([[0.5, 0.25, 0.25], [0.25, 0.5, 0.25], [0.25, 0.25, 0.5]])
-    m = torch.diag(t([1.0, 2.0, 3.0])) @ p @ torch.diag(t([1.0, 4.0, 0.5]))
-    q = losses.sinkhorn_knopp(torch.log(m), iterations=500, epsilon=1.0)
-    torch.testing.assert_close(q, p)
-    # B = 4 samples, K = 2 prototypes: marginals 1 per sample, B/K = 2 per prototype
-    q = losses.sinkhorn_knopp(rand(4, 2, seed=1), iterations=500, epsilon=0.5)
-    torch.testing.assert_close(q.sum(dim=1), torch.ones(4, dtype=torch.float64))
-    torch.testing.assert_close(q.sum(dim=0), torch.full((2,), 2.0, dtype=torch.float64))
-    assert bool((q > 0).all())
-
-
-def test_sinkhorn_invariances():
-    scores = rand(6, 4, seed=2) * 0.3
-    q = losses.sinkhorn_knopp(scores)  # paper defaults: 3 iterations, epsilon 0.05
-    # a shift per prototype (column) or of everything is absorbed by the normalisations, at any iteration
-    shift = t([0.1, -0.2, 0.3, 0.05])
-    torch.testing.assert_close(losses.sinkhorn_knopp(scores + shift), q)
-    torch.testing.assert_close(losses.sinkhorn_knopp(scores + 1.5), q)
-    # equivariant to the order of the samples and of the prototypes
-    perm, kperm = torch.tensor([3, 0, 5, 1, 4, 2]), torch.tensor([2, 0, 3, 1])
-    torch.testing.assert_close(losses.sinkhorn_knopp(scores[perm]), q[perm])
-    torch.testing.assert_close(losses.sinkhorn_knopp(scores[:, kperm]), q[:, kperm])
-    # no gradient flows into the codes
-    assert not losses.sinkhorn_knopp(rand(6, 4, requires_grad=True)).requires_grad
-
-
-def test_sinkhorn_all_reduce_sums_over_the_global_batch():
-    """Two threads with half the batch each, whose reductions add both halves' partial sums
-    (an all-reduce), compute the whole batch's codes; B is the global batch (8, not 4)."""
-    import threading
-
-    scores = rand(8, 5, seed=3) * 0.5
-    want = losses.sinkhorn_knopp(scores)
-    halves = scores.chunk(2)
-    barrier = threading.Barrier(2, timeout=10)
-    slots: list = [None, None]
-    got: list = [None, None]
-
-    def worker(rank):
-        def all_reduce_sum(x):
-            slots[rank] = x
-            barrier.wait()
-            total = slots[0] + slots[1]
-            barrier.wait()  # both have read before either writes its next partial sum
-            return total
-
-        got[rank] = losses.sinkhorn_knopp(halves[rank], all_reduce_sum=all_reduce_sum)
-
-    threads = [threading.Thread(target=worker, args=(r,)) for r in (0, 1)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    torch.testing.assert_close(torch.cat(got), want)
-    # without the reduction each half is balanced on its own: different codes
-    assert not torch.allclose(torch.cat([losses.sinkhorn_knopp(h) for h in halves]), want)
-
-
-def test_swav_swapped_prediction_hand():
-    # two crops, one sample, tau = 0.1; scores tau*log([1, 3]) and [0, 0]:
-    #   p_0 = [1/4, 3/4], p_1 = [1/2, 1/2]; codes q_0 = [1, 0], q_1 = [1/2, 1/2]
-    #   L = 1/2 [H(q_0, p_1) + H(q_1, p_0)] = 1/2 [log 2 + (log 4 - log(3/4)) / 2]
-    s0 = 0.1 * torch.log(t([[1.0, 3.0]]))
-    s1 = t([[0.0, 0.0]])
-    q0, q1 = t([[1.0, 0.0]]), t([[0.5, 0.5]])
-    want = 0.5 * (math.log(2) + 0.5 * (math.log(4) - math.log(3 / 4)))
-    assert losses.swav([s0, s1], [q0, q1], temperature=0.1).item() == pytest.approx(want)
-
-
-def test_swav_multicrop_hand_two_globals_one_local():
-    # 2 global crops (codes) + 1 local crop, one sample: every code is predicted by the 2 other crops
-    #   L = 1/2 [ (H(q_0, p_1) + H(q_0, p_2)) / 2 + (H(q_1, p_0) + H(q_1, p_2)) / 2 ]
-    # p_0 = [1/4, 3/4], p_1 = [1/2, 1/2], p_2 = [4/5, 1/5]; q_0 = [1, 0], q_1 = [0, 1]
-    s = [0.1 * torch.log(t([[1.0, 3.0]])), t([[0.0, 0.0]]), 0.1 * torch.log(t([[4.0, 1.0]]))]
-    q = [t([[1.0, 0.0]]), t([[0.0, 1.0]])]
-    want = 0.5 * ((math.log(2) + math.log(5 / 4)) / 2 + (math.log(4 / 3) + math.log(5)) / 2)
-    assert losses.swav(s, q, temperature=0.1).item() == pytest.approx(want)
-
-
-def test_swav_formula_on_a_batch_and_gradient():
-    scores = [rand(5, 4, seed=i, requires_grad=True) for i in range(4)]
-    codes = [losses.sinkhorn_knopp(s) for s in scores[:2]]
-    loss = losses.swav(scores, codes, temperature=0.2)
-    want = 0.0
-    for i, q in enumerate(codes):
-        terms = [-(q * F.log_softmax(scores[v] / 0.2, dim=1)).sum(dim=1).mean() for v in range(4) if v != i]
-        want = want + sum(terms) / 3
-    torch.testing.assert_close(loss, want / 2)
-    loss.backward()
-    assert_finite_grads(*scores)
-    # a constant added to a crop's scores changes nothing (softmax)
-    shifted = [s.detach() + 1.0 for s in scores]
-    torch.testing.assert_close(losses.swav(shifted, codes, temperature=0.2), loss.detach())
-
-
-def test_swav_and_sinkhorn_bad_inputs():
-    with pytest.raises(LossInputError, match="swav: needs at least two crops"):
-        losses.swav([rand(4, 3)], [rand(4, 3)])
-    with pytest.raises(LossInputError, match=r"swav: every crop and code must have shape \(4, 3\)"):
-        losses.swav([rand(4, 3), rand(4, 3)], [rand(4, 2)])
-    with pytest.raises(LossInputError, match="swav: temperature"):
-        losses.swav([rand(4, 3), rand(4, 3)], [rand(4, 3)], temperature=0.0)
-    with pytest.raises(LossInputError, match="sinkhorn_knopp: epsilon"):
-        losses.sinkhorn_knopp(rand(4, 3), epsilon=-1.0)
-    with pytest.raises(LossInputError, match="sinkhorn_knopp: iterations"):
-        losses.sinkhorn_knopp(rand(4, 3), iterations=0)
-    with pytest.raises(LossInputError, match="sinkhorn_knopp: scores must have 2 dimensions"):
-        losses.sinkhorn_knopp(rand(4))
-
-
-# --------------------------------------------------------------------------
 # DeepCluster v2: spherical k-means, cross-entropy to the assignments
 # --------------------------------------------------------------------------
 
@@ -1619,3 +1561,61 @@ def test_deepclusterv2_and_kmeans_bad_inputs():
         losses.deepclusterv2([[rand(4, 3)]], torch.tensor([[0, 1, 2, 3]]))
     with pytest.raises(LossInputError, match="deepclusterv2: temperature"):
         losses.deepclusterv2([[rand(4, 3)]], torch.zeros(1, 4, dtype=torch.long), temperature=0.0)
+
+
+# --------------------------------------------------------------------------
+# ReSSL
+# --------------------------------------------------------------------------
+
+
+def test_ressl_hand():
+    # queue (1, 0), (0, 1); teacher k = (1, 0) at tau_t = 0.5: logits (2, 0), p_t = (e^2, 1) / (e^2 + 1);
+    # student q = (0.6, 0.8) at tau_s = 1: log p_s = (0.6, 0.8) - log(e^0.6 + e^0.8).
+    queue = t([[1.0, 0.0], [0.0, 1.0]])
+    pt = [E**2 / (E**2 + 1), 1 / (E**2 + 1)]
+    lse = math.log(math.exp(0.6) + math.exp(0.8))
+    want = -(pt[0] * (0.6 - lse) + pt[1] * (0.8 - lse))
+    got = losses.ressl(t([[0.6, 0.8]]), t([[1.0, 0.0]]), queue, student_temp=1.0, teacher_temp=0.5)
+    assert got.item() == pytest.approx(want, rel=1e-12)
+    # rows are averaged: a second sample with q = k = (0, 1) adds H(p, p) = the entropy of softmax(0, 1/0.5)
+    p = [1 / (1 + E**2), E**2 / (1 + E**2)]
+    entropy = -sum(x * math.log(x) for x in p)
+    got = losses.ressl(t([[0.6, 0.8], [0.0, 1.0]]), t([[1.0, 0.0], [0.0, 1.0]]), queue, 0.5, 0.5)
+    first = -(pt[0] * (1.2 - math.log(math.exp(1.2) + math.exp(1.6))) + pt[1] * (1.6 - math.log(
+        math.exp(1.2) + math.exp(1.6))))
+    assert got.item() == pytest.approx((first + entropy) / 2, rel=1e-12)
+
+
+def test_ressl_is_stationary_when_the_student_matches_the_teacher():
+    # equal temperatures and q = k: the student's distribution is the target, the cross entropy
+    # is at its minimum over the logits, so no gradient reaches q
+    k, queue = rand(5, 4, seed=150), rand(9, 4, seed=151)
+    q = k.clone().requires_grad_(True)
+    losses.ressl(q, k, queue, student_temp=0.1, teacher_temp=0.1).backward()
+    torch.testing.assert_close(q.grad, torch.zeros_like(q), rtol=0, atol=1e-12)
+
+
+def test_ressl_invariances_and_gradient():
+    q, k, queue = rand(6, 4, seed=152), rand(6, 4, seed=153), rand(9, 4, seed=154)
+    base = losses.ressl(q, k, queue).item()
+    perm = torch.tensor([5, 3, 1, 0, 2, 4])
+    assert losses.ressl(q[perm], k[perm], queue).item() == pytest.approx(base, rel=1e-12)
+    assert losses.ressl(q, k, queue[torch.arange(8, -1, -1)]).item() == pytest.approx(base, rel=1e-12)
+    assert losses.ressl(2 * q, 3 * k, 0.5 * queue).item() == pytest.approx(base, rel=1e-12)
+    # a mean of per-sample terms: rows split over workers average to the whole batch
+    parts = [losses.ressl(q[i : i + 3], k[i : i + 3], queue).item() for i in (0, 3)]
+    assert sum(parts) / 2 == pytest.approx(base, rel=1e-12)
+    qq, kk = rand(6, 8, seed=155, requires_grad=True), rand(6, 8, seed=156, requires_grad=True)
+    qu = rand(16, 8, seed=157, requires_grad=True)
+    losses.ressl(qq, kk, qu).backward()
+    assert_finite_grads(qq)
+    assert kk.grad is None and qu.grad is None  # the teacher and the queue are constants
+
+
+def test_ressl_bad_inputs():
+    with pytest.raises(LossInputError, match=r"ressl: queue must have shape \[K, 4\]"):
+        losses.ressl(rand(3, 4), rand(3, 4), rand(5, 3))
+    with pytest.raises(LossInputError, match=r"ressl: q and k must have the same shape"):
+        losses.ressl(rand(3, 4), rand(2, 4), rand(5, 4))
+    with pytest.raises(LossInputError, match=r"ressl: teacher_temp must be a positive finite number"):
+        losses.ressl(rand(3, 4), rand(3, 4), rand(5, 4), teacher_temp=0.0)
