@@ -104,6 +104,12 @@ def _check_positive(fn: str, name: str, value: float) -> None:
         raise LossInputError(f"{fn}: {name} must be a positive finite number, got {value!r}")
 
 
+def _check_non_negative(fn: str, **values: float) -> None:
+    for name, value in values.items():
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise LossInputError(f"{fn}: {name} must be a non-negative number, got {value!r}")
+
+
 def _check_fraction(fn: str, name: str, value: float, low_open: bool = False) -> None:
     ok = isinstance(value, (int, float)) and (0 < value <= 1 if low_open else 0 <= value <= 1)
     if not ok:
@@ -694,8 +700,7 @@ def barlow_twins(z1: Tensor, z2: Tensor, lambd: float = 0.0051) -> Tensor:
     """
     fn = "barlow_twins"
     _check_pair(fn, z1, z2)
-    if not (isinstance(lambd, (int, float)) and math.isfinite(lambd) and lambd >= 0):
-        raise LossInputError(f"{fn}: lambd must be a non-negative number, got {lambd!r}")
+    _check_non_negative(fn, lambd=lambd)
     n = z1.shape[0]
     c = _standardize(z1).T @ _standardize(z2) / n
     on_diag = (torch.diagonal(c) - 1.0).pow(2).sum()
@@ -748,8 +753,7 @@ def mixed_barlow_regularizer(
     _check_pair(fn, z1, z2)
     _check_pair(fn, z1, z_mixed, names=("z1", "z_mixed"))
     _check_fraction(fn, "mix_lambda", mix_lambda)
-    if not (isinstance(lambd, (int, float)) and math.isfinite(lambd) and lambd >= 0):
-        raise LossInputError(f"{fn}: lambd must be a non-negative number, got {lambd!r}")
+    _check_non_negative(fn, lambd=lambd)
     n = z1.shape[0]
     if perm is not None:
         _check_tensor(fn, "perm", perm, 1)
@@ -800,9 +804,7 @@ def vicreg(
     """
     fn = "vicreg"
     _check_pair(fn, z1, z2)
-    for name, value in (("sim_weight", sim_weight), ("var_weight", var_weight), ("cov_weight", cov_weight)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-            raise LossInputError(f"{fn}: {name} must be a non-negative number, got {value!r}")
+    _check_non_negative(fn, sim_weight=sim_weight, var_weight=var_weight, cov_weight=cov_weight)
     _check_positive(fn, "eps", eps)
     x, y = _float(z1), _float(z2)
     n, d = x.shape
@@ -1422,8 +1424,7 @@ def iternorm(x: Tensor, num_groups: int = 64, iterations: int = 5, eps: float = 
         raise LossInputError(f"{fn}: num_groups must divide the width {d}, got {num_groups!r}")
     if not (isinstance(iterations, int) and iterations >= 1):
         raise LossInputError(f"{fn}: iterations must be an int >= 1, got {iterations!r}")
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
-        raise LossInputError(f"{fn}: eps must be a non-negative number, got {eps!r}")
+    _check_non_negative(fn, eps=eps)
     xf = _float(x)
     # the Newton iteration in (at least) float32 also under bf16 autocast: its matmuls would round to 8 bits
     with torch.autocast(device_type=x.device.type, enabled=False):
@@ -1470,9 +1471,7 @@ def vibcreg(
     """
     fn = "vibcreg"
     _check_pair(fn, z1, z2)
-    for name, value in (("sim_weight", sim_weight), ("var_weight", var_weight), ("cov_weight", cov_weight)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-            raise LossInputError(f"{fn}: {name} must be a non-negative number, got {value!r}")
+    _check_non_negative(fn, sim_weight=sim_weight, var_weight=var_weight, cov_weight=cov_weight)
     _check_positive(fn, "eps", eps)
     x, y = _float(z1), _float(z2)
     d = x.shape[1]
