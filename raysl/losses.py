@@ -1051,13 +1051,8 @@ def msbreg(
     zs = _stack_views(fn, "z", z, min_views=1, min_batch=1)
     if ps.shape != zs.shape:
         raise LossInputError(f"{fn}: p and z must have the same shape, got {_shape(ps)} and {_shape(zs)}")
-    for name, value in (
-        ("centroid_weight", centroid_weight),
-        ("singular_weight", singular_weight),
-        ("brownian_weight", brownian_weight),
-    ):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-            raise LossInputError(f"{fn}: {name} must be a non-negative number, got {value!r}")
+    _check_non_negative(fn, centroid_weight=centroid_weight, singular_weight=singular_weight,
+                        brownian_weight=brownian_weight)
     total = centroid_weight * multiview_centroid_loss(ps, zs)
     if singular_weight:
         total = total + singular_weight * singular_value_loss(ps)
