@@ -248,6 +248,24 @@ class SupConConfig(Section):
     temperature: Temperature = 0.1
 
 
+class MAEConfig(Section):
+    # He et al. 2022: mask 75%, per-patch normalised pixel targets; the decoder (paper: 512 wide, 8 blocks)
+    # is small here for the small images
+    name: Literal["mae"] = "mae"
+    mask_ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.75
+    decoder_dim: Annotated[int, Field(ge=8)] = 128
+    decoder_depth: Annotated[int, Field(ge=1, le=16)] = 2
+    decoder_heads: Annotated[int, Field(ge=1)] = 4  # must divide decoder_dim
+    norm_pix_loss: bool = True
+    num_views: Literal[1] = 1  # one view: the un-jittered crop (model.backbone must be vit_tiny)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "MAEConfig":
+        if self.decoder_dim % self.decoder_heads:
+            raise ValueError(f"decoder_heads ({self.decoder_heads}) must divide decoder_dim ({self.decoder_dim})")
+        return self
+
+
 MethodConfig = Annotated[
     Union[
         SimCLRConfig,
@@ -270,6 +288,7 @@ MethodConfig = Annotated[
         NNBYOLConfig,
         NNSiamConfig,
         SupConConfig,
+        MAEConfig,
         MoCoV3Config,
         WMSEConfig,
         VIbCRegConfig,
@@ -554,6 +573,8 @@ class RunConfig(Section):
                     "narrower range"
                 )
         model = self.model
+        if self.method.name == "mae" and model.backbone != "vit_tiny":
+            raise ValueError(f"mae needs model.backbone: vit_tiny (got {model.backbone!r})")
         if model.backbone == "vit_tiny":
             for key, size in (("model.vit_image_size", model.vit_image_size), ("data.crop_size", self.data.crop_size)):
                 if size is not None and size < model.patch_size:

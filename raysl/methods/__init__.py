@@ -14,6 +14,7 @@ from raysl.methods.deepclusterv2 import DeepClusterV2
 from raysl.methods.dino import DINO
 from raysl.methods.directpred import DirectPred
 from raysl.methods.isogclr import ISogCLR
+from raysl.methods.mae import MAE
 from raysl.methods.mixed_barlow import MixedBarlowTwins
 from raysl.methods.moco import MoCo
 from raysl.methods.mocov3 import MoCoV3
@@ -56,6 +57,7 @@ METHODS: dict[str, type[Method]] = {
     "nnbyol": NNBYOL,
     "nnsiam": NNSiam,
     "supcon": SupCon,
+    "mae": MAE,
 }
 
 
