@@ -70,7 +70,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
         ray.shutdown()
-    print(f"\n| method | kNN acc (k=20) | RankMe | status | minutes |\n|---|---|---|---|---|")
+    print("\n| method | kNN acc (k=20) | RankMe | status | minutes |\n|---|---|---|---|---|")
     for r in rows:
         knn = f"{r['knn_acc']:.3f}" if r["knn_acc"] is not None else "-"
         rank = f"{r['rankme']:.1f}" if r["rankme"] is not None else "-"

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from raysl.config import RunConfig
 from raysl import storage
-from raysl.errors import (ConfigError, DataError, Interrupted, RayslError, StorageError, TrainingError,
+from raysl.errors import (ConfigError, Interrupted, RayslError, StorageError, TrainingError,
                           WorkerDiedError)
 from raysl.progress import EPOCH_FIELDS, epoch_line
 

@@ -454,7 +454,6 @@ def postgres():
 
 @pytest.mark.slow
 def test_study_in_postgresql(head, tmp_path, postgres, capsys):
-    import optuna
 
     from raysl.cli import main
 
