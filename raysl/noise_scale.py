@@ -8,10 +8,13 @@ step is cut into ``pieces`` equal parts, each part's gradient ``g_i`` is taken
 on its own (batch ``b / pieces``), and their mean is the gradient of the whole
 batch (batch ``b``) exactly when the loss is a mean of per-sample terms.
 
-Measured by :func:`measure_noise_scale` on rank 0 with the unwrapped method
-(no collective: DDP's gradient hooks only fire inside a DDP forward), after
-the epoch's last optimizer step, on that step's views: one extra forward and
-backward over one batch per eval epoch. Everything the extra passes touch is
+Measured by :func:`measure_noise_scale` with the unwrapped method (DDP's
+gradient hooks only fire inside a DDP forward, so the pieces' gradients stay
+local), after the epoch's last optimizer step, on that step's views: one
+extra forward and backward over one batch per eval epoch. Every rank measures
+its own share of the batch in step with the others (a method's forward may
+gather or all-reduce: DINO's centre, MoCo's keys); rank 0's figures are
+logged. Everything the extra passes touch is
 put back: the parameters' gradients and every buffer (BatchNorm running
 statistics, queues, per-sample state), so training goes on as if nothing
 happened.

@@ -513,10 +513,16 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
             "status": "running",
         }
         last = epoch + 1 == cfg.optim.epochs
-        if eval_set is not None and ((epoch + 1) % cfg.eval.every_epochs == 0 or last):
-            if steps_done and noise_scale.wanted(cfg.eval.noise_scale, method):
-                with autocast:  # the epoch's last step's views, cut into pieces (raysl.noise_scale), in train mode
-                    metrics.update(noise_scale.measure_noise_scale(method, crops, indices))
+        evaluating = (epoch + 1) % cfg.eval.every_epochs == 0 or last
+        if evaluating and steps_done and noise_scale.wanted(cfg.eval.noise_scale, method):
+            # the epoch's last step's views, cut into pieces (raysl.noise_scale), in train mode; on every
+            # rank in step, because a method's forward may gather or all-reduce (DINO's centre, MoCo's
+            # keys); each rank measures its own share of the batch and rank 0's figures are reported
+            with autocast:
+                found = noise_scale.measure_noise_scale(method, crops, indices)
+            if rank == 0:
+                metrics.update(found)
+        if eval_set is not None and evaluating:
             metrics.update(evaluate_method(method, eval_set, cfg, norm, views, gen))
         collapsed = bool(metrics.pop("collapsed", False))
         if last:
