@@ -273,7 +273,8 @@ def embed_views(method, images: torch.Tensor, cfg: RunConfig, norm: dict, batch:
 
 
 @torch.no_grad()
-def evaluate_method(method, eval_set: EvalSet, cfg: RunConfig, norm: dict, views, gen: torch.Generator) -> dict[str, float]:
+def evaluate_method(method, eval_set: EvalSet, cfg: RunConfig, norm: dict, views,
+                    gen: torch.Generator) -> dict[str, float]:
     """kNN (k=20 and 200, cosine, temperature-weighted), RankMe, alpha-ReQ, LiDAR, alignment/uniformity,
     collapse.
 

@@ -213,7 +213,8 @@ def test_elastic_batch_must_split_evenly_over_every_worker_count():
     with pytest.raises(ConfigError) as err:
         _config(num_workers=[1, 4])
     assert ("optim.batch_size (256) is the global batch and must split evenly over every worker count in "
-            "scale.num_workers [1, 4], but not over 3 workers; use a multiple of 12 (e.g. 252 or 264)") in str(err.value)
+            "scale.num_workers [1, 4], but not over 3 workers; use a multiple of 12 (e.g. 252 or 264)"
+            ) in str(err.value)
     assert build_config({"scale": {"num_workers": [1, 4]}, "optim": {"batch_size": 264}}).scale.max_workers == 4
     with pytest.raises(ConfigError, match=r"must be at least 2 per worker \(4 workers\)"):  # the max counts
         build_config({"scale": {"num_workers": [2, 4]}, "optim": {"batch_size": 4}})
