@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from raysl import distributed, losses
 from raysl.methods.base import EMATeacherMethod
+from raysl.methods.support import write_ring
 
 
 class MoCo(EMATeacherMethod):
@@ -63,8 +64,4 @@ class MoCo(EMATeacherMethod):
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
         """Write ``keys`` at the pointer, wrapping around the end; keeps the newest if more than fit."""
-        size = self.queue.shape[0]
-        keys = F.normalize(keys.detach().float(), dim=1)[-size:]
-        slots = (self.queue_ptr + torch.arange(keys.shape[0], device=self.queue.device)) % size
-        self.queue[slots] = keys.to(self.queue.dtype)
-        self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
+        write_ring(self.queue, self.queue_ptr, keys)

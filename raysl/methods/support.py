@@ -63,9 +63,18 @@ class SupportQueue(nn.Module):
     @torch.no_grad()
     def push(self, z: torch.Tensor) -> None:
         """Write the unit rows of ``z`` at the pointer, wrapping around the end; keeps the newest if more than fit."""
-        size = self.queue.shape[0]
-        z = F.normalize(z.detach().float(), dim=1)[-size:]
-        slots = (self.ptr + torch.arange(z.shape[0], device=self.queue.device)) % size
-        self.queue[slots] = z.to(self.queue.dtype)
-        self.ptr.copy_((self.ptr + z.shape[0]) % size)
-        self.filled.copy_(torch.clamp(self.filled + z.shape[0], max=size))
+        written = write_ring(self.queue, self.ptr, z)
+        self.filled.copy_(torch.clamp(self.filled + written, max=self.queue.shape[0]))
+
+
+@torch.no_grad()
+def write_ring(queue: torch.Tensor, ptr: torch.Tensor, rows: torch.Tensor) -> int:
+    """Write the L2-normalised ``rows`` into the ring buffer ``queue`` at ``ptr`` (advanced in place), wrapping
+    around the end; only the newest ``len(queue)`` rows when more are given. Returns the rows written.
+    Shared by the support queue and MoCo's key queue."""
+    size = queue.shape[0]
+    rows = F.normalize(rows.detach().float(), dim=1)[-size:]
+    slots = (ptr + torch.arange(rows.shape[0], device=queue.device)) % size
+    queue[slots] = rows.to(queue.dtype)
+    ptr.copy_((ptr + rows.shape[0]) % size)
+    return rows.shape[0]
