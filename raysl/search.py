@@ -426,7 +426,7 @@ def _search_and_scheduler(space: SearchSpace, objectives, num_samples: int, max_
         mutations = {p.key: p.tune_domain() for p in space.params}
         scheduler = PopulationBasedTraining(
             time_attr="epoch", perturbation_interval=interval, hyperparam_mutations=mutations,
-            quantile_fraction=0.25, resample_probability=0.25,
+            quantile_fraction=0.25, resample_probability=0.25, synch=space.tune.synch,
         )
         searcher = BasicVariantGenerator(
             points_to_evaluate=[base_point] if base_point else None, random_state=space.tune.seed,

@@ -214,6 +214,9 @@ class TuneSettings(BaseModel):
     grace_period: int | None = Field(None, ge=1)  # ASHA, in epochs; default eval.every_epochs
     reduction_factor: float = Field(3.0, gt=1.0)  # ASHA
     perturbation_interval: int | None = Field(None, ge=1)  # PBT, in epochs
+    # PBT: every trial waits at each perturbation point and the bottom quantile clones the top together
+    # (Ray's synch=True): reproducible exploits at the cost of the slowest trial's pace; default asynchronous
+    synch: bool = False
     startup_trials: int | None = Field(None, ge=1)  # TPE/GP random trials before modelling
     max_failures: int = Field(2, ge=0)  # restarts of a trial (and of its Train workers) after a crash
     budget_epochs: int | None = Field(None, ge=1)  # end the search once its trials trained this many epochs
@@ -559,6 +562,8 @@ def _check_tune(space: SearchSpace) -> None:
                               "first evaluation; raise grace_period or evaluate more often")
     if t.perturbation_interval is not None and scheduler != "pbt":
         raise ConfigError(f"{source}: tune.perturbation_interval is for scheduler: pbt (got {scheduler})")
+    if t.synch and scheduler != "pbt":
+        raise ConfigError(f"{source}: tune.synch is for scheduler: pbt (got {scheduler})")
     if sampler == "grid":
         if space.conditional:
             raise ConfigError(f"{source}: sampler: grid cannot search conditional (when:) spaces; use tpe or random")

@@ -139,9 +139,14 @@ def test_pbt_clone_of_a_multi_worker_trial_continues_from_the_donors_weights(hea
     space = write_space(
         tmp_path / "pbt2.yaml",
         {"optim.lr": {"loguniform": [1e-4, 1e-2]}},
-        # 2 trials: PBT's quantile (0.25 of 2 rounds up to 1) makes the worse one clone the better
-        # one at every perturbation where both have a score and the better one a checkpoint
-        {"scheduler": "pbt", "perturbation_interval": 1, "num_samples": 2, "max_concurrent": 2, "seed": 3},
+        # 2 trials: PBT's quantile (0.25 of 2 rounds up to 1) makes the worse one clone the better one at
+        # every perturbation where both have a score and the better one a checkpoint. Synchronous PBT: both
+        # trials wait at the end of each epoch and are compared there, so the first clone is certain to
+        # happen after epoch 1, with epochs left to train (asynchronous PBT compares a trial with the other's
+        # latest score when it reports, so which clones happen depends on which trial reports first; in a
+        # CI run on a loaded machine its only clone was of a finished checkpoint)
+        {"scheduler": "pbt", "perturbation_interval": 1, "num_samples": 2, "max_concurrent": 2, "seed": 3,
+         "synch": True},
         base_edits={"scale.num_workers": 2, "scale.cpus_per_worker": 1, "model.width": 4, "optim.batch_size": 32,
                     "optim.epochs": EPOCHS, "eval.every_epochs": 1, "eval.stop_on_collapse": False,
                     # lr = the peak after warm-up: a cosine to 0 would make every config's last lr the same
@@ -156,10 +161,10 @@ def test_pbt_clone_of_a_multi_worker_trial_continues_from_the_donors_weights(hea
     done = run_raysl(head, ["tune", str(space), "--storage", str(storage)])
     assert done.returncode == 0, explain(done)
     assert final_json(done.stdout)["statuses"] == {"finished": 2}, explain(done)
-    check_pbt_experiment(storage / "pbt2", text["base"], tmp_path / "report", explain(done))
+    check_pbt_experiment(storage / "pbt2", text["base"], tmp_path / "report", explain(done), synchronous=True)
 
 
-def check_pbt_experiment(experiment: Path, base: dict, report: Path, log: str = "") -> None:
+def check_pbt_experiment(experiment: Path, base: dict, report: Path, log: str = "", synchronous: bool = False) -> None:
     """What a PBT search of 2 multi-worker trials left: pointers, clones, fingerprints, lr, analyze."""
     import torch  # noqa: F401 - load_state below
 
@@ -229,6 +234,8 @@ def check_pbt_experiment(experiment: Path, base: dict, report: Path, log: str = 
         assert reported["lr"] != pytest.approx(_lr_of(entry["donor_config"], base, step, epoch), rel=1e-6)
         checked += 1
     assert checked, f"every clone took a finished checkpoint: {clones}"
+    if synchronous:  # compared at the end of epoch 1 with both scores in: the worse one cloned the better one there
+        assert min(entry["epoch"] for _, entry in clones) == 1, clones
 
     # raysl analyze: a lineage table in the report, the clones in the summary
     summary = analyze([str(experiment)], str(report))

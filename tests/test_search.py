@@ -211,6 +211,7 @@ TEMPERATURE = {"loguniform": [0.05, 1.0]}
         (LR, {"scheduler": "pbt", "sampler": "tpe"},
          "tune.sampler: tpe cannot be used with scheduler: pbt; "
          "Ray Tune cannot combine PopulationBasedTraining with a search algorithm"),
+        (LR, {"scheduler": "asha", "synch": True}, "tune.synch is for scheduler: pbt (got asha)"),
         (LR, {"schedular": "asha"}, "tune: unknown key 'schedular'; allowed: num_samples"),
         (LR, {"sampler": "bayes"},
          "tune.sampler: 'bayes' is not allowed; expected 'tpe', 'cmaes', 'random', 'grid', 'gp' or 'nsga2'"),
@@ -219,7 +220,7 @@ TEMPERATURE = {"loguniform": [0.05, 1.0]}
          "unknown key 'method.temperature'"),
     ],
     ids=["distribution", "unknown-key", "low>=high", "log-zero", "negative-temperature", "pbt+sampler",
-         "tune-key", "sampler", "method-knob-outside-its-branch"],
+         "synch-without-pbt", "tune-key", "sampler", "method-knob-outside-its-branch"],
 )
 def test_invalid_space_fails_before_ray(tmp_path, capsys, search, tune, expected):
     import ray
