@@ -527,7 +527,10 @@ class EvalConfig(Section):
     lidar_images: Annotated[int, Field(ge=0)] = 500
     lidar_views: Annotated[int, Field(ge=2)] = 8
     lidar_delta: Annotated[float, Field(gt=0.0)] = 1e-4  # S_w regulariser, relative to the mean feature variance
-    linear_probe: bool = False  # offline probe at the end of training
+    # linear probe at each evaluation (linear_acc): logistic regression on the memory bank's frozen backbone
+    # features (raysl.evaluate.linear_probe_accuracy, 100 epochs of Adam), tested on the val split; the
+    # fairer measure for encoders whose features kNN reads poorly (MAE)
+    linear_probe: bool = False
     stop_on_collapse: bool = True
     # gradient noise scale B_simple at each evaluation (raysl.noise_scale); None = auto: only for
     # methods whose loss is a mean of per-sample terms (unbiased there)

@@ -30,7 +30,7 @@ from raysl.data.stream import TrainBatches
 from raysl.data.subset import train_rows as subset_train_rows
 from raysl.divergence import DivergenceWatch
 from raysl.errors import CheckpointError, CollapsedError
-from raysl.evaluate import alignment, evaluate_features, is_collapsed, lidar
+from raysl.evaluate import alignment, evaluate_features, is_collapsed, lidar, linear_probe_accuracy
 from raysl.methods import build_method
 from raysl.optim import build_optimizer, set_lr_and_wd
 from raysl.progress import StepTicker
@@ -276,7 +276,7 @@ def embed_views(method, images: torch.Tensor, cfg: RunConfig, norm: dict, batch:
 def evaluate_method(method, eval_set: EvalSet, cfg: RunConfig, norm: dict, views,
                     gen: torch.Generator) -> dict[str, float]:
     """kNN (k=20 and 200, cosine, temperature-weighted), RankMe, alpha-ReQ, LiDAR, alignment/uniformity,
-    collapse.
+    collapse, and with ``eval.linear_probe`` the linear probe's accuracy (``linear_acc``).
 
     Protocol: features of the un-augmented train subset are the memory bank,
     the val split is classified; ``knn_acc`` uses backbone features with k=20.
@@ -292,6 +292,10 @@ def evaluate_method(method, eval_set: EvalSet, cfg: RunConfig, norm: dict, views
             train[feature], eval_set.train_y, val[feature], eval_set.val_y, ks=tuple(cfg.eval.knn_k),
         )
         metrics.update({prefix + k: v for k, v in found.items()})
+    if cfg.eval.linear_probe and eval_set.train_y is not None and eval_set.val_y is not None:
+        # logistic regression on the memory bank's frozen backbone features, tested on the val split
+        metrics["linear_acc"] = linear_probe_accuracy(train["backbone"], eval_set.train_y, val["backbone"],
+                                                      eval_set.val_y, seed=cfg.seed)
     # alignment: two augmented views of the same val images (Wang & Isola), backbone features
     sample = eval_set.val_x[:1024]
     v1, v2 = make_views(sample, views, 2, generator=gen, **norm)

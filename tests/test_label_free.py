@@ -379,3 +379,32 @@ def test_every_evaluation_reports_alpha_req_and_lidar(digits_dir):
     assert more["lidar"] != first["lidar"]
     off = initial_metrics(load_config(quickstart, ["model.width=4", "eval.lidar_images=0"]), digits_dir)
     assert "lidar" not in off and "projector_lidar" not in off
+
+
+def test_linear_probe_is_reported_at_an_evaluation_when_asked(digits_dir):
+    """``eval.linear_probe``: ``linear_acc`` is the probe of raysl.evaluate on the evaluated network's
+    frozen backbone features (memory bank -> val split), computed here independently from the same network."""
+    import torch
+
+    from conftest import REPO
+    from raysl.config import load_config
+    from raysl.data.shards import load_manifest
+    from raysl.evaluate import linear_probe_accuracy
+    from raysl.train import build_run_method, embed_all, initial_metrics, input_norm, load_eval_set
+
+    quickstart = REPO / "search_spaces" / "quickstart.yaml"
+    cfg = load_config(quickstart, ["model.width=4", "eval.lidar_images=0", "eval.linear_probe=true"])
+    reported = initial_metrics(cfg, digits_dir)
+    manifest = load_manifest(digits_dir)
+    torch.manual_seed(cfg.seed)
+    method = build_run_method(cfg, manifest, torch.device("cpu")).eval()
+    eval_set = load_eval_set(digits_dir, cfg, torch.device("cpu"))
+    norm = input_norm(cfg, manifest)
+    with torch.no_grad():
+        bank, queries = (embed_all(method, x, norm)["backbone"] for x in (eval_set.train_x, eval_set.val_x))
+    expected = linear_probe_accuracy(bank, eval_set.train_y, queries, eval_set.val_y, seed=cfg.seed)
+    assert reported["linear_acc"] == expected
+    # a probe on a random-init convnet's features of the 10 digits: far above chance (0.1)
+    assert reported["linear_acc"] > 0.5
+    off = initial_metrics(load_config(quickstart, ["model.width=4", "eval.lidar_images=0"]), digits_dir)
+    assert "linear_acc" not in off
