@@ -21,12 +21,21 @@ first report after the clone carries ``resumed_epoch`` and ``resumed_weights``
 (a fingerprint of the weights its model holds after loading them; a multi-worker
 clone also writes them to ``raysl_resumed.json`` in its Train run).
 
-Retention: a PBT search keeps :data:`PBT_EXTRA_KEEP` more checkpoints than
-``checkpoint.keep``, in Tune and in every trial's Train runs alike, so a Tune
-checkpoint PBT can still hand out points at a Train checkpoint that exists. If the
-donor ran that far ahead while the clone was starting (its pointed-to checkpoint
-deleted), the clone continues from the donor's newest Train checkpoint instead,
-and its lineage record says so (``fallback``).
+Retention: Tune deletes no checkpoint of a PBT search. Its per-trial retention
+(``num_to_keep``) is not safe under PBT: a trial PBT restarts from another trial's
+checkpoint can number its new checkpoints from where the restored one's name left
+off, reusing folder names its retention list still holds from before, and then
+deletes a new checkpoint under an old entry, one that PBT may just have handed
+to a clone (seen in a CI run: two clones failed to restore). A multi-worker
+trial's Tune checkpoints are pointer files, so keeping all of them costs nothing,
+and its Train runs keep :data:`PBT_EXTRA_KEEP` more checkpoints than
+``checkpoint.keep`` (Train names them by time, never twice), so a Tune checkpoint
+PBT can still hand out points at a Train checkpoint that exists. If the donor ran
+that far ahead while the clone was starting (its pointed-to checkpoint deleted),
+the clone continues from the donor's newest Train checkpoint instead, and its
+lineage record says so (``fallback``). A one-worker trial's Tune checkpoints hold
+its weights, so a one-worker PBT search keeps one state per trial per perturbation
+interval on disk.
 """
 
 from __future__ import annotations

@@ -808,9 +808,10 @@ def tune_main(args, space: SearchSpace | None = None, extra_metrics=None) -> int
                 name=name,
                 storage_path=storage_root,
                 failure_config=ray.tune.FailureConfig(max_failures=space.tune.max_failures),
-                # PBT clones other trials' recent checkpoints: keep a few more of them (Train's too)
-                checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=space.base_config.checkpoint.keep + (
-                    PBT_EXTRA_KEEP if space.scheduler_name() == "pbt" else 0)),
+                # PBT: Tune deletes no trial checkpoint (raysl.pbt, "Retention"), so the one PBT hands a
+                # clone is there when the clone restores it
+                checkpoint_config=ray.tune.CheckpointConfig(
+                    num_to_keep=None if space.scheduler_name() == "pbt" else space.base_config.checkpoint.keep),
                 # one line per ended trial and a status line, instead of Tune's result tables
                 callbacks=callbacks + ([] if verbose else [tune_view(objectives, num_samples)]),
                 stop=EpochBudget(space.tune.budget_epochs) if space.tune.budget_epochs else None,

@@ -493,5 +493,15 @@ def test_pbt_trials_continue_from_cloned_checkpoints(head, tmp_path):
               if [r["epoch"] for r in t["rows"]] != list(range(1, len(t["rows"]) + 1))
               or len({json.dumps(r["config"], sort_keys=True) for r in t["rows"]}) > 1]
     assert cloned, {n: [(r["epoch"], r["config"]) for r in t["rows"]] for n, t in found.items()}
+    # Tune deleted none of the checkpoints PBT handed out (raysl.pbt, "Retention": with Tune's num_to_keep a
+    # trial restarted from another's checkpoint could delete its own newest one under a reused folder name
+    # while a clone was about to restore it; both clones of a CI run then errored)
+    from raysl import pbt
+
+    handed = [entry["checkpoint"] for name in found
+              for entry in pbt.parse_lineage(((tmp_path / "results" / "pbt" / name / pbt.LINEAGE_FILE).read_text()
+                                               if (tmp_path / "results" / "pbt" / name / pbt.LINEAGE_FILE).exists()
+                                               else ""))]
+    assert handed and all((Path(path) / pbt.STATE_FILE).exists() for path in handed), handed
     assert all(t["rows"][-1]["epoch"] == 5 for t in found.values()), {
         n: [(r["epoch"], r.get("status"), r.get("training_iteration")) for r in t["rows"]] for n, t in found.items()}
