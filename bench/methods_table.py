@@ -26,6 +26,12 @@ sys.path.insert(0, str(REPO))
 FASHION = "/usr/share/datasets/fashion-mnist"
 
 
+# MAE runs on vit_tiny (the convnet's width does not apply): 4 px patches of the 28 px images (a 7 x 7
+# grid, the ViT's position grid 28 px), and the linear probe beside kNN, which reads MAE's features poorly
+# (He et al. 2022, sec. 4); its random-init ViT is its reference row
+EXTRA = {"mae": ["model.patch_size=4", "model.vit_image_size=28", "eval.linear_probe=true"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=1)
@@ -87,12 +93,6 @@ def main() -> None:
         rank = f"{r['rankme']:.1f}" if r["rankme"] is not None else "-"
         linear = f"{r['linear_acc']:.3f}" if r.get("linear_acc") is not None else "-"
         print(f"| {r['method']} | {knn} | {rank} | {linear} | {r['status']} | {r['minutes']} |")
-
-
-# MAE runs on vit_tiny (the convnet's width does not apply): 4 px patches of the 28 px images (a 7 x 7
-# grid, the ViT's position grid 28 px), and the linear probe beside kNN, which reads MAE's features poorly
-# (He et al. 2022, sec. 4); its random-init ViT is its reference row
-EXTRA = {"mae": ["model.patch_size=4", "model.vit_image_size=28", "eval.linear_probe=true"]}
 
 
 def reference_rows(cfg, data: str) -> list[dict]:

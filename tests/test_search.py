@@ -498,10 +498,9 @@ def test_pbt_trials_continue_from_cloned_checkpoints(head, tmp_path):
     # while a clone was about to restore it; both clones of a CI run then errored)
     from raysl import pbt
 
-    handed = [entry["checkpoint"] for name in found
-              for entry in pbt.parse_lineage(((tmp_path / "results" / "pbt" / name / pbt.LINEAGE_FILE).read_text()
-                                               if (tmp_path / "results" / "pbt" / name / pbt.LINEAGE_FILE).exists()
-                                               else ""))]
+    lineage_files = (tmp_path / "results" / "pbt" / name / pbt.LINEAGE_FILE for name in found)
+    handed = [entry["checkpoint"] for path in lineage_files if path.exists()
+              for entry in pbt.parse_lineage(path.read_text())]
     assert handed and all((Path(path) / pbt.STATE_FILE).exists() for path in handed), handed
     assert all(t["rows"][-1]["epoch"] == 5 for t in found.values()), {
         n: [(r["epoch"], r.get("status"), r.get("training_iteration")) for r in t["rows"]] for n, t in found.items()}
