@@ -36,7 +36,7 @@ from raysl.results import BAD_STATUSES, UNFINISHED, Experiment, Param, flatten, 
 
 # Leaderboard columns after the searched parameters (each "final" = last reported value).
 METRIC_COLUMNS = ("objective_final", "objective_best", "best_epoch", "epochs", "knn_acc", "knn_acc_k200",
-                  "rankme", "alpha_req", "lidar", "alignment", "uniformity", "loss", "images_per_s", "wall_time_s")
+                  "rankme", "alpha_req", "lidar", "agreed_rank", "alignment", "uniformity", "loss", "images_per_s", "wall_time_s")
 
 
 # --------------------------------------------------------------------------
@@ -65,7 +65,7 @@ def leaderboard(experiments: list[Experiment]) -> pd.DataFrame:
     for exp in experiments:
         params.extend(p for p in exp.param_names if p not in params)
         ranked = rank_trials(exp)
-        for metric in ("alpha_req", "lidar"):  # label-free metrics the trial table does not carry
+        for metric in ("alpha_req", "lidar", "agreed_rank"):  # label-free metrics the trial table does not carry
             if metric not in ranked:
                 ranked[metric] = ranked["trial_id"].map(dict(zip(exp.trials["trial_id"], final_values(exp, metric))))
         frames.append(ranked)
@@ -237,6 +237,8 @@ LABEL_FREE_SELECTORS: dict[str, tuple[str, Any]] = {
     "rankme": ("max", lambda v: v),
     "alpha_req": ("closest to 1", lambda v: -np.abs(v - 1.0)),  # raysl.evaluate.alpha_req_score
     "lidar": ("max", lambda v: v),
+    "view_agreement": ("max", lambda v: v),
+    "agreed_rank": ("max", lambda v: v),
     "alignment": ("min", lambda v: -v),
     "uniformity": ("min", lambda v: -v),
 }

@@ -523,7 +523,9 @@ class EvalConfig(Section):
     max_val: Annotated[int, Field(ge=1)] = 10_000
     rankme_max_samples: Annotated[int, Field(ge=2)] = 25_600
     # LiDAR (raysl.evaluate.lidar): the first lidar_images val images, lidar_views augmented views of
-    # each (the run's global view recipes, the same draws at every evaluation); lidar_images 0 turns it off
+    # each (the run's global view recipes, the same draws at every evaluation); the same views give
+    # view_agreement (their kNN neighbourhoods in the memory bank) and agreed_rank; lidar_images 0 turns
+    # all three off
     lidar_images: Annotated[int, Field(ge=0)] = 500
     lidar_views: Annotated[int, Field(ge=2)] = 8
     lidar_delta: Annotated[float, Field(gt=0.0)] = 1e-4  # S_w regulariser, relative to the mean feature variance

@@ -375,6 +375,69 @@ def lidar(embeddings_per_view: ArrayLike | list, delta: float = 1e-4, eps: float
 
 
 @torch.no_grad()
+def view_knn_agreement(bank: ArrayLike, embeddings_per_view: ArrayLike, k: int = 20, chunk: int = 256) -> float:
+    """View kNN agreement: how much of an image's kNN neighbourhood survives augmentation.
+
+    ``bank``: ``[N, D]`` features of un-augmented images (the kNN memory bank); ``embeddings_per_view``:
+    ``[n, q, D]``, ``q`` augmented views of each of ``n`` other images. Each view's ``k`` nearest bank
+    rows by cosine similarity are its neighbourhood ``N_ij``; the agreement is the mean over images
+    and over the ``q (q - 1) / 2`` pairs of its views of ``|N_ij & N_il| / k``: 1 when every view of
+    an image finds the same ``k`` bank images, ``k / N`` in expectation for neighbourhoods drawn at
+    random. A kNN classifier votes with these neighbourhoods, so this is the part of its vote that
+    augmentation leaves alone, measured without labels. It rewards invariance only: features that
+    are constant, or that span a few directions, agree trivially, so pair it with a measure of how
+    much the features spread (:func:`agreed_rank`).
+
+    The neighbourhood overlap is the mutual-kNN measure Huh, Cheung, Wang & Isola (2024, "The
+    Platonic Representation Hypothesis") use to compare two representations, applied here to two
+    views under one representation. Invariant to scaling and rotating the features (cosine
+    similarity is), exactly so long as no two bank rows tie for a view's k-th place.
+
+    Raises:
+        ValueError: fewer than 2 views, ``k < 1`` or ``k > N``, or feature sizes that differ.
+    """
+    b = _features(bank, "bank")
+    z = torch.as_tensor(embeddings_per_view).detach()
+    if z.ndim != 3:
+        raise ValueError(f"embeddings_per_view must be [n, q, D], got shape {tuple(z.shape)}")
+    n, q, d = z.shape
+    if q < 2:
+        raise ValueError(f"view kNN agreement needs at least 2 views of each image, got {q}")
+    if d != b.shape[1]:
+        raise ValueError(f"the views have {d} features and the bank {b.shape[1]}")
+    if not 1 <= k <= b.shape[0]:
+        raise ValueError(f"k must be in [1, {b.shape[0]}] (the bank's rows), got {k}")
+    if n == 0:
+        return math.nan
+    dtype = torch.float64 if torch.float64 in (b.dtype, z.dtype) else torch.float32
+    b = F.normalize(b.to(dtype), dim=1)
+    z = F.normalize(z.to(device=b.device, dtype=dtype), dim=2)
+    pairs = [(i, j) for i in range(q) for j in range(i + 1, q)]
+    shared = 0
+    for start in range(0, n, chunk):
+        part = z[start : start + chunk]  # [c, q, D]
+        neighbours = (part @ b.T).topk(k, dim=2).indices  # [c, q, k], k distinct bank rows per view
+        for i, j in pairs:
+            shared += int((neighbours[:, i, :, None] == neighbours[:, j, None, :]).sum().item())
+    return shared / (n * len(pairs) * k)
+
+
+def agreed_rank(rankme_value: float, agreement: float) -> float:
+    """RankMe times view kNN agreement: the effective number of feature directions, discounted by the
+    share of kNN neighbourhoods that augmentation changes.
+
+    A label-free selector across trials of different SSL methods (raysl's own, not from a paper).
+    RankMe (:func:`rankme`) alone ranks trials well within one method but was fooled across methods
+    on Fashion-MNIST: BYOL's features had more effective directions than SimCLR's at lower kNN
+    accuracy, and their neighbourhoods moved more under augmentation. Agreement alone
+    (:func:`view_knn_agreement`) is fooled by features that spread little. ``bench/selection.py``
+    measures both and the product (``bench/README.md``: how it was chosen and how it held up on
+    searches it was not chosen on).
+    """
+    return float(rankme_value) * float(agreement)
+
+
+@torch.no_grad()
 def alignment(z1: ArrayLike, z2: ArrayLike, alpha: float = 2) -> float:
     """Alignment (Wang & Isola 2020): ``mean_i ||f(x_i) - f(y_i)||^alpha`` over
     positive pairs, on L2-normalised features. 0 for identical views, 4 at most

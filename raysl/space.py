@@ -66,6 +66,8 @@ METRIC_MODES = {
     "linear_acc": "max",
     "rankme": "max",
     "lidar": "max",
+    "view_agreement": "max",
+    "agreed_rank": "max",
     "alpha_req_score": "max",
     "alpha_req": None,
     "images_per_s": "max",
@@ -74,7 +76,8 @@ METRIC_MODES = {
     "alignment": "min",
     "uniformity": "min",
 }
-_WORST = {"knn_acc": 0.0, "linear_acc": 0.0, "rankme": 0.0, "lidar": 0.0, "alpha_req_score": -1e9,
+_WORST = {"knn_acc": 0.0, "linear_acc": 0.0, "rankme": 0.0, "lidar": 0.0, "view_agreement": 0.0,
+          "agreed_rank": 0.0, "alpha_req_score": -1e9,
           "images_per_s": 0.0, "feature_std": 0.0, "alignment": 4.0, "uniformity": 0.0, "loss": 1e9}
 SAMPLERS = ("tpe", "cmaes", "random", "grid", "gp", "nsga2")
 SCHEDULERS = ("asha", "pbt", "fifo")

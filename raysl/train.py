@@ -30,7 +30,15 @@ from raysl.data.stream import TrainBatches
 from raysl.data.subset import train_rows as subset_train_rows
 from raysl.divergence import DivergenceWatch
 from raysl.errors import CheckpointError, CollapsedError
-from raysl.evaluate import alignment, evaluate_features, is_collapsed, lidar, linear_probe_accuracy
+from raysl.evaluate import (
+    agreed_rank,
+    alignment,
+    evaluate_features,
+    is_collapsed,
+    lidar,
+    linear_probe_accuracy,
+    view_knn_agreement,
+)
 from raysl.methods import build_method
 from raysl.optim import build_optimizer, set_lr_and_wd
 from raysl.progress import StepTicker
@@ -275,8 +283,8 @@ def embed_views(method, images: torch.Tensor, cfg: RunConfig, norm: dict, batch:
 @torch.no_grad()
 def evaluate_method(method, eval_set: EvalSet, cfg: RunConfig, norm: dict, views,
                     gen: torch.Generator) -> dict[str, float]:
-    """kNN (k=20 and 200, cosine, temperature-weighted), RankMe, alpha-ReQ, LiDAR, alignment/uniformity,
-    collapse, and with ``eval.linear_probe`` the linear probe's accuracy (``linear_acc``).
+    """kNN (k=20 and 200, cosine, temperature-weighted), RankMe, alpha-ReQ, LiDAR, view kNN agreement
+    and agreed rank, alignment/uniformity, collapse, and with ``eval.linear_probe`` the linear probe's accuracy (``linear_acc``).
 
     Protocol: features of the un-augmented train subset are the memory bank,
     the val split is classified; ``knn_acc`` uses backbone features with k=20.
@@ -305,6 +313,11 @@ def evaluate_method(method, eval_set: EvalSet, cfg: RunConfig, norm: dict, views
         for key, per_view in embed_views(method, images, cfg, norm).items():
             prefix = "" if key == "backbone" else "projector_"
             metrics[prefix + "lidar"] = lidar(per_view, delta=cfg.eval.lidar_delta)
+            # the same views' neighbourhoods in the kNN memory bank (k as knn_acc's)
+            k = min(cfg.eval.knn_k[0] if cfg.eval.knn_k else 20, train[key].shape[0])
+            agreement = view_knn_agreement(train[key], per_view, k=k)
+            metrics[prefix + "view_agreement"] = agreement
+            metrics[prefix + "agreed_rank"] = agreed_rank(metrics[prefix + "rankme"], agreement)
     metrics["collapsed"] = bool(is_collapsed(val["projector"]))
     method.train(was_training)
     return metrics

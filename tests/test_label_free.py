@@ -10,8 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from raysl.evaluate import alpha_req, alpha_req_score, evaluate_features, lidar, rankme
+from raysl.evaluate import (
+    agreed_rank,
+    alpha_req,
+    alpha_req_score,
+    evaluate_features,
+    lidar,
+    rankme,
+    view_knn_agreement,
+)
 
 # --------------------------------------------------------------------------
 # helpers
@@ -199,6 +208,80 @@ def test_lidar_edge_cases():
 
 
 # --------------------------------------------------------------------------
+# view kNN agreement
+
+
+def _at_degrees(*angles: float, length: float = 1.0) -> torch.Tensor:
+    rad = torch.tensor(angles, dtype=torch.float64) * math.pi / 180
+    return length * torch.stack([rad.cos(), rad.sin()], dim=1)
+
+
+def test_view_knn_agreement_hand_computed():
+    # bank rows at 0, 10, 90 and 100 degrees (lengths differ: cosine ignores them); k = 2
+    bank = torch.cat([_at_degrees(0, 10, length=3.0), _at_degrees(90, 100, length=0.5)])
+    # image A's views at 5, 95 and 3 degrees find {0, 10}, {90, 100}, {0, 10}: pairs share 0, 2, 0 rows
+    # image B's at 2, 8 and 52 find {0, 10}, {0, 10}, {90, 10} (cos 38 > cos 42 > cos 48): share 2, 1, 1
+    views = torch.stack([_at_degrees(5, 95, 3), _at_degrees(2, 8, 52, length=7.0)])
+    assert view_knn_agreement(bank, views, k=2) == 6 / 12  # (2 + 4) shared of 2 images x 3 pairs x k
+    # the first two views of each image only: A shares 0 of 2, B 2 of 2
+    assert view_knn_agreement(bank, views[:, :2], k=2) == 2 / 4
+    # k = 1: A's views find 10, 90, 0 (0 shared); B's 0, 10, 90 (0 shared)
+    assert view_knn_agreement(bank, views, k=1) == 0.0
+    # every view the same: every pair shares all k
+    assert view_knn_agreement(bank, views[:, :1].expand(2, 4, 2), k=2) == 1.0
+
+
+def test_view_knn_agreement_random_and_stable_neighbourhoods():
+    g = torch.Generator().manual_seed(0)
+    bank = torch.randn(200, 64, generator=g, dtype=torch.float64)
+    means = torch.randn(300, 1, 64, generator=g, dtype=torch.float64)
+    # views unrelated to each other: two random 20-subsets of 200 rows share 20 * 20 / 200 = 2 on
+    # average, an agreement of k / N = 0.1; 300 images x 6 pairs put its standard error near 0.002
+    unrelated = torch.randn(300, 4, 64, generator=g, dtype=torch.float64)
+    assert view_knn_agreement(bank, unrelated, k=20) == pytest.approx(0.1, abs=0.02)
+    # views that are small perturbations of one point per image keep most of their neighbourhood
+    # (noise 0.05 against unit-variance means); large ones (noise 10) wash it out to the random level
+    noise = torch.randn(300, 4, 64, generator=g, dtype=torch.float64)
+    stable = view_knn_agreement(bank, means + 0.05 * noise, k=20)
+    washed = view_knn_agreement(bank, means + 10.0 * noise, k=20)
+    assert stable > 0.8
+    assert washed == pytest.approx(0.1, abs=0.02)
+
+
+def test_view_knn_agreement_invariant_to_scale_and_rotation():
+    g = torch.Generator().manual_seed(3)
+    bank = torch.randn(150, 16, generator=g, dtype=torch.float64)
+    views = torch.randn(80, 1, 16, generator=g, dtype=torch.float64) + 0.5 * torch.randn(80, 3, 16, generator=g,
+                                                                                         dtype=torch.float64)
+    k = 10
+    # exact invariance needs no near-tie at anyone's k-th place: check the margin these draws have
+    sims = F.normalize(views, dim=2) @ F.normalize(bank, dim=1).T
+    top = sims.topk(k + 1, dim=2).values
+    assert float((top[..., k - 1] - top[..., k]).min()) > 1e-9
+    base = view_knn_agreement(bank, views, k=k)
+    rot = _orthogonal(16, 4)
+    assert 0.0 < base < 1.0
+    for b, v in ((1e-3 * bank, 1e-3 * views), (1e3 * bank, views), (bank @ rot, views @ rot)):
+        assert view_knn_agreement(b, v, k=k) == base
+    # float32 features give the same neighbourhoods here
+    assert view_knn_agreement(bank.float(), views.float(), k=k) == base
+
+
+def test_view_knn_agreement_bad_input():
+    bank = torch.randn(10, 4)
+    for views, k in ((torch.randn(5, 1, 4), 3), (torch.randn(5, 2, 3), 3), (torch.randn(5, 4), 3),
+                     (torch.randn(5, 2, 4), 0), (torch.randn(5, 2, 4), 11)):
+        with pytest.raises(ValueError):
+            view_knn_agreement(bank, views, k=k)
+    assert math.isnan(view_knn_agreement(bank, torch.randn(0, 2, 4), k=3))
+
+
+def test_agreed_rank():
+    assert agreed_rank(20.0, 0.25) == 5.0
+    assert agreed_rank(7.5, 0.0) == 0.0
+
+
+# --------------------------------------------------------------------------
 # the selector table of `raysl analyze`
 
 # trial -> (final status, its reports). Each finished trial reports 2 epochs; the selector reads the last.
@@ -209,6 +292,8 @@ FINAL = {  # metric -> value per finished trial (None: never reported)
     "lidar": {"t0": 40.0, "t1": 50.0, "t2": 60.0, "t3": 10.0, "t4": 60.0},
     "alignment": {"t0": 0.5, "t1": 0.3, "t2": 0.4, "t3": 0.2, "t4": 0.35},
     "uniformity": {"t0": -2.0, "t1": None, "t2": -3.0, "t3": -1.0, "t4": -2.5},
+    "view_agreement": {"t0": 0.3, "t1": 0.2, "t2": 0.1, "t3": 0.4, "t4": 0.25},
+    "agreed_rank": {"t0": 3.0, "t1": 4.0, "t2": 3.0, "t3": 2.0, "t4": 6.25},  # rankme x view_agreement
 }
 # By hand (best kNN 0.80, trial t1; the stopped trial t5 is not in the pool):
 EXPECTED = {
@@ -227,6 +312,12 @@ EXPECTED = {
     # scores of t0, t2, t3, t4 (2, 3, 1, 2.5) rank (2, 4, 1, 3) vs their kNN (0.70, 0.75, 0.60, 0.78)
     # ranked (2, 3, 1, 4): sum d^2 = 0 + 1 + 0 + 1 = 2, rho = 1 - 6 * 2 / 60 = 0.8
     "uniformity": ("t2", 0.05, 0.8, 4),
+    # max picks t3 (0.4): 0.80 - 0.60; ranks (4, 2, 1, 5, 3) vs (2, 5, 3, 1, 4): d = (2, -3, -2, 4, -1),
+    # sum d^2 = 34, rho = 1 - 6 * 34 / 120 = -0.7
+    "view_agreement": ("t3", 0.2, -0.7, 5),
+    # max picks t4 (6.25): 0.80 - 0.78; t0 and t2 tie at 3.0: ranks (2.5, 4, 2.5, 1, 5), centred
+    # (-0.5, 1, -0.5, -2, 2) against (-1, 2, 0, -2, 1): rho = 8.5 / sqrt(9.5 * 10)
+    "agreed_rank": ("t4", 0.02, 8.5 / math.sqrt(95.0), 5),
 }
 
 
@@ -265,7 +356,7 @@ def test_label_free_selector_table(tmp_path):
     assert table["best_knn_acc"] == pytest.approx(0.80)
     assert table["best_trial"] == "t1"
     rows = {r["metric"]: r for r in table["rows"]}
-    assert list(rows) == ["rankme", "alpha_req", "lidar", "alignment", "uniformity"]
+    assert list(rows) == ["rankme", "alpha_req", "lidar", "view_agreement", "agreed_rank", "alignment", "uniformity"]
     for metric, (picked, regret, rho, trials) in EXPECTED.items():
         row = rows[metric]
         assert row["picked_trial"] == picked, metric
@@ -290,7 +381,7 @@ def test_analyze_reports_the_selector_table(tmp_path):
     import pandas as pd
 
     board = pd.read_csv(tmp_path / "report" / "leaderboard.csv").set_index("trial_id")
-    for metric in ("alpha_req", "lidar"):  # final values, read from the reports' history
+    for metric in ("alpha_req", "lidar", "agreed_rank"):  # final values, read from the reports' history
         assert board.loc["t2", metric] == FINAL[metric]["t2"]
     assert board.loc["t5", "lidar"] == 99.0
     saved = json.loads((tmp_path / "report" / "summary.json").read_text())
@@ -330,6 +421,7 @@ def _quickstart(tune: dict) -> dict:
 
 
 @pytest.mark.parametrize("metric, mode", [("lidar", "max"), ("projector_lidar", "max"), ("alpha_req_score", "max"),
+                                          ("agreed_rank", "max"), ("view_agreement", "max"),
                                           ("rankme", "max"), ("alignment", "min"), ("uniformity", "min")])
 def test_label_free_metrics_are_objectives_with_their_direction(metric, mode):
     from raysl.space import space_from_dict, worst_value
@@ -337,7 +429,7 @@ def test_label_free_metrics_are_objectives_with_their_direction(metric, mode):
     space = space_from_dict(_quickstart({"metric": metric}), "s.yaml")
     assert space.objectives() == [(metric, mode)]
     # a diverged or collapsed trial reports a value no real trial beats: LiDAR >= 0, -|alpha - 1| > -1e9
-    worst = {"lidar": 0.0, "alpha_req_score": -1e9}.get(metric.removeprefix("projector_"))
+    worst = {"lidar": 0.0, "alpha_req_score": -1e9, "agreed_rank": 0.0, "view_agreement": 0.0}.get(metric.removeprefix("projector_"))
     if worst is not None:
         assert worst_value(metric, mode) == worst
 
@@ -377,8 +469,13 @@ def test_every_evaluation_reports_alpha_req_and_lidar(digits_dir):
     more = initial_metrics(load_config(quickstart, ["model.width=4", "eval.lidar_images=100",
                                                     "eval.lidar_views=8"]), digits_dir)
     assert more["lidar"] != first["lidar"]
+    # the same views' neighbourhoods in the memory bank, and the product with RankMe
+    for prefix in ("", "projector_"):
+        assert 0.0 < first[prefix + "view_agreement"] <= 1.0
+        assert first[prefix + "agreed_rank"] == first[prefix + "rankme"] * first[prefix + "view_agreement"]
     off = initial_metrics(load_config(quickstart, ["model.width=4", "eval.lidar_images=0"]), digits_dir)
-    assert "lidar" not in off and "projector_lidar" not in off
+    for key in ("lidar", "view_agreement", "agreed_rank"):
+        assert key not in off and "projector_" + key not in off
 
 
 def test_linear_probe_is_reported_at_an_evaluation_when_asked(digits_dir):
