@@ -3,8 +3,8 @@
 One search through the real `raysl tune` CLI on real Fashion-MNIST: two methods
 (SimCLR with its temperature, BYOL with its EMA base), random learning rate and
 weight decay, FIFO so that every trial runs to the end; then `raysl analyze` of
-it. For each label-free metric (RankMe, alpha-ReQ, LiDAR, alignment, uniformity)
-it prints the Spearman correlation of the metric's selection score with kNN
+it. For each label-free metric (RankMe, alpha-ReQ, LiDAR, view kNN agreement, agreed rank =
+RankMe x agreement, alignment, uniformity) it prints the Spearman correlation of the metric's selection score with kNN
 accuracy over the finished trials and the regret: the best kNN minus the kNN of
 the trial the metric picks (label-based selection has regret 0), over all the
 trials and within each method. Then the ratio line and a JSON line; see

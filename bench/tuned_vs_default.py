@@ -28,32 +28,25 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search import FASHION, RAYSL, best_knn, prepare, run_search  # noqa: E402  (bench/search.py)
 
-# Each method's paper settings where they carry over to this setup; the searched ranges come from
-# the papers' own sweeps and from what bench/search.py and bench/selection.py measured (lr and the
-# method's main knob moved kNN most). The papers' LARS/SGD learning rates do not carry over to AdamW:
-# the default lr is raysl's AdamW default for every method, 2e-3 x batch/256.
-LR = {"loguniform": [2e-4, 2e-2]}  # a decade either side of the default
-WD = {"loguniform": [1e-6, 1e-1]}  # from the papers' 1e-6 to past AdamW's usual 0.05
-METHODS = {
-    # SimCLR (Chen et al. 2020), appendix B.9, CIFAR-10: temperature 0.5, weight decay 1e-6; Table 5
-    # swept the temperature over 0.05-1.0
-    "simclr": {"method": {"name": "simclr", "temperature": 0.5}, "weight_decay": 1e-6,
-               "search": {"method.temperature": {"loguniform": [0.05, 1.0]}, "optim.lr": LR, "optim.weight_decay": WD}},
-    # BYOL (Grill et al. 2020), section 3.3: EMA base 0.996, weight decay 1.5e-6; its Table 5 swept the
-    # EMA base over 0.9-1 (short runs want a faster teacher)
-    "byol": {"method": {"name": "byol", "ema_base": 0.996}, "weight_decay": 1.5e-6,
-             "search": {"method.ema_base": {"uniform": [0.9, 0.999]}, "optim.lr": LR, "optim.weight_decay": WD}},
-    # Barlow Twins (Zbontar et al. 2021), section 4: lambda 5e-3 (0.0051 in its code), weight decay 1.5e-6;
-    # its Figure 4 swept lambda over 1e-4..1 around that
-    "barlow": {"method": {"name": "barlow", "lambd": 0.0051}, "weight_decay": 1.5e-6,
-               "search": {"method.lambd": {"loguniform": [1e-3, 5e-2]}, "optim.lr": LR, "optim.weight_decay": WD}},
-}
+# Each method's paper default and searched ranges are the ones a user runs: search_spaces/fashion_<method>.yaml
+# (the papers' settings where they carry over to this setup, the papers' own sweeps, and what
+# bench/search.py and bench/selection.py measured; each file cites its sources). The papers' LARS/SGD
+# learning rates do not carry over to AdamW: the default lr is raysl's AdamW default, 2e-3 x batch/256.
+SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+METHODS = ("barlow", "byol", "simclr")
+
+
+def paper_setup(method: str) -> dict:
+    """``{"method", "weight_decay", "search"}`` from ``search_spaces/fashion_<method>.yaml``."""
+    space = yaml.safe_load((SPACES / f"fashion_{method}.yaml").read_text())
+    return {"method": space["base"]["method"], "weight_decay": space["base"]["optim"]["weight_decay"],
+            "search": space["search"]}
 
 
 def base(data: Path, args, seed: int) -> dict:
     view = {"crop_scale": [0.3, 1.0], "hflip_p": 0.5, "jitter_p": 0.8, "brightness": 0.4, "contrast": 0.4,
             "grayscale_p": 0.0}
-    paper = METHODS[args.method]
+    paper = paper_setup(args.method)
     return {
         "seed": seed,
         "method": dict(paper["method"]),
@@ -86,7 +79,7 @@ def one_seed(work: Path, data: Path, args, seed: int) -> dict:
     asha = {"scheduler": "asha", "sampler": "tpe", "num_samples": args.budget, "grace_period": 1,
             "reduction_factor": 2, "startup_trials": args.startup_trials, "budget_epochs": args.budget,
             "max_concurrent": 2, "seed": seed}
-    space = METHODS[args.method]["search"]
+    space = paper_setup(args.method)["search"]
     search = run_search(work, f"{args.method}_tpe_asha_s{seed}", {"base": default, "search": space, "tune": asha})
     best = yaml.safe_load(Path(search["summary"]["best_config_path"]).read_text())
     # a fresh training seed for both: the retrained best against the default trained the same way
@@ -104,7 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", default=str(FASHION), help="folder with the Fashion-MNIST IDX files")
     parser.add_argument("--work", default="/tmp/raysl_bench_tuned")
-    parser.add_argument("--method", choices=sorted(METHODS), default="simclr")
+    parser.add_argument("--method", choices=METHODS, default="simclr")
     parser.add_argument("--seeds", default="0,1,2", help="search and training seeds (the data subset is seed 0's)")
     parser.add_argument("--train-rows", type=int, default=4000)
     parser.add_argument("--val-rows", type=int, default=1000)
@@ -124,7 +117,7 @@ def main() -> None:
     os.environ.setdefault("RAYSL_CACHE", str(work / "cache"))
     data = prepare(work, args)
     started = time.time()
-    paper = METHODS[args.method]
+    paper = paper_setup(args.method)
     print(f"Fashion-MNIST subset {args.train_rows} train / {args.val_rows} val, crop {args.crop}, {args.method} "
           f"small_convnet width {args.width}, {args.epochs} epochs; paper default {paper['method']} weight decay "
           f"{paper['weight_decay']} lr 2e-3; TPE + ASHA budget {args.budget} trial-epochs over {paper['search']}",

@@ -143,3 +143,16 @@ def test_missing_prepared_data_names_the_folder(tmp_path, capsys):
     path = write(tmp_path, f"data: {{source: parquet, path: {tmp_path / 'nodata'}}}")
     assert main(["train", path]) == 2
     assert "manifest.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_bundled_search_space_validates(path):
+    """What the README and the benches point users at loads as `raysl tune` (or `raysl scale`) reads it."""
+    if path.name.startswith("scaling_"):
+        from raysl.scale import load_scaling
+
+        load_scaling(str(path))
+    else:
+        from raysl.space import load_space
+
+        load_space(path)
