@@ -9,6 +9,8 @@ memory. Before Ray starts, the run's need is estimated as::
                                                + 4 B x trainable (gradients)
                                                + 8 B (AdamW: two moments) / 4 B (SGD, LARS: momentum)
                                                  x trainable
+                                               + every buffer at its size (queues, support sets,
+                                                 DeepCluster's per-image bank, sized to the data set)
   + activations kept for the backward pass     the outputs of every leaf module in one forward,
                                                per view at its size, x the per-worker batch,
                                                x 4 B (fp32) or 2 B (bf16 autocast)
@@ -64,15 +66,17 @@ def activation_bytes(module: nn.Module, input_shape: tuple[int, ...], bytes_per_
     return total
 
 
-def estimate_worker_memory(cfg, in_channels: int, crop_size: int) -> dict[str, Any]:
-    """The estimate above for one worker of ``cfg`` (bytes): ``state``, ``activations``, ``total``."""
+def estimate_worker_memory(cfg, in_channels: int, crop_size: int, num_samples: int | None = None) -> dict[str, Any]:
+    """The estimate above for one worker of ``cfg`` (bytes): ``state`` (of which ``buffers``),
+    ``activations``, ``total``. ``num_samples``: the data set's rows, which size per-image state."""
     from raysl.methods import build_method
 
     torch.manual_seed(0)
-    method = build_method(cfg, in_channels)
+    method = build_method(cfg, in_channels, num_samples=num_samples)
     all_params = sum(p.numel() for p in method.parameters())
     trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)
-    state = 4 * all_params + 4 * trainable + OPTIMIZER_STATE_BYTES.get(cfg.optim.name, 8) * trainable
+    buffers = sum(b.numel() * b.element_size() for b in method.buffers())
+    state = 4 * all_params + 4 * trainable + OPTIMIZER_STATE_BYTES.get(cfg.optim.name, 8) * trainable + buffers
     value_bytes = 2 if cfg.scale.precision == "bf16" else 4
     workers = cfg.scale.min_workers  # the fewest workers carry the biggest per-worker batch
     local_batch = cfg.optim.batch_size // workers
@@ -83,11 +87,12 @@ def estimate_worker_memory(cfg, in_channels: int, crop_size: int) -> dict[str, A
         per_image += activation_bytes(method.projector, (1, method.feat_dim), value_bytes)
     activations = per_image * local_batch
     total = FRAGMENTATION * (state + activations + FIXED_BYTES)
-    return {"state": state, "activations": activations, "per_image": per_image, "local_batch": local_batch,
-            "total": total}
+    return {"state": state, "buffers": buffers, "activations": activations, "per_image": per_image,
+            "local_batch": local_batch, "total": total}
 
 
-def check_gpu_share(cfg, in_channels: int, crop_size: int, source: str) -> dict[str, Any] | None:
+def check_gpu_share(cfg, in_channels: int, crop_size: int, source: str,
+                    num_samples: int | None = None) -> dict[str, Any] | None:
     """Refuse (ConfigError) a fractional ``scale.gpus_per_worker`` whose share is below the estimate."""
     from raysl.errors import ConfigError
 
@@ -96,13 +101,13 @@ def check_gpu_share(cfg, in_channels: int, crop_size: int, source: str) -> dict[
         return None
     gpu_gb = scale.gpu_memory_gb or DEFAULT_GPU_MEMORY_GB
     share = scale.gpus_per_worker * gpu_gb * GIB
-    found = estimate_worker_memory(cfg, in_channels, crop_size)
+    found = estimate_worker_memory(cfg, in_channels, crop_size, num_samples)
     if found["total"] > share:
         fits = max(1, int(gpu_gb * GIB // found["total"]))
         raise ConfigError(
             f"{source}: scale.gpus_per_worker: {scale.gpus_per_worker:g} of a {gpu_gb:g} GB GPU is "
             f"{share / GIB:.1f} GB, and this run needs about {found['total'] / GIB:.1f} GB per worker (weights, "
-            f"gradients and optimizer state {found['state'] / GIB:.2f} GB + activations of "
+            f"gradients, optimizer state and buffers {found['state'] / GIB:.2f} GB + activations of "
             f"{found['local_batch']} images {found['activations'] / GIB:.1f} GB + 1 GB, x1.2; raysl.gpu_memory); "
             f"use scale.gpus_per_worker: {1 / fits:g} or more, a smaller optim.batch_size, or set "
             f"scale.gpu_memory_gb if your GPUs have more than {gpu_gb:g} GB"

@@ -77,7 +77,8 @@ def check_against_data(cfg: RunConfig, data_dir: str, source: str) -> Any:
         )
     from raysl.gpu_memory import check_gpu_share
 
-    check_gpu_share(cfg, manifest.channels, size, source)  # a fractional GPU share too small for the run
+    # a fractional GPU share too small for the run; per-image state spans every split (rows index the source)
+    check_gpu_share(cfg, manifest.channels, size, source, sum(split["rows"] for split in manifest.splits.values()))
     return manifest
 
 

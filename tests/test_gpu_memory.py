@@ -32,12 +32,28 @@ def test_estimate_adds_state_activations_and_the_fixed_part():
     torch.manual_seed(0)
     method = build_method(cfg, 1)
     params = sum(p.numel() for p in method.parameters())
-    assert found["state"] == 16 * params  # SimCLR has no teacher: 4 weights + 4 grads + 8 AdamW moments
+    # batch norm's running statistics (float32) and its batch counters (int64)
+    norms = [m for m in method.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms
+    assert found["buffers"] == sum(8 * m.num_features + 8 for m in norms)
+    # SimCLR has no teacher: 4 weights + 4 grads + 8 AdamW moments per parameter, and the buffers
+    assert found["state"] == 16 * params + found["buffers"]
     assert found["activations"] == found["per_image"] * 32
     assert found["total"] == 1.2 * (found["state"] + found["activations"] + GIB)
     bf16 = estimate_worker_memory(load_config(REPO / "search_spaces" / "simclr.yaml", [
         "model.width=4", "data.crop_size=8", "optim.batch_size=32", "scale.precision=bf16"]), 1, 8)
     assert bf16["activations"] * 2 == found["activations"]
+
+
+def test_per_image_state_is_sized_to_the_data_set():
+    """DeepCluster-v2 keeps a projection per view per image: the estimate grows with the data set's rows."""
+    cfg = load_config(REPO / "search_spaces" / "deepclusterv2.yaml", ["model.width=4", "data.crop_size=8"])
+    small = estimate_worker_memory(cfg, 1, 8, num_samples=1000)
+    large = estimate_worker_memory(cfg, 1, 8, num_samples=101_000)
+    # per extra image: num_views x projection_dim float32s in the bank, 2 flags and one int64 label per head
+    per_image = 2 * cfg.model.projector_dim * 4 + 2 + 8 * len(cfg.method.num_prototypes)
+    assert large["buffers"] - small["buffers"] == 100_000 * per_image
+    assert large["state"] - small["state"] == 100_000 * per_image
 
 
 def test_small_runs_fit_a_quarter_gpu_and_a_cpu_run_is_not_checked():
