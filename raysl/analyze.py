@@ -36,7 +36,8 @@ from raysl.results import BAD_STATUSES, UNFINISHED, Experiment, Param, flatten, 
 
 # Leaderboard columns after the searched parameters (each "final" = last reported value).
 METRIC_COLUMNS = ("objective_final", "objective_best", "best_epoch", "epochs", "knn_acc", "knn_acc_k200",
-                  "rankme", "alpha_req", "lidar", "agreed_rank", "alignment", "uniformity", "loss", "images_per_s", "wall_time_s")
+                  "rankme", "alpha_req", "lidar", "agreed_rank", "alignment", "uniformity", "loss", "images_per_s",
+                  "wall_time_s")
 
 
 # --------------------------------------------------------------------------

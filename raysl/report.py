@@ -51,7 +51,8 @@ STATUS_STYLE = {
     "errored": {"ls": ":", "alpha": 0.8, "color": "tab:red"},
 }
 # leaderboard columns left to leaderboard.csv, to keep the page's table readable
-HTML_HIDDEN = ("best_epoch", "knn_acc_k200", "alpha_req", "lidar", "agreed_rank", "alignment", "uniformity", "loss", "trial_dir")
+HTML_HIDDEN = ("best_epoch", "knn_acc_k200", "alpha_req", "lidar", "agreed_rank", "alignment", "uniformity", "loss",
+               "trial_dir")
 COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
 # the other trials' curves: no blue, which is the best trial's
 CURVE_COLORS = [c for c in COLORS if c != "tab:blue"]

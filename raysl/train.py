@@ -284,7 +284,8 @@ def embed_views(method, images: torch.Tensor, cfg: RunConfig, norm: dict, batch:
 def evaluate_method(method, eval_set: EvalSet, cfg: RunConfig, norm: dict, views,
                     gen: torch.Generator) -> dict[str, float]:
     """kNN (k=20 and 200, cosine, temperature-weighted), RankMe, alpha-ReQ, LiDAR, view kNN agreement
-    and agreed rank, alignment/uniformity, collapse, and with ``eval.linear_probe`` the linear probe's accuracy (``linear_acc``).
+    and agreed rank, alignment/uniformity, collapse, and with ``eval.linear_probe`` the linear probe's
+    accuracy (``linear_acc``).
 
     Protocol: features of the un-augmented train subset are the memory bank,
     the val split is classified; ``knn_acc`` uses backbone features with k=20.

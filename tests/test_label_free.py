@@ -429,7 +429,8 @@ def test_label_free_metrics_are_objectives_with_their_direction(metric, mode):
     space = space_from_dict(_quickstart({"metric": metric}), "s.yaml")
     assert space.objectives() == [(metric, mode)]
     # a diverged or collapsed trial reports a value no real trial beats: LiDAR >= 0, -|alpha - 1| > -1e9
-    worst = {"lidar": 0.0, "alpha_req_score": -1e9, "agreed_rank": 0.0, "view_agreement": 0.0}.get(metric.removeprefix("projector_"))
+    worst = {"lidar": 0.0, "alpha_req_score": -1e9, "agreed_rank": 0.0,
+             "view_agreement": 0.0}.get(metric.removeprefix("projector_"))
     if worst is not None:
         assert worst_value(metric, mode) == worst
 
