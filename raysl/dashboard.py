@@ -89,12 +89,18 @@ def dashboard_main(args) -> int:
                           "--port or --host 127.0.0.1") from None
     port = server.server_address[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"raysl dashboard: study {place.name} ({place.public_url}) at http://{host}:{port}/dashboard/studies/"
-          f"{study_id}", flush=True)
-    print(f"[raysl] Ctrl-C stops it; from another machine: ssh -L {port}:127.0.0.1:{port} HEAD_NODE, then open "
-          f"http://127.0.0.1:{port}", file=sys.stderr, flush=True)
+    # Ctrl-C and SIGTERM stop it, even when it was started with SIGINT ignored (a background job of a
+    # non-interactive shell inherits that, and Python then leaves SIGINT ignored); in place before the
+    # address is printed, so that whoever reads it can stop the server at once
+    from raysl.launch import interrupt_signals
+
     try:
-        server.serve_forever()
+        with interrupt_signals():
+            print(f"raysl dashboard: study {place.name} ({place.public_url}) at http://{host}:{port}/dashboard/"
+                  f"studies/{study_id}", flush=True)
+            print(f"[raysl] Ctrl-C stops it; from another machine: ssh -L {port}:127.0.0.1:{port} HEAD_NODE, then "
+                  f"open http://127.0.0.1:{port}", file=sys.stderr, flush=True)
+            server.serve_forever()
     except KeyboardInterrupt:
         return 130
     finally:

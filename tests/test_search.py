@@ -403,10 +403,15 @@ def test_interrupted_search_resumes_every_trial_once(head, tmp_path):
     experiment = storage / "resumed"
     proc = subprocess.Popen([RAYSL, *args], env=head.env, cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    # once 2 trials have finished: 5 trials run one at a time, so the search is then still running
-    # whatever the machine's speed
-    out, err = interrupt_when(proc, lambda: sum(_finished(t) for t in trials(experiment).values()) >= 2,
-                              "the search")
+    # once 2 trials have finished and a third has reported: 5 trials run one at a time, so Tune had
+    # seen the first two end (the next starts after that) and the search is still running, whatever
+    # the machine's speed. (On a trial's last report alone, the interrupt can come before Tune sees
+    # the trial end: it is then resumed from its last recorded checkpoint and reports again.)
+    def third_running() -> bool:
+        now = trials(experiment).values()
+        return sum(_finished(t) for t in now) >= 2 and sum(bool(t["rows"]) for t in now) >= 3
+
+    out, err = interrupt_when(proc, third_running, "the search")
     assert proc.returncode == 130, f"{proc.returncode}\n{out[-2000:]}\n{err[-4000:]}"
     assert final_json(out).get("interrupted")
     before = trials(experiment)

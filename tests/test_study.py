@@ -486,3 +486,34 @@ def test_study_in_postgresql(head, tmp_path, postgres, capsys):
                           "cannot open the database ("), err
     assert "password" in err and "give the password in --optuna-storage (USER:PASSWORD@HOST)" in err, err
     assert postgres["password"] not in err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_dashboard_stops_on_a_signal_even_when_started_with_sigint_ignored(tmp_path, sig):
+    """A background job of a non-interactive shell (`raysl dashboard ... &` in a script) starts with SIGINT
+    ignored, and Python then leaves it ignored: the dashboard still stops on Ctrl-C (and on SIGTERM), with 130."""
+    import optuna
+
+    experiment = tmp_path / "exp"
+    experiment.mkdir()
+    url = f"sqlite:///{experiment}/optuna.db"
+    made = optuna.create_study(study_name="exp", storage=url)
+    made.optimize(lambda trial: trial.suggest_float("x", 0.0, 1.0), n_trials=2)
+    (experiment / "raysl_study.json").write_text(json.dumps({"study_name": "exp", "storage": url,
+                                                               "in_experiment": True}))
+    proc = subprocess.Popen([RAYSL, "dashboard", str(experiment), "--port", "0"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        line = read_line(proc)
+        assert "raysl dashboard: study exp" in line, line + (proc.stderr.read() if proc.poll() is not None else "")
+        ignored = int(next(row for row in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                           if row.startswith("SigIgn:")).split()[1], 16)
+        assert ignored & (1 << (signal.SIGINT - 1)) == 0  # raysl took SIGINT back from the inherited SIG_IGN
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=HANG)
+        assert proc.returncode == 130, err
+        assert "Traceback" not in err and "raysl: error" not in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
