@@ -307,6 +307,14 @@ def test_resume_continues_the_same_study(resumed):
         assert set(old.intermediate_values.items()) <= set(trials[number].intermediate_values.items())
 
 
+def stops_quietly(proc: subprocess.Popen, sig: int) -> None:
+    """``sig`` stops the dashboard with exit 130, no traceback and no error line."""
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=HANG)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "raysl: error" not in err, err
+
+
 def read_line(proc: subprocess.Popen) -> str:
     ready, _, _ = select.select([proc.stdout], [], [], HANG)
     assert ready, "no line from the process"
@@ -353,10 +361,7 @@ def test_dashboard_shows_the_trial_list(resumed, tmp_path):
         (REPO / "test-artifacts").mkdir(exist_ok=True)
         shutil.copy(shot, REPO / "test-artifacts" / "dashboard.png")
 
-        proc.send_signal(signal.SIGINT)  # Ctrl-C: exit 130, quietly
-        out, err = proc.communicate(timeout=HANG)
-        assert proc.returncode == 130, err
-        assert "Traceback" not in err and "raysl: error" not in err, err
+        stops_quietly(proc, signal.SIGINT)  # Ctrl-C
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -510,10 +515,7 @@ def test_dashboard_stops_on_a_signal_even_when_started_with_sigint_ignored(tmp_p
         ignored = int(next(row for row in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
                            if row.startswith("SigIgn:")).split()[1], 16)
         assert ignored & (1 << (signal.SIGINT - 1)) == 0  # raysl took SIGINT back from the inherited SIG_IGN
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=HANG)
-        assert proc.returncode == 130, err
-        assert "Traceback" not in err and "raysl: error" not in err, err
+        stops_quietly(proc, sig)
     finally:
         if proc.poll() is None:
             proc.kill()
