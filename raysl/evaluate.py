@@ -412,14 +412,15 @@ def view_knn_agreement(bank: ArrayLike, embeddings_per_view: ArrayLike, k: int =
     dtype = torch.float64 if torch.float64 in (b.dtype, z.dtype) else torch.float32
     b = F.normalize(b.to(dtype), dim=1)
     z = F.normalize(z.to(device=b.device, dtype=dtype), dim=2)
-    pairs = [(i, j) for i in range(q) for j in range(i + 1, q)]
     shared = 0
     for start in range(0, n, chunk):
         part = z[start : start + chunk]  # [c, q, D]
-        neighbours = (part @ b.T).topk(k, dim=2).indices  # [c, q, k], k distinct bank rows per view
-        for i, j in pairs:
-            shared += int((neighbours[:, i, :, None] == neighbours[:, j, None, :]).sum().item())
-    return shared / (n * len(pairs) * k)
+        nb = (part @ b.T).topk(k, dim=2).indices  # [c, q, k], k distinct bank rows per view
+        # matches over every ordered pair of views [c, q, q, k, k]: each view matches itself k times,
+        # and each unordered pair of different views counts twice
+        matches = int((nb[:, :, None, :, None] == nb[:, None, :, None, :]).sum().item())
+        shared += (matches - part.shape[0] * q * k) // 2
+    return shared / (n * q * (q - 1) // 2 * k)
 
 
 def agreed_rank(rankme_value: float, agreement: float) -> float:

@@ -78,7 +78,7 @@ def check_against_data(cfg: RunConfig, data_dir: str, source: str) -> Any:
     from raysl.gpu_memory import check_gpu_share
 
     # a fractional GPU share too small for the run; per-image state spans every split (rows index the source)
-    check_gpu_share(cfg, manifest.channels, size, source, sum(split["rows"] for split in manifest.splits.values()))
+    check_gpu_share(cfg, manifest.channels, size, source, manifest.total_rows)
     return manifest
 
 

@@ -332,9 +332,7 @@ def input_norm(cfg: RunConfig, manifest) -> dict:
 
 def build_run_method(cfg: RunConfig, manifest, device: torch.device) -> torch.nn.Module:
     """The method as a run builds it; the caller seeds torch first (``cfg.seed + rank``)."""
-    # row indices span every split (they index the source data set)
-    total_rows = sum(split["rows"] for split in manifest.splits.values())
-    method = build_method(cfg, manifest.channels, num_samples=total_rows).to(device)
+    method = build_method(cfg, manifest.channels, num_samples=manifest.total_rows).to(device)
     if cfg.model.channels_last:
         method = method.to(memory_format=torch.channels_last)
     return method

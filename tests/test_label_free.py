@@ -254,10 +254,11 @@ def test_view_knn_agreement_invariant_to_scale_and_rotation():
     views = torch.randn(80, 1, 16, generator=g, dtype=torch.float64) + 0.5 * torch.randn(80, 3, 16, generator=g,
                                                                                          dtype=torch.float64)
     k = 10
-    # exact invariance needs no near-tie at anyone's k-th place: check the margin these draws have
+    # exact invariance needs no near-tie at anyone's k-th place: these draws keep a margin of 1e-5 or
+    # more in cosine, far above float64's error (1e-16) and float32's (1e-7) in computing it
     sims = F.normalize(views, dim=2) @ F.normalize(bank, dim=1).T
     top = sims.topk(k + 1, dim=2).values
-    assert float((top[..., k - 1] - top[..., k]).min()) > 1e-9
+    assert float((top[..., k - 1] - top[..., k]).min()) > 1e-5
     base = view_knn_agreement(bank, views, k=k)
     rot = _orthogonal(16, 4)
     assert 0.0 < base < 1.0

@@ -98,6 +98,12 @@ class Manifest:
         """(height, width, channels): the shape of one decoded image (for "encoded": the median one)."""
         return (self.height, self.width, self.channels)
 
+    @property
+    def total_rows(self) -> int:
+        """Rows over every split: a row's index counts across the splits (it indexes the source data set),
+        so per-image state (iSogCLR, DeepCluster-v2, SupCon's labels) has this many entries."""
+        return sum(split["rows"] for split in self.splits.values())
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict, ``format_version`` first so humans see it."""
         body = dataclasses.asdict(self)

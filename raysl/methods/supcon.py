@@ -28,7 +28,7 @@ def train_labels(data_dir: str, manifest) -> torch.Tensor:
 
     from raysl.data.shards import shard_uris
 
-    table = np.full(sum(split["rows"] for split in manifest.splits.values()), -1, dtype=np.int64)
+    table = np.full(manifest.total_rows, -1, dtype=np.int64)
     for uri in shard_uris(data_dir, "train", manifest):
         part = pq.read_table(uri, columns=["index", "label"])
         index = part.column("index").to_numpy().astype(np.int64)
