@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from raysl import storage
+from raysl import jsonio, storage
 from raysl.errors import ConfigError, RayslError
 from raysl.results import BAD_STATUSES, UNFINISHED, Experiment, Param, flatten, load_experiments
 
@@ -135,14 +135,104 @@ def _distribution(param: Param, values: list[Any]):
     return FloatDistribution(float(low), float(high), log=param.log and low > 0)
 
 
-def param_importance(exp: Experiment, *, seed: int = 0) -> dict[str, Any]:
-    """fANOVA importances of the searched parameters for the final objective.
+# What optuna-dashboard (0.21) shows on its "Hyperparameter Importance" card, and so what `raysl
+# dashboard` shows: Optuna's PED-ANOVA evaluator over the study's COMPLETE trials (optuna_dashboard/
+# _importance.py). The report shows the same numbers, so the two never disagree about one search.
+DASHBOARD_EVALUATOR = "PED-ANOVA (Optuna's PedAnovaImportanceEvaluator, as optuna-dashboard shows it)"
+STUDY_RECORD = "raysl_study.json"  # raysl.study.STUDY_FILE, named here to look for it without importing Ray Tune
+FANOVA_SEED = 0  # fANOVA fits a random forest: a fixed seed gives the same numbers on every analyze
+
+
+def param_importance(exp: Experiment, *, seed: int = FANOVA_SEED) -> dict[str, Any]:
+    """Importances of the searched parameters for the objective, as ``raysl dashboard`` shows them.
+
+    A search with an Optuna study (every ``raysl tune`` but PBT): optuna-dashboard's estimator on the
+    study's trials (:func:`study_importance`). Without one (PBT, a study that cannot be opened):
+    Optuna's fANOVA (``seed``) over the Tune trials' final objective (:func:`fanova_importance`);
+    ``note`` says why.
+
+    Returns ``{"importances": {param: share}, "evaluator": ..., "trials": n, "used": ..., "note": ...}``;
+    ``importances`` is empty (and ``note`` says why) when there is too little to go on.
+    """
+    found, why_not = study_importance(exp)
+    if found is not None:
+        return found
+    out = fanova_importance(exp, seed=seed)
+    if why_not:
+        out["note"] = "; ".join(n for n in (why_not, out["note"]) if n)
+    return out
+
+
+def _study_trials(exp: Experiment):
+    """(the experiment's Optuna study, None) or (None, why there is none to read)."""
+    if not storage.exists(storage.join_uri(exp.location, STUDY_RECORD)):
+        return None, "no Optuna study (a PBT search keeps none), so not the dashboard's estimator"
+    from raysl import study as studies  # imports Ray Tune (a second or two): only for a search with a study
+
+    try:
+        place = studies.load(exp.location)
+        if place.url.startswith("sqlite"):
+            from sqlalchemy.engine import make_url
+
+            database = make_url(place.url).database
+            if database and not os.path.exists(database):  # opening it would create an empty study database
+                return None, f"the study database {database} is missing"
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        return optuna.load_study(study_name=place.name, storage=place.open()), None
+    except (RayslError, KeyError) as exc:  # KeyError: no study of that name in the database
+        return None, f"the Optuna study could not be read ({' '.join(str(exc).split())[:200]})"
+
+
+def study_importance(exp: Experiment) -> tuple[dict[str, Any] | None, str | None]:
+    """(importances, None) as optuna-dashboard computes them for the experiment's study, or (None, why not).
+
+    The dashboard's estimator on the dashboard's trials: PED-ANOVA over the study's COMPLETE trials
+    (a trial ASHA stopped is COMPLETE with its last reported value, as Ray's OptunaSearch tells it),
+    the objective negated for a maximized metric; when PED-ANOVA returns nothing, equal shares over
+    the searched parameters, as the dashboard draws them.
+    """
+    import warnings
+
+    from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
+    from optuna.study import StudyDirection
+    from optuna.trial import TrialState
+
+    study, why_not = _study_trials(exp)
+    if study is None:
+        return None, why_not
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    used = (f"the {len(complete)} COMPLETE trials of Optuna study {study.study_name} (the trials raysl dashboard "
+            f"shows: finished and early-stopped alike, each with its last reported {exp.metric})")
+    out: dict[str, Any] = {"importances": {}, "evaluator": DASHBOARD_EVALUATOR, "trials": len(complete),
+                           "used": used, "note": None}
+    if len(study.directions) > 1:
+        out["note"] = f"objective 1 of {len(study.directions)} ({exp.metric}), as the dashboard's first card"
+    if len(complete) <= 1:  # the dashboard shows no importance either
+        out["note"] = f"needs at least 2 COMPLETE trials in the Optuna study, has {len(complete)}"
+        return out, None
+    maximize = study.directions[0] == StudyDirection.MAXIMIZE
+    with warnings.catch_warnings():
+        # PED-ANOVA warns that it ranks low target values; the target below is negated for a max metric
+        warnings.simplefilter("ignore")
+        scores = get_param_importances(
+            study, evaluator=PedAnovaImportanceEvaluator(),
+            target=(lambda t: -t.values[0]) if maximize else (lambda t: t.values[0]))
+    if not scores:  # the dashboard then shows equal shares over every parameter any trial searched
+        names = sorted({name for t in trials for name in t.distributions})
+        scores = {name: 1.0 / len(names) for name in names}
+        out["note"] = "PED-ANOVA found no difference between the parameters; equal shares, as the dashboard shows"
+    out["importances"] = {k: float(v) for k, v in scores.items()}
+    return out, None
+
+
+def fanova_importance(exp: Experiment, *, seed: int = FANOVA_SEED) -> dict[str, Any]:
+    """fANOVA importances of the searched parameters for the final objective of the Tune trials.
 
     Over the finished trials when at least three of them differ; else (ASHA stopped most
     trials) over every usable trial's last value, which ``used`` says.
-
-    Returns ``{"importances": {param: share}, "evaluator": ..., "trials": n, "note": ...}``;
-    ``importances`` is empty (and ``note`` says why) when there is too little to go on.
     """
     import optuna
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
@@ -150,13 +240,13 @@ def param_importance(exp: Experiment, *, seed: int = 0) -> dict[str, Any]:
     trials = exp.trials
     usable = trials[trials["objective_final"].notna() & ~trials["status"].isin(BAD_STATUSES)]
     done = usable[usable["status"] == "finished"]
-    used = "finished trials"
+    used = f"the {len(done)} finished trials' final {exp.metric}"
     if len(done) < 3 or done["objective_final"].astype(float).nunique() < 2:
         # ASHA may leave too few trials at the full budget to compare: use every trial's last value
         done = usable
-        used = "every trial's last value (too few finished trials differ)"
-    out: dict[str, Any] = {"importances": {}, "evaluator": "fANOVA", "trials": int(len(done)), "used": used,
-                           "note": None}
+        used = f"the last {exp.metric} of {len(done)} trials, early-stopped ones too (too few finished trials differ)"
+    out: dict[str, Any] = {"importances": {}, "trials": int(len(done)), "used": used, "note": None,
+                           "evaluator": f"fANOVA (Optuna's FanovaImportanceEvaluator, seed {seed})"}
     names = [p.name for p in exp.params if p.name in trials]
     if not names:
         out["note"] = "no searched parameters"
@@ -258,6 +348,18 @@ def final_values(exp: Experiment, metric: str) -> pd.Series:
     return exp.trials["trial_id"].map(last).astype(float)
 
 
+# Fewer finished trials than this and raysl names no best label-free selector: with 4 trials even a
+# perfect rank agreement with kNN is not significant (exact two-sided Spearman test, p = 2/4! = 0.083;
+# with 5, p = 2/5! = 0.017), and a selector picks the best of 2-4 trials by chance 25-50% of the time.
+MIN_SELECTOR_TRIALS = 5
+
+
+def too_few_for_selectors(trials: int) -> str:
+    """What raysl says instead of naming a best label-free selector from ``trials`` finished trials."""
+    return (f"{trials} finished trial{'s' * (trials != 1)} with kNN accuracy, fewer than {MIN_SELECTOR_TRIALS} "
+            "needed to compare them")
+
+
 def label_free_selectors(exp: Experiment) -> dict[str, Any]:
     """How each label-free metric would have picked among the finished trials, judged by kNN accuracy.
 
@@ -269,17 +371,21 @@ def label_free_selectors(exp: Experiment) -> dict[str, Any]:
     the score count with their mean ``knn_acc``). A trial without the metric cannot be picked by it;
     the best ``knn_acc`` is over every trial in the pool, so missing the best costs regret.
 
-    Returns ``{"trials", "best_knn_acc", "best_trial", "rows": [{"metric", "selects", "trials",
-    "spearman", "picked_trial", "picked_value", "picked_knn_acc", "regret"}], "note"}``; ``rows`` is
-    empty (and ``note`` says why) when no finished trial reports ``knn_acc``.
+    Returns ``{"trials", "min_trials", "best_knn_acc", "best_trial", "rows": [{"metric", "selects",
+    "trials", "spearman", "picked_trial", "picked_value", "picked_knn_acc", "regret"}], "note"}``;
+    ``rows`` is empty (and ``note`` says why) when no finished trial reports ``knn_acc`` or fewer than
+    :data:`MIN_SELECTOR_TRIALS` do.
     """
     trials = exp.trials
     knn = final_values(exp, "knn_acc")
     pool = (trials["status"] == "finished") & np.isfinite(knn)
-    out: dict[str, Any] = {"trials": int(pool.sum()), "best_knn_acc": None, "best_trial": None, "rows": [],
-                           "note": None}
+    out: dict[str, Any] = {"trials": int(pool.sum()), "min_trials": MIN_SELECTOR_TRIALS, "best_knn_acc": None,
+                           "best_trial": None, "rows": [], "note": None}
     if not pool.any():
         out["note"] = "no finished trial reports knn_acc (labels are needed to judge the selectors)"
+        return out
+    if pool.sum() < MIN_SELECTOR_TRIALS:
+        out["note"] = too_few_for_selectors(int(pool.sum()))
         return out
     knn = knn[pool]
     ids = trials.loc[pool, "trial_id"].astype(str)
@@ -453,20 +559,6 @@ def _overall_best(experiments: list[Experiment]) -> tuple[Experiment, pd.Series]
 # the command
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(float(value)) else None
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
-
-
 def pbt_lineage(exp: Experiment) -> list[dict[str, Any]]:
     """Each PBT clone, oldest first: the trial, the trial it cloned, the epoch it continued from and the
     mutation (``{key: [donor's value, new value]}`` and as text); ``fallback`` when the donor's checkpoint
@@ -532,10 +624,15 @@ def summary_line(summary: dict) -> str:
                      f"({b['trial_epochs_saved']} saved by early stopping)")
         if exp["rankme_knn_spearman"] is not None:
             text += f"; RankMe vs kNN Spearman {exp['rankme_knn_spearman']:.2f}"
-        chosen = [r for r in exp["label_free_selectors"]["rows"] if r["regret"] is not None]
+        selectors = exp["label_free_selectors"]
+        # a metric reported by fewer trials than the minimum is in the table, never the headline
+        chosen = [r for r in selectors["rows"]
+                  if r["regret"] is not None and r["trials"] >= selectors.get("min_trials", MIN_SELECTOR_TRIALS)]
         if chosen:
             top = min(chosen, key=lambda r: r["regret"])
             text += f"; best label-free selector {top['metric']} (kNN regret {top['regret']:.4f})"
+        elif 0 < selectors["trials"] < selectors.get("min_trials", MIN_SELECTOR_TRIALS):
+            text += f"; label-free selectors: {selectors['note']}"
         parts.append(text)
     return " | ".join(parts)
 
@@ -618,7 +715,7 @@ def _write_outputs(experiments: list[Experiment], local_out: str, scaling: tuple
     summary["plots"] = report.write_plots(experiments, summaries, local_out)
     summary["outputs"] = sorted(["leaderboard.csv", "leaderboard.md", "summary.json", "report.html",
                                  *(["best_config.yaml"] if best_yaml else []), *summary["plots"].values()])
-    summary = _json_safe(summary)
+    summary = jsonio.to_json_safe(summary)  # what summary.json holds is also what the report shows
     report.write_html(experiments, summary, table, best_yaml, local_out)
     if scaling is not None:  # report.html is the scaling report; the search report of the same runs is kept
         from raysl import scaling_report
@@ -626,12 +723,12 @@ def _write_outputs(experiments: list[Experiment], local_out: str, scaling: tuple
         os.replace(os.path.join(local_out, "report.html"), os.path.join(local_out, SEARCH_REPORT))
         scaled = scaling_report.write_report(*scaling, local_out, name=experiments[0].name, predict=predict,
                                              search_report=SEARCH_REPORT)
-        summary["scaling"] = _json_safe({k: scaled[k] for k in ("summary", "plots", "fitted", "notes",
-                                                                 "predictions")})
+        summary["scaling"] = jsonio.to_json_safe({k: scaled[k] for k in ("summary", "plots", "fitted", "notes",
+                                                                        "predictions")})
         summary["summary"] += " | scaling: " + scaled["summary"]
         summary["outputs"] = sorted([*summary["outputs"], SEARCH_REPORT, *scaled["plots"].values()])
     with open(os.path.join(local_out, "summary.json"), "w") as fh:
-        json.dump(summary, fh, indent=2)
+        fh.write(jsonio.dumps(summary, indent=2))
     return summary
 
 
@@ -657,5 +754,5 @@ def analyze_main(args) -> int:
             print(f"[raysl] {line}", file=sys.stderr)
         final["search_report"] = out.rstrip("/") + "/" + SEARCH_REPORT
         final["predictions"] = summary["scaling"]["predictions"]
-    print(json.dumps(final))
+    jsonio.print_line(final)
     return 0

@@ -7,17 +7,21 @@ Exit codes: 0 success, 2 a user or environment error (one line on stderr), 130 a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
+from raysl import jsonio
 from raysl.errors import RayslError
 
 
 SET_HELP = ("override one config key, repeatable; the value is read as YAML: --set optim.lr=0.01 "
             "--set method.temperature=0.1 --set data.augment=byol; sections: method, model, data, optim, "
             "schedule, scale, eval, checkpoint (all keys and defaults: raysl/config.py)")
+# --resume refuses Ray state files not signed with the user's secret (raysl.signing)
+TRUST_HELP = ("with --resume: resume an experiment whose saved Ray state is not signed with your secret (written "
+              "before raysl signed it, with another secret, or by a search killed outright); raysl signs it as it "
+              "is, then resumes. Only for a folder you trust: unpickling that state runs its code")
 
 
 def _non_negative_int(text: str) -> int:
@@ -67,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--storage", default=None, help="results folder or URI (default: ./raysl_results)")
     tune.add_argument("--name", default=None, help="experiment name (default: the space file's name)")
     tune.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
+    tune.add_argument("--trust-experiment", action="store_true", help=TRUST_HELP)
     tune.add_argument("--optuna-storage", default=None, metavar="URL",
                       help="database of the search's Optuna study (default: SQLite EXPERIMENT/optuna.db), e.g. a "
                            "team's postgresql+psycopg2://USER@HOST:5432/DB; the study is named after the experiment")
@@ -83,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     scale.add_argument("--storage", default=None, help="results folder or URI (default: ./raysl_results)")
     scale.add_argument("--name", default=None, help="experiment name (default: the file's name)")
     scale.add_argument("--resume", action="store_true", help="continue an interrupted grid")
+    scale.add_argument("--trust-experiment", action="store_true", help=TRUST_HELP)
     scale.add_argument("--verbose", action="store_true", help="also show Ray's own logs and Tune's result tables")
 
     analyze = sub.add_parser("analyze", help="leaderboard, plots, importance and an HTML report")
@@ -132,10 +138,14 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
         print(f"raysl: skipped {count} unreadable file{'s' * (count != 1)}, see "
               f"{args.out.rstrip('/')}/manifest.json", file=sys.stderr)  # fmt: skip
     rows = {k: v["rows"] for k, v in manifest.splits.items()}
-    print(json.dumps({"out": args.out, "source": manifest.source, "rows": rows,
-                      "shape": [manifest.height, manifest.width, manifest.channels],
-                      "encoding": manifest.encoding, "skipped": len(manifest.skipped),
-                      "classes": manifest.num_classes}))
+    summary = {"out": args.out, "source": manifest.source, "rows": rows,
+               "shape": [manifest.height, manifest.width, manifest.channels],
+               "encoding": manifest.encoding, "skipped": len(manifest.skipped), "classes": manifest.num_classes}
+    if manifest.sizes_vary:  # images of many sizes have no one shape: give their range, not the median as if it were
+        summary["shape"] = None
+        summary["sizes"] = {**{k: list(v) for k, v in (manifest.size_range or {}).items()},
+                            "median": [manifest.height, manifest.width], "channels": manifest.channels}
+    jsonio.print_line(summary)
     return 0
 
 
@@ -153,7 +163,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except StorageError as exc:  # the run folder could not be written: say how to continue once it can
         _shutdown_ray()
         if hasattr(exc, "summary"):
-            print(json.dumps(exc.summary), flush=True)
+            jsonio.print_line(exc.summary)
         resume = train_resume_command(args, _absolute(out))
         print(f"raysl: error: {' '.join(str(exc).split())}; resume with: {resume}", file=sys.stderr, flush=True)
         return 2
@@ -164,16 +174,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 130
     except WorkerDiedError as exc:  # an environment failure: say what was kept and how to go on
         _shutdown_ray()
-        print(json.dumps(exc.summary), flush=True)  # type: ignore[attr-defined]
+        jsonio.print_line(exc.summary)  # type: ignore[attr-defined]
         resume = train_resume_command(args, _absolute(out))
         print(f"raysl: error: {' '.join(str(exc).split())}; resume with: {resume}", file=sys.stderr, flush=True)
         return 2
     except TrainingError as exc:
         _shutdown_ray()
-        print(json.dumps(getattr(exc, "summary", {"status": "errored", "error": str(exc)})), flush=True)
+        jsonio.print_line(getattr(exc, "summary", {"status": "errored", "error": str(exc)}))
         raise
     _shutdown_ray()
-    print(json.dumps(summary), flush=True)  # the last stdout line is the run's JSON summary
+    jsonio.print_line(summary)  # the last stdout line is the run's JSON summary (strict: null, never Infinity)
     return 0
 
 
@@ -230,7 +240,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     summary = export_backbone(args.run_dir, args.out, args.epoch, force=args.force)
     for problem in summary.get("skipped", []):
         print(f"[raysl] skipped: {problem}", file=sys.stderr)
-    print(json.dumps(summary), flush=True)  # the last stdout line is the export's JSON summary
+    jsonio.print_line(summary)  # the last stdout line is the export's JSON summary
     return 0
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from raysl.errors import ConfigError
 
@@ -481,6 +481,9 @@ class ScaleConfig(Section):
     gpu_memory_gb: Annotated[float, Field(gt=0.0)] | None = None
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast is used on GPU only
     torch_threads: Annotated[int, Field(ge=1)] | None = None  # default: cpus_per_worker
+    # a cluster with an autoscaler: how long raysl waits for it to add the CPUs/GPUs the run asks for
+    # before giving up in one line (a fixed cluster that cannot hold the run is refused at once)
+    placement_timeout_s: Annotated[float, Field(gt=0.0)] = 600.0
 
     @field_validator("num_workers", mode="before")
     @classmethod
@@ -554,6 +557,15 @@ class RunConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     seed: Annotated[int, Field(ge=0)] = 0
+    # dotted key -> the `--set key=value` item that set it (build_config), so that a check made after
+    # loading (e.g. against the data set) blames the --set item, not the file; never dumped or saved
+    _set_keys: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def origin(self, key: str, source: str) -> str:
+        """Where ``key``'s value came from, for an error message: ``--set KEY=VALUE`` when an override
+        set it (or a section above it), else ``source`` (the file)."""
+        item = next((v for k, v in self._set_keys.items() if key == k or key.startswith(k + ".")), None)
+        return f"--set {item}" if item is not None else source
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "RunConfig":
@@ -782,7 +794,9 @@ def build_config(tree: dict, source: str = "config", set_keys: dict[str, str] | 
     """
     set_keys = set_keys or {}
     try:
-        return RunConfig.model_validate(tree)
+        config = RunConfig.model_validate(tree)
+        config._set_keys = dict(set_keys)
+        return config
     except ValidationError as exc:
         err, loc = _error_loc(exc)
         dotted = ".".join(loc)

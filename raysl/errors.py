@@ -45,6 +45,14 @@ class StorageError(RayslError):
     """A path cannot be read or written: permission denied, read-only, no space left, missing."""
 
 
+class UntrustedStateError(RayslError):
+    """A pickled state file of an experiment is unsigned, changed, or signed with another secret (raysl.signing)."""
+
+
+class PlacementError(RayslError):
+    """The cluster cannot give a run (or a trial) the CPUs/GPUs it asks for."""
+
+
 class WorkerDiedError(TrainingError):
     """A training worker process died (killed by a signal: the OOM killer, a preempted node)."""
 

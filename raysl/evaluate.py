@@ -34,6 +34,7 @@ __all__ = [
     "collapse_std",
     "evaluate_features",
     "is_collapsed",
+    "collapsed_by_training",
     "knn_accuracy",
     "linear_probe_accuracy",
     "lidar",
@@ -509,6 +510,33 @@ def is_collapsed(z: ArrayLike, threshold: float = 0.1, min_rank: float | None = 
     if collapse_std(x) < threshold / math.sqrt(x.shape[1]):
         return True
     return min_rank is not None and rankme(x) < min_rank
+
+
+# Below this many rows a per-dimension std says little (its relative error is about 1/sqrt(2 rows)),
+# and a collapse check on it would raise alarms the data cannot support.
+MIN_COLLAPSE_ROWS = 32
+# Collapse is what training does to the embeddings: their spread must have fallen to this share of
+# what the same network gave at initialisation (a random projector on a few images can start low).
+COLLAPSE_DROP = 0.5
+
+
+@torch.no_grad()
+def collapsed_by_training(z: ArrayLike, init_std: float | None) -> bool:
+    """Whether training collapsed the embeddings ``z`` (rows: the eval images).
+
+    :func:`is_collapsed` judges one snapshot; a network at random initialisation can
+    already look collapsed by it (a randomly initialised projector on a few dozen
+    photos). So a collapse also needs the spread (:func:`collapse_std`) to have
+    fallen below ``COLLAPSE_DROP`` x ``init_std``, the same network's spread on the
+    same images before its first step (None: unknown, the snapshot decides), and at
+    least ``MIN_COLLAPSE_ROWS`` rows to measure it on (fewer: never collapsed).
+    """
+    x = _features(z, "z")
+    if x.shape[0] < MIN_COLLAPSE_ROWS or not is_collapsed(x):
+        return False
+    if init_std is None or not math.isfinite(init_std):
+        return True
+    return collapse_std(x) < COLLAPSE_DROP * init_std
 
 
 # --------------------------------------------------------------------------- #

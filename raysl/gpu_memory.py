@@ -105,7 +105,8 @@ def check_gpu_share(cfg, in_channels: int, crop_size: int, source: str,
     if found["total"] > share:
         fits = max(1, int(gpu_gb * GIB // found["total"]))
         raise ConfigError(
-            f"{source}: scale.gpus_per_worker: {scale.gpus_per_worker:g} of a {gpu_gb:g} GB GPU is "
+            f"{cfg.origin('scale.gpus_per_worker', source)}: scale.gpus_per_worker: {scale.gpus_per_worker:g} of a "
+            f"{gpu_gb:g} GB GPU is "
             f"{share / GIB:.1f} GB, and this run needs about {found['total'] / GIB:.1f} GB per worker (weights, "
             f"gradients, optimizer state and buffers {found['state'] / GIB:.2f} GB + activations of "
             f"{found['local_batch']} images {found['activations'] / GIB:.1f} GB + 1 GB, x1.2; raysl.gpu_memory); "

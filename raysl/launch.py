@@ -11,12 +11,13 @@ import json
 import os
 import signal
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from raysl.config import RunConfig
-from raysl import storage
-from raysl.errors import (ConfigError, Interrupted, RayslError, StorageError, TrainingError,
+from raysl import jsonio, storage
+from raysl.errors import (ConfigError, Interrupted, PlacementError, RayslError, StorageError, TrainingError,
                           WorkerDiedError)
 from raysl.progress import EPOCH_FIELDS, epoch_line
 
@@ -58,22 +59,22 @@ def check_against_data(cfg: RunConfig, data_dir: str, source: str) -> Any:
     manifest = shards.load_manifest(data_dir)
     if cfg.method.name == "supcon" and not manifest.labeled:
         raise ConfigError(
-            f"{source}: method supcon needs labelled data; {data_dir} has no labels "
+            f"{cfg.origin('method.name', source)}: method supcon needs labelled data; {data_dir} has no labels "
             "(prepared from an unlabelled source); use a labelled data set or a self-supervised method"
         )
     rows = manifest.splits["train"]["rows"]
     if cfg.optim.batch_size > rows:
         raise ConfigError(
-            f"{source}: optim.batch_size: {cfg.optim.batch_size} is larger than the {rows} training "
-            f"images in {data_dir}; use at most {rows}"
+            f"{cfg.origin('optim.batch_size', source)}: optim.batch_size: {cfg.optim.batch_size} is larger than "
+            f"the {rows} training images in {data_dir}; use at most {rows}"
         )
     # encoded shards hold images of many sizes: the crop size (224 by default) is what the model sees
     size = global_crop_size(cfg, manifest) if is_encoded(manifest) else (
         cfg.data.crop_size or min(manifest.height, manifest.width))
     if cfg.model.backbone == "vit_tiny" and size < cfg.model.patch_size:
         raise ConfigError(
-            f"{source}: model.patch_size: {cfg.model.patch_size} px patches do not fit the {size} px images "
-            f"in {data_dir}; set data.crop_size or a smaller model.patch_size"
+            f"{cfg.origin('model.patch_size', source)}: model.patch_size: {cfg.model.patch_size} px patches do not "
+            f"fit the {size} px images in {data_dir}; set data.crop_size or a smaller model.patch_size"
         )
     from raysl.gpu_memory import check_gpu_share
 
@@ -121,6 +122,194 @@ def init_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:
         os.environ.setdefault(key, value)
     cpus = num_cpus or max(4, 2 * (os.cpu_count() or 2))
     ray.init(num_cpus=cpus, include_dashboard=True, log_to_driver=verbose, configure_logging=True, logging_level=level)
+
+
+# --------------------------------------------------------------------------
+# placement: a run the cluster cannot hold is refused at once, not left waiting for resources forever
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a run (or one trial) asks the cluster for: ``workers`` bundles of ``per_worker`` (each on one
+    node), plus ``extra`` anywhere (``why_extra`` says what for)."""
+
+    what: str  # "the run", "a trial"
+    workers: int
+    per_worker: dict[str, float]
+    extra: dict[str, float] = field(default_factory=dict)
+    why_extra: str = ""
+
+    def describe(self) -> str:
+        bundle = "{" + ", ".join(f"{k}: {_num(self.per_worker.get(k, 0))}" for k in ("CPU", "GPU")) + "}"
+        text = f"{self.workers} worker{'s' * (self.workers != 1)} x {bundle}"
+        extra = [f"{_num(v)} {k}" for k, v in self.extra.items() if v]
+        return text + (f" plus {' and '.join(extra)} for {self.why_extra}" if extra else "")
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def run_needs(cfg: RunConfig) -> Needs:
+    """``raysl train``: the (minimum number of) Train workers, plus a CPU for Ray Data's read (and JPEG
+    decode) tasks: they ask for one CPU each, and with every CPU held by a worker they never run."""
+    scale = cfg.scale
+    bundle = {"CPU": scale.cpus_per_worker, "GPU": scale.gpus_per_worker if scale.use_gpu else 0.0}
+    return Needs("the run", scale.min_workers, bundle, {"CPU": 1.0}, "Ray Data's read tasks")
+
+
+def trial_needs(cfg: RunConfig, encoded: bool) -> Needs:
+    """One ``raysl tune`` trial (raysl.search.trial_resources): a one-worker trial is its worker; a
+    multi-worker trial adds its driver (a hundredth of a CPU) and, on JPEG shards, a CPU for the decode
+    tasks (its read tasks take none)."""
+    scale = cfg.scale
+    bundle = {"CPU": scale.cpus_per_worker, "GPU": scale.gpus_per_worker if scale.use_gpu else 0.0}
+    if scale.max_workers == 1:
+        return Needs("a trial", 1, bundle)
+    return Needs("a trial", scale.max_workers, bundle, {"CPU": 1.01 if encoded else 0.01},
+                 "the trial's driver" + (" and its JPEG decode tasks" if encoded else ""))
+
+
+def missing_resource(needs: Needs, nodes: list[dict[str, float]]) -> str | None:
+    """The resource ("CPU" or "GPU") the nodes (each one's total resources) lack for ``needs``, or None
+    when it fits: the worker bundles packed first-fit, largest first (each bundle on one node, as Ray
+    places them), then ``extra`` from what is left anywhere."""
+    free = [{k: float(n.get(k, 0.0)) for k in ("CPU", "GPU")} for n in nodes]
+    bundle = {k: float(v) for k, v in needs.per_worker.items() if v}
+    for _ in range(needs.workers):
+        home = next((n for n in free if all(n[k] >= v - 1e-9 for k, v in bundle.items())), None)
+        if home is None:
+            totals = {k: sum(n[k] for n in free) for k in bundle}
+            # name what is short: the resource some bundle cannot get at all, else the one left too small
+            short = [k for k, v in bundle.items() if not any(n[k] >= v - 1e-9 for n in free)]
+            return (short or [k for k, v in bundle.items() if totals[k] < v] or list(bundle))[0]
+        for k, v in bundle.items():
+            home[k] -= v
+    for k, v in needs.extra.items():
+        if v and sum(n.get(k, 0.0) for n in free) < v - 1e-9:
+            return k
+    return None
+
+
+def _cluster_nodes() -> list[dict[str, float]]:
+    import ray
+
+    return [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
+
+
+def _totals(nodes: list[dict[str, float]]) -> str:
+    return "{" + ", ".join(f"{k}: {_num(sum(n.get(k, 0.0) for n in nodes))}" for k in ("CPU", "GPU")) + "}"
+
+
+def cluster_can_grow() -> bool:
+    """Whether the cluster may add nodes (an autoscaler that launches them), so that waiting makes sense.
+
+    A local cluster raysl started itself (no RAY_ADDRESS) never grows. A joined one grows when an
+    autoscaler runs with a node-launching config: Ray's autoscaler v2 reports its state version (not
+    0), or v1's status names real node types. A cluster started by hand (``ray start`` on each node)
+    has Ray's read-only monitor, whose status names every node ``node_<its id>``: that one is fixed.
+    When Ray says neither (an older or newer Ray, a status not written yet), raysl assumes it may grow
+    and waits (``scale.placement_timeout_s``) rather than refuse a run that could have started.
+    """
+    if not os.environ.get("RAY_ADDRESS"):
+        return False
+    import ray
+
+    try:  # private Ray APIs, read only; any failure leaves the answer to the next check
+        from ray.autoscaler.v2.sdk import get_cluster_status
+
+        version = get_cluster_status(ray.get_runtime_context().gcs_address).stats.autoscaler_version
+        if version not in (None, "", "0", 0):
+            return True
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        from ray._private import ray_constants
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        mapping = (json.loads(raw) if raw else {}).get("autoscaler_report", {}).get("node_type_mapping") or {}
+        if mapping:
+            return not all(kind == f"node_{node}" for node, kind in mapping.items())
+    except Exception:  # noqa: BLE001
+        pass
+    return True
+
+
+def _fixes(needs: Needs, short: str, nodes: list[dict[str, float]]) -> str:
+    total = {k: sum(n.get(k, 0.0) for n in nodes) for k in ("CPU", "GPU")}
+    if short == "GPU":
+        if total["GPU"] == 0:
+            return ("set scale.use_gpu=false (this cluster has no GPU), or run on a cluster with GPUs "
+                    "(RAY_ADDRESS=... raysl ...)")
+        return "lower scale.num_workers or scale.gpus_per_worker, or join a cluster with more GPUs (RAY_ADDRESS)"
+    # a rough count (it ignores how the CPUs split over nodes), to say which way to go
+    fit = int((total["CPU"] - needs.extra.get("CPU", 0.0)) // needs.per_worker.get("CPU", 1.0))
+    hint = f" (about {fit} fit)" if 1 <= fit < needs.workers else ""
+    return (f"lower scale.num_workers{hint} or scale.cpus_per_worker, or join a larger cluster "
+            "(RAY_ADDRESS=... raysl ...)")
+
+
+def check_placement(needs_list: list[Needs], timeout_s: float, *, say: Callable[[str], Any] | None = None,
+                    nodes_of: Callable[[], list[dict[str, float]]] = _cluster_nodes,
+                    can_grow: Callable[[], bool] = cluster_can_grow, sleep: Callable[[float], Any] | None = None,
+                    clock: Callable[[], float] | None = None) -> None:
+    """Refuse (``PlacementError``) what the cluster cannot hold, before anything is placed.
+
+    Ray would otherwise wait forever for a placement group a fixed cluster can never give, with
+    nothing on the screen. A cluster that can grow (:func:`cluster_can_grow`) is asked for the
+    resources (``ray.autoscaler.sdk.request_resources``) and polled; after ``timeout_s`` the run is
+    refused in the same way. The other arguments are for tests.
+    """
+    import time
+
+    sleep = sleep or time.sleep
+    clock = clock or time.monotonic
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    nodes = nodes_of()
+    lacking = [(needs, short) for needs in needs_list if (short := missing_resource(needs, nodes)) is not None]
+    if not lacking:
+        return
+    needs, short = lacking[0]
+    if not can_grow():
+        fixed = "no autoscaler" if os.environ.get("RAY_ADDRESS") else "the local cluster raysl started"
+        raise PlacementError(f"{needs.what} needs {needs.describe()} but the cluster has {_totals(nodes)}: not enough "
+                             f"{short}, and it cannot grow ({fixed}); {_fixes(needs, short, nodes)}")
+    _request_resources(needs)
+    say(f"[raysl] waiting for the cluster to grow: {needs.what} needs {needs.describe()}, the cluster has "
+        f"{_totals(nodes)} (short of {short}); giving up after {_num(timeout_s)} s (scale.placement_timeout_s)")
+    deadline = clock() + timeout_s
+    try:
+        while True:
+            sleep(min(5.0, max(0.0, deadline - clock())))
+            nodes = nodes_of()
+            lacking = [(n, s) for n in needs_list if (s := missing_resource(n, nodes)) is not None]
+            if not lacking:
+                say(f"[raysl] the cluster has grown to {_totals(nodes)}; starting")
+                return
+            if clock() >= deadline:
+                needs, short = lacking[0]
+                raise PlacementError(
+                    f"{needs.what} needs {needs.describe()} but the cluster has {_totals(nodes)} after waiting "
+                    f"{_num(timeout_s)} s for it to grow: not enough {short}; {_fixes(needs, short, nodes)}, or "
+                    "wait longer (scale.placement_timeout_s)")
+    finally:
+        _request_resources(None)
+
+
+def _request_resources(needs: Needs | None) -> None:
+    """Tell an autoscaler what to add (None: withdraw the request); its public SDK call."""
+    try:
+        from ray.autoscaler.sdk import request_resources
+
+        if needs is None:
+            request_resources(bundles=[])
+            return
+        bundle = {k: v for k, v in needs.per_worker.items() if v}
+        extra = {k: v for k, v in needs.extra.items() if v}
+        request_resources(bundles=[bundle] * needs.workers + ([extra] if extra else []))
+    except Exception:  # noqa: BLE001 - no autoscaler to tell (e.g. a cluster joined without one): nothing to ask
+        pass
 
 
 def quiet_ray(verbose: bool) -> None:
@@ -190,8 +379,9 @@ class MetricsFile:
     def write(self, metrics: dict) -> None:
         rows = [row for row in self.rows() if row.get("epoch", 0) < metrics.get("epoch", 0)]
         rows.append(metrics)
-        # atomic: a full disk leaves the previous file, never a torn one
-        storage.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
+        # atomic: a full disk leaves the previous file, never a torn one; strict JSON (null for a
+        # non-finite metric), so any JSON reader takes the file
+        storage.write_atomic(self.path, "".join(jsonio.dumps(r) + "\n" for r in rows))
         if self.show:
             print(epoch_line(metrics, STATUS_FIELDS), file=sys.stderr, flush=True)
 
@@ -459,6 +649,66 @@ def kept_epochs(out: storage.Location, epochs: int) -> tuple[int, str]:
     return done, (f"epoch 1 is checkpointed in {out}" if done == 1 else f"epochs 1-{done} are checkpointed in {out}")
 
 
+def interrupted_detail(finished: int, checkpointed: int, epochs: int, every: int, out: storage.Location | str) -> str:
+    """What an interrupted ``raysl train`` kept: ``after epoch 8 of 30; a resume continues from the epoch 6
+    checkpoint in OUT and repeats epochs 7-8 (checkpoint.every_epochs=2)``.
+
+    ``finished``: the last epoch that finished (its epoch line was printed); ``checkpointed``: the epoch
+    of the newest checkpoint Ray registered, where a resume continues from; ``every``:
+    ``checkpoint.every_epochs``. The epochs in between are trained again, and the line says why: not
+    every epoch is checkpointed, or the stop came before the newest checkpoint was registered.
+    """
+    finished = max(finished, checkpointed)
+    if finished == 0:
+        return f"during epoch 1 of {epochs}; no epoch is checkpointed yet in {out}, a resume starts from epoch 1"
+    head = f"after epoch {finished} of {epochs}; "
+    if checkpointed == finished:
+        return head + f"a resume continues from the epoch {checkpointed} checkpoint in {out}"
+    due = epochs if finished == epochs else finished - finished % every  # the newest epoch meant to be checkpointed
+    why = f"checkpoint.every_epochs={every}" if checkpointed >= due else \
+        f"the epoch {due} checkpoint was not saved before the stop"
+    again = f"epoch {finished}" if finished == checkpointed + 1 else f"epochs {checkpointed + 1}-{finished}"
+    if checkpointed == 0:
+        return head + f"no epoch is checkpointed yet in {out} ({why}), a resume starts from epoch 1"
+    return head + f"a resume continues from the epoch {checkpointed} checkpoint in {out} and repeats {again} ({why})"
+
+
+def finished_run(cfg: RunConfig, out: storage.Location) -> dict | None:
+    """The summary of the run in ``out`` when it already finished with this very config, else None.
+
+    Finished: its ``config.yaml`` is ``cfg``; Ray Train's newest registered checkpoint is of the last
+    epoch (``optim.epochs``) and its state file is there; ``metrics.jsonl``'s last row is that epoch
+    with status finished. The summary is what the run's own ``raysl train`` printed: that row, ``out``
+    and ``checkpoint``. (Running it again would start Ray, tens of seconds, to restore that checkpoint
+    and report it once more.)
+    """
+    import yaml
+
+    from raysl.config import to_yaml
+
+    text = storage.read_text(out.join("config.yaml"), missing_ok=True)
+    snapshot = storage.read_text(out.join(TRAIN_RUN_NAME, SNAPSHOT_FILE), missing_ok=True)
+    if text is None or snapshot is None:
+        return None
+    try:
+        if yaml.safe_load(text) != yaml.safe_load(to_yaml(cfg)):
+            return None  # another config (more epochs, another lr): Ray decides what is left to train
+        latest = json.loads(snapshot)["latest_checkpoint_result"]
+        name, epoch = str(latest["checkpoint_dir_name"]), int(latest["metrics"]["epoch"])
+    except (yaml.YAMLError, ValueError, TypeError, KeyError):
+        return None
+    if epoch != cfg.optim.epochs or not storage.is_file(out.join(TRAIN_RUN_NAME, name, "state.pt")):
+        return None  # state.pt: raysl.train.CHECKPOINT_FILE (importing raysl.train imports torch)
+    rows = [r for r in MetricsFile(out.join("metrics.jsonl"), show=False).rows() if isinstance(r.get("epoch"), int)]
+    last = max(rows, key=lambda r: r["epoch"], default={})
+    if last.get("epoch") != cfg.optim.epochs or last.get("status") != "finished":
+        return None
+    summary = {k: v for k, v in last.items() if k != "checkpoint"}
+    summary["out"] = str(out)
+    summary["checkpoint"] = last.get("checkpoint") or out.join(TRAIN_RUN_NAME, name).path
+    return summary
+
+
 def _stop_run(controllers: list, out: storage.Location) -> None:
     """Abort the Train run (its workers stop writing), leave Ray quietly, tidy the run folder."""
     import ray
@@ -505,6 +755,13 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
     from raysl.data.pipeline import train_dataset
     from raysl.train import train_worker
 
+    done = finished_run(cfg, storage.resolve(out))
+    if done is not None:  # before the data and Ray: nothing is left to train
+        print(f"[raysl] the run in {done['out']} is already finished (all {cfg.optim.epochs} epochs, status finished); "
+              f"nothing to train. Its results: {storage.join_uri(done['out'], 'metrics.jsonl')}, final checkpoint "
+              f"{done['checkpoint']}; to train longer, pass --set optim.epochs=N (more than {cfg.optim.epochs})",
+              file=sys.stderr)
+        return done
     data_dir = resolve_data_dir(cfg)
     manifest = check_against_data(cfg, data_dir, source)
     from raysl.data import shards
@@ -519,6 +776,8 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
     storage.write_atomic(out_dir.join("config.yaml"), to_yaml(cfg))
 
     init_ray(verbose=verbose)
+    # before the trainer asks for its workers: on a cluster that cannot hold them it would wait forever
+    check_placement([run_needs(cfg)], cfg.scale.placement_timeout_s)
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -553,18 +812,22 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
     run_controller = trainer._initialize_and_run_controller
     trainer._initialize_and_run_controller = lambda **kwargs: run_controller(  # type: ignore[method-assign]
         **{**kwargs, "failure_policy": make_failure_policy(failure_config, say, out_dir)})
+    view = progress.DriverView(relay)
     try:
         with interrupt_signals():
             try:
-                with progress.DriverView(relay):
+                with view:
                     result = trainer.fit()
             except KeyboardInterrupt:  # raysl's Interrupted, or the plain one Ray's ray.get makes of it
                 _stop_run(controllers, out_dir)
-                done, kept = kept_epochs(out_dir, cfg.optim.epochs)
+                registered = registered_checkpoints(out_dir)
                 reported = max((int(r.get("epoch") or 0) for r in MetricsFile(out_dir.join("metrics.jsonl"),
                                                                                 show=False).rows()), default=0)
-                at = min(cfg.optim.epochs, max(done, reported) + 1)
-                detail = f"at epoch {at} of {cfg.optim.epochs}; {kept}"
+                # the last epoch line the user saw (or a later epoch metrics.jsonl holds), and where a resume
+                # continues: the two differ by the epochs since the last checkpoint, and the line says so
+                detail = interrupted_detail(max(view.renderer.epochs_done, reported),
+                                            registered[1] if registered else 0, cfg.optim.epochs,
+                                            cfg.checkpoint.every_epochs, out_dir)
                 raise Interrupted(_RECEIVED.get("signal", "SIGINT"), detail) from None
     except Exception as exc:  # noqa: BLE001 - translate worker errors a user can act on
         user = user_error_from(exc) or storage.error_in(exc, out_dir.uri)  # e.g. Ray's own write on a full disk

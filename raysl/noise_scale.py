@@ -19,6 +19,18 @@ put back: the parameters' gradients and every buffer (BatchNorm running
 statistics, queues, per-sample state), so training goes on as if nothing
 happened.
 
+What is logged: ``grad_sq_norm_est`` and ``grad_trace_cov_est``, the unbiased
+estimates of |G|^2 and tr(Sigma) from one batch. Unbiased is not positive: a
+difference of two noisy norms, either can come out <= 0 on one batch (|G|^2 does
+where the noise swamps the mean gradient, late in training or at a small
+batch). They are kept as they are, negative too, under names that say they are
+estimates, because the way to measure past that is to average them over
+evaluations (or runs) and take the ratio of the means, and dropping or clipping
+the negative ones would bias those means. ``noise_scale`` (B_simple) is their
+ratio where both are > 0; otherwise it is None (null in results) and
+``noise_scale_note`` says which estimate was not positive: a ratio with a
+non-positive side is no batch size.
+
 Biased where the loss couples the samples of a batch: in-batch negatives
 (SimCLR, DCL, ...), batch statistics (Barlow Twins, VICReg, BatchNorm), so by
 default (``eval.noise_scale: auto``) it is logged only for methods whose loss
@@ -28,13 +40,14 @@ any method, to be read as a rough scale.
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Any, Sequence
 
 import torch
 
 from raysl.scaling_laws import gradient_noise_scale
 
-__all__ = ["DEFAULT_PIECES", "measure_noise_scale", "wanted"]
+__all__ = ["DEFAULT_PIECES", "measure_noise_scale", "noise_scale_metrics", "wanted"]
 
 DEFAULT_PIECES = 4
 
@@ -49,9 +62,30 @@ def _flat_grad(params: Sequence[torch.Tensor]) -> torch.Tensor:
                       for p in params])
 
 
+def noise_scale_metrics(g2: float, trace: float) -> dict[str, Any]:
+    """The logged metrics of one batch's estimates ``g2`` of |G|^2 and ``trace`` of tr(Sigma).
+
+    ``noise_scale`` = trace / g2 where both are finite and > 0, else None with a
+    ``noise_scale_note`` saying why (see the module docstring).
+    """
+    out: dict[str, Any] = {"grad_sq_norm_est": g2, "grad_trace_cov_est": trace}
+    if not (math.isfinite(g2) and math.isfinite(trace)):
+        note = "gradient norms not finite"
+    elif g2 <= 0:
+        note = ("|G|^2 estimate <= 0: gradient noise swamps the mean gradient on one batch; "
+                "use mean(grad_trace_cov_est) / mean(grad_sq_norm_est) over evaluations")
+    elif trace <= 0:
+        note = ("tr(Sigma) estimate <= 0: no gradient noise resolved on one batch; "
+                "use mean(grad_trace_cov_est) / mean(grad_sq_norm_est) over evaluations")
+    else:
+        return {**out, "noise_scale": trace / g2}
+    return {**out, "noise_scale": None, "noise_scale_note": note}
+
+
 def measure_noise_scale(method: torch.nn.Module, views: Sequence[torch.Tensor], indices: torch.Tensor | None,
-                        pieces: int = DEFAULT_PIECES) -> dict[str, float]:
-    """``noise_scale`` (B_simple), ``grad_sq_norm`` (|G|^2) and ``grad_trace_cov`` (tr Sigma) of one batch.
+                        pieces: int = DEFAULT_PIECES) -> dict[str, Any]:
+    """:func:`noise_scale_metrics` of one batch: ``noise_scale`` (B_simple, or None and a
+    ``noise_scale_note``), ``grad_sq_norm_est`` (|G|^2) and ``grad_trace_cov_est`` (tr Sigma).
 
     ``views`` are the step's views (each [b, C, H, W], rows aligned); the rows
     are cut into ``pieces`` parts of ``b // pieces`` (a remainder is left out).
@@ -82,4 +116,4 @@ def measure_noise_scale(method: torch.nn.Module, views: Sequence[torch.Tensor], 
             for buf, value in zip(method.buffers(), saved_buffers):
                 buf.copy_(value)
     found = gradient_noise_scale(small, size, [big], size * pieces)
-    return {"noise_scale": found["B_simple"], "grad_sq_norm": found["G2"], "grad_trace_cov": found["trace_sigma"]}
+    return noise_scale_metrics(found["G2"], found["trace_sigma"])

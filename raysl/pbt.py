@@ -47,7 +47,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from raysl import storage
+from raysl import jsonio, storage
 from raysl.errors import CheckpointError
 
 POINTER_FILE = "raysl_trial.json"
@@ -94,7 +94,7 @@ class Start:
 
 def write_pointer(directory: str, pointer: Pointer) -> None:
     with open(os.path.join(directory, POINTER_FILE), "w") as fh:
-        json.dump(asdict(pointer), fh, default=str)
+        fh.write(jsonio.dumps(asdict(pointer), default=str))
 
 
 def read_pointer(checkpoint: Any) -> Pointer | None:
@@ -171,7 +171,7 @@ def record_clone(trial_uri: str, entry: dict) -> None:
     entries = parse_lineage(storage.read_text(where, missing_ok=True) or "")
     if any(e.get("donor") == entry["donor"] and e.get("epoch") == entry["epoch"] for e in entries):
         return
-    storage.write_atomic(where, json.dumps([*entries, entry], indent=1, default=str), option="--storage")
+    storage.write_atomic(where, jsonio.dumps([*entries, entry], indent=1, default=str), option="--storage")
 
 
 def parse_lineage(text: str) -> list[dict]:
@@ -216,7 +216,7 @@ def record_resume(where: str, resumed: dict) -> None:
     them (a trial PBT pauses again right away can lose its newest rows of result.json). The first resume of
     the run is kept."""
     if not storage.exists(where):
-        storage.write_atomic(where, json.dumps(resumed), option="--storage")
+        storage.write_atomic(where, jsonio.dumps(resumed), option="--storage")
 
 
 def local_checkpoint_dir(path_or_uri: str) -> str:

@@ -84,14 +84,22 @@ def progress_line(msg: dict, *, bar: bool, width: int = 20) -> str:
     return f"[raysl] {epoch}: step {done}/{total} ({fraction:.0%}) {tail}"
 
 
+# rates are shown as whole numbers: 4 significant digits turned 9010 and 10,040 images/s into "9010" and
+# "1.004e+04" in one column
+WHOLE_NUMBER_FIELDS = frozenset({"images_per_s"})
+
+
 def epoch_line(metrics: dict, fields: tuple[str, ...] = EPOCH_FIELDS) -> str:
-    """``[raysl] epoch=5  loss=4.02  knn_acc=0.98 ...`` (the fields a report has, in ``fields`` order)."""
-    shown = "  ".join(
-        f"{k}={metrics[k]:.4g}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
-        for k in fields
-        if k in metrics
-    )
-    return f"[raysl] {shown}"
+    """``[raysl] epoch=5  loss=4.02  knn_acc=0.98 ... images_per_s=10040`` (the fields a report has, in
+    ``fields`` order; rates as whole numbers, never with an exponent)."""
+    return "[raysl] " + "  ".join(f"{k}={format_metric(k, metrics[k])}" for k in fields if k in metrics)
+
+
+def format_metric(key: str, value: Any) -> str:
+    """A metric's value as raysl prints it: 4 significant digits, a rate as a whole number."""
+    if isinstance(value, float) and key in WHOLE_NUMBER_FIELDS and math.isfinite(value):
+        return f"{value:.0f}"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def every_s(default: float) -> float:
@@ -316,7 +324,7 @@ def trial_line(trial_id: str, status: str, objectives: list[tuple[str, str]], re
         parts.append(f"epoch={result['epoch']}")
     for metric, _ in objectives:
         if status in ("finished", "stopped") and metric in result:
-            parts.append(f"{metric}={_short(result[metric])}")
+            parts.append(f"{metric}={format_metric(metric, result[metric])}")
     text = " ".join(parts)
     searched = " ".join(f"{k}={_short(v)}" for k, v in sorted(config.items()))
     if searched:
@@ -340,7 +348,7 @@ def status_line(counts: dict[str, int], total: int, best: tuple[str, str, Any] |
     text += f" of {total}"
     if best is not None:
         metric, trial_id, value = best
-        text += f"; best {metric}={_short(value)} (trial {trial_id})"
+        text += f"; best {metric}={format_metric(metric, value)} (trial {trial_id})"
     return text
 
 

@@ -35,8 +35,10 @@ CAPTIONS = {
                        "early by the scheduler; red: diverged, collapsed or errored.",
     "objective_vs_params": "Final objective of each trial against each searched parameter "
                            "(filled: finished, hollow: stopped early).",
-    "param_importance": "Parameter importance: Optuna's fANOVA over the trials' final objective (the finished "
-                        "trials when at least three of them differ, else every trial's last value).",
+    "param_importance": "Parameter importance, as raysl dashboard shows it: Optuna's PED-ANOVA over the COMPLETE "
+                        "trials of the search's Optuna study. A search without a study (PBT) gets Optuna's fANOVA "
+                        "over the trials' final objective instead; the Parameter importance section names the "
+                        "estimator and the trials of each experiment.",
     "rankme_vs_knn": "RankMe (label-free) against kNN accuracy, final values per trial, with Spearman's "
                      "rank correlation: how well RankMe would have picked the same trials without labels.",
     "budget": "Trial-epochs used over wall-clock time; the dashed line is what running every trial to "
@@ -241,7 +243,9 @@ def plot_importance(experiments: list[Experiment], summaries: list[dict], path: 
                     color=COLORS[i % len(COLORS)], label=f"{exp.name} ({imp['trials']} trials)")
         ax.set_yticks(range(len(order)))
         ax.set_yticklabels(order)
-        ax.set_xlabel("importance (fANOVA share of the objective's variance)")
+        # each experiment's own estimator (PED-ANOVA from its study, or fANOVA without one)
+        estimators = sorted({imp["evaluator"].split(" (")[0] for _, imp in have})
+        ax.set_xlabel(f"importance ({' / '.join(estimators)} share, summing to 1 per experiment)")
         ax.set_xlim(0, 1)
         ax.legend(fontsize=8, loc="lower right")
         ax.grid(axis="x", alpha=0.3)
@@ -492,8 +496,8 @@ def write_html(experiments: list[Experiment], summary: dict, table: pd.DataFrame
         if imp["importances"]:
             ranking = pd.DataFrame({"parameter": list(imp["importances"]),
                                     "importance": list(imp["importances"].values())})
-            parts.append(f"<p>{esc(s['name'])}: {imp['evaluator']} over {imp['trials']} trials "
-                         f"({esc(imp['used'])}).</p>")
+            parts.append(f"<p data-importance-evaluator=\"{esc(imp['evaluator'])}\">{esc(s['name'])}: "
+                         f"{esc(imp['evaluator'])} over {esc(imp['used'])}.</p>")
             parts.append(_table(ranking, text_cols={"parameter"}))
             if imp["note"]:
                 parts.append(f"<p class=\"note\">{esc(imp['note'])}</p>")
@@ -516,7 +520,8 @@ def write_html(experiments: list[Experiment], summary: dict, table: pd.DataFrame
     for s in summary["experiments"]:
         sel = s.get("label_free_selectors") or {}
         if not sel.get("rows"):
-            parts.append(f"<p class=\"note\">{esc(s['name'])}: not available ({esc(sel.get('note') or '')}).</p>")
+            parts.append(f"<p class=\"note\" data-selectors=\"none\">{esc(s['name'])}: no selector is compared "
+                         f"({esc(sel.get('note') or '')}).</p>")
             continue
         parts.append(f"<p>{esc(s['name'])}: {sel['trials']} finished trials with kNN accuracy; label-based selection "
                      f"picks trial {esc(str(sel['best_trial']))} (kNN {sel['best_knn_acc']:.4g}).</p>")

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import math
 import sys
 import time
@@ -45,6 +44,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from raysl import jsonio
 from raysl import scaling_laws as laws
 from raysl.config import RunConfig, build_config, parse_override, read_yaml, set_dotted
 from raysl.errors import ConfigError
@@ -237,15 +237,26 @@ def collect_runs(experiment: str, metric: str, grid_keys: list[str]) -> tuple[li
             "flops": float(last.get("flops")), "n_params": int(last.get("n_params")),
             "train_images": int(last.get("train_images")), "epochs": int(last.get("epoch") or 0),
             "wall_time_s": _number(trial["wall_time_s"]),
-            # B_simple at the last evaluation that logged it (raysl.noise_scale; None where not logged)
-            "noise_scale": _number(rows["noise_scale"].dropna().iloc[-1])
-            if "noise_scale" in rows and rows["noise_scale"].notna().any() else None,
+            "noise_scale": _last_noise_scale(rows),
             "curve": [[float(s), 1.0 - float(v)] for s, v in curve.drop_duplicates("step").itertuples(index=False)],
             # one value per epoch in epoch order (a closing report repeats its epoch's value)
             "images_per_s": [float(v) for v in rates.drop_duplicates("epoch").sort_values("epoch")["images_per_s"]],
         })
         runs.append(run)
     return runs, others
+
+
+def _last_noise_scale(rows) -> float | None:
+    """B_simple at the last evaluation that logged it (raysl.noise_scale); None where none did, or where
+    the last one could not measure it (null with a ``noise_scale_note``): an earlier evaluation's value
+    is not taken for it, since B_simple changes as the loss falls."""
+    logged = None
+    for key in ("noise_scale", "noise_scale_note"):
+        if key in rows:
+            logged = rows[key].notna() if logged is None else logged | rows[key].notna()
+    if logged is None or not logged.any():
+        return None
+    return _number(rows.loc[logged, "noise_scale"].iloc[-1]) if "noise_scale" in rows else None
 
 
 def _number(value: Any) -> float | None:
@@ -277,7 +288,8 @@ def fit_all(runs: list[dict], spec: ScalingSpec, point_values) -> dict[str, Any]
         compute_fit = laws.fit_compute_law([r["flops"] for r in points], [r["error"] for r in points], **kw)
         result["compute"] = {**compute_fit.to_dict(samples=True),
                              "points": "frontier" if points is frontier else "all runs",
-                             "runs": [r["trial_id"] for r in points]}
+                             "runs": [r["trial_id"] for r in points],
+                             "outlier_runs": [points[i]["trial_id"] for i in compute_fit.outliers]}
     except ValueError as exc:
         result["notes"].append(f"E(C) not fitted: {exc}")
     model_data_fit = None
@@ -285,7 +297,8 @@ def fit_all(runs: list[dict], spec: ScalingSpec, point_values) -> dict[str, Any]
         model_data_fit = laws.fit_model_data_law([r["n_params"] for r in runs], [r["train_images"] for r in runs],
                                                  [r["error"] for r in runs], **kw)
         result["model_data"] = {**model_data_fit.to_dict(samples=True), "N": "backbone parameters",
-                                "D": "training images seen (rows x epochs)"}
+                                "D": "training images seen (rows x epochs)",
+                                "outlier_runs": [runs[i]["trial_id"] for i in model_data_fit.outliers]}
     except ValueError as exc:
         result["notes"].append(f"E(N, D) not fitted: {exc}")
     if model_data_fit is not None:
@@ -389,6 +402,8 @@ def format_report(result: dict, level: float) -> str:
             continue
         extra = f", fitted on {fit['points']}" if key == "compute" else f" (N = {fit['N']}, D = {fit['D']})"
         lines.append(f"{fit['formula']}: {fit['n_runs']} runs{extra}, rms log residual {fit['rmse_log']:.3g}")
+        if fit.get("outlier_runs"):
+            lines.append(f"  outlier runs (log residual far beyond the others'): {', '.join(fit['outlier_runs'])}")
         for name, value in fit["params"].items():
             lo, hi = fit["intervals"][name]
             lines.append(f"  {name:6s} = {_g(value):>10s}   {pct} [{_g(lo)}, {_g(hi)}]")
@@ -491,15 +506,14 @@ def scale_main(args) -> int:
     out = {"experiment": experiment, "metric": spec.fit.metric, "error": f"1 - {spec.fit.metric}",
            "level": spec.fit.level, "grid": spec.grid, "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "runs": runs, "not_used": others, **result}
-    where = storage.join_uri(experiment, RESULT_FILE)
-    storage.write_atomic(where, json.dumps(_json_safe(out), indent=1), option="--storage")
+    where = write_result(experiment, out)
     print(format_report(result, spec.fit.level), file=sys.stderr, flush=True)
     summary = {"experiment": experiment, "scaling_json": where, "runs": len(runs), "not_used": len(others)}
     for key in ("compute", "model_data"):
         if key in result:
             summary[key] = result[key]["params"]
     summary["predictions"] = result["predictions"]
-    print(json.dumps(_json_safe(summary)), flush=True)
+    jsonio.print_line(summary)
     return 0
 
 
@@ -529,17 +543,11 @@ def point_values_for(spec: ScalingSpec):
     return point_values
 
 
-def _json_safe(value: Any) -> Any:
-    import numpy as np
+def write_result(experiment: str, out: dict[str, Any]) -> str:
+    """Write ``out`` as the experiment's ``scaling.json`` and return where. Strict JSON: a fit can be
+    unbounded (``B_crit`` is inf when ``S_min`` is 0, an interval open at one end), written as null."""
+    from raysl import storage
 
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist())
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(float(value)) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
+    where = storage.join_uri(experiment, RESULT_FILE)
+    storage.write_atomic(where, jsonio.dumps(out, indent=1), option="--storage")
+    return where

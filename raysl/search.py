@@ -43,9 +43,9 @@ from typing import Any
 import yaml
 from ray.tune.stopper import Stopper
 
-from raysl import storage
+from raysl import jsonio, signing, storage
 from raysl.config import RunConfig, build_config, to_yaml
-from raysl.errors import CollapsedError, ConfigError, DivergedError, RayslError
+from raysl.errors import CollapsedError, ConfigError, DivergedError, PlacementError, RayslError
 from raysl.pbt import PBT_EXTRA_KEEP, RESUMED_FILE
 from raysl.space import SearchSpace, apply_sample, load_space, worst_value
 from raysl.study import OPTION as OPTUNA_OPTION
@@ -70,6 +70,11 @@ class ResultFiller:
     evaluated values are repeated (``eval_epoch`` says from when) because Tune
     and its searcher expect the metric in every result. A collapsed report gets
     the worst objective value.
+
+    What it returns is the Tune result Ray writes to the trial's ``result.json``:
+    strict JSON, so a non-finite value is None there (raysl.jsonio), except the
+    objectives, which stay numbers because ASHA, PBT and the searcher compare
+    them: a non-finite or missing one gets the worst value.
     """
 
     def __init__(self, objectives: list[tuple[str, str]], extra: dict[str, Any] | None = None):
@@ -89,6 +94,7 @@ class ResultFiller:
             out = {**self.last_eval, **out}
         out["eval_epoch"] = self.eval_epoch
         out.update(self.extra)
+        out = jsonio.to_json_safe(out)  # first: a non-finite objective of any type (np.float32 too) is then None
         for metric, mode in self.objectives:
             if metric not in out or out.get("status") in _BAD_STATUSES or _nan(out[metric]):
                 out[metric] = worst_value(metric, mode)
@@ -100,11 +106,13 @@ class ResultFiller:
                "error": message[:500]}
         for metric, mode in self.objectives:
             out[metric] = worst_value(metric, mode)
-        return out
+        return jsonio.to_json_safe(out)
 
 
 def _nan(value: Any) -> bool:
-    return isinstance(value, float) and not math.isfinite(value)
+    """Not a number the searcher can compare: NaN, +-inf, or None (what raysl.jsonio makes of those,
+    and what a metric that could not be measured is reported as)."""
+    return value is None or (isinstance(value, float) and not math.isfinite(value))
 
 
 class TuneIO:
@@ -228,7 +236,7 @@ def train_worker_in_trial(loop_config: dict) -> None:
         train_worker(loop_config, RayTrainIO(resume_from=loop_config.get("resume_from")))
     except (DivergedError, CollapsedError) as exc:
         status = "diverged" if isinstance(exc, DivergedError) else "collapsed"
-        storage.write_atomic(marker, json.dumps({"status": status, "error": str(exc)}))
+        storage.write_atomic(marker, jsonio.dumps({"status": status, "error": str(exc)}))
         raise
 
 
@@ -363,6 +371,26 @@ def trial_resources(base: dict):
         return PlacementGroupFactory([bundle])
 
     return resources
+
+
+def trial_variants_needs(space: SearchSpace, encoded: bool, limit: int = 64) -> list:
+    """What the trials of ``space`` ask the cluster for (raysl.launch.Needs): the base config's trial and,
+    when the space searches scale.* keys, one per combination of their values (choices, or a range's
+    ends), so that a grid axis ``scale.num_workers: [1, 2, 4]`` is checked at 4 before any trial runs."""
+    import itertools
+
+    from raysl.launch import trial_needs
+
+    scale_params = [p for p in space.params if p.key.startswith("scale.")]
+    configs = [space.base_config]
+    if scale_params:
+        for values in itertools.islice(itertools.product(*(p.test_values() for p in scale_params)), limit):
+            try:
+                configs.append(RunConfig.model_validate(apply_sample(space.base, dict(zip(
+                    (p.key for p in scale_params), values)))))
+            except Exception:  # noqa: BLE001 - a combination that is not a valid config: the trial reports it
+                continue
+    return [trial_needs(cfg, encoded) for cfg in configs]
 
 
 class EpochBudget(Stopper):
@@ -631,6 +659,9 @@ def _check_resumable(experiment: str, space: SearchSpace, args) -> bool:
     from ray.tune import Tuner
 
     listing = [entry for entry, _ in storage.list_dir(experiment)]
+    if getattr(args, "trust_experiment", False) and not args.resume:
+        raise ConfigError(f"{signing.TRUST_OPTION} signs an experiment's saved state to resume it; use it with "
+                          "--resume (a new experiment needs no trust)")
     if not args.resume:
         if listing:
             raise ConfigError(
@@ -648,6 +679,13 @@ def _check_resumable(experiment: str, space: SearchSpace, args) -> bool:
         # interrupted before Tune wrote its state: only the space raysl wrote first is there
         print(f"[raysl] --resume: nothing was run yet in {experiment}; starting it", file=sys.stderr)
         return False
+    # before anything unpickles Ray's state (Tuner.restore does): a replaced pickle would run its code here
+    if getattr(args, "trust_experiment", False):
+        signed = signing.sign_experiment(experiment)
+        print(f"[raysl] {signing.TRUST_OPTION}: signed the {signed} state files of {experiment} with your secret "
+              "as they are", file=sys.stderr)
+    else:
+        signing.verify_experiment(experiment)
     stored = storage.read_text(storage.join_uri(experiment, SPACE_FILE), missing_ok=True)
     if stored is not None:
         before = yaml.safe_load(stored) or {}
@@ -691,7 +729,8 @@ def tune_resume_command(args, storage_root: str) -> str:
     parts: list[str] = []
     given = False
     for i, arg in enumerate(argv):
-        if arg == "--resume" or (i > 0 and argv[i - 1] == "--storage"):
+        # --trust-experiment is for one resume: the state is signed when this one ends
+        if arg in ("--resume", signing.TRUST_OPTION) or (i > 0 and argv[i - 1] == "--storage"):
             continue
         if i > 0 and argv[i - 1] == OPTUNA_OPTION or arg.startswith(OPTUNA_OPTION + "="):
             # a database password is never printed: the resumed search gets it from PGPASSWORD,
@@ -717,7 +756,8 @@ def threading_is_main() -> bool:
 
 def tune_main(args, space: SearchSpace | None = None, extra_metrics=None) -> int:
     """``raysl tune``; ``raysl scale`` passes its grid as ``space`` and its FLOP counter as ``extra_metrics``."""
-    from raysl.launch import check_against_data, init_ray, resolve_data_dir
+    from raysl.data.pipeline import is_encoded
+    from raysl.launch import check_against_data, check_placement, init_ray, resolve_data_dir
 
     space = space if space is not None else load_space(args.space, args.overrides)
     if args.num_samples is not None:
@@ -753,22 +793,30 @@ def tune_main(args, space: SearchSpace | None = None, extra_metrics=None) -> int
     if space.scheduler_name() == "pbt" and given_study:
         raise ConfigError(f"{OPTUNA_OPTION}: a PBT search keeps no Optuna study (PBT mutates running trials "
                           f"without a sampler); drop {OPTUNA_OPTION}, or use scheduler: asha")
+    fresh = not restore and not storage.exists(experiment)
     if restore:
         study = prepare_resume(experiment, given_study)
     elif space.scheduler_name() == "pbt":
         study = None
     else:  # validated before anything is written: a database that does not answer leaves no experiment behind
         study = prepare_new(experiment, name, given_study, retry=bool(args.resume))
+
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    verbose = bool(getattr(args, "verbose", False))
+    init_ray(verbose=verbose)
+    try:  # before Tune places a trial: on a cluster that cannot hold one it would wait forever, silently
+        check_placement(trial_variants_needs(space, is_encoded(manifest)),
+                        space.base_config.scale.placement_timeout_s)
+    except (PlacementError, KeyboardInterrupt):  # refused, or Ctrl-C while waiting for the cluster to grow
+        if fresh:  # all there is, is the empty study database prepare_new opened: the experiment stays new
+            storage.remove(experiment)
+        raise
     if not restore:
         storage.write_atomic(storage.join_uri(experiment, SPACE_FILE), yaml.safe_dump(space.to_yaml_dict(), sort_keys=False),
                              option="--storage")
         if study is not None:
             study.record()
     callbacks = _setup_wandb(name) if args.wandb else []
-
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    verbose = bool(getattr(args, "verbose", False))
-    init_ray(verbose=verbose)
     import ray.tune
 
     from raysl.progress import tune_view
@@ -826,7 +874,11 @@ def tune_main(args, space: SearchSpace | None = None, extra_metrics=None) -> int
         + (f"; Optuna study {study.name} in {study.public_url}" if study is not None else ""),
         file=sys.stderr, flush=True,
     )
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    finally:
+        # Ray has saved its state (also when interrupted): sign it for the next --resume (raysl.signing)
+        signing.sign_quietly(experiment)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return _finish(results, space, objectives, experiment, num_samples, tune_resume_command(args, storage_root))
 
@@ -870,7 +922,7 @@ def _finish(results, space: SearchSpace, objectives, experiment: str, num_sample
         unfinished = 0  # the budget ended the search, not an interruption
     if unfinished > 0:
         summary["interrupted"] = True
-        print(json.dumps(summary), flush=True)
+        jsonio.print_line(summary)
         ended = num_samples - unfinished
         best = (f"best so far {summary['best_trial']} ({_fmt(summary['best_metric'])})" if summary["best_trial"]
                 else "no trial has a result yet")
@@ -878,7 +930,7 @@ def _finish(results, space: SearchSpace, objectives, experiment: str, num_sample
               f"{unfinished} unfinished; {best}; results in {experiment}; resume with: {resume_command}",
               file=sys.stderr, flush=True)
         return 130
-    print(json.dumps(summary), flush=True)
+    jsonio.print_line(summary)
     if not ranked:
         print("raysl: no trial produced a usable result (see statuses)", file=sys.stderr)
         return 1

@@ -226,6 +226,20 @@ def list_dir(location: str | Location) -> list[tuple[str, bool]]:
     return sorted((i.base_name, i.type == pafs.FileType.Directory) for i in infos)
 
 
+def list_files(location: str | Location) -> list[str]:
+    """Every file under a folder, at any depth, as a path relative to it ("a/b.pkl"), sorted; [] when
+    it is not a folder."""
+    loc = resolve(location)
+    with guard(loc, "listing it"):
+        if loc.fs.get_file_info(loc.path).type != pafs.FileType.Directory:
+            return []
+        infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True, allow_not_found=True))
+    # object stores answer without the leading "/" a local root has: compare without it
+    root = loc.path.strip("/") + "/"
+    return sorted(i.path.lstrip("/")[len(root):] for i in infos
+                  if i.type == pafs.FileType.File and i.path.lstrip("/").startswith(root))
+
+
 def read_bytes(location: str | Location, *, missing_ok: bool = False) -> bytes | None:
     """A file's bytes; ``None`` when it does not exist and ``missing_ok``."""
     loc = resolve(location)

@@ -39,7 +39,7 @@ from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 
-from raysl import storage
+from raysl import jsonio, storage
 from raysl.errors import ConfigError
 
 STUDY_FILE = "raysl_study.json"
@@ -221,8 +221,8 @@ class StudyPlace:
 
     def record(self) -> None:
         """``<experiment>/raysl_study.json``: where the study is, without the password."""
-        text = json.dumps({"study_name": self.name, "storage": self.public_url,
-                           "in_experiment": self.in_experiment}, indent=1)
+        text = jsonio.dumps({"study_name": self.name, "storage": self.public_url,
+                             "in_experiment": self.in_experiment}, indent=1)
         storage.write_atomic(storage.join_uri(self.experiment, STUDY_FILE), text + "\n", option="--storage")
 
 
@@ -367,6 +367,7 @@ class StudySearch(OptunaSearch):
             pickle.dump(self.__getstate__(), f)
 
     def restore(self, checkpoint_path: str) -> None:
+        # Ray hands the experiment's searcher-state-*.pkl: `--resume` checked its signature first (raysl.signing)
         with open(checkpoint_path, "rb") as f:
             self.__setstate__(pickle.load(f))
 

@@ -34,7 +34,8 @@ from raysl.evaluate import (
     agreed_rank,
     alignment,
     evaluate_features,
-    is_collapsed,
+    collapse_std,
+    collapsed_by_training,
     lidar,
     linear_probe_accuracy,
     view_knn_agreement,
@@ -282,7 +283,7 @@ def embed_views(method, images: torch.Tensor, cfg: RunConfig, norm: dict, batch:
 
 @torch.no_grad()
 def evaluate_method(method, eval_set: EvalSet, cfg: RunConfig, norm: dict, views,
-                    gen: torch.Generator) -> dict[str, float]:
+                    gen: torch.Generator, init_std: float | None = None) -> dict[str, float]:
     """kNN (k=20 and 200, cosine, temperature-weighted), RankMe, alpha-ReQ, LiDAR, view kNN agreement
     and agreed rank, alignment/uniformity, collapse, and with ``eval.linear_probe`` the linear probe's
     accuracy (``linear_acc``).
@@ -319,7 +320,8 @@ def evaluate_method(method, eval_set: EvalSet, cfg: RunConfig, norm: dict, views
             agreement = view_knn_agreement(train[key], per_view, k=k)
             metrics[prefix + "view_agreement"] = agreement
             metrics[prefix + "agreed_rank"] = agreed_rank(metrics[prefix + "rankme"], agreement)
-    metrics["collapsed"] = bool(is_collapsed(val["projector"]))
+    # judged against the same network's spread at initialisation (init_std): a change training caused
+    metrics["collapsed"] = bool(collapsed_by_training(val["projector"], init_std))
     method.train(was_training)
     return metrics
 
@@ -469,6 +471,13 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
         fraction=cfg.data.fraction,
     )
     eval_set = load_eval_set(data_dir, cfg, device) if rank == 0 else None
+    # the projector's spread on the eval images before the first step: what a collapse is measured against
+    init_std = (state or {}).get("init_feature_std")
+    if init_std is None and state is None and eval_set is not None and eval_set.val_x.shape[0] >= 2:
+        was_training = method.training
+        method.eval()
+        init_std = collapse_std(embed_all(method, eval_set.val_x, norm)["projector"])
+        method.train(was_training)
     gen = augment_generator(cfg, rank)
     # on a GPU, reading the loss back every step would stall the host; the watch reads it every few steps
     watch = DivergenceWatch(device, every=DIVERGENCE_CHECK_EVERY_CUDA if is_cuda else 1)
@@ -540,7 +549,7 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
             if rank == 0:
                 metrics.update(found)
         if eval_set is not None and evaluating:
-            metrics.update(evaluate_method(method, eval_set, cfg, norm, views, gen))
+            metrics.update(evaluate_method(method, eval_set, cfg, norm, views, gen, init_std))
         collapsed = bool(metrics.pop("collapsed", False))
         if last:
             metrics["status"] = "finished"
@@ -556,7 +565,7 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
                     os.path.join(tmp, CHECKPOINT_FILE),
                     {"model": method.state_dict(), "optimizer": optimizer.state_dict(),
                      "optimizer_name": cfg.optim.name, "epoch": epoch + 1, "global_step": global_step,
-                     "metrics": plain_metrics(metrics)},
+                     "metrics": plain_metrics(metrics), "init_feature_std": init_std},
                 )
                 checkpoint_dir = tmp
             ticker.epoch_done(metrics)

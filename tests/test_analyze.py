@@ -7,7 +7,6 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -30,29 +29,30 @@ PLOTS = ["learning_curves.png", "objective_vs_params.png", "param_importance.png
 OUTPUTS = ["leaderboard.csv", "leaderboard.md", "best_config.yaml", "summary.json", "report.html", *PLOTS]
 
 
-def _tune_experiment(root: Path) -> Path:
-    """A real `raysl tune` run on digits (RAYSL_CACHE is the session's, see conftest.py)."""
+def _tune_experiment(root: Path, env: dict) -> Path:
+    """A real `raysl tune` run on digits, joined to the suite's Ray head (``env``: conftest ``head.env``)."""
     proc = subprocess.run([RAYSL, "tune", str(QUICKSTART), *TUNE, "--storage", str(root / "results"),
-                           "--name", "t1"], capture_output=True, text=True, timeout=900, env=dict(os.environ))
+                           "--name", "t1"], capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    (root / "tune.stdout").write_text(proc.stdout)  # the summary line and leaderboard (tests/test_search.py)
     return root / "results" / "t1"
 
 
-def experiment_dir(tmp_path_factory) -> Path:
+def experiment_dir(tmp_path_factory, env: dict) -> Path:
     """The session's experiment (made once, also for test_report_browser.py)."""
     root = tmp_path_factory.getbasetemp() / "analyze-experiment"
     done = root / "DONE"
     if not done.exists():
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
-        exp = _tune_experiment(root)
+        exp = _tune_experiment(root, env)
         done.write_text(str(exp))
     return Path(done.read_text())
 
 
-def report_dir(tmp_path_factory) -> Path:
+def report_dir(tmp_path_factory, env: dict) -> Path:
     """`raysl analyze` of the session's experiment with the default --out (made once)."""
-    exp = experiment_dir(tmp_path_factory)
+    exp = experiment_dir(tmp_path_factory, env)
     out = exp / "report"
     if not (out / "report.html").exists():
         from raysl.cli import main
@@ -91,7 +91,7 @@ def trainable(config):
                      "rankme": 10.0 + 20.0 * acc, "loss": 5.0 - acc, "images_per_s": 1000.0,
                      "status": "finished" if epoch == epochs else "running"})
 
-ray.init(num_cpus=2, include_dashboard=False, configure_logging=True, logging_level="WARNING")
+ray.init(configure_logging=True, logging_level="WARNING")  # joins RAY_ADDRESS: the suite's head
 tuner = tune.Tuner(
     trainable,
     param_space={"optim.lr": tune.grid_search(sorted(curves)),
@@ -108,7 +108,7 @@ tuner.fit()
 """
 
 
-def scripted_experiment_dir(tmp_path_factory) -> Path:
+def scripted_experiment_dir(tmp_path_factory, env: dict) -> Path:
     """The scripted ASHA experiment (made once per session), with the quickstart space as its
     raysl_space.yaml, as `raysl tune` writes it."""
     import sys
@@ -123,7 +123,7 @@ def scripted_experiment_dir(tmp_path_factory) -> Path:
         curves = json.dumps({str(lr): v for lr, v in SCRIPTED.items()})
         proc = subprocess.run([sys.executable, "-c", SCRIPTED_TUNE, str(root / "results"), "asha", curves,
                                str(SCRIPTED_EPOCHS), str(SCRIPTED_WEIGHT_DECAY)],
-                              capture_output=True, text=True, timeout=900, env=dict(os.environ))
+                              capture_output=True, text=True, timeout=900, env=env)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
         space = yaml.safe_load(QUICKSTART.read_text())
         space["base"]["optim"]["epochs"] = SCRIPTED_EPOCHS
@@ -133,9 +133,9 @@ def scripted_experiment_dir(tmp_path_factory) -> Path:
     return exp
 
 
-def scripted_report_dir(tmp_path_factory) -> Path:
+def scripted_report_dir(tmp_path_factory, env: dict) -> Path:
     """`raysl analyze` of the scripted ASHA experiment (made once)."""
-    exp = scripted_experiment_dir(tmp_path_factory)
+    exp = scripted_experiment_dir(tmp_path_factory, env)
     out = exp / "report"
     if not (out / "report.html").exists():
         from raysl.cli import main
@@ -145,23 +145,23 @@ def scripted_report_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def scripted(tmp_path_factory) -> Path:
-    return scripted_experiment_dir(tmp_path_factory)
+def scripted(tmp_path_factory, head) -> Path:
+    return scripted_experiment_dir(tmp_path_factory, head.env)
 
 
 @pytest.fixture(scope="session")
-def scripted_report(tmp_path_factory) -> Path:
-    return scripted_report_dir(tmp_path_factory)
+def scripted_report(tmp_path_factory, head) -> Path:
+    return scripted_report_dir(tmp_path_factory, head.env)
 
 
 @pytest.fixture(scope="session")
-def experiment(tmp_path_factory) -> Path:
-    return experiment_dir(tmp_path_factory)
+def experiment(tmp_path_factory, head) -> Path:
+    return experiment_dir(tmp_path_factory, head.env)
 
 
 @pytest.fixture(scope="session")
-def report(tmp_path_factory) -> Path:
-    return report_dir(tmp_path_factory)
+def report(tmp_path_factory, head) -> Path:
+    return report_dir(tmp_path_factory, head.env)
 
 
 def read_trials(exp: Path) -> dict[str, dict]:
@@ -272,7 +272,7 @@ def test_leaderboard_equals_the_trials_result_json(experiment, report):
 
 
 @pytest.mark.slow
-def test_best_config_is_the_best_trial_and_retrains(experiment, report, tmp_path):
+def test_best_config_is_the_best_trial_and_retrains(experiment, report, tmp_path, head):
     from raysl.config import load_config
 
     trials = read_trials(experiment)
@@ -284,7 +284,8 @@ def test_best_config_is_the_best_trial_and_retrains(experiment, report, tmp_path
     # the experiment's base (with its --set overrides), not raysl's defaults
     assert cfg.model.width == 8 and cfg.optim.epochs == EPOCHS and cfg.eval.every_epochs == 2
     proc = subprocess.run([RAYSL, "train", str(report / "best_config.yaml"), "--set", "optim.epochs=1",
-                           "--out", str(tmp_path / "retrain")], capture_output=True, text=True, timeout=600)
+                           "--out", str(tmp_path / "retrain")], capture_output=True, text=True, timeout=600,
+                          env=head.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["status"] == "finished"
 

@@ -23,25 +23,13 @@ from raysl.train import build_run_method, input_norm
 from conftest import RAYSL, REPO
 
 QUICKSTART = str(REPO / "search_spaces" / "quickstart.yaml")
-# two epochs, a checkpoint after each, both kept
-RUN = ["model.width=8", "optim.epochs=2", "checkpoint.every_epochs=1", "checkpoint.keep=2"]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, digits_dir) -> Path:
-    """A real `raysl train` run (Ray Train on a local Ray cluster), laid out on disk as a user gets it."""
-    import ray
-
-    from raysl.launch import init_ray, train_run
-
-    out = tmp_path_factory.mktemp("export") / "run"
-    init_ray(num_cpus=4)
-    try:
-        summary = train_run(load_config(QUICKSTART, RUN), str(out), source=QUICKSTART)
-    finally:
-        ray.shutdown()
-    assert summary["status"] == "finished" and summary["epoch"] == 2
-    return out
+def run_dir(finished_run) -> Path:
+    """A real `raysl train` run (conftest ``finished_run``: two epochs, both checkpoints kept), on disk
+    as a user gets it."""
+    return finished_run
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,9 @@ import yaml
 from conftest import RAYSL, REPO
 
 QUICKSTART = str(REPO / "search_spaces" / "quickstart.yaml")
-EPOCHS = 12  # an epoch of this tiny run takes about a second: enough left after the 2nd to signal in time
+# an epoch of this tiny run takes about a second: the fault chain below spends about 3 epochs per fault
+# after the first 2, so 20 leave room for every fault before the run could end by itself
+EPOCHS = 20
 TRAIN = ["--set", f"optim.epochs={EPOCHS}", "--set", "model.width=8", "--set", "eval.every_epochs=1"]
 HANG = 900  # hang guard only: far above the run times on a loaded 2-core machine
 
@@ -78,6 +80,13 @@ def assert_one_line(err: str, start: str) -> str:
     assert "; resume with: raysl " in line, line
     assert sum("raysl: " in ln and not ln.startswith("[raysl]") for ln in err.splitlines()) == 1, err[-3000:]
     return line.split("; resume with: ", 1)[1]
+
+
+def last_epoch_shown(err: str) -> int:
+    """The last epoch whose `[raysl] epoch=N ...` line reached the terminal (stderr)."""
+    shown = [int(ln.split("epoch=", 1)[1].split()[0]) for ln in err.splitlines() if ln.startswith("[raysl] epoch=")]
+    assert shown, err[-3000:]
+    return shown[-1]
 
 
 def checkpoints(out: Path) -> list[Path]:
@@ -139,43 +148,39 @@ def train_worker_pids(driver: int) -> list[int]:
 # raysl train: Ctrl-C, SIGTERM, a killed worker, a damaged checkpoint
 
 
+def resume_in_background(command: str) -> subprocess.Popen:
+    argv = shlex.split(command)
+    assert argv[0] == "raysl", command
+    return subprocess.Popen([RAYSL, *argv[1:]], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
 @pytest.mark.slow
-def test_ctrl_c_stops_train_in_one_line_and_its_resume_command_finishes(tmp_path):
+@pytest.mark.local_ray
+def test_fault_chain_on_one_run_folder_loses_no_epoch(tmp_path):
+    """One `raysl train` run folder through every fault a user meets, each resumed with the command
+    raysl printed: a scheduler's SIGTERM to the driver alone -> the newest checkpoint truncated (a torn
+    write) -> resume -> Ctrl-C (SIGINT to the process group) -> resume -> a Train worker SIGKILLed (the
+    OOM killer) -> resume to the end. Each run starts its own local Ray cluster: the signals reach the
+    process group a terminal would. After each fault: exit code, the one line, nothing torn; at the
+    end every epoch is in metrics.jsonl exactly once.
+    """
     out = tmp_path / "run"
-    proc = start_train(out)
-    wait_until(proc, lambda: len(epochs_in(out)) >= 2, "2 epochs in metrics.jsonl")
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole process group
-    _, err = finish(proc)
-    assert proc.returncode == 130, err[-4000:]
-    command = assert_one_line(err, "raysl: interrupted (SIGINT) at epoch ")
-    assert f" of {EPOCHS}; epochs 1-" in last_line(err) and f" are checkpointed in {out}" in last_line(err)
-    assert command.endswith(f"--out {out}") and "--set optim.epochs=12" in command
-    kept = epochs_in(out)
-    assert 2 <= len(kept) < EPOCHS and kept == list(range(1, len(kept) + 1))
-    assert_nothing_torn(out)
-    resumed = run_resume(command, out)
-    assert "resuming the run" in resumed.stderr
 
-
-@pytest.fixture(scope="module")
-def sigterm_run(tmp_path_factory):
-    """A run stopped by a scheduler's SIGTERM to the raysl process alone (not its group)."""
-    out = tmp_path_factory.mktemp("sigterm") / "run"
+    # 1. SIGTERM to the raysl process alone (not its group), as a scheduler sends it
     proc = start_train(out)
     wait_until(proc, lambda: len(epochs_in(out)) >= 2, "2 epochs in metrics.jsonl")
     proc.send_signal(signal.SIGTERM)
     _, err = finish(proc)
-    return out, proc.returncode, err
-
-
-@pytest.mark.slow
-def test_sigterm_stops_train_in_one_line_keeping_every_checkpoint(sigterm_run):
-    out, code, err = sigterm_run
-    assert code == 130, err[-4000:]
-    command = assert_one_line(err, "raysl: interrupted (SIGTERM) at epoch ")
+    assert proc.returncode == 130, err[-4000:]
+    command = assert_one_line(err, "raysl: interrupted (SIGTERM) after epoch ")
     line = last_line(err)
-    done = int(line.split("epochs 1-", 1)[1].split(" ", 1)[0])
-    assert line.startswith(f"raysl: interrupted (SIGTERM) at epoch {done + 1} of {EPOCHS}; epochs 1-{done} ")
+    done = int(line.split("a resume continues from the epoch ", 1)[1].split(" ", 1)[0])
+    finished = int(line.split("after epoch ", 1)[1].split(" ", 1)[0])
+    assert finished >= done and line.startswith(
+        f"raysl: interrupted (SIGTERM) after epoch {finished} of {EPOCHS}; a resume continues from the epoch {done} "
+        f"checkpoint in {out}"), line
+    assert finished == last_epoch_shown(err)  # the epoch the line names is the last one the user saw
     assert command == shlex.join(["raysl", "train", QUICKSTART, *TRAIN, "--out", str(out)])
     assert_nothing_torn(out)
     # every checkpoint left is one Ray registered, the newest being the epoch the line names
@@ -184,36 +189,47 @@ def test_sigterm_stops_train_in_one_line_keeping_every_checkpoint(sigterm_run):
     assert {p.name for p in checkpoints(out)} == registered
     assert snapshot["latest_checkpoint_result"]["metrics"]["epoch"] == done
 
-
-@pytest.mark.slow
-def test_truncated_newest_checkpoint_resumes_from_the_one_before(sigterm_run):
-    out, code, err = sigterm_run
-    command = err.strip().splitlines()[-1].split("; resume with: ", 1)[1]
+    # 2. the newest checkpoint torn (as a full disk leaves it): the resume falls back to the one before
     older, newest = checkpoints(out)[-2:]
     epoch_before = int(torch.load(older / "state.pt", weights_only=True)["epoch"])
     data = (newest / "state.pt").read_bytes()
-    (newest / "state.pt").write_bytes(data[: len(data) // 3])  # a torn write, as a full disk leaves it
-    resumed = run_resume(command, out)  # every epoch once: those after the fallback were re-trained
+    (newest / "state.pt").write_bytes(data[: len(data) // 3])
+    proc = resume_in_background(command)
+    wait_until(proc, lambda: len(epochs_in(out)) >= epoch_before + 2, "2 epochs after the fallback")
+    # 3. Ctrl-C in a terminal: SIGINT to the whole process group
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = finish(proc)
     expected = f"[raysl] skipped checkpoint {newest}: state.pt is unreadable"
-    lines = [ln for ln in resumed.stderr.splitlines() if ln.startswith("[raysl] skipped checkpoint")]
-    assert len(lines) == 1 and lines[0].startswith(expected), resumed.stderr[-3000:]
-    assert lines[0].endswith(f"; resuming from epoch {epoch_before}"), lines[0]
+    skipped = [ln for ln in err.splitlines() if ln.startswith("[raysl] skipped checkpoint")]
+    assert len(skipped) == 1 and skipped[0].startswith(expected), err[-3000:]
+    assert skipped[0].endswith(f"; resuming from epoch {epoch_before}"), skipped[0]
+    assert "resuming the run" in err
+    assert proc.returncode == 130, err[-4000:]
+    command = assert_one_line(err, "raysl: interrupted (SIGINT) after epoch ")
+    assert f" of {EPOCHS}; a resume continues from the epoch " in last_line(err), last_line(err)
+    assert f" checkpoint in {out}" in last_line(err), last_line(err)
+    assert int(last_line(err).split("after epoch ", 1)[1].split(" ", 1)[0]) == last_epoch_shown(err)
+    assert command.endswith(f"--out {out}") and f"--set optim.epochs={EPOCHS}" in command
+    kept = epochs_in(out)
+    assert epoch_before + 2 <= len(kept) < EPOCHS and kept == list(range(1, len(kept) + 1))
+    assert_nothing_torn(out)
 
-
-@pytest.mark.slow
-def test_killed_train_worker_is_one_line_exit_2_and_resumes(tmp_path):
-    out = tmp_path / "run"
-    proc = start_train(out)
-    wait_until(proc, lambda: len(epochs_in(out)) >= 2 and train_worker_pids(proc.pid), "2 epochs and a worker")
+    # 4. a Train worker SIGKILLed (the OOM killer) in the resumed run
+    proc = resume_in_background(command)
+    wait_until(proc, lambda: len(epochs_in(out)) >= len(kept) + 1 and train_worker_pids(proc.pid),
+               "an epoch after the resume and a worker")
     (worker,) = train_worker_pids(proc.pid)
-    os.kill(worker, signal.SIGKILL)  # as the OOM killer does
+    os.kill(worker, signal.SIGKILL)
     stdout, err = finish(proc)
     assert proc.returncode == 2, err[-4000:]
     command = assert_one_line(err, "raysl: error: a training worker died (killed by a signal: out of memory or "
                                    "preemption?); epochs 1-")
     assert json.loads(stdout.strip().splitlines()[-1])["status"] == "errored"
     assert_nothing_torn(out)
-    run_resume(command, out)
+
+    # 5. resumed to the end: every epoch exactly once, nothing torn
+    resumed = run_resume(command, out)
+    assert "resuming the run" in resumed.stderr
 
 
 # --------------------------------------------------------------------------
@@ -355,6 +371,7 @@ def test_a_trial_tune_recovered_is_not_labelled_errored(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.local_ray
 def test_sigterm_to_tune_driver_keeps_true_statuses_and_resumes_every_trial_once(tmp_path):
     from raysl.results import load_experiments
 

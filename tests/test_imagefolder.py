@@ -297,10 +297,21 @@ def test_killed_prepare_resumes_to_identical_shards(many_photos: Path, tmp_path:
     assert not (out / ".prepare").exists()
 
 
-def test_interrupted_prepare_with_other_options_is_refused(odd_folder: Path, tmp_path: Path) -> None:
+def test_interrupted_prepare_with_other_options_is_refused(odd_folder: Path, tmp_path: Path, monkeypatch) -> None:
+    from raysl.data import imagefolder
+
     out = str(tmp_path / "out")
-    with pytest.raises(DataError, match="cannot read image dog/"):  # --strict stops at the first bad file
-        prepare("imagefolder", str(odd_folder), out, shard_rows=2, seed=1, strict=True, workers=1)
+    record = imagefolder._Journal.record
+
+    def record_then_stop(self, entry):  # Ctrl-C once the first shard is finished
+        record(self, entry)
+        raise KeyboardInterrupt
+
+    # (a --strict failure no longer leaves an interrupted prepare: it leaves --out as it was)
+    monkeypatch.setattr(imagefolder._Journal, "record", record_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        prepare("imagefolder", str(odd_folder), out, shard_rows=2, seed=1, workers=1)
+    monkeypatch.undo()
     assert (tmp_path / "out" / ".prepare" / "options.json").exists()
     with pytest.raises(DataError, match=r"other options or files \(seed\); .*pick another --out or delete it"):
         prepare("imagefolder", str(odd_folder), out, shard_rows=2, seed=2, workers=1)

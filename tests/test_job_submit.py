@@ -1,6 +1,6 @@
 """`ray job submit --working-dir . -- raysl tune ...` against a real head with token auth.
 
-The head is started with `ray start --head` (its own ports, temp dir and
+The head is the suite's (conftest ``head``: `ray start --head`, its own ports, temp dir and
 token file); the client side authenticates the way a user's laptop does, with
 ``RAY_AUTH_MODE=token`` and the cluster's token (``RAY_AUTH_TOKEN_PATH`` here,
 ``~/.ray/auth_token`` by default). Only this head's processes are stopped.
@@ -9,39 +9,29 @@ token file); the client side authenticates the way a user's laptop does, with
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 
-from test_search import BIN, RAY, REPO, RayHead, explain, final_json, trials
+from test_search import RAY, REPO, RayHead, explain, final_json, trials
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def head(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("raysl_cache")
-    # the job's entrypoint runs in the cluster's environment: `raysl` must be on its PATH
-    env = {"RAYSL_CACHE": str(cache), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    ray_head = RayHead(num_cpus=4, extra_env=env).start()
-    try:
-        yield ray_head
-    finally:
-        ray_head.stop()
-
-
-def ray_job(head: RayHead, *args: str, timeout: float = 600):
+def ray_job(head: RayHead, *args: str, timeout: float = 600, token_in_env: bool = False):
     env = {k: v for k, v in head.env.items() if k != "RAY_ADDRESS"}  # the Jobs API is the dashboard's
+    if token_in_env:  # the token itself in RAY_AUTH_TOKEN, as a CI secret gives it, instead of a token file
+        env["RAY_AUTH_TOKEN"] = Path(env.pop("RAY_AUTH_TOKEN_PATH")).read_text().strip()
     return subprocess.run([RAY, "job", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 def submit_job(head: RayHead, *args: str):
     """`ray job submit`, retried while the head's job agent is still starting."""
     for _ in range(20):
-        done = ray_job(head, "submit", *args)
+        done = ray_job(head, "submit", *args, token_in_env=True)
         if done.returncode == 0 or "No available agent" not in done.stderr:
             return done
         time.sleep(3)

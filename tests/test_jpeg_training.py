@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -357,15 +355,15 @@ MULTICROP = ["--set", "method={name: dino}", "--set", "data.local_crops.number=2
 
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides, sizes", [([], "64, 64"), (MULTICROP, "64, 64, 32, 32")], ids=["simclr", "dino"])
-def test_raysl_train_decodes_jpeg_crops_in_ray_data(jpeg_shards, tmp_path, overrides, sizes):
+def test_raysl_train_decodes_jpeg_crops_in_ray_data(jpeg_shards, tmp_path, overrides, sizes, head):
     config = Path(jpeg_shards).parent / "run.yaml"
     config.write_text(RUN_YAML.replace("PATH", jpeg_shards))
     out = tmp_path / "run"
-    ray_tmp = tempfile.mkdtemp(prefix="rsl", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
-    env.pop("RAY_ADDRESS", None)
+    # Ray Data's executor logs into the head's session folder: read only what this run added
+    data_logs = Path(head.temp_dir).glob("session_*/logs/ray-data/ray-data-train*.log")
+    before = {p: p.stat().st_size for p in data_logs}
     proc = subprocess.run([RAYSL, "train", str(config), *overrides, "--out", str(out)], capture_output=True,
-                          text=True, timeout=900, env=env)
+                          text=True, timeout=900, env=head.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["status"] == "finished" and summary["epoch"] == 1
@@ -373,7 +371,7 @@ def test_raysl_train_decodes_jpeg_crops_in_ray_data(jpeg_shards, tmp_path, overr
     # the workers were handed crop columns (they say so from the batches they got) ...
     assert f"[raysl] input: crops cut by Ray Data tasks (MapBatches(DecodeCrops)); views of {sizes} px" in proc.stderr
     # ... which Ray Data's executor made with DecodeCrops tasks, per its own log of the run
-    logs = list(Path(ray_tmp).glob("ray/session_*/logs/ray-data/ray-data-train*.log"))
-    text = "".join(p.read_text() for p in logs)
+    logs = list(Path(head.temp_dir).glob("session_*/logs/ray-data/ray-data-train*.log"))
+    text = "".join(p.read_text()[before.get(p, 0):] for p in logs)
     assert "-> TaskPoolMapOperator[MapBatches(DecodeCrops)] ->" in text, [str(p) for p in logs]
     assert "execution finished" in text

@@ -64,6 +64,7 @@ def _all_actor_nodes() -> dict[int, str]:
     return {a.pid: a.node_id for a in list_actors(detail=True, limit=10_000) if a.pid}
 
 
+@pytest.mark.local_ray
 def test_tune_on_two_nodes_survives_losing_one(tmp_path, digits_dir):
     import ray
     from ray.cluster_utils import Cluster

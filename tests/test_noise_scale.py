@@ -11,7 +11,7 @@ import torch
 
 from raysl.config import load_config
 from raysl.methods import build_method
-from raysl.noise_scale import measure_noise_scale, wanted
+from raysl.noise_scale import measure_noise_scale, noise_scale_metrics, wanted
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 
@@ -42,7 +42,8 @@ def test_measure_matches_the_two_batch_formula_by_hand():
     small, big = (25 / 16 + 52 / 16) / 2, 149 / 64
     g2 = (8 * big - 4 * small) / (8 - 4)
     trace = (small - big) / (1 / 4 - 1 / 8)
-    assert np.isclose(got["grad_sq_norm"], g2, rtol=1e-12) and np.isclose(got["grad_trace_cov"], trace, rtol=1e-12)
+    assert np.isclose(got["grad_sq_norm_est"], g2, rtol=1e-12)
+    assert np.isclose(got["grad_trace_cov_est"], trace, rtol=1e-12)
     assert np.isclose(got["noise_scale"], trace / g2, rtol=1e-12)
     assert model.w.grad is None  # the caller's (absent) gradient is put back
 
@@ -68,8 +69,8 @@ def test_estimates_are_unbiased_on_a_known_population():
     for _ in range(repeats):
         rows = -(mu + s * torch.randn(batch, d, generator=gen, dtype=torch.float64))  # gradient rows = mu + z
         got = measure_noise_scale(model, [rows], None, pieces=pieces)
-        g2s.append(got["grad_sq_norm"])
-        traces.append(got["grad_trace_cov"])
+        g2s.append(got["grad_sq_norm_est"])
+        traces.append(got["grad_trace_cov_est"])
     true_g2, true_trace = float(mu.pow(2).sum()), d * s * s
     # Unbiased per batch, so the mean over 400 batches is within a few standard errors (measured
     # from the same 400 values; 4 SE: a false failure has probability ~6e-5).
@@ -92,10 +93,49 @@ def test_measuring_leaves_a_real_method_as_it_was():
     buffers = [b.clone() for b in method.buffers()]
     assert any(b.dtype.is_floating_point for b in buffers)  # BatchNorm running stats: the passes move them
     got = measure_noise_scale(method, views, None)
-    assert set(got) == {"noise_scale", "grad_sq_norm", "grad_trace_cov"} and np.isfinite(got["grad_sq_norm"])
+    assert {"noise_scale", "grad_sq_norm_est", "grad_trace_cov_est"} <= set(got)
+    assert np.isfinite(got["grad_sq_norm_est"])
     assert all(torch.equal(a, p.grad) for a, p in zip(grads, [p for p in method.parameters() if p.grad is not None]))
     assert all(torch.equal(a, b) for a, b in zip(buffers, method.buffers()))
     assert wanted(None, method) and not wanted(False, method)
+
+
+def test_a_batch_whose_gradient_noise_swamps_the_mean_has_no_noise_scale():
+    # 4 rows in 2 pieces, w = 0: piece gradients -(1*(1,0) + 1*(0,1))/2 = -(1,1)/2 and
+    # -(-1*(1,0) + -1*(0,1))/2 = (1,1)/2 cancel, so |G_4|^2 = 0 and |g_i|^2 = 1/2: the |G|^2 estimate
+    # (4 * 0 - 2 * 1/2) / (4 - 2) = -1/2, and tr(Sigma) / |G|^2 is no batch size: null with a note
+    # (issue 22: it was written as Infinity), while the estimate keeps its sign under its own name.
+    x = torch.tensor([[1.0, 0], [0, 1], [1, 0], [0, 1]], dtype=torch.float64)
+    y = torch.tensor([1.0, 1, -1, -1], dtype=torch.float64)[:, None]
+    got = measure_noise_scale(Regression(torch.zeros(2, dtype=torch.float64)), [x, y], None, pieces=2)
+    assert got["noise_scale"] is None and got["noise_scale_note"].startswith("|G|^2 estimate <= 0")
+    assert np.isclose(got["grad_sq_norm_est"], -0.5, rtol=1e-12) and "grad_sq_norm" not in got
+    assert np.isclose(got["grad_trace_cov_est"], (0.5 - 0) / (1 / 2 - 1 / 4), rtol=1e-12)
+
+
+def test_noise_scale_is_the_ratio_only_where_both_estimates_are_positive():
+    assert noise_scale_metrics(0.5, 2.0) == {"grad_sq_norm_est": 0.5, "grad_trace_cov_est": 2.0, "noise_scale": 4.0}
+    for g2, trace, why in ((0.0, 2.0, "|G|^2 estimate <= 0"), (-0.3787, 2.0, "|G|^2 estimate <= 0"),
+                           (0.5, -1.0, "tr(Sigma) estimate <= 0"), (0.5, 0.0, "tr(Sigma) estimate <= 0"),
+                           (float("nan"), 2.0, "gradient norms not finite")):
+        got = noise_scale_metrics(g2, trace)
+        assert got["noise_scale"] is None and got["noise_scale_note"].startswith(why), (g2, trace, got)
+        assert got["grad_trace_cov_est"] == trace
+
+
+def test_a_scaling_run_takes_the_last_evaluations_noise_scale_even_when_it_is_null():
+    # raysl scale's per-run B_simple: a null at the last evaluation (with its note) stays null rather
+    # than falling back to an earlier evaluation's value, measured at another loss
+    import pandas as pd
+
+    from raysl.scale import _last_noise_scale
+
+    note = "|G|^2 estimate <= 0: ..."
+    rows = pd.DataFrame({"epoch": [1, 2, 3], "noise_scale": [40.0, 55.0, None], "noise_scale_note": [None, None, note]})
+    assert _last_noise_scale(rows) is None
+    rows = pd.DataFrame({"epoch": [1, 2, 3], "noise_scale": [40.0, 55.0, None], "noise_scale_note": [None] * 3})
+    assert _last_noise_scale(rows) == 55.0  # epoch 3 did not evaluate
+    assert _last_noise_scale(pd.DataFrame({"epoch": [1], "loss": [1.0]})) is None  # never logged
 
 
 def test_auto_is_off_for_in_batch_negatives():

@@ -159,16 +159,28 @@ def _env() -> dict:
 
 
 def _train_args(out: Path, epochs: int) -> list[str]:
-    return [RAYSL, "train", QUICKSTART, "--set", f"optim.epochs={epochs}", "--set", "eval.every_epochs=1",
-            "--out", str(out)]
+    return [RAYSL, "train", QUICKSTART, "--set", "model.width=8", "--set", f"optim.epochs={epochs}",
+            "--set", "eval.every_epochs=1", "--out", str(out)]
 
 
 @pytest.mark.slow
-def test_train_output_redirected(tmp_path):
+@pytest.mark.local_ray
+def test_train_output_redirected_and_its_contract_metrics(tmp_path):
+    """One local `raysl train` run, checked for what it prints (redirected) and what it writes."""
+    from raysl.config import load_config
+
     epochs = 2
-    proc = subprocess.run(_train_args(tmp_path / "run", epochs), capture_output=True, text=True, timeout=HANG,
+    out = tmp_path / "run"
+    proc = subprocess.run(_train_args(out, epochs), capture_output=True, text=True, timeout=HANG,
                           env=_env(), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    # the contract: the summary's metric names, the saved config, every epoch once in metrics.jsonl
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("loss", "knn_acc", "rankme", "alignment", "uniformity", "images_per_s", "epoch", "status"):
+        assert key in summary, key
+    assert summary["rankme"] > 1.0
+    assert load_config(str(out / "config.yaml")).optim.epochs == epochs
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     for stream in (proc.stdout, proc.stderr):
         assert "\x1b" not in stream and "\r" not in stream
         for noise in RAY_NOISE:
@@ -221,6 +233,7 @@ def _read_pty(master: int, proc: subprocess.Popen, deadline: float) -> bytes:
 
 
 @pytest.mark.slow
+@pytest.mark.local_ray
 def test_train_progress_bar_on_a_terminal(tmp_path):
     master, slave = pty.openpty()
     proc = subprocess.Popen(_train_args(tmp_path / "run", 1), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -249,6 +262,7 @@ def test_train_progress_bar_on_a_terminal(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.local_ray
 def test_tune_output_one_line_per_trial(tmp_path):
     args = [RAYSL, "tune", QUICKSTART, "--num-samples", "2", "--set", "optim.epochs=1", "--set", "model.width=8",
             "--set", "tune.scheduler=fifo", "--set", "tune.max_concurrent=2",

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from raysl import pbt
-from test_search import RayHead, explain, final_json, run_raysl, trials, write_space
+from test_search import explain, final_json, run_raysl, trials, write_space
 
 EPOCHS = 4
 
@@ -110,17 +110,6 @@ def test_pbt_with_several_workers_is_accepted(tmp_path):
 
 # --------------------------------------------------------------------------
 # a real PBT search with 2 workers per trial
-
-
-@pytest.fixture(scope="module")
-def head(tmp_path_factory):
-    # 2 trials x 2 workers x 1 CPU and the trials' drivers (0.01 CPU each), plus room for a restarting
-    # trial's placement group to be released: logical CPUs, more than the machine's cores
-    ray_head = RayHead(num_cpus=6, extra_env={"RAYSL_CACHE": str(tmp_path_factory.mktemp("raysl_cache"))}).start()
-    try:
-        yield ray_head
-    finally:
-        ray_head.stop()
 
 
 def _lr_of(sampled: dict, base: dict, step: int, epoch: int) -> float:

@@ -44,8 +44,8 @@ def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
-    return report_dir(tmp_path_factory)
+def report(tmp_path_factory, head) -> Path:
+    return report_dir(tmp_path_factory, head.env)
 
 
 # What the leaderboard rows and the best-config section look like once laid out and styled.
@@ -121,10 +121,10 @@ def test_screenshot(report, tmp_path):
     shutil.copy(shot, artifacts / "report.png")
 
 
-def test_best_row_stands_out_when_asha_stopped_it(tmp_path_factory, tmp_path):
+def test_best_row_stands_out_when_asha_stopped_it(tmp_path_factory, tmp_path, head):
     """The scripted ASHA experiment (test_analyze.py): ASHA stopped the trial with the best final
     objective. Its row is the one marked best, tagged, and not greyed like the other stopped row."""
-    report = scripted_report_dir(tmp_path_factory)
+    report = scripted_report_dir(tmp_path_factory, head.env)
     summary = json.loads((report / "summary.json").read_text())
     best = summary["best"]["trial_id"]
     found = run_check(report, tmp_path, CHECK_BEST)

@@ -8,12 +8,9 @@ resumes it with --resume and reads scaling.json.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +20,7 @@ import yaml
 from raysl.errors import ConfigError
 from raysl.scale import fit_all, format_report, load_scaling, predict_point
 
-from conftest import HANG, RAYSL, REPO, interrupt_when
+from conftest import HANG, RAYSL, REPO
 
 QUICKSTART = REPO / "search_spaces" / "scaling_quickstart.yaml"
 
@@ -127,69 +124,4 @@ def test_fit_all_says_what_it_could_not_fit():
 # end to end
 
 
-def _trial_status(trial_dir: Path) -> str | None:
-    result = trial_dir / "result.json"
-    if not result.exists():
-        return None
-    lines = [line for line in result.read_text().splitlines() if line.strip()]
-    try:
-        return json.loads(lines[-1]).get("status") if lines else None
-    except json.JSONDecodeError:
-        return None  # a half-written last line
-
-
-def _finished(experiment: Path) -> int:
-    return sum(_trial_status(d) == "finished" for d in experiment.glob("raysl_trial_*"))
-
-
-@pytest.mark.slow
-def test_scale_interrupted_and_resumed_fits_every_run(tmp_path):
-    data = yaml.safe_load(QUICKSTART.read_text())
-    data["grid"] = {"model.width": [4, 8, 16], "data.fraction": [0.5, 1.0]}
-    data["base"]["optim"]["epochs"] = 2
-    data["base"]["eval"]["every_epochs"] = 1
-    data["base"]["checkpoint"]["every_epochs"] = 1
-    data["fit"] = {"metric": "knn_acc", "bootstrap": 50, "predict": [{"compute": 1e10}]}
-    data["tune"] = {"max_concurrent": 1}  # one at a time: the grid is still running after 2 runs
-    scaling = write(tmp_path / "tiny.yaml", data)
-    storage = tmp_path / "results"
-    experiment = storage / "tiny"
-    ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray's socket paths have a length limit
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_TMPDIR=ray_tmp, PYTHONUNBUFFERED="1")
-    args = [RAYSL, "scale", str(scaling), "--storage", str(storage), "--predict", "width=32"]
-    try:
-        proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        out, err = interrupt_when(proc, lambda: _finished(experiment) >= 2, "the grid")
-        assert proc.returncode == 130, f"{proc.returncode}\n{out[-2000:]}\n{err[-4000:]}"
-        assert not (experiment / "scaling.json").exists()  # no fit on a partial grid
-        assert "--resume" in err
-
-        resumed = subprocess.run([*args, "--resume"], env=env, cwd=REPO, capture_output=True, text=True,
-                                 timeout=HANG)
-        assert resumed.returncode == 0, f"{resumed.stdout[-2000:]}\n{resumed.stderr[-4000:]}"
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-
-    result = json.loads((experiment / "scaling.json").read_text())
-    assert len(result["runs"]) == 6 and not result["not_used"]
-    configs = {(r["config"]["model.width"], r["config"]["data.fraction"]) for r in result["runs"]}
-    assert configs == {(w, f) for w in (4, 8, 16) for f in (0.5, 1.0)}
-    for run in result["runs"]:
-        assert run["flops"] > 0 and run["n_params"] > 0 and 0 < run["error"] < 1
-        assert run["wall_time_s"] and run["wall_time_s"] > 0
-    # FLOPs grow with width and with the data fraction
-    by = {(r["config"]["model.width"], r["config"]["data.fraction"]): r for r in result["runs"]}
-    assert by[(4, 1.0)]["flops"] < by[(8, 1.0)]["flops"] < by[(16, 1.0)]["flops"]
-    assert by[(8, 0.5)]["flops"] < by[(8, 1.0)]["flops"]
-    assert result["compute"]["n_runs"] >= 4 and set(result["compute"]["params"]) == {"E_inf", "a", "b"}
-    assert result["model_data"]["n_runs"] == 6
-    points = [p["point"] for p in result["predictions"]]
-    assert {"compute": 1e10} in points and {"model.width": 32} in points
-    summary = json.loads(resumed.stdout.strip().splitlines()[-1])
-    assert summary["scaling_json"].endswith("tiny/scaling.json") and summary["runs"] == 6
-    assert "E(C) = E_inf + a * C^-b" in resumed.stderr
-    # every report of every trial carries the FLOPs
-    for trial in experiment.glob("raysl_trial_*"):
-        rows = [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.strip()]
-        assert rows and all(r.get("flops", 0) > 0 for r in rows)
+# a grid interrupted, resumed and fitted: tests/test_scaling_report.py (one grid, also analyzed and opened in Chromium)

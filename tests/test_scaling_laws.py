@@ -9,12 +9,16 @@ coverage tests count hits over several seeds with a stated margin.
 
 from __future__ import annotations
 
+import csv
+import functools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from raysl.scaling_laws import (
+    LawFit,
     compute_optimal_frontier,
     fit_compute_law,
     fit_critical_batch,
@@ -22,6 +26,7 @@ from raysl.scaling_laws import (
     flops_per_param_example,
     gradient_noise_scale,
     law_value,
+    log_residual_outliers,
     predict,
     predict_run,
     residual_sd,
@@ -109,19 +114,23 @@ def test_prediction_interval_contains_the_true_curve_when_extrapolating():
     assert hi50 - lo50 < his[1] - los[1]
 
 
-def test_model_data_law_recovers_constants():
+@pytest.mark.parametrize("loss, width", [("least_squares", 0.6), ("huber", 0.9)])
+def test_model_data_law_recovers_constants(loss, width):
     """Over 8 data sets (5 model sizes x 5 data sizes, 2% noise), each constant's 90% interval holds
-    the truth in >= 6; the intervals are informative (exponents within +-30%)."""
+    the truth in >= 6; the intervals are informative: exponents within +-30% for least squares, +-45%
+    for Huber. On Gaussian noise least squares is the efficient fit; Huber with delta = 1e-3, far below
+    the 2% noise, is in effect least absolute deviations (64% as efficient, sd ~1.25x), and its
+    bootstrap intervals came out 1.0-1.8x as wide here (alpha's widest 0.85 x alpha against 0.52 x)."""
     hits = {name: 0 for name in MODEL_DATA_TRUTH}
     for seed in range(8):
         n, d, e = model_data_runs(seed)
-        fit = fit_model_data_law(n, d, e, n_bootstrap=150, seed=seed)
+        fit = fit_model_data_law(n, d, e, n_bootstrap=150, seed=seed, loss=loss)
         for name, truth in MODEL_DATA_TRUTH.items():
             lo, hi = fit.intervals[name]
             hits[name] += lo <= truth <= hi
         for name in ("alpha", "beta"):
             lo, hi = fit.intervals[name]
-            assert hi - lo < 0.6 * MODEL_DATA_TRUTH[name], (seed, name, lo, hi)
+            assert hi - lo < width * MODEL_DATA_TRUTH[name], (seed, name, lo, hi)
     assert all(h >= 6 for h in hits.values()), hits
 
 
@@ -180,6 +189,191 @@ def test_compute_optimal_frontier_is_the_minimum_over_model_size():
     lo, hi = rows[0]["N_opt_interval"]
     assert lo <= true_n <= hi
     assert rows[1]["N_opt"] > rows[0]["N_opt"]  # more compute, bigger model
+
+
+def test_a_flat_term_in_a_bootstrap_sample_has_no_frontier_and_does_not_crash():
+    """The robust fit bounds exponents to [0, 5]: a bootstrap sample (or the fit) can reach beta = 0, a
+    flat data term, where no model size balances the two terms. `raysl scale` crashed on it with a math
+    domain error; the frontier now leaves such samples out of its interval, and a flat fit is NaN."""
+    import dataclasses
+
+    n, d, e = model_data_runs(seed=0)
+    fit = fit_model_data_law(n, d, e, n_bootstrap=20, seed=0)
+    flat = np.array(fit.samples, dtype=float)
+    flat[0, fit.names.index("beta")] = 0.0
+    rows = compute_optimal_frontier(dataclasses.replace(fit, samples=flat), [1e12], 6.0)
+    lo, hi = rows[0]["N_opt_interval"]
+    assert np.isfinite([lo, hi]).all() and lo <= rows[0]["N_opt"] <= hi
+    point = dict(fit.params, beta=0.0)
+    (row,) = compute_optimal_frontier(dataclasses.replace(fit, params=point, samples=flat[:1]), [1e12], 6.0)
+    assert np.isnan(row["N_opt"]) and row["N_opt_interval"] is None or np.isnan(row["N_opt_interval"][0])
+
+
+# --------------------------------------------------------------------------
+# robust fits: Hoffmann et al.'s runs, and synthetic runs with one run far off
+
+
+REPO = Path(__file__).resolve().parents[1]
+CHINCHILLA_CSV = REPO.parent / "shared" / "data" / "chinchilla_svg_extracted.csv"
+# Besiroglu et al. 2024 ("Chinchilla Scaling: A Replication Attempt"): Hoffmann et al.'s approach 3 (Huber,
+# delta 1e-3, on log residuals) refitted to the 245 runs extracted from Hoffmann et al.'s Figure 4, with
+# the 5 highest-loss runs left out
+BESIROGLU = {"E_inf": 1.82, "A": 482.01, "alpha": 0.3478, "B": 2085.43, "beta": 0.3658}
+
+
+def chinchilla_runs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, D, loss) of the 245 runs; D = C / (6 N) tokens (the data's README)."""
+    if not CHINCHILLA_CSV.exists():
+        pytest.skip(f"{CHINCHILLA_CSV} is absent: the Chinchilla runs ship in shared/data next to the repository")
+    with CHINCHILLA_CSV.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    n = np.array([float(r["Model Size"]) for r in rows])
+    c = np.array([float(r["Training FLOP"]) for r in rows])
+    loss = np.array([float(r["loss"]) for r in rows])
+    return n, c / (6 * n), loss
+
+
+def highest_loss_runs(count: int) -> set[int]:
+    return {int(i) for i in np.argsort(chinchilla_runs()[2])[-count:]}
+
+
+@functools.cache
+def chinchilla_fit(drop_highest: int, loss: str) -> tuple[LawFit, np.ndarray]:
+    """The fit of the runs without the ``drop_highest`` highest-loss ones, and the kept runs' indices
+    (cached: each fit is shared by the tests below)."""
+    n, d, err = chinchilla_runs()
+    kept = np.sort(np.argsort(err)[:len(err) - drop_highest])
+    return fit_model_data_law(n[kept], d[kept], err[kept], n_bootstrap=0, loss=loss), kept
+
+
+def test_huber_fit_of_240_chinchilla_runs_is_besiroglus():
+    """Hoffmann et al.'s approach 3 on the runs Besiroglu et al. kept gives their constants: exponents
+    within 0.01, E_inf within 1% (measured: alpha 0.3473, beta 0.3672, E_inf 1.817). A and B within
+    5% (measured 477.8 and 2143): their logs trade off with the exponent times log N ~ 20 and log D ~ 23,
+    so 0.0014 in beta alone moves B by 3%."""
+    fit, kept = chinchilla_fit(5, "huber")
+    assert len(kept) == 240 and fit.n_runs == 240 and fit.loss == "huber"
+    for name in ("alpha", "beta"):
+        assert fit.params[name] == pytest.approx(BESIROGLU[name], abs=0.01), name
+    assert fit.params["E_inf"] == pytest.approx(BESIROGLU["E_inf"], rel=0.01)
+    for name in ("A", "B"):
+        assert fit.params[name] == pytest.approx(BESIROGLU[name], rel=0.05), name
+
+
+def test_on_all_245_chinchilla_runs_huber_keeps_beta_least_squares_does_not():
+    """With the 5 highest-loss runs in (losses 3.45-5.0; they are also the 5 runs with the fewest tokens,
+    0.25-0.8 billion), least squares bends to them: beta 0.61 (the bug the robust fit fixes). Huber moves
+    less: alpha 0.349 (Besiroglu 0.348), E_inf 1.89, beta 0.453 -- not within 0.05 of 0.3658: at the
+    low-D end those runs have high leverage on beta, and even an absolute-value loss feels them. It
+    is the objective's minimum, not a stall: the L-BFGS-B polish of all 8,100 grid starts, and one from
+    Besiroglu's constants, end there (objective 1.8260 against 1.9728 at their constants). What the robust
+    fit adds: it names all five as outliers, where least squares names one of them."""
+    huber, _ = chinchilla_fit(0, "huber")
+    ls, _ = chinchilla_fit(0, "least_squares")
+    assert huber.n_runs == ls.n_runs == 245
+    assert ls.params["beta"] == pytest.approx(0.61, abs=0.02)  # today's least-squares fit, unchanged
+    assert abs(ls.params["beta"] - BESIROGLU["beta"]) > 0.2
+    assert abs(huber.params["beta"] - BESIROGLU["beta"]) < 0.1
+    assert abs(huber.params["beta"] - BESIROGLU["beta"]) < 0.5 * abs(ls.params["beta"] - BESIROGLU["beta"])
+    assert huber.params["alpha"] == pytest.approx(BESIROGLU["alpha"], abs=0.01)
+    assert huber.params["E_inf"] == pytest.approx(BESIROGLU["E_inf"], rel=0.05)
+    dropped = highest_loss_runs(5)
+    assert dropped <= set(huber.outliers) and len(huber.outliers) <= 10, huber.outliers
+    assert len(dropped & set(ls.outliers)) <= 1, ls.outliers
+
+
+OUTLIER_NOISE = 0.01  # sd of log E in the data sets with a run made 3x worse: 1% relative noise
+
+
+def test_model_data_law_with_a_run_three_times_worse():
+    """25 runs from MODEL_DATA_TRUTH with 1% noise and one run's error x3, at a corner, the middle and the
+    opposite corner of the grid. Huber names that run (and only it) and recovers the law: the exponents
+    within 15% (2 decades of N and D pin them; measured worst 11% over 4 seeds x 5 positions), E_inf within
+    25% and A, B within 50% (E_inf, A and alpha trade off along a shallow valley: measured worst 17%, 36%),
+    and the curve at every run within 3% of the truth (measured worst 0.8%). Least squares on the same
+    runs bends to the bad run: its curve misses the truth by more than 5% (measured 9-20%)."""
+    t = MODEL_DATA_TRUTH
+    rng = np.random.default_rng(0)
+    grid = np.array([1e4, 3e4, 1e5, 3e5, 1e6])
+    n, d = (x.ravel() for x in np.meshgrid(grid, grid))
+    truth = t["E_inf"] + t["A"] * n ** -t["alpha"] + t["B"] * d ** -t["beta"]
+    clean = truth * np.exp(rng.normal(0.0, OUTLIER_NOISE, len(n)))
+    for bad in (0, 12, 24):
+        err = clean.copy()
+        err[bad] *= 3.0
+        fit = fit_model_data_law(n, d, err, n_bootstrap=0)
+        assert fit.outliers == (bad,), (bad, fit.outliers)
+        for name, tol in (("alpha", 0.15), ("beta", 0.15), ("E_inf", 0.25), ("A", 0.5), ("B", 0.5)):
+            assert fit.params[name] == pytest.approx(t[name], rel=tol), (bad, name, fit.params)
+        assert np.max(np.abs(law_value(fit, fit.params, N=n, D=d) / truth - 1)) < 0.03
+        ls = fit_model_data_law(n, d, err, n_bootstrap=0, loss="least_squares")
+        assert np.max(np.abs(law_value(ls, ls.params, N=n, D=d) / truth - 1)) > 0.05, (bad, ls.params)
+
+
+def test_compute_law_with_a_run_three_times_worse():
+    """10 runs from COMPUTE_TRUTH with 1% noise and one run's error x3 (the smallest, a middle and the
+    largest compute). Huber names that run and recovers b within 15% (measured worst 11% over 4 seeds x 4
+    positions), E_inf within 25% (20%), and the curve at every run within 3%; a is a * C^-b at C ~ 1e14,
+    so 0.01 in b moves it by 30%: it is checked through the curve (measured worst 1.5%). Least squares'
+    curve misses the truth by more than 5% (measured 20-52%)."""
+    t = COMPUTE_TRUTH
+    c = np.logspace(12, 16, 10)
+    truth = t["E_inf"] + t["a"] * c ** -t["b"]
+    clean = truth * np.exp(np.random.default_rng(0).normal(0.0, OUTLIER_NOISE, len(c)))
+    for bad in (0, 5, 9):
+        err = clean.copy()
+        err[bad] *= 3.0
+        fit = fit_compute_law(c, err, n_bootstrap=20)
+        assert fit.outliers == (bad,), (bad, fit.outliers)
+        assert fit.params["b"] == pytest.approx(t["b"], rel=0.15), (bad, fit.params)
+        assert fit.params["E_inf"] == pytest.approx(t["E_inf"], rel=0.25), (bad, fit.params)
+        assert np.max(np.abs(law_value(fit, fit.params, C=c) / truth - 1)) < 0.03
+        assert len(fit.samples) == 20  # bootstrap refits run with the robust loss too
+        ls = fit_compute_law(c, err, n_bootstrap=0, loss="least_squares")
+        assert np.max(np.abs(law_value(ls, ls.params, C=c) / truth - 1)) > 0.05, (bad, ls.params)
+
+
+def test_model_data_law_without_noise_is_exact():
+    t = MODEL_DATA_TRUTH
+    grid = np.array([1e4, 3e4, 1e5, 3e5, 1e6])
+    n, d = (x.ravel() for x in np.meshgrid(grid, grid))
+    fit = fit_model_data_law(n, d, t["E_inf"] + t["A"] * n ** -t["alpha"] + t["B"] * d ** -t["beta"], n_bootstrap=0)
+    for name, truth in t.items():
+        assert fit.params[name] == pytest.approx(truth, rel=1e-4)
+    assert fit.outliers == () and fit.rmse_log < 1e-6
+
+
+def test_outlier_rule_names_far_runs_together_and_leaves_noise_alone():
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0.0, 0.02, 25)
+    assert log_residual_outliers(noise, n_constants=5) == ()
+    # three runs off by 3x: together they inflate the sd the largest is judged against (masking)
+    far = noise.copy()
+    far[[3, 11, 20]] = [1.1, -1.1, 1.0]
+    assert log_residual_outliers(far, n_constants=5) == (3, 11, 20)
+    # below 10 delta (1% in the loss) nothing is an outlier, however small the others' scatter
+    tiny = rng.normal(0.0, 1e-5, 25)
+    tiny[7] = 0.005
+    assert log_residual_outliers(tiny, n_constants=5) == ()
+    tiny[7] = 0.05
+    assert log_residual_outliers(tiny, n_constants=5) == (7,)
+
+
+def test_fit_options_and_stored_fits():
+    c, e = compute_runs(seed=0)
+    with pytest.raises(ValueError, match="unknown loss"):
+        fit_compute_law(c, e, loss="l1")
+    with pytest.raises(ValueError, match="delta"):
+        fit_compute_law(c, e, delta=0.0)
+    fit = fit_compute_law(c, e * np.where(np.arange(len(c)) == 4, 3.0, 1.0), n_bootstrap=10)
+    stored = fit.to_dict()
+    assert stored["loss"] == "huber" and stored["delta"] == 1e-3 and stored["outliers"] == [4]
+    again = LawFit.from_dict(stored)
+    assert again.outliers == (4,) and again.loss == "huber"
+    # a file written before the robust fit has neither: it was least squares, naming no run
+    old = {k: v for k, v in stored.items() if k not in ("loss", "delta", "outliers")}
+    assert LawFit.from_dict(old).loss == "least_squares" and LawFit.from_dict(old).outliers == ()
+    assert fit_compute_law(c, e, n_bootstrap=0).samples.shape == (0, 3)
 
 
 def test_flops_per_param_example():

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -157,7 +156,7 @@ GRID = {"model.width": [4, 8, 16], "data.fraction": [0.25, 1.0], "optim.batch_si
 
 def write_scaling_experiment(folder: Path, runs: list[dict], grid: dict, predict: list[dict]) -> dict:
     """scaling.json + the scaling file as `raysl scale` writes them (fit_all on ``runs``)."""
-    from raysl.scale import _json_safe
+    from raysl.scale import write_result
 
     folder.mkdir(parents=True, exist_ok=True)
     spec = load_scaling(str(write_spec(folder, grid, {"bootstrap": 60, "target_error": TARGET,
@@ -170,7 +169,7 @@ def write_scaling_experiment(folder: Path, runs: list[dict], grid: dict, predict
 
     result = {"experiment": str(folder), "metric": "knn_acc", "error": "1 - knn_acc", "level": spec.fit.level,
               "grid": grid, "written": "now", "runs": runs, "not_used": [], **fit_all(runs, spec, point_values)}
-    (folder / RESULT_FILE).write_text(json.dumps(_json_safe(result), indent=1))
+    write_result(str(folder), result)
     (folder / SCALING_FILE).write_text(yaml.safe_dump(spec.to_yaml_dict(), sort_keys=False))
     return json.loads((folder / RESULT_FILE).read_text())
 
@@ -353,34 +352,99 @@ def test_synthetic_report_in_chromium(synthetic, tmp_path):
 # end to end: a real tiny `raysl scale`, then `raysl analyze --predict`
 
 
+class _Payload:
+    """Unpickling this runs ``touch MARKER``: what a tampered state file could do."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _trial_finished(trial: Path) -> bool:
+    rows = [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.endswith("}")] \
+        if (trial / "result.json").exists() else []
+    return bool(rows) and rows[-1].get("status") == "finished"
+
+
 @pytest.mark.slow
 @chromium_only
-def test_analyze_of_a_real_scaling_experiment(tmp_path):
-    """digits, width [4, 8] x fraction [0.5, 1.0], 1 epoch, crop 8: 4 runs, enough for E(C) (4 compute
-    values), too few for E(N, D), which the page says. `raysl analyze --predict` then predicts from the
-    stored fit: at width=32, fraction=1.0 (the base's fraction) exactly what `raysl scale --predict
+def test_scale_interrupted_resumed_analyzed_with_predict_and_opened_in_chromium(tmp_path, head):
+    """One real `raysl scale` grid on digits (width [4, 8, 16] x fraction [0.5, 1.0], 1 epoch, crop 8:
+    6 runs, one at a time), joined to the suite's head: Ctrl-C after 2 runs (no fit on a partial
+    grid), `--resume` fits every run (E(C) and E(N, D)); `raysl analyze --predict` then predicts from
+    the stored fit: at width=32, fraction=1.0 (the base's fraction) exactly what `raysl scale --predict
     width=32` predicted from the live fit; the page opens in Chromium with every image and number."""
+    from conftest import interrupt_when
+
     data = yaml.safe_load(QUICKSTART.read_text())
-    data["grid"] = {"model.width": [4, 8], "data.fraction": [0.5, 1.0]}
+    data["grid"] = {"model.width": [4, 8, 16], "data.fraction": [0.5, 1.0]}
     data["base"]["optim"]["epochs"] = 1
     data["base"]["eval"]["every_epochs"] = 1
     data["base"]["checkpoint"]["every_epochs"] = 1
     data["fit"] = {"metric": "knn_acc", "bootstrap": 100, "predict": [{"compute": 1e10}]}
+    data["tune"] = {"max_concurrent": 1}  # one at a time: the grid is still running after 2 runs
     scaling = tmp_path / "tiny.yaml"
     scaling.write_text(yaml.safe_dump(data, sort_keys=False))
-    experiment = tmp_path / "results" / "tiny"
-    ray_tmp = tempfile.mkdtemp(prefix="rsr", dir="/tmp")  # short: Ray's socket paths have a length limit
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_TMPDIR=ray_tmp, PYTHONUNBUFFERED="1")
-    try:
-        proc = subprocess.run([RAYSL, "scale", str(scaling), "--storage", str(tmp_path / "results"), "--predict",
-                               "width=32"], env=env, cwd=REPO, capture_output=True, text=True, timeout=HANG)
-        assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    storage = tmp_path / "results"
+    experiment = storage / "tiny"
+    env = {**head.env, "PYTHONUNBUFFERED": "1"}
+    args = [RAYSL, "scale", str(scaling), "--storage", str(storage), "--predict", "width=32"]
+    proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = interrupt_when(
+        proc, lambda: sum(_trial_finished(t) for t in experiment.glob("raysl_trial_*")) >= 2, "the grid")
+    assert proc.returncode == 130, f"{proc.returncode}\n{out[-2000:]}\n{err[-4000:]}"
+    assert not (experiment / RESULT_FILE).exists()  # no fit on a partial grid
+    assert "--resume" in err
+    resumed = subprocess.run([*args, "--resume"], env=env, cwd=REPO, capture_output=True, text=True, timeout=HANG)
+    assert resumed.returncode == 0, f"{resumed.stdout[-2000:]}\n{resumed.stderr[-4000:]}"
+
     result = json.loads((experiment / RESULT_FILE).read_text())
-    assert len(result["runs"]) == 4 and "compute" in result and "model_data" not in result
-    assert all(len(r["images_per_s"]) == 1 and r["images_per_s"][0] > 0 for r in result["runs"])
+    assert len(result["runs"]) == 6 and not result["not_used"]
+    configs = {(r["config"]["model.width"], r["config"]["data.fraction"]) for r in result["runs"]}
+    assert configs == {(w, f) for w in (4, 8, 16) for f in (0.5, 1.0)}
+    for run in result["runs"]:
+        assert run["flops"] > 0 and run["n_params"] > 0 and 0 < run["error"] < 1
+        assert run["wall_time_s"] and run["wall_time_s"] > 0
+        assert len(run["images_per_s"]) == 1 and run["images_per_s"][0] > 0
+    # FLOPs grow with width and with the data fraction
+    by = {(r["config"]["model.width"], r["config"]["data.fraction"]): r for r in result["runs"]}
+    assert by[(4, 1.0)]["flops"] < by[(8, 1.0)]["flops"] < by[(16, 1.0)]["flops"]
+    assert by[(8, 0.5)]["flops"] < by[(8, 1.0)]["flops"]
+    assert result["compute"]["n_runs"] >= 4 and set(result["compute"]["params"]) == {"E_inf", "a", "b"}
+    assert result["model_data"]["n_runs"] == 6
+    points = [p["point"] for p in result["predictions"]]
+    assert points == [{"compute": 1e10}, {"model.width": 32}]
+    summary = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert summary["scaling_json"].endswith("tiny/scaling.json") and summary["runs"] == 6
+    assert "E(C) = E_inf + a * C^-b" in resumed.stderr
+    # every report of every trial carries the FLOPs
+    trials = list(experiment.glob("raysl_trial_*"))
+    assert len(trials) == 6
+    for trial in trials:
+        rows = [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.strip()]
+        assert rows and all(r.get("flops", 0) > 0 for r in rows)
+
+    # `--resume` unpickles nothing raysl did not sign: a tuner.pkl replaced by one that would run code
+    # is refused in one line, and its code never runs
+    import pickle
+
+    marker = tmp_path / "MARKER"
+    target = experiment / "tuner.pkl"
+    original = target.read_bytes()
+    target.write_bytes(pickle.dumps(_Payload(marker)))
+    try:
+        refused = subprocess.run([*args, "--resume"], env=env, cwd=REPO, capture_output=True, text=True,
+                                 timeout=HANG)
+    finally:
+        target.write_bytes(original)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("raysl: error: ")]
+    assert len(errors) == 1 and errors[0].startswith(
+        f"raysl: error: {target}: not written by raysl on this machine/secret or changed since (HMAC mismatch); "), \
+        refused.stderr[-3000:]
+    assert not marker.exists()
 
     report = tmp_path / "report"
     proc = subprocess.run([RAYSL, "analyze", str(experiment), "--out", str(report), "--predict",
@@ -394,18 +458,14 @@ def test_analyze_of_a_real_scaling_experiment(tmp_path):
                                            {"model.width": 32, "data.fraction": 1.0}, {"compute": 1e12}]
     assert preds[:2] == [{**p, "source": "raysl scale"} for p in result["predictions"]]
     live, stored = preds[1], preds[2]
-    for key in ("n_params", "train_images", "compute", "error_compute"):
+    for key in ("n_params", "train_images", "compute", "error_compute", "error_model_data"):
         assert stored[key] == live[key], key  # same counts, same bootstrap samples (exact through JSON)
-    assert "error_model_data" not in stored
     assert "predict model.width=32, data.fraction=1 (C = " in proc.stderr and "E(C) " in proc.stderr
 
     summary = json.loads((report / "summary.json").read_text())
-    assert summary["scaling"]["fitted"] == ["compute"]
-    assert any(n.startswith("E(N, D) not fitted") for n in summary["scaling"]["notes"])
+    assert summary["scaling"]["fitted"] == ["compute", "model_data"]
     assert {"search_report.html", "report.html", "leaderboard.csv", *PLOTS.values()} - {
         PLOTS["critical_batch"], PLOTS["worker_scaling"]} <= set(os.listdir(report))
-    page = (report / "report.html").read_text()
-    assert "E(N, D) not fitted: fitting E(N, D) needs &gt;= 6 runs" in page
     found = check_page(report, tmp_path, result, preds, [PLOTS[k] for k in ("error_vs_compute", "slices",
                                                                             "frontier")])
     assert "search_report.html" in found["links"]

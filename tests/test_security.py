@@ -17,19 +17,12 @@ token authentication refuses anyone without the token.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pickle
 import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -170,12 +163,6 @@ def test_set_override_with_a_python_tag_stays_a_string(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- a token-protected cluster
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _client_env(**extra: str) -> dict[str, str]:
     """This process's environment without any Ray address or auth settings, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
@@ -185,68 +172,11 @@ def _client_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _stop_group(process: subprocess.Popen) -> None:
-    """Stop the head we started: its whole process group, and nothing else.
-
-    SIGTERM first; `ray start --block` takes half a minute to wind down and
-    leaves agents behind, so after a short grace the group gets SIGKILL (it is
-    a throwaway cluster).
-    """
-    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 20)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.time() + grace
-        while time.time() < deadline:
-            process.poll()  # reap `ray start` itself, or the group never empties
-            try:
-                os.killpg(process.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.25)
-
-
 @pytest.fixture(scope="module")
-def token_cluster():
-    """A one-node Ray cluster on 127.0.0.1 with RAY_AUTH_MODE=token."""
-    temp_dir = tempfile.mkdtemp(prefix="raysl-sec-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    token = secrets.token_hex(24)
-    ports = {
-        name: _free_port()
-        for name in ("port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                     "ray-client-server-port", "runtime-env-agent-port", "metrics-export-port",
-                     "node-manager-port", "object-manager-port")
-    }
-    command = [
-        str(BIN / "ray"), "start", "--head", "--block",
-        "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
-        f"--temp-dir={temp_dir}", "--num-cpus=8", "--disable-usage-stats",
-        *(f"--{name}={port}" for name, port in ports.items()),
-    ]
-    log = open(os.path.join(temp_dir, "ray-start.log"), "w")
-    head = subprocess.Popen(
-        command, env=_client_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token),
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=temp_dir,
-    )
-    address = f"http://127.0.0.1:{ports['dashboard-port']}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                # The health endpoint needs no token; it says when the job API is up.
-                urllib.request.urlopen(f"{address}/api/gcs_healthz", timeout=2)
-                break
-            except OSError:
-                if head.poll() is not None or time.time() > deadline:
-                    log.flush()
-                    pytest.fail(f"ray start failed:\n{Path(temp_dir, 'ray-start.log').read_text()[-3000:]}")
-                time.sleep(0.5)
-        yield {"address": address, "token": token, "temp_dir": temp_dir, "gcs": f"127.0.0.1:{ports['port']}"}
-    finally:
-        _stop_group(head)
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+def token_cluster(head):
+    """The suite's Ray head (conftest): started with RAY_AUTH_MODE=token and a private token."""
+    return {"address": head.dashboard_url, "token": Path(head.env["RAY_AUTH_TOKEN_PATH"]).read_text().strip(),
+            "temp_dir": head.temp_dir, "gcs": head.address}
 
 
 def _ray(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
@@ -287,29 +217,7 @@ def test_joining_the_cluster_without_the_token_is_refused(token_cluster) -> None
     assert "AuthenticationError" in joined.stderr or "InvalidAuthToken" in joined.stderr, joined.stderr[-2000:]
 
 
-@pytest.mark.slow
-def test_a_raysl_job_with_the_token_runs(token_cluster, tmp_path: Path) -> None:
-    runtime_env = {"env_vars": {"RAYSL_CACHE": str(tmp_path / "cache")}}
-    if importlib.util.find_spec("raysl.search") is not None:
-        storage = tmp_path / "results"
-        entrypoint = ["raysl", "tune", "search_spaces/quickstart.yaml", "--num-samples", "1",
-                      "--set", "optim.epochs=2", "--set", "model.width=8",
-                      "--storage", str(storage), "--name", "token-auth"]
-        produced = storage / "token-auth"
-    else:  # `raysl tune` is not there yet: one training run through the same path
-        out = tmp_path / "run"
-        entrypoint = ["raysl", "train", "search_spaces/quickstart.yaml", "--set", "optim.epochs=1",
-                      "--set", "model.width=8", "--out", str(out)]
-        produced = out / "metrics.jsonl"
-
-    started = time.time()
-    job = _ray("job", "submit", "--address", token_cluster["address"], "--working-dir", str(REPO),
-               "--runtime-env-json", json.dumps(runtime_env), "--", *entrypoint,
-               env=_client_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token_cluster["token"]), timeout=900)
-    assert job.returncode == 0, (job.stdout[-4000:], job.stderr[-4000:])
-    assert "succeeded" in (job.stdout + job.stderr).lower()
-    assert produced.exists(), f"{produced} missing; job output:\n{job.stdout[-3000:]}"
-    print(f"token-auth job ({entrypoint[1]}) took {time.time() - started:.0f}s")
+# A raysl job submitted with the token runs: tests/test_job_submit.py (submitted with RAY_AUTH_TOKEN).
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all\n", b"PK\x03\x04 truncated zip"],

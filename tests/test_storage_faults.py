@@ -61,8 +61,8 @@ def read_only(tmpfs, name: str = "ro") -> Path:
 
 
 def raysl(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "RAY_TMPDIR": os.environ.get("RAY_TMPDIR", "/tmp/rf2"), **(env or {})}
-    full_env.pop("RAY_ADDRESS", None)
+    """`raysl ARGS`; ``env``: the suite's head (conftest ``head.env``) for a command that starts Ray."""
+    full_env = {**os.environ, **(env or {})}
     return subprocess.run([RAYSL, *args], capture_output=True, text=True, timeout=HANG_GUARD_S, env=full_env,
                           cwd=str(REPO))
 
@@ -110,7 +110,7 @@ def test_prepare_out_on_a_read_only_mount(tmpfs):
 
 
 @pytest.mark.slow
-def test_train_out_on_a_read_only_mount_then_resume(tmpfs, digits_dir):
+def test_train_out_on_a_read_only_mount_then_resume(tmpfs, digits_dir, head):
     ro = read_only(tmpfs)
     out = ro / "existing" / "run"
     args = ["train", QUICKSTART, *TINY, "--set", "optim.epochs=2", "--out", str(out)]
@@ -119,7 +119,7 @@ def test_train_out_on_a_read_only_mount_then_resume(tmpfs, digits_dir):
                          + f" --set optim.epochs=2 --out {out}"), line
     assert list(ro.rglob("*")) == [ro / "existing"]
     _remount(ro, "rw")
-    proc = raysl(*args)
+    proc = raysl(*args, env=head.env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert epochs_in(out) == [1, 2]
 
@@ -130,14 +130,6 @@ def test_tune_storage_on_a_read_only_mount(tmpfs, digits_dir):
                  str(ro / "existing"), "--name", "ro")
     one_error_line(proc, str(ro / "existing" / "ro"), "read-only", "choose a writable --storage")
     assert list(ro.rglob("*")) == [ro / "existing"]
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, raysl_cache) -> Path:
-    run = tmp_path_factory.mktemp("faults") / "run"
-    proc = raysl("train", QUICKSTART, *TINY, "--set", "optim.epochs=1", "--out", str(run))
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return run
 
 
 @pytest.mark.slow
@@ -152,10 +144,10 @@ def test_export_out_on_a_full_tmpfs(tmpfs, finished_run):
 
 
 @pytest.mark.slow
-def test_analyze_out_on_a_read_only_mount(tmpfs, tmp_path_factory):
+def test_analyze_out_on_a_read_only_mount(tmpfs, tmp_path_factory, head):
     from test_analyze import scripted_experiment_dir
 
-    experiment = scripted_experiment_dir(tmp_path_factory)
+    experiment = scripted_experiment_dir(tmp_path_factory, head.env)
     ro = read_only(tmpfs)
     proc = raysl("analyze", str(experiment), "--out", str(ro / "existing" / "report"))
     one_error_line(proc, str(ro / "existing" / "report"), "read-only")
@@ -166,26 +158,26 @@ def test_analyze_out_on_a_read_only_mount(tmpfs, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_checkpoint_fills_the_disk_then_resume_keeps_every_epoch_once(tmpfs, finished_run):
+def test_checkpoint_fills_the_disk_then_resume_keeps_every_epoch_once(tmpfs, finished_run, head):
     from raysl.checkpoint import load_state
 
-    state = next(finished_run.glob("train/checkpoint_*/state.pt"))
+    state = max(finished_run.glob("train/checkpoint_*/state.pt"))  # every checkpoint of a run is this size
     size = state.stat().st_size
-    assert load_state(str(state), mmap=True)["epoch"] == 1
+    assert load_state(str(state), mmap=True)["epoch"] == 2
     # room for the config, metrics.jsonl and one checkpoint and a half: the second checkpoint
     # (Ray keeps two, checkpoint.keep=2) cannot be written
     room = 64 * 1024 + size * 3 // 2
     disk = tmpfs("disk", f"size={room}")
     out = disk / "run"
     args = ["train", QUICKSTART, *TINY, "--set", "optim.epochs=3", "--out", str(out)]
-    line = one_error_line(raysl(*args), str(out), "no space left on", f"free space on {disk}")
+    line = one_error_line(raysl(*args, env=head.env), str(out), "no space left on", f"free space on {disk}")
     assert line.endswith(f"--out {out}") and "resume with: raysl train" in line, line
     assert leftovers(disk) == []
     assert loadable_checkpoints(out) == [1]  # the first fit; the second was never half written
     assert epochs_in(out) == [1]
 
     _remount(disk, f"size={room * 4}")  # space freed
-    proc = raysl(*args)
+    proc = raysl(*args, env=head.env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert epochs_in(out) == [1, 2, 3]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["status"] == "finished"

@@ -26,7 +26,8 @@ import yaml
 
 from conftest import HANG, REPO, interrupt_when
 from test_report_browser import CHROMIUM, chromium
-from test_search import QUICKSTART, RAYSL, cache_dir, explain, final_json, free_port, head, run_raysl  # noqa: F401
+from conftest import free_port
+from test_search import QUICKSTART, RAYSL, explain, final_json, run_raysl, trials
 
 # tiny runs: digits, 8-wide convnet, 2 epochs evaluated every epoch, one trial at a time
 SMALL = ["--set", "optim.epochs=2", "--set", "eval.every_epochs=1", "--set", "model.width=8",
@@ -246,21 +247,66 @@ def resumed(head, tmp_path_factory):
     reader = subprocess.Popen([sys.executable, "-c", READER, str(experiment / "raysl_study.json")],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        # the reader ends once trial 0 has an intermediate value; trials run one at a time, so 3 are still to
-        # come and the search is running whatever the machine's speed (interrupt_when checks it)
-        out, err = interrupt_when(proc, lambda: reader.poll() is not None, "the search")
+        # the reader ends once trial 0 has an intermediate value; then once trial 0 has finished and trial 1
+        # has reported: trials run one at a time, so 2 are still to come and the search is running whatever
+        # the machine's speed (interrupt_when checks it), with a finished trial a resume must not touch
+        def second_running() -> bool:
+            now = trials(experiment).values()
+            return reader.poll() is not None and sum(_finished(t) for t in now) >= 1 and \
+                sum(bool(t["rows"]) for t in now) >= 2
+
+        out, err = interrupt_when(proc, second_running, "the search")
         read, read_err = reader.communicate(timeout=HANG)
     finally:
         if reader.poll() is None:
             reader.kill()
     assert reader.returncode == 0, read_err[-3000:]
     assert proc.returncode == 130, f"{proc.returncode}\n{out[-2000:]}\n{err[-4000:]}"
+    assert final_json(out).get("interrupted")
     before = {t["number"]: t for t in json.loads(read)["trials"]}
     interrupted_trials = load_trials(f"sqlite:///{experiment}/optuna.db", "live")
+    tune_before = trials(experiment)
+    again = run_raysl(head, args)  # the same command without --resume: refused, nothing deleted
+    assert again.returncode == 2 and "--resume" in again.stderr, explain(again)
+    assert trials(experiment) == tune_before
     done = run_raysl(head, [*args, "--resume"])
     assert done.returncode == 0, explain(done)
     return {"experiment": experiment, "read": json.loads(read), "before": before, "interrupted": interrupted_trials,
-            "summary": final_json(done.stdout), "stderr": done.stderr}
+            "tune_before": tune_before, "summary": final_json(done.stdout), "stderr": done.stderr}
+
+
+def _finished(trial: dict) -> bool:
+    return bool(trial["rows"]) and trial["rows"][-1].get("status") == "finished"
+
+
+@pytest.mark.slow
+def test_interrupted_search_resumes_every_trial_once(resumed):
+    """Tune's own records of the interrupted search: every trial accounted for, each epoch logged once
+    (at most one repeated by the trial running at the interrupt), finished trials untouched."""
+    before, summary = resumed["tune_before"], resumed["summary"]
+    assert 1 <= sum(_finished(t) for t in before.values()) < 4
+    untouched = 0
+    after = trials(resumed["experiment"])
+    assert len(after) == summary["num_trials"] == 4
+    assert sum(summary["statuses"].values()) == 4 and "pending" not in summary["statuses"], summary
+    assert summary["statuses"].get("finished", 0) >= 3, summary
+    in_flight = [name for name, t in before.items() if not _finished(t)]
+    for name, trial in after.items():
+        epochs = [r["epoch"] for r in trial["rows"]]
+        if name in in_flight:
+            # the trial running at the interrupt restarts from the last checkpoint Tune had
+            # recorded; Tune may already have logged the epoch after it, which is then
+            # reported again (at-least-once), but no epoch is skipped
+            assert sorted(set(epochs)) == list(range(1, max(epochs) + 1)), (name, epochs)
+            assert len(epochs) - len(set(epochs)) <= 1, (name, epochs)
+            epochs = sorted(set(epochs))
+        # every other trial: every epoch reported once, none re-run (a collapsed trial ends early, by design)
+        assert epochs == list(range(1, len(epochs) + 1)), (name, epochs)
+        assert len(epochs) == 2 or trial["rows"][-1]["status"] in ("collapsed", "diverged"), (name, trial["rows"])
+        if name in before and _finished(before[name]):
+            assert trial["rows"] == before[name]["rows"]  # finished trials were not touched
+            untouched += 1
+    assert untouched >= 1
 
 
 @pytest.mark.slow

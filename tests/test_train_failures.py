@@ -66,6 +66,7 @@ def _signal_all(pids: list[int], sig: int) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.local_ray
 def test_killed_worker_restarts_from_the_checkpoint_and_logs_every_epoch_once(tmp_path):
     epochs = 8
     out = tmp_path / "run"
@@ -133,6 +134,7 @@ def _node_train_workers(node) -> list[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.local_ray
 def test_elastic_run_loses_a_node_and_continues_with_one_worker_at_the_same_global_batch(tmp_path, digits_dir):
     from ray.cluster_utils import Cluster
 

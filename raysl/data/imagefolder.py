@@ -21,12 +21,14 @@ Shard columns (the contract the training reader is written against):
   already and store 1.
 
 The manifest has ``encoding: "encoded"``; its ``height``/``width`` are the
-median stored size over the train split (information only: rows differ),
+median stored size over the train split (information only: rows differ; its
+``size_range`` gives the smallest and largest height and width),
 ``channels`` is 1 only when every image is greyscale, and ``mean``/``std``
 come from a bounded sample: the first 2,000 train rows in shuffled order (a
 uniform random sample), each downsized to at most 64 px on its longer side.
 Files that cannot be read (empty, truncated, not an image) are listed in
-``skipped`` with the reason; with ``strict`` the first one is an error.
+``skipped`` with the reason; with ``strict`` the first one is an error, and
+``OUT`` is left as it was found (no shards without a manifest).
 
 Parallel and resumable: the sorted file list is shuffled with ``seed``,
 split and cut into shards up front, so every shard's content is fixed before
@@ -59,7 +61,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raysl import storage
+from raysl import jsonio, storage
 from raysl.data.codec import GRAYSCALE_MODES, EXIF_ORIENTATION_TAG, to_pixels, transposes_axes
 from raysl.data.manifest import Manifest, ShardInfo, SkippedFile, SplitInfo
 from raysl.progress import Renderer, format_duration, stream_isatty
@@ -375,7 +377,7 @@ class _Journal:
 
             storage.make_dirs(self.folder)
             _remove_stale_shards(loc)
-            storage.write_atomic(location, json.dumps(options, indent=1))
+            storage.write_atomic(location, jsonio.dumps(options, indent=1))
 
     def finished(self, names: list[str]) -> dict[str, dict[str, Any]]:
         """Sidecars whose shard is present with the recorded size and sha256 (the others are rebuilt)."""
@@ -400,7 +402,7 @@ class _Journal:
         return kept
 
     def record(self, entry: dict[str, Any]) -> None:
-        storage.write_atomic(self.folder.join(f"{entry['file']}.json"), json.dumps(entry, indent=1))
+        storage.write_atomic(self.folder.join(f"{entry['file']}.json"), jsonio.dumps(entry, indent=1))
 
     def remove(self) -> None:
         storage.remove(self.folder)
@@ -467,7 +469,7 @@ def prepare_imagefolder(
     progress: TextIO | None = None,
 ) -> Manifest:
     """Build (or finish building) the encoded shards of the image folder ``path`` in ``out``."""
-    from raysl.data.shards import _existing_dir, _refuse_existing, _write_manifest
+    from raysl.data.shards import _existing_dir, _refuse_existing
 
     shard_rows = DEFAULT_SHARD_ROWS if shard_rows is None else shard_rows
     if max_side is not None and max_side < 1:
@@ -496,10 +498,59 @@ def prepare_imagefolder(
         "max_side": max_side,
         "quality": quality if max_side is not None else None,  # only downsized images are re-encoded
     }
+    out_existed = storage.exists(loc)
+    journal_existed = storage.exists(loc.join(JOURNAL, "options.json"))
     storage.make_dirs(loc)
     journal = _Journal(loc, out, options)
     shard_names = [f"{split}-{number:05d}.parquet" for split, number, _ in plan]
     entries = journal.finished(shard_names)
+    kept = set(entries)  # _build adds each shard it finishes
+    try:
+        return _build(loc, path, folder, listing, plan, entries, journal, shard_rows, seed, val_fraction, max_side,
+                      quality, strict, workers, on_ray, progress)
+    except DataError:
+        # --strict met an unreadable file, or no file could be read: the shards written so far make no
+        # dataset (and a re-run without the file has another file list, which the journal refuses), so
+        # --out is left as it was found; an interruption (Ctrl-C) or a storage error keeps them to resume
+        _undo_prepare(loc, set(shard_names) - kept, journal, journal_existed, out_existed)
+        raise
+
+
+def _undo_prepare(loc: storage.Location, written: set[str], journal: _Journal, journal_existed: bool,
+                  out_existed: bool) -> None:
+    """Remove what this prepare added to ``loc``: its shards, their sidecars, its journal, the folder."""
+    for name in sorted(written):
+        storage.remove(loc.join(name))
+        storage.remove(journal.folder.join(f"{name}.json"))
+    storage.remove_temporaries(loc)
+    if not journal_existed:
+        journal.remove()
+    if not out_existed and not storage.list_dir(loc):
+        storage.remove(loc)
+
+
+def _build(
+    loc: storage.Location,
+    path: str,
+    folder: Path,
+    listing: _Listing,
+    plan: list[tuple[str, int, np.ndarray]],
+    entries: dict[str, dict[str, Any]],
+    journal: _Journal,
+    shard_rows: int,
+    seed: int,
+    val_fraction: float,
+    max_side: int | None,
+    quality: int,
+    strict: bool,
+    workers: int | None,
+    on_ray: bool,
+    progress: TextIO | None,
+) -> Manifest:
+    """Build the shards ``entries`` lacks, then write the manifest and drop the journal."""
+    from raysl.data.shards import _write_manifest
+
+    out = loc.uri
     sizes = {f"{split}-{number:05d}.parquet": len(rows) for split, number, rows in plan}
     kept_files = sum(sizes[name] for name in entries)
     meter = Progress(len(listing.files), progress, already=kept_files)
@@ -665,11 +716,12 @@ def _manifest(
     else:
         mean = sums[0:3] / sums[6]
         std = np.sqrt(np.maximum(sums[3:6] / sums[6] - mean**2, 0.0))
+    heights, widths = np.concatenate(heights), np.concatenate(widths)
     return Manifest(
         source="imagefolder",
         source_path=os.path.abspath(path),
-        height=int(round(float(np.median(np.concatenate(heights))))),
-        width=int(round(float(np.median(np.concatenate(widths))))),
+        height=int(round(float(np.median(heights)))),
+        width=int(round(float(np.median(widths)))),
         channels=channels,
         encoding="encoded",
         class_names=listing.class_names,
@@ -682,5 +734,8 @@ def _manifest(
         split_from="shuffle",
         splits={name: SplitInfo(sum(s.rows for s in shards), tuple(shards)) for name, shards in splits.items()},
         skipped=tuple(skipped),
+        # the median above is no image's size when they differ: the range says they do
+        size_range={"height": (int(heights.min()), int(heights.max())),
+                    "width": (int(widths.min()), int(widths.max()))},
     )
 

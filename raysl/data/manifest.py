@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from raysl import jsonio
 from raysl.errors import DataError
 
 FORMAT_VERSION = 1
@@ -70,7 +71,9 @@ class Manifest:
     "png" (one size, PNG bytes; older image-folder datasets) or "encoded"
     (each image's own JPEG bytes or PNG, any size; shards then also carry
     ``height``, ``width`` and ``orientation`` columns and ``height``/``width``
-    here are the medians over the train split, for information only).
+    here are the medians over the train split, for information only, and
+    ``size_range`` says how the sizes vary: ``{"height": (min, max), "width":
+    (min, max)}`` over the train split; None for one-size encodings).
     ``skipped`` lists the source files that could not be read.
     """
 
@@ -90,6 +93,7 @@ class Manifest:
     split_from: str
     splits: dict[str, SplitInfo]
     skipped: tuple[SkippedFile, ...] = ()
+    size_range: dict[str, tuple[int, int]] | None = None
     created_by: str = "raysl data prepare"
     format_version: int = FORMAT_VERSION
 
@@ -97,6 +101,15 @@ class Manifest:
     def image_shape(self) -> tuple[int, int, int]:
         """(height, width, channels): the shape of one decoded image (for "encoded": the median one)."""
         return (self.height, self.width, self.channels)
+
+    @property
+    def sizes_vary(self) -> bool:
+        """Whether the images differ in size (then ``image_shape`` is no image's shape but the median)."""
+        if self.encoding != "encoded":
+            return False
+        if self.size_range is None:  # written before raysl recorded the range: encoded images may differ
+            return True
+        return any(lo != hi for lo, hi in self.size_range.values())
 
     @property
     def total_rows(self) -> int:
@@ -110,7 +123,8 @@ class Manifest:
         return {"format_version": body.pop("format_version"), **body}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2) + "\n"
+        # strict JSON: the mean/std of an empty split are NaN, written as null (read back, a DataError)
+        return jsonio.dumps(self.to_dict(), indent=2) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
@@ -143,6 +157,8 @@ class Manifest:
                 skipped=tuple(
                     SkippedFile(file=str(s["file"]), reason=str(s["reason"])) for s in data.get("skipped", [])
                 ),
+                size_range=None if data.get("size_range") is None else {
+                    str(k): (int(v[0]), int(v[1])) for k, v in data["size_range"].items()},
                 created_by=str(data["created_by"]),
                 format_version=version,
             )

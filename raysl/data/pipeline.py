@@ -106,9 +106,13 @@ def train_dataset(
     manifest = manifest or load_manifest(data_dir)
     uris = shard_uris(data_dir, "train", manifest)
     read_args = {"ray_remote_args": read_remote_args} if read_remote_args else {}
+    # Parquet's V1 datasource: raysl hands it the exact shard list from the manifest, so there is
+    # nothing to discover; V2 starts several footer-reader actors per read (a process start-up each,
+    # seconds on a small machine) before the first row arrives. DataContext.use_datasource_v2 is public.
+    ray.data.DataContext.get_current().use_datasource_v2 = False
     if not is_encoded(manifest):
-        return _keep_fraction(cfg, ray.data.read_parquet(uris, columns=PIXEL_COLUMNS, **read_args))
-    rows = _keep_fraction(cfg, ray.data.read_parquet(uris, columns=list(ENCODED_COLUMNS), **read_args))
+        return _keep_fraction(cfg, ray.data.read_parquet(uris, **read_args).select_columns(PIXEL_COLUMNS))
+    rows = _keep_fraction(cfg, ray.data.read_parquet(uris, **read_args).select_columns(list(ENCODED_COLUMNS)))
     if decode_on_device(cfg, "cuda" if cfg.scale.use_gpu else "cpu"):
         return rows
     specs = crop_specs(views if views is not None else run_views(cfg), global_crop_size(cfg, manifest))
