@@ -31,10 +31,21 @@ RAY = str(BIN / "ray")
 # a hang guard far above any run time here, never a timing assumption
 HANG = 900
 
+# Token auth for every Ray this session starts or joins, set before anything imports Ray (Ray reads
+# RAY_AUTH_MODE once per process): the suite's head, the local clusters `raysl` starts, and this process
+# when it joins the head (ray_local). One private token file per session.
+if "RAY_AUTH_TOKEN_PATH" not in os.environ:
+    _token_dir = tempfile.mkdtemp(prefix="rsl-auth", dir="/tmp")
+    Path(_token_dir, "auth_token").write_text(secrets.token_hex(32))
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(Path(_token_dir, "auth_token"))
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ.pop("RAY_AUTH_TOKEN", None)
+
 # Skips that are facts of the machine, not missing packages: allowed under CI=true.
 ALLOWED_SKIPS = ("needs CUDA", "grayscale of a 1-channel image is the image")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`-n 2 --dist loadgroup`): every test that joins the suite's Ray head runs in one
     worker (one head, its session fixtures made once), every test that starts a local Ray cluster of its
@@ -104,8 +115,7 @@ class RayHead:
 
     def __init__(self, num_cpus: int = 4, extra_env: dict | None = None):
         self.temp_dir = tempfile.mkdtemp(prefix="rsl", dir="/tmp")  # short: socket paths are limited
-        token = Path(self.temp_dir) / "auth_token"
-        token.write_text(secrets.token_hex(32))
+        token = Path(os.environ["RAY_AUTH_TOKEN_PATH"])  # the session's (above)
         self.num_cpus = num_cpus
         self._base_env = {
             **os.environ,

@@ -11,7 +11,7 @@ from raysl.cli import main
 from raysl.config import RunConfig, load_config
 from raysl.errors import ConfigError
 
-from conftest import RAYSL, REPO
+from conftest import HANG, RAYSL, REPO
 
 
 def write(tmp_path, text: str, name: str = "run.yaml"):
@@ -95,7 +95,7 @@ def test_search_space_set_errors_name_the_override(tmp_path):
 
 
 def test_set_has_help_text():
-    proc = subprocess.run([RAYSL, "train", "--help"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([RAYSL, "train", "--help"], capture_output=True, text=True, timeout=HANG)
     assert "--set KEY=VALUE" in proc.stdout and "optim.lr=0.01" in proc.stdout
 
 
@@ -132,7 +132,7 @@ def test_batch_larger_than_dataset_fails_before_ray(tmp_path, capsys):
 
 def test_cli_subprocess_has_no_traceback(tmp_path):
     path = write(tmp_path, "method: {name: nope}")
-    proc = subprocess.run([RAYSL, "train", path], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([RAYSL, "train", path], capture_output=True, text=True, timeout=HANG)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0

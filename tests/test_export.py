@@ -20,7 +20,7 @@ from raysl.errors import CheckpointError
 from raysl.export import EXPORT_FORMAT, export_backbone, load_backbone, run_checkpoints
 from raysl.train import build_run_method, input_norm
 
-from conftest import RAYSL, REPO
+from conftest import HANG, RAYSL, REPO
 
 QUICKSTART = str(REPO / "search_spaces" / "quickstart.yaml")
 
@@ -50,7 +50,7 @@ def method_from_checkpoint(run: Path, state_path: str | None, digits_dir: str):
 
 
 def export_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([RAYSL, "export", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([RAYSL, "export", *args], capture_output=True, text=True, timeout=HANG)
 
 
 def assert_user_error(proc: subprocess.CompletedProcess, message: str) -> None:

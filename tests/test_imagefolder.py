@@ -27,6 +27,8 @@ from raysl.data.imagefolder import list_images
 from raysl.data.shards import decode_images, iter_split, load_manifest, prepare, read_split, shard_uris
 from raysl.errors import DataError, ShardError
 
+from conftest import HANG
+
 RAYSL = str(Path(sys.executable).with_name("raysl"))
 TRANSPOSES = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -231,7 +233,7 @@ def test_grayscale_folder_is_one_channel_and_flat_folder_unlabeled(tmp_path: Pat
 
 
 def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([RAYSL, *args], capture_output=True, text=True, timeout=120, **kwargs)
+    return subprocess.run([RAYSL, *args], capture_output=True, text=True, timeout=HANG, **kwargs)
 
 
 def test_cli_reports_skipped_files_and_strict_stops_with_one_error_line(odd_folder: Path, tmp_path: Path) -> None:
@@ -387,11 +389,11 @@ def test_resize_center_crop_matches_torchvision_arithmetic() -> None:
 
 @pytest.mark.slow
 def test_ray_tasks_write_the_same_shards_as_the_local_pool(
-    odd_folder: Path, tmp_path: Path, ray_local, monkeypatch
+    odd_folder: Path, tmp_path: Path, ray_local, head, monkeypatch
 ) -> None:
     """With RAY_ADDRESS set (as under `ray job submit`) the shards are built by Ray tasks, byte for byte the same."""
     local = prepare("imagefolder", str(odd_folder), str(tmp_path / "local"), shard_rows=3, workers=1)
-    monkeypatch.setenv("RAY_ADDRESS", ray_local.get_runtime_context().gcs_address)
+    monkeypatch.setenv("RAY_ADDRESS", head.address)
     on_ray = prepare("imagefolder", str(odd_folder), str(tmp_path / "ray"), shard_rows=3)
     assert on_ray == local
     from ray.util.state import list_tasks

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import HANG
 from test_search import RAY, REPO, RayHead, explain, final_json, trials
 
 pytestmark = pytest.mark.slow
@@ -51,10 +52,10 @@ def test_job_submit_runs_a_search_on_the_cluster(head, tmp_path):
         "--storage", str(storage), "--name", "submitted",
     )
     assert submit.returncode == 0, explain(submit)
-    status = ray_job(head, "status", "--address", head.dashboard_url, job_id, timeout=60)
+    status = ray_job(head, "status", "--address", head.dashboard_url, job_id, timeout=HANG)
     assert "succeeded" in (status.stdout + status.stderr).lower(), explain(status)
 
-    logs = ray_job(head, "logs", "--address", head.dashboard_url, job_id, timeout=60).stdout
+    logs = ray_job(head, "logs", "--address", head.dashboard_url, job_id, timeout=HANG).stdout
     summary = final_json(logs)
     experiment = storage / "submitted"
     assert summary["num_trials"] == 2 and summary["best_config_path"] == str(experiment / "best_config.yaml")
@@ -69,6 +70,6 @@ def test_job_submit_without_the_token_is_refused(head):
     env = {k: v for k, v in head.env.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
     env["RAY_AUTH_MODE"] = "disabled"
     done = subprocess.run([RAY, "job", "list", "--address", head.dashboard_url], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=HANG)
     assert done.returncode != 0, explain(done)
     assert "Token authentication is enabled but no authentication token was found" in done.stderr

@@ -368,6 +368,10 @@ def test_raysl_train_decodes_jpeg_crops_in_ray_data(jpeg_shards, tmp_path, overr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["status"] == "finished" and summary["epoch"] == 1
     assert 0.0 <= summary["knn_acc"] <= 1.0 and summary["rankme"] > 1.0 and summary["images_per_s"] > 0
+    # its one epoch logged once, with the summary's numbers; the run's last stderr line is that epoch's
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1] and rows[0]["knn_acc"] == summary["knn_acc"]
+    assert proc.stderr.strip().splitlines()[-1].startswith("[raysl] epoch=1  loss="), proc.stderr[-2000:]
     # the workers were handed crop columns (they say so from the batches they got) ...
     assert f"[raysl] input: crops cut by Ray Data tasks (MapBatches(DecodeCrops)); views of {sizes} px" in proc.stderr
     # ... which Ray Data's executor made with DecodeCrops tasks, per its own log of the run

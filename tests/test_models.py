@@ -11,7 +11,7 @@ from raysl.config import load_config
 from raysl.models import ViT, build_backbone
 from raysl.train import LocalIO, initial_metrics, train_worker
 
-from conftest import RAYSL, REPO
+from conftest import HANG, RAYSL, REPO
 
 SPACES = REPO / "search_spaces"
 
@@ -93,7 +93,7 @@ def test_patch_larger_than_the_crop_is_a_one_line_config_error():
     proc = subprocess.run(
         [RAYSL, "train", space, "--set", "model.backbone=vit_tiny", "--set", "model.patch_size=16",
          "--set", "data.crop_size=8"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=HANG,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [

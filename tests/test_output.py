@@ -241,7 +241,7 @@ def test_train_progress_bar_on_a_terminal(tmp_path):
     os.close(slave)
     try:
         shown = _read_pty(master, proc, time.monotonic() + HANG).decode()
-        stdout, _ = proc.communicate(timeout=60)
+        stdout, _ = proc.communicate(timeout=HANG)
     finally:
         os.close(master)
         if proc.poll() is None:

@@ -177,7 +177,7 @@ def check_pbt_experiment(experiment: Path, base: dict, report: Path, log: str = 
                for name in found if (experiment / name / pbt.LINEAGE_FILE).exists()}
     clones = [(name, entry) for name, entries in lineage.items() for entry in entries]
     assert clones, "no PBT exploit happened:\n" + log
-    checked = 0
+    checked = carried_rows = donor_rows = 0
     for name, entry in clones:
         donor_dir = f"raysl_trial_{entry['donor']}"
         assert donor_dir in found and donor_dir != name and not entry["fallback"]
@@ -202,10 +202,12 @@ def check_pbt_experiment(experiment: Path, base: dict, report: Path, log: str = 
             if row.get("resumed_epoch") == entry["epoch"]:
                 assert row["resumed_weights"] == resumed["resumed_weights"]
                 assert row["config"] == entry["config"]
+                carried_rows += 1
         # the donor's config at that epoch is the one PBT mutated (where the donor's result log kept that
         # row: it loses rows the same way when PBT pauses the donor right after it reported)
         for donor_row in (r for r in found[donor_dir]["rows"] if r["epoch"] == entry["epoch"]):
             assert entry["donor_config"] == donor_row["config"]
+            donor_rows += 1
         assert entry["config"]["optim.lr"] != entry["donor_config"]["optim.lr"]
         if entry["epoch"] == EPOCHS:
             continue  # cloned a finished checkpoint: nothing left to train, its report is the donor's last
@@ -223,6 +225,8 @@ def check_pbt_experiment(experiment: Path, base: dict, report: Path, log: str = 
         assert reported["lr"] != pytest.approx(_lr_of(entry["donor_config"], base, step, epoch), rel=1e-6)
         checked += 1
     assert checked, f"every clone took a finished checkpoint: {clones}"
+    # the row checks above ran: some clone's carrying report and some donor's row survived in result.json
+    assert carried_rows >= 1 and donor_rows >= 1, (carried_rows, donor_rows, clones)
     if synchronous:  # compared at the end of epoch 1 with both scores in: the worse one cloned the better one there
         assert min(entry["epoch"] for _, entry in clones) == 1, clones
 

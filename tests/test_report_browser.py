@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import HANG, REPO
 from test_analyze import PLOTS, SCRIPTED_BEST_LR, report_dir, scripted_report_dir
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -40,7 +40,7 @@ def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     profile = tmp_path / "chromium-profile"
     profile.mkdir(exist_ok=True)
     return subprocess.run([str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}", *args],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=HANG)
 
 
 @pytest.fixture(scope="module")

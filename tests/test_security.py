@@ -33,6 +33,8 @@ from raysl.checkpoint import load_state, save_state
 from raysl.config import load_config, parse_override, read_yaml
 from raysl.errors import CheckpointError, ConfigError
 
+from conftest import HANG
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -212,7 +214,7 @@ def test_job_submission_without_the_token_is_refused(token_cluster) -> None:
 def test_joining_the_cluster_without_the_token_is_refused(token_cluster) -> None:
     script = f"import ray; ray.init(address={token_cluster['gcs']!r}); print('JOINED', ray.cluster_resources())"
     joined = subprocess.run([sys.executable, "-c", script], env=_client_env(RAY_AUTH_MODE="disabled"),
-                            capture_output=True, text=True, timeout=120, cwd=token_cluster["temp_dir"])
+                            capture_output=True, text=True, timeout=HANG, cwd=token_cluster["temp_dir"])
     assert joined.returncode != 0 and "JOINED" not in joined.stdout, joined.stdout[-2000:] + joined.stderr[-2000:]
     assert "AuthenticationError" in joined.stderr or "InvalidAuthToken" in joined.stderr, joined.stderr[-2000:]
 

@@ -384,7 +384,7 @@ def test_dashboard_shows_the_trial_list(resumed, tmp_path):
         page, port = found.group(1), found.group(2)
         assert line.startswith(f"raysl dashboard: study live (sqlite:///{experiment}/optuna.db) at ")
         # the JSON API the page reads: the study and its 4 trials
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{found.group(3)}", timeout=60) as answer:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{found.group(3)}", timeout=HANG) as answer:
             api = json.loads(answer.read())
         assert api["name"] == "live" and len(api["trials"]) == 4, {k: api[k] for k in ("name",)}
         # The page is a JavaScript app that fetches the trials after loading; the virtual-time budget runs its

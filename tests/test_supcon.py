@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from raysl.errors import ConfigError
 from raysl.launch import check_against_data
 from raysl.methods import build_method
 from raysl.methods.supcon import train_labels
+
+from conftest import HANG
 
 SMALL = ["model.width=4", "model.projector_hidden_dim=16", "model.projector_dim=8"]
 
@@ -70,10 +73,17 @@ def test_supcon_on_unlabelled_data_is_a_config_error_before_ray(tmp_path: Path):
 
     raysl = str(Path(sys.executable).with_name("raysl"))
     space = str(Path(__file__).resolve().parents[1] / "search_spaces" / "supcon.yaml")
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rsl", dir="/tmp"))  # where a local Ray would make its session
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     done = subprocess.run([raysl, "train", space, "--set", "data.source=parquet", "--set", f"data.path={out}",
                            "--set", "optim.batch_size=4", "--out", str(tmp_path / "run")],
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
-    assert done.returncode != 0
+                          capture_output=True, text=True, timeout=HANG,
+                          env={**env, "RAY_TMPDIR": str(ray_tmp),
+                               "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("raysl: error: ")
     assert "method supcon needs labelled data" in done.stderr
-    assert "Ray" not in done.stderr  # refused before Ray starts
+    # refused before Ray starts: no Ray session was made, and no Ray Train folder in the run
+    assert list(ray_tmp.iterdir()) == [], list(ray_tmp.rglob("*"))[:5]
+    assert not (tmp_path / "run" / "train").exists()
+    ray_tmp.rmdir()

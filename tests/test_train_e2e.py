@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -44,12 +45,18 @@ def test_two_workers_interrupted_then_resumed_beats_random_init(tmp_path, digits
         time.sleep(0.5)
     assert first.poll() is None, "run finished before it could be interrupted:\n" + first.stdout.read()
     os.killpg(first.pid, signal.SIGINT)
-    first.wait(timeout=600)
+    said, _ = first.communicate(timeout=600)
+    assert first.returncode == 130, said[-3000:]
+    last = [line for line in said.splitlines() if line.startswith("raysl: ")][-1]
+    assert last.startswith("raysl: interrupted (SIGINT) after epoch ") and "; resume with: raysl train " in last, last
+    assert last.endswith(f"--out {out}"), last
     kept = read_metrics(out)
     assert 2 <= len(kept) < 4
     assert all("checkpoint" in row for row in kept)
 
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    resume = shlex.split(last.split("; resume with: ", 1)[1])  # the command raysl printed, as a user copies it
+    assert resume[0] == "raysl", resume
+    second = subprocess.run([RAYSL, *resume[1:]], capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
     assert second.returncode == 0, second.stderr[-3000:]
     summary = json.loads(second.stdout.strip().splitlines()[-1])
     assert summary["status"] == "finished" and summary["epoch"] == 4

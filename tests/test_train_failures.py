@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import RAYSL, REPO
+from conftest import HANG, RAYSL, REPO
 from test_faults import assert_nothing_torn, descendants, epochs_in, finish, train_worker_pids, wait_until
 
 QUICKSTART = str(REPO / "search_spaces" / "quickstart.yaml")
@@ -250,7 +250,7 @@ def test_max_failures_flag_overrides_the_config_and_is_in_the_resume_command(tmp
         "raysl train run.yaml --set optim.epochs=3 --out /abs/out --max-failures 2")
     assert _parser().parse_args(["train", "run.yaml"]).max_failures is None  # then scale.max_failures counts
     done = subprocess.run([RAYSL, "train", QUICKSTART, "--max-failures", "-1"], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=HANG)
     assert done.returncode == 2
     assert "argument --max-failures: expected a whole number >= 0, got '-1'" in done.stderr
 
