@@ -392,18 +392,22 @@ def test_ray_tasks_write_the_same_shards_as_the_local_pool(
     odd_folder: Path, tmp_path: Path, ray_local, head, monkeypatch
 ) -> None:
     """With RAY_ADDRESS set (as under `ray job submit`) the shards are built by Ray tasks, byte for byte the same."""
+    monkeypatch.delenv("RAY_ADDRESS")  # the local pool (this process has joined the head: ray_local)
     local = prepare("imagefolder", str(odd_folder), str(tmp_path / "local"), shard_rows=3, workers=1)
     monkeypatch.setenv("RAY_ADDRESS", head.address)
     on_ray = prepare("imagefolder", str(odd_folder), str(tmp_path / "ray"), shard_rows=3)
     assert on_ray == local
     from ray.util.state import list_tasks
 
+    job = ray_local.get_runtime_context().get_job_id()  # the head is the suite's: count this job's tasks only
+
     expected = len(local.splits["train"].shards) + len(local.splits["val"].shards)
     # Ray's state API is eventually consistent (workers report task events in the background): wait until
     # every task has been recorded; the deadline only guards against a hang
     deadline = time.time() + 120
     while True:
-        tasks = list_tasks(filters=[("func_or_class_name", "=", "_ray_shard")], raise_on_missing_output=False)
+        tasks = list_tasks(filters=[("func_or_class_name", "=", "_ray_shard"), ("job_id", "=", job)],
+                           raise_on_missing_output=False)
         if len(tasks) >= expected or time.time() > deadline:
             break
         time.sleep(0.5)

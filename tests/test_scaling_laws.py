@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import functools
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -214,7 +215,9 @@ def test_a_flat_term_in_a_bootstrap_sample_has_no_frontier_and_does_not_crash():
 
 
 REPO = Path(__file__).resolve().parents[1]
-CHINCHILLA_CSV = REPO.parent / "shared" / "data" / "chinchilla_svg_extracted.csv"
+# the workspace's shared/data next to the repository (RAYSL_SHARED_DATA: that folder elsewhere)
+CHINCHILLA_CSV = Path(os.environ.get("RAYSL_SHARED_DATA", REPO.parent / "shared" / "data")) / \
+    "chinchilla_svg_extracted.csv"
 # Besiroglu et al. 2024 ("Chinchilla Scaling: A Replication Attempt"): Hoffmann et al.'s approach 3 (Huber,
 # delta 1e-3, on log residuals) refitted to the 245 runs extracted from Hoffmann et al.'s Figure 4, with
 # the 5 highest-loss runs left out
