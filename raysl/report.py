@@ -391,9 +391,9 @@ def _value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, (list, dict)):
-        import json
+        from raysl import jsonio
 
-        return json.dumps(value)
+        return jsonio.dumps(value)
     return str(value)
 
 

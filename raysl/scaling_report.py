@@ -28,7 +28,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from raysl import scaling_laws as laws
-from raysl import storage
+from raysl import jsonio, storage
 
 PLOTS = {
     "error_vs_compute": "scaling_error_vs_compute.png",
@@ -508,7 +508,7 @@ def prediction_rows(preds: list[dict]) -> list[tuple[dict[str, str], list[str]]]
             cells += [_g(med), _interval((lo, hi)) if key in p else "no fit"]
         for key in ("run_model_data", "run_compute"):
             cells.append(_interval(p[key][1:]) if key in p else "-")
-        rows.append(({"data-point": json.dumps(p["point"], sort_keys=True)}, cells))
+        rows.append(({"data-point": jsonio.dumps(p["point"], sort_keys=True)}, cells))  # read by scripts
     return rows
 
 

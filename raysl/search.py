@@ -374,12 +374,12 @@ def trial_resources(base: dict):
 
 
 def trial_variants_needs(space: SearchSpace, encoded: bool, limit: int = 64) -> list:
-    """What the trials of ``space`` ask the cluster for (raysl.launch.Needs): the base config's trial and,
+    """What the trials of ``space`` ask the cluster for (raysl.placement.Needs): the base config's trial and,
     when the space searches scale.* keys, one per combination of their values (choices, or a range's
     ends), so that a grid axis ``scale.num_workers: [1, 2, 4]`` is checked at 4 before any trial runs."""
     import itertools
 
-    from raysl.launch import trial_needs
+    from raysl.placement import trial_needs
 
     scale_params = [p for p in space.params if p.key.startswith("scale.")]
     configs = [space.base_config]
@@ -757,7 +757,8 @@ def threading_is_main() -> bool:
 def tune_main(args, space: SearchSpace | None = None, extra_metrics=None) -> int:
     """``raysl tune``; ``raysl scale`` passes its grid as ``space`` and its FLOP counter as ``extra_metrics``."""
     from raysl.data.pipeline import is_encoded
-    from raysl.launch import check_against_data, check_placement, init_ray, resolve_data_dir
+    from raysl.launch import check_against_data, init_ray, resolve_data_dir
+    from raysl.placement import check_placement
 
     space = space if space is not None else load_space(args.space, args.overrides)
     if args.num_samples is not None:

@@ -1,4 +1,4 @@
-"""A run the cluster cannot hold is refused at once (raysl.launch.check_placement), not left waiting.
+"""A run the cluster cannot hold is refused at once (raysl.placement.check_placement), not left waiting.
 
 Without the check, `raysl train --set scale.use_gpu=true` on a machine without a GPU (or more workers
 than the cluster has CPUs) prints the banner and then nothing until Ctrl-C: Ray waits forever for a
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from raysl.errors import PlacementError
-from raysl.launch import Needs, check_placement, cluster_can_grow, missing_resource, run_needs, trial_needs
+from raysl.placement import Needs, check_placement, cluster_can_grow, missing_resource, run_needs, trial_needs
 
 REPO = Path(__file__).resolve().parents[1]
 RAYSL = str(Path(sys.executable).parent / "raysl")
