@@ -26,8 +26,7 @@ QUICKSTART = str(REPO / "search_spaces" / "quickstart.yaml")
 HANG = 300  # subprocess guard: the unchecked run never ends by itself
 # A refusal costs a Ray start-up (10-30 s on a busy 2-core machine). Ray's own wait for a placement group
 # has no end on a fixed cluster (the unchecked run above was still waiting when killed after 5 minutes), so
-# finishing well inside the guard, with the error line, shows the check answered instead of Ray waiting.
-REFUSED_WITHIN_S = 150
+# finishing inside the guard, with the error line, shows the check answered instead of Ray waiting.
 
 
 def _raysl(args: list[str], tmp_path: Path, env: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
@@ -39,8 +38,9 @@ def _raysl(args: list[str], tmp_path: Path, env: dict | None = None) -> tuple[su
 
 
 def _error_line(proc: subprocess.CompletedProcess, elapsed: float) -> str:
-    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stderr[-4000:]}"
-    assert elapsed < REFUSED_WITHIN_S, f"took {elapsed:.0f} s\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 2, f"exit {proc.returncode} after {elapsed:.0f} s\n{proc.stderr[-4000:]}"
+    # no wall-clock bound (a loaded machine can take minutes to start Ray): an unchecked run never ends by
+    # itself, so ending at all within the hang guard, with exit 2 and the line, is the check answering
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("raysl: error: "), proc.stderr[-4000:]
     return lines[0]
