@@ -58,8 +58,10 @@ def space(data: Path, args) -> dict:
             "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 256, "epochs": args.epochs},
             "schedule": {"lr": "warmup_cosine", "warmup": 0.1},
             "scale": {"num_workers": 1, "cpus_per_worker": 1},
-            # one evaluation, at the end (FIFO needs no earlier ones); LiDAR at its defaults (500 x 8)
-            "eval": {"every_epochs": args.epochs, "knn_k": [20], "max_train": 5000, "max_val": 2000},
+            # one evaluation, at the end (FIFO needs no earlier ones); the selectors LiDAR, view_agreement
+            # and agreed_rank are asked for (they are off unless asked), LiDAR at its defaults (500 x 8)
+            "eval": {"every_epochs": args.epochs, "knn_k": [20], "max_train": 5000, "max_val": 2000,
+                     "view_metrics": True},
             "seed": args.seed,
         },
         "search": {
@@ -86,6 +88,8 @@ def line(r: dict) -> str:
     rho = "n/a" if r["spearman"] is None else f"{r['spearman']:+.3f}"
     picked = "n/a" if r["picked_knn_acc"] is None else f"{r['picked_knn_acc']:.4f}"
     regret = "n/a" if r["regret"] is None else f"{r['regret']:.4f}"
+    if not r["trials"]:  # no trial reported it (an evaluation switch was off): not measured, not an error
+        return f"{r['metric']:<11} ({r['selects']:<12}) not measured"
     return (f"{r['metric']:<11} ({r['selects']:<12}) Spearman {rho:>6}  picks {r['picked_trial']} kNN {picked}  "
             f"regret {regret}  ({r['trials']} trials)")
 

@@ -158,6 +158,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.max_failures is not None:  # the flag wins over the config's scale.max_failures
         cfg.scale.max_failures = args.max_failures
     out = args.out or os.path.join("runs", cfg.method.name)
+    _refuse_file_out(out)
     try:
         summary = train_run(cfg, out, source=args.config, verbose=args.verbose)
     except StorageError as exc:  # the run folder could not be written: say how to continue once it can
@@ -185,6 +186,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     _shutdown_ray()
     jsonio.print_line(summary)  # the last stdout line is the run's JSON summary (strict: null, never Infinity)
     return 0
+
+
+def _refuse_file_out(out: str) -> None:
+    """A run folder that is a file (or lies under one) is refused in words of its own: the folder check in
+    train_run would be a StorageError, which gets a resume command with this same --out."""
+    from raysl import storage
+    from raysl.errors import ConfigError
+
+    hint = "point --out at a folder: a new one starts the run, an existing run folder resumes it"
+    if storage.is_file(out):
+        raise ConfigError(f"--out {out} is a file, not a folder; {hint}")
+    if "://" not in out:
+        under = next((p for p in Path(out).expanduser().absolute().parents if p.exists()), None)
+        if under is not None and not under.is_dir():
+            raise ConfigError(f"--out {out}: {under} is a file, not a folder; {hint}")
 
 
 def _absolute(out: str) -> str:

@@ -27,6 +27,10 @@ class Section(BaseModel):
 
 
 Temperature = Annotated[float, Field(gt=0.0, le=100.0)]
+MAX_EPOCHS = 1_000_000  # optim.epochs (see OptimConfig)
+# a run's seed: torch seeds generators with 64-bit integers and raysl derives per-rank and per-epoch seeds
+# from it (seed * 1_000_003 + epoch * 7919 + rank, raysl.data.stream), which a seed past 2**32 can overflow
+MAX_SEED = 2**32 - 1
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Weight = Annotated[float, Field(ge=0.0)]
 Momentum = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -310,6 +314,9 @@ class ModelConfig(Section):
     width: Annotated[int, Field(ge=4, le=512)] = 32  # small_convnet base width
     patch_size: Annotated[int, Field(ge=1, le=64)] = 4  # vit_tiny: pixels per patch side
     vit_image_size: Annotated[int, Field(ge=1, le=1024)] = 32  # vit_tiny: the grid its position embedding learns
+    # vit_tiny: Transformer blocks (DeiT-Ti's 12 by default); fewer for tiny images, where 16 tokens do not
+    # need 12 blocks and a CPU epoch costs ~depth/12 of the full model's
+    vit_depth: Annotated[int, Field(ge=1, le=48)] = 12
     projector_hidden_dim: Annotated[int, Field(ge=1)] = 512
     projector_dim: Annotated[int, Field(ge=1)] = 128
     projector_layers: Annotated[int, Field(ge=1, le=4)] = 2
@@ -442,12 +449,29 @@ class OptimConfig(Section):
     weight_decay: Weight = 1e-4
     momentum: Momentum = 0.9
     batch_size: Annotated[int, Field(ge=2)] = 256  # global, split across workers
-    epochs: Annotated[int, Field(ge=1)] = 10
+    # at most MAX_EPOCHS: the longest self-supervised recipes train for a few thousand epochs at most
+    # (BYOL 1000, MAE 1600 on ImageNet), so a million or more is a typo (10**26 was accepted and printed
+    # `epoch 1/99999999999999999999999999`), and the per-epoch seeds (raysl.data.stream) stay in 64 bits
+    epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] = 10
     grad_clip: Annotated[float, Field(gt=0.0)] | None = None
     exclude_bias_and_norm: bool = True  # no weight decay / LARS adaptation on biases and norms
     # EMA scaling rule (Busbridge et al. 2023): when set, an EMA teacher's momenta (method.ema_base,
     # ema_final) are the values for this global batch, and a run at batch_size uses rho ** (batch_size / it)
     ema_reference_batch: Annotated[int, Field(ge=1)] | None = None
+
+    @field_validator("epochs", mode="before")
+    @classmethod
+    def _epochs_bound(cls, value: Any) -> Any:
+        # before pydantic's int parsing, which answers 1e26 with "exceeded maximum size" (and YAML reads
+        # 1e26 as a string): say what the limit is and why
+        try:
+            number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
+        except ValueError:
+            number = None
+        if number is not None and number > MAX_EPOCHS:
+            raise ValueError(f"must be at most {MAX_EPOCHS:,} (self-supervised recipes train for a few thousand "
+                             "epochs at most; a typo?)")
+        return value
 
 
 class ScheduleConfig(Section):
@@ -518,12 +542,19 @@ class ScaleConfig(Section):
         return self.num_workers[1] if isinstance(self.num_workers, tuple) else self.num_workers
 
 
+# the evaluation metrics made from extra augmented views of the eval images (eval.view_metrics); also
+# with the prefix projector_
+VIEW_METRICS = ("lidar", "view_agreement", "agreed_rank")
+
+
 class EvalConfig(Section):
     every_epochs: Annotated[int, Field(ge=1)] = 1
     knn_k: list[Annotated[int, Field(ge=1)]] = [20, 200]
     knn_temperature: Temperature = 0.07
     max_train: Annotated[int, Field(ge=1)] = 10_000  # kNN memory bank rows
-    max_val: Annotated[int, Field(ge=1)] = 10_000
+    # at least 2: the evaluation compares val images with each other (LiDAR, view agreement, the collapse
+    # check), and kNN accuracy on one image is 0 or 1
+    max_val: Annotated[int, Field(ge=2)] = 10_000
     rankme_max_samples: Annotated[int, Field(ge=2)] = 25_600
     # LiDAR (raysl.evaluate.lidar): the first lidar_images val images, lidar_views augmented views of
     # each (the run's global view recipes, the same draws at every evaluation); the same views give
@@ -532,6 +563,17 @@ class EvalConfig(Section):
     lidar_images: Annotated[int, Field(ge=0)] = 500
     lidar_views: Annotated[int, Field(ge=2)] = 8
     lidar_delta: Annotated[float, Field(gt=0.0)] = 1e-4  # S_w regulariser, relative to the mean feature variance
+    # those three metrics cost lidar_images x lidar_views more forward passes and their eigendecompositions
+    # at every evaluation, so they are computed only when view_metrics is true or when the search running
+    # the trial ranks by one of them (search_metrics), with the sizes above
+    view_metrics: bool = False
+    # every metric again on the projector's output, prefixed projector_ (projector_knn_acc, projector_rankme,
+    # ...; projector_lidar with the view metrics): only when true or when a search metric is a projector_
+    # one. The collapse check reads the projector's spread whatever this says.
+    projector_metrics: bool = False
+    # the metrics the search running this trial ranks by (its tune.metric or tune.objectives): every
+    # evaluation computes them, whatever the two switches above say. raysl tune sets it; empty for raysl train
+    search_metrics: list[str] = []
     # linear probe at each evaluation (linear_acc): logistic regression on the memory bank's frozen backbone
     # features (raysl.evaluate.linear_probe_accuracy, 100 epochs of Adam), tested on the val split; the
     # fairer measure for encoders whose features kNN reads poorly (MAE)
@@ -540,6 +582,18 @@ class EvalConfig(Section):
     # gradient noise scale B_simple at each evaluation (raysl.noise_scale); None = auto: only for
     # methods whose loss is a mean of per-sample terms (unbiased there)
     noise_scale: bool | None = None
+
+    def wants_view_metrics(self) -> bool:
+        """Whether an evaluation computes lidar, view_agreement and agreed_rank (on lidar_images >= 2 images)."""
+        return self.view_metrics or any(m.removeprefix("projector_") in VIEW_METRICS for m in self.search_metrics)
+
+    def wants_linear_probe(self) -> bool:
+        """Whether an evaluation trains the linear probe (linear_acc): asked for, or the search ranks by it."""
+        return self.linear_probe or "linear_acc" in self.search_metrics
+
+    def wants_projector_metrics(self) -> bool:
+        """Whether an evaluation computes the projector_ metrics."""
+        return self.projector_metrics or any(m.startswith("projector_") for m in self.search_metrics)
 
 
 class CheckpointConfig(Section):
@@ -556,7 +610,7 @@ class RunConfig(Section):
     scale: ScaleConfig = Field(default_factory=ScaleConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
     # dotted key -> the `--set key=value` item that set it (build_config), so that a check made after
     # loading (e.g. against the data set) blames the --set item, not the file; never dumped or saved
     _set_keys: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -674,12 +728,58 @@ EMPTY_CONFIG_HINT = ("a run config needs at least its method: section, e.g. meth
                      "see search_spaces/quickstart.yaml (its base: is a complete run config)")
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key written twice in one YAML mapping (``key`` at ``problem_mark``, first at ``first_line``)."""
+
+    def __init__(self, key: Any, node: yaml.Node, first: yaml.Node):
+        super().__init__(None, None, f"duplicate key {key!r}", node.start_mark)
+        self.key = key
+        self.first_line = first.start_mark.line + 1
+
+
+class StrictSafeLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader (no Python tags: nothing in a file runs) that refuses a key given twice
+    in one mapping: PyYAML keeps the last one silently, so `batch_size: 64` then `batch_size: 256` trained
+    with 256. Merge keys (``<<: *base``) still let a mapping override what it merges, as YAML means."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: SafeLoader's own error says so below
+                    continue
+                if first is not key_node:
+                    raise DuplicateKeyError(key, key_node, first)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path, empty_hint: str = EMPTY_CONFIG_HINT) -> dict:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: file not found")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not a file; pass a YAML file, e.g. search_spaces/quickstart.yaml")
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc}); check the path and its "
+                          "permissions") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:  # an image, an archive, a checkpoint: YAML is text
+        raise ConfigError(f"{path} is not a text file (byte {exc.start} is not UTF-8: binary data?); pass a YAML "
+                          "config, e.g. search_spaces/quickstart.yaml") from None
+    try:
+        data = yaml.load(text, Loader=StrictSafeLoader)  # a SafeLoader: no Python tags
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{path}: line {exc.problem_mark.line + 1}: duplicate key {exc.key!r} (first on line "
+                          f"{exc.first_line}) in one mapping; YAML would silently keep the last one: keep one "
+                          "of them") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

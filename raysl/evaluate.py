@@ -35,6 +35,7 @@ __all__ = [
     "evaluate_features",
     "is_collapsed",
     "collapsed_by_training",
+    "knn_accuracies",
     "knn_accuracy",
     "linear_probe_accuracy",
     "lidar",
@@ -134,6 +135,60 @@ def knn_accuracy(
         votes.scatter_add_(1, ytr[idx], weights)
         correct += int((votes.argmax(dim=1) == yte[start : start + chunk_size]).sum().item())
     return correct / xte.shape[0]
+
+
+@torch.no_grad()
+def knn_accuracies(
+    train_feats: ArrayLike,
+    train_labels: ArrayLike,
+    test_feats: ArrayLike,
+    test_labels: ArrayLike,
+    ks: tuple[int, ...] | list[int] = (20, 200),
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+    chunk_size: int = 1024,
+) -> dict[int, float]:
+    """:func:`knn_accuracy` at every ``k`` of ``ks`` at once: ``{k: accuracy}``.
+
+    One similarity matrix per chunk of ``chunk_size`` test rows (one matmul) and one top-k for the
+    largest ``k``; each ``k`` votes with the first ``k`` of those neighbours, which are the ``k``
+    nearest (top-k returns them sorted). The votes are the same floats as :func:`knn_accuracy`'s, so
+    the accuracies equal its own whenever no two train rows tie for a test row's ``k``-th place
+    (with a tie, which of the tied rows votes is top-k's arbitrary choice in both).
+
+    Raises:
+        ValueError: as :func:`knn_accuracy`, or with no ``k`` at all.
+    """
+    ks = tuple(int(k) for k in ks)
+    if not ks:
+        raise ValueError("ks must name at least one k")
+    if min(ks) < 1:
+        raise ValueError(f"every k must be >= 1, got {list(ks)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    xtr, ytr, xte, yte = _labelled(train_feats, train_labels, test_feats, test_labels)
+    largest = int(max(ytr.max().item(), yte.max().item()))
+    if num_classes is None:
+        num_classes = largest + 1
+    elif largest >= num_classes:
+        raise ValueError(f"label {largest} does not fit num_classes={num_classes}")
+    clamped = {k: min(k, xtr.shape[0]) for k in ks}  # k is clamped to the labelled train rows
+    top = max(clamped.values())
+    xtr = F.normalize(xtr, dim=1)
+    xte = F.normalize(xte, dim=1)
+
+    correct = dict.fromkeys(sorted(set(clamped.values())), 0)
+    for start in range(0, xte.shape[0], max(1, chunk_size)):
+        chunk = xte[start : start + chunk_size]
+        sims, idx = (chunk @ xtr.T).topk(top, dim=1)
+        weights = (sims / temperature).exp()
+        neighbour_labels = ytr[idx]
+        truth = yte[start : start + chunk_size]
+        for k in correct:
+            votes = torch.zeros(chunk.shape[0], num_classes, device=xtr.device, dtype=weights.dtype)
+            votes.scatter_add_(1, neighbour_labels[:, :k], weights[:, :k])
+            correct[k] += int((votes.argmax(dim=1) == truth).sum().item())
+    return {k: correct[clamped[k]] / xte.shape[0] for k in ks}
 
 
 def linear_probe_accuracy(
@@ -552,6 +607,8 @@ def evaluate_features(
     *,
     ks: tuple[int, ...] = (20, 200),
     prefix: str = "",
+    knn_temperature: float = 0.07,
+    rankme_max_samples: int = 25600,
 ) -> dict[str, float]:
     """The per-eval-period metrics for one feature set (backbone or projector).
 
@@ -568,10 +625,12 @@ def evaluate_features(
     """
     out: dict[str, float] = {}
     if _has_labels(train_labels) and _has_labels(val_labels) and ks:
+        # every k from one similarity matrix per query chunk (the same values as knn_accuracy at each k)
+        found = knn_accuracies(train_feats, train_labels, val_feats, val_labels, ks=ks, temperature=knn_temperature)
         for i, k in enumerate(ks):
             key = "knn_acc" if i == 0 else f"knn_acc_k{k}"
-            out[prefix + key] = knn_accuracy(train_feats, train_labels, val_feats, val_labels, k=k)
-    out[prefix + "rankme"] = rankme(train_feats)
+            out[prefix + key] = found[k]
+    out[prefix + "rankme"] = rankme(train_feats, max_samples=rankme_max_samples)
     out[prefix + "alpha_req"] = alpha_req(train_feats)
     out[prefix + "alpha_req_score"] = alpha_req_score(out[prefix + "alpha_req"])
     out[prefix + "uniformity"] = uniformity(train_feats)

@@ -4,7 +4,7 @@
 - ``resnet18``: torchvision ResNet-18 with the CIFAR stem (3x3 conv, stride 1, no max-pool),
   as SimCLR's CIFAR experiments and solo-learn use for small images.
 - ``resnet50``: torchvision ResNet-50 (ImageNet stem), for 64 px and up.
-- ``vit_tiny``: ViT-Tiny (DeiT-Ti sizes: width 192, depth 12, 3 heads, MLP 768;
+- ``vit_tiny``: ViT-Tiny (DeiT-Ti sizes: width 192, depth 12 (``model.vit_depth``), 3 heads, MLP 768;
   Touvron et al. 2021), pre-norm, class-token features, patches of
   ``model.patch_size`` (4 for 32 px images, as small-image SSL code uses). Its
   position embedding is learned for a grid of ``model.vit_image_size`` and
@@ -109,7 +109,7 @@ def build_backbone(cfg: ModelConfig, in_channels: int) -> tuple[nn.Module, int]:
     if cfg.backbone == "resnet50":
         return _torchvision_resnet("resnet50", in_channels, cifar_stem=False)
     if cfg.backbone == "vit_tiny":
-        net = ViT(in_channels, image_size=cfg.vit_image_size, patch_size=cfg.patch_size)
+        net = ViT(in_channels, image_size=cfg.vit_image_size, patch_size=cfg.patch_size, depth=cfg.vit_depth)
         return net, net.out_dim
     raise ValueError(f"unknown backbone {cfg.backbone!r}")  # config validation makes this unreachable
 

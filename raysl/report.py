@@ -52,6 +52,8 @@ STATUS_STYLE = {
     "collapsed": {"ls": ":", "alpha": 0.8, "color": "tab:red"},
     "errored": {"ls": ":", "alpha": 0.8, "color": "tab:red"},
 }
+# a label-free selector that no trial reported (its evaluation switch was off)
+NOT_MEASURED = "not measured"
 # leaderboard columns left to leaderboard.csv, to keep the page's table readable
 HTML_HIDDEN = ("best_epoch", "knn_acc_k200", "alpha_req", "lidar", "agreed_rank", "alignment", "uniformity", "loss",
                "trial_dir")
@@ -525,11 +527,18 @@ def write_html(experiments: list[Experiment], summary: dict, table: pd.DataFrame
             continue
         parts.append(f"<p>{esc(s['name'])}: {sel['trials']} finished trials with kNN accuracy; label-based selection "
                      f"picks trial {esc(str(sel['best_trial']))} (kNN {sel['best_knn_acc']:.4g}).</p>")
+        # a metric no trial reported was not measured (the view metrics are off unless asked for), not an error
         frame = pd.DataFrame([{"metric": r["metric"], "selects": r["selects"], "trials": r["trials"],
-                               "Spearman with kNN": r["spearman"], "picked trial": r["picked_trial"],
+                               "Spearman with kNN": r["spearman"],
+                               "picked trial": r["picked_trial"] if r["trials"] else NOT_MEASURED,
                                "its value": r["picked_value"], "its kNN": r["picked_knn_acc"],
                                "regret (kNN)": r["regret"]} for r in sel["rows"]])
         parts.append(_table(frame, text_cols={"metric", "selects", "picked trial"}))
+        missing = [r["metric"] for r in sel["rows"] if not r["trials"]]
+        if missing:
+            parts.append(f"<p class=\"note\" data-selectors=\"not-measured\">{esc(', '.join(missing))}: "
+                         f"{NOT_MEASURED} by these trials; LiDAR, view_agreement and agreed_rank are computed "
+                         "with <code>eval.view_metrics: true</code> or when the search ranks by one of them.</p>")
 
     parts.append("<h2>Best config</h2>")
     if best:

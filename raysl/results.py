@@ -24,6 +24,7 @@ import pandas as pd
 import yaml
 
 from raysl.errors import RayslError
+from raysl.timing import TIME_KEYS
 
 RESULT_FILE = "result.json"
 PARAMS_FILE = "params.json"
@@ -43,7 +44,7 @@ DEFAULT_METRIC, DEFAULT_MODE = "knn_acc", "max"
 # What every training report carries; any other metric comes from an evaluation, which
 # `raysl tune` repeats between evaluations (``eval_epoch`` says when it was measured).
 TRAIN_KEYS = {"epoch", "step", "loss", "images_per_s", "lr", "status", "eval_epoch", "error", "resumed_epoch",
-              "resumed_weights"}
+              "resumed_weights", *TIME_KEYS}
 # Ray Tune's trial ids: "a1b2c_00003" (default) or 8 hex digits (raysl tune's folder names)
 _TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5}|[0-9a-f]{8})(?:_|$)")
 # Tune's bookkeeping keys in result.json: never searched parameters or metrics.

@@ -118,7 +118,17 @@ def predict_point(item: str) -> dict[str, Any]:
 
 def load_scaling(path: str, overrides: list[str] = (), predictions: list[str] = ()) -> ScalingSpec:
     """Read and validate a scaling file (``--set`` edits base:, ``--predict`` adds to fit.predict)."""
-    return scaling_from_dict(read_yaml(path), str(path), overrides, predictions)
+    spec = scaling_from_dict(read_yaml(path), str(path), overrides, predictions)
+    # here, not in scaling_from_dict: that one also reads the files of finished experiments (raysl analyze)
+    if math.prod(len(values) for values in spec.grid.values()) == 1:
+        # every fit compares runs that differ (in compute, model or data size, batch size, workers): one
+        # run gives none, which raysl scale would only say after training it
+        axes = ", ".join(f"{key}: {values}" for key, values in spec.grid.items())
+        raise ConfigError(f"{spec.source}: grid: {axes} is one run, and no scaling law fits one run (E(C) needs "
+                          ">= 4 runs at >= 3 compute values, E(N, D) >= 6 runs at >= 2 model and data sizes); give "
+                          "an axis more values, e.g. model.width: [4, 8, 16] and data.fraction: [0.25, 0.5, 1.0], "
+                          "or train the one run with raysl train")
+    return spec
 
 
 def scaling_from_dict(data: Any, source: str, overrides: list[str] = (), predictions: list[str] = ()) -> ScalingSpec:

@@ -44,6 +44,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from raysl.config import (
+    MAX_SEED,
     RunConfig,
     build_config,
     format_validation_error,
@@ -213,7 +214,7 @@ class TuneSettings(BaseModel):
     scheduler: Literal["asha", "pbt", "fifo"] | None = None  # default: asha (fifo with objectives)
     sampler: Literal["tpe", "cmaes", "random", "grid", "gp", "nsga2"] | None = None
     max_concurrent: int | None = Field(None, ge=1)  # default: what the cluster's CPUs fit
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)  # Optuna's samplers seed numpy, which takes 32 bits
     grace_period: int | None = Field(None, ge=1)  # ASHA, in epochs; default eval.every_epochs
     reduction_factor: float = Field(3.0, gt=1.0)  # ASHA
     perturbation_interval: int | None = Field(None, ge=1)  # PBT, in epochs
@@ -247,7 +248,8 @@ class SearchSpace:
             ]
             return [(k, v) for k, v in items]
         metric = t.metric or ("knn_acc" if labeled else "rankme")
-        return [(metric, t.mode or metric_mode(metric))]
+        # an unknown metric has no mode: None here, and _check_tune refuses it by name when the file loads
+        return [(metric, t.mode or (metric_mode(metric) if known_metric(metric) else None))]
 
     def sampler_name(self) -> str | None:
         if self.tune.sampler:

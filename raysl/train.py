@@ -44,6 +44,7 @@ from raysl.methods import build_method
 from raysl.optim import build_optimizer, set_lr_and_wd
 from raysl.progress import StepTicker
 from raysl.scaling_laws import scaled_lr
+from raysl.timing import EVAL_S, STARTUP_S, TRAIN_S
 
 CHECKPOINT_FILE = "state.pt"
 # steps between two reads of the divergence record on a GPU (see raysl/divergence.py)
@@ -284,25 +285,30 @@ def embed_views(method, images: torch.Tensor, cfg: RunConfig, norm: dict, batch:
 @torch.no_grad()
 def evaluate_method(method, eval_set: EvalSet, cfg: RunConfig, norm: dict, views,
                     gen: torch.Generator, init_std: float | None = None) -> dict[str, float]:
-    """kNN (k=20 and 200, cosine, temperature-weighted), RankMe, alpha-ReQ, LiDAR, view kNN agreement
-    and agreed rank, alignment/uniformity, collapse, and with ``eval.linear_probe`` the linear probe's
-    accuracy (``linear_acc``).
+    """kNN (k=20 and 200, cosine, temperature-weighted), RankMe, alpha-ReQ, alignment/uniformity and
+    collapse; with ``eval.linear_probe`` the linear probe's accuracy (``linear_acc``); with
+    ``eval.view_metrics`` (or a search metric among them) LiDAR, view kNN agreement and agreed rank; with
+    ``eval.projector_metrics`` (or a projector_ search metric) the same again on the projector's output.
 
     Protocol: features of the un-augmented train subset are the memory bank,
-    the val split is classified; ``knn_acc`` uses backbone features with k=20.
+    the val split is classified; ``knn_acc`` uses backbone features with k=20. The bank's and the val
+    split's features are embedded once and every metric reads them; a switch decides whether a metric is
+    computed, never how (each equals what it was when every switch was on).
     """
     was_training = method.training
     method.eval()
     train = embed_all(method, eval_set.train_x, norm)
     val = embed_all(method, eval_set.val_x, norm)
+    features = ("backbone", "projector") if cfg.eval.wants_projector_metrics() else ("backbone",)
     metrics: dict[str, float] = {}
-    for feature in ("backbone", "projector"):
+    for feature in features:
         prefix = "" if feature == "backbone" else "projector_"
         found = evaluate_features(
             train[feature], eval_set.train_y, val[feature], eval_set.val_y, ks=tuple(cfg.eval.knn_k),
+            knn_temperature=cfg.eval.knn_temperature, rankme_max_samples=cfg.eval.rankme_max_samples,
         )
         metrics.update({prefix + k: v for k, v in found.items()})
-    if cfg.eval.linear_probe and eval_set.train_y is not None and eval_set.val_y is not None:
+    if cfg.eval.wants_linear_probe() and eval_set.train_y is not None and eval_set.val_y is not None:
         # logistic regression on the memory bank's frozen backbone features, tested on the val split
         metrics["linear_acc"] = linear_probe_accuracy(train["backbone"], eval_set.train_y, val["backbone"],
                                                       eval_set.val_y, seed=cfg.seed)
@@ -310,9 +316,11 @@ def evaluate_method(method, eval_set: EvalSet, cfg: RunConfig, norm: dict, views
     sample = eval_set.val_x[:1024]
     v1, v2 = make_views(sample, views, 2, generator=gen, **norm)
     metrics["alignment"] = float(alignment(method.backbone(v1).float(), method.backbone(v2).float()))
-    images = eval_set.val_x[: cfg.eval.lidar_images]
+    images = eval_set.val_x[: cfg.eval.lidar_images if cfg.eval.wants_view_metrics() else 0]
     if images.shape[0] >= 2:
         for key, per_view in embed_views(method, images, cfg, norm).items():
+            if key not in features:
+                continue
             prefix = "" if key == "backbone" else "projector_"
             metrics[prefix + "lidar"] = lidar(per_view, delta=cfg.eval.lidar_delta)
             # the same views' neighbourhoods in the kNN memory bank (k as knn_acc's)
@@ -403,6 +411,7 @@ def _lr_formula(cfg: RunConfig) -> str:
 
 def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
     """Entry point of one worker. ``loop_config``: {"config": RunConfig dict, "data_dir": str}."""
+    loop_start = time.perf_counter()  # startup_s runs from here to the first training step (raysl.timing)
     io = io or RayTrainIO()
     cfg = RunConfig.model_validate(loop_config["config"])
     data_dir = loop_config["data_dir"]
@@ -492,11 +501,14 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
             f"{_lr_formula(cfg)} ({cfg.optim.lr_scaling} scaling)"
         )
 
+    startup_s = None
     for epoch in range(start_epoch, cfg.optim.epochs):
         method.train()
         loss_sum = torch.zeros((), device=device)
         steps_done = 0
         start = time.perf_counter()
+        if startup_s is None:
+            startup_s = start - loop_start
         # leaving the block reads the divergence record: before anything of this epoch is reported or saved
         with watch.epoch():
             for images, indices in batches.epoch(epoch, steps_per_epoch):
@@ -537,9 +549,12 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
             "images_per_s": images_seen / max(elapsed, 1e-9),
             "lr": lr_at(cfg, global_step / max(1, total_steps), peak),
             "status": "running",
+            # where the wall time goes (raysl.timing); eval_s is filled in below
+            TRAIN_S: elapsed, EVAL_S: 0.0, STARTUP_S: startup_s,
         }
         last = epoch + 1 == cfg.optim.epochs
         evaluating = (epoch + 1) % cfg.eval.every_epochs == 0 or last
+        eval_start = time.perf_counter()
         if evaluating and steps_done and noise_scale.wanted(cfg.eval.noise_scale, method):
             # the epoch's last step's views, cut into pieces (raysl.noise_scale), in train mode; on every
             # rank in step, because a method's forward may gather or all-reduce (DINO's centre, MoCo's
@@ -550,6 +565,10 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
                 metrics.update(found)
         if eval_set is not None and evaluating:
             metrics.update(evaluate_method(method, eval_set, cfg, norm, views, gen, init_std))
+        if evaluating:
+            if is_cuda:
+                torch.cuda.synchronize()
+            metrics[EVAL_S] = time.perf_counter() - eval_start
         collapsed = bool(metrics.pop("collapsed", False))
         if last:
             metrics["status"] = "finished"

@@ -12,6 +12,7 @@ from raysl.evaluate import (
     collapse_std,
     evaluate_features,
     is_collapsed,
+    knn_accuracies,
     knn_accuracy,
     linear_probe_accuracy,
     rankme,
@@ -132,6 +133,36 @@ def test_knn_chunking_does_not_change_the_answer():
     assert 0.3 < full < 1.0  # a case with mistakes, so chunks matter
     assert knn_accuracy(*args, k=20, chunk_size=7) == full
     assert knn_accuracy(*args, k=20, num_classes=12) == full
+
+
+def test_knn_at_every_k_from_one_similarity_matrix_equals_knn_at_each_k():
+    """knn_accuracies (one matmul and one top-k per query chunk) against knn_accuracy, the function that
+    computed each k on its own before. Tolerance: none, the accuracies must be equal: both vote with the
+    same neighbours (top-k sorts them, so the first k of the largest k's are the k nearest) and the same
+    exp(sim / T) weights, and an accuracy is a count of argmaxes. Features are random (no tied
+    similarities); a case with mistakes at every k, so a wrong neighbour set would show."""
+    feats, labels = blobs(900, 16, classes=5, spread=0.4, seed=7)
+    labels[::37] = -1  # unlabelled rows are left out by both
+    train, train_y, test, test_y = feats[:600], labels[:600], feats[600:], labels[600:]
+    ks = (20, 1, 200, 5, 20, 10_000)  # unsorted, repeated, and beyond the bank (clamped to its rows)
+    for chunk in (1024, 37):
+        for temperature in (0.07, 1.0):
+            found = knn_accuracies(train, train_y, test, test_y, ks=ks, temperature=temperature, chunk_size=chunk)
+            assert list(found) == [20, 1, 200, 5, 10_000]
+            for k in ks:
+                alone = knn_accuracy(train, train_y, test, test_y, k=k, temperature=temperature, chunk_size=chunk)
+                assert found[k] == alone, (k, chunk, temperature)
+    assert 0.3 < found[20] < 1.0
+    # the hand-computed case above: k = 2 right, k = 3 wrong at T = 1
+    assert knn_accuracies(TRAIN, TRAIN_Y, QUERY, QUERY_Y, ks=(2, 3, 50), temperature=1.0) == {2: 1.0, 3: 0.0, 50: 0.0}
+    # and what evaluate_features reports is it
+    out = evaluate_features(train, train_y, test, test_y, ks=(20, 200))
+    assert out["knn_acc"] == knn_accuracy(train, train_y, test, test_y, k=20)
+    assert out["knn_acc_k200"] == knn_accuracy(train, train_y, test, test_y, k=200)
+    with pytest.raises(ValueError, match="every k must be"):
+        knn_accuracies(TRAIN, TRAIN_Y, QUERY, QUERY_Y, ks=(5, 0))
+    with pytest.raises(ValueError, match="at least one k"):
+        knn_accuracies(TRAIN, TRAIN_Y, QUERY, QUERY_Y, ks=())
 
 
 def test_knn_validation():

@@ -459,7 +459,8 @@ def test_every_evaluation_reports_alpha_req_and_lidar(digits_dir):
     from raysl.train import initial_metrics
 
     quickstart = REPO / "search_spaces" / "quickstart.yaml"
-    cfg = load_config(quickstart, ["model.width=4", "eval.lidar_images=100", "eval.lidar_views=4"])
+    asked = ["eval.view_metrics=true", "eval.projector_metrics=true"]  # LiDAR and projector_ metrics: off unless asked
+    cfg = load_config(quickstart, ["model.width=4", "eval.lidar_images=100", "eval.lidar_views=4", *asked])
     first = initial_metrics(cfg, digits_dir)
     for key in ("alpha_req", "alpha_req_score", "lidar", "projector_alpha_req", "projector_lidar"):
         assert math.isfinite(first[key]), key
@@ -469,13 +470,13 @@ def test_every_evaluation_reports_alpha_req_and_lidar(digits_dir):
     assert initial_metrics(cfg, digits_dir)["lidar"] == first["lidar"]
     # and they are augmented views: more views of the same images change it
     more = initial_metrics(load_config(quickstart, ["model.width=4", "eval.lidar_images=100",
-                                                    "eval.lidar_views=8"]), digits_dir)
+                                                    "eval.lidar_views=8", *asked]), digits_dir)
     assert more["lidar"] != first["lidar"]
     # the same views' neighbourhoods in the memory bank, and the product with RankMe
     for prefix in ("", "projector_"):
         assert 0.0 < first[prefix + "view_agreement"] <= 1.0
         assert first[prefix + "agreed_rank"] == first[prefix + "rankme"] * first[prefix + "view_agreement"]
-    off = initial_metrics(load_config(quickstart, ["model.width=4", "eval.lidar_images=0"]), digits_dir)
+    off = initial_metrics(load_config(quickstart, ["model.width=4", "eval.lidar_images=0", *asked]), digits_dir)
     for key in ("lidar", "view_agreement", "agreed_rank"):
         assert key not in off and "projector_" + key not in off
 

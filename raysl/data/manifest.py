@@ -196,6 +196,30 @@ class Manifest:
             problems.append("no train split")
         if problems:
             raise DataError(f"manifest.json is invalid: {'; '.join(problems)}; re-run raysl data prepare")
+        for name, split in self.splits.items():
+            # prepare writes a split's rows as the sum of its shards' rows: a difference is an edited or
+            # damaged file, which would otherwise surface as a wrong batch-size or step count
+            in_shards = sum(shard.rows for shard in split.shards)
+            if split.rows != in_shards:
+                raise DataError(
+                    f"manifest.json disagrees with its shards: the {name} split has {split.rows} rows but its "
+                    f"{len(split.shards)} shard(s) list {in_shards}; the manifest was edited or damaged: re-run raysl "
+                    "data prepare into a new --out"
+                )
+
+    def require_val_images(self, where: str, least: int = 2) -> None:
+        """Refuse data whose val split cannot be evaluated on, before a run starts (else its first evaluation
+        fails): the evaluation compares val images with each other (LiDAR, view agreement, the collapse
+        check), and kNN accuracy on one image says nothing."""
+        found = self.splits["val"].rows if "val" in self.splits else 0
+        if found >= least:
+            return
+        if self.split_from == "source":  # the source's own test files: --val-fraction does not apply
+            fix = "it is the source's own test split: prepare again from test files (t10k*, test_batch) that hold more"
+        else:
+            fix = "re-run raysl data prepare into a new --out with a larger --val-fraction (e.g. 0.2)"
+        raise DataError(f"{where}: the val split has {found} image{'s' * (found != 1)} and a run's evaluation "
+                        f"needs at least {least}; {fix}")
 
 
 def _optional_tuple(values: list[Any] | None, kind: type) -> tuple[Any, ...] | None:

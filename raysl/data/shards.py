@@ -159,21 +159,58 @@ def prepare(
 
 
 def load_manifest(out: str) -> Manifest:
-    """Read ``OUT/manifest.json``; raise DataError if it is missing or invalid."""
+    """Read ``OUT/manifest.json``; raise DataError if it is missing, invalid, or (local shards) its row
+    counts disagree with the shards'."""
     text = storage.read_bytes(storage.join(out, MANIFEST_FILE), missing_ok=True)
     if text is None:
         raise DataError(f"no {MANIFEST_FILE} in {out}; run raysl data prepare first")
-    return Manifest.from_json(text)
+    try:
+        manifest = Manifest.from_json(text)
+    except DataError as exc:  # which data set: a run may name several
+        raise DataError(f"{out}: {exc}") from None
+    _check_shard_rows(out, manifest, hashlib.sha256(text).hexdigest())
+    return manifest
+
+
+# (folder, sha256 of its manifest) whose shard row counts were read once in this process
+_ROWS_CHECKED: set[tuple[str, str]] = set()
+
+
+def _check_shard_rows(out: str, manifest: Manifest, digest: str) -> None:
+    """Each local shard holds the rows its manifest lists. Row counts decide the steps per epoch and the
+    batch-size checks, and an edited count with unchanged shards passes every size and sha256 check: the
+    manifest's count is compared with the row count in each Parquet footer (a few KB read per shard, once
+    per process). Shards behind a URI are not read here (a request per shard at every load); missing or
+    unreadable shards are left to verify_shards, which names them."""
+    loc = storage.resolve(out)
+    if not loc.is_local or (loc.path, digest) in _ROWS_CHECKED:
+        return
+    for name, split in manifest.splits.items():
+        for shard in split.shards:
+            try:
+                found = pq.read_metadata(loc.join(shard.file).path).num_rows
+            except (OSError, pa.ArrowException):
+                continue
+            if found != shard.rows:
+                raise DataError(
+                    f"{out}: manifest.json disagrees with its shards: it lists {shard.rows} rows for {name} shard "
+                    f"{shard.file}, which holds {found}; the manifest was edited or damaged: re-run raysl data "
+                    "prepare into a new --out"
+                )
+    _ROWS_CHECKED.add((loc.path, digest))
 
 
 def verify_shards(out: str, manifest: Manifest | None = None, *, checksums: bool = True) -> None:
-    """Check every shard exists with the recorded size (and sha256 unless ``checksums=False``, which
-    reads nothing); raise ShardError naming the file."""
+    """Check the data can be trained and evaluated on: every shard exists with the recorded size (and
+    sha256 unless ``checksums=False``, which reads nothing), and the val split holds the images an
+    evaluation needs; raise ShardError naming the file, or DataError."""
     manifest = manifest or load_manifest(out)
     loc = storage.resolve(out)
     for split in manifest.splits.values():
         for shard in split.shards:
             _read_verified(loc, out, shard, checksum=checksums)
+    # after the shards: a shard gone from the val split is named as such, not as a short val split
+    manifest.require_val_images(out)
 
 
 def read_split(
