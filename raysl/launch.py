@@ -121,7 +121,46 @@ def init_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:
     for key, value in ALLOCATOR_ENV.items():
         os.environ.setdefault(key, value)
     cpus = num_cpus or max(4, 2 * (os.cpu_count() or 2))
-    ray.init(num_cpus=cpus, include_dashboard=True, log_to_driver=verbose, configure_logging=True, logging_level=level)
+    with _ray_processes_in_own_session():
+        ray.init(num_cpus=cpus, include_dashboard=True, log_to_driver=verbose, configure_logging=True,
+                 logging_level=level)
+
+
+@contextlib.contextmanager
+def _ray_processes_in_own_session():
+    """Start the local cluster's processes (GCS, raylet, dashboard, ...; the raylet's workers inherit it)
+    in a session of their own, so that a signal to the driver's process group reaches the driver only.
+
+    A scheduler's SIGTERM goes to the whole process group (``timeout``, Slurm, Kubernetes' ``kill --
+    -PGID``). Ray shields its processes from the group's SIGINT (Ctrl-C: it blocks SIGINT in them) but
+    not from SIGTERM: the GCS and raylet died with the driver's group, the driver's abort of the Train
+    run waited for them, and Ray's core worker ended the driver with exit 1 after 60 s of no GCS,
+    nothing said, the checkpoints written after the last registered one left behind. In their own
+    session only the driver gets the signal; it stops the run and ``ray.shutdown()`` stops the cluster,
+    as for a SIGTERM to the driver alone. Only where Ray ties its processes to the driver by the kernel
+    (Linux: they get SIGKILL when the driver dies): without it Ray's reaper ends them through the
+    driver's process group, which they must then stay in."""
+    try:
+        from ray._private import services
+        from ray._private.utils import detect_fate_sharing_support
+    except ImportError:  # another Ray layout: leave it as it is
+        yield
+        return
+    original = getattr(services, "ConsolePopen", None)
+    if original is None or not sys.platform.startswith("linux") or not detect_fate_sharing_support():
+        yield
+        return
+
+    class _OwnSession(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, **kwargs):
+            kwargs["start_new_session"] = True
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = _OwnSession
+    try:
+        yield
+    finally:
+        services.ConsolePopen = original
 
 
 def quiet_ray(verbose: bool) -> None:
@@ -485,6 +524,94 @@ def interrupted_detail(finished: int, checkpointed: int, epochs: int, every: int
     return head + f"a resume continues from the epoch {checkpointed} checkpoint in {out} and repeats {again} ({why})"
 
 
+# What a re-run of `raysl train` on an --out that holds a run may change: it resumes that run from its
+# checkpoint, and the run's config.yaml is then overwritten with the new config, so a change is allowed
+# only when the checkpoint still loads and config.yaml still says how every epoch was trained:
+# - optim.epochs: train longer (the finished-run line says to); the schedule stretches from the
+#   checkpointed step on;
+# - scale.*: where and how the same training runs (workers: the global batch optim.batch_size stays
+#   whatever their number; GPUs, precision, threads, restarts, the placement timeout);
+# - eval.*, checkpoint.*: what is measured and kept, not what is learned;
+# - model.compile, model.channels_last, data.decode, data.cache_on_device, data.max_cached_bytes: how the
+#   same computation runs; the checkpoint's tensors are the same.
+# Everything else is the run itself, and a change is refused: model.* (the checkpoint's tensors have that
+# architecture's shapes: a resume failed with a size mismatch after config.yaml was overwritten); method.*
+# (the loss and what it keeps in the checkpoint: queues, prototypes, teacher, centres); data.* (what the
+# run learns from: source, folder, fraction, crops, augmentations); the rest of optim.* and schedule.*
+# (the optimizer state is that optimizer's; another batch size or schedule puts the checkpoint's step
+# elsewhere in the lr schedule); seed (the order and augmentations of every epoch).
+RESUME_MAY_CHANGE = ("optim.epochs", "scale.", "eval.", "checkpoint.", "model.compile", "model.channels_last",
+                     "data.decode", "data.cache_on_device", "data.max_cached_bytes")
+_UNSET = "(unset)"
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists are values)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree} if prefix else {}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def resume_conflicts(saved: Any, cfg: RunConfig) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, new value) for each setting that ``cfg`` changes in a run's saved config
+    (config.yaml, as loaded) and that a resume may not change (RESUME_MAY_CHANGE); [] when ``cfg`` can
+    resume that run. Keys a config leaves to their default compare by their default."""
+    from pydantic import ValidationError
+
+    try:  # with its defaults filled in (a run saved before a key existed has it at its default)
+        saved = RunConfig.model_validate(saved).model_dump(mode="json")
+    except (ValidationError, ValueError, TypeError):  # a config of another raysl: compared as it is
+        pass
+    old, new = _flat(saved), _flat(cfg.model_dump(mode="json"))
+    for flat in (old, new):  # one prepared folder, however it was written
+        path = flat.get("data.path")
+        if isinstance(path, str) and not storage.is_uri(path):
+            flat["data.path"] = str(Path(path).expanduser().resolve())
+    conflicts = [(key, old.get(key, _UNSET), new.get(key, _UNSET)) for key in [*new, *(k for k in old if k not in new)]
+                 if old.get(key, _UNSET) != new.get(key, _UNSET)
+                 and not any(key == may or (may.endswith(".") and key.startswith(may)) for may in RESUME_MAY_CHANGE)]
+    if any(key == "method.name" for key, _, _ in conflicts):  # another method: its knobs differ with it
+        conflicts = [c for c in conflicts if c[0] == "method.name" or not c[0].startswith("method.")]
+    return conflicts
+
+
+def refuse_unresumable(cfg: RunConfig, out: storage.Location) -> None:
+    """A ConfigError, before anything is written, when ``out`` holds a run (a checkpoint, or an epoch in
+    metrics.jsonl) that ``cfg`` cannot resume: re-running it would overwrite its config.yaml and then
+    fail to load its checkpoint (or train on from it as another run)."""
+    import yaml
+
+    text = storage.read_text(out.join("config.yaml"), missing_ok=True)
+    if text is None:
+        return
+    run = out.join(TRAIN_RUN_NAME)
+    checkpointed = any(is_dir and name.startswith("checkpoint_") for name, is_dir in storage.list_dir(run))
+    if not checkpointed and not MetricsFile(out.join("metrics.jsonl"), show=False).rows():
+        return  # nothing trained yet (stopped before its first epoch): nothing a new config would harm
+    try:
+        saved = yaml.safe_load(text)
+    except yaml.YAMLError:
+        saved = None
+    conflicts = resume_conflicts(saved, cfg)
+    if not conflicts:
+        return
+
+    def shown(value: Any) -> str:
+        text = value if isinstance(value, str) else json.dumps(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    listed = ", ".join(f"{key}: {shown(a)} -> {shown(b)}" for key, a, b in conflicts[:6])
+    if len(conflicts) > 6:
+        listed += f" and {len(conflicts) - 6} more"
+    raise ConfigError(
+        f"--out {out} holds a run trained with other settings ({listed}), and a resume cannot change what a "
+        f"run learns (only optim.epochs, scale.*, eval.*, checkpoint.*); train these settings into a new "
+        f"--out, or resume that run with its own settings ({out.join('config.yaml')})")
+
+
 def finished_run(cfg: RunConfig, out: storage.Location) -> dict | None:
     """The summary of the run in ``out`` when it already finished with this very config, else None.
 
@@ -559,6 +686,15 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
     Progress (rank 0's banner and steps, each epoch's line) reaches stderr through a
     relay actor that a driver thread polls while ``trainer.fit()`` runs (raysl.progress).
     """
+    # a run in --out that this config cannot resume: refused before anything is written (config.yaml below)
+    refuse_unresumable(cfg, storage.resolve(out))
+    done = finished_run(cfg, storage.resolve(out))
+    if done is not None:  # before the data and Ray: nothing is left to train
+        print(f"[raysl] the run in {done['out']} is already finished (all {cfg.optim.epochs} epochs, status finished); "
+              f"nothing to train. Its results: {storage.join_uri(done['out'], 'metrics.jsonl')}, final checkpoint "
+              f"{done['checkpoint']}; to train longer, pass --set optim.epochs=N (more than {cfg.optim.epochs})",
+              file=sys.stderr)
+        return done
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -567,13 +703,6 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
     from raysl.data.pipeline import train_dataset
     from raysl.train import train_worker
 
-    done = finished_run(cfg, storage.resolve(out))
-    if done is not None:  # before the data and Ray: nothing is left to train
-        print(f"[raysl] the run in {done['out']} is already finished (all {cfg.optim.epochs} epochs, status finished); "
-              f"nothing to train. Its results: {storage.join_uri(done['out'], 'metrics.jsonl')}, final checkpoint "
-              f"{done['checkpoint']}; to train longer, pass --set optim.epochs=N (more than {cfg.optim.epochs})",
-              file=sys.stderr)
-        return done
     data_dir = resolve_data_dir(cfg)
     manifest = check_against_data(cfg, data_dir, source)
     from raysl.data import shards

@@ -20,7 +20,7 @@ from raysl.errors import CheckpointError
 from raysl.export import EXPORT_FORMAT, export_backbone, load_backbone, run_checkpoints
 from raysl.train import build_run_method, input_norm
 
-from conftest import HANG, RAYSL, REPO
+from conftest import FINISHED_RUN, HANG, RAYSL, REPO
 
 QUICKSTART = str(REPO / "search_spaces" / "quickstart.yaml")
 
@@ -180,3 +180,46 @@ def test_a_torn_latest_checkpoint_is_skipped_and_reported(run_dir, tmp_path):
     assert summary["epoch"] == 1 and summary["checkpoint"] == checkpoints[1]
     assert len(summary["skipped"]) == 1 and str(torn.relative_to(tmp_path)) in summary["skipped"][0]
     assert load_backbone(str(tmp_path / "e.pt")).epoch == 1
+
+
+def test_a_rerun_that_cannot_resume_the_run_is_refused_before_anything_is_written(
+        run_dir, tmp_path, monkeypatch, capsys):
+    """Issue 23: `raysl train` again on a finished run's --out with another width overwrote its config.yaml,
+    then failed with a `size mismatch` traceback, and `raysl export` of the run failed from then on. Now it
+    is refused in one line naming what differs, before Ray, the data or any write; export still works."""
+    import hashlib
+
+    import ray
+
+    from raysl import cli, launch
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray started for a refused re-run")
+
+    monkeypatch.setattr(launch, "init_ray", no_ray)
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+
+    def listing() -> dict[str, str]:  # every file of the run folder, with its bytes' hash
+        return {str(p.relative_to(copy)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(copy.rglob("*")) if p.is_file()}
+
+    before, config = listing(), (copy / "config.yaml").read_bytes()
+    # model.width (8 in the run) cannot change; optim.epochs may (train longer) and is not named
+    code = cli.main(["train", QUICKSTART, *FINISHED_RUN, "--set", "model.width=32", "--set", "optim.epochs=3",
+                     "--out", str(copy)])
+    captured = capsys.readouterr()
+    assert code == 2, captured.err[-3000:]
+    # catches: config.yaml overwritten with the new config, then a size-mismatch traceback (exit 1)
+    (line,) = captured.err.strip().splitlines()
+    assert line == (f"raysl: error: --out {copy} holds a run trained with other settings (model.width: 8 -> 32), "
+                    "and a resume cannot change what a run learns (only optim.epochs, scale.*, eval.*, "
+                    "checkpoint.*); train these settings into a new --out, or resume that run with its own "
+                    f"settings ({copy / 'config.yaml'})"), line
+    assert captured.out == ""
+    # catches: any write before the refusal (config.yaml, metrics.jsonl, a checkpoint or Ray's snapshot)
+    assert (copy / "config.yaml").read_bytes() == config and listing() == before
+    assert not ray.is_initialized()
+    # catches: the export of the run failing after the re-run (its config.yaml no longer its checkpoints')
+    exported = export_backbone(str(copy), str(tmp_path / "e.pt"))
+    assert exported["epoch"] == 2 and load_backbone(str(tmp_path / "e.pt")).feature_dim == 64

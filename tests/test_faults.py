@@ -3,9 +3,10 @@ search records that must say what really happened.
 
 Real processes and real signals: `raysl train` / `raysl tune` run as subprocesses (each starts its
 own local Ray cluster), a test waits for a condition on disk (a hang guard, never a fixed sleep),
-then signals exactly the process it started (or a RayTrainWorker among its descendants). After the
-fault it checks the one line on stderr, that nothing torn is left, then runs the printed resume
-command and checks that every epoch (every trial) is there exactly once.
+then signals exactly the process it started, or its process group (as `timeout` or Slurm do), or a
+RayTrainWorker among its descendants. After the fault it checks the one line on stderr, that nothing
+torn is left, then runs the printed resume command and checks that every epoch (every trial) is there
+exactly once.
 """
 
 from __future__ import annotations
@@ -94,6 +95,12 @@ def checkpoints(out: Path) -> list[Path]:
     return sorted(p for p in (out / "train").glob("checkpoint_*") if p.is_dir())
 
 
+def registered_checkpoints(out: Path) -> set[str]:
+    """The checkpoint folders Ray Train registered for the run (what a resume can start from)."""
+    snapshot = json.loads((out / "train" / "checkpoint_manager_snapshot.json").read_text())
+    return {r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]}
+
+
 def assert_nothing_torn(out: Path) -> None:
     """No temporary left, and every checkpoint folder loads (weights_only) with its epoch."""
     leftovers = [str(p) for p in out.rglob("*") if p.name.endswith(".tmp")]
@@ -132,6 +139,27 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def started(pid: int) -> int | None:
+    """A process's start time (clock ticks since boot; with the pid, it names one process), None once it
+    ended (a zombie has ended)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+def cluster_of(driver: int) -> dict[int, int | None]:
+    """The processes of the local Ray cluster a driver started (GCS, raylet, workers: its descendants)."""
+    return {pid: started(pid) for pid in descendants(driver)}
+
+
+def assert_all_ended(processes: dict[int, int | None], what: str) -> None:
+    """Each of ``processes`` ended (called once later work has given them time to: no wait of its own)."""
+    left = [pid for pid, start in processes.items() if start is not None and started(pid) == start]
+    assert not left, f"{what} still running: {left}"
+
+
 def train_worker_pids(driver: int) -> list[int]:
     """RayTrainWorker processes of the cluster this `raysl train` started (its descendants only)."""
     pids = []
@@ -160,10 +188,11 @@ def resume_in_background(command: str) -> subprocess.Popen:
 def test_fault_chain_on_one_run_folder_loses_no_epoch(tmp_path):
     """One `raysl train` run folder through every fault a user meets, each resumed with the command
     raysl printed: a scheduler's SIGTERM to the driver alone -> the newest checkpoint truncated (a torn
-    write) -> resume -> Ctrl-C (SIGINT to the process group) -> resume -> a Train worker SIGKILLed (the
-    OOM killer) -> resume to the end. Each run starts its own local Ray cluster: the signals reach the
-    process group a terminal would. After each fault: exit code, the one line, nothing torn; at the
-    end every epoch is in metrics.jsonl exactly once.
+    write) -> resume -> SIGTERM to the whole process group (`timeout`, Slurm, `kill -TERM -- -PGID`) ->
+    resume -> a Train worker SIGKILLed (the OOM killer) -> resume to the end. Each run starts its own
+    local Ray cluster, whose processes the driver started: a group's signal is the case where they could
+    be hit with the driver. (Ctrl-C, SIGINT to the group: tests/test_train_e2e.py.) After each fault:
+    exit code, the one line, nothing torn; at the end every epoch is in metrics.jsonl exactly once.
     """
     out = tmp_path / "run"
 
@@ -184,9 +213,8 @@ def test_fault_chain_on_one_run_folder_loses_no_epoch(tmp_path):
     assert command == shlex.join(["raysl", "train", QUICKSTART, *TRAIN, "--out", str(out)])
     assert_nothing_torn(out)
     # every checkpoint left is one Ray registered, the newest being the epoch the line names
+    assert {p.name for p in checkpoints(out)} == registered_checkpoints(out)
     snapshot = json.loads((out / "train" / "checkpoint_manager_snapshot.json").read_text())
-    registered = {r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]}
-    assert {p.name for p in checkpoints(out)} == registered
     assert snapshot["latest_checkpoint_result"]["metrics"]["epoch"] == done
 
     # 2. the newest checkpoint torn (as a full disk leaves it): the resume falls back to the one before
@@ -196,8 +224,11 @@ def test_fault_chain_on_one_run_folder_loses_no_epoch(tmp_path):
     (newest / "state.pt").write_bytes(data[: len(data) // 3])
     proc = resume_in_background(command)
     wait_until(proc, lambda: len(epochs_in(out)) >= epoch_before + 2, "2 epochs after the fallback")
-    # 3. Ctrl-C in a terminal: SIGINT to the whole process group
-    os.killpg(proc.pid, signal.SIGINT)
+    # 3. a scheduler's SIGTERM to the whole process group. Catches: the local Ray's GCS and raylet were in
+    # the driver's group and died with it; the driver then waited for them and Ray ended it with exit 1
+    # after 60 s, no line, the checkpoints written after the last registered one left behind
+    cluster = cluster_of(proc.pid)  # checked at the end: none outlives the driver
+    os.killpg(proc.pid, signal.SIGTERM)
     _, err = finish(proc)
     expected = f"[raysl] skipped checkpoint {newest}: state.pt is unreadable"
     skipped = [ln for ln in err.splitlines() if ln.startswith("[raysl] skipped checkpoint")]
@@ -205,7 +236,7 @@ def test_fault_chain_on_one_run_folder_loses_no_epoch(tmp_path):
     assert skipped[0].endswith(f"; resuming from epoch {epoch_before}"), skipped[0]
     assert "resuming the run" in err
     assert proc.returncode == 130, err[-4000:]
-    command = assert_one_line(err, "raysl: interrupted (SIGINT) after epoch ")
+    command = assert_one_line(err, "raysl: interrupted (SIGTERM) after epoch ")
     assert f" of {EPOCHS}; a resume continues from the epoch " in last_line(err), last_line(err)
     assert f" checkpoint in {out}" in last_line(err), last_line(err)
     assert int(last_line(err).split("after epoch ", 1)[1].split(" ", 1)[0]) == last_epoch_shown(err)
@@ -213,6 +244,8 @@ def test_fault_chain_on_one_run_folder_loses_no_epoch(tmp_path):
     kept = epochs_in(out)
     assert epoch_before + 2 <= len(kept) < EPOCHS and kept == list(range(1, len(kept) + 1))
     assert_nothing_torn(out)
+    # catches the same bug's leftovers: every checkpoint folder left is one Ray registered
+    assert {p.name for p in checkpoints(out)} == registered_checkpoints(out)
 
     # 4. a Train worker SIGKILLed (the OOM killer) in the resumed run
     proc = resume_in_background(command)
@@ -230,6 +263,9 @@ def test_fault_chain_on_one_run_folder_loses_no_epoch(tmp_path):
     # 5. resumed to the end: every epoch exactly once, nothing torn
     resumed = run_resume(command, out)
     assert "resuming the run" in resumed.stderr
+    # catches the risk of the fix of step 3 (the local Ray's processes in a session of their own, out of
+    # the driver's group): a cluster left running after its driver ended
+    assert_all_ended(cluster, "processes of the Ray cluster of the run stopped in step 3")
 
 
 # --------------------------------------------------------------------------
@@ -372,7 +408,7 @@ def test_a_trial_tune_recovered_is_not_labelled_errored(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.local_ray
-def test_sigterm_to_tune_driver_keeps_true_statuses_and_resumes_every_trial_once(tmp_path):
+def test_sigterm_to_tune_process_group_keeps_true_statuses_and_resumes_every_trial_once(tmp_path):
     from raysl.results import load_experiments
 
     storage, name = tmp_path / "results", "interrupted"
@@ -396,7 +432,11 @@ def test_sigterm_to_tune_driver_keeps_true_statuses_and_resumes_every_trial_once
         return "finished" in last and "running" in last
 
     wait_until(proc, one_finished_one_running, "a finished trial and a running one")
-    proc.send_signal(signal.SIGTERM)  # to the driver only, as a scheduler does
+    # SIGTERM to the whole process group (`timeout`, Slurm, `kill -TERM -- -PGID`; the driver's own
+    # handling is the same as for a SIGTERM to it alone). Catches: the local Ray the driver started was
+    # in its group, its GCS died with it, and Ray ended the driver with exit 1 after 60 s, no line
+    cluster = cluster_of(proc.pid)  # checked after the resume: none outlives the driver
+    os.killpg(proc.pid, signal.SIGTERM)
     stdout, err = finish(proc)
     assert proc.returncode == 130, f"{stdout[-2000:]}\n{err[-4000:]}"
     command = assert_one_line(err, "raysl: interrupted (SIGTERM): ")
@@ -430,3 +470,5 @@ def test_sigterm_to_tune_driver_keeps_true_statuses_and_resumes_every_trial_once
             assert len(epochs) - len(set(epochs)) <= 1, (trial, epochs)
     (read,) = load_experiments(str(experiment))
     assert set(read.trials["status"]) == {"finished"}
+    # catches a cluster left running after its driver ended (its processes are out of the driver's group)
+    assert_all_ended(cluster, "processes of the interrupted search's Ray cluster")

@@ -299,6 +299,32 @@ def test_a_run_is_finished_only_with_the_same_config_and_its_last_epoch(tmp_path
     assert finished_run(cfg, storage.resolve(str(tmp_path / "nothing"))) is None
 
 
+def test_what_a_resume_may_change(tmp_path):
+    """Issue 23: which settings a re-run on a run's --out may change (raysl.launch.RESUME_MAY_CHANGE). Catches
+    a refusal of a legitimate resume (train longer, more workers, another cadence) and a resume let through
+    that loads the checkpoint into another model or trains on as another run (method, data, recipe, seed)."""
+    import yaml
+
+    from raysl.config import load_config, to_yaml
+    from raysl.launch import resume_conflicts
+
+    saved = yaml.safe_load(to_yaml(load_config(QUICKSTART)))
+    allowed = ["optim.epochs=50", "scale.num_workers=2", "scale.max_failures=3", "scale.placement_timeout_s=5",
+               "eval.every_epochs=5", "checkpoint.keep=4", "checkpoint.every_epochs=2", "model.compile=true"]
+    assert resume_conflicts(saved, load_config(QUICKSTART, allowed)) == []
+    # one prepared folder, however its path is written
+    in_folder = yaml.safe_load(to_yaml(load_config(QUICKSTART, ["data.path=data/../data/digits"])))
+    assert resume_conflicts(in_folder, load_config(QUICKSTART, [f"data.path={Path('data/digits').resolve()}"])) == []
+    assert [k for k, _, _ in resume_conflicts(in_folder, load_config(QUICKSTART, ["data.path=other"]))] == ["data.path"]
+    refused = load_config(QUICKSTART, ["model.width=8", "seed=1", "optim.batch_size=128", "schedule.lr=constant",
+                                       "data.fraction=0.5", "method.temperature=0.5"])
+    assert [key for key, _, _ in resume_conflicts(saved, refused)] == [
+        "method.temperature", "model.width", "data.fraction", "optim.batch_size", "schedule.lr", "seed"]
+    # another method: named once, not with each knob that comes and goes with it
+    byol = load_config(QUICKSTART, ["method={name: byol}"])
+    assert resume_conflicts(saved, byol) == [("method.name", "simclr", "byol")]
+
+
 # --------------------------------------------------------------------------
 # 5. small ones
 
