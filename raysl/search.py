@@ -22,7 +22,10 @@ and the searcher learns that region is bad. Crashed trials (a worker killed)
 restart from their last checkpoint, and their status is what finally happened.
 An interrupted search (Ctrl-C, SIGTERM) exits 130 with the command that resumes
 it; the trials it caught before they ended are ``unfinished``, and only a trial
-with a measured objective can be the best (``best_config.yaml``).
+with a measured objective can be the best (``best_config.yaml``). Storage that
+cannot take a write (full, read-only) stops the search the same way, its state
+saved in room set aside for it, with one error line (exit 2) and that command;
+a ``--resume`` that Ray cannot restore is one line and leaves the folder as it was.
 
 Results follow Ray Tune's layout under ``--storage/--name`` (so
 ``Tuner.restore(path, trainable)`` and ``raysl analyze`` read them), plus
@@ -32,7 +35,9 @@ Results follow Ray Tune's layout under ``--storage/--name`` (so
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 import signal
@@ -45,17 +50,19 @@ from ray.tune.stopper import Stopper
 
 from raysl import jsonio, signing, storage
 from raysl.config import RunConfig, build_config, to_yaml
-from raysl.errors import CollapsedError, ConfigError, DivergedError, PlacementError, RayslError
+from raysl.errors import CollapsedError, ConfigError, DivergedError, PlacementError, RayslError, StorageError
 from raysl.pbt import PBT_EXTRA_KEEP, RESUMED_FILE
 from raysl.space import SearchSpace, apply_sample, load_space, worst_value
 from raysl.study import OPTION as OPTUNA_OPTION
 from raysl.study import STUDY_FILES, prepare_new, prepare_resume, public_url
+from raysl.timing import TIME_KEYS
 
 DEFAULT_STORAGE = "./raysl_results"
 SPACE_FILE = "raysl_space.yaml"
 BEST_CONFIG_FILE = "best_config.yaml"
 # what a training report always carries; everything else comes from an evaluation
-_TRAIN_KEYS = {"epoch", "step", "loss", "images_per_s", "lr", "status", "resumed_epoch", "resumed_weights"}
+_TRAIN_KEYS = {"epoch", "step", "loss", "images_per_s", "lr", "status", "resumed_epoch", "resumed_weights",
+               *TIME_KEYS}
 _BAD_STATUSES = ("diverged", "collapsed", "errored")
 
 
@@ -118,11 +125,14 @@ def _nan(value: Any) -> bool:
 class TuneIO:
     """LoopIO for a one-worker trial running inside its Tune trial process."""
 
-    def __init__(self, data_dir: str, use_gpu: bool, filler: ResultFiller, trial=None):
+    def __init__(self, data_dir: str, use_gpu: bool, filler: ResultFiller, trial=None, delivered=None,
+                 where: str = ""):
         self.data_dir = data_dir
         self.use_gpu = use_gpu
         self.filler = filler
         self.trial = trial  # raysl.pbt.TrialRef: each checkpoint says which trial wrote it (PBT lineage)
+        self.delivered = delivered if delivered is not None else _Delivered()
+        self.where = where  # the trial's folder in the experiment, for a storage error's message
 
     def dataset_shard(self, name: str):
         # The trial reads its shards with pyarrow in its own process: under Tune on a small
@@ -146,7 +156,15 @@ class TuneIO:
         if checkpoint_dir and self.trial is not None:
             write_pointer(checkpoint_dir, self.trial.pointer(metrics["epoch"]))
         checkpoint = ray.tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.tune.report(self.filler(metrics), checkpoint=checkpoint)
+        filled = self.filler(metrics)
+        try:
+            ray.tune.report(filled, checkpoint=checkpoint)  # copies the checkpoint into the experiment first
+        except Exception as exc:
+            failure = storage.error_in(exc, self.where, "writing a checkpoint of the trial", "--storage")
+            if failure is None:
+                raise
+            raise failure from exc
+        self.delivered.result = filled
 
     def device(self):
         import torch
@@ -180,7 +198,7 @@ def _relay_callback(objectives: list[tuple[str, str]], extra: dict[str, Any] | N
     return RayslTuneRelay()
 
 
-def _relay_to_tune(reports, trial, run: str, fit) -> None:
+def _relay_to_tune(reports, trial, run: str, fit, delivered=None) -> None:
     """Run ``fit`` (``trainer.fit``) in a thread while this one, the trial's, reports what the relay queue
     brings to Tune, each Train checkpoint as a small Tune checkpoint pointing at it (raysl.pbt); then
     raise what ``fit`` raised."""
@@ -208,10 +226,12 @@ def _relay_to_tune(reports, trial, run: str, fit) -> None:
         metrics, where = item
         if where is None:
             ray.tune.report(metrics)
-            continue
-        with tempfile.TemporaryDirectory(prefix="raysl-pointer-") as tmp:
-            write_pointer(tmp, trial.pointer(metrics["epoch"], run, where))
-            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
+        else:
+            with tempfile.TemporaryDirectory(prefix="raysl-pointer-") as tmp:
+                write_pointer(tmp, trial.pointer(metrics["epoch"], run, where))
+                ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
+        if delivered is not None:
+            delivered.result = metrics
     thread.join()
     if "error" in outcome:
         raise outcome["error"]
@@ -238,6 +258,49 @@ def train_worker_in_trial(loop_config: dict) -> None:
         status = "diverged" if isinstance(exc, DivergedError) else "collapsed"
         storage.write_atomic(marker, jsonio.dumps({"status": status, "error": str(exc)}))
         raise
+
+
+class _Delivered:
+    """The last report Tune took from a trial: what the trial says again when its storage fills up."""
+
+    def __init__(self):
+        self.result: dict | None = None
+
+
+# How long a trial that met full storage waits for the search to stop it (the driver does so at the report
+# saying so, see SearchStop); past it, it fails as any other trial would.
+_HOLD_S = 300.0
+
+
+def storage_failure_in(result: dict | None) -> str | None:
+    """The message of a report saying that a trial met storage it cannot write (_hold_on_full_storage)."""
+    if result and result.get("status") == "running" and isinstance(result.get("error"), str):
+        return result["error"]
+    return None
+
+
+def _hold_on_full_storage(exc: BaseException, where: str, objectives, delivered: _Delivered) -> bool:
+    """A trial whose checkpoint (or other write) could not be written, no space left, read-only or denied:
+    instead of failing (which Tune answers by restarting it on the same full disk, each time with a traceback
+    and a "worker died" line, and by writing error files there), the trial reports its last result again
+    with the storage error (``status`` running: it has not ended) and waits for the search to stop; the
+    search saves its state as of its last registered checkpoint and ends in one line (raysl.search.tune_main).
+    Returns False when ``exc`` is not such a failure."""
+    import time
+
+    import ray.tune
+
+    failure = storage.error_in(exc, where, "writing a checkpoint of the trial", "--storage")
+    if failure is None or not storage.is_capacity_failure(failure):
+        return False
+    last = dict(delivered.result or {})
+    if not last:  # nothing reported yet: a placeholder that no scheduler or searcher acts on
+        last = {"epoch": 0, "eval_epoch": 0, **{metric: worst_value(metric, mode) for metric, mode in objectives}}
+    ray.tune.report({**last, "status": "running", "error": " ".join(str(failure).split())[:500]})
+    deadline = time.monotonic() + _HOLD_S
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+    raise failure from None
 
 
 def _status_of(error: RayslError) -> str:
@@ -268,6 +331,7 @@ def make_trainable(base: dict, objectives: list[tuple[str, str]], experiment: st
         filler = ResultFiller(objectives)
         try:
             cfg = build_config(apply_sample(base, config), "trial config")
+            cfg.eval.search_metrics = [m for m, _ in objectives]  # evaluations compute what the search ranks by
             data_dir = resolve_data_dir(cfg)
             check_against_data(cfg, data_dir, "trial config")
             if extra_metrics is not None:
@@ -287,18 +351,25 @@ def make_trainable(base: dict, objectives: list[tuple[str, str]], experiment: st
             ray.tune.report(filler.final("errored", str(exc)))
             return
         loop_config["report_resume"] = start.cloned
+        delivered, where = _Delivered(), storage.join_uri(experiment, trial.trial_dir)
         if cfg.scale.num_workers == 1:
             try:
-                train_worker(loop_config, TuneIO(data_dir, cfg.scale.use_gpu, filler, trial))
+                train_worker(loop_config, TuneIO(data_dir, cfg.scale.use_gpu, filler, trial, delivered, where))
             except CollapsedError:
                 return  # train_worker reported status "collapsed" before raising
-            except RayslError as exc:
+            except Exception as exc:  # a user-level error ends the trial, anything else is retried
+                if _hold_on_full_storage(exc, where, objectives, delivered):
+                    return
+                if not isinstance(exc, RayslError):
+                    raise
                 ray.tune.report(filler.final(_status_of(exc), str(exc)))
             return
         try:
             _fit_torch_trainer(cfg, loop_config, data_dir, objectives, experiment, max_failures, filler.extra,
-                               trial, start, keep_extra)
+                               trial, start, keep_extra, delivered)
         except Exception as exc:  # noqa: BLE001 - a user-level error ends the trial, anything else is retried
+            if _hold_on_full_storage(exc, where, objectives, delivered):
+                return
             user = user_error_from(exc)
             if user is None:
                 raise
@@ -308,7 +379,8 @@ def make_trainable(base: dict, objectives: list[tuple[str, str]], experiment: st
 
 
 def _fit_torch_trainer(cfg: RunConfig, loop_config: dict, data_dir: str, objectives, experiment: str,
-                       max_failures: int, extra: dict[str, Any] | None, trial, start, keep_extra: int = 0) -> None:
+                       max_failures: int, extra: dict[str, Any] | None, trial, start, keep_extra: int = 0,
+                       delivered=None) -> None:
     """Fit the trial's TorchTrainer: Train run ``start.run`` in the trial's folder (a PBT clone's starts
     from the donor's checkpoint, ``start.resume_from``), its reports relayed to Tune with pointer
     checkpoints (raysl.pbt)."""
@@ -349,7 +421,7 @@ def _fit_torch_trainer(cfg: RunConfig, loop_config: dict, data_dir: str, objecti
         ),
         datasets={"train": dataset},
     )
-    _relay_to_tune(reports, trial, start.run, trainer.fit)
+    _relay_to_tune(reports, trial, start.run, trainer.fit, delivered)
 
 
 def trial_resources(base: dict):
@@ -407,6 +479,41 @@ class EpochBudget(Stopper):
 
     def stop_all(self) -> bool:
         return sum(self.epochs.values()) >= self.budget
+
+
+class SearchStop(Stopper):
+    """The search's Tune stopper: its epoch budget (``tune.budget_epochs``, :class:`EpochBudget`), and a
+    trial's report that it met storage that cannot take more (_hold_on_full_storage). Such a report is
+    noted (raysl.storage.note_failure): the search gets back the room it set aside for its last state and
+    stops as an interruption does (_stop_search), its trials unfinished, so that --resume continues them
+    from their last registered checkpoint (a stop through ``stop_all`` would end them for good)."""
+
+    def __init__(self, budget: int | None = None):
+        self.budget = EpochBudget(budget) if budget else None
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        message = storage_failure_in(result)
+        if message is not None:
+            storage.note_failure(StorageError(message))
+            return False  # not this trial: the search stops, this one unfinished
+        return self.budget(trial_id, result) if self.budget is not None else False
+
+    def stop_all(self) -> bool:
+        if storage.noted_failure() is not None and not _TUNE_STOPS_ON_SIGUSR1["yes"]:
+            return True  # no signal to stop Tune with (not the main thread, no SIGUSR1): end the trials
+        return self.budget is not None and self.budget.stop_all()
+
+
+_TUNE_STOPS_ON_SIGUSR1 = {"yes": False}
+
+
+def _stop_search() -> None:
+    """Stop the running fit as Ctrl-C does, through Tune's own stop handler (it takes SIGUSR1): the loop
+    ends, Tune saves its state with the trials as they are (running ones unfinished) and stops them."""
+    handler = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
+    if getattr(handler, "__name__", "") == "signal_interrupt_tune_run":
+        _TUNE_STOPS_ON_SIGUSR1["yes"] = True
+        os.kill(os.getpid(), signal.SIGUSR1)
 
 
 def trial_dirname(trial) -> str:
@@ -673,7 +780,7 @@ def _check_resumable(experiment: str, space: SearchSpace, args) -> bool:
         where, name = experiment.rstrip("/").rsplit("/", 1)
         raise ConfigError(f"no experiment {name} in {where} to resume; drop --resume to start it")
     if not Tuner.can_restore(experiment):
-        if set(listing) - {SPACE_FILE} - STUDY_FILES:
+        if set(listing) - {SPACE_FILE, storage.RESERVE_FILE} - STUDY_FILES:
             raise ConfigError(f"--resume: {experiment} has no Ray Tune experiment state to resume; "
                               "pass another --name to start a new experiment")
         # interrupted before Tune wrote its state: only the space raysl wrote first is there
@@ -681,6 +788,7 @@ def _check_resumable(experiment: str, space: SearchSpace, args) -> bool:
         return False
     # before anything unpickles Ray's state (Tuner.restore does): a replaced pickle would run its code here
     if getattr(args, "trust_experiment", False):
+        signing.check_intact(experiment, trusting=True)  # a damaged file is not signed: Ray would fail on it
         signed = signing.sign_experiment(experiment)
         print(f"[raysl] {signing.TRUST_OPTION}: signed the {signed} state files of {experiment} with your secret "
               "as they are", file=sys.stderr)
@@ -784,11 +892,14 @@ def tune_main(args, space: SearchSpace | None = None, extra_metrics=None) -> int
     space.base = _absolute_data_path(space.base)
     data_dir = resolve_data_dir(space.base_config)
     manifest = check_against_data(space.base_config, data_dir, f"{args.space}: base")
+    manifest.require_val_images(data_dir)  # before Ray: a val split of 0 or 1 image fails every trial's evaluation
     objectives = space.objectives(labeled=manifest.labeled)
     for metric, _ in objectives:
         if "knn_acc" in metric and not manifest.labeled:
             raise ConfigError(f"{args.space}: tune.metric {metric} needs labels and {data_dir} has none; "
                               "use metric: rankme (label-free)")
+    # what a failed resume puts back (the state files Tune, the study and --trust-experiment would rewrite)
+    snapshot = _FolderSnapshot(experiment) if args.resume else None
     restore = _check_resumable(experiment, space, args)
     given_study = getattr(args, "optuna_storage", None)  # raysl scale has no --optuna-storage
     if space.scheduler_name() == "pbt" and given_study:
@@ -812,11 +923,13 @@ def tune_main(args, space: SearchSpace | None = None, extra_metrics=None) -> int
         if fresh:  # all there is, is the empty study database prepare_new opened: the experiment stays new
             storage.remove(experiment)
         raise
-    if not restore:
-        storage.write_atomic(storage.join_uri(experiment, SPACE_FILE), yaml.safe_dump(space.to_yaml_dict(), sort_keys=False),
-                             option="--storage")
-        if study is not None:
-            study.record()
+    resume_command = tune_resume_command(args, storage_root)
+    with _before_tune_runs(experiment, fresh, resume_command):
+        if not restore:
+            storage.write_atomic(storage.join_uri(experiment, SPACE_FILE),
+                                 yaml.safe_dump(space.to_yaml_dict(), sort_keys=False), option="--storage")
+            if study is not None:
+                study.record()
     callbacks = _setup_wandb(name) if args.wandb else []
     import ray.tune
 
@@ -834,9 +947,17 @@ def tune_main(args, space: SearchSpace | None = None, extra_metrics=None) -> int
         trial_resources(space.base),
     )
     _install_sigterm()
+    with _before_tune_runs(experiment, fresh, resume_command):
+        # room for the search's last state, should its storage fill up (raysl.storage.Reserve)
+        reserve = storage.Reserve(experiment, _reserve_bytes(experiment))
     if restore:
         print(f"[raysl] resuming {experiment}", file=sys.stderr)
-        tuner = ray.tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
+        try:  # it unpickles tuner.pkl (signed and checked whole, raysl.signing)
+            tuner = ray.tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
+        except Exception as exc:  # noqa: BLE001 - whatever Ray could not read: one line, the folder as it was
+            reserve.release()
+            snapshot.put_back()
+            raise _restore_error(experiment, exc) from None
     else:
         searcher, scheduler, param_space = _search_and_scheduler(space, objectives, num_samples, max_concurrent,
                                                                  study)
@@ -863,7 +984,7 @@ def tune_main(args, space: SearchSpace | None = None, extra_metrics=None) -> int
                     num_to_keep=None if space.scheduler_name() == "pbt" else space.base_config.checkpoint.keep),
                 # one line per ended trial and a status line, instead of Tune's result tables
                 callbacks=callbacks + ([] if verbose else [tune_view(objectives, num_samples)]),
-                stop=EpochBudget(space.tune.budget_epochs) if space.tune.budget_epochs else None,
+                stop=SearchStop(space.tune.budget_epochs),
                 verbose=1 if verbose else 0,
             ),
         )
@@ -875,17 +996,212 @@ def tune_main(args, space: SearchSpace | None = None, extra_metrics=None) -> int
         + (f"; Optuna study {study.name} in {study.public_url}" if study is not None else ""),
         file=sys.stderr, flush=True,
     )
-    try:
-        results = tuner.fit()
-    finally:
-        # Ray has saved its state (also when interrupted): sign it for the next --resume (raysl.signing)
-        signing.sign_quietly(experiment)
+    results, interrupted = _fit(tuner, experiment, reserve, snapshot if restore else None, resume_command)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    return _finish(results, space, objectives, experiment, num_samples, tune_resume_command(args, storage_root))
+    return _finish(results, space, objectives, experiment, num_samples, resume_command,
+                   interrupted=interrupted, failure=storage.noted_failure())
+
+
+# --------------------------------------------------------------------------
+# running the fit: a resume that fails leaves the folder as it was; full storage ends it in one line
+
+
+@contextlib.contextmanager
+def _before_tune_runs(experiment: str, fresh: bool, resume_command: str):
+    """A storage error before Tune runs: a new experiment is removed again (the same command starts it once
+    there is room); an existing one is told with the command that resumes it."""
+    try:
+        yield
+    except StorageError as exc:
+        if fresh:
+            storage.remove(experiment)
+            raise
+        raise StorageError(f"{' '.join(str(exc).split())}; resume with: {resume_command}") from None
+
+
+class _FolderSnapshot:
+    """The files directly in an experiment folder, as bytes: what a failed ``--resume`` puts back.
+
+    Only the top level: that is where Tune, the Optuna study and ``--trust-experiment`` write before a
+    resumed search runs a trial (its experiment state, searcher state, optuna.db, raysl_signatures.json);
+    trial folders are not touched until the restore has succeeded."""
+
+    def __init__(self, experiment: str):
+        self.experiment = experiment
+        self.files = {name: storage.read_bytes(storage.join_uri(experiment, name))
+                      for name, is_dir in storage.list_dir(experiment) if not is_dir}
+
+    def put_back(self) -> None:
+        for name, is_dir in storage.list_dir(self.experiment):
+            if not is_dir and name not in self.files:
+                storage.remove(storage.join_uri(self.experiment, name))
+        for name, data in self.files.items():
+            where = storage.join_uri(self.experiment, name)
+            if storage.read_bytes(where, missing_ok=True) != data:
+                storage.write_atomic(where, data or b"", option="--storage")
+
+
+class _RestoreFailed(BaseException):
+    """Tune's resume of a saved search failed. Not an Exception: Tune's controller catches every Exception
+    of its resume, logs it and starts the experiment over, with no trials, over the saved state."""
+
+
+@contextlib.contextmanager
+def _restore_or_fail():
+    """While it is open, a failed restore of Tune's saved state ends the fit (_RestoreFailed) instead of
+    Tune's "Restarting experiment": that fresh start saved a state with 0 trials over the good one, and
+    every later --resume failed on it."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    original = TuneController.resume
+
+    def resume(self, *args, **kwargs):
+        try:
+            return original(self, *args, **kwargs)
+        except Exception as exc:
+            raise _RestoreFailed() from exc
+
+    TuneController.resume = resume
+    try:
+        yield
+    finally:
+        TuneController.resume = original
+
+
+def _restore_error(experiment: str, exc: BaseException) -> RayslError:
+    detail = " ".join(str(exc).split())[:200]
+    return RayslError(
+        f"{experiment}: Ray Tune could not resume the search from its saved state ({type(exc).__name__}"
+        f"{': ' + detail if detail else ''}); raysl left the experiment folder as it was; if one of its state files "
+        "was damaged, put back an intact copy and resume again, otherwise start a new experiment with --name NEW")
+
+
+class _StorageFailureLogs(logging.Filter):
+    """Ray's own log records of a write that failed on full (read-only, denied) storage, e.g. "Saving
+    experiment state to storage ... failed" with its traceback: noted for the search, which stops and says
+    so in one line (SearchStop), and not shown."""
+
+    def __init__(self, experiment: str):
+        super().__init__()
+        self.experiment = experiment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        failure = None if exc is None else _capacity_failure(exc, self.experiment, "saving the search's state")
+        if failure is None:
+            return True
+        storage.note_failure(failure)
+        return False
+
+
+# the loggers that report Ray's writes to the experiment failing (its state saves, a trial's task)
+_RAY_WRITE_LOGGERS = ("ray.tune.execution.experiment_state", "ray.tune.execution.tune_controller",
+                      "ray.train._internal.syncer")
+
+
+@contextlib.contextmanager
+def _storage_failures_noted(experiment: str, reserve):
+    _TUNE_STOPS_ON_SIGUSR1["yes"] = False
+    storage.watch_failures(reserve, _stop_search)
+    quiet = _StorageFailureLogs(experiment)
+    loggers = [logging.getLogger(name) for name in _RAY_WRITE_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
+
+
+def _capacity_failure(exc: BaseException, where: str, action: str) -> StorageError | None:
+    """The StorageError in ``exc`` when storage could not take a write: no space, read-only, denied."""
+    failure = storage.error_in(exc, where, action, "--storage")
+    return failure if failure is not None and storage.is_capacity_failure(failure) else None
+
+
+_RESERVE_MIN = 1 << 20
+
+
+def _reserve_bytes(experiment: str) -> int:
+    """Room for Tune's last save, the study's last writes and raysl's own: 1 MiB and twice what the
+    experiment's top-level files other than the study take now (Tune rewrites them whole)."""
+    sizes = [storage.size(storage.join_uri(experiment, name)) or 0
+             for name, is_dir in storage.list_dir(experiment)
+             if not is_dir and name not in STUDY_FILES and name != storage.RESERVE_FILE]
+    return min(_RESERVE_MIN + 2 * sum(sizes), 256 << 20)
+
+
+def _tune_was_interrupted() -> bool:
+    """Whether a signal ended the fit that just returned. Tune's stop handler (SIGINT, and SIGUSR1, which
+    raysl's SIGTERM handler sends) puts back the SIGINT handler it replaced when it runs; while Tune's own is
+    still in place, no signal came (a fit that stopped for another reason is not an interruption)."""
+    handler = signal.getsignal(signal.SIGINT)
+    return getattr(handler, "__name__", "") != "signal_interrupt_tune_run"
+
+
+def _fit(tuner, experiment: str, reserve, snapshot: _FolderSnapshot | None, resume_command: str):
+    """``tuner.fit()``; returns (results, whether a signal interrupted it). A resume that Tune cannot restore
+    leaves the folder as it was and is one line; full storage ends the search (SearchStop) with Tune's state
+    saved in the room ``reserve`` kept; the state is signed for the next --resume however the fit ended."""
+    sigint = signal.getsignal(signal.SIGINT)
+    sign = True
+    try:
+        with _storage_failures_noted(experiment, reserve), _restore_or_fail():
+            results = tuner.fit()
+        # a signal raysl's own handlers took counts too (SIGTERM: _install_sigterm)
+        signalled = _INTERRUPTED_BY.get("signal") != "SIGINT" or bool(_INTERRUPTED_BY.get("received"))
+        return results, _tune_was_interrupted() or signalled
+    except _RestoreFailed as failed:
+        sign = False  # nothing of this run is kept: the folder goes back to what it was
+        if threading_is_main():
+            signal.signal(signal.SIGINT, sigint)  # Tune's handler would swallow a Ctrl-C from here on
+        reserve.release()
+        if snapshot is not None:
+            snapshot.put_back()
+        raise _restore_error(experiment, failed.__cause__ or failed) from None
+    except Exception as exc:
+        failure = storage.noted_failure() or _capacity_failure(exc, experiment, "saving the search's state")
+        if failure is None:
+            raise
+        raise StorageError(f"{' '.join(str(failure).split())}; resume with: {resume_command}") from None
+    finally:
+        reserve.release()  # first: the last writes below and in _finish get its room
+        if sign:
+            # Ray has saved its state (also when interrupted): sign it for the next --resume (raysl.signing)
+            signing.sign_quietly(experiment)
+
+
+def _remove_unregistered_checkpoints(results, experiment: str) -> list[str]:
+    """Delete each trial's checkpoint folders newer than the last one Tune registered: a checkpoint whose copy
+    into the experiment failed (full storage) or that Tune never took. A resume starts the trial from the
+    registered one and writes those again."""
+    removed = []
+    for result in results:
+        trial_dir = storage.join_uri(experiment, Path(str(result.path)).name)
+        latest = _checkpoint_index(Path(str(result.checkpoint.path)).name) if result.checkpoint is not None else -1
+        for name, is_dir in storage.list_dir(trial_dir):
+            index = _checkpoint_index(name) if is_dir else None
+            if index is not None and index > latest:
+                storage.remove(storage.join_uri(trial_dir, name))
+                removed.append(storage.join_uri(trial_dir, name))
+    return removed
+
+
+def _checkpoint_index(name: str) -> int | None:
+    head, _, number = name.rpartition("_")
+    return int(number) if head == "checkpoint" and number.isdigit() else None
 
 
 def _finish(results, space: SearchSpace, objectives, experiment: str, num_samples: int,
-            resume_command: str = "the same command with --resume") -> int:
+            resume_command: str = "the same command with --resume", interrupted: bool = True,
+            failure: StorageError | None = None) -> int:
+    """The leaderboard and the summary line, ``best_config.yaml``; then how the search ended: 0 all trials
+    ended, 130 ``interrupted`` by a signal with trials unfinished, a StorageError (one line, exit 2, the
+    resume command) when ``failure``, storage that could not take a write, stopped it."""
+    if failure is not None:
+        with contextlib.suppress(RayslError):  # a torn checkpoint is not left behind (the resume writes it again)
+            _remove_unregistered_checkpoints(results, experiment)
     rows = _trial_rows(results, objectives, experiment)
     ranked = _ranked(rows, objectives)
     statuses: dict[str, int] = {}
@@ -909,11 +1225,21 @@ def _finish(results, space: SearchSpace, objectives, experiment: str, num_sample
             + ", ".join(f"{m}={_fmt(best['metrics'][m])}" for m, _ in objectives)
             + f" at epoch {best['epoch']}\n# train it: raysl train {where}\n"
         )
-        storage.write_atomic(where, header + to_yaml(cfg), option="--storage")
+        try:
+            storage.write_atomic(where, header + to_yaml(cfg), option="--storage")
+            summary.update(best_config_path=where)
+        except StorageError:
+            if failure is None:
+                raise
         summary.update(best_metric=best["metrics"][objectives[0][0]] if len(objectives) == 1 else best["metrics"],
-                       best_config_path=where, best_trial=best["trial_id"], best_config=best["config"])
-    storage.write_atomic(storage.join_uri(experiment, SPACE_FILE), yaml.safe_dump(space.to_yaml_dict(), sort_keys=False),
+                       best_trial=best["trial_id"], best_config=best["config"])
+    try:
+        storage.write_atomic(storage.join_uri(experiment, SPACE_FILE), yaml.safe_dump(space.to_yaml_dict(),
+                                                                                      sort_keys=False),
                              option="--storage")
+    except StorageError:
+        if failure is None:
+            raise
     print(_leaderboard(ranked, rows, objectives))
     used = sum(int(r["epoch"] or 0) for r in rows)
     summary["epochs_trained"] = used
@@ -921,12 +1247,25 @@ def _finish(results, space: SearchSpace, objectives, experiment: str, num_sample
     budget = space.tune.budget_epochs
     if budget is not None and used >= budget and not statuses.get(UNFINISHED):
         unfinished = 0  # the budget ended the search, not an interruption
+    ended = num_samples - max(0, unfinished)
+    best = (f"best so far {summary['best_trial']} ({_fmt(summary['best_metric'])})" if summary["best_trial"]
+            else "no trial has a result yet")
+    if failure is not None:  # the search stopped itself: its storage could not take a write
+        summary["error"] = " ".join(str(failure).split())
+        jsonio.print_line(summary)
+        raise StorageError(f"{summary['error']}; the search stopped with {ended} of {num_samples} trials ended, "
+                           f"{max(0, unfinished)} unfinished ({best}); resume with: {resume_command}")
+    if unfinished > 0 and not interrupted:
+        # no signal came: whatever stopped Tune, it is not an interruption (and never said to be one)
+        summary["error"] = "trials unfinished without an interruption"
+        jsonio.print_line(summary)
+        print(f"raysl: error: the search stopped with {ended} of {num_samples} trials ended and {unfinished} "
+              f"unfinished although nothing interrupted it (see the messages above); {best}; results in {experiment}; "
+              f"resume with: {resume_command}", file=sys.stderr, flush=True)
+        return 1
     if unfinished > 0:
         summary["interrupted"] = True
         jsonio.print_line(summary)
-        ended = num_samples - unfinished
-        best = (f"best so far {summary['best_trial']} ({_fmt(summary['best_metric'])})" if summary["best_trial"]
-                else "no trial has a result yet")
         print(f"raysl: interrupted ({_INTERRUPTED_BY['signal']}): {ended} of {num_samples} trials ended, "
               f"{unfinished} unfinished; {best}; results in {experiment}; resume with: {resume_command}",
               file=sys.stderr, flush=True)

@@ -34,6 +34,13 @@ runs, the same value wherever the experiment is resumed), else ``$XDG_CONFIG_HOM
 A search killed outright (SIGKILL, a lost driver node) cannot sign what Ray saved last; its resume
 is refused like a tampered one. A user who trusts the folder passes ``--trust-experiment``: raysl
 then signs the files as they are with the user's secret and resumes.
+
+A changed file may be a replaced one or a damaged one (cut short by a crash or a full disk while
+Ray rewrote it, an incomplete copy): a signature cannot tell them apart. So every state file is
+also checked for its form, from its bytes alone (:func:`damage`: a pickle's opcodes up to its STOP,
+JSON that parses, SQLite's quick_check); a damaged file is refused as such, with the fix for it
+(an intact copy), and ``--trust-experiment`` refuses to sign it: Ray would fail on it, and a failed
+restore is what used to start the experiment over.
 """
 
 from __future__ import annotations
@@ -174,9 +181,111 @@ def _fix(root: storage.Location, other_secret: bool) -> str:
             "sign it with your secret; otherwise start a new experiment with --name NEW")
 
 
+# --------------------------------------------------------------------------
+# damage: a state file cut short (a crash or a full disk while it was written, an incomplete copy)
+
+
+def damage(loc: storage.Location, relpath: str) -> str | None:
+    """What makes a state file unusable to Ray, found from its bytes alone (nothing is unpickled, no code
+    runs): a pickle that ends before its STOP opcode, JSON that does not parse, an SQLite file SQLite
+    calls damaged. None when it is whole (which says nothing about who wrote it)."""
+    if relpath == _STUDY_DB:
+        return _sqlite_damage(loc)
+    data = storage.read_bytes(loc) or b""
+    if not data:
+        return "it is empty"
+    name = relpath.rsplit("/", 1)[-1]
+    if name.endswith((".pkl", ".pickle")) or data[:1] == b"\x80":  # Ray's pickles under a .json name too
+        return _pickle_damage(data)
+    try:
+        json.loads(data)
+    except ValueError as exc:
+        where = f" at byte {exc.pos}" if isinstance(exc, json.JSONDecodeError) else ""
+        return f"it is not complete JSON ({getattr(exc, 'msg', exc)}{where} of {len(data)})"
+    return None
+
+
+def _pickle_damage(data: bytes) -> str | None:
+    import pickletools
+
+    try:
+        for opcode, _, _ in pickletools.genops(data):  # reads the opcodes only: it imports and calls nothing
+            if opcode.name == "STOP":
+                return None
+    except Exception as exc:  # noqa: BLE001 - genops raises ValueError and others on a torn opcode
+        text = " ".join(str(exc).split())
+        if any(word in text for word in ("exhausted", "not enough data", "remain", "truncated")):
+            return f"it is cut short (its {len(data)} bytes end inside the pickle)"
+        return f"it is not a valid pickle ({text[:120]})"
+    return f"it is cut short (its {len(data)} bytes end inside the pickle)"
+
+
+def _sqlite_damage(loc: storage.Location) -> str | None:
+    if not loc.is_local:
+        return None
+    import sqlite3
+    from urllib.parse import quote
+
+    try:
+        con = sqlite3.connect(f"file:{quote(loc.path)}?mode=ro", uri=True, timeout=10)
+        try:
+            rows = con.execute("PRAGMA quick_check").fetchall()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        text = " ".join(str(exc).split())
+        if "not a database" in text or "malformed" in text:
+            return f"SQLite cannot read it ({text})"
+        return None  # busy, or a journal to roll back: what SQLite itself deals with when the search opens it
+    if rows and rows[0][0] != "ok":
+        return f"SQLite finds it damaged ({' '.join(str(rows[0][0]).split())[:120]})"
+    return None
+
+
+def _restore_hint(root: storage.Location) -> str:
+    return (f"put back an intact copy of that file (from a backup or a copy of {root}) and resume again: the rest "
+            "of the experiment is as it was; otherwise start a new experiment with --name NEW")
+
+
+def _damaged_line(root: storage.Location, rel: str, broken: str, why: str | None, trusting: bool = False) -> str:
+    path = root.join(rel)
+    if trusting:  # --trust-experiment: what the signature would say was not asked
+        return (f"{path}: damaged: {broken} (cut short by a crash or a full disk while it was written, or copied "
+                f"incompletely?); {TRUST_OPTION} signs files as they are, but Ray cannot resume from this one, so "
+                "raysl signed nothing; " + _restore_hint(root))
+    if why is None:  # the very bytes raysl signed: Ray wrote it that way
+        return (f"{path}: damaged: {broken}, although raysl signed it as Ray wrote it (the disk was full or the "
+                f"search was killed while Ray saved it?); Ray cannot resume from it and raysl did not load it; "
+                + _restore_hint(root))
+    return (f"{path}: not written by raysl on this machine/secret or changed since ({why}); and {broken}: so it was "
+            "damaged (cut short by a crash or a full disk while it was written, or copied incompletely) or replaced "
+            f"by someone (a signature cannot tell which); raysl did not load it, and Ray could not resume from it "
+            f"({TRUST_OPTION} would not help); " + _restore_hint(root))
+
+
+def check_intact(experiment: str | storage.Location, trusting: bool = False) -> int:
+    """Raise :class:`UntrustedStateError` naming the first state file that is damaged (:func:`damage`):
+    ``--trust-experiment`` (``trusting``) signs files as they are, and a damaged one cannot be resumed
+    from. Returns how many were checked."""
+    root = storage.resolve(experiment)
+    files = state_files(root)
+    for rel in files:
+        broken = damage(root.join(rel), rel)
+        if broken is not None:
+            raise UntrustedStateError(_damaged_line(root, rel, broken, "no signature", trusting))
+    return len(files)
+
+
 def verify_experiment(experiment: str | storage.Location) -> int:
     """Raise :class:`UntrustedStateError` unless every state file in the experiment carries a valid
-    signature by this user's secret; returns how many were checked. Reads the files as bytes only."""
+    signature by this user's secret and is whole; returns how many were checked. Reads the files as
+    bytes only.
+
+    A signature that does not match means the file changed since raysl signed it: replaced by someone,
+    or damaged (a crash or a full disk while Ray rewrote it, an incomplete copy). The signature cannot
+    tell these apart; the file's form sometimes can (:func:`damage`): a file cut short is named as
+    such, with the fix for it (an intact copy), never ``--trust-experiment``, which would sign the
+    damage and let Ray fail on it."""
     root = storage.resolve(experiment)
     # tuner.pkl first: Tuner.restore unpickles it before anything else
     files = sorted(state_files(root), key=lambda rel: (rel != "tuner.pkl", rel.count("/"), rel))
@@ -185,6 +294,7 @@ def verify_experiment(experiment: str | storage.Location) -> int:
     where = root.join(SIGNATURE_FILE)
     text = storage.read_text(where, missing_ok=True)
     if text is None:
+        check_intact(root)  # a damaged file first: signing it as it is would not help
         raise UntrustedStateError(
             f"{where}: missing, so raysl cannot tell whether the pickled Ray state in {root} ({files[0]}"
             f"{f' and {len(files) - 1} more' if len(files) > 1 else ''}) was written by raysl on this machine/secret "
@@ -201,14 +311,30 @@ def verify_experiment(experiment: str | storage.Location) -> int:
     except (ValueError, TypeError, KeyError):
         raise UntrustedStateError(f"{where}: not a raysl signature file (unreadable); "
                                   f"{_fix(root, False)}") from None
-    bad = []
+    bad, damaged = [], []
     for rel in files:
         expected = signed.get(rel)
-        if not isinstance(expected, str) or not hmac.compare_digest(expected, _digest(key, root.join(rel), rel)):
-            bad.append((rel, "no signature" if not isinstance(expected, str) else "HMAC mismatch"))
+        why = None
+        if not isinstance(expected, str):
+            why = "no signature"
+        elif not hmac.compare_digest(expected, _digest(key, root.join(rel), rel)):
+            why = "HMAC mismatch"
+        broken = damage(root.join(rel), rel)
+        if broken is not None:
+            damaged.append((rel, broken, why))
+        elif why is not None:
+            bad.append((rel, why))
+    more_count = len(bad) + len(damaged) - 1
+    more = (f"; {more_count} more state file{'s fail' if more_count > 1 else ' fails'} too" if more_count > 0
+            else "")
+    if damaged:  # the fix differs (an intact copy) and is the one to give first
+        rel, broken, why = damaged[0]
+        raise UntrustedStateError(_damaged_line(root, rel, broken, why) + more)
     if bad:
         rel, why = bad[0]
-        more = f"; {len(bad) - 1} more state file{'s' * (len(bad) > 2)} fail too" if len(bad) > 1 else ""
+        changed = ("; changed means replaced by someone, or damaged without showing it (a crash or a full disk "
+                   "while Ray rewrote it): a signature cannot tell which; if you have an intact copy of it, put it "
+                   "back and resume again" if why == "HMAC mismatch" else "")
         raise UntrustedStateError(f"{root.join(rel)}: not written by raysl on this machine/secret or changed since "
-                                  f"({why}){more}; {_fix(root, other_secret)}")
+                                  f"({why}){more}{changed}; {_fix(root, other_secret)}")
     return len(files)

@@ -10,11 +10,16 @@ all read and write through here:
   file or the complete new one, never a torn one; the temporary is removed on failure;
 - :func:`guard` turns an ``OSError`` (permission denied, read-only filesystem, no space
   left, a missing parent, ...) into a one-line :class:`~raysl.errors.StorageError` that
-  names the path, what happened and what to do. Every function here is guarded.
+  names the path, what happened and what to do. Every function here is guarded;
+  :func:`error_in` finds such a failure inside what Ray, SQLAlchemy or Optuna raised;
+- a long job (``raysl tune``) holds a :class:`Reserve` and notes its first storage failure
+  (:func:`note_failure`): the reserve is given back and the job stops, so its last state
+  is written whole.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import functools
@@ -116,7 +121,9 @@ def _errno_of(exc: BaseException) -> int | None:
     text = str(exc).lower()
     for needle, code in (("no space left", errno.ENOSPC), ("read-only file system", errno.EROFS),
                          ("permission denied", errno.EACCES), ("access denied", errno.EACCES),
-                         ("quota exceeded", errno.EDQUOT)):
+                         ("quota exceeded", errno.EDQUOT),
+                         # SQLite's words (an Optuna study in the experiment's optuna.db), no errno with them
+                         ("database or disk is full", errno.ENOSPC), ("readonly database", errno.EROFS)):
         if needle in text:
             return code
     return None
@@ -368,11 +375,102 @@ def error_in(exc: BaseException, path: str, action: str = "writing the run", opt
         seen.add(id(e))
         if isinstance(e, StorageError):
             return e
-        if isinstance(e, OSError) and _errno_of(e) in _STORAGE_ERRNOS:
+        if (isinstance(e, OSError) or _is_database_error(e)) and _errno_of(e) in _STORAGE_ERRNOS:
             return storage_error(e, path, action, option)
-        stack.extend([getattr(e, "cause", None), e.__cause__, e.__context__])
+        # Ray's RayTaskError keeps the trial's exception in .cause; SQLAlchemy the driver's in .orig
+        stack.extend([getattr(e, "cause", None), getattr(e, "orig", None), e.__cause__, e.__context__])
         for attr in ("worker_failures", "_worker_failures"):
             failures = getattr(e, attr, None)
             if isinstance(failures, dict):
                 stack.extend(failures.values())
     return None
+
+
+def is_capacity_failure(error: StorageError) -> bool:
+    """Whether a StorageError is storage refusing writes: no space left (or quota), read-only, denied."""
+    return getattr(error, "errno", None) in _STORAGE_ERRNOS
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    """sqlite3's own errors (what SQLAlchemy and Optuna wrap): SQLite says "database or disk is full"."""
+    return type(exc).__module__ in ("sqlite3", "_sqlite3")
+
+
+# --------------------------------------------------------------------------- a long job's storage failing
+
+
+RESERVE_FILE = ".raysl_reserve"
+
+
+class Reserve:
+    """Room kept free in a local folder for the last writes of a job whose storage may fill up.
+
+    A search writes its state (Ray Tune's experiment state, the Optuna study, raysl's signatures)
+    all along. When the disk fills, the write that fails can be any of them, and Ray rewrites its
+    state files in place: a state file cut short breaks the resume. So a search holds
+    ``nbytes`` in ``RESERVE_FILE`` while it runs and gives them back (:meth:`release`) the moment
+    a storage failure is noticed (:func:`note_failure`), before it saves its state the last time.
+    Object stores do not fill up: there it holds nothing.
+    """
+
+    def __init__(self, folder: str | Location, nbytes: int, option: str = "--storage"):
+        self.location = join(folder, RESERVE_FILE)
+        self.held = False
+        if not self.location.is_local:
+            return
+        path = self.location.path
+        with guard(self.location, "setting aside room for the search's last state", option):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                try:
+                    os.posix_fallocate(fd, 0, nbytes)
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                        raise
+                    chunk = b"\0" * min(nbytes, 1 << 20)
+                    for start in range(0, nbytes, len(chunk)):
+                        os.write(fd, chunk[: nbytes - start])
+                    os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                raise
+            os.close(fd)
+        self.held = True
+        atexit.register(self.release)  # should the job fail before it gives it back
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            with contextlib.suppress(OSError):
+                os.unlink(self.location.path)
+
+
+# The first storage failure (no space, read-only, denied) a job met while it runs in this process, and
+# what to do at that moment: give back a Reserve, stop the job. Whoever meets one notes it.
+_FAILURE: dict[str, Any] = {"error": None, "reserve": None, "stop": None}
+
+
+def watch_failures(reserve: Reserve | None = None, stop: Callable[[], None] | None = None) -> None:
+    """Start noting failures for a job (forgetting any earlier one): at the first, ``reserve`` is given back
+    and ``stop()`` is called (once)."""
+    _FAILURE.update(error=None, reserve=reserve, stop=stop)
+
+
+def note_failure(error: StorageError) -> None:
+    """Record a storage failure (the first one is kept), give back the job's reserve and stop the job."""
+    first = _FAILURE["error"] is None
+    if first:
+        _FAILURE["error"] = error
+    reserve = _FAILURE["reserve"]
+    if reserve is not None:
+        reserve.release()
+    stop = _FAILURE["stop"]
+    if first and stop is not None:
+        stop()
+
+
+def noted_failure() -> StorageError | None:
+    return _FAILURE["error"]

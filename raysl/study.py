@@ -28,6 +28,7 @@ search reopens the same study and its live trials, so ``--resume`` continues it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -40,7 +41,7 @@ from typing import Any
 from ray.tune.search.optuna import OptunaSearch
 
 from raysl import jsonio, storage
-from raysl.errors import ConfigError
+from raysl.errors import ConfigError, StorageError
 
 STUDY_FILE = "raysl_study.json"
 DB_FILE = "optuna.db"
@@ -384,11 +385,42 @@ class StudySearch(OptunaSearch):
         self._ot_trials = {tid: optuna.Trial(self._ot_study, ot_id)
                            for tid, ot_id in self._trial_ids.items() if tid not in self._completed_trials}
 
+    # a full disk (or a read-only one) under the study's SQLite file
+
+    def _storage_failure(self, exc: BaseException):
+        """The one-line StorageError when ``exc`` is the study's database failing to write (SQLite's "database
+        or disk is full"), after noting it for the search (raysl.storage.note_failure: the search stops and
+        gets back the room it set aside for its last state); None for any other error."""
+        where = self._experiment
+        with contextlib.suppress(Exception):  # else the experiment names it well enough
+            from sqlalchemy.engine import make_url
+
+            url = make_url(self._public_url)
+            if url.get_backend_name() == "sqlite" and url.database:
+                where = url.database
+        failure = storage.error_in(exc, where, "writing the Optuna study", "--storage")
+        if failure is not None:
+            storage.note_failure(failure)
+        return failure
+
     # Tune's calls
 
     def suggest(self, trial_id: str) -> dict | None:
         self._attach()
-        params = super().suggest(trial_id)
+        if storage.noted_failure() is not None:
+            return None  # the search is stopping: no trial starts on storage that cannot take it
+        try:
+            params = super().suggest(trial_id)
+        except Exception as exc:
+            if self._storage_failure(exc) is None:
+                raise
+            asked = self._ot_trials.pop(trial_id, None)
+            if asked is not None:  # asked for but never run: not left RUNNING in the study
+                with contextlib.suppress(Exception):
+                    import optuna
+
+                    self._ot_study.tell(asked, state=optuna.trial.TrialState.FAIL)
+            return None  # Tune asks again later; the search stops first (raysl.search)
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is not None and trial_id not in self._trial_ids:
             self._trial_ids[trial_id] = ot_trial._trial_id
@@ -400,6 +432,11 @@ class StudySearch(OptunaSearch):
         (Optuna keeps none for several objectives). Reports between evaluations repeat the last
         one and are not told; an epoch reported again after a restart is told once."""
         self._attach()
+        if result.get("status") == "running" and isinstance(result.get("error"), str):
+            # raysl.search's report of a trial that met full storage: no new evaluation, and the search stops
+            # (noted here too: an experiment started before raysl.search.SearchStop resumes without it)
+            storage.note_failure(StorageError(result["error"]))
+            return
         if isinstance(self.metric, list) or trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         epoch, value = result.get("epoch"), result.get(self.metric)
@@ -411,16 +448,38 @@ class StudySearch(OptunaSearch):
         try:
             self._ot_trials[trial_id].report(float(value), int(epoch))
         except Exception as exc:  # noqa: BLE001 - a database hiccup must not end the search
-            print(f"[raysl] Optuna study: could not record epoch {epoch} of trial {trial_id}: "
-                  f"{_one_line(exc, '')}", file=sys.stderr)
+            if self._storage_failure(exc) is None:  # a full disk: the search stops and says so in one line
+                print(f"[raysl] Optuna study: could not record epoch {epoch} of trial {trial_id}: "
+                      f"{_one_line(exc, '')}", file=sys.stderr)
             return
         self._reported[trial_id] = int(epoch)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """OptunaSearch's, but a study database that cannot be written is not passed over: Ray logs the
+        failed ``tell`` as a warning and forgets it. On a full disk the search stops (raysl.storage.note_failure
+        gives back the room it set aside) and the trial's end is told once more, in that room."""
+        import optuna
+
         self._attach()
-        if trial_id not in self._ot_trials and trial_id not in self._completed_trials:
-            return  # not a trial of this study (cannot happen in a raysl search; Tune would raise)
-        super().on_trial_complete(trial_id, result=result, error=error)
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return  # told already, or not a trial of this study (cannot happen in a raysl search)
+        ot_trial = self._ot_trials[trial_id]
+        if result:
+            value = ([result.get(m) for m in self.metric] if isinstance(self.metric, list)
+                     else result.get(self.metric))
+        else:
+            value = None
+        state = optuna.trial.TrialState.COMPLETE
+        if value is None:
+            state = optuna.trial.TrialState.FAIL if error else optuna.trial.TrialState.PRUNED
+        for attempt in range(2):
+            try:
+                self._ot_study.tell(ot_trial, value, state=state)
+                break
+            except Exception as exc:  # noqa: BLE001 - as OptunaSearch: e.g. a NaN the study refuses
+                if attempt or self._storage_failure(exc) is None:
+                    break
+        self._completed_trials.add(trial_id)
 
     def add_evaluated_point(self, *args: Any, **kwargs: Any) -> None:
         self._attach()

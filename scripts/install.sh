@@ -12,7 +12,9 @@ fi
 if ! "$PY" -c "import raysl, torch, torchvision, ray, optuna, pytest" >/dev/null 2>&1 \
    || [[ pyproject.toml -nt "$("$PY" -c 'import sys; print(sys.prefix)')/.raysl-installed" ]]; then
   echo "installing raysl and its dependencies (first time: a few minutes)..." >&2
-  "$PY" -m pip install --quiet --disable-pip-version-check -e ".[test]" 2>&1 \
+  # compat: the clone's folder goes on sys.path as a plain path entry, so Python run from the folder above a
+  # clone named raysl/ (which holds a data/ folder) still imports the package, not that folder as a namespace
+  "$PY" -m pip install --quiet --disable-pip-version-check -e ".[test]" --config-settings editable_mode=compat 2>&1 \
     | grep -v "^WARNING: Location" >&2 || true
   "$PY" -c "import raysl, torch, torchvision, ray, optuna" >&2
   touch "$("$PY" -c 'import sys; print(sys.prefix)')/.raysl-installed"

@@ -20,5 +20,11 @@ if ! have_packages; then
 fi
 PY="$(bash scripts/install.sh)"
 export RAY_DEDUP_LOGS=1 WANDB_MODE=offline
+# Two pytest-xdist workers (RAYSL_TEST_WORKERS=0 runs serially): tests/conftest.py puts every test that
+# joins the suite's Ray head in one group (one head, its session runs made once) and every test that starts
+# a local Ray cluster of its own in another (one such cluster at a time); the rest go where a worker is free.
+WORKERS="${RAYSL_TEST_WORKERS:-2}"
+PARALLEL=()
+if [[ "$WORKERS" != 0 ]]; then PARALLEL=(-n "$WORKERS" --dist loadgroup); fi
 # a hung test fails after 10 minutes (the longest test takes a fraction of that on 2 cores)
-exec "$PY" -m pytest -q -p no:cacheprovider --timeout=600 "$@"
+exec "$PY" -m pytest -q -p no:cacheprovider --timeout=600 "${PARALLEL[@]}" "$@"

@@ -51,13 +51,14 @@ def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`-n 2 --dist loadgroup`): every test that joins the suite's Ray head runs in one
     worker (one head, its session fixtures made once), every test that starts a local Ray cluster of its
     own in one other group (one such cluster at a time), the rest wherever a worker is free. (pytest-xdist
-    3.8 groups by rewriting node ids, which pytest 9 no longer reads: the suite runs serially by default.)"""
+    3.8 groups by rewriting node ids, which pytest 9 no longer reads: the test extras pin pytest < 9.)"""
     if not config.pluginmanager.hasplugin("xdist"):
         return
     for item in items:
         if "head" in item.fixturenames:
             item.add_marker(pytest.mark.xdist_group("head"))
-        elif item.get_closest_marker("local_ray"):
+        elif item.get_closest_marker("local_ray") or item.get_closest_marker("slow"):
+            # a slow test that does not join the head runs raysl (and a local Ray of its own): one at a time
             item.add_marker(pytest.mark.xdist_group("local_ray"))
 
 

@@ -19,7 +19,9 @@ import yaml
 from raysl import pbt
 from test_search import explain, final_json, run_raysl, trials, write_space
 
-EPOCHS = 4
+# 2 epochs: synchronous PBT compares both trials after epoch 1 and the clone trains epoch 2 from the
+# donor's checkpoint, all this test checks; every further epoch restarts both trials' worker groups again
+EPOCHS = 2
 
 
 # --------------------------------------------------------------------------

@@ -1,11 +1,15 @@
 """`--resume` unpickles nothing from an experiment folder that raysl did not sign (raysl.signing).
 
-Real processes, real Ray, real files: one tiny `raysl tune` search (2 trials, 1 epoch, width 8) and one
-tiny `raysl scale` grid (2 runs) are run once each; then each check replaces one of Ray's state files
-with a pickle whose payload would create a marker file, runs `--resume` and asserts exit 2, one
-`raysl: error:` line naming the file, and no marker: the refusal comes before anything unpickles it.
-The originals put back (still signed), `--resume` works; `--trust-experiment` re-signs a folder whose
-signatures are gone. Every `raysl` here gets its own secret (XDG_CONFIG_HOME in the test's folder).
+Real Ray, real files: one tiny `raysl tune` search (2 trials, 1 epoch, width 8) is run once (a real
+process); then each check replaces one of Ray's state files with a pickle whose payload would create a
+marker file, runs `--resume` and asserts exit 2, one `raysl: error:` line naming the file, and no marker:
+the refusal comes before anything unpickles it. A refusal comes before Ray starts, so those `--resume`s
+run `raysl`'s CLI in this process (a fresh interpreter would spend ~10 s importing torch and Ray for
+each). A state file cut short is refused as damaged, the folder left byte for byte as it was; with
+the originals put back, `--trust-experiment` re-signs a folder whose signatures are gone and resumes.
+Every `raysl` here gets its own secret (XDG_CONFIG_HOME in the test's folder). The `raysl scale` case
+is in tests/test_scaling_report.py; a full disk, a damaged state, a restore that Ray fails on and the
+resume of a signed folder in tests/test_storage_faults.py (and tests/test_study.py).
 """
 
 from __future__ import annotations
@@ -46,6 +50,35 @@ def _env(root: Path, head) -> dict:
 
 def _raysl(args: list[str], env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([RAYSL, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=HANG)
+
+
+@pytest.fixture
+def here(search, head, monkeypatch, capsys):
+    """``here(args, **env)``: `raysl ARGS` in this process with the search's secret (``env`` overrides,
+    e.g. RAYSL_SECRET); returns a CompletedProcess. For refusals only: should one not refuse, the search
+    it starts joins the suite's head (RAY_ADDRESS)."""
+    from raysl.cli import main
+
+    def run(args: list[str], **env: str) -> subprocess.CompletedProcess:
+        monkeypatch.setenv("XDG_CONFIG_HOME", search["env"]["XDG_CONFIG_HOME"])
+        monkeypatch.setenv("RAY_ADDRESS", head.env["RAY_ADDRESS"])
+        monkeypatch.delenv("RAYSL_SECRET", raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        capsys.readouterr()
+        code = main(args)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
+
+
+def _listing(root: Path) -> dict[str, str]:
+    """Every file under ``root`` (relative path -> sha256): what a refused resume must leave as it was."""
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _explain(proc: subprocess.CompletedProcess) -> str:
@@ -97,28 +130,30 @@ def test_a_search_signs_every_state_file_ray_unpickles(search):
 
 @pytest.mark.parametrize("pattern", ["tuner.pkl", "searcher-state-*.pkl", "search_gen_state-*.json",
                                      "raysl_trial_*/params.pkl"])
-def test_a_replaced_state_file_is_refused_and_never_unpickled(search, pattern):
+def test_a_replaced_state_file_is_refused_and_never_unpickled(search, here, pattern):
     experiment, marker = search["experiment"], search["marker"]
     target = min(experiment.glob(pattern))
     original = target.read_bytes()
     target.write_bytes(pickle.dumps(Payload(marker)))
     try:
-        line = _refused(_raysl([*search["args"], "--resume"], search["env"]))
+        line = _refused(here([*search["args"], "--resume"]))
     finally:
         target.write_bytes(original)
     assert line.startswith(f"raysl: error: {target}: not written by raysl on this machine/secret or changed since "
                            "(HMAC mismatch); "), line
     assert "--trust-experiment" in line and "RAYSL_SECRET" in line
+    # a changed file may be a replaced one or a damaged one: the line says both (this one is a whole pickle)
+    assert "changed means replaced by someone, or damaged without showing it" in line, line
     assert not marker.exists()
 
 
-def test_an_added_pickle_is_refused_as_unsigned(search):
+def test_an_added_pickle_is_refused_as_unsigned(search, here):
     # Ray restores the searcher from the newest searcher-state-*.pkl by name: an added one would win
     experiment, marker = search["experiment"], search["marker"]
     added = experiment / "searcher-state-2999-01-01_00-00-00.pkl"
     added.write_bytes(pickle.dumps(Payload(marker)))
     try:
-        line = _refused(_raysl([*search["args"], "--resume"], search["env"]))
+        line = _refused(here([*search["args"], "--resume"]))
     finally:
         added.unlink()
     assert line.startswith(f"raysl: error: {added}: not written by raysl on this machine/secret or changed since "
@@ -126,36 +161,49 @@ def test_an_added_pickle_is_refused_as_unsigned(search):
     assert not marker.exists()
 
 
-def test_another_secret_is_refused_and_says_which_variable_to_set(search):
-    env = {**search["env"], "RAYSL_SECRET": "a-teammates-secret-" + "0" * 32}
-    line = _refused(_raysl([*search["args"], "--resume"], env))
+def test_another_secret_is_refused_and_says_which_variable_to_set(search, here):
+    line = _refused(here([*search["args"], "--resume"], RAYSL_SECRET="a-teammates-secret-" + "0" * 32))
     assert f"{search['experiment'] / 'tuner.pkl'}: not written by raysl on this machine/secret" in line
     assert "signed with another secret: set RAYSL_SECRET" in line, line
 
 
 @pytest.mark.slow
-def test_untouched_state_resumes_and_trust_experiment_re_signs_a_folder_without_signatures(search):
+def test_a_damaged_state_is_refused_and_trust_experiment_re_signs_a_folder_without_signatures(search, here):
     experiment, marker = search["experiment"], search["marker"]
-    resumed = _raysl([*search["args"], "--resume"], search["env"])
-    assert resumed.returncode == 0, _explain(resumed)
-    assert json.loads(resumed.stdout.strip().splitlines()[-1])["num_trials"] == 2
+    # A searcher state cut short (as a crash leaves it). Bugs caught: a Ray traceback, then "raysl: interrupted
+    # (SIGINT)" with no signal sent, and a new experiment state with 0 trials saved over the good one (every later
+    # --resume failed, the good file put back or not). Now: one line naming the file and the fix; nothing changed.
+    searcher = min(experiment.glob("searcher-state-*.pkl"))
+    good = searcher.read_bytes()
+    searcher.write_bytes(good[: len(good) // 3])
+    try:
+        before = _listing(experiment)
+        line = _refused(here([*search["args"], "--resume"]))
+        assert line.startswith(f"raysl: error: {searcher}: not written by raysl on this machine/secret or changed "
+                               "since (HMAC mismatch); and it is cut short"), line
+        assert "put back an intact copy of that file" in line and "--trust-experiment would not help" in line, line
+        assert _listing(experiment) == before
+    finally:
+        searcher.write_bytes(good)
+    # put back, it resumes: below with --trust-experiment, checked signatures in tests/test_storage_faults.py
+    # (with a resume Ray itself fails on) and tests/test_study.py
 
     signatures = experiment / "raysl_signatures.json"
     signatures.unlink()  # as in an experiment written before raysl signed its state
-    line = _refused(_raysl([*search["args"], "--resume"], search["env"]))
+    line = _refused(here([*search["args"], "--resume"]))
     assert line.startswith(f"raysl: error: {signatures}: missing, so raysl cannot tell whether the pickled Ray "
                            f"state in {experiment} (tuner.pkl and "), line
     assert "resume once with --trust-experiment" in line
     trusted = _raysl([*search["args"], "--resume", "--trust-experiment"], search["env"])
     assert trusted.returncode == 0, _explain(trusted)
+    assert json.loads(trusted.stdout.strip().splitlines()[-1])["num_trials"] == 2
     assert "[raysl] --trust-experiment: signed the " in trusted.stderr
     assert "tuner.pkl" in json.loads(signatures.read_text())["files"]
     assert not marker.exists()
 
 
-def test_trust_experiment_needs_resume(search, tmp_path):
-    line = _refused(_raysl(["tune", QUICKSTART, *TINY, "--storage", str(tmp_path), "--trust-experiment"],
-                           search["env"]))
+def test_trust_experiment_needs_resume(search, here, tmp_path):
+    line = _refused(here(["tune", QUICKSTART, *TINY, "--storage", str(tmp_path), "--trust-experiment"]))
     assert "--trust-experiment signs an experiment's saved state to resume it; use it with --resume" in line
     assert not any(tmp_path.iterdir())
 
@@ -190,8 +238,8 @@ def test_a_signed_file_renamed_does_not_verify(tmp_path, monkeypatch):
     from raysl.errors import UntrustedStateError
 
     monkeypatch.setenv("RAYSL_SECRET", "x" * 32)
-    (tmp_path / "tuner.pkl").write_bytes(b"a")
-    (tmp_path / "searcher-state-1.pkl").write_bytes(b"b")
+    (tmp_path / "tuner.pkl").write_bytes(pickle.dumps("a"))
+    (tmp_path / "searcher-state-1.pkl").write_bytes(pickle.dumps("b"))
     (tmp_path / "trial").mkdir()
     (tmp_path / "trial" / "state.pt").write_bytes(b"weights: not a state file")
     assert signing.sign_experiment(str(tmp_path)) == 2
@@ -214,3 +262,82 @@ def test_the_files_ray_or_optuna_unpickle_are_the_ones_signed(relpath, signed):
     from raysl.signing import is_state_file
 
     assert is_state_file(relpath) is signed
+
+
+def test_a_state_file_cut_short_is_told_from_a_whole_one_by_its_bytes_alone(tmp_path, monkeypatch):
+    """raysl.signing.damage reads bytes only (a tampered file is never unpickled to find out): a pickle that
+    ends before its STOP, JSON that does not parse, an SQLite file SQLite calls damaged. A file raysl signed as
+    Ray wrote it cut short (a full disk before raysl checked) is refused as damaged, not as changed."""
+    import sqlite3
+
+    from raysl import signing, storage
+    from raysl.errors import UntrustedStateError
+
+    monkeypatch.setenv("RAYSL_SECRET", "x" * 32)
+    whole = pickle.dumps({"trials": list(range(500))})
+    (tmp_path / "searcher-state-1.pkl").write_bytes(whole)
+    (tmp_path / "experiment_state-1.json").write_text(json.dumps({"trial_data": ["x" * 100]}))
+    with sqlite3.connect(tmp_path / "optuna.db") as con:
+        con.execute("create table t (x)")
+        con.executemany("insert into t values (?)", [("y" * 500,)] * 50)
+    root = storage.resolve(str(tmp_path))
+    assert [signing.damage(root.join(rel), rel) for rel in signing.state_files(root)] == [None, None, None]
+    assert signing.sign_experiment(str(tmp_path)) == 3
+
+    (tmp_path / "searcher-state-1.pkl").write_bytes(whole[:-1])
+    assert signing.damage(root.join("searcher-state-1.pkl"), "searcher-state-1.pkl").startswith("it is cut short")
+    (tmp_path / "experiment_state-1.json").write_text('{"trial_data": ["xx')
+    assert signing.damage(root.join("experiment_state-1.json"), "experiment_state-1.json").startswith(
+        "it is not complete JSON")
+    db = (tmp_path / "optuna.db").read_bytes()
+    (tmp_path / "optuna.db").write_bytes(db[:100] + b"\0" * (len(db) - 100))
+    assert signing.damage(root.join("optuna.db"), "optuna.db") is not None
+    with pytest.raises(UntrustedStateError, match=r"experiment_state-1\.json: not written by raysl .*\(HMAC mismatch\);"
+                                                  r" and it is not complete JSON .*put back an intact copy"):
+        signing.verify_experiment(str(tmp_path))
+
+    # signed as it was written, yet cut short: damaged, and --trust-experiment refuses to sign it
+    for name in ("experiment_state-1.json", "optuna.db"):
+        (tmp_path / name).unlink()
+    (tmp_path / "searcher-state-1.pkl").write_bytes(whole[: len(whole) // 2])
+    signing.sign_experiment(str(tmp_path))
+    with pytest.raises(UntrustedStateError, match=r"searcher-state-1\.pkl: damaged: it is cut short .*although raysl "
+                                                  "signed it as Ray wrote it"):
+        signing.verify_experiment(str(tmp_path))
+    with pytest.raises(UntrustedStateError, match="raysl signed nothing"):
+        signing.check_intact(str(tmp_path), trusting=True)
+
+
+def test_a_search_that_stopped_without_a_signal_is_never_called_interrupted(tmp_path, capsys):
+    """raysl.search._finish: unfinished trials are an interruption only when a signal came; a search that its
+    full storage stopped is one error line with the resume command, its torn checkpoint removed."""
+    from types import SimpleNamespace
+
+    from raysl.errors import StorageError
+    from raysl.search import _finish
+    from raysl.space import load_space
+
+    space = load_space(QUICKSTART, [o for o in TINY if o != "--set"])
+    objectives = space.objectives(labeled=True)
+    trial = tmp_path / "raysl_trial_0000abcd"
+    (trial / "checkpoint_000000").mkdir(parents=True)  # copied in part, never registered
+    (trial / "checkpoint_000000" / "state.pt").write_bytes(b"torn")
+
+    class Results(list):
+        _experiment_analysis = SimpleNamespace(trials=[SimpleNamespace(path=str(trial), status="RUNNING")])
+
+    results = Results([SimpleNamespace(metrics={"epoch": 1, "eval_epoch": 1, "knn_acc": 0.5, "status": "running"},
+                                       path=str(trial), config={}, error=None, checkpoint=None)])
+    resume = "raysl tune space.yaml --resume"
+    assert _finish(results, space, objectives, str(tmp_path), 2, resume, interrupted=False) == 1
+    err = capsys.readouterr().err
+    assert "raysl: error: the search stopped with 0 of 2 trials ended and 2 unfinished although nothing " \
+           "interrupted it" in err and "interrupted (" not in err, err
+    assert _finish(results, space, objectives, str(tmp_path), 2, resume, interrupted=True) == 130
+    assert "raysl: interrupted (" in capsys.readouterr().err
+
+    full = StorageError(f"{trial}: no space left on /mnt while writing a checkpoint of the trial; free space on /mnt")
+    with pytest.raises(StorageError, match=r"no space left on /mnt .*; the search stopped with 0 of 2 trials ended, 2 "
+                                           r"unfinished .*; resume with: raysl tune space\.yaml --resume$"):
+        _finish(results, space, objectives, str(tmp_path), 2, resume, interrupted=True, failure=full)
+    assert not (trial / "checkpoint_000000").exists()

@@ -3,7 +3,9 @@ vanish or change after prepare. Each ends with exit code 2 and one `raysl: error
 traceback), leaves nothing torn behind, and where a run can continue the resume finishes with
 every epoch exactly once in metrics.jsonl.
 
-Needs root (it mounts tmpfs file systems); skipped with the reason otherwise.
+Needs root (it mounts tmpfs file systems); skipped with the reason otherwise. A refusal that comes
+before Ray starts runs `raysl`'s CLI in this process (`_in_process`): the same code and output, without
+a fresh interpreter's ~5-10 s of imports each time.
 """
 
 from __future__ import annotations
@@ -99,22 +101,40 @@ def epochs_in(run: Path) -> list[int]:
     return [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def _listing(root: Path) -> dict[str, str]:
+    """Every file under ``root`` (relative path -> sha256): what a refused or failed resume must not change."""
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _in_process(args: list[str], capsys) -> subprocess.CompletedProcess:
+    """`raysl ARGS` in this process (a refusal before Ray starts: no interpreter and imports to pay for)."""
+    from raysl.cli import main
+
+    capsys.readouterr()
+    code = main(args)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
 # --------------------------------------------------------------------------- outputs that cannot be written
 
 
-def test_prepare_out_on_a_read_only_mount(tmpfs):
+def test_prepare_out_on_a_read_only_mount(tmpfs, capsys):
     ro = read_only(tmpfs)
-    proc = raysl("data", "prepare", "digits", "--out", str(ro / "existing" / "digits"))
+    proc = _in_process(["data", "prepare", "digits", "--out", str(ro / "existing" / "digits")], capsys)
     one_error_line(proc, str(ro / "existing" / "digits"), "read-only", "choose a writable --out")
     assert list(ro.rglob("*")) == [ro / "existing"]
 
 
 @pytest.mark.slow
-def test_train_out_on_a_read_only_mount_then_resume(tmpfs, digits_dir, head):
+def test_train_out_on_a_read_only_mount_then_resume(tmpfs, digits_dir, head, capsys):
     ro = read_only(tmpfs)
     out = ro / "existing" / "run"
     args = ["train", QUICKSTART, *TINY, "--set", "optim.epochs=2", "--out", str(out)]
-    line = one_error_line(raysl(*args), str(out), "read-only", "choose a writable --out")
+    line = one_error_line(_in_process(args, capsys), str(out), "read-only", "choose a writable --out")
     assert line.endswith(f"resume with: raysl train {QUICKSTART} " + " ".join(TINY[i] for i in range(len(TINY)))
                          + f" --set optim.epochs=2 --out {out}"), line
     assert list(ro.rglob("*")) == [ro / "existing"]
@@ -124,32 +144,32 @@ def test_train_out_on_a_read_only_mount_then_resume(tmpfs, digits_dir, head):
     assert epochs_in(out) == [1, 2]
 
 
-def test_tune_storage_on_a_read_only_mount(tmpfs, digits_dir):
+def test_tune_storage_on_a_read_only_mount(tmpfs, digits_dir, capsys):
     ro = read_only(tmpfs)
-    proc = raysl("tune", QUICKSTART, "--num-samples", "2", "--set", "optim.epochs=1", "--storage",
-                 str(ro / "existing"), "--name", "ro")
+    proc = _in_process(["tune", QUICKSTART, "--num-samples", "2", "--set", "optim.epochs=1", "--storage",
+                        str(ro / "existing"), "--name", "ro"], capsys)
     one_error_line(proc, str(ro / "existing" / "ro"), "read-only", "choose a writable --storage")
     assert list(ro.rglob("*")) == [ro / "existing"]
 
 
 @pytest.mark.slow
-def test_export_out_on_a_full_tmpfs(tmpfs, finished_run):
+def test_export_out_on_a_full_tmpfs(tmpfs, finished_run, capsys):
     full = tmpfs("full", "size=16k")
     (full / "filler").write_bytes(b"x" * 8192)
     out = full / "encoder.pt"
-    line = one_error_line(raysl("export", str(finished_run), "--out", str(out)), str(out), "no space left on",
-                          f"free space on {full}")
+    line = one_error_line(_in_process(["export", str(finished_run), "--out", str(out)], capsys), str(out),
+                          "no space left on", f"free space on {full}")
     assert "choose another --out" in line
     assert sorted(p.name for p in full.iterdir()) == ["filler"]  # no torn encoder.pt, no temporary
 
 
 @pytest.mark.slow
-def test_analyze_out_on_a_read_only_mount(tmpfs, tmp_path_factory, head):
+def test_analyze_out_on_a_read_only_mount(tmpfs, tmp_path_factory, head, capsys):
     from test_analyze import scripted_experiment_dir
 
     experiment = scripted_experiment_dir(tmp_path_factory, head.env)
     ro = read_only(tmpfs)
-    proc = raysl("analyze", str(experiment), "--out", str(ro / "existing" / "report"))
+    proc = _in_process(["analyze", str(experiment), "--out", str(ro / "existing" / "report")], capsys)
     one_error_line(proc, str(ro / "existing" / "report"), "read-only")
     assert list(ro.rglob("*")) == [ro / "existing"]
 
@@ -184,19 +204,110 @@ def test_checkpoint_fills_the_disk_then_resume_keeps_every_epoch_once(tmpfs, fin
     assert leftovers(disk) == []
 
 
+@pytest.mark.slow
+def test_tune_fills_the_disk_then_a_damaged_state_is_refused_and_the_freed_disk_resumes(
+        tmpfs, finished_run, head, tmp_path, monkeypatch, capsys):
+    """One small search (2 trials of 2 epochs, both at once) on a tmpfs with room for its state, the room
+    raysl sets aside (1 MiB) and two and a half checkpoints: the third checkpoint cannot be written. The
+    stopped search's folder is then damaged, refused, put back, and resumed once space is freed."""
+    import pickle
+    import shlex
+
+    from raysl import signing, storage
+
+    size = max(finished_run.glob("train/checkpoint_*/state.pt")).stat().st_size  # a width-8 checkpoint
+    room = (1 << 20) + 320 * 1024 + size * 5 // 2
+    disk = tmpfs("disk", f"size={room}")
+    env = {**head.env, "XDG_CONFIG_HOME": str(tmp_path / "config")}  # a secret of the test's own
+    env.pop("RAYSL_SECRET", None)
+    monkeypatch.setenv("XDG_CONFIG_HOME", env["XDG_CONFIG_HOME"])
+    monkeypatch.delenv("RAYSL_SECRET", raising=False)
+    monkeypatch.setenv("RAY_ADDRESS", head.env["RAY_ADDRESS"])  # a refusal that failed to refuse joins the head
+    # fifo: both trials train both epochs (ASHA may stop one at epoch 1, depending on which reports first)
+    args = ["tune", QUICKSTART, "--num-samples", "2", *TINY, "--set", "optim.epochs=2", "--set", "eval.every_epochs=1",
+            "--set", "tune.scheduler=fifo", "--storage", str(disk), "--name", "exp"]
+    experiment = disk / "exp"
+
+    # Full disk mid-search. Bugs caught: ~450 lines of Ray tracebacks, trials restarted as "a worker died" on the
+    # same full disk, Optuna's StorageInternalError, exit 1; a state file Ray was rewriting left cut short.
+    proc = raysl(*args, env=env)
+    line = one_error_line(proc, str(experiment), "no space left on", f"free space on {disk}")
+    # raysl's own lines only (the banner, status lines, the error): no traceback, no line from Ray
+    assert all(text.startswith(("[raysl] ", "raysl: error: ")) for text in proc.stderr.strip().splitlines()), \
+        proc.stderr[-4000:]
+    assert "interrupted" not in proc.stderr and "died" not in proc.stderr, proc.stderr[-4000:]
+    resume = line.split("resume with: ", 1)[1]
+    assert resume.startswith("raysl tune ") and resume.endswith(f"--storage {disk} --name exp --resume"), line
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["statuses"].get("unfinished", 0) >= 1 and "no space left" in summary["error"], summary
+    # nothing half-written: no temporary, no torn checkpoint, no reserve left; every state file whole and signed
+    assert leftovers(disk) == [] and not (experiment / ".raysl_reserve").exists()
+    root = storage.resolve(str(experiment))
+    assert [rel for rel in signing.state_files(root) if signing.damage(root.join(rel), rel)] == []
+    assert signing.verify_experiment(str(experiment)) > 0
+
+    # A state file cut short (as a crash would leave it). Bugs caught: a Ray traceback, then "raysl: interrupted
+    # (SIGINT)" with no signal sent, and a failed resume that saved a new state with 0 trials over the good one
+    # (every later --resume failed). Now: one line naming the file and the fix, and not one byte changed.
+    searcher = min(experiment.glob("searcher-state-*.pkl"))
+    good = searcher.read_bytes()
+    searcher.write_bytes(good[: len(good) // 2])
+    before = _listing(experiment)
+    refused = _in_process(shlex.split(resume)[1:], capsys)
+    (error,) = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and error.startswith(
+        f"raysl: error: {searcher}: not written by raysl on this machine/secret or changed since (HMAC mismatch); "
+        "and it is cut short"), error
+    assert "damaged (cut short by a crash or a full disk" in error and "or replaced by someone" in error
+    assert "put back an intact copy of that file" in error and "interrupted" not in error
+    assert _listing(experiment) == before
+    # --trust-experiment would sign the damage: refused too, nothing signed
+    refused = _in_process([*shlex.split(resume)[1:], "--trust-experiment"], capsys)
+    (error,) = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and error.startswith(f"raysl: error: {searcher}: damaged: it is cut short"), error
+    assert "raysl signed nothing" in error
+    assert _listing(experiment) == before
+
+    _remount(disk, f"size={room * 4}")  # space freed
+
+    # A whole pickle that Ray's restore still fails on, trusted. Bug caught: Tune logged the failure and started
+    # the experiment over (a new state with 0 trials, reported as an interruption). Now: one line, exit 2, the
+    # folder as it was (the signatures --trust-experiment wrote put back too).
+    searcher.write_bytes(pickle.dumps(42))
+    before = _listing(experiment)
+    failed = raysl(*shlex.split(resume)[1:], "--trust-experiment", env=env)
+    error = one_error_line(failed, f"{experiment}: Ray Tune could not resume the search from its saved state",
+                           "raysl left the experiment folder as it was")
+    assert "interrupted" not in failed.stderr, failed.stderr[-4000:]
+    assert _listing(experiment) == before
+
+    # the good file put back: the printed resume command finishes every trial, each epoch trained once
+    searcher.write_bytes(good)
+    done = subprocess.run([RAYSL, *shlex.split(resume)[1:]], capture_output=True, text=True, timeout=HANG_GUARD_S,
+                          env={**os.environ, **env}, cwd=str(REPO))
+    assert done.returncode == 0, done.stderr[-4000:]
+    final = json.loads(done.stdout.strip().splitlines()[-1])
+    assert final["statuses"] == {"finished": 2} and final["epochs_trained"] == 4, (final, done.stderr[-3000:])
+    for trial in experiment.glob("raysl_trial_*"):
+        trained = [row["epoch"] for row in map(json.loads, (trial / "result.json").read_text().splitlines())
+                   if row.get("status") != "running" or "error" not in row]  # not the stopped search's closing row
+        assert trained == [1, 2], (trial, trained)
+    assert leftovers(disk) == [] and not (experiment / ".raysl_reserve").exists()
+
+
 # --------------------------------------------------------------------------- shards changed after prepare
 
 
 @pytest.fixture
-def prepared(tmp_path) -> Path:
+def prepared(tmp_path, capsys) -> Path:
     data = tmp_path / "digits"
-    proc = raysl("data", "prepare", "digits", "--out", str(data), "--shard-rows", "500")
+    proc = _in_process(["data", "prepare", "digits", "--out", str(data), "--shard-rows", "500"], capsys)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return data
 
 
 @pytest.mark.parametrize("damage", ["deleted", "corrupted"])
-def test_a_shard_damaged_after_prepare_fails_train_in_one_line(prepared, tmp_path, damage):
+def test_a_shard_damaged_after_prepare_fails_train_in_one_line(prepared, tmp_path, damage, capsys):
     shard = prepared / "train-00001.parquet"
     if damage == "deleted":
         shard.unlink()
@@ -208,12 +319,36 @@ def test_a_shard_damaged_after_prepare_fails_train_in_one_line(prepared, tmp_pat
         shard.write_bytes(bytes(payload))  # same size, other bytes
         needles = ("train-00001.parquet", "sha256 mismatch")
     out = tmp_path / "run"
-    proc = raysl("train", QUICKSTART, *TINY, "--set", "optim.epochs=1", "--set", f"data.path={prepared}",
-                 "--out", str(out))
+    proc = _in_process(["train", QUICKSTART, *TINY, "--set", "optim.epochs=1", "--set", f"data.path={prepared}",
+                        "--out", str(out)], capsys)
     line = one_error_line(proc, *needles)
     assert "re-run raysl data prepare" in line
     assert not (out / "train").exists()  # refused before Ray started
 
 
+def test_a_full_disk_under_the_optuna_study_is_found_in_what_optuna_raises():
+    """SQLite says "database or disk is full" without an errno, wrapped by SQLAlchemy (.orig) and Optuna
+    (__cause__): raysl.storage.error_in still finds the full disk, for the search's one line."""
+    import sqlite3
+
+    import sqlalchemy.exc
+    from optuna.exceptions import StorageInternalError
+
+    from raysl import storage
+
+    try:
+        try:
+            full = sqlite3.OperationalError("database or disk is full")
+            raise sqlalchemy.exc.OperationalError("INSERT ...", {}, full)
+        except sqlalchemy.exc.OperationalError as exc:
+            raise StorageInternalError("An exception is raised during the commit.") from exc
+    except StorageInternalError as exc:
+        found = storage.error_in(exc, "/mnt/exp/optuna.db", "writing the Optuna study", "--storage")
+    assert found is not None and storage.is_capacity_failure(found)
+    assert str(found).startswith("/mnt/exp/optuna.db: no space left on ")
+    assert storage.error_in(ValueError("database is locked"), "/mnt/exp") is None
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-v"]))
+
