@@ -114,27 +114,9 @@ def knn_accuracy(
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    xtr, ytr, xte, yte = _labelled(train_feats, train_labels, test_feats, test_labels)
-    largest = int(max(ytr.max().item(), yte.max().item()))
-    if num_classes is None:
-        num_classes = largest + 1
-    elif largest >= num_classes:
-        raise ValueError(f"label {largest} does not fit num_classes={num_classes}")
-    k = min(k, xtr.shape[0])
-    xtr = F.normalize(xtr, dim=1)
-    xte = F.normalize(xte, dim=1)
-
-    correct = 0
-    for start in range(0, xte.shape[0], max(1, chunk_size)):
-        chunk = xte[start : start + chunk_size]
-        sims, idx = (chunk @ xtr.T).topk(k, dim=1)
-        weights = (sims / temperature).exp()
-        votes = torch.zeros(chunk.shape[0], num_classes, device=xtr.device, dtype=weights.dtype)
-        votes.scatter_add_(1, ytr[idx], weights)
-        correct += int((votes.argmax(dim=1) == yte[start : start + chunk_size]).sum().item())
-    return correct / xte.shape[0]
+    # one k of knn_accuracies: its top-k of exactly k neighbours per query chunk
+    return knn_accuracies(train_feats, train_labels, test_feats, test_labels, ks=(k,), temperature=temperature,
+                          num_classes=num_classes, chunk_size=chunk_size)[k]
 
 
 @torch.no_grad()
@@ -152,9 +134,9 @@ def knn_accuracies(
 
     One similarity matrix per chunk of ``chunk_size`` test rows (one matmul) and one top-k for the
     largest ``k``; each ``k`` votes with the first ``k`` of those neighbours, which are the ``k``
-    nearest (top-k returns them sorted). The votes are the same floats as :func:`knn_accuracy`'s, so
-    the accuracies equal its own whenever no two train rows tie for a test row's ``k``-th place
-    (with a tie, which of the tied rows votes is top-k's arbitrary choice in both).
+    nearest (top-k returns them sorted). The votes are the same floats as a top-k of ``k`` alone
+    (:func:`knn_accuracy`), so the accuracies equal it whenever no two train rows tie for a test row's
+    ``k``-th place (with a tie, which of the tied rows votes is top-k's arbitrary choice in both).
 
     Raises:
         ValueError: as :func:`knn_accuracy`, or with no ``k`` at all.

@@ -44,9 +44,11 @@ def test_job_submit_runs_a_search_on_the_cluster(head, tmp_path):
     job_id = f"raysl_tune_{int(time.time())}"
     submit = submit_job(
         head, "--address", head.dashboard_url, "--submission-id", job_id, "--working-dir", ".",
-        # the README's excludes (plus this suite's own artifacts)
-        "--runtime-env-json", json.dumps({"excludes": ["data/", "runs/", "raysl_results/", ".venv/", ".git/",
-                                                       "test-artifacts"]}),
+        # docs/clusters.md's excludes (plus this suite's own artifacts), anchored at the working dir: Ray reads
+        # them as .gitignore lines, and a bare data/ dropped raysl/data/ from the shipped package (the job's
+        # `raysl` imports the shipped folder, first on its path: No module named 'raysl.data')
+        "--runtime-env-json", json.dumps({"excludes": ["/data/", "/runs/", "/raysl_results/", "/.venv/", "/.git/",
+                                                       "/test-artifacts"]}),
         "--", "raysl", "tune", "search_spaces/quickstart.yaml", "--num-samples", "2",
         "--set", "optim.epochs=2", "--set", "eval.every_epochs=1", "--set", "model.width=8",
         "--storage", str(storage), "--name", "submitted",
