@@ -600,7 +600,7 @@ def refuse_unresumable(cfg: RunConfig, out: storage.Location) -> None:
         return
 
     def shown(value: Any) -> str:
-        text = value if isinstance(value, str) else json.dumps(value)
+        text = value if isinstance(value, str) else jsonio.dumps(value)
         return text if len(text) <= 60 else text[:57] + "..."
 
     listed = ", ".join(f"{key}: {shown(a)} -> {shown(b)}" for key, a, b in conflicts[:6])
