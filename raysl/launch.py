@@ -96,6 +96,10 @@ def reexec_with_allocator_env() -> None:
         os.execv(sys.executable, [sys.executable, *sys.argv])
 
 
+# what a run on a local cluster raysl starts sets for Ray Train (read by its controller; public env var)
+LOCAL_TRAIN_ENV = ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+
+
 def init_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:
     """Join RAY_ADDRESS if set (ray job submit), else start a local cluster.
 
@@ -120,6 +124,9 @@ def init_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:
     # keep glibc from returning (and re-faulting) the large activation buffers on every step
     for key, value in ALLOCATOR_ENV.items():
         os.environ.setdefault(key, value)
+    # Ray Train's preemption watcher (an actor per run) follows a cloud autoscaler's node drains; the
+    # cluster started here is this machine alone, which nothing drains. A user's own value wins.
+    os.environ.setdefault(LOCAL_TRAIN_ENV[0], LOCAL_TRAIN_ENV[1])
     cpus = num_cpus or max(4, 2 * (os.cpu_count() or 2))
     with _ray_processes_in_own_session():
         ray.init(num_cpus=cpus, include_dashboard=True, log_to_driver=verbose, configure_logging=True,
@@ -700,7 +707,7 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
 
     from raysl import progress
     from raysl.config import to_yaml
-    from raysl.data.pipeline import train_dataset
+    from raysl.data.pipeline import reads_in_worker, train_dataset
     from raysl.train import train_worker
 
     data_dir = resolve_data_dir(cfg)
@@ -722,13 +729,15 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    dataset = train_dataset(cfg, data_dir)  # pixel rows, or JPEG crops cut by Ray Data tasks
+    in_worker = reads_in_worker(cfg, manifest)
+    # pixel rows, or JPEG crops cut by Ray Data tasks; none where the one worker reads the shards itself
+    datasets = {} if in_worker else {"train": train_dataset(cfg, data_dir, manifest)}
     relay = progress.start_relay()
     failure_config = ray.train.FailureConfig(max_failures=cfg.scale.max_failures)
     say = functools.partial(relay_line, relay)  # restarts and resizes, told from the TrainController
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "data_dir": data_dir,
+        train_loop_config={"config": cfg.model_dump(mode="json"), "data_dir": data_dir, "read_in_worker": in_worker,
                            "progress": progress.relay_config(relay, progress.stream_isatty(sys.stderr))},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scale.num_workers,  # (min, max): elastic
@@ -743,7 +752,7 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
             callbacks=[_make_callback(out_dir.join("metrics.jsonl"), show=False),
                        make_resize_callback(say, cfg.optim.batch_size)],
         ),
-        datasets={"train": dataset},
+        datasets=datasets,
     )
     # Ray Train V2 hands its controller to a SIGINT handler of its own; raysl's handlers stop the run
     # instead (SIGTERM too) and say what was kept

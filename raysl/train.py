@@ -61,12 +61,20 @@ class LoopIO(Protocol):
 
 
 class RayTrainIO:
-    def __init__(self, resume_from: str | None = None):
+    def __init__(self, resume_from: str | None = None, read_shards_from: str | None = None):
         # a checkpoint of another run (path or URI) to start from while this run has none of its own:
         # a PBT clone starts from the donor trial's (raysl.pbt)
         self.resume_from = resume_from
+        # the data folder whose shards this (only) worker reads itself, when the driver handed Train no
+        # Ray Dataset (raysl.data.pipeline.reads_in_worker)
+        self.read_shards_from = read_shards_from
 
     def dataset_shard(self, name):
+        if self.read_shards_from is not None:
+            from raysl.data.shards import shard_uris
+            from raysl.data.stream import ParquetBatches
+
+            return ParquetBatches(shard_uris(self.read_shards_from, name))
         import ray.train
 
         return ray.train.get_dataset_shard(name)
@@ -412,7 +420,7 @@ def _lr_formula(cfg: RunConfig) -> str:
 def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
     """Entry point of one worker. ``loop_config``: {"config": RunConfig dict, "data_dir": str}."""
     loop_start = time.perf_counter()  # startup_s runs from here to the first training step (raysl.timing)
-    io = io or RayTrainIO()
+    io = io or RayTrainIO(read_shards_from=loop_config["data_dir"] if loop_config.get("read_in_worker") else None)
     cfg = RunConfig.model_validate(loop_config["config"])
     data_dir = loop_config["data_dir"]
     rank, world = distributed.rank(), distributed.world_size()

@@ -130,6 +130,9 @@ class RayHead:
             "RAY_AUTH_TOKEN_PATH": str(token),
             "RAY_USAGE_STATS_ENABLED": "0",
             "PYTHONUNBUFFERED": "1",
+            # no cloud drains a test machine's nodes: Ray Train's preemption watcher (an actor per run) off,
+            # as on the local clusters raysl starts
+            "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
         }
         self._base_env.pop("RAY_AUTH_TOKEN", None)
         self._ports()

@@ -46,6 +46,7 @@ __all__ = [
     "decode_on_device",
     "global_crop_size",
     "is_encoded",
+    "reads_in_worker",
     "run_views",
     "train_dataset",
 ]
@@ -83,6 +84,17 @@ def run_views(cfg: "RunConfig") -> "list[ViewAugment]":
 def decode_on_device(cfg: "RunConfig", device_type: str) -> bool:
     """Whether encoded rows are decoded on the worker's device (``gpu``; ``auto`` on CUDA)."""
     return cfg.data.decode == "gpu" or (cfg.data.decode == "auto" and device_type == "cuda")
+
+
+def reads_in_worker(cfg: "RunConfig", manifest: "Manifest") -> bool:
+    """Whether the run's one Train worker reads the shards itself (pyarrow, in shard order), with no Ray
+    Dataset: small-image rows and a fixed single worker. The worker decodes such rows once and keeps
+    them (:class:`raysl.data.stream.TrainBatches`), so Ray Data would only carry the shards' bytes once,
+    at the price of its own actors (split coordinator, dataset manager, stats) and read tasks: several
+    process start-ups, most of a short run's start-up on a small machine. Several workers (each gets
+    its part through Ray Data's split) and encoded shards (decoded by Ray Data tasks on any node's CPUs)
+    keep the Ray Dataset. One-worker ``raysl tune`` trials read their shards the same way."""
+    return not is_encoded(manifest) and not cfg.scale.elastic and cfg.scale.num_workers == 1
 
 
 def train_dataset(
