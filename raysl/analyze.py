@@ -32,7 +32,8 @@ import yaml
 
 from raysl import jsonio, storage
 from raysl.errors import ConfigError, RayslError
-from raysl.results import BAD_STATUSES, UNFINISHED, Experiment, Param, flatten, load_experiments
+from raysl.outcome import BAD_STATUSES, UNFINISHED
+from raysl.results import Experiment, Param, flatten, load_experiments
 
 # Leaderboard columns after the searched parameters (each "final" = last reported value).
 METRIC_COLUMNS = ("objective_final", "objective_best", "best_epoch", "epochs", "knn_acc", "knn_acc_k200",

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from raysl.config import RunConfig
-from raysl import jsonio, storage
+from raysl import jsonio, ray_compat, storage
 from raysl.errors import (ConfigError, Interrupted, RayslError, StorageError, TrainingError,
                           WorkerDiedError)
+from raysl.outcome import status_of
 from raysl.placement import check_placement, run_needs
 from raysl.progress import EPOCH_FIELDS, epoch_line
 
@@ -96,8 +97,12 @@ def reexec_with_allocator_env() -> None:
         os.execv(sys.executable, [sys.executable, *sys.argv])
 
 
-# what a run on a local cluster raysl starts sets for Ray Train (read by its controller; public env var)
-LOCAL_TRAIN_ENV = ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+# What a run on a local cluster that raysl starts sets for Ray Train (public env vars its controller reads):
+# - the preemption watcher (an actor per run) follows a cloud autoscaler's node drains; nothing drains
+#   the one machine such a cluster is;
+# - the controller polls its workers for reports and health every interval (2 s by default): a short
+#   run's last epoch, and its end, waited up to that long each; on one machine a poll costs little.
+LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
 
 def init_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:
@@ -124,50 +129,18 @@ def init_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:
     # keep glibc from returning (and re-faulting) the large activation buffers on every step
     for key, value in ALLOCATOR_ENV.items():
         os.environ.setdefault(key, value)
-    # Ray Train's preemption watcher (an actor per run) follows a cloud autoscaler's node drains; the
-    # cluster started here is this machine alone, which nothing drains. A user's own value wins.
-    os.environ.setdefault(LOCAL_TRAIN_ENV[0], LOCAL_TRAIN_ENV[1])
+    for key, value in LOCAL_TRAIN_ENV.items():  # see LOCAL_TRAIN_ENV; a user's own values win
+        os.environ.setdefault(key, value)
     cpus = num_cpus or max(4, 2 * (os.cpu_count() or 2))
-    with _ray_processes_in_own_session():
+    # A scheduler's SIGTERM goes to the whole process group (`timeout`, Slurm, Kubernetes' `kill -- -PGID`).
+    # Ray shields its processes from the group's SIGINT (Ctrl-C) but not from SIGTERM: the GCS and raylet
+    # died with the driver's group, the driver's abort of the Train run waited for them, and Ray's core
+    # worker ended the driver with exit 1 after 60 s of no GCS, nothing said, the checkpoints written after
+    # the last registered one left behind. In their own session only the driver gets the signal; it stops
+    # the run and ray.shutdown() stops the cluster, as for a SIGTERM to the driver alone.
+    with ray_compat.processes_in_own_session():
         ray.init(num_cpus=cpus, include_dashboard=True, log_to_driver=verbose, configure_logging=True,
                  logging_level=level)
-
-
-@contextlib.contextmanager
-def _ray_processes_in_own_session():
-    """Start the local cluster's processes (GCS, raylet, dashboard, ...; the raylet's workers inherit it)
-    in a session of their own, so that a signal to the driver's process group reaches the driver only.
-
-    A scheduler's SIGTERM goes to the whole process group (``timeout``, Slurm, Kubernetes' ``kill --
-    -PGID``). Ray shields its processes from the group's SIGINT (Ctrl-C: it blocks SIGINT in them) but
-    not from SIGTERM: the GCS and raylet died with the driver's group, the driver's abort of the Train
-    run waited for them, and Ray's core worker ended the driver with exit 1 after 60 s of no GCS,
-    nothing said, the checkpoints written after the last registered one left behind. In their own
-    session only the driver gets the signal; it stops the run and ``ray.shutdown()`` stops the cluster,
-    as for a SIGTERM to the driver alone. Only where Ray ties its processes to the driver by the kernel
-    (Linux: they get SIGKILL when the driver dies): without it Ray's reaper ends them through the
-    driver's process group, which they must then stay in."""
-    try:
-        from ray._private import services
-        from ray._private.utils import detect_fate_sharing_support
-    except ImportError:  # another Ray layout: leave it as it is
-        yield
-        return
-    original = getattr(services, "ConsolePopen", None)
-    if original is None or not sys.platform.startswith("linux") or not detect_fate_sharing_support():
-        yield
-        return
-
-    class _OwnSession(original):  # type: ignore[misc, valid-type]
-        def __init__(self, *args, **kwargs):
-            kwargs["start_new_session"] = True
-            super().__init__(*args, **kwargs)
-
-    services.ConsolePopen = _OwnSession
-    try:
-        yield
-    finally:
-        services.ConsolePopen = original
 
 
 def quiet_ray(verbose: bool) -> None:
@@ -182,7 +155,8 @@ def quiet_ray(verbose: bool) -> None:
         # Tune's new output engine prints its experiment box and result tables even at verbose=0;
         # the classic one prints nothing at verbose=0 (`raysl tune` shows its own lines)
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        _filter_cluster_errors()
+        # Ray's driver prints cluster error messages to stdout, which holds raysl's JSON summary
+        ray_compat.filter_cluster_errors(_UNACTIONABLE_RAY_ERRORS, lambda: sys.stderr)
 
 
 # the raylet's "N PYTHON worker processes have been started ... which is Nx the maximum expected
@@ -190,27 +164,6 @@ def quiet_ray(verbose: bool) -> None:
 # Also "A worker died or was killed": when it is a Train worker, raysl's own line says so and how to resume.
 _UNACTIONABLE_RAY_ERRORS = ("worker processes have been started on node",
                             "A worker died or was killed while executing a task")
-
-
-def _filter_cluster_errors() -> None:
-    """Ray's driver prints every cluster error message (a worker killed, out of memory, ...) to
-    stdout, which holds raysl's JSON summary: send them to stderr instead, without the one
-    warning above and without Ray's de-duplication (it adds colour codes). A Ray without
-    this hook is left as it is."""
-    import ray._private.worker as ray_worker
-
-    original = getattr(ray_worker, "print_to_stdstream", None)
-    print_lines = getattr(ray_worker, "print_worker_logs", None)
-    if original is None or print_lines is None or getattr(original, "raysl_filtered", False):
-        return
-
-    def print_cluster_error(data, ignore_prefix):
-        lines = [line for line in data.get("lines", []) if not any(s in line for s in _UNACTIONABLE_RAY_ERRORS)]
-        if lines:
-            print_lines({**data, "lines": lines}, sys.stderr, ignore_prefix)
-
-    print_cluster_error.raysl_filtered = True  # type: ignore[attr-defined]
-    ray_worker.print_to_stdstream = print_cluster_error
 
 
 class MetricsFile:
@@ -306,21 +259,23 @@ def make_failure_policy(failure_config, say: Callable[[str], Any], out: storage.
     """Ray Train's failure policy for ``raysl train``, with two changes: a RayslError a worker raised
     (diverged, collapsed, a full disk, no loadable checkpoint) ends the run at once, since a restart
     from the checkpoint would only repeat it; and each restart is told in one line (``say``)."""
-    from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy, FailureDecision
     from ray.train.v2.api.exceptions import ControllerError
+
+    DefaultFailurePolicy, FailureDecision = ray_compat.failure_policy_base()
 
     class _RunFailurePolicy(DefaultFailurePolicy):
         def make_decision(self, training_failed_error):
             if user_error_from(training_failed_error) is not None:
                 return FailureDecision.RAISE
-            preemptions = getattr(self, "_preemption_failures", 0)  # Ray's own counts
+            _, preemptions = ray_compat.failure_counts(self) or (0, 0)  # Ray's own counts
             decision = super().make_decision(training_failed_error)
             if decision == FailureDecision.RETRY and not isinstance(training_failed_error, ControllerError):
                 # (a ControllerError here is Ray retrying to start the group: no worker failed)
                 registered = registered_checkpoints(out)
+                failures, preemptions_now = ray_compat.failure_counts(self) or (0, 0)
                 line = restart_line(training_failed_error, registered[1] if registered else 0,
-                                    self.failure_config.max_failures, getattr(self, "_worker_group_failures", 0),
-                                    preempted=getattr(self, "_preemption_failures", 0) > preemptions)
+                                    self.failure_config.max_failures, failures,
+                                    preempted=preemptions_now > preemptions)
                 say(line)
             return decision
 
@@ -347,9 +302,7 @@ def restart_line(error: BaseException, epoch: int, max_failures: int, failures: 
 def make_resize_callback(say: Callable[[str], Any], batch_size: int):
     """Tells the user each time Ray Train starts the worker group at another size (elastic
     ``scale.num_workers: [min, max]``): the global batch stays, each worker's share changes."""
-    from ray.train.v2._internal.execution.callback import ControllerCallback
-
-    class _ResizeCallback(ControllerCallback):
+    class _ResizeCallback(ray_compat.controller_callback_base()):  # type: ignore[misc]
         def __init__(self):
             self.workers: int | None = None
 
@@ -678,12 +631,9 @@ def worker_death_from(exc: BaseException) -> BaseException | None:
 
     died = tuple(getattr(rex, name) for name in ("ActorDiedError", "RayActorError", "WorkerCrashedError",
                                                  "OutOfMemoryError", "NodeDiedError") if hasattr(rex, name))
-    try:  # Ray Train V2 reports a dead worker as a failed health check (its cause: the actor died)
-        from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
-
-        died = (*died, WorkerHealthCheckFailedError)
-    except ImportError:
-        pass
+    health = ray_compat.worker_health_check_error()  # Train V2's dead worker (its cause: the actor died)
+    if health is not None:
+        died = (*died, health)
     return _find_cause(exc, lambda e: isinstance(e, died))
 
 
@@ -756,12 +706,9 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
     )
     # Ray Train V2 hands its controller to a SIGINT handler of its own; raysl's handlers stop the run
     # instead (SIGTERM too) and say what was kept
-    controllers: list = []
-    trainer._register_sigint_handler = controllers.append  # type: ignore[method-assign]
     # and Ray's failure policy, with raysl's: user errors are final, each restart is told (see above)
-    run_controller = trainer._initialize_and_run_controller
-    trainer._initialize_and_run_controller = lambda **kwargs: run_controller(  # type: ignore[method-assign]
-        **{**kwargs, "failure_policy": make_failure_policy(failure_config, say, out_dir)})
+    controllers: list = []
+    ray_compat.run_controller_with(trainer, controllers, make_failure_policy(failure_config, say, out_dir))
     view = progress.DriverView(relay)
     try:
         with interrupt_signals():
@@ -793,8 +740,7 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
             raise error from None
         if user is None:
             raise
-        status = "diverged" if "diverged" in str(user) else "collapsed" if "collapsed" in str(user) else "errored"
-        summary = {"status": status, "error": str(user), "out": str(out_dir)}
+        summary = {"status": status_of(user), "error": str(user), "out": str(out_dir)}
         error = user if isinstance(user, StorageError) else TrainingError(str(user))
         error.summary = summary  # type: ignore[attr-defined]
         raise error from None

@@ -6,7 +6,6 @@ what a run asks for is known before training, so it is checked right after Ray s
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -116,11 +115,9 @@ def cluster_can_grow() -> bool:
     except Exception:  # noqa: BLE001
         pass
     try:
-        from ray._private import ray_constants
-        from ray.experimental.internal_kv import _internal_kv_get
+        from raysl.ray_compat import node_type_mapping
 
-        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
-        mapping = (json.loads(raw) if raw else {}).get("autoscaler_report", {}).get("node_type_mapping") or {}
+        mapping = node_type_mapping()
         if mapping:
             return not all(kind == f"node_{node}" for node, kind in mapping.items())
     except Exception:  # noqa: BLE001

@@ -24,27 +24,25 @@ import pandas as pd
 import yaml
 
 from raysl.errors import RayslError
-from raysl.timing import TIME_KEYS
+from raysl.outcome import (  # noqa: F401 (re-exported: the readers' names)
+    BAD_STATUSES,
+    BEST_CONFIG_FILE,
+    SPACE_FILE,
+    TERMINAL_STATUSES,
+    TRAIN_KEYS,
+    UNFINISHED,
+    metric_mode,
+    status_from_error_text,
+)
 
 RESULT_FILE = "result.json"
 PARAMS_FILE = "params.json"
-SPACE_FILE = "raysl_space.yaml"
-BEST_CONFIG_FILE = "best_config.yaml"
 
 # Metrics a raysl trial reports (its final value goes into the leaderboard).
 RAYSL_METRICS = (
     "loss", "knn_acc", "knn_acc_k200", "linear_acc", "rankme", "alignment", "uniformity", "images_per_s",
 )
-TERMINAL_STATUSES = ("finished", "stopped", "diverged", "collapsed", "errored")
-BAD_STATUSES = ("diverged", "collapsed", "errored")
-# a trial that has not ended: still running or waiting, or caught by an interrupted search
-# (`raysl tune --resume` continues it); never the best trial
-UNFINISHED = "unfinished"
 DEFAULT_METRIC, DEFAULT_MODE = "knn_acc", "max"
-# What every training report carries; any other metric comes from an evaluation, which
-# `raysl tune` repeats between evaluations (``eval_epoch`` says when it was measured).
-TRAIN_KEYS = {"epoch", "step", "loss", "images_per_s", "lr", "status", "eval_epoch", "error", "resumed_epoch",
-              "resumed_weights", *TIME_KEYS}
 # Ray Tune's trial ids: "a1b2c_00003" (default) or 8 hex digits (raysl tune's folder names)
 _TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5}|[0-9a-f]{8})(?:_|$)")
 # Tune's bookkeeping keys in result.json: never searched parameters or metrics.
@@ -391,9 +389,8 @@ def read_experiment(storage: Storage, root: str, location: str) -> Experiment:
 
 
 def mode_of(metric: str) -> str:
-    """The better direction of a raysl metric."""
-    base = metric.removeprefix("projector_")
-    return "min" if base in ("loss", "alignment", "uniformity") else "max"
+    """The better direction of a metric (raysl.outcome's; "max" for one raysl does not know)."""
+    return metric_mode(metric, default="max") or "max"
 
 
 def _objectives(tune_cfg: dict, reported: set[str]) -> list[tuple[str, str]]:
@@ -573,8 +570,7 @@ def _status(t: dict, budget: int | None) -> str:
     if reported in TERMINAL_STATUSES and reported != "finished":
         return reported
     if t["tune_status"] == "ERROR" or (t["error"] and not t["tune_status"] and not _reported_since_error(t)):
-        text = (t["error"] or "").lower()
-        return "diverged" if "diverged" in text else "collapsed" if "collapsed" in text else "errored"
+        return status_from_error_text(t["error"] or "")
     if reported == "finished":
         return "finished"
     if not rows:

@@ -48,22 +48,17 @@ from typing import Any
 import yaml
 from ray.tune.stopper import Stopper
 
-from raysl import jsonio, signing, storage
+from raysl import jsonio, ray_compat, signing, storage
 from raysl.config import RunConfig, build_config, to_yaml
 from raysl.errors import CollapsedError, ConfigError, DivergedError, PlacementError, RayslError, StorageError
 from raysl.pbt import PBT_EXTRA_KEEP, RESUMED_FILE
-from raysl.space import SearchSpace, apply_sample, load_space, worst_value
+from raysl.outcome import (BAD_STATUSES, BEST_CONFIG_FILE, SPACE_FILE, TRAIN_KEYS, UNFINISHED, Status, status_of,
+                           worst_value)
+from raysl.space import SearchSpace, apply_sample, load_space
 from raysl.study import OPTION as OPTUNA_OPTION
 from raysl.study import STUDY_FILES, prepare_new, prepare_resume, public_url
-from raysl.timing import TIME_KEYS
 
 DEFAULT_STORAGE = "./raysl_results"
-SPACE_FILE = "raysl_space.yaml"
-BEST_CONFIG_FILE = "best_config.yaml"
-# what a training report always carries; everything else comes from an evaluation
-_TRAIN_KEYS = {"epoch", "step", "loss", "images_per_s", "lr", "status", "resumed_epoch", "resumed_weights",
-               *TIME_KEYS}
-_BAD_STATUSES = ("diverged", "collapsed", "errored")
 
 
 # --------------------------------------------------------------------------
@@ -93,7 +88,7 @@ class ResultFiller:
 
     def __call__(self, metrics: dict) -> dict:
         out = dict(metrics)
-        fresh = {k: v for k, v in metrics.items() if k not in _TRAIN_KEYS}
+        fresh = {k: v for k, v in metrics.items() if k not in TRAIN_KEYS}
         self.epoch = int(metrics.get("epoch", self.epoch))
         if fresh:
             self.last_eval, self.eval_epoch = fresh, self.epoch
@@ -103,7 +98,7 @@ class ResultFiller:
         out.update(self.extra)
         out = jsonio.to_json_safe(out)  # first: a non-finite objective of any type (np.float32 too) is then None
         for metric, mode in self.objectives:
-            if metric not in out or out.get("status") in _BAD_STATUSES or _nan(out[metric]):
+            if metric not in out or out.get("status") in BAD_STATUSES or _nan(out[metric]):
                 out[metric] = worst_value(metric, mode)
         return out
 
@@ -255,8 +250,7 @@ def train_worker_in_trial(loop_config: dict) -> None:
     try:
         train_worker(loop_config, RayTrainIO(resume_from=loop_config.get("resume_from")))
     except (DivergedError, CollapsedError) as exc:
-        status = "diverged" if isinstance(exc, DivergedError) else "collapsed"
-        storage.write_atomic(marker, jsonio.dumps({"status": status, "error": str(exc)}))
+        storage.write_atomic(marker, jsonio.dumps({"status": status_of(exc), "error": str(exc)}))
         raise
 
 
@@ -296,19 +290,11 @@ def _hold_on_full_storage(exc: BaseException, where: str, objectives, delivered:
     last = dict(delivered.result or {})
     if not last:  # nothing reported yet: a placeholder that no scheduler or searcher acts on
         last = {"epoch": 0, "eval_epoch": 0, **{metric: worst_value(metric, mode) for metric, mode in objectives}}
-    ray.tune.report({**last, "status": "running", "error": " ".join(str(failure).split())[:500]})
+    ray.tune.report({**last, "status": Status.RUNNING, "error": " ".join(str(failure).split())[:500]})
     deadline = time.monotonic() + _HOLD_S
     while time.monotonic() < deadline:
         time.sleep(1.0)
     raise failure from None
-
-
-def _status_of(error: RayslError) -> str:
-    if isinstance(error, DivergedError) or "diverged" in str(error):
-        return "diverged"
-    if isinstance(error, CollapsedError) or "collapsed" in str(error):
-        return "collapsed"
-    return "errored"
 
 
 def make_trainable(base: dict, objectives: list[tuple[str, str]], experiment: str, max_failures: int,
@@ -362,7 +348,7 @@ def make_trainable(base: dict, objectives: list[tuple[str, str]], experiment: st
                     return
                 if not isinstance(exc, RayslError):
                     raise
-                ray.tune.report(filler.final(_status_of(exc), str(exc)))
+                ray.tune.report(filler.final(status_of(exc), str(exc)))
             return
         try:
             _fit_torch_trainer(cfg, loop_config, data_dir, objectives, experiment, max_failures, filler.extra,
@@ -373,7 +359,7 @@ def make_trainable(base: dict, objectives: list[tuple[str, str]], experiment: st
             user = user_error_from(exc)
             if user is None:
                 raise
-            ray.tune.report(filler.final(_status_of(user), str(user)))
+            ray.tune.report(filler.final(status_of(user), str(user)))
 
     return raysl_trial
 
@@ -511,7 +497,7 @@ def _stop_search() -> None:
     """Stop the running fit as Ctrl-C does, through Tune's own stop handler (it takes SIGUSR1): the loop
     ends, Tune saves its state with the trials as they are (running ones unfinished) and stops them."""
     handler = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
-    if getattr(handler, "__name__", "") == "signal_interrupt_tune_run":
+    if ray_compat.is_tune_stop_handler(handler):
         _TUNE_STOPS_ON_SIGUSR1["yes"] = True
         os.kill(os.getpid(), signal.SIGUSR1)
 
@@ -612,8 +598,7 @@ def _default_concurrency(space: SearchSpace, num_samples: int) -> int:
 # summary
 
 
-# a trial an interruption caught before it ended (running or waiting): --resume continues it
-UNFINISHED = "unfinished"
+
 
 
 def _saved_trial_states(experiment: str | None) -> dict[str, str]:
@@ -636,8 +621,7 @@ def _trial_rows(results, objectives, experiment: str | None = None) -> list[dict
     ``measured``: the objective is a real evaluation (not the placeholder a trial reports before its
     first evaluation, nor the worst value of a diverged/collapsed/errored one)."""
     trial_state = {}
-    analysis = getattr(results, "_experiment_analysis", None)
-    for trial in getattr(analysis, "trials", None) or []:
+    for trial in ray_compat.experiment_trials(results):
         trial_state[str(trial.path).rstrip("/")] = trial.status
     saved = _saved_trial_states(experiment)
     rows = []
@@ -647,7 +631,7 @@ def _trial_rows(results, objectives, experiment: str | None = None) -> list[dict
         state = trial_state.get(path, "TERMINATED")
         saved_state = saved.get(Path(path).name, state)
         status = metrics.get("status")
-        if status in _BAD_STATUSES or status == "finished":
+        if status in BAD_STATUSES or status == "finished":
             pass  # the trial's own last word: a crash Tune recovered from does not change it
         elif result.error is not None or state == "ERROR":
             status = "errored"
@@ -659,7 +643,7 @@ def _trial_rows(results, objectives, experiment: str | None = None) -> list[dict
             "trial_id": metrics.get("trial_id") or Path(str(result.path)).name,
             "status": status,
             "epoch": metrics.get("epoch"),
-            "measured": status not in _BAD_STATUSES and (
+            "measured": status not in BAD_STATUSES and (
                 "eval_epoch" not in metrics or int(metrics.get("eval_epoch") or 0) > 0),
             "metrics": {m: metrics.get(m) for m, _ in objectives},
             "knn_acc": metrics.get("knn_acc"),
@@ -708,7 +692,7 @@ def _leaderboard(ranked: list[dict], rows: list[dict], objectives, top: int = 10
         if extra not in cols:
             cols.append(extra)
     cols += keys
-    shown = ranked[:top] + [r for r in rows if r["status"] in _BAD_STATUSES][: max(0, top - len(ranked))]
+    shown = ranked[:top] + [r for r in rows if r["status"] in BAD_STATUSES][: max(0, top - len(ranked))]
     table = []
     for r in shown:
         values = {"trial": r["trial_id"], "status": r["status"] + ("*" if r.get("pareto") else ""),
@@ -1051,21 +1035,17 @@ def _restore_or_fail():
     """While it is open, a failed restore of Tune's saved state ends the fit (_RestoreFailed) instead of
     Tune's "Restarting experiment": that fresh start saved a state with 0 trials over the good one, and
     every later --resume failed on it."""
-    from ray.tune.execution.tune_controller import TuneController
+    def wrap(original):
+        def resume(self, *args, **kwargs):
+            try:
+                return original(self, *args, **kwargs)
+            except Exception as exc:
+                raise _RestoreFailed() from exc
 
-    original = TuneController.resume
+        return resume
 
-    def resume(self, *args, **kwargs):
-        try:
-            return original(self, *args, **kwargs)
-        except Exception as exc:
-            raise _RestoreFailed() from exc
-
-    TuneController.resume = resume
-    try:
+    with ray_compat.tune_resume_wrapped(wrap):
         yield
-    finally:
-        TuneController.resume = original
 
 
 def _restore_error(experiment: str, exc: BaseException) -> RayslError:
@@ -1094,17 +1074,12 @@ class _StorageFailureLogs(logging.Filter):
         return False
 
 
-# the loggers that report Ray's writes to the experiment failing (its state saves, a trial's task)
-_RAY_WRITE_LOGGERS = ("ray.tune.execution.experiment_state", "ray.tune.execution.tune_controller",
-                      "ray.train._internal.syncer")
-
-
 @contextlib.contextmanager
 def _storage_failures_noted(experiment: str, reserve):
     _TUNE_STOPS_ON_SIGUSR1["yes"] = False
     storage.watch_failures(reserve, _stop_search)
     quiet = _StorageFailureLogs(experiment)
-    loggers = [logging.getLogger(name) for name in _RAY_WRITE_LOGGERS]
+    loggers = [logging.getLogger(name) for name in ray_compat.RAY_WRITE_LOGGERS]
     for logger in loggers:
         logger.addFilter(quiet)
     try:
@@ -1137,7 +1112,7 @@ def _tune_was_interrupted() -> bool:
     raysl's SIGTERM handler sends) puts back the SIGINT handler it replaced when it runs; while Tune's own is
     still in place, no signal came (a fit that stopped for another reason is not an interruption)."""
     handler = signal.getsignal(signal.SIGINT)
-    return getattr(handler, "__name__", "") != "signal_interrupt_tune_run"
+    return not ray_compat.is_tune_stop_handler(handler)
 
 
 def _fit(tuner, experiment: str, reserve, snapshot: _FolderSnapshot | None, resume_command: str):
@@ -1243,7 +1218,7 @@ def _finish(results, space: SearchSpace, objectives, experiment: str, num_sample
     print(_leaderboard(ranked, rows, objectives))
     used = sum(int(r["epoch"] or 0) for r in rows)
     summary["epochs_trained"] = used
-    unfinished = num_samples - sum(statuses.get(s, 0) for s in ("finished", "stopped", *_BAD_STATUSES))
+    unfinished = num_samples - sum(statuses.get(s, 0) for s in ("finished", "stopped", *BAD_STATUSES))
     budget = space.tune.budget_epochs
     if budget is not None and used >= budget and not statuses.get(UNFINISHED):
         unfinished = 0  # the budget ended the search, not an interruption

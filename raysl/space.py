@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -54,57 +53,17 @@ from raysl.config import (
     set_dotted,
 )
 from raysl.errors import ConfigError
+from raysl.outcome import METRIC_MODES, known_metric, metric_mode, worst_value  # noqa: F401 (re-exported)
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
 _EXTRA_KEYS = {"choice": {"when"}, "int": {"log"}, "loguniform": set(), "uniform": set()}
 _DIST_HELP = "{loguniform: [lo, hi]}, {uniform: [lo, hi]}, {int: [lo, hi]} or {choice: [a, b, ...]}"
 
-# metric -> the direction that is better; a trial that diverged or collapsed reports WORST.
-# alpha_req (alpha-ReQ's decay coefficient) has none: it is best near 1, so a search gives tune.mode
-# with it or searches alpha_req_score = -|alpha_req - 1| (raysl.evaluate.alpha_req_score)
-METRIC_MODES = {
-    "knn_acc": "max",
-    "linear_acc": "max",
-    "rankme": "max",
-    "lidar": "max",
-    "view_agreement": "max",
-    "agreed_rank": "max",
-    "alpha_req_score": "max",
-    "alpha_req": None,
-    "images_per_s": "max",
-    "feature_std": "max",
-    "loss": "min",
-    "alignment": "min",
-    "uniformity": "min",
-}
-_WORST = {"knn_acc": 0.0, "linear_acc": 0.0, "rankme": 0.0, "lidar": 0.0, "view_agreement": 0.0,
-          "agreed_rank": 0.0, "alpha_req_score": -1e9,
-          "images_per_s": 0.0, "feature_std": 0.0, "alignment": 4.0, "uniformity": 0.0, "loss": 1e9}
 SAMPLERS = ("tpe", "cmaes", "random", "grid", "gp", "nsga2")
 SCHEDULERS = ("asha", "pbt", "fifo")
 # keys PBT must not mutate: they change the model's shape or the run's length, so a
 # cloned checkpoint would no longer fit
 _PBT_FIXED = ("method.name", "model.", "scale.", "optim.name", "optim.epochs", "data.source", "data.path", "seed")
-
-
-def _base_metric(name: str) -> str:
-    name = name.removeprefix("projector_")
-    return "knn_acc" if re.fullmatch(r"knn_acc_k\d+", name) else name
-
-
-def metric_mode(name: str) -> str:
-    return METRIC_MODES[_base_metric(name)]
-
-
-def worst_value(name: str, mode: str | None = None) -> float:
-    """The value a diverged/collapsed/errored trial reports, so the searcher learns it is bad."""
-    if mode is None or mode == metric_mode(name):
-        return _WORST[_base_metric(name)]
-    return -1e9 if mode == "max" else 1e9
-
-
-def known_metric(name: str) -> bool:
-    return _base_metric(name) in METRIC_MODES
 
 
 # --------------------------------------------------------------------------

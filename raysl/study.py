@@ -42,6 +42,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from raysl import jsonio, storage
 from raysl.errors import ConfigError, StorageError
+from raysl.outcome import BAD_STATUSES, Status
 
 STUDY_FILE = "raysl_study.json"
 DB_FILE = "optuna.db"
@@ -432,7 +433,7 @@ class StudySearch(OptunaSearch):
         (Optuna keeps none for several objectives). Reports between evaluations repeat the last
         one and are not told; an epoch reported again after a restart is told once."""
         self._attach()
-        if result.get("status") == "running" and isinstance(result.get("error"), str):
+        if result.get("status") == Status.RUNNING and isinstance(result.get("error"), str):
             # raysl.search's report of a trial that met full storage: no new evaluation, and the search stops
             # (noted here too: an experiment started before raysl.search.SearchStop resumes without it)
             storage.note_failure(StorageError(result["error"]))
@@ -440,8 +441,7 @@ class StudySearch(OptunaSearch):
         if isinstance(self.metric, list) or trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         epoch, value = result.get("epoch"), result.get(self.metric)
-        if epoch is None or result.get("eval_epoch", epoch) != epoch or result.get("status") in (
-                "diverged", "collapsed", "errored"):
+        if epoch is None or result.get("eval_epoch", epoch) != epoch or result.get("status") in BAD_STATUSES:
             return
         if not isinstance(value, (int, float)) or not math.isfinite(value) or epoch <= self._reported.get(trial_id, -1):
             return

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from raysl import distributed, noise_scale, schedules
+from raysl import distributed, noise_scale, ray_compat, schedules
 from raysl.checkpoint import checkpoint_dirs, load_state, save_state
 from raysl.config import RunConfig
 from raysl.data.augment import augment_precropped, make_views, to_float
@@ -127,7 +127,7 @@ def upload_checkpoint(checkpoint, checkpoint_dir_name: str):
     from raysl import storage
 
     context = ray.train.get_context().get_storage()
-    check = getattr(context, "_check_validation_file", None)
+    check = ray_compat.storage_check(context)
     if check is not None:  # Ray's check that this node reaches the run's storage (multi-node)
         check()
     path = context.build_checkpoint_path_from_name(checkpoint_dir_name)

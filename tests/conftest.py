@@ -130,10 +130,12 @@ class RayHead:
             "RAY_AUTH_TOKEN_PATH": str(token),
             "RAY_USAGE_STATS_ENABLED": "0",
             "PYTHONUNBUFFERED": "1",
-            # no cloud drains a test machine's nodes: Ray Train's preemption watcher (an actor per run) off,
-            # as on the local clusters raysl starts
-            "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
         }
+        # what raysl sets for a run on a local cluster it starts (no preemption watcher, short polls): the
+        # runs that join this head get the same, as on one machine they should
+        from raysl.launch import LOCAL_TRAIN_ENV
+
+        self._base_env.update({k: v for k, v in LOCAL_TRAIN_ENV.items() if k not in os.environ})
         self._base_env.pop("RAY_AUTH_TOKEN", None)
         self._ports()
 

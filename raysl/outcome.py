@@ -1,0 +1,137 @@
+"""What a run or a trial produced: the one contract between what writes results (``raysl train``,
+``tune``, ``scale``) and what reads them (``analyze``, the report, the dashboard).
+
+- :class:`Status`: what finally happened to a run or trial (the ``status`` of its reports and of
+  the summary line), and :func:`status_of`, the status an error carries, decided by its class;
+- :data:`TRAIN_KEYS`: what every training report carries (anything else is an evaluation's);
+- :func:`metric_mode` / :func:`worst_value`: each metric's better direction, and the value a
+  trial that failed reports so a searcher learns it was bad;
+- the file names an experiment folder holds besides Ray Tune's own.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+
+from raysl.errors import CollapsedError, DivergedError
+from raysl.timing import TIME_KEYS
+
+__all__ = [
+    "BAD_STATUSES",
+    "BEST_CONFIG_FILE",
+    "METRIC_MODES",
+    "SPACE_FILE",
+    "Status",
+    "TERMINAL_STATUSES",
+    "TRAIN_KEYS",
+    "UNFINISHED",
+    "known_metric",
+    "metric_mode",
+    "status_from_error_text",
+    "status_of",
+    "worst_value",
+]
+
+
+class Status(str, Enum):
+    """What finally happened (a ``str``: it compares, and writes to JSON, as its value)."""
+
+    FINISHED = "finished"  # every epoch trained
+    STOPPED = "stopped"  # ended early without an error: a scheduler (ASHA, a stopper) stopped it
+    DIVERGED = "diverged"  # the loss became NaN or infinite
+    COLLAPSED = "collapsed"  # the embeddings became (nearly) constant against the network at initialisation
+    ERRORED = "errored"  # any other error
+    # not ended: still running or waiting, or caught by an interrupted search (`raysl tune --resume`
+    # continues it); never the best trial
+    UNFINISHED = "unfinished"
+    RUNNING = "running"  # a report of a trial that is waiting (e.g. for free storage) and has not ended
+
+    def __str__(self) -> str:
+        return self.value
+
+    # as its value in sets, dict keys and pandas' isin (Enum hashes the member's name)
+    __hash__ = str.__hash__
+
+
+TERMINAL_STATUSES = (Status.FINISHED, Status.STOPPED, Status.DIVERGED, Status.COLLAPSED, Status.ERRORED)
+BAD_STATUSES = (Status.DIVERGED, Status.COLLAPSED, Status.ERRORED)
+UNFINISHED = Status.UNFINISHED
+
+
+def status_of(error: BaseException) -> Status:
+    """The status an error ends a run with, by its class (raysl.errors)."""
+    if isinstance(error, DivergedError):
+        return Status.DIVERGED
+    if isinstance(error, CollapsedError):
+        return Status.COLLAPSED
+    return Status.ERRORED
+
+
+def status_from_error_text(text: str) -> Status:
+    """The status of a trial that Tune ended with an error and that left no report saying its status:
+    all that is left of the error is Tune's ``error.txt``. raysl's own messages for a diverged or
+    collapsed run start with those words (raysl.divergence, raysl.train); anything else is errored."""
+    first = (text or "").lower()
+    for status in (Status.DIVERGED, Status.COLLAPSED):
+        if re.search(rf"\b{status.value}\b", first):
+            return status
+    return Status.ERRORED
+
+
+# Files of an experiment folder besides Ray Tune's own: the search space it was started with (a resume
+# must use the same) and the best trial's config as a run config `raysl train` accepts.
+SPACE_FILE = "raysl_space.yaml"
+BEST_CONFIG_FILE = "best_config.yaml"
+
+# What every training report carries; any other metric comes from an evaluation, which `raysl tune`
+# repeats between evaluations (``eval_epoch`` says when it was measured).
+TRAIN_KEYS = frozenset({"epoch", "step", "loss", "images_per_s", "lr", "status", "eval_epoch", "error",
+                        "resumed_epoch", "resumed_weights", *TIME_KEYS})
+
+# metric -> the direction that is better; a trial that diverged or collapsed reports _WORST.
+# alpha_req (alpha-ReQ's decay coefficient) has none: it is best near 1, so a search gives tune.mode
+# with it or searches alpha_req_score = -|alpha_req - 1| (raysl.evaluate.alpha_req_score)
+METRIC_MODES = {
+    "knn_acc": "max",
+    "linear_acc": "max",
+    "rankme": "max",
+    "lidar": "max",
+    "view_agreement": "max",
+    "agreed_rank": "max",
+    "alpha_req_score": "max",
+    "alpha_req": None,
+    "images_per_s": "max",
+    "feature_std": "max",
+    "loss": "min",
+    "alignment": "min",
+    "uniformity": "min",
+}
+_WORST = {"knn_acc": 0.0, "linear_acc": 0.0, "rankme": 0.0, "lidar": 0.0, "view_agreement": 0.0,
+          "agreed_rank": 0.0, "alpha_req_score": -1e9,
+          "images_per_s": 0.0, "feature_std": 0.0, "alignment": 4.0, "uniformity": 0.0, "loss": 1e9}
+
+
+def _base_metric(name: str) -> str:
+    name = name.removeprefix("projector_")
+    return "knn_acc" if re.fullmatch(r"knn_acc_k\d+", name) else name
+
+
+def known_metric(name: str) -> bool:
+    return _base_metric(name) in METRIC_MODES
+
+
+def metric_mode(name: str, default: str | None = None) -> str | None:
+    """The better direction of a raysl metric (``projector_`` and ``knn_acc_kN`` variants too); for a
+    metric raysl does not know, ``default`` (None: a KeyError, for callers that must know)."""
+    base = _base_metric(name)
+    if base not in METRIC_MODES and default is not None:
+        return default
+    return METRIC_MODES[base]
+
+
+def worst_value(name: str, mode: str | None = None) -> float:
+    """The value a diverged/collapsed/errored trial reports, so the searcher learns it is bad."""
+    if mode is None or mode == metric_mode(name):
+        return _WORST[_base_metric(name)]
+    return -1e9 if mode == "max" else 1e9

@@ -1,0 +1,52 @@
+"""raysl.outcome: the one definition of a trial's status, its report keys and its metrics' directions."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from raysl import outcome
+from raysl.errors import CollapsedError, DivergedError, StorageError, TrainingError
+from raysl.outcome import BAD_STATUSES, Status
+
+
+def test_a_status_is_its_string_everywhere_results_are_read():
+    # catches: Enum's own hash (of the member's name) made "diverged" not found in a set of statuses, and
+    # pandas' isin (hash-based) miss every bad trial read back from result.json as a plain string
+    assert "diverged" in set(BAD_STATUSES) and {"finished": 1}.get(Status.FINISHED) == 1
+    column = pd.Series(["finished", "diverged", "stopped", "errored"])
+    assert column.isin(BAD_STATUSES).tolist() == [False, True, False, True]
+    assert json.dumps({"status": Status.COLLAPSED}) == '{"status": "collapsed"}'
+    assert f"{Status.STOPPED}" == "stopped" and str(Status.UNFINISHED) == "unfinished"
+
+
+def test_an_errors_status_is_decided_by_its_class_not_its_words():
+    # catches the old text search: a storage error whose path holds the word "diverged" became a diverged trial
+    assert outcome.status_of(DivergedError("loss is nan at step 3")) is Status.DIVERGED
+    assert outcome.status_of(CollapsedError("the embeddings became constant")) is Status.COLLAPSED
+    assert outcome.status_of(StorageError("/runs/diverged/out: no space left")) is Status.ERRORED
+    assert outcome.status_of(TrainingError("a training worker died")) is Status.ERRORED
+
+
+def test_status_from_tunes_error_text_matches_whole_words():
+    assert outcome.status_from_error_text("DivergedError: Diverged at epoch 2: loss is nan") is Status.DIVERGED
+    assert outcome.status_from_error_text("CollapsedError: collapsed at epoch 3") is Status.COLLAPSED
+    assert outcome.status_from_error_text("undiverged-ish path/x: ValueError") is Status.ERRORED
+    assert outcome.status_from_error_text("") is Status.ERRORED
+
+
+def test_metric_directions_are_one_table():
+    assert outcome.metric_mode("knn_acc_k200") == "max" and outcome.metric_mode("projector_alignment") == "min"
+    assert outcome.metric_mode("my_metric", default="max") == "max"
+    assert outcome.worst_value("loss") == 1e9 and outcome.worst_value("knn_acc") == 0.0
+    from raysl.results import mode_of
+    from raysl.space import metric_mode
+
+    # the readers and the search space use the same table
+    assert metric_mode is outcome.metric_mode and mode_of("uniformity") == "min" and mode_of("lidar") == "max"
+
+
+def test_train_keys_are_not_evaluation_metrics():
+    assert {"epoch", "loss", "status", "eval_epoch", "train_s", "eval_s", "startup_s"} <= outcome.TRAIN_KEYS
+    assert not {"knn_acc", "rankme", "alignment"} & outcome.TRAIN_KEYS
