@@ -396,6 +396,9 @@ class DataConfig(Section):
     crop_size: Annotated[int, Field(ge=4)] | None = None  # global views' side; default: the image's (224 for JPEG shards)
     local_crops: LocalCrops = Field(default_factory=LocalCrops)
     decode: Literal["auto", "cpu", "gpu"] = "auto"  # JPEG shards: gpu = nvJPEG on the worker's GPU; auto: gpu on CUDA
+    # small-image shards: auto = each Train worker reads its share itself; ray_data = through a Ray Dataset
+    # (its split coordinator and read tasks: a few process start-ups more per run; raysl.data.pipeline)
+    reader: Literal["auto", "ray_data"] = "auto"
     cache_on_device: bool = True  # keep the uint8 split on the worker's device after one pass
     max_cached_bytes: Annotated[int, Field(ge=0)] = 4 << 30
     # train on a seeded fraction of the train split (raysl/data/subset.py); eval sets stay whole

@@ -675,7 +675,7 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
 
     init_ray(verbose=verbose)
     # before the trainer asks for its workers: on a cluster that cannot hold them it would wait forever
-    check_placement([run_needs(cfg)], cfg.scale.placement_timeout_s)
+    check_placement([run_needs(cfg, not reads_in_worker(cfg, manifest))], cfg.scale.placement_timeout_s)
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -41,11 +41,15 @@ def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-def run_needs(cfg: RunConfig) -> Needs:
-    """``raysl train``: the (minimum number of) Train workers, plus a CPU for Ray Data's read (and JPEG
-    decode) tasks: they ask for one CPU each, and with every CPU held by a worker they never run."""
+def run_needs(cfg: RunConfig, ray_data: bool) -> Needs:
+    """``raysl train``: the (minimum number of) Train workers; with a Ray Dataset (``ray_data``: JPEG shards,
+    or ``data.reader: ray_data``) plus a CPU for its read (and decode) tasks: they ask for one CPU each, and
+    with every CPU held by a worker they never run. (The workers read small-image shards themselves by
+    default: raysl.data.pipeline.reads_in_worker.)"""
     scale = cfg.scale
     bundle = {"CPU": scale.cpus_per_worker, "GPU": scale.gpus_per_worker if scale.use_gpu else 0.0}
+    if not ray_data:
+        return Needs("the run", scale.min_workers, bundle)
     return Needs("the run", scale.min_workers, bundle, {"CPU": 1.0}, "Ray Data's read tasks")
 
 

@@ -248,7 +248,8 @@ def train_worker_in_trial(loop_config: dict) -> None:
         cls = DivergedError if stop["status"] == "diverged" else CollapsedError
         raise cls(stop["error"])
     try:
-        train_worker(loop_config, RayTrainIO(resume_from=loop_config.get("resume_from")))
+        train_worker(loop_config, RayTrainIO(resume_from=loop_config.get("resume_from"), read_shards_from=(
+            loop_config["data_dir"] if loop_config.get("read_in_worker") else None)))
     except (DivergedError, CollapsedError) as exc:
         storage.write_atomic(marker, jsonio.dumps({"status": status_of(exc), "error": str(exc)}))
         raise
@@ -376,17 +377,21 @@ def _fit_torch_trainer(cfg: RunConfig, loop_config: dict, data_dir: str, objecti
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
 
-    from raysl.data.pipeline import train_dataset
+    from raysl.data.pipeline import reads_in_worker, train_dataset
+    from raysl.data.shards import load_manifest
 
     train_storage = storage.join_uri(experiment, trial.trial_dir)
+    in_worker = reads_in_worker(cfg, load_manifest(data_dir))
     loop_config = {**loop_config, "stop_marker": storage.join_uri(train_storage, start.run, "raysl_stop.json"),
+                   "read_in_worker": in_worker,
                    "resume_from": start.resume_from,
                    "resume_record": storage.join_uri(train_storage, start.run, RESUMED_FILE) if start.cloned else None}
     ray.data.DataContext.get_current().enable_progress_bars = False
     # Read tasks take no CPU slot: trials' Train workers can hold every CPU of a small
     # cluster, and a read task waiting for one would stall the trial forever. JPEG shards
     # add decode tasks of one CPU each: _default_concurrency leaves a CPU per trial for them.
-    dataset = train_dataset(cfg, data_dir, read_remote_args={"num_cpus": 0})
+    # (small-image shards: each worker reads its part itself, no Ray Dataset)
+    datasets = {} if in_worker else {"train": train_dataset(cfg, data_dir, read_remote_args={"num_cpus": 0})}
     resources = {"CPU": cfg.scale.cpus_per_worker}
     if cfg.scale.use_gpu:
         resources["GPU"] = cfg.scale.gpus_per_worker
@@ -405,7 +410,7 @@ def _fit_torch_trainer(cfg: RunConfig, loop_config: dict, data_dir: str, objecti
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             callbacks=[_relay_callback(objectives, extra, reports, storage.join_uri(train_storage, start.run))],
         ),
-        datasets={"train": dataset},
+        datasets=datasets,
     )
     _relay_to_tune(reports, trial, start.run, trainer.fit, delivered)
 

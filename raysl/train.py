@@ -74,7 +74,8 @@ class RayTrainIO:
             from raysl.data.shards import shard_uris
             from raysl.data.stream import ParquetBatches
 
-            return ParquetBatches(shard_uris(self.read_shards_from, name))
+            return ParquetBatches(shard_uris(self.read_shards_from, name), distributed.rank(),
+                                  distributed.world_size())
         import ray.train
 
         return ray.train.get_dataset_shard(name)

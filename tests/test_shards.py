@@ -352,3 +352,29 @@ def test_real_fashion_mnist(tmp_path: Path) -> None:
     images, labels = read_split(str(tmp_path / "fm"), "val")
     assert images.shape == (10_000, 28, 28, 1)
     assert labels is not None and np.bincount(labels).tolist() == [1000] * 10
+
+
+def test_workers_reading_their_own_shares_split_the_rows_disjointly_and_evenly(tmp_path):
+    """Catches a split that drops or repeats rows across shard boundaries (each worker reads every N-th
+    row of the shards in order; shards of 5, 3 and 4 rows do not divide by the 3 workers)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raysl.data.stream import ParquetBatches
+
+    uris, start = [], 0
+    for number, rows in enumerate((5, 3, 4)):
+        path = tmp_path / f"train-{number}.parquet"
+        pq.write_table(pa.table({"index": list(range(start, start + rows))}), path)
+        uris.append(str(path))
+        start += rows
+    shares = []
+    for rank in range(3):
+        batches = ParquetBatches(uris, rank, 3).iter_batches(batch_size=2)
+        shares.append([int(i) for batch in batches for i in batch["index"]])
+    assert sorted(i for share in shares for i in share) == list(range(12))  # each row once
+    assert shares[0] == [0, 3, 6, 9] and shares[2] == [2, 5, 8, 11]  # every 3rd row across the shards
+    one = [int(i) for batch in ParquetBatches(uris).iter_batches(batch_size=5) for i in batch["index"]]
+    assert one == list(range(12))
+    with pytest.raises(ValueError, match="rank 3 is not one of 3 workers"):
+        ParquetBatches(uris, 3, 3)

@@ -140,8 +140,8 @@ def test_elastic_run_loses_a_node_and_continues_with_one_worker_at_the_same_glob
 
     epochs, batch = 5, 16
     out = tmp_path / "run"
-    # each worker node fits exactly one Train worker (2 of its 3 CPUs; the third, and the head's,
-    # run Ray Data's read tasks), so removing a node leaves room for one worker only
+    # each worker node fits exactly one Train worker (2 of its 3 CPUs; the head has 1), so removing a
+    # node leaves room for one worker only
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
         nodes = [cluster.add_node(num_cpus=3) for _ in range(2)]

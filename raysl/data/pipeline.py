@@ -2,9 +2,10 @@
 
 Two data paths, chosen by the shards (``manifest.encoding``), not by the user:
 
-- **Small images** (``raw`` / ``png`` rows): the Dataset is the shards' rows;
-  the worker decodes them once, keeps the split on its device and augments
-  there (:class:`raysl.data.stream.TrainBatches`).
+- **Small images** (``raw`` / ``png`` rows): no Ray Dataset; each worker reads
+  its share of the shards' rows (:func:`reads_in_worker`), decodes them once,
+  keeps them on its device and augments there
+  (:class:`raysl.data.stream.TrainBatches`).
 - **Real-size images** (``encoded``: original JPEG/PNG bytes, any size):
 
   * ``data.decode: cpu`` (``auto`` on a CPU worker): ``read_parquet`` ->
@@ -87,14 +88,16 @@ def decode_on_device(cfg: "RunConfig", device_type: str) -> bool:
 
 
 def reads_in_worker(cfg: "RunConfig", manifest: "Manifest") -> bool:
-    """Whether the run's one Train worker reads the shards itself (pyarrow, in shard order), with no Ray
-    Dataset: small-image rows and a fixed single worker. The worker decodes such rows once and keeps
-    them (:class:`raysl.data.stream.TrainBatches`), so Ray Data would only carry the shards' bytes once,
-    at the price of its own actors (split coordinator, dataset manager, stats) and read tasks: several
-    process start-ups, most of a short run's start-up on a small machine. Several workers (each gets
-    its part through Ray Data's split) and encoded shards (decoded by Ray Data tasks on any node's CPUs)
-    keep the Ray Dataset. One-worker ``raysl tune`` trials read their shards the same way."""
-    return not is_encoded(manifest) and not cfg.scale.elastic and cfg.scale.num_workers == 1
+    """Whether each Train worker reads the shards itself (pyarrow, in shard order, every
+    world-th row from its rank on: :class:`raysl.data.stream.ParquetBatches`), with no Ray Dataset:
+    small-image rows. The worker decodes such rows once and keeps them
+    (:class:`raysl.data.stream.TrainBatches`), so Ray Data would only carry the shards' bytes once, at
+    the price of its own actors (split coordinator, stats) and read tasks: several process start-ups,
+    most of a short run's start-up on a small machine. An elastic run's workers read their parts again
+    at each start, at the size they start at. Encoded shards (decoded by Ray Data tasks on any node's
+    CPUs) keep the Ray Dataset, and so does ``data.reader: ray_data``. One-worker ``raysl tune`` trials
+    read their shards in their own process (no Train worker group) in every case."""
+    return cfg.data.reader == "auto" and not is_encoded(manifest)
 
 
 def train_dataset(

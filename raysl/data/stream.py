@@ -1,7 +1,8 @@
 """Per-worker batches of uint8 images on the training device.
 
-The first pass streams the worker's share of the Parquet shards through Ray
-Data. When the split fits in ``data.max_cached_bytes`` it stays resident on the
+The first pass streams the worker's share of the Parquet shards: small-image
+rows read by the worker itself (:class:`ParquetBatches`), JPEG crops from Ray
+Data's decode tasks. When the split fits in ``data.max_cached_bytes`` it stays resident on the
 device as one uint8 tensor and later epochs shuffle it there (airbench's
 approach): small-image SSL is then bound by the model, not by the loader.
 Larger splits stream every epoch.
@@ -141,20 +142,31 @@ def _rows(x: Any, start: int, stop: int | None) -> Any:
 
 
 class ParquetBatches:
-    """A stand-in for Ray Data's per-worker iterator when a run trains in-process without Ray Train.
+    """A stand-in for Ray Data's per-worker iterator where a worker reads its shards itself.
 
     Reads the split's shards with pyarrow in shard order (every column: encoded
     shards carry height, width and orientation too); exposes the one method the loop uses.
+    With ``world`` > 1 the worker keeps every ``world``-th row from ``rank`` on (counted across
+    the shards in order): the workers' parts are disjoint, cover the split and differ by at most
+    one row, as Ray Data's equal split would give them.
     """
 
-    def __init__(self, uris: list[str]):
+    def __init__(self, uris: list[str], rank: int = 0, world: int = 1):
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not one of {world} workers")
         self.uris = list(uris)
+        self.rank, self.world = rank, world
 
     def iter_batches(self, *, batch_size: int, batch_format: str = "numpy", prefetch_batches: int = 0):
         import pyarrow.parquet as pq
 
+        seen = 0  # rows before this shard, across the split
         for uri in self.uris:
             table = pq.read_table(uri)
+            if self.world > 1:
+                first = (self.rank - seen) % self.world
+                seen += table.num_rows
+                table = table.take(np.arange(first, table.num_rows, self.world))
             for start in range(0, table.num_rows, batch_size):
                 part = table.slice(start, batch_size)
                 yield {name: part.column(name).to_numpy(zero_copy_only=False) for name in part.column_names}
