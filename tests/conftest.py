@@ -264,9 +264,11 @@ def interrupt_when(proc, ready, what: str = "the run") -> tuple[str, str]:
 
 
 # What the finished-run fixture trains: two epochs of the quickstart at width 8, a checkpoint after
-# each, both kept (tests/test_export.py lists them), every epoch evaluated.
+# each, both kept (tests/test_export.py lists them), every epoch evaluated; its shards through a Ray Dataset
+# (data.reader=ray_data: the other end-to-end runs on small images have their worker read them itself, so
+# this run is what keeps that path checked, end to end, without a run of its own).
 FINISHED_RUN = ["--set", "model.width=8", "--set", "optim.epochs=2", "--set", "checkpoint.every_epochs=1",
-                "--set", "checkpoint.keep=2", "--set", "eval.every_epochs=1"]
+                "--set", "checkpoint.keep=2", "--set", "eval.every_epochs=1", "--set", "data.reader=ray_data"]
 
 
 @pytest.fixture(scope="session")
