@@ -138,9 +138,18 @@ def init_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:
     # worker ended the driver with exit 1 after 60 s of no GCS, nothing said, the checkpoints written after
     # the last registered one left behind. In their own session only the driver gets the signal; it stops
     # the run and ray.shutdown() stops the cluster, as for a SIGTERM to the driver alone.
-    with ray_compat.processes_in_own_session():
-        ray.init(num_cpus=cpus, include_dashboard=True, log_to_driver=verbose, configure_logging=True,
-                 logging_level=level)
+    try:
+        with ray_compat.processes_in_own_session():
+            ray.init(num_cpus=cpus, include_dashboard=True, log_to_driver=verbose, configure_logging=True,
+                     logging_level=level)
+    except Exception as exc:
+        if not ray_compat.is_node_startup_timeout(exc):
+            raise
+        # what it had started ends with this process (Ray ties them to it); nothing of the run is written yet
+        raise RayslError(
+            "Ray's local cluster did not start: its node did not register within Ray's 30 s (an overloaded "
+            "machine: other jobs' CPU or memory); run the same command again when the machine is less busy "
+            "(a run folder resumes from its last checkpoint), or join a running cluster with RAY_ADDRESS=...") from None
 
 
 def quiet_ray(verbose: bool) -> None:

@@ -23,6 +23,7 @@ __all__ = [
     "failure_counts",
     "failure_policy_base",
     "filter_cluster_errors",
+    "is_node_startup_timeout",
     "is_tune_stop_handler",
     "missing",
     "node_type_mapping",
@@ -64,6 +65,9 @@ PRIVATE: dict[str, str] = {
         "each trial's final Tune status (ResultGrid keeps it in _experiment_analysis)",
     "ray.tune.execution.experiment_state": "hiding Ray's log of a state save that failed on full storage",
     "ray.train._internal.syncer": "the same, for a trial's uploads",
+    "ray._private.node:Node.__init__":
+        "telling a local cluster that did not start in Ray's 30 s (a bare Exception) from other failures: "
+        "one line instead of a traceback",
     "ray._private.ray_constants:DEBUG_AUTOSCALING_STATUS":
         "telling a fixed cluster from one that can grow (placement refused at once vs waited for)",
     "ray.experimental.internal_kv:_internal_kv_get": "the same",
@@ -81,6 +85,9 @@ _ATTRIBUTES = {
     "ray.tune.tune:_setup_signal_catching": _TUNE_STOP_HANDLER,
 }
 _POLICY_COUNTS = ("_worker_group_failures", "_preemption_failures")
+# the words of the bare Exception Ray raises when a local node's raylet does not register in time
+_NODE_STARTUP_TIMEOUT = "timed out during startup"
+_ATTRIBUTES["ray._private.node:Node.__init__"] = _NODE_STARTUP_TIMEOUT
 
 
 def _resolve(name: str) -> Any:
@@ -169,6 +176,12 @@ def filter_cluster_errors(drop: tuple[str, ...], stream: Callable[[], Any]) -> N
 
     print_cluster_error.raysl_filtered = True  # type: ignore[attr-defined]
     ray_worker.print_to_stdstream = print_cluster_error
+
+
+def is_node_startup_timeout(exc: BaseException) -> bool:
+    """Whether ``ray.init()`` failed because its local node did not register within Ray's fixed 30 s
+    (an overloaded machine): Ray raises a bare Exception, known only by its words."""
+    return type(exc) is Exception and _NODE_STARTUP_TIMEOUT in str(exc)
 
 
 # --------------------------------------------------------------------------

@@ -76,3 +76,12 @@ def test_the_own_session_start_patches_and_restores_rays_popen():
         inside = services.ConsolePopen
     assert services.ConsolePopen is before
     assert inside is not before and issubclass(inside, before)
+
+
+def test_a_local_node_that_did_not_start_in_time_is_told_from_other_failures():
+    # Ray's words for it are checked in its source by the first test above (Node.__init__)
+    timed_out = Exception("The current node timed out during startup. This could happen because some of the "
+                          "raylet failed to startup or the GCS has become overloaded.")
+    assert ray_compat.is_node_startup_timeout(timed_out)
+    assert not ray_compat.is_node_startup_timeout(Exception("permission denied: /tmp/ray"))
+    assert not ray_compat.is_node_startup_timeout(ValueError("timed out during startup"))  # Ray raises a bare one
