@@ -50,7 +50,7 @@ from ray.tune.stopper import Stopper
 
 from raysl import jsonio, ray_compat, signing, storage
 from raysl.config import RunConfig, build_config, to_yaml
-from raysl.errors import CollapsedError, ConfigError, DivergedError, PlacementError, RayslError, StorageError
+from raysl.errors import CollapsedError, ConfigError, DivergedError, RayslError, StorageError
 from raysl.pbt import PBT_EXTRA_KEEP, RESUMED_FILE
 from raysl.outcome import (BAD_STATUSES, BEST_CONFIG_FILE, SPACE_FILE, TRAIN_KEYS, UNFINISHED, Status, status_of,
                            worst_value)
@@ -904,11 +904,12 @@ def tune_main(args, space: SearchSpace | None = None, extra_metrics=None) -> int
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     verbose = bool(getattr(args, "verbose", False))
-    init_ray(verbose=verbose)
-    try:  # before Tune places a trial: on a cluster that cannot hold one it would wait forever, silently
+    try:
+        init_ray(verbose=verbose)  # a local Ray that does not start is one RayslError (raysl.launch.init_ray)
+        # before Tune places a trial: on a cluster that cannot hold one it would wait forever, silently
         check_placement(trial_variants_needs(space, is_encoded(manifest)),
                         space.base_config.scale.placement_timeout_s)
-    except (PlacementError, KeyboardInterrupt):  # refused, or Ctrl-C while waiting for the cluster to grow
+    except (RayslError, KeyboardInterrupt):  # refused, Ray did not start, or Ctrl-C while waiting to grow
         if fresh:  # all there is, is the empty study database prepare_new opened: the experiment stays new
             storage.remove(experiment)
         raise

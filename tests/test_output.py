@@ -158,6 +158,20 @@ def _env() -> dict:
     return env
 
 
+# raysl's line when its local Ray did not start within Ray's fixed 30 s (raysl.launch.init_ray): seen in
+# 2 of 3 fresh-clone CI runs of 2026-12-06 on these local-cluster tests while the other pytest worker's
+# multi-worker trials held both cores. The line tells the user to run the same command again; so does
+# this (once): nothing was started or written then, so the re-run is the run these tests check.
+NOT_STARTED = "raysl: error: Ray's local cluster did not start"
+
+
+def _run_local(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=HANG, env=_env(), cwd=tmp_path)
+    if proc.returncode == 2 and proc.stderr.startswith(NOT_STARTED):
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=HANG, env=_env(), cwd=tmp_path)
+    return proc
+
+
 def _train_args(out: Path, epochs: int) -> list[str]:
     return [RAYSL, "train", QUICKSTART, "--set", "model.width=8", "--set", f"optim.epochs={epochs}",
             "--set", "eval.every_epochs=1", "--out", str(out)]
@@ -171,8 +185,7 @@ def test_train_output_redirected_and_its_contract_metrics(tmp_path):
 
     epochs = 2
     out = tmp_path / "run"
-    proc = subprocess.run(_train_args(out, epochs), capture_output=True, text=True, timeout=HANG,
-                          env=_env(), cwd=tmp_path)
+    proc = _run_local(_train_args(out, epochs), tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     # the contract: the summary's metric names, the saved config, every epoch once in metrics.jsonl
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -267,7 +280,7 @@ def test_tune_output_one_line_per_trial(tmp_path):
     args = [RAYSL, "tune", QUICKSTART, "--num-samples", "2", "--set", "optim.epochs=1", "--set", "model.width=8",
             "--set", "tune.scheduler=fifo", "--set", "tune.max_concurrent=2",
             "--storage", str(tmp_path / "results"), "--name", "out"]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=HANG, env=_env(), cwd=tmp_path)
+    proc = _run_local(args, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     for stream in (proc.stdout, proc.stderr):
         assert "\x1b" not in stream and "\r" not in stream
