@@ -114,8 +114,8 @@ def missing() -> list[str]:
     try:
         import ray.train
 
-        counts = failure_counts(_resolve(next(n for n in PRIVATE if n.endswith(":DefaultFailurePolicy")))(
-            ray.train.FailureConfig()))
+        policy_class, _ = failure_policy_base()
+        counts = failure_counts(policy_class(ray.train.FailureConfig()))
         if counts is None:
             gone.append(f"DefaultFailurePolicy no longer counts {', '.join(_POLICY_COUNTS)}: the restart line's "
                         "'failure N of M' and its preemption wording")

@@ -248,8 +248,7 @@ def train_worker_in_trial(loop_config: dict) -> None:
         cls = DivergedError if stop["status"] == "diverged" else CollapsedError
         raise cls(stop["error"])
     try:
-        train_worker(loop_config, RayTrainIO(resume_from=loop_config.get("resume_from"), read_shards_from=(
-            loop_config["data_dir"] if loop_config.get("read_in_worker") else None)))
+        train_worker(loop_config, RayTrainIO.for_loop(loop_config))
     except (DivergedError, CollapsedError) as exc:
         storage.write_atomic(marker, jsonio.dumps({"status": status_of(exc), "error": str(exc)}))
         raise

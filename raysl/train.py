@@ -69,6 +69,12 @@ class RayTrainIO:
         # Ray Dataset (raysl.data.pipeline.reads_in_worker)
         self.read_shards_from = read_shards_from
 
+    @classmethod
+    def for_loop(cls, loop_config: dict) -> "RayTrainIO":
+        """The IO of a Train worker started with ``loop_config`` (raysl train's, or a multi-worker trial's)."""
+        return cls(resume_from=loop_config.get("resume_from"),
+                   read_shards_from=loop_config["data_dir"] if loop_config.get("read_in_worker") else None)
+
     def dataset_shard(self, name):
         if self.read_shards_from is not None:
             from raysl.data.shards import shard_uris
@@ -421,7 +427,7 @@ def _lr_formula(cfg: RunConfig) -> str:
 def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
     """Entry point of one worker. ``loop_config``: {"config": RunConfig dict, "data_dir": str}."""
     loop_start = time.perf_counter()  # startup_s runs from here to the first training step (raysl.timing)
-    io = io or RayTrainIO(read_shards_from=loop_config["data_dir"] if loop_config.get("read_in_worker") else None)
+    io = io or RayTrainIO.for_loop(loop_config)
     cfg = RunConfig.model_validate(loop_config["config"])
     data_dir = loop_config["data_dir"]
     rank, world = distributed.rank(), distributed.world_size()
