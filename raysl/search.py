@@ -960,6 +960,7 @@ def tune_main(args, space: SearchSpace | None = None, extra_metrics=None) -> int
                 search_alg=searcher,
                 scheduler=scheduler,
                 num_samples=num_samples,
+                reuse_actors=space.tune.reuse_actors,
                 trial_dirname_creator=trial_dirname,
                 trial_name_creator=trial_dirname,
             ),

@@ -194,6 +194,11 @@ def test_quickstart_search_completes_and_best_config_retrains(head, tmp_path, tm
     assert summary["best_metric"] == pytest.approx(best["rows"][-1]["knn_acc"])
     assert (experiment / "raysl_space.yaml").exists()
     assert any(line.startswith("trial ") for line in stdout.splitlines())  # the leaderboard
+    # tune.reuse_actors (the default): a trial's process ran a later trial too. Catches the option not
+    # reaching Tune (a new process per trial: as many pids as trials). A reset can fall back to a new process
+    # (a trial thread slow to end), so the check is "fewer", not "as many as the concurrent slots".
+    pids = {row["pid"] for trial in found.values() for row in trial["rows"]}
+    assert len(pids) < NUM_SAMPLES, pids
 
     # Ray Tune's own layout: Tuner.restore reads it (no Ray cluster needed for that)
     import ray
