@@ -105,7 +105,6 @@ from statistics import NormalDist
 from typing import Any, Sequence
 
 import numpy as np
-from scipy.optimize import least_squares, minimize, nnls
 
 DEFAULT_LEVEL = 0.9
 DEFAULT_BOOTSTRAP = 500
@@ -362,6 +361,8 @@ def _huber_scores(starts: np.ndarray, u: np.ndarray, log_err: np.ndarray, delta:
 def _polish(theta0: np.ndarray, u: np.ndarray, log_err: np.ndarray, delta: float,
             bounds: np.ndarray) -> tuple[np.ndarray, float]:
     """L-BFGS-B from ``theta0``; tolerances near machine precision (a noiseless law comes back to ~1e-12)."""
+    from scipy.optimize import minimize  # here, not at the top: every training process imports this module
+
     x0 = np.clip(theta0, bounds[:, 0], bounds[:, 1])
     res = minimize(_huber_objective, x0, args=(u, log_err, delta), jac=True, method="L-BFGS-B", bounds=bounds,
                    options={"maxiter": 3000, "ftol": 1e-14, "gtol": 1e-10})
@@ -429,6 +430,8 @@ def _with_linear_floor(theta: np.ndarray) -> np.ndarray:
 
 
 def _best_of(residual, starts: list[np.ndarray], lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, float]:
+    from scipy.optimize import least_squares  # here, not at the top: every training process imports this module
+
     best, best_cost = None, math.inf
     for x0 in starts:
         x0 = np.clip(x0, lower + 1e-12, upper - 1e-12)
@@ -821,6 +824,7 @@ def steps_to_target(steps: Sequence[float], errors: Sequence[float], target: flo
 def _critical_batch_solve(inv_b: np.ndarray, s: np.ndarray) -> tuple[float, float]:
     # S = S_min + E_min / B, each row divided by its S: relative errors, S_min, E_min >= 0
     design = np.stack([np.ones_like(inv_b), inv_b], axis=1) / s[:, None]
+    from scipy.optimize import nnls  # here, not at the top: every training process imports this module
     (s_min, e_min), _ = nnls(design, np.ones_like(s))
     return float(s_min), float(e_min)
 

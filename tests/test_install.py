@@ -14,7 +14,7 @@ def test_python_run_above_a_clone_named_raysl_imports_the_package_not_the_folder
     package is a plain path entry and a regular package wins over a namespace folder."""
     (tmp_path / "raysl" / "data").mkdir(parents=True)
     done = subprocess.run([sys.executable, "-c", "import raysl.data, raysl.config; print(raysl.data.__file__)"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)  # hang guard
     assert done.returncode == 0, done.stderr[-2000:]
     found = done.stdout.strip()
     assert found.endswith("raysl/data/__init__.py") and not found.startswith(str(tmp_path)), found
