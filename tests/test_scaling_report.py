@@ -4,12 +4,15 @@ synthetic scaling.json (fit_all on runs drawn from a known law), and (slow) `ray
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -362,6 +365,12 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
 def _trial_finished(trial: Path) -> bool:
     rows = [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.endswith("}")] \
         if (trial / "result.json").exists() else []
@@ -376,8 +385,6 @@ def test_scale_interrupted_resumed_analyzed_with_predict_and_opened_in_chromium(
     grid), `--resume` fits every run (E(C) and E(N, D)); `raysl analyze --predict` then predicts from
     the stored fit: at width=32, fraction=1.0 (the base's fraction) exactly what `raysl scale --predict
     width=32` predicted from the live fit; the page opens in Chromium with every image and number."""
-    from conftest import interrupt_when
-
     data = yaml.safe_load(QUICKSTART.read_text())
     data["grid"] = {"model.width": [4, 8, 16], "data.fraction": [0.5, 1.0]}
     data["base"]["optim"]["epochs"] = 1
@@ -392,9 +399,31 @@ def test_scale_interrupted_resumed_analyzed_with_predict_and_opened_in_chromium(
     env = {**head.env, "PYTHONUNBUFFERED": "1"}
     args = [RAYSL, "scale", str(scaling), "--storage", str(storage), "--predict", "width=32"]
     proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = interrupt_when(
-        proc, lambda: sum(_trial_finished(t) for t in experiment.glob("raysl_trial_*")) >= 2, "the grid")
+    # Ctrl-C once 2 runs finished, with runs left: a run of a reused trial process takes well under a
+    # second here, and in a CI run the other 4 had finished before a poll saw 2 and the interruption took
+    # effect. So the trial process is stopped (SIGSTOP) before each look and let go (SIGCONT) only while
+    # fewer than 2 have finished: once 2 have, it stays stopped through the Ctrl-C and cannot finish
+    # another run (the interrupted search kills it; it is let go at the end in any case).
+    frozen: list[int] = []
+    try:
+        deadline = time.monotonic() + HANG
+        while time.monotonic() < deadline and proc.poll() is None:
+            frozen[:] = head.worker_pids("ImplicitFunc")  # the trial actor (the head group runs one test at a time)
+            _signal_all(frozen, signal.SIGSTOP)
+            if frozen and sum(_trial_finished(t) for t in experiment.glob("raysl_trial_*")) >= 2:
+                break
+            _signal_all(frozen, signal.SIGCONT)
+            time.sleep(0.05)
+        assert proc.poll() is None, "the grid ended before it could be interrupted"
+        finished_at_interrupt = sum(_trial_finished(t) for t in experiment.glob("raysl_trial_*"))
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=HANG)
+    finally:
+        _signal_all(frozen, signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == 130, f"{proc.returncode}\n{out[-2000:]}\n{err[-4000:]}"
+    assert 2 <= finished_at_interrupt < 6, finished_at_interrupt
     assert not (experiment / RESULT_FILE).exists()  # no fit on a partial grid
     assert "--resume" in err
     resumed = subprocess.run([*args, "--resume"], env=env, cwd=REPO, capture_output=True, text=True, timeout=HANG)
