@@ -79,6 +79,7 @@ class ScaleTuneSettings(BaseModel):
     max_concurrent: int | None = Field(None, ge=1)
     max_failures: int = Field(2, ge=0)
     seed: int = Field(0, ge=0)
+    reuse_actors: bool = True  # as raysl tune's tune.reuse_actors: a run's process runs the next run
 
 
 class ScalingSpec(BaseModel):
@@ -96,6 +97,7 @@ class ScalingSpec(BaseModel):
             "search": {key: {"choice": list(values)} for key, values in self.grid.items()},
             "tune": {"sampler": "grid", "scheduler": "fifo", "metric": self.fit.metric, "mode": "max",
                      "seed": self.tune.seed, "max_failures": self.tune.max_failures,
+                     "reuse_actors": self.tune.reuse_actors,
                      **({"max_concurrent": self.tune.max_concurrent} if self.tune.max_concurrent else {})},
         }
 

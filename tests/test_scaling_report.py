@@ -391,7 +391,9 @@ def test_scale_interrupted_resumed_analyzed_with_predict_and_opened_in_chromium(
     data["base"]["eval"]["every_epochs"] = 1
     data["base"]["checkpoint"]["every_epochs"] = 1
     data["fit"] = {"metric": "knn_acc", "bootstrap": 100, "predict": [{"compute": 1e10}]}
-    data["tune"] = {"max_concurrent": 1}  # one at a time: the grid is still running after 2 runs
+    # one at a time, each run in a process of its own (a reused process runs a run in under a second, and
+    # in a CI run the grid then finished before the Ctrl-C took effect): the grid is still running after 2
+    data["tune"] = {"max_concurrent": 1, "reuse_actors": False}
     scaling = tmp_path / "tiny.yaml"
     scaling.write_text(yaml.safe_dump(data, sort_keys=False))
     storage = tmp_path / "results"
