@@ -822,9 +822,10 @@ def steps_to_target(steps: Sequence[float], errors: Sequence[float], target: flo
 
 
 def _critical_batch_solve(inv_b: np.ndarray, s: np.ndarray) -> tuple[float, float]:
+    from scipy.optimize import nnls  # here, not at the top: every training process imports this module
+
     # S = S_min + E_min / B, each row divided by its S: relative errors, S_min, E_min >= 0
     design = np.stack([np.ones_like(inv_b), inv_b], axis=1) / s[:, None]
-    from scipy.optimize import nnls  # here, not at the top: every training process imports this module
     (s_min, e_min), _ = nnls(design, np.ones_like(s))
     return float(s_min), float(e_min)
 
