@@ -923,6 +923,7 @@ def tune_main(args, space: SearchSpace | None = None, extra_metrics=None) -> int
     import ray.tune
 
     from raysl.progress import tune_view
+    from raysl.trial_log import EpochOnce
 
     if not verbose:
         import optuna
@@ -973,7 +974,8 @@ def tune_main(args, space: SearchSpace | None = None, extra_metrics=None) -> int
                 checkpoint_config=ray.tune.CheckpointConfig(
                     num_to_keep=None if space.scheduler_name() == "pbt" else space.base_config.checkpoint.keep),
                 # one line per ended trial and a status line, instead of Tune's result tables
-                callbacks=callbacks + ([] if verbose else [tune_view(objectives, num_samples)]),
+                # each epoch once in a trial's result.json / progress.csv across restarts (raysl.trial_log)
+                callbacks=[EpochOnce(), *callbacks] + ([] if verbose else [tune_view(objectives, num_samples)]),
                 stop=SearchStop(space.tune.budget_epochs),
                 verbose=1 if verbose else 0,
             ),

@@ -9,6 +9,28 @@ else
   [[ -x .venv/bin/python ]] || python3 -m venv .venv >&2
   PY="$PWD/.venv/bin/python"
 fi
+# RAYSL_TORCH=cpu: PyTorch's CPU-only torch and torchvision (no CUDA libraries: about 1 GB instead of 6.5)
+# from PyTorch's CPU wheel index (RAYSL_TORCH_INDEX), installed before raysl so that pip keeps them
+if [[ "${RAYSL_TORCH:-}" == cpu ]]; then
+  INDEX="${RAYSL_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
+  if "$PY" -c "import torch" >/dev/null 2>&1; then
+    if ! "$PY" -c "import sys, torch; sys.exit(torch.version.cuda is not None)" >/dev/null 2>&1; then
+      echo "raysl: error: $("$PY" -c 'import sys; print(sys.prefix)') already has a CUDA build of torch, which" \
+           "RAYSL_TORCH=cpu cannot replace in place (its CUDA libraries stay behind); install into a fresh" \
+           "environment: rm -rf .venv && RAYSL_TORCH=cpu bash scripts/install.sh" >&2
+      exit 2
+    fi
+  else
+    echo "installing PyTorch's CPU-only torch and torchvision from $INDEX..." >&2
+    if ! "$PY" -m pip install --quiet --disable-pip-version-check --retries 1 --timeout 30 torch torchvision \
+         --index-url "$INDEX" >/dev/null 2>&1; then
+      echo "raysl: error: could not install torch and torchvision from $INDEX (is it reachable from this" \
+           "machine?); set RAYSL_TORCH_INDEX to a mirror of PyTorch's CPU wheels, or leave RAYSL_TORCH unset to" \
+           "take PyPI's (CUDA) build: bash scripts/install.sh" >&2
+      exit 2
+    fi
+  fi
+fi
 if ! "$PY" -c "import raysl, torch, torchvision, ray, optuna, pytest" >/dev/null 2>&1 \
    || [[ pyproject.toml -nt "$("$PY" -c 'import sys; print(sys.prefix)')/.raysl-installed" ]]; then
   echo "installing raysl and its dependencies (first time: a few minutes)..." >&2
@@ -16,7 +38,11 @@ if ! "$PY" -c "import raysl, torch, torchvision, ray, optuna, pytest" >/dev/null
   # clone named raysl/ (which holds a data/ folder) still imports the package, not that folder as a namespace
   "$PY" -m pip install --quiet --disable-pip-version-check -e ".[test]" --config-settings editable_mode=compat 2>&1 \
     | grep -v "^WARNING: Location" >&2 || true
-  "$PY" -c "import raysl, torch, torchvision, ray, optuna" >&2
+  if ! failed="$("$PY" -c "import raysl, torch, torchvision, ray, optuna" 2>&1)"; then
+    echo "raysl: error: the installed packages do not import ($(tail -n 1 <<<"$failed")); install into a fresh" \
+         "environment: rm -rf .venv && bash scripts/install.sh" >&2
+    exit 2
+  fi
   touch "$("$PY" -c 'import sys; print(sys.prefix)')/.raysl-installed"
 fi
 echo "$PY"

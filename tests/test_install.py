@@ -18,3 +18,52 @@ def test_python_run_above_a_clone_named_raysl_imports_the_package_not_the_folder
     assert done.returncode == 0, done.stderr[-2000:]
     found = done.stdout.strip()
     assert found.endswith("raysl/data/__init__.py") and not found.startswith(str(tmp_path)), found
+
+
+def _install(env_extra: dict, venv: str):
+    import os
+
+    env = {**os.environ, "VIRTUAL_ENV": venv, "RAYSL_TORCH": "cpu", **env_extra}
+    return subprocess.run(["bash", "scripts/install.sh"], env=env, capture_output=True, text=True, timeout=600,
+                          cwd=__import__("pathlib").Path(__file__).resolve().parents[1])  # timeout: hang guard
+
+
+def test_cpu_torch_from_an_index_that_cannot_be_reached_is_one_line_and_installs_nothing(tmp_path):
+    """RAYSL_TORCH=cpu takes torch from PyTorch's CPU index (unreachable from CI, so a closed local port
+    stands in for it): one `raysl: error:` line naming the index and both ways on, exit 2, and the fresh
+    environment gets neither torch nor raysl. Catches: pip's own traceback/retry noise reaching the user,
+    the script going on to install PyPI's CUDA build after the CPU one failed."""
+    import os
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on while the test runs: bound, never listened on
+        s.bind(("127.0.0.1", 0))
+        index = f"http://127.0.0.1:{s.getsockname()[1]}/simple"
+        venv = tmp_path / "venv"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=600)
+        # pip itself, from this environment (a venv --without-pip has none; ensurepip needs no network)
+        subprocess.run([str(venv / "bin/python"), "-m", "ensurepip", "--default-pip"], check=True,
+                       capture_output=True, timeout=600)
+        # no pip configuration of this machine's (a find-links folder of local wheels would answer instead)
+        done = _install({"RAYSL_TORCH_INDEX": index, "PIP_CONFIG_FILE": os.devnull}, str(venv))
+    assert done.returncode == 2, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("raysl: error: ")]
+    assert errors == [line for line in done.stderr.splitlines() if line and not line.startswith("installing ")]
+    assert len(errors) == 1 and index in errors[0] and "RAYSL_TORCH_INDEX" in errors[0], done.stderr
+    assert done.stdout == ""  # no python printed for a caller to go on with
+    left = subprocess.run([str(venv / "bin/python"), "-c", "import torch"], capture_output=True, timeout=600)
+    assert left.returncode != 0  # nothing installed
+
+
+def test_cpu_torch_asked_of_an_environment_with_a_cuda_build_is_refused_before_pip_runs():
+    """The suite's own environment: with PyPI's CUDA torch, RAYSL_TORCH=cpu refuses in one line (pip would
+    keep the CUDA build, which already satisfies `torch`, and say nothing); with a CPU build (installed as
+    docs/install.md says) it goes on and prints the Python to use."""
+    import torch
+
+    done = _install({"RAYSL_TORCH_INDEX": "http://127.0.0.1:9/simple"}, sys.prefix)
+    if torch.version.cuda is not None:
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert done.stderr.startswith("raysl: error: ") and "rm -rf .venv && RAYSL_TORCH=cpu" in done.stderr
+    else:
+        assert done.returncode == 0 and done.stdout.strip() == f"{sys.prefix}/bin/python", done.stderr

@@ -282,7 +282,8 @@ def _finished(trial: dict) -> bool:
 @pytest.mark.slow
 def test_interrupted_search_resumes_every_trial_once(resumed):
     """Tune's own records of the interrupted search: every trial accounted for, each epoch logged once
-    (at most one repeated by the trial running at the interrupt), finished trials untouched."""
+    (also by the trial running at the interrupt, which trained again the epochs after its checkpoint),
+    finished trials untouched."""
     before, summary = resumed["tune_before"], resumed["summary"]
     assert 1 <= sum(_finished(t) for t in before.values()) < 4
     untouched = 0
@@ -292,16 +293,12 @@ def test_interrupted_search_resumes_every_trial_once(resumed):
     assert summary["statuses"].get("finished", 0) >= 3, summary
     in_flight = [name for name, t in before.items() if not _finished(t)]
     for name, trial in after.items():
-        epochs = [r["epoch"] for r in trial["rows"]]
-        if name in in_flight:
-            # the trial running at the interrupt restarts from the last checkpoint Tune had
-            # recorded; Tune may already have logged the epoch after it, which is then
-            # reported again (at-least-once), but no epoch is skipped
-            assert sorted(set(epochs)) == list(range(1, max(epochs) + 1)), (name, epochs)
-            assert len(epochs) - len(set(epochs)) <= 1, (name, epochs)
-            epochs = sorted(set(epochs))
-        # every other trial: every epoch reported once, none re-run (a collapsed trial ends early, by design)
-        assert epochs == list(range(1, len(epochs) + 1)), (name, epochs)
+        epochs = [r["epoch"] for r in trial["rows"] if r["status"] not in ("collapsed", "diverged")]
+        # every epoch logged once, none skipped (a collapsed trial ends early, by design, with a closing row
+        # on its last epoch). The trial running at the interrupt restarted from the last checkpoint Tune
+        # had; an epoch Tune had logged after it was trained again and replaced its first row
+        # (raysl.trial_log)
+        assert epochs == list(range(1, len(epochs) + 1)), (name, epochs, name in in_flight)
         assert len(epochs) == 2 or trial["rows"][-1]["status"] in ("collapsed", "diverged"), (name, trial["rows"])
         if name in before and _finished(before[name]):
             assert trial["rows"] == before[name]["rows"]  # finished trials were not touched
