@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "verbose", False) and not (sys.stdout.isatty() and sys.stderr.isatty()):
         # before Ray is imported: its log de-duplication marks repeats in ANSI green, even in a file
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    previous = _early_sigterm()
     handlers = {"train": cmd_train, "tune": cmd_tune, "scale": cmd_scale, "analyze": cmd_analyze,
                 "export": cmd_export, "dashboard": cmd_dashboard}
     try:
@@ -278,9 +279,38 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as stop:  # before a command could say more (e.g. while Ray starts)
         name = getattr(stop, "signal_name", "SIGINT")
-        print(f"raysl: interrupted ({name}); completed epochs are checkpointed, re-run the same command to resume",
-              file=sys.stderr)
+        import shlex
+
+        again = shlex.join(["raysl", *args.argv])
+        if args.command in ("train", "tune", "scale"):
+            print(f"raysl: interrupted ({name}); completed epochs are checkpointed; resume with: {again}",
+                  file=sys.stderr)
+        else:
+            print(f"raysl: interrupted ({name}); run it again with: {again}", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:  # main() called in a process that goes on (a test, a notebook)
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _early_sigterm():
+    """A scheduler's SIGTERM before a command installs its own handler (while torch and Ray import, for
+    seconds) ends like Ctrl-C: one line and exit 130, not Python's silent exit 143. The commands that
+    start Ray replace it with theirs (raysl.launch.interrupt_signals, raysl.search). Returns the handler it
+    replaced (None off the main thread, where none is installed)."""
+    import signal
+    import threading
+
+    from raysl.errors import Interrupted
+
+    def on_sigterm(*_):
+        raise Interrupted("SIGTERM", "before training started")
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, on_sigterm)  # the handler it replaced
 
 
 if __name__ == "__main__":

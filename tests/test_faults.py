@@ -472,3 +472,40 @@ def test_sigterm_to_tune_process_group_keeps_true_statuses_and_resumes_every_tri
     assert set(read.trials["status"]) == {"finished"}
     # catches a cluster left running after its driver ended (its processes are out of the driver's group)
     assert_all_ended(cluster, "processes of the interrupted search's Ray cluster")
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether the process has a handler for ``sig`` (its SigCgt mask in /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(mask & (1 << (sig - 1)))
+
+
+def test_sigterm_while_raysl_starts_is_one_line_and_exit_130(tmp_path, head):
+    """SIGTERM in the seconds `raysl train` spends importing torch and Ray, before its run installs its own
+    handlers: the line and exit 130, not Python's silent exit 143 (what it was). Sent once the process
+    catches SIGTERM (its /proc SigCgt mask), so the test does not race the interpreter's start; whichever
+    of raysl's handlers takes it, the user gets one line, exit 130 and no traceback."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([RAYSL, "train", QUICKSTART, *TRAIN, "--out", str(out)], cwd=REPO, env=head.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + HANG
+        while proc.poll() is None and not _catches(proc.pid, signal.SIGTERM) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=HANG)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("raysl: ")]
+    assert len(lines) == 1 and lines[0].startswith("raysl: interrupted (SIGTERM)"), err[-3000:]
+    assert lines[0] == err.strip().splitlines()[-1]
+    assert lines[0].endswith(f"resume with: {shlex.join(['raysl', 'train', QUICKSTART, *TRAIN, '--out', str(out)])}"), \
+        lines[0]
