@@ -76,3 +76,53 @@ def test_a_pbt_trials_first_report_after_a_restore_cuts_nothing(tmp_path):
     callback = EpochOnce()
     callback.on_trial_result(0, [], _Trial(tmp_path), {"epoch": 3, "resumed_epoch": 2, "resumed_weights": "ab"})
     assert (tmp_path / "result.json").read_text() == _lines(1, 2, 3, 4)
+
+
+def test_a_trial_tune_restarts_from_its_checkpoint_logs_each_epoch_once(ray_local, tmp_path):
+    """Real Ray Tune (joined to the suite's head), its own JSON and CSV loggers, a trial restarted from its
+    checkpoint after a crash (Tune's FailureConfig): result.json and progress.csv hold epochs 1, 2, 3 once
+    each (without EpochOnce: 1, 2, 2, 3; seen). Catches the callback running after Tune's loggers (the redo
+    row then cut with the stale one) or not at all."""
+    from ray import tune
+
+    from raysl.trial_log import EpochOnce
+
+    # defined here, so that Ray pickles it by value (the workers cannot import the test module)
+    def _crashing_trainable(config):
+        """Epoch 1 checkpointed, epoch 2 not, and a crash before epoch 3 on the first try: Tune restarts the trial
+        from the epoch-1 checkpoint, which trains and reports epoch 2 again."""
+        import os
+        import tempfile
+
+        from ray import tune
+
+        start = 0
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                start = json.loads(open(os.path.join(folder, "state.json")).read())["epoch"]
+        for epoch in range(start + 1, 4):
+            if epoch == 3 and not os.path.exists(config["crashed"]):
+                open(config["crashed"], "w").close()
+                raise RuntimeError("the trial's process died")
+            metrics = {"epoch": epoch, "status": "running", "loss": 1.0 / epoch}
+            if epoch == 1:
+                with tempfile.TemporaryDirectory() as folder:
+                    open(os.path.join(folder, "state.json"), "w").write(json.dumps({"epoch": epoch}))
+                    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            else:
+                tune.report(metrics)
+
+    tuner = tune.Tuner(
+        _crashing_trainable,
+        param_space={"crashed": str(tmp_path / "crashed")},
+        run_config=tune.RunConfig(name="restart", storage_path=str(tmp_path / "results"), verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=1), callbacks=[EpochOnce()]),
+    )
+    (result,) = tuner.fit()
+    assert result.error is None and (tmp_path / "crashed").exists()  # it crashed once and then finished
+    (trial,) = [p for p in (tmp_path / "results" / "restart").iterdir() if p.is_dir()]
+    logged = [json.loads(line)["epoch"] for line in (trial / "result.json").read_text().splitlines()]
+    assert logged == [1, 2, 3], logged
+    with (trial / "progress.csv").open() as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3]
