@@ -33,7 +33,7 @@ import yaml
 from raysl import jsonio, storage
 from raysl.errors import ConfigError, RayslError
 from raysl.outcome import BAD_STATUSES, UNFINISHED
-from raysl.results import Experiment, Param, flatten, load_experiments
+from raysl.results import BEST_TAG, Experiment, Param, flatten, is_best_row, load_experiments
 
 # Leaderboard columns after the searched parameters (each "final" = last reported value).
 METRIC_COLUMNS = ("objective_final", "objective_best", "best_epoch", "epochs", "knn_acc", "knn_acc_k200",
@@ -88,16 +88,6 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value).replace("|", "\\|")
-
-
-BEST_TAG = "★ best"
-
-
-def is_best_row(row: Any, best: tuple[str, str] | None) -> bool:
-    """Whether a leaderboard row (a mapping) is the best trial ``(experiment, trial_id)``."""
-    if best is None:
-        return False
-    return str(row.get("trial_id")) == best[1] and str(row.get("experiment", best[0])) == best[0]
 
 
 def markdown_table(table: pd.DataFrame, best: tuple[str, str] | None = None) -> str:
@@ -738,7 +728,7 @@ def default_out(first_path: str) -> str:
 
 
 def analyze_main(args) -> int:
-    from raysl.scale import check_predict_points, predict_point
+    from raysl.scaling import check_predict_points, predict_point
 
     points = check_predict_points([predict_point(p) for p in getattr(args, "predict", None) or []], "--predict")
     out = args.out or default_out(args.paths[0])

@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
 def _early_sigterm():
     """A scheduler's SIGTERM before a command installs its own handler (while torch and Ray import, for
     seconds) ends like Ctrl-C: one line and exit 130, not Python's silent exit 143. The commands that
-    start Ray replace it with theirs (raysl.launch.interrupt_signals, raysl.search). Returns the handler it
+    start Ray replace it with theirs (raysl.interrupts.interrupt_signals, raysl.search). Returns the handler it
     replaced (None off the main thread, where none is installed)."""
     import signal
     import threading

@@ -92,7 +92,7 @@ def dashboard_main(args) -> int:
     # Ctrl-C and SIGTERM stop it, even when it was started with SIGINT ignored (a background job of a
     # non-interactive shell inherits that, and Python then leaves SIGINT ignored); in place before the
     # address is printed, so that whoever reads it can stop the server at once
-    from raysl.launch import interrupt_signals
+    from raysl.interrupts import interrupt_signals
 
     try:
         with interrupt_signals():

@@ -23,8 +23,8 @@ from raysl import storage
 from raysl.checkpoint import checkpoint_dirs, load_state, save_state
 from raysl.config import ModelConfig, RunConfig, load_config
 from raysl.errors import CheckpointError, ConfigError, DataError
-from raysl.launch import TRAIN_RUN_NAME
 from raysl.models import build_backbone
+from raysl.outcome import TRAIN_RUN_NAME
 
 EXPORT_FORMAT = "raysl-backbone-v1"
 
@@ -105,8 +105,8 @@ def _choose_checkpoint(run_dir: str, epoch: int | None, cfg: RunConfig) -> tuple
 
 def export_backbone(run_dir: str, out: str, epoch: int | None = None, *, force: bool = False) -> dict:
     """Write the backbone of ``run_dir``'s checkpoint (the latest, or ``epoch``'s) to ``out``; returns a summary."""
+    from raysl.data.locate import resolve_data_dir
     from raysl.data.shards import load_manifest
-    from raysl.launch import resolve_data_dir
     from raysl.train import build_run_method, input_norm
 
     if not os.path.isdir(run_dir):

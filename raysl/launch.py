@@ -9,47 +9,22 @@ import contextlib
 import functools
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from raysl.config import RunConfig
 from raysl import jsonio, ray_compat, storage
+from raysl.console import stream_isatty
+from raysl.data.locate import resolve_data_dir
 from raysl.errors import (ConfigError, Interrupted, RayslError, StorageError, TrainingError,
                           WorkerDiedError)
-from raysl.outcome import status_of
+from raysl.interrupts import interrupt_signals, received_signal
+from raysl.outcome import TRAIN_RUN_NAME, status_of
 from raysl.placement import check_placement, run_needs
 from raysl.progress import EPOCH_FIELDS, epoch_line
 
 STATUS_FIELDS = EPOCH_FIELDS  # shown in each epoch line
-# the Ray Train run name under --out: checkpoints land in OUT/train/checkpoint_*/ (raysl.export reads them)
-TRAIN_RUN_NAME = "train"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("RAYSL_CACHE", Path.home() / ".cache" / "raysl"))
-
-
-def resolve_data_dir(cfg: RunConfig) -> str:
-    """The prepared shard folder of a run; a bundled source with no path is prepared into the cache."""
-    from raysl.data import shards
-
-    if cfg.data.path is not None:
-        path = cfg.data.path
-        if "://" not in path:
-            path = str(Path(path).expanduser().resolve())
-        shards.load_manifest(path)  # clear error if it is not a prepared folder
-        return path
-    target = cache_root() / "data" / f"{cfg.data.source}-seed0"
-    if not (target / "manifest.json").exists():
-        from filelock import FileLock
-
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(target) + ".lock"):
-            if not (target / "manifest.json").exists():
-                shards.prepare(cfg.data.source, None, str(target), seed=0)
-    return str(target)
 
 
 def check_against_data(cfg: RunConfig, data_dir: str, source: str) -> Any:
@@ -372,39 +347,6 @@ def _find_cause(exc: BaseException, wanted) -> Any:
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 
 
-# the signal that stopped the run (set by interrupt_signals' handler)
-_RECEIVED: dict[str, str] = {}
-
-
-@contextlib.contextmanager
-def interrupt_signals():
-    """Ctrl-C (SIGINT) and a scheduler's SIGTERM raise :class:`Interrupted` in the main thread.
-
-    Ray Train's driver would otherwise handle SIGINT itself (abort, then exit with 0 or 1 and
-    nothing said) and die on SIGTERM at once. A second signal while the run is being stopped
-    is ignored: the stop is bounded and leaves nothing half written."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def raise_interrupted(signum, frame):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
-        # remembered here too: Ray's blocking calls turn whatever a handler raises into a plain KeyboardInterrupt
-        _RECEIVED["signal"] = signal.Signals(signum).name
-        raise Interrupted(_RECEIVED["signal"])
-
-    _RECEIVED.clear()
-    previous = {sig: signal.signal(sig, raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 @contextlib.contextmanager
 def quiet_stderr():
     """Ray's own shutdown (aborted actors, a raylet going away) writes to fd 2 from C++: keep it out
@@ -697,7 +639,7 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"config": cfg.model_dump(mode="json"), "data_dir": data_dir, "read_in_worker": in_worker,
-                           "progress": progress.relay_config(relay, progress.stream_isatty(sys.stderr))},
+                           "progress": progress.relay_config(relay, stream_isatty(sys.stderr))},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scale.num_workers,  # (min, max): elastic
             use_gpu=cfg.scale.use_gpu,
@@ -734,7 +676,7 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
                 detail = interrupted_detail(max(view.renderer.epochs_done, reported),
                                             registered[1] if registered else 0, cfg.optim.epochs,
                                             cfg.checkpoint.every_epochs, out_dir)
-                raise Interrupted(_RECEIVED.get("signal", "SIGINT"), detail) from None
+                raise Interrupted(received_signal("SIGINT"), detail) from None
     except Exception as exc:  # noqa: BLE001 - translate worker errors a user can act on
         user = user_error_from(exc) or storage.error_in(exc, out_dir.uri)  # e.g. Ray's own write on a full disk
         if user is None and worker_death_from(exc) is not None:

@@ -25,6 +25,7 @@ __all__ = [
     "Status",
     "TERMINAL_STATUSES",
     "TRAIN_KEYS",
+    "TRAIN_RUN_NAME",
     "UNFINISHED",
     "known_metric",
     "metric_mode",
@@ -83,6 +84,9 @@ def status_from_error_text(text: str) -> Status:
 # must use the same) and the best trial's config as a run config `raysl train` accepts.
 SPACE_FILE = "raysl_space.yaml"
 BEST_CONFIG_FILE = "best_config.yaml"
+# the Ray Train run name under a run's --out: checkpoints land in OUT/train/checkpoint_*/ (raysl train writes
+# them, raysl export reads them)
+TRAIN_RUN_NAME = "train"
 
 # What every training report carries; any other metric comes from an evaluation, which `raysl tune`
 # repeats between evaluations (``eval_epoch`` says when it was measured).

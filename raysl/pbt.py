@@ -49,11 +49,11 @@ from typing import Any
 
 from raysl import jsonio, storage
 from raysl.errors import CheckpointError
+from raysl.outcome import TRAIN_RUN_NAME
 
 POINTER_FILE = "raysl_trial.json"
 LINEAGE_FILE = "raysl_lineage.json"
 RESUMED_FILE = "raysl_resumed.json"  # in a multi-worker clone's Train run: what its workers loaded
-TRAIN_RUN = "train"  # a trial's first Train run (its folder under the trial folder)
 PBT_EXTRA_KEEP = 2  # checkpoints a PBT search keeps beyond checkpoint.keep (Tune's and Train's)
 STATE_FILE = "state.pt"  # raysl.train.CHECKPOINT_FILE (not imported: that pulls in torch and the models)
 
@@ -87,7 +87,7 @@ class Start:
     """How a trial starts: the Train run it fits, the checkpoint its workers load when that run has none
     yet, and whether it is a PBT clone (its first report then carries ``resumed_*``)."""
 
-    run: str = TRAIN_RUN
+    run: str = TRAIN_RUN_NAME  # a trial's first Train run (its folder under the trial folder)
     resume_from: str | None = None
     cloned: bool = False
 

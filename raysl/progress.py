@@ -12,7 +12,7 @@ terminal (and ``raysl train`` turns Ray's log forwarding off unless
   relay holds everything in the order rank 0 said it, and all of it before
   ``trainer.fit()`` returns. (The TrainController's report callback would be
   too late: it sees a report while rank 0 already trains the next epoch.)
-- the driver polls the relay from a thread and a :class:`Renderer` turns the
+- the driver polls the relay from a thread and a :class:`raysl.console.Renderer` turns the
   messages into text on stderr: on a terminal one ``\\r``-updated progress line,
   otherwise plain lines at most every ``plain_every_s`` seconds; never ANSI codes.
 
@@ -20,7 +20,8 @@ terminal (and ``raysl train`` turns Ray's log forwarding off unless
 Without a relay (a Tune trial in its own process, tests, LocalIO) the worker's
 notes are printed and step progress is skipped.
 
-The formatting functions are pure; ``tune_view`` builds the compact Tune callback.
+The formatting functions are pure (the progress line and its renderer are in :mod:`raysl.console`,
+which ``raysl data prepare`` uses too); ``tune_view`` builds the compact Tune callback.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ import threading
 import time
 from typing import Any, Callable, TextIO
 
+from raysl.console import PLAIN_EVERY_S, Renderer, format_duration, stream_isatty
+
 PROGRESS_ENV = "RAYSL_PROGRESS_EVERY_S"
 TTY_EVERY_S = 0.5  # a terminal bar updates twice a second
-PLAIN_EVERY_S = 15.0  # a redirected log gets a progress line at most every 15 s
 TUNE_STATUS_EVERY_S = 30.0  # `raysl tune`'s status line, when redirected
 POLL_S = 0.25  # how often the driver asks the relay for news
 EPOCH_FIELDS = ("epoch", "loss", "knn_acc", "rankme", "alignment", "uniformity", "images_per_s")
@@ -42,46 +44,6 @@ EPOCH_FIELDS = ("epoch", "loss", "knn_acc", "rankme", "alignment", "uniformity",
 
 # --------------------------------------------------------------------------
 # pure formatting
-
-
-def format_duration(seconds: float | None) -> str:
-    """``H:MM:SS`` (``?`` when unknown), e.g. 130 -> ``0:02:10``."""
-    if seconds is None or not math.isfinite(seconds) or seconds < 0:
-        return "?"
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def format_rate(images_per_s: float | None) -> str:
-    if images_per_s is None or not math.isfinite(images_per_s):
-        return "? img/s"
-    return f"{images_per_s:,.0f} img/s"
-
-
-def step_rate(done: int, elapsed_s: float, images_per_step: int) -> tuple[float | None, float | None]:
-    """(images/s, seconds left in the epoch per done steps/total) from steps done in ``elapsed_s``."""
-    if done <= 0 or elapsed_s <= 0:
-        return None, None
-    return done * images_per_step / elapsed_s, elapsed_s / done
-
-
-def progress_line(msg: dict, *, bar: bool, width: int = 20) -> str:
-    """One progress line from a ``step`` message.
-
-    ``bar=False``: ``[raysl] epoch 1/30: step 200/468 (43%) 1,234 img/s eta 0:02:10``;
-    ``bar=True`` (a terminal): the same with a ``[#####.....]`` bar in place of ``step``.
-    """
-    done, total = int(msg["done"]), max(1, int(msg["total"]))
-    fraction = min(1.0, done / total)
-    elapsed = float(msg["elapsed_s"])
-    rate, per_step = step_rate(done, elapsed, int(msg["images_per_step"]))
-    eta = None if per_step is None else per_step * (total - done)
-    epoch = f"epoch {msg['epoch']}/{msg['epochs']}"
-    tail = f"{format_rate(rate)} eta {format_duration(eta)}"
-    if bar:
-        filled = int(round(fraction * width))
-        return f"[raysl] {epoch} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {fraction:4.0%} {tail}"
-    return f"[raysl] {epoch}: step {done}/{total} ({fraction:.0%}) {tail}"
 
 
 # rates are shown as whole numbers: 4 significant digits turned 9010 and 10,040 images/s into "9010" and
@@ -112,64 +74,6 @@ def every_s(default: float) -> float:
     except ValueError:
         return default
     return max(0.0, value) if math.isfinite(value) else default
-
-
-class Renderer:
-    """Turns relay messages into text for one stream: a ``\\r`` line on a terminal, plain lines otherwise.
-
-    ``feed`` returns the text to write (possibly empty); it never emits ANSI codes.
-    Step messages of epochs that already have their epoch line are dropped.
-    """
-
-    def __init__(self, tty: bool, plain_every_s: float = PLAIN_EVERY_S, tty_every_s: float = 0.0):
-        self.tty = tty
-        self.plain_every_s = plain_every_s
-        self.tty_every_s = tty_every_s
-        self.bar_len = 0  # characters of the \r line now on screen
-        self.last_bar_at = -math.inf
-        self.epochs_done = 0
-
-    def _clear(self) -> str:
-        if not self.bar_len:
-            return ""
-        text = "\r" + " " * self.bar_len + "\r"
-        self.bar_len = 0
-        return text
-
-    def line(self, text: str) -> str:
-        """A permanent line (an epoch line, a note): clears a progress bar first."""
-        return self._clear() + text + "\n"
-
-    def bar(self, text: str, now: float, *, final: bool = False) -> str:
-        """A transient status: rewritten in place on a terminal, a throttled plain line otherwise."""
-        every = self.tty_every_s if self.tty else self.plain_every_s
-        if not final and now - self.last_bar_at < every:
-            return ""
-        self.last_bar_at = now
-        if not self.tty:
-            return text + "\n"
-        pad = max(0, self.bar_len - len(text))
-        self.bar_len = len(text)
-        return "\r" + text + " " * pad
-
-    def feed(self, msg: dict, now: float) -> str:
-        kind = msg.get("kind")
-        if kind == "line":
-            return self.line(str(msg["text"]))
-        if kind == "epoch":
-            self.epochs_done = max(self.epochs_done, int(msg.get("epoch") or 0))
-            return self.line(str(msg["text"]))
-        if kind == "step":
-            if int(msg["epoch"]) <= self.epochs_done:
-                return ""
-            last = int(msg["done"]) >= int(msg["total"])
-            if last and not self.tty:
-                return ""  # its epoch line follows at once
-            return self.bar(progress_line(msg, bar=self.tty), now, final=last)
-        return ""
-
-    def close(self) -> str:
-        return self._clear()
 
 
 # --------------------------------------------------------------------------
@@ -303,13 +207,6 @@ class DriverView:
     def _run(self) -> None:
         while not self._stop.wait(POLL_S):
             self._drain()
-
-
-def stream_isatty(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 # --------------------------------------------------------------------------

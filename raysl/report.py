@@ -19,8 +19,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from raysl.analyze import BEST_TAG, is_best_row
-from raysl.results import Experiment
+from raysl.results import BEST_TAG, Experiment, is_best_row
 
 PLOTS = {
     "learning_curves": "learning_curves.png",

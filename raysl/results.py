@@ -289,6 +289,17 @@ class Experiment:
         return a > b if self.mode == "max" else a < b
 
 
+# the best trial's mark in a leaderboard (raysl analyze's Markdown and its HTML report)
+BEST_TAG = "★ best"
+
+
+def is_best_row(row: Any, best: tuple[str, str] | None) -> bool:
+    """Whether a leaderboard row (a mapping) is the best trial ``(experiment, trial_id)``."""
+    if best is None:
+        return False
+    return str(row.get("trial_id")) == best[1] and str(row.get("experiment", best[0])) == best[0]
+
+
 def _expected(location: str) -> str:
     return (f"{location} has no Ray Tune trials (expected trial folders with {PARAMS_FILE} and {RESULT_FILE}); "
             "run `raysl tune SPACE.yaml --storage DIR --name NAME` first and pass DIR/NAME")

@@ -29,174 +29,28 @@ one ``choice`` per axis, Optuna's grid sampler and no early stopping
 (``flops``, counted by :mod:`raysl.flops`), backbone parameters (``n_params``)
 and training images seen (``train_images``) beside Tune's wall time. At the
 end the pure fits of :mod:`raysl.scaling_laws` run on the finished runs and
-``scaling.json`` is written into the experiment folder.
+``scaling.json`` is written into the experiment folder: the scaling file, the
+fits and the report text are :mod:`raysl.scaling` (which ``raysl analyze``
+reads a finished scaling experiment with, without Ray); this module is what
+runs the grid.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 import sys
 import time
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
 
 from raysl import jsonio
-from raysl import scaling_laws as laws
-from raysl.config import RunConfig, build_config, parse_override, read_yaml, set_dotted
+from raysl.config import RunConfig, build_config, set_dotted
+from raysl.data.locate import absolute_data_path, resolve_data_dir
 from raysl.errors import ConfigError
-from raysl.space import metric_mode, validate_section
-
-SCALING_FILE = "raysl_scaling.yaml"
-RESULT_FILE = "scaling.json"
-GRID_AXES = ("model.width", "model.backbone", "data.fraction", "optim.batch_size", "optim.epochs",
-             "scale.num_workers")
-WORKERS_AXIS = "scale.num_workers"  # a throughput axis: images/s, speed-up and parallel efficiency per group
-# --predict width=64: short names for the grid axes
-SHORT_KEYS = {"width": "model.width", "backbone": "model.backbone", "fraction": "data.fraction",
-              "batch_size": "optim.batch_size", "epochs": "optim.epochs", "workers": "scale.num_workers",
-              "num_workers": "scale.num_workers", "compute": "compute", "flops": "compute"}
-
-
-class FitSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    metric: str = "knn_acc"
-    predict: list[dict[str, Any]] = Field(default_factory=list)
-    level: float = Field(laws.DEFAULT_LEVEL, gt=0.0, lt=1.0)
-    bootstrap: int = Field(laws.DEFAULT_BOOTSTRAP, ge=20, le=100_000)
-    seed: int = Field(0, ge=0)
-    target_error: float | None = Field(None, gt=0.0, lt=1.0)
-    budgets: list[float] | None = None
-
-
-class ScaleTuneSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    max_concurrent: int | None = Field(None, ge=1)
-    max_failures: int = Field(2, ge=0)
-    seed: int = Field(0, ge=0)
-    reuse_actors: bool = True  # as raysl tune's tune.reuse_actors: a run's process runs the next run
-
-
-class ScalingSpec(BaseModel):
-    base: dict
-    grid: dict[str, list]
-    fit: FitSettings
-    tune: ScaleTuneSettings
-    source: str
-    mode: Literal["max"] = "max"
-
-    def space_dict(self) -> dict:
-        """The search space this grid runs as (see the module docstring)."""
-        return {
-            "base": self.base,
-            "search": {key: {"choice": list(values)} for key, values in self.grid.items()},
-            "tune": {"sampler": "grid", "scheduler": "fifo", "metric": self.fit.metric, "mode": "max",
-                     "seed": self.tune.seed, "max_failures": self.tune.max_failures,
-                     "reuse_actors": self.tune.reuse_actors,
-                     **({"max_concurrent": self.tune.max_concurrent} if self.tune.max_concurrent else {})},
-        }
-
-    def to_yaml_dict(self) -> dict:
-        return {"base": self.base, "grid": self.grid, "fit": self.fit.model_dump(exclude_none=True),
-                "tune": self.tune.model_dump(exclude_none=True)}
-
-
-def predict_point(item: str) -> dict[str, Any]:
-    """``--predict width=64,fraction=1`` / ``--predict compute=1e15`` -> {dotted key: value}."""
-    point: dict[str, Any] = {}
-    for part in item.split(","):
-        if "=" not in part or not part.split("=", 1)[1].strip():
-            raise ConfigError(f"--predict {item!r}: expected axis=value, e.g. --predict width=64 or "
-                              "--predict compute=1e15")
-        key, value = parse_override(part)
-        point[SHORT_KEYS.get(key, key)] = value
-    return point
-
-
-def load_scaling(path: str, overrides: list[str] = (), predictions: list[str] = ()) -> ScalingSpec:
-    """Read and validate a scaling file (``--set`` edits base:, ``--predict`` adds to fit.predict)."""
-    spec = scaling_from_dict(read_yaml(path), str(path), overrides, predictions)
-    # here, not in scaling_from_dict: that one also reads the files of finished experiments (raysl analyze)
-    if math.prod(len(values) for values in spec.grid.values()) == 1:
-        # every fit compares runs that differ (in compute, model or data size, batch size, workers): one
-        # run gives none, which raysl scale would only say after training it
-        axes = ", ".join(f"{key}: {values}" for key, values in spec.grid.items())
-        raise ConfigError(f"{spec.source}: grid: {axes} is one run, and no scaling law fits one run (E(C) needs "
-                          ">= 4 runs at >= 3 compute values, E(N, D) >= 6 runs at >= 2 model and data sizes); give "
-                          "an axis more values, e.g. model.width: [4, 8, 16] and data.fraction: [0.25, 0.5, 1.0], "
-                          "or train the one run with raysl train")
-    return spec
-
-
-def scaling_from_dict(data: Any, source: str, overrides: list[str] = (), predictions: list[str] = ()) -> ScalingSpec:
-    """:func:`load_scaling` of a file's parsed YAML (``raysl analyze`` reads the stored ``SCALING_FILE``)."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping with base:, grid:, fit: and tune:")
-    unknown = [k for k in data if k not in ("base", "grid", "fit", "tune")]
-    if unknown:
-        raise ConfigError(f"{source}: unknown section {unknown[0]!r}; a scaling file has base:, grid:, fit: and tune:")
-    base = data.get("base")
-    if not isinstance(base, dict):
-        raise ConfigError(f"{source}: needs a 'base:' mapping with the run config (what raysl train accepts)")
-    base = copy.deepcopy(base)
-    for item in overrides:
-        key, value = parse_override(item)
-        base = set_dotted(base, key.removeprefix("base."), value)
-    grid = data.get("grid")
-    if not isinstance(grid, dict) or not grid:
-        raise ConfigError(f"{source}: needs a 'grid:' mapping of axes to lists, e.g. grid: {{model.width: [4, 8, 16], "
-                          "data.fraction: [0.25, 1.0]}}")
-    for key, values in grid.items():
-        if key not in GRID_AXES:
-            raise ConfigError(f"{source}: grid.{key}: not a scaling axis; allowed: {', '.join(GRID_AXES)} "
-                              "(set anything else in base:)")
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"{source}: grid.{key}: expected a non-empty list, e.g. [4, 8, 16]; got {values!r}")
-        if len(set(map(repr, values))) != len(values):
-            raise ConfigError(f"{source}: grid.{key}: repeated values {values!r}")
-    if "model.width" in grid and "model.backbone" in grid:
-        raise ConfigError(f"{source}: grid: scale model.width or model.backbone, not both")
-    fit = validate_section(FitSettings, data.get("fit"), source, "fit")
-    tune = validate_section(ScaleTuneSettings, data.get("tune"), source, "tune")
-    try:
-        mode = metric_mode(fit.metric)
-    except KeyError:
-        mode = None
-    if mode != "max" or "acc" not in fit.metric:
-        raise ConfigError(f"{source}: fit.metric {fit.metric!r}: the fits need an accuracy (error = 1 - metric); "
-                          "use knn_acc, knn_acc_k200, linear_acc or a projector_ one")
-    fit.predict = check_predict_points(list(fit.predict) + [predict_point(p) for p in predictions],
-                                       f"{source}: fit.predict")
-    return ScalingSpec(base=base, grid=grid, fit=fit, tune=tune, source=source)
-
-
-def check_predict_points(points: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
-    """Prediction points with short keys expanded and compute as a float; a key that is neither compute nor
-    a grid axis, or a compute that is not a positive number, is an error."""
-    out = []
-    for point in points:
-        expanded: dict[str, Any] = {}
-        for key, value in point.items():
-            key = SHORT_KEYS.get(key, key)
-            if key != "compute" and key not in GRID_AXES:
-                raise ConfigError(f"{where}: {key!r}: predict at compute=... or at grid axes "
-                                  f"({', '.join(GRID_AXES)})")
-            if key == "compute":  # YAML reads 1e15 (no dot) as text
-                try:
-                    value = float(value) if not isinstance(value, bool) else math.nan
-                except (TypeError, ValueError):
-                    value = math.nan
-                if not value > 0:
-                    raise ConfigError(f"{where}: compute={point.get('compute', point.get('flops'))!r}: expected "
-                                      "training FLOPs > 0, e.g. 1e15")
-            expanded[key] = value
-        out.append(expanded)
-    return out
+from raysl.scaling import (SCALING_FILE, collect_runs, fit_all, format_report, load_scaling, point_values_for,
+                           write_result)
 
 
 # --------------------------------------------------------------------------
@@ -219,246 +73,6 @@ def trial_flops(cfg: RunConfig, data_dir: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------
-# collecting the runs and fitting
-
-
-def collect_runs(experiment: str, metric: str, grid_keys: list[str]) -> tuple[list[dict], list[dict]]:
-    """(finished runs, the others) from the experiment folder: one dict per trial."""
-    from raysl.results import load_experiments
-
-    exp = load_experiments(experiment)[0]
-    history = exp.history
-    runs, others = [], []
-    for _, trial in exp.trials.iterrows():
-        rows = history[history["trial_id"] == trial["trial_id"]] if not history.empty else history
-        config = trial["config"] or {}
-        run: dict[str, Any] = {"trial_id": trial["trial_id"], "status": trial["status"],
-                               "config": {k: config.get(k) for k in grid_keys}}
-        if rows.empty or trial["status"] != "finished":
-            others.append(run)
-            continue
-        last = rows.iloc[-1]
-        value = last.get(metric)
-        if value is None or not math.isfinite(float(value)):
-            others.append(run)
-            continue
-        curve = rows[["step", metric]].dropna() if "step" in rows else rows.iloc[0:0]
-        rates = rows[["epoch", "images_per_s"]].dropna() if "images_per_s" in rows else rows.iloc[0:0]
-        run.update({
-            metric: float(value), "error": 1.0 - float(value),
-            "flops": float(last.get("flops")), "n_params": int(last.get("n_params")),
-            "train_images": int(last.get("train_images")), "epochs": int(last.get("epoch") or 0),
-            "wall_time_s": _number(trial["wall_time_s"]),
-            "noise_scale": _last_noise_scale(rows),
-            "curve": [[float(s), 1.0 - float(v)] for s, v in curve.drop_duplicates("step").itertuples(index=False)],
-            # one value per epoch in epoch order (a closing report repeats its epoch's value)
-            "images_per_s": [float(v) for v in rates.drop_duplicates("epoch").sort_values("epoch")["images_per_s"]],
-        })
-        runs.append(run)
-    return runs, others
-
-
-def _last_noise_scale(rows) -> float | None:
-    """B_simple at the last evaluation that logged it (raysl.noise_scale); None where none did, or where
-    the last one could not measure it (null with a ``noise_scale_note``): an earlier evaluation's value
-    is not taken for it, since B_simple changes as the loss falls."""
-    logged = None
-    for key in ("noise_scale", "noise_scale_note"):
-        if key in rows:
-            logged = rows[key].notna() if logged is None else logged | rows[key].notna()
-    if logged is None or not logged.any():
-        return None
-    return _number(rows.loc[logged, "noise_scale"].iloc[-1]) if "noise_scale" in rows else None
-
-
-def _number(value: Any) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _compute_frontier(runs: list[dict]) -> list[dict]:
-    """Runs no other run beats with less or equal compute (Kaplan et al.'s compute-efficient frontier)."""
-    out = []
-    for r in sorted(runs, key=lambda r: (r["flops"], r["error"])):
-        if not out or r["error"] < out[-1]["error"]:
-            out.append(r)
-    return out
-
-
-def fit_all(runs: list[dict], spec: ScalingSpec, point_values) -> dict[str, Any]:
-    """Every fit the runs support, and the predictions. ``point_values(point) -> (N, D, C)``."""
-    fit = spec.fit
-    kw = {"n_bootstrap": fit.bootstrap, "level": fit.level, "seed": fit.seed}
-    result: dict[str, Any] = {"notes": []}
-    frontier = _compute_frontier(runs)
-    points = frontier if len(frontier) >= 4 and len({r["flops"] for r in frontier}) >= 3 else runs
-    compute_fit = None
-    try:
-        compute_fit = laws.fit_compute_law([r["flops"] for r in points], [r["error"] for r in points], **kw)
-        result["compute"] = {**compute_fit.to_dict(samples=True),
-                             "points": "frontier" if points is frontier else "all runs",
-                             "runs": [r["trial_id"] for r in points],
-                             "outlier_runs": [points[i]["trial_id"] for i in compute_fit.outliers]}
-    except ValueError as exc:
-        result["notes"].append(f"E(C) not fitted: {exc}")
-    model_data_fit = None
-    try:
-        model_data_fit = laws.fit_model_data_law([r["n_params"] for r in runs], [r["train_images"] for r in runs],
-                                                 [r["error"] for r in runs], **kw)
-        result["model_data"] = {**model_data_fit.to_dict(samples=True), "N": "backbone parameters",
-                                "D": "training images seen (rows x epochs)",
-                                "outlier_runs": [runs[i]["trial_id"] for i in model_data_fit.outliers]}
-    except ValueError as exc:
-        result["notes"].append(f"E(N, D) not fitted: {exc}")
-    if model_data_fit is not None:
-        k = laws.flops_per_param_example([r["flops"] for r in runs], [r["n_params"] for r in runs],
-                                         [r["train_images"] for r in runs])
-        biggest = max(r["flops"] for r in runs)
-        budgets = fit.budgets or [biggest, 10 * biggest, 100 * biggest]
-        result["frontier"] = {"k": k, "formula": "C = k N D; N_opt = G (C/k)^(beta/(alpha+beta))",
-                              "points": laws.compute_optimal_frontier(model_data_fit, budgets, k)}
-    if "optim.batch_size" in spec.grid and len(spec.grid["optim.batch_size"]) >= 2:
-        result["critical_batch"] = _critical_batch(runs, spec)
-    if WORKERS_AXIS in spec.grid:
-        result["worker_scaling"] = _worker_scaling(runs, spec)
-    result["predictions"] = [predict_at(point, compute_fit, model_data_fit, point_values) for point in fit.predict]
-    return result
-
-
-def predict_at(point: dict[str, Any], compute_fit: laws.LawFit | None, model_data_fit: laws.LawFit | None,
-               point_values) -> dict[str, Any]:
-    """The predicted error at ``{compute: C}`` or at grid-axis values (``point_values(point) -> (N, D, C)``)
-    from each fit there is: ``error_compute`` / ``error_model_data`` = [median, lo, hi] of the curve, and
-    ``run_compute`` / ``run_model_data`` = the same for one new run there (the prediction interval, which
-    adds the runs' scatter around the curve: what a held-out run is checked against)."""
-    entry: dict[str, Any] = {"point": point}
-    if "compute" in point:
-        entry["compute"] = float(point["compute"])
-    else:
-        n, d, c = point_values(point)
-        entry.update({"n_params": n, "train_images": d, "compute": c})
-        if model_data_fit is not None:
-            entry["error_model_data"] = list(laws.predict(model_data_fit, N=n, D=d))
-            entry["run_model_data"] = list(laws.predict_run(model_data_fit, N=n, D=d))
-    if compute_fit is not None:
-        entry["error_compute"] = list(laws.predict(compute_fit, C=entry["compute"]))
-        entry["run_compute"] = list(laws.predict_run(compute_fit, C=entry["compute"]))
-    return entry
-
-
-def _worker_scaling(runs: list[dict], spec: ScalingSpec) -> list[dict]:
-    """One throughput table (images/s, speed-up, parallel efficiency per worker count) per group of runs
-    that differ only in ``scale.num_workers`` (a wider model is slower at any worker count)."""
-    others = [k for k in spec.grid if k != WORKERS_AXIS]
-    groups: dict[tuple, list[dict]] = {}
-    for r in runs:
-        groups.setdefault(tuple(repr(r["config"].get(k)) for k in others), []).append(r)
-    out = []
-    for members in groups.values():
-        entry: dict[str, Any] = {"group": {k: members[0]["config"].get(k) for k in others}}
-        try:
-            entry.update(laws.worker_scaling([m["config"].get(WORKERS_AXIS) or 1 for m in members],
-                                             [m.get("images_per_s") or [] for m in members]))
-        except ValueError as exc:
-            entry["note"] = str(exc)
-        out.append(entry)
-    return out
-
-
-def _critical_batch(runs: list[dict], spec: ScalingSpec) -> list[dict]:
-    """One McCandlish fit per group of runs that differ only in batch size."""
-    others = [k for k in spec.grid if k != "optim.batch_size"]
-    groups: dict[tuple, list[dict]] = {}
-    for r in runs:
-        groups.setdefault(tuple(repr(r["config"].get(k)) for k in others), []).append(r)
-    out = []
-    for key, members in groups.items():
-        label = {k: members[0]["config"].get(k) for k in others}
-        if len({m["config"]["optim.batch_size"] for m in members}) < 2:
-            continue
-        target = spec.fit.target_error or max(min(e for _, e in m["curve"]) for m in members if m["curve"])
-        batches, steps = [], []
-        for m in members:
-            s = laws.steps_to_target([p[0] for p in m["curve"]], [p[1] for p in m["curve"]], target)
-            if s is not None and s > 0:
-                batches.append(m["config"]["optim.batch_size"])
-                steps.append(s)
-        entry: dict[str, Any] = {"group": label, "target_error": target,
-                                 "runs": [{"batch_size": b, "steps": s} for b, s in zip(batches, steps)]}
-        try:
-            entry.update(laws.fit_critical_batch(batches, steps, n_bootstrap=spec.fit.bootstrap, level=spec.fit.level,
-                                                 seed=spec.fit.seed).to_dict())
-        except ValueError as exc:
-            entry["note"] = str(exc)
-        out.append(entry)
-    return out
-
-
-# --------------------------------------------------------------------------
-# printing
-
-
-def _g(x: Any) -> str:
-    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.4g}"
-
-
-def format_report(result: dict, level: float) -> str:
-    pct = f"{100 * level:g}%"
-    lines = []
-    for key in ("compute", "model_data"):
-        fit = result.get(key)
-        if not fit:
-            continue
-        extra = f", fitted on {fit['points']}" if key == "compute" else f" (N = {fit['N']}, D = {fit['D']})"
-        lines.append(f"{fit['formula']}: {fit['n_runs']} runs{extra}, rms log residual {fit['rmse_log']:.3g}")
-        if fit.get("outlier_runs"):
-            lines.append(f"  outlier runs (log residual far beyond the others'): {', '.join(fit['outlier_runs'])}")
-        for name, value in fit["params"].items():
-            lo, hi = fit["intervals"][name]
-            lines.append(f"  {name:6s} = {_g(value):>10s}   {pct} [{_g(lo)}, {_g(hi)}]")
-    frontier = result.get("frontier")
-    if frontier:
-        lines.append(f"compute-optimal frontier (C = k N D, k = {frontier['k']:.4g} FLOPs per parameter per image):")
-        for p in frontier["points"]:
-            lo, hi = p["N_opt_interval"] or (None, None)
-            lines.append(f"  C = {p['compute']:.3g}: N_opt = {_g(p['N_opt'])} [{_g(lo)}, {_g(hi)}], "
-                         f"D_opt = {_g(p['D_opt'])}, error {_g(p['E_opt'])}")
-    for cb in result.get("critical_batch", []):
-        if "B_crit" in cb:
-            lo, hi = cb["intervals"]["B_crit"]
-            lines.append(f"critical batch size {cb['group']} at error {cb['target_error']:.3g}: B_crit = "
-                         f"{_g(cb['B_crit'])} {pct} [{_g(lo)}, {_g(hi)}], S_min = {_g(cb['S_min'])}, "
-                         f"E_min = {_g(cb['E_min'])}")
-        else:
-            lines.append(f"critical batch size {cb['group']}: not fitted ({cb.get('note')})")
-    for ws in result.get("worker_scaling", []):
-        group = f" {ws['group']}" if ws["group"] else ""
-        if "rows" not in ws:
-            lines.append(f"worker scaling{group}: {ws.get('note')}")
-            continue
-        lines.append(f"worker scaling{group} (median images/s over epochs after the first; "
-                     f"speed-up against {ws['reference_workers']} worker(s)):")
-        for row in ws["rows"]:
-            lines.append(f"  {row['num_workers']:3d} workers: {row['images_per_s']:10.1f} images/s, speed-up "
-                         f"{row['speedup']:.2f}x, efficiency {100 * row['efficiency']:.0f}%")
-    for p in result.get("predictions", []):
-        where = ", ".join(f"{k}={v}" for k, v in p["point"].items())
-        parts = []
-        for key, run, label in (("error_model_data", "run_model_data", "E(N, D)"),
-                                ("error_compute", "run_compute", "E(C)")):
-            if key in p:
-                med, lo, hi = p[key]
-                one = f", one run [{_g(p[run][1])}, {_g(p[run][2])}]" if run in p else ""
-                parts.append(f"{label} {_g(med)} [{_g(lo)}, {_g(hi)}]{one}")
-        lines.append(f"predict {where} (C = {_g(p.get('compute'))} FLOPs): error " + ("; ".join(parts) or "no fit"))
-    lines += [f"note: {n}" for n in result.get("notes", [])]
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------
 # entry point
 
 
@@ -466,7 +80,6 @@ def check_batches(points: list[tuple[str, Any]]) -> None:
     """Every grid point trains at least one full batch an epoch (a small ``data.fraction`` may not)."""
     from raysl.data.shards import load_manifest
     from raysl.data.subset import train_rows
-    from raysl.launch import resolve_data_dir
 
     seen: dict[tuple, int] = {}
     for where, cfg in points:
@@ -484,7 +97,7 @@ def check_batches(points: list[tuple[str, Any]]) -> None:
 
 def scale_main(args) -> int:
     from raysl import storage
-    from raysl.search import _absolute_data_path, _experiment_name, _storage, tune_main
+    from raysl.search import _experiment_name, _storage, tune_main
     from raysl.space import space_from_dict
 
     spec = load_scaling(args.file, args.overrides, args.predict)
@@ -492,7 +105,7 @@ def scale_main(args) -> int:
     grid_size = math.prod(len(v) for v in spec.grid.values())
     points = []
     for combo in itertools.product(*spec.grid.values()):  # every run's config is valid before Ray starts
-        tree = _absolute_data_path(spec.base)
+        tree = absolute_data_path(spec.base)
         for key, value in zip(spec.grid, combo):
             tree = set_dotted(tree, key, value)
         where = f"{spec.source}: grid point {dict(zip(spec.grid, combo))}"
@@ -527,39 +140,3 @@ def scale_main(args) -> int:
     summary["predictions"] = result["predictions"]
     jsonio.print_line(summary)
     return 0
-
-
-def point_values_for(spec: ScalingSpec):
-    """``point_values(point) -> (N, D, C)``: backbone parameters, training images seen and training FLOPs
-    of the run that ``spec.base`` with ``point``'s grid values would be (counted as each trial counts its own)."""
-    from raysl.data.pipeline import global_crop_size
-    from raysl.data.shards import load_manifest
-    from raysl.data.subset import train_rows
-    from raysl.flops import run_flops
-    from raysl.launch import resolve_data_dir
-    from raysl.search import _absolute_data_path
-
-    base = build_config(_absolute_data_path(spec.base), spec.source)
-    data_dir = resolve_data_dir(base)
-    manifest = load_manifest(data_dir)
-
-    def point_values(point: dict) -> tuple[float, float, float]:
-        tree = _absolute_data_path(spec.base)
-        for key, value in point.items():
-            tree = set_dotted(tree, key, value)
-        cfg = build_config(tree, f"{spec.source}: fit.predict {point}")
-        rows = train_rows(data_dir, manifest, cfg.data.fraction, cfg.seed)
-        counted = run_flops(cfg, manifest.channels, global_crop_size(cfg, manifest), rows)
-        return float(counted["params"]), float(counted["images"]), float(counted["flops"])
-
-    return point_values
-
-
-def write_result(experiment: str, out: dict[str, Any]) -> str:
-    """Write ``out`` as the experiment's ``scaling.json`` and return where. Strict JSON: a fit can be
-    unbounded (``B_crit`` is inf when ``S_min`` is 0, an interval open at one end), written as null."""
-    from raysl import storage
-
-    where = storage.join_uri(experiment, RESULT_FILE)
-    storage.write_atomic(where, jsonio.dumps(out, indent=1), option="--storage")
-    return where

@@ -67,7 +67,7 @@ def read_scaling(location: str) -> tuple[dict, dict | None] | None:
     import yaml
 
     from raysl.errors import RayslError
-    from raysl.scale import RESULT_FILE, SCALING_FILE
+    from raysl.scaling import RESULT_FILE, SCALING_FILE
 
     text = storage.read_text(storage.join(location, RESULT_FILE), missing_ok=True)
     if text is None:
@@ -111,10 +111,10 @@ def predictions(result: dict, spec, points: list[dict[str, Any]],
                 point_values: Callable[[], Callable] | None = None) -> list[dict[str, Any]]:
     """The stored predictions, then one per new point in ``points`` (not already stored), from the stored fits.
 
-    ``point_values()`` gives the ``point -> (N, D, C)`` counter of :func:`raysl.scale.point_values_for`; it is
+    ``point_values()`` gives the ``point -> (N, D, C)`` counter of :func:`raysl.scaling.point_values_for`; it is
     called only when a point names grid axes (it reads the data set's manifest).
     """
-    from raysl.scale import predict_at
+    from raysl.scaling import predict_at
 
     out = [{**p, "source": FROM_SCALE} for p in result.get("predictions") or []]
     stored = [json.dumps(p["point"], sort_keys=True) for p in out]
@@ -670,7 +670,7 @@ def prediction_lines(preds: list[dict]) -> list[str]:
 def write_report(result: dict, spec_data: dict | None, out: str, *, name: str = "",
                  predict: list[dict[str, Any]] = (), search_report: str | None = None) -> dict[str, Any]:
     """Plots + ``report.html`` of a scaling experiment into the local folder ``out``; returns its summary."""
-    from raysl.scale import point_values_for, scaling_from_dict
+    from raysl.scaling import point_values_for, scaling_from_dict
 
     spec = None
     if spec_data is not None:

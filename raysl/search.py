@@ -50,6 +50,7 @@ from ray.tune.stopper import Stopper
 
 from raysl import jsonio, ray_compat, signing, storage
 from raysl.config import RunConfig, build_config, to_yaml
+from raysl.data.locate import absolute_data_path, resolve_data_dir
 from raysl.errors import CollapsedError, ConfigError, DivergedError, RayslError, StorageError
 from raysl.pbt import PBT_EXTRA_KEEP, RESUMED_FILE
 from raysl.outcome import (BAD_STATUSES, BEST_CONFIG_FILE, SPACE_FILE, TRAIN_KEYS, UNFINISHED, Status, status_of,
@@ -311,7 +312,7 @@ def make_trainable(base: dict, objectives: list[tuple[str, str]], experiment: st
         import ray.tune
 
         from raysl import pbt
-        from raysl.launch import check_against_data, resolve_data_dir, user_error_from
+        from raysl.launch import check_against_data, user_error_from
         from raysl.train import train_worker
 
         filler = ResultFiller(objectives)
@@ -725,14 +726,6 @@ def _storage(args) -> str:
     return storage.resolve(args.storage or DEFAULT_STORAGE).uri
 
 
-def _absolute_data_path(base: dict) -> dict:
-    """Trials run in their own folders: a relative data.path must not depend on that."""
-    path = (base.get("data") or {}).get("path")
-    if isinstance(path, str) and not storage.is_uri(path) and not os.path.isabs(path):
-        base = {**base, "data": {**base["data"], "path": str(Path(path).expanduser().resolve())}}
-    return base
-
-
 def _setup_wandb(name: str) -> list:
     try:
         from ray.air.integrations.wandb import WandbLoggerCallback
@@ -853,7 +846,7 @@ def threading_is_main() -> bool:
 def tune_main(args, space: SearchSpace | None = None, extra_metrics=None) -> int:
     """``raysl tune``; ``raysl scale`` passes its grid as ``space`` and its FLOP counter as ``extra_metrics``."""
     from raysl.data.pipeline import is_encoded
-    from raysl.launch import check_against_data, init_ray, resolve_data_dir
+    from raysl.launch import check_against_data, init_ray
     from raysl.placement import check_placement
 
     space = space if space is not None else load_space(args.space, args.overrides)
@@ -877,7 +870,7 @@ def tune_main(args, space: SearchSpace | None = None, extra_metrics=None) -> int
         print(f"[raysl] note: results go to {experiment} on the driver's node; on a multi-node cluster pass "
               "--storage s3://... (or a shared folder) so every trial can write there", file=sys.stderr)
 
-    space.base = _absolute_data_path(space.base)
+    space.base = absolute_data_path(space.base)
     data_dir = resolve_data_dir(space.base_config)
     manifest = check_against_data(space.base_config, data_dir, f"{args.space}: base")
     manifest.require_val_images(data_dir)  # before Ray: a val split of 0 or 1 image fails every trial's evaluation

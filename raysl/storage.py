@@ -28,6 +28,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 import pyarrow.fs as pafs
@@ -35,6 +36,11 @@ import pyarrow.fs as pafs
 from raysl.errors import ConfigError, StorageError
 
 TMP_SUFFIX = ".tmp"
+
+
+def cache_root() -> Path:
+    """raysl's local cache (``RAYSL_CACHE``, default ``~/.cache/raysl``): bundled data sets, study databases."""
+    return Path(os.environ.get("RAYSL_CACHE", Path.home() / ".cache" / "raysl"))
 
 
 def is_uri(path: str) -> bool:

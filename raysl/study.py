@@ -115,10 +115,9 @@ def default_url(experiment: str) -> tuple[str, bool]:
     location = storage.resolve(experiment)
     if location.is_local:
         return f"sqlite:///{location.path.rstrip('/')}/{DB_FILE}", True
-    from raysl.launch import cache_root
 
     digest = hashlib.sha1(location.uri.encode()).hexdigest()[:8]
-    folder = cache_root() / "studies"
+    folder = storage.cache_root() / "studies"
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder.resolve()}/{location.name}-{digest}.db", False
 

@@ -92,7 +92,7 @@ def raysl_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def digits_dir(raysl_cache) -> str:
     from raysl.config import RunConfig
-    from raysl.launch import resolve_data_dir
+    from raysl.data.locate import resolve_data_dir
 
     return resolve_data_dir(RunConfig())
 

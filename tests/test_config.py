@@ -149,7 +149,7 @@ def test_missing_prepared_data_names_the_folder(tmp_path, capsys):
 def test_every_bundled_search_space_validates(path):
     """What the README and the benches point users at loads as `raysl tune` (or `raysl scale`) reads it."""
     if path.name.startswith("scaling_"):
-        from raysl.scale import load_scaling
+        from raysl.scaling import load_scaling
 
         load_scaling(str(path))
     else:

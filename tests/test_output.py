@@ -1,4 +1,4 @@
-"""What `raysl train` and `raysl tune` print: the formatting in raysl/progress.py, then real runs.
+"""What `raysl train` and `raysl tune` print: the formatting in raysl/console.py and raysl/progress.py, then real runs.
 
 The end-to-end runs set RAYSL_PROGRESS_EVERY_S=0 (a progress message every step, every one
 shown), so what they see does not depend on how fast the machine is: rank 0 sends its
@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from raysl import progress
-from raysl.progress import Renderer, format_duration, format_rate, progress_line, raysl_status, status_line, trial_line
+from raysl.console import Renderer, format_duration, format_rate, progress_line
+from raysl.progress import raysl_status, status_line, trial_line
 
 from conftest import RAYSL, REPO
 

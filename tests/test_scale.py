@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from raysl.errors import ConfigError
-from raysl.scale import fit_all, format_report, load_scaling, predict_point
+from raysl.scaling import fit_all, format_report, load_scaling, predict_point
 
 from conftest import HANG, RAYSL, REPO
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from raysl import scaling_laws as laws
-from raysl.scale import RESULT_FILE, SCALING_FILE, fit_all, format_report, load_scaling
+from raysl.scaling import RESULT_FILE, SCALING_FILE, fit_all, format_report, load_scaling
 from raysl.scaling_report import PLOTS, read_scaling, write_report
 
 from conftest import HANG, RAYSL, REPO
@@ -159,7 +159,7 @@ GRID = {"model.width": [4, 8, 16], "data.fraction": [0.25, 1.0], "optim.batch_si
 
 def write_scaling_experiment(folder: Path, runs: list[dict], grid: dict, predict: list[dict]) -> dict:
     """scaling.json + the scaling file as `raysl scale` writes them (fit_all on ``runs``)."""
-    from raysl.scale import write_result
+    from raysl.scaling import write_result
 
     folder.mkdir(parents=True, exist_ok=True)
     spec = load_scaling(str(write_spec(folder, grid, {"bootstrap": 60, "target_error": TARGET,

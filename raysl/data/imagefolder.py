@@ -62,9 +62,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysl import jsonio, storage
+from raysl.console import Renderer, format_duration, stream_isatty
 from raysl.data.codec import GRAYSCALE_MODES, EXIF_ORIENTATION_TAG, to_pixels, transposes_axes
 from raysl.data.manifest import Manifest, ShardInfo, SkippedFile, SplitInfo
-from raysl.progress import Renderer, format_duration, stream_isatty
+from raysl.data.prepared import existing_dir, refuse_existing, remove_stale_shards, write_manifest
 from raysl.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -373,10 +374,8 @@ class _Journal:
                 )
             storage.remove_temporaries(loc)
         else:
-            from raysl.data.shards import _remove_stale_shards
-
             storage.make_dirs(self.folder)
-            _remove_stale_shards(loc)
+            remove_stale_shards(loc)
             storage.write_atomic(location, jsonio.dumps(options, indent=1))
 
     def finished(self, names: list[str]) -> dict[str, dict[str, Any]]:
@@ -419,7 +418,7 @@ def _changed_keys(previous: Any, options: dict[str, Any]) -> str:
 
 
 class Progress:
-    """Files done/total, files/s and ETA on stderr, drawn by :class:`raysl.progress.Renderer`: one
+    """Files done/total, files/s and ETA on stderr, drawn by :class:`raysl.console.Renderer`: one
     \\r-updated line on a terminal (every 0.5 s), else a plain line every ~10 s."""
 
     def __init__(self, total: int, stream: TextIO | None, already: int = 0) -> None:
@@ -469,8 +468,6 @@ def prepare_imagefolder(
     progress: TextIO | None = None,
 ) -> Manifest:
     """Build (or finish building) the encoded shards of the image folder ``path`` in ``out``."""
-    from raysl.data.shards import _existing_dir, _refuse_existing
-
     shard_rows = DEFAULT_SHARD_ROWS if shard_rows is None else shard_rows
     if max_side is not None and max_side < 1:
         raise ConfigError(f"--max-side must be at least 1, got {max_side}")
@@ -481,9 +478,9 @@ def prepare_imagefolder(
     on_ray = os.environ.get("RAY_ADDRESS", "").strip() not in ("", "local") and not os.environ[
         "RAY_ADDRESS"
     ].startswith(("http://", "https://"))  # a dashboard address is for `ray job submit`, not for tasks
-    folder = _existing_dir(path, "imagefolder")
+    folder = existing_dir(path, "imagefolder")
     loc = storage.resolve(out)
-    _refuse_existing(loc, out)
+    refuse_existing(loc, out)
     listing = list_images(folder)
     plan = _plan(listing, val_fraction, seed, shard_rows)
 
@@ -548,8 +545,6 @@ def _build(
     progress: TextIO | None,
 ) -> Manifest:
     """Build the shards ``entries`` lacks, then write the manifest and drop the journal."""
-    from raysl.data.shards import _write_manifest
-
     out = loc.uri
     sizes = {f"{split}-{number:05d}.parquet": len(rows) for split, number, rows in plan}
     kept_files = sum(sizes[name] for name in entries)
@@ -592,7 +587,7 @@ def _build(
     meter.finish(len(listing.files))
 
     manifest = _manifest(loc, path, listing, plan, entries, seed, val_fraction)
-    _write_manifest(loc, manifest)
+    write_manifest(loc, manifest)
     journal.remove()
     return manifest
 

@@ -17,6 +17,7 @@ from typing import Any
 from raysl import jsonio
 from raysl.errors import DataError
 
+MANIFEST_FILE = "manifest.json"  # in a prepared folder, beside its shards
 FORMAT_VERSION = 1
 ENCODINGS = ("raw", "png", "encoded")
 SPLIT_FROM = ("shuffle", "source")

@@ -53,7 +53,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysl import storage
-from raysl.data.manifest import Manifest, ShardInfo, SplitInfo
+from raysl.data.manifest import MANIFEST_FILE, Manifest, ShardInfo, SplitInfo
+from raysl.data.prepared import existing_dir, refuse_existing, remove_stale_shards, write_manifest
 from raysl.errors import ConfigError, DataError, ShardError
 
 __all__ = [
@@ -69,14 +70,12 @@ __all__ = [
 ]
 
 SOURCES = ("digits", "idx", "cifar10", "imagefolder")
-MANIFEST_FILE = "manifest.json"
 RAW_MAX_SIDE = 64
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
 _RERUN = "re-run raysl data prepare into a new --out (or delete the old folder first)"
-_SHARD_NAME = re.compile(r"^(train|val)-\d{5}\.parquet$")
 
 
 # --------------------------------------------------------------------------- public API
@@ -115,13 +114,13 @@ def prepare(
         raise ConfigError("--max-side, --quality, --strict and --workers apply to imagefolder only; drop them")
     shard_rows = 10_000 if shard_rows is None else shard_rows
     loc = storage.resolve(out)
-    _refuse_existing(loc, out)
+    refuse_existing(loc, out)
     data = _load_source(source, path)
     splits, split_from = _split_rows(data, val_fraction, seed)
     encoding = "raw" if max(data.height, data.width) <= RAW_MAX_SIDE else "png"
 
     storage.make_dirs(loc)
-    _remove_stale_shards(loc)
+    remove_stale_shards(loc)
     stats = _ChannelStats(data.channels)
     split_infos = {}
     for name, rows in splits.items():
@@ -154,7 +153,7 @@ def prepare(
         split_from=split_from,
         splits=split_infos,
     )
-    _write_manifest(loc, manifest)
+    write_manifest(loc, manifest)
     return manifest
 
 
@@ -459,7 +458,7 @@ def _find_idx_pairs(folder: Path) -> dict[str, dict[str, Path]]:
 
 
 def _load_idx(path: str | None) -> _SourceData:
-    folder = _existing_dir(path, "idx")
+    folder = existing_dir(path, "idx")
     pairs = _find_idx_pairs(folder)
     if not pairs:
         raise DataError(
@@ -572,7 +571,7 @@ def _cifar_root(folder: Path) -> Path:
 
 
 def _load_cifar(path: str | None) -> _SourceData:
-    root = _cifar_root(_existing_dir(path, "cifar10"))
+    root = _cifar_root(existing_dir(path, "cifar10"))
     if (root / "data_batch_1").exists():
         train, val = sorted(root.glob("data_batch_*")), root / "test_batch"
         meta, names_key, labels_key = root / "batches.meta", b"label_names", b"labels"
@@ -627,13 +626,6 @@ def _check_arguments(source: str, path: str | None, shard_rows: int, val_fractio
         raise ConfigError(f"--shard-rows must be at least 1, got {shard_rows}")
     if not 0.0 <= val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-
-
-def _existing_dir(path: str | None, source: str) -> Path:
-    folder = Path(path or "")
-    if not folder.is_dir():
-        raise DataError(f"{source} PATH {path} is not a folder; point it at the extracted dataset")
-    return folder
 
 
 def _split_rows(data: _SourceData, val_fraction: float, seed: int) -> tuple[dict[str, np.ndarray], str]:
@@ -737,29 +729,7 @@ def _write_shard(loc: storage.Location, name: str, table: pa.Table) -> ShardInfo
     return ShardInfo(file=name, rows=table.num_rows, bytes=payload.size, sha256=digest)
 
 
-def _write_manifest(loc: storage.Location, manifest: Manifest) -> None:
-    """Written last and atomically: readers see no manifest or a complete one."""
-    storage.write_atomic(loc.join(MANIFEST_FILE), manifest.to_json())
-
-
 # --------------------------------------------------------------------------- locations and reading
-
-
-def _refuse_existing(loc: storage.Location, out: str) -> None:
-    if storage.exists(loc.join(MANIFEST_FILE)):
-        raise DataError(
-            f"{out} already holds a prepared dataset ({MANIFEST_FILE}); pick another --out or delete it"
-        )
-    if storage.is_file(loc):
-        raise ConfigError(f"--out {out} is a file; point it at a folder")
-
-
-def _remove_stale_shards(loc: storage.Location) -> None:
-    """Drop shards (and temporaries) an interrupted earlier prepare left behind, so OUT holds exactly one dataset."""
-    for name, is_dir in storage.list_dir(loc):
-        if not is_dir and (_SHARD_NAME.match(name) or name == f"{MANIFEST_FILE}.tmp"):
-            storage.remove(loc.join(name))
-    storage.remove_temporaries(loc)
 
 
 def _split_info(manifest: Manifest, split: str) -> SplitInfo:
