@@ -316,7 +316,7 @@ def _log_law(thetas: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return top[..., 0] + np.log(total[..., 0]), shares / total
 
 
-def _huber(r: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
+def huber_loss(r: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
     """Huber's loss divided by ``delta`` (``r^2 / (2 delta)`` inside, ``|r| - delta / 2`` beyond) and its slope.
 
     Dividing by ``delta`` changes no minimum; it puts the objective on the scale of ``sum |r|`` (order 1)
@@ -340,7 +340,7 @@ def _huber_objective(theta: np.ndarray, u: np.ndarray, log_err: np.ndarray,
     shares = np.exp(terms - top[:, None])
     total = shares.sum(axis=1)
     shares /= total[:, None]
-    value, slope = _huber(top + np.log(total) - log_err, delta)
+    value, slope = huber_loss(top + np.log(total) - log_err, delta)
     grad = np.empty_like(theta)
     grad[0] = slope @ shares[:, 0]  # d LSE / d e is the floor's share of the sum
     grad[1::2] = slope @ shares[:, 1:]  # d LSE / d a_j is term j's share
@@ -354,7 +354,7 @@ def _huber_scores(starts: np.ndarray, u: np.ndarray, log_err: np.ndarray, delta:
     chunk = max(1, 2_000_000 // max(1, len(log_err) * (1 + u.shape[1])))
     for lo in range(0, len(starts), chunk):
         log_law, _ = _log_law(starts[lo:lo + chunk], u)
-        scores[lo:lo + chunk] = _huber(log_law - log_err, delta)[0].sum(axis=1)
+        scores[lo:lo + chunk] = huber_loss(log_law - log_err, delta)[0].sum(axis=1)
     return scores
 
 

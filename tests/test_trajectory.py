@@ -1,0 +1,117 @@
+"""raysl.trajectory: whole curves L(N, S_min) fitted on small runs, predicted for a bigger run at another batch.
+
+Synthetic runs drawn from the law (an independent scalar implementation, brentq on the law's fixed point),
+0.5% log-normal noise per point: 4 model sizes x 2 batch sizes, 25 evaluations a run. Catches: a wrong
+S_min (batch) term or B_crit(L) exponent (the out-of-grid batch prediction drifts), a bisection that finds
+the wrong root, steps-to-target algebra errors, a bad run pulling the fit (the outlier test), and the
+validation of what the law cannot determine."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.optimize import brentq
+
+from raysl.trajectory import (
+    Curve,
+    critical_batch_at,
+    fit_trajectory_law,
+    minimum_error,
+    predict_trajectory,
+    steps_to_error,
+)
+
+TRUE = {"E": 0.05, "N_c": 46.0, "alpha_N": 0.3, "S_c": 40.0, "alpha_S": 0.5, "B_star": 2.07, "alpha_B": 0.25}
+STEPS = np.unique(np.geomspace(20, 4000, 25).round())
+SIZES, BATCHES = (1e4, 3e4, 1e5, 3e5), (64, 256)
+BIG_N, OUT_B = 1.2e6, 1024  # 4x the largest size, a batch 4x beyond the grid's largest
+
+
+def law(n: float, b: float, s: float) -> float:
+    def gap(loss: float) -> float:
+        s_min = s / (1 + TRUE["B_star"] / loss ** (1 / TRUE["alpha_B"]) / b)
+        return TRUE["E"] + (TRUE["N_c"] / n) ** TRUE["alpha_N"] + (TRUE["S_c"] / s_min) ** TRUE["alpha_S"] - loss
+
+    return brentq(gap, 1e-9, 1e3)
+
+
+def true_steps(n: float, b: float, target: float) -> float:
+    s_min = TRUE["S_c"] / (target - TRUE["E"] - (TRUE["N_c"] / n) ** TRUE["alpha_N"]) ** (1 / TRUE["alpha_S"])
+    return s_min * (1 + TRUE["B_star"] / target ** (1 / TRUE["alpha_B"]) / b)
+
+
+def curves(seed: int = 0) -> list[Curve]:
+    rng = np.random.default_rng(seed)
+    return [Curve(n, b, STEPS, [law(n, b, s) * math.exp(rng.normal(0, 0.005)) for s in STEPS])
+            for n in SIZES for b in BATCHES]
+
+
+@pytest.fixture(scope="module")
+def fit():
+    return fit_trajectory_law(curves(), n_bootstrap=20)
+
+
+def _close_to_truth(constants: dict) -> None:
+    # exponents within 0.04 (13% of alpha_N; seeds 0-5 gave 0.27-0.32, 0.47-0.53, 0.24-0.27). E within 50%
+    # (seen 0.035-0.073 for 0.05): at the grid's last step the step term is still twice E, so E is an
+    # extrapolation, and its interval says so (test_the_constants_come_back). N_c, S_c are not checked: a 10%
+    # change in their exponent moves them 2x
+    for name in ("alpha_N", "alpha_S", "alpha_B"):
+        assert constants[name] == pytest.approx(TRUE[name], abs=0.04), (name, constants)
+    assert constants["E"] == pytest.approx(TRUE["E"], rel=0.5), constants
+
+
+def test_the_constants_come_back(fit):
+    _close_to_truth(fit.constants)
+    assert fit.outliers == () and fit.n_runs == 8
+    for name in ("alpha_S", "E"):  # the intervals hold the truth (20 bootstrap refits)
+        lo, hi = fit.intervals[name]
+        assert lo <= TRUE[name] <= hi, (name, lo, hi)
+
+
+def test_the_whole_curve_of_a_4x_bigger_model_at_an_unseen_batch(fit):
+    """The issue's bar: rms relative error over the curve after the first 10% of steps <= 5% (here on exact
+    law values: 0.2% seen)."""
+    pred = predict_trajectory(fit, BIG_N, OUT_B, STEPS)
+    truth = np.array([law(BIG_N, OUT_B, s) for s in STEPS])
+    rel = (np.array(pred["value"]) - truth) / truth
+    late = STEPS >= 0.1 * STEPS.max()
+    assert float(np.sqrt(np.mean(rel[late] ** 2))) <= 0.01
+    assert all(lo <= v <= hi for lo, v, hi in zip(pred["low"], pred["value"], pred["high"]))
+    assert pred["value"] == sorted(pred["value"], reverse=True)  # more steps, lower loss
+
+
+def test_steps_to_a_target_and_the_critical_batch_at_any_target(fit):
+    got = steps_to_error(fit, BIG_N, OUT_B, 0.2)
+    assert got["steps"] == pytest.approx(true_steps(BIG_N, OUT_B, 0.2), rel=0.15)
+    assert got["examples"] == pytest.approx(got["steps"] * OUT_B)
+    assert got["E_min"] == pytest.approx(got["S_min"] * got["B_crit"])
+    for target in (0.15, 0.2, 0.3):
+        want = TRUE["B_star"] / target ** (1 / TRUE["alpha_B"])
+        assert critical_batch_at(fit, target)["B_crit"] == pytest.approx(want, rel=0.2), target
+    # below what the model size can reach (E + the size term): no number of steps gets there
+    assert steps_to_error(fit, 1e4, 256, TRUE["E"]) is None
+    floor = minimum_error(fit, 1e4)["minimum"]
+    assert floor == pytest.approx(TRUE["E"] + (TRUE["N_c"] / 1e4) ** TRUE["alpha_N"], rel=0.05)
+
+
+def test_one_bad_run_is_named_and_left_out_least_squares_is_pulled():
+    bad = curves(seed=1)
+    bad[3] = Curve(bad[3].n_params, bad[3].batch_size, STEPS, [v * 1.5 for v in bad[3].values])
+    robust = fit_trajectory_law(bad, n_bootstrap=0)
+    assert robust.outliers == (3,)
+    _close_to_truth(robust.constants)
+    plain = fit_trajectory_law(bad, n_bootstrap=0, loss="least_squares")
+    assert abs(plain.constants["alpha_N"] - TRUE["alpha_N"]) > 0.1, plain.constants  # what Huber is for
+
+
+def test_what_the_law_cannot_determine_is_refused():
+    few = curves()
+    with pytest.raises(ValueError, match=">= 2 batch sizes"):
+        fit_trajectory_law([c for c in few if c.batch_size == 64], n_bootstrap=0)
+    with pytest.raises(ValueError, match=">= 3 curves"):
+        fit_trajectory_law(few[:2], n_bootstrap=0)
+    with pytest.raises(ValueError, match="loss must be"):
+        fit_trajectory_law(few, loss="l1")
