@@ -46,11 +46,11 @@ from typing import Any
 import yaml
 
 from raysl import jsonio
-from raysl.config import RunConfig, build_config, set_dotted
+from raysl.config import RunConfig, set_dotted
 from raysl.data.locate import absolute_data_path, resolve_data_dir
 from raysl.errors import ConfigError
 from raysl.scaling import (SCALING_FILE, collect_runs, fit_all, format_report, load_scaling, point_values_for,
-                           write_result)
+                           trajectory_csv, write_result)
 
 
 # --------------------------------------------------------------------------
@@ -97,10 +97,11 @@ def check_batches(points: list[tuple[str, Any]]) -> None:
 
 def scale_main(args) -> int:
     from raysl import storage
+    from raysl.run_config import build_config
     from raysl.search import _experiment_name, _storage, tune_main
     from raysl.space import space_from_dict
 
-    spec = load_scaling(args.file, args.overrides, args.predict)
+    spec = load_scaling(args.file, args.overrides, args.predict, getattr(args, "trajectory", False))
     space = space_from_dict(spec.space_dict(), spec.source)
     grid_size = math.prod(len(v) for v in spec.grid.values())
     points = []
@@ -132,6 +133,12 @@ def scale_main(args) -> int:
            "level": spec.fit.level, "grid": spec.grid, "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "runs": runs, "not_used": others, **result}
     where = write_result(experiment, out)
+    for i, prediction in enumerate(result.get("predictions", [])):
+        if prediction.get("trajectory"):  # the predicted whole curve, for a spreadsheet or a plot of one's own
+            prediction["trajectory_csv"] = storage.join_uri(experiment, f"trajectory_{i}.csv")
+            storage.write_atomic(prediction["trajectory_csv"], trajectory_csv(prediction), option="--storage")
+    if any(p.get("trajectory_csv") for p in result.get("predictions", [])):
+        where = write_result(experiment, out)  # with where each curve's CSV is
     print(format_report(result, spec.fit.level), file=sys.stderr, flush=True)
     summary = {"experiment": experiment, "scaling_json": where, "runs": len(runs), "not_used": len(others)}
     for key in ("compute", "model_data"):

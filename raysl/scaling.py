@@ -12,11 +12,14 @@ import copy
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import numpy as np
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from raysl import jsonio
 from raysl import scaling_laws as laws
-from raysl.config import build_config, parse_override, read_yaml, set_dotted
+from raysl import trajectory as traj
+from raysl.config import parse_override, read_yaml, set_dotted
 from raysl.errors import ConfigError
 from raysl.space import metric_mode, validate_section
 
@@ -41,6 +44,23 @@ class FitSettings(BaseModel):
     seed: int = Field(0, ge=0)
     target_error: float | None = Field(None, gt=0.0, lt=1.0)
     budgets: list[float] | None = None
+    # the whole-curve law L(N, S_min) (raysl.trajectory), fitted on every evaluation of every run; needs
+    # >= 2 model sizes and >= 2 batch sizes. `raysl scale --trajectory` sets it
+    trajectory: bool = False
+    # target errors for the trajectory law's answers: the critical batch at each, and the steps and
+    # examples to reach each at every prediction point (fit.target_error too, when set)
+    targets: list[float] = Field(default_factory=list)
+
+    @field_validator("targets")
+    @classmethod
+    def _errors(cls, value: list[float]) -> list[float]:
+        for target in value:
+            if not 0.0 < target < 1.0:
+                raise ValueError(f"a target error is in (0, 1) (1 - accuracy); got {target}")
+        return value
+
+    def all_targets(self) -> list[float]:
+        return sorted({*self.targets, *([self.target_error] if self.target_error else [])})
 
 
 class ScaleTuneSettings(BaseModel):
@@ -88,9 +108,12 @@ def predict_point(item: str) -> dict[str, Any]:
     return point
 
 
-def load_scaling(path: str, overrides: list[str] = (), predictions: list[str] = ()) -> ScalingSpec:
-    """Read and validate a scaling file (``--set`` edits base:, ``--predict`` adds to fit.predict)."""
+def load_scaling(path: str, overrides: list[str] = (), predictions: list[str] = (),
+                 trajectory: bool = False) -> ScalingSpec:
+    """Read and validate a scaling file (``--set`` edits base:, ``--predict`` adds to fit.predict,
+    ``--trajectory`` sets fit.trajectory)."""
     spec = scaling_from_dict(read_yaml(path), str(path), overrides, predictions)
+    spec.fit.trajectory = spec.fit.trajectory or trajectory
     # here, not in scaling_from_dict: that one also reads the files of finished experiments (raysl analyze)
     if math.prod(len(values) for values in spec.grid.values()) == 1:
         # every fit compares runs that differ (in compute, model or data size, batch size, workers): one
@@ -275,8 +298,56 @@ def fit_all(runs: list[dict], spec: ScalingSpec, point_values) -> dict[str, Any]
         result["critical_batch"] = _critical_batch(runs, spec)
     if WORKERS_AXIS in spec.grid:
         result["worker_scaling"] = _worker_scaling(runs, spec)
+    trajectory_fit = None
+    if fit.trajectory:
+        trajectory_fit = _trajectory(runs, spec, result)
     result["predictions"] = [predict_at(point, compute_fit, model_data_fit, point_values) for point in fit.predict]
+    if trajectory_fit is not None:
+        for entry in result["predictions"]:
+            if "n_params" in entry:  # a point of grid axes (not compute=...): its size, batch and steps
+                _predict_curve(entry, trajectory_fit, spec)
     return result
+
+
+def batch_size_of(spec: ScalingSpec, values: dict[str, Any]) -> int:
+    """The batch size of a run or prediction point (its grid value, else the base config's)."""
+    if "optim.batch_size" in values and values["optim.batch_size"] is not None:
+        return int(values["optim.batch_size"])
+    from raysl.run_config import build_config
+
+    return int(build_config(spec.base, spec.source).optim.batch_size)
+
+
+def _trajectory(runs: list[dict], spec: ScalingSpec, result: dict) -> traj.TrajectoryFit | None:
+    """Fit the trajectory law on every run's curve (error per evaluated step) into ``result["trajectory"]``."""
+    fit = spec.fit
+    used = [r for r in runs if r.get("curve")]
+    curves = [traj.Curve(r["n_params"], batch_size_of(spec, r["config"]), [s for s, _ in r["curve"]],
+                         [e for _, e in r["curve"]]) for r in used]
+    try:
+        fitted = traj.fit_trajectory_law(curves, n_bootstrap=min(fit.bootstrap, traj.TRAJECTORY_BOOTSTRAP),
+                                         level=fit.level, seed=fit.seed)
+    except ValueError as exc:
+        result["notes"].append(f"trajectory L(N, S_min) not fitted: {exc}")
+        return None
+    result["trajectory"] = {**fitted.to_dict(), "runs": [r["trial_id"] for r in used],
+                            "outlier_runs": [used[i]["trial_id"] for i in fitted.outliers],
+                            "critical_batch": [traj.critical_batch_at(fitted, t) for t in fit.all_targets()]}
+    return fitted
+
+
+def _predict_curve(entry: dict[str, Any], fitted: traj.TrajectoryFit, spec: ScalingSpec) -> None:
+    """A prediction point's whole curve (error per step, with its band) and its steps to each target."""
+    batch = batch_size_of(spec, entry["point"])
+    total = max(1.0, entry["train_images"] / batch)  # the run's optimizer steps (images seen / batch)
+    steps = sorted({float(round(s)) for s in np.geomspace(max(1.0, total / 100), total, 40)})
+    entry["batch_size"] = batch
+    entry["trajectory"] = traj.predict_trajectory(fitted, entry["n_params"], batch, steps)
+    answers = []
+    for target in spec.fit.all_targets():
+        reached = traj.steps_to_error(fitted, entry["n_params"], batch, target)
+        answers.append({"target": target, "reachable": reached is not None, **(reached or {})})
+    entry["steps_to_target"] = answers
 
 
 def predict_at(point: dict[str, Any], compute_fit: laws.LawFit | None, model_data_fit: laws.LawFit | None,
@@ -405,8 +476,54 @@ def format_report(result: dict, level: float) -> str:
                 one = f", one run [{_g(p[run][1])}, {_g(p[run][2])}]" if run in p else ""
                 parts.append(f"{label} {_g(med)} [{_g(lo)}, {_g(hi)}]{one}")
         lines.append(f"predict {where} (C = {_g(p.get('compute'))} FLOPs): error " + ("; ".join(parts) or "no fit"))
+    lines += _trajectory_lines(result, pct)
     lines += [f"note: {n}" for n in result.get("notes", [])]
     return "\n".join(lines)
+
+
+def _trajectory_lines(result: dict, pct: str) -> list[str]:
+    fit = result.get("trajectory")
+    if not fit:
+        return []
+    lines = [f"{fit['law']}: {fit['n_runs']} runs, {fit['n_points']} evaluations (after the first 10% of each "
+             "run's steps)"]
+    if fit.get("outlier_runs"):
+        lines.append(f"  outlier runs (left out of the fit): {', '.join(fit['outlier_runs'])}")
+    for name, value in fit["constants"].items():
+        lo, hi = fit["intervals"][name]
+        lines.append(f"  {name:8s} = {_g(value):>10s}   {pct} [{_g(lo)}, {_g(hi)}]")
+    for cb in fit.get("critical_batch", []):
+        lo, hi = cb.get("interval") or (None, None)
+        lines.append(f"  critical batch at error {_g(cb['target'])}: B_crit = {_g(cb['B_crit'])} [{_g(lo)}, {_g(hi)}]")
+    for p in result.get("predictions", []):
+        curve = p.get("trajectory")
+        if not curve:
+            continue
+        where = ", ".join(f"{k}={v}" for k, v in p["point"].items())
+        ends = [(curve["steps"][i], curve["value"][i], (curve.get("low") or [None] * len(curve["steps"]))[i],
+                 (curve.get("high") or [None] * len(curve["steps"]))[i]) for i in (0, len(curve["steps"]) // 2, -1)]
+        lines.append(f"trajectory {where} (N = {_g(p['n_params'])}, batch {p['batch_size']}): " + ", ".join(
+            f"step {_g(s)}: error {_g(v)} [{_g(lo)}, {_g(hi)}]" for s, v, lo, hi in ends))
+        for answer in p.get("steps_to_target", []):
+            if not answer["reachable"]:
+                lines.append(f"  error {_g(answer['target'])}: not reachable at this size (its floor is higher)")
+                continue
+            lo, hi = (answer.get("intervals") or {}).get("steps", (None, None))
+            lines.append(f"  error {_g(answer['target'])}: {_g(answer['steps'])} steps [{_g(lo)}, {_g(hi)}] = "
+                         f"{_g(answer['examples'])} examples; S_min {_g(answer['S_min'])}, E_min "
+                         f"{_g(answer['E_min'])}, B_crit {_g(answer['B_crit'])}")
+    return lines
+
+
+def trajectory_csv(prediction: dict[str, Any]) -> str:
+    """A predicted curve as CSV: step, error and its band."""
+    curve = prediction["trajectory"]
+    n = len(curve["steps"])
+    low, high = curve.get("low") or [None] * n, curve.get("high") or [None] * n
+    rows = ["step,error,low,high"] + [f"{s:g},{v:.6g},{'' if lo is None else f'{lo:.6g}'},"
+                                      f"{'' if hi is None else f'{hi:.6g}'}"
+                                      for s, v, lo, hi in zip(curve["steps"], curve["value"], low, high)]
+    return "\n".join(rows) + "\n"
 
 
 # --------------------------------------------------------------------------
@@ -421,6 +538,7 @@ def point_values_for(spec: ScalingSpec):
     from raysl.data.shards import load_manifest
     from raysl.data.subset import train_rows
     from raysl.flops import run_flops
+    from raysl.run_config import build_config
 
     base = build_config(absolute_data_path(spec.base), spec.source)
     data_dir = resolve_data_dir(base)

@@ -36,6 +36,7 @@ PLOTS = {
     "frontier": "scaling_frontier.png",
     "critical_batch": "scaling_critical_batch.png",
     "worker_scaling": "scaling_workers.png",
+    "trajectory": "scaling_trajectory.png",
 }
 CAPTIONS = {
     "error_vs_compute": "Error (1 - metric) of every run against its training FLOPs, log-log. Ringed: the runs "
@@ -51,6 +52,10 @@ CAPTIONS = {
     "worker_scaling": "Training throughput against the number of workers (median images/s over the epochs "
                       "after the first) with perfect linear scaling dashed, and the parallel efficiency "
                       "(speed-up / workers).",
+    "trajectory": "Error against optimizer steps, log-log: every run's evaluations (dots, one colour per model "
+                  "size, solid for the smallest batch size, dashed for larger ones) and the fitted L(N, S_min) "
+                  "through them (thin lines); thick: each prediction point's whole predicted curve with its "
+                  "bootstrap band.",
 }
 COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan",
           "tab:red", "tab:gray"]
@@ -445,6 +450,60 @@ def plot_worker_scaling(result: dict, path: str) -> dict[str, Any]:
     return {"groups": len(entries)}
 
 
+def plot_trajectory(result: dict, preds: list[dict], path: str) -> dict[str, Any]:
+    """Each run's error curve with the fitted law's curve, and every predicted whole curve with its band."""
+    from raysl import trajectory as traj
+
+    fit = result.get("trajectory") or {}
+    fig = Figure(figsize=(7.2, 5.0))
+    ax = fig.subplots()
+    runs = {r["trial_id"]: r for r in result.get("runs") or []}
+    used = [runs[t] for t in fit.get("runs", []) if t in runs and runs[t].get("curve")]
+    sizes = sorted({r["n_params"] for r in used})
+    batches = sorted({int((r.get("config") or {}).get("optim.batch_size") or 0) for r in used})
+    drawn = 0
+    for r in used:
+        color = COLORS[sizes.index(r["n_params"]) % len(COLORS)]
+        batch = int((r.get("config") or {}).get("optim.batch_size") or 0)
+        style = "-" if batch == batches[0] else "--"
+        steps = [s for s, _ in r["curve"]]
+        ax.plot(steps, [e for _, e in r["curve"]], "o", color=color, ms=3, alpha=0.7)
+        stored = _stored_trajectory(fit)
+        if stored is not None and batch:
+            ax.plot(steps, traj.predict_trajectory(stored, r["n_params"], batch, steps)["value"], style,
+                    color=color, lw=0.8, label=f"N = {_g(r['n_params'], 3)}, B = {batch}")
+        drawn += 1
+    for i, p in enumerate(q for q in preds if q.get("trajectory")):
+        curve = p["trajectory"]
+        color = COLORS[(len(sizes) + i) % len(COLORS)]
+        ax.plot(curve["steps"], curve["value"], "-", color=color, lw=2.4,
+                label=f"predicted {point_text(p['point'])} (N = {_g(p['n_params'], 3)}, B = {p['batch_size']})")
+        if curve.get("low"):
+            ax.fill_between(curve["steps"], curve["low"], curve["high"], color=color, alpha=0.2)
+        drawn += 1
+    if not drawn:
+        _message(ax, "no trajectory fit: " + (_note_for(result, "trajectory") or "fit.trajectory is off"))
+    else:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("optimizer steps (S)")
+        ax.set_ylabel(f"error ({result.get('error', '1 - metric')})")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6)
+    _save(fig, path)
+    return {"runs": len(used), "predictions": sum(1 for q in preds if q.get("trajectory"))}
+
+
+def _stored_trajectory(fit: dict):
+    """The fitted trajectory law from scaling.json's constants (no bootstrap samples: the curve only)."""
+    from raysl import trajectory as traj
+
+    try:
+        return traj.from_constants(fit["constants"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def write_plots(result: dict, spec, preds: list[dict], out: str) -> tuple[dict[str, str], dict[str, Any]]:
     """Write the PNGs that apply into ``out``: ({plot key: file name}, what each drew)."""
     grid = result.get("grid") or {}
@@ -464,6 +523,8 @@ def write_plots(result: dict, spec, preds: list[dict], out: str) -> tuple[dict[s
         emit("critical_batch", lambda p: plot_critical_batch(result, p))
     if "scale.num_workers" in grid:
         emit("worker_scaling", lambda p: plot_worker_scaling(result, p))
+    if result.get("trajectory") or any(p.get("trajectory") for p in preds):
+        emit("trajectory", lambda p: plot_trajectory(result, preds, p))
     return plots, drawn
 
 

@@ -55,7 +55,7 @@ import numpy as np
 
 from raysl.scaling_laws import DEFAULT_DELTA, DEFAULT_LEVEL, LOSSES, huber_loss, log_residual_outliers
 
-__all__ = ["Curve", "TrajectoryFit", "critical_batch_at", "fit_trajectory_law", "minimum_error",
+__all__ = ["Curve", "TrajectoryFit", "critical_batch_at", "fit_trajectory_law", "from_constants", "minimum_error",
            "predict_trajectory", "steps_to_error"]
 
 DEFAULT_SKIP_FRACTION = 0.1
@@ -254,6 +254,22 @@ def fit_trajectory_law(curves: Sequence[Curve], *, loss: str = "huber", delta: f
                          outliers=outliers, theta=theta, samples=samples_arr, centre=centre)
 
 
+def from_constants(constants: dict[str, float]) -> TrajectoryFit:
+    """A fit rebuilt from its constants (as ``scaling.json`` stores them), for its curve: no bootstrap samples,
+    so its predictions have no band. A constant that is missing, not finite or out of range is a ValueError."""
+    values = [constants[name] for name in NAMES]
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        raise ValueError(f"a trajectory law's constants must be finite numbers: {constants}")
+    e, n_c, alpha_n, s_c, alpha_s, b_star, alpha_b = values
+    if min(e, n_c, s_c, b_star, alpha_b) <= 0 or min(alpha_n, alpha_s) < 0:
+        raise ValueError(f"a trajectory law's constants are out of range: {constants}")
+    theta = np.array([math.log(e), alpha_n * math.log(n_c), alpha_n, alpha_s * math.log(s_c), alpha_s,
+                      math.log(b_star), 1.0 / alpha_b])
+    return TrajectoryFit(constants=dict(zip(NAMES, map(float, values))), intervals={}, level=DEFAULT_LEVEL,
+                         loss="huber", delta=DEFAULT_DELTA, n_runs=0, n_points=0, outliers=(), theta=theta,
+                         samples=np.empty((0, len(NAMES))), centre=(0.0, 0.0))
+
+
 # --------------------------------------------------------------------------
 # predictions
 
@@ -289,7 +305,7 @@ def predict_trajectory(fit: TrajectoryFit, n_params: float, batch_size: float, s
     log_s = np.log(np.asarray(steps, dtype=float))
     args = (math.log(n_params), math.log(batch_size), log_s)
     value = _curve(fit.theta, fit.centre, *args)
-    out = {"steps": [float(s) for s in np.exp(log_s)], "value": value.tolist()}
+    out = {"steps": [float(s) for s in steps], "value": value.tolist()}
     if len(fit.samples):
         low, high = _band(np.array([_curve(t, fit.centre, *args) for t in fit.samples]), level)
         out.update(low=low.tolist(), high=high.tolist())

@@ -125,3 +125,53 @@ def test_fit_all_says_what_it_could_not_fit():
 
 
 # a grid interrupted, resumed and fitted: tests/test_scaling_report.py (one grid, also analyzed and opened in Chromium)
+
+
+def test_fit_all_with_the_trajectory_law_predicts_whole_curves_csv_and_plot(tmp_path):
+    """Runs whose error curves follow L(N, S_min) (tests/test_trajectory.py's law, 0.5% noise), 4 sizes x 2
+    batch sizes in the grid: `fit.trajectory` fits it, each grid-axis prediction point gets its whole curve
+    (at its own batch size and run length), the steps to each target and B_crit at each; the report text,
+    the CSV and the plot carry them. Catches: the batch size of a run or point not taken from the grid, the
+    run length (images seen / batch) wrong, a compute=... point given a curve it has no size for."""
+    import csv
+    import io
+
+    from test_trajectory import STEPS, law
+
+    from raysl.scaling import trajectory_csv
+    from raysl.scaling_report import plot_trajectory
+
+    spec = load_scaling(str(QUICKSTART), [], [], trajectory=True)
+    spec.grid = {"model.width": [4, 8, 16, 32], "optim.batch_size": [64, 256]}
+    spec.fit.predict = [{"model.width": 64, "optim.batch_size": 1024}, {"compute": 1e13}]
+    spec.fit.targets = [0.2, 0.3]
+    spec.fit.bootstrap = 20
+    rng = np.random.default_rng(0)
+    runs = []
+    for n in (1e4, 3e4, 1e5, 3e5):
+        for b in (64, 256):
+            curve = [[float(s), law(n, b, s) * math.exp(rng.normal(0, 0.005))] for s in STEPS]
+            runs.append({"trial_id": f"n{n:g}b{b}", "config": {"optim.batch_size": b}, "error": curve[-1][1],
+                         "n_params": int(n), "train_images": int(STEPS[-1] * b), "flops": 6 * n * STEPS[-1] * b,
+                         "curve": curve})
+    result = fit_all(runs, spec, point_values=lambda point: (1.2e6, 4000 * 1024, 6 * 1.2e6 * 4000 * 1024))
+    fit = result["trajectory"]
+    assert fit["n_runs"] == 8 and fit["constants"]["alpha_S"] == pytest.approx(0.5, abs=0.04)
+    assert [cb["target"] for cb in fit["critical_batch"]] == [0.2, 0.3]
+    width, compute = result["predictions"]
+    assert "trajectory" not in compute
+    curve = width["trajectory"]
+    assert width["batch_size"] == 1024 and curve["steps"][-1] == 4000.0  # 4000 x 1024 images at batch 1024
+    truth = [law(1.2e6, 1024, s) for s in curve["steps"]]
+    late = [i for i, s in enumerate(curve["steps"]) if s >= 400]
+    assert max(abs(curve["value"][i] / truth[i] - 1) for i in late) < 0.02
+    assert [a["target"] for a in width["steps_to_target"]] == [0.2, 0.3] and all(
+        a["reachable"] and a["examples"] == pytest.approx(a["steps"] * 1024) for a in width["steps_to_target"])
+    text = format_report(result, 0.9)
+    assert "L(N, S_min) = E + (N_c / N)^alpha_N" in text and "trajectory model.width=64, optim.batch_size=1024" in text
+    rows = list(csv.DictReader(io.StringIO(trajectory_csv(width))))
+    assert len(rows) == len(curve["steps"]) and float(rows[-1]["low"]) <= float(rows[-1]["error"]) <= float(
+        rows[-1]["high"])
+    result.update(runs=runs, error="1 - knn_acc")
+    drawn = plot_trajectory(result, result["predictions"], str(tmp_path / "t.png"))
+    assert drawn == {"runs": 8, "predictions": 1} and (tmp_path / "t.png").stat().st_size > 10_000

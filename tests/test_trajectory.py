@@ -18,6 +18,7 @@ from raysl.trajectory import (
     Curve,
     critical_batch_at,
     fit_trajectory_law,
+    from_constants,
     minimum_error,
     predict_trajectory,
     steps_to_error,
@@ -115,3 +116,13 @@ def test_what_the_law_cannot_determine_is_refused():
         fit_trajectory_law(few[:2], n_bootstrap=0)
     with pytest.raises(ValueError, match="loss must be"):
         fit_trajectory_law(few, loss="l1")
+
+
+def test_a_fit_rebuilt_from_its_stored_constants_predicts_the_same_curve(fit):
+    """scaling.json stores the constants only; the report redraws the fitted curves from them."""
+    again = from_constants(fit.constants)
+    a = predict_trajectory(fit, BIG_N, OUT_B, STEPS)["value"]
+    b = predict_trajectory(again, BIG_N, OUT_B, STEPS)["value"]
+    np.testing.assert_allclose(b, a, rtol=1e-9)
+    with pytest.raises(ValueError, match="finite"):
+        from_constants({**fit.constants, "alpha_B": None})
