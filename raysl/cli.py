@@ -85,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     scale.add_argument("--predict", action="append", default=[], metavar="KEY=VALUE",
                        help="also predict the error at a point: --predict width=64 (grid axes, comma-separated) "
                             "or --predict compute=1e15 (training FLOPs); repeatable")
+    scale.add_argument("--trajectory", action="store_true",
+                       help="also fit the whole-curve law L(N, S_min) on every evaluation of every run (needs >= 2 "
+                            "model sizes and >= 2 batch sizes) and predict each --predict point's whole curve "
+                            "(trajectory_<i>.csv, the report's trajectory plot); fit.targets: steps to each error")
     scale.add_argument("--storage", default=None, help="results folder or URI (default: ./raysl_results)")
     scale.add_argument("--name", default=None, help="experiment name (default: the file's name)")
     scale.add_argument("--resume", action="store_true", help="continue an interrupted grid")
