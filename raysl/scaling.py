@@ -488,6 +488,10 @@ def _trajectory_lines(result: dict, pct: str) -> list[str]:
              "run's steps)"]
     if fit.get("outlier_runs"):
         lines.append(f"  outlier runs (left out of the fit): {', '.join(fit['outlier_runs'])}")
+    if fit.get("at_bounds"):
+        lines.append(f"  warning: {', '.join(fit['at_bounds'])} stopped at the edge of the fit's range: these runs "
+                     "do not determine it, and the predictions below rest on it (add model sizes, batch sizes or "
+                     "evaluations)")
     for name, value in fit["constants"].items():
         lo, hi = fit["intervals"][name]
         lines.append(f"  {name:8s} = {_g(value):>10s}   {pct} [{_g(lo)}, {_g(hi)}]")

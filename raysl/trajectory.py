@@ -61,6 +61,7 @@ __all__ = ["Curve", "TrajectoryFit", "critical_batch_at", "fit_trajectory_law", 
 DEFAULT_SKIP_FRACTION = 0.1
 TRAJECTORY_BOOTSTRAP = 200
 POLISHED = 10
+MIN_POINTS = 21  # 3 evaluations per constant
 # theta: (log E, a_N, alpha_N, a_S, alpha_S, log B*, g = 1 / alpha_B), in centred logs (the module's fit)
 NAMES = ("E", "N_c", "alpha_N", "S_c", "alpha_S", "B_star", "alpha_B")
 _BOUNDS = np.array([[-30.0, 5.0], [-30.0, 10.0], [0.0, 4.0], [-30.0, 10.0], [0.0, 4.0], [-20.0, 40.0],
@@ -92,13 +93,16 @@ class TrajectoryFit:
     theta: np.ndarray = field(repr=False)
     samples: np.ndarray = field(repr=False)  # bootstrap thetas, one per row
     centre: tuple[float, float] = field(repr=False)  # mean log N and mean log S of the fitted points
+    # exponents the fit left at the edge of their range (alpha_N or alpha_S at 0 or 4, alpha_B at 1/20 or
+    # infinity): not determined by these runs, so the predictions are not either
+    at_bounds: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"law": "L(N, S_min) = E + (N_c / N)^alpha_N + (S_c / S_min)^alpha_S, "
                        "S_min = S / (1 + B_crit(L) / B), B_crit(L) = B_star / L^(1 / alpha_B)",
                 "constants": dict(self.constants), "intervals": {k: list(v) for k, v in self.intervals.items()},
                 "level": self.level, "loss": self.loss, "delta": self.delta, "n_runs": self.n_runs,
-                "n_points": self.n_points, "outliers": list(self.outliers)}
+                "n_points": self.n_points, "outliers": list(self.outliers), "at_bounds": list(self.at_bounds)}
 
 
 # --------------------------------------------------------------------------
@@ -209,10 +213,11 @@ def fit_trajectory_law(curves: Sequence[Curve], *, loss: str = "huber", delta: f
         raise ValueError(f"delta must be > 0 (got {delta})")
     curves = list(curves)
     run, log_n, log_s, log_b, log_l = _points(curves, skip_fraction)
-    if len(curves) < 3 or len(np.unique(log_n)) < 2 or len(np.unique(log_b)) < 2 or len(log_l) < 8:
-        raise ValueError("the trajectory law needs >= 3 curves, >= 2 model sizes, >= 2 batch sizes and >= 8 "
-                         f"points (got {len(curves)} curves, {len(np.unique(log_n))} sizes, "
-                         f"{len(np.unique(log_b))} batch sizes, {len(log_l)} points)")
+    if len(curves) < 3 or len(np.unique(log_n)) < 2 or len(np.unique(log_b)) < 2 or len(log_l) < MIN_POINTS:
+        raise ValueError(f"the trajectory law needs >= 3 curves, >= 2 model sizes, >= 2 batch sizes and >= {MIN_POINTS} "
+                         f"evaluations after the first {skip_fraction:.0%} of each run's steps, 3 per constant (got "
+                         f"{len(curves)} curves, {len(np.unique(log_n))} sizes, {len(np.unique(log_b))} batch sizes, "
+                         f"{len(log_l)} evaluations); evaluate more often (eval.every_epochs) or add runs")
     centre = (float(log_n.mean()), float(log_s.mean()))
 
     def data_of(idx: np.ndarray) -> tuple:
@@ -247,11 +252,15 @@ def fit_trajectory_law(curves: Sequence[Curve], *, loss: str = "huber", delta: f
     natural = _natural(theta, centre)
     boot = np.array([_natural(t, centre) for t in samples_arr]) if len(samples_arr) else np.empty((0, 7))
     tail = (1 - level) / 2
-    intervals = {name: ((float(np.quantile(boot[:, j], tail)), float(np.quantile(boot[:, j], 1 - tail)))
-                        if len(boot) else (math.nan, math.nan)) for j, name in enumerate(NAMES)}
+    with np.errstate(invalid="ignore"):  # an unbounded constant (alpha_B = inf) in some resamples
+        intervals = {name: ((float(np.quantile(boot[:, j], tail)), float(np.quantile(boot[:, j], 1 - tail)))
+                            if len(boot) else (math.nan, math.nan)) for j, name in enumerate(NAMES)}
+    # an exponent stopped at the edge of its range: the runs do not determine it
+    at_bounds = tuple(NAMES[j] for j in (2, 4, 6) if min(abs(theta[j] - _BOUNDS[j, 0]), abs(theta[j] - _BOUNDS[j, 1]))
+                      < 1e-6)
     return TrajectoryFit(constants={name: float(natural[j]) for j, name in enumerate(NAMES)}, intervals=intervals,
                          level=level, loss=loss, delta=delta, n_runs=len(curves), n_points=len(log_l),
-                         outliers=outliers, theta=theta, samples=samples_arr, centre=centre)
+                         outliers=outliers, theta=theta, samples=samples_arr, centre=centre, at_bounds=at_bounds)
 
 
 def from_constants(constants: dict[str, float]) -> TrajectoryFit:

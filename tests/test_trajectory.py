@@ -126,3 +126,15 @@ def test_a_fit_rebuilt_from_its_stored_constants_predicts_the_same_curve(fit):
     np.testing.assert_allclose(b, a, rtol=1e-9)
     with pytest.raises(ValueError, match="finite"):
         from_constants({**fit.constants, "alpha_B": None})
+
+
+def test_too_few_evaluations_are_refused_and_an_undetermined_exponent_is_named():
+    """3 evaluations per constant at least; a fit whose exponent sits at its range's edge says so (the e2e
+    digits grid of 4 runs x 4 epochs gave alpha_N = 4, the upper edge, and meaningless predictions)."""
+    sparse = [Curve(c.n_params, c.batch_size, c.steps[-2:], c.values[-2:]) for c in curves()]
+    with pytest.raises(ValueError, match=">= 21 evaluations"):
+        fit_trajectory_law(sparse, n_bootstrap=0)
+    # no dependence on N at all: alpha_N goes to 0 (its lower edge) with N_c undetermined
+    flat = [Curve(n, c.batch_size, c.steps, [law(1e5, c.batch_size, s) for s in c.steps])
+            for n, c in zip([1e4, 1e4, 3e4, 3e4, 1e5, 1e5, 3e5, 3e5], curves())]
+    assert "alpha_N" in fit_trajectory_law(flat, n_bootstrap=0).at_bounds
