@@ -88,6 +88,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--crop", type=int, default=28, help="crop side (Fashion-MNIST is 28)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="more KEY=VALUE for every run")
+    parser.add_argument("--lightly", action="store_true",
+                        help="also time bench/lightly_loop.py (the same trial in a lightly-style loop, no Ray) for "
+                             "each schedule, and print raysl's wall-clock ratio against it (needs lightly installed)")
     args = parser.parse_args()
 
     work = Path(args.work or tempfile.mkdtemp(prefix="raysl-trial-overhead-"))
@@ -118,6 +121,20 @@ def main() -> None:
                 raise SystemExit(f"{out} exists: pass another --work (a second run would resume, not train)")
             results[schedule][name] = train(space, [*common, f"eval.every_epochs={every}", *switches], out)
 
+    lightly: dict[str, dict] = {}
+    if args.lightly and not args.quick:
+        for schedule, every in (("every epoch", 1), ("end only", epochs)):
+            cmd = [sys.executable, str(REPO / "bench" / "lightly_loop.py"), f"--rows={args.rows}",
+                   f"--epochs={epochs}", f"--eval-every={every}", f"--width={args.width}", f"--batch={args.batch}",
+                   f"--crop={args.crop}"]
+            start = time.perf_counter()
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                sys.stderr.write(done.stderr[-3000:])
+                raise SystemExit(f"bench/lightly_loop.py failed with exit code {done.returncode}")
+            lightly[schedule] = {**json.loads(done.stdout.strip().splitlines()[-1]),
+                                 "process_wall_s": time.perf_counter() - start}
+
     print(f"trial overhead: raysl train, SimCLR small_convnet width {args.width}, batch {args.batch}, {setup}; "
           f"load {load:.1f} -> {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
     print(f"{'evaluation':<12} {'switches':<9} {'wall':>7} {'train_s':>8} {'eval_s':>7} {'startup':>8} {'rest':>6} "
@@ -130,11 +147,18 @@ def main() -> None:
                   f"{ratio:10.2f}x")
     print("wall: the raysl train process; steps: sum(train_s) / wall; rest: Ray's start-up and teardown, "
           "checkpoints and reports; vs baseline: the baseline's wall / this run's, same schedule")
+    for schedule, r in lightly.items():
+        ours = results[schedule]["default"]
+        print(f"lightly-style loop, {schedule}: wall {r['process_wall_s']:.1f}s (train {r['train_s']:.1f}s, eval "
+              f"{r['eval_s']:.1f}s, kNN {r['knn_acc']:.4f}); raysl default {ours['wall_s']:.1f}s (kNN "
+              f"{ours['knn_acc']:.4f}): lightly / raysl wall = {r['process_wall_s'] / ours['wall_s']:.2f}x, "
+              f"steps {r['train_s'] / ours['train_s']:.2f}x")
     print(json.dumps({"bench": "trial_overhead", "quick": args.quick, "setup": setup, "width": args.width,
                       "batch": args.batch, "epochs": epochs, "load_start": round(load, 1),
                       "load_end": round(os.getloadavg()[0], 1), "cpus": os.cpu_count(),
                       "runs": {s: {n: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
                                    for n, r in runs.items()} for s, runs in results.items()},
+                      "lightly": lightly,
                       "work": str(work)}))
 
 
