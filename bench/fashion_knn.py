@@ -35,10 +35,10 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
 
-    from raysl.config import load_config
     from raysl.data.shards import load_manifest, prepare
     from raysl.evaluate import knn_accuracy
     from raysl.launch import train_run
+    from raysl.run_config import load_config
     from raysl.train import initial_metrics, load_eval_set
 
     work = Path(tempfile.mkdtemp(prefix="raysl-fashion-"))

@@ -152,7 +152,7 @@ def bare_ceiling(args, device: torch.device, compiled: bool) -> float:
 
 
 def train_step_rate(args, device: torch.device, shards: Path) -> list[dict]:
-    from raysl.config import RunConfig
+    from raysl.run_config import RunConfig
     from raysl.train import LocalIO, train_worker
 
     class DeviceIO(LocalIO):

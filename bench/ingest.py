@@ -211,7 +211,7 @@ def trial_manifest(manifest, batches: int):
 
 
 def run_config(shards: Path, blur_p: float):
-    from raysl.config import RunConfig
+    from raysl.run_config import RunConfig
 
     view = {"blur_p": blur_p}  # every other knob: ViewAugment's SimCLR defaults
     return RunConfig.model_validate({

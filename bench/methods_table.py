@@ -42,11 +42,11 @@ def main() -> None:
 
     import ray
 
-    from raysl.config import load_config
     from raysl.data.shards import prepare
     from raysl.errors import RayslError
     from raysl.launch import train_run
     from raysl.methods import METHODS
+    from raysl.run_config import load_config
     from raysl.train import initial_metrics
 
     work = Path(tempfile.mkdtemp(prefix="raysl-methods-"))

@@ -37,8 +37,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from raysl.config import RunConfig, load_config  # noqa: E402
 from raysl.models import build_backbone, mlp  # noqa: E402
+from raysl.run_config import RunConfig, load_config  # noqa: E402
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 

@@ -438,8 +438,9 @@ def best_run_config(exp: Experiment, trial: pd.Series) -> tuple[str | None, str]
     The experiment's own ``best_config.yaml`` is used when its searched values are the
     trial's; otherwise the space file's ``base:`` gets the trial's parameters applied.
     """
-    from raysl.config import RunConfig, build_config, to_yaml
+    from raysl.config import RunConfig, to_yaml
     from raysl.errors import ConfigError
+    from raysl.run_config import build_config
 
     flat = flatten(trial["config"] if isinstance(trial["config"], dict) else {})
     searched = exp.param_names
@@ -489,8 +490,8 @@ def _apply_sample(base: dict, sample: dict[str, Any]) -> dict:
 
 def _normalized_flat(tree: Any, source: str) -> dict[str, Any] | None:
     """A run-config mapping with raysl's defaults filled in, flattened; None when it is not one."""
-    from raysl.config import build_config
     from raysl.errors import ConfigError
+    from raysl.run_config import build_config
 
     if not isinstance(tree, dict):
         return None

@@ -17,7 +17,8 @@ from raysl.errors import RayslError
 
 SET_HELP = ("override one config key, repeatable; the value is read as YAML: --set optim.lr=0.01 "
             "--set method.temperature=0.1 --set data.augment=byol; sections: method, model, data, optim, "
-            "schedule, scale, eval, checkpoint (all keys and defaults: raysl/config.py)")
+            "schedule, scale, eval, checkpoint (all keys and defaults: raysl/config.py, a method's in "
+            "raysl/methods/<name>.py)")
 # --resume refuses Ray state files not signed with the user's secret (raysl.signing)
 TRUST_HELP = ("with --resume: resume an experiment whose saved Ray state is not signed with your secret (written "
               "before raysl signed it, with another secret, or by a search killed outright); raysl signs it as it "
@@ -154,9 +155,9 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from raysl.config import load_config
     from raysl.errors import Interrupted, StorageError, TrainingError, WorkerDiedError
     from raysl.launch import train_run
+    from raysl.run_config import load_config
 
     cfg = load_config(args.config, args.overrides)
     if args.max_failures is not None:  # the flag wins over the config's scale.max_failures

@@ -1,10 +1,16 @@
-"""Typed run configuration: every default raysl uses lives here, once.
+"""Typed run configuration: every default raysl uses lives here, once (a method's own, with the method).
 
 A run config has the sections ``method``, ``model``, ``data``, ``optim``,
 ``schedule``, ``scale``, ``eval`` and ``checkpoint``. YAML files are validated
-at the edge (``load_config``); the rest of the code trusts the typed object.
-A search-space file (with ``base:``/``search:``/``tune:``) is accepted too:
-its ``base:`` is the run config.
+at the edge (``raysl.run_config.load_config``); the rest of the code trusts the
+typed object. A search-space file (with ``base:``/``search:``/``tune:``) is
+accepted too: its ``base:`` is the run config.
+
+The ``method`` section is the method's own config class (a ``MethodSection``),
+defined next to the method in ``raysl/methods/<name>.py`` and found by name in
+``METHOD_REGISTRY``, which ``raysl.methods`` fills. This module never imports
+the methods (they are a layer above it), so parse run configs through
+``raysl.run_config``, which does.
 """
 
 from __future__ import annotations
@@ -12,10 +18,20 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Protocol
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from raysl.errors import ConfigError
 
@@ -37,273 +53,67 @@ Momentum = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 # --------------------------------------------------------------------------
-# methods: `name` selects the method, the other keys are its knobs.
-# Defaults follow the papers (and solo-learn/lightly where the paper is silent).
+# methods: `name` selects the method, the other keys are its knobs. Each method's config class lives next to
+# the method, in raysl/methods/<name>.py (defaults follow the papers, and solo-learn/lightly where the paper
+# is silent), and raysl.methods registers the method; this module, a layer below, never imports them.
+
+DEFAULT_METHOD = "simclr"  # a run config without method: trains SimCLR
 
 
-class EMASchedule(Section):
-    """Teacher EMA momentum, cosine from ``ema_base`` to ``ema_final`` per step (BYOL)."""
+class MethodSection(Section):
+    """Base of every method's config (a run config's ``method:``): ``name`` selects the method.
 
-    ema_base: Momentum = 0.99
-    ema_final: Momentum = 1.0
+    A subclass narrows ``name`` to its method's name (``name: Literal["simclr"] = "simclr"``) and adds the
+    method's knobs; it is defined with the method, in ``raysl/methods/<name>.py``.
+    """
 
-
-class SimCLRConfig(Section):
-    name: Literal["simclr"] = "simclr"
-    temperature: Temperature = 0.2  # SimCLR appendix B.9: 0.2 is best on CIFAR-10
+    name: str
 
 
-class DCLConfig(Section):
-    name: Literal["dcl"] = "dcl"
-    temperature: Temperature = 0.1
+class RegisteredMethod(Protocol):
+    """What a run config reads of a registered method class (``raysl.methods.base.Method``)."""
+
+    config_class: type[MethodSection]  # validates the ``method:`` section
+    supports_local_crops: bool  # data.local_crops.number > 0 needs it
+    backbones: tuple[str, ...] | None  # the model.backbone values it trains (None: any)
 
 
-class DCLWConfig(Section):
-    name: Literal["dclw"] = "dclw"
-    temperature: Temperature = 0.1
-    sigma: Annotated[float, Field(gt=0.0)] = 0.5
+#: name -> method class, in registration order. ``raysl.methods.register`` fills it when raysl.methods is
+#: imported, and ``raysl.methods.METHODS`` is this dict. A run config's ``method:`` is validated by the
+#: registered method's ``config_class``: parse run configs with raysl.run_config (load_config, build_config,
+#: RunConfig), which imports raysl.methods first.
+METHOD_REGISTRY: dict[str, RegisteredMethod] = {}
 
 
-class ISogCLRConfig(Section):
-    name: Literal["isogclr"] = "isogclr"
-    tau_init: Temperature = 0.1
-    rho: Annotated[float, Field(gt=0.0)] = 0.4
-    gamma: Probability = 0.8
-    # Authors' CIFAR recipe (zhqiu/contrastive-learning-iSogCLR): tau lr 0.03, tau in [0.05, 1];
-    # below ~0.025 exp(h / tau) overflows float32.
-    tau_lr: Annotated[float, Field(gt=0.0)] = 0.03
-    tau_min: Temperature = 0.05
-    tau_max: Temperature = 1.0
-
-    @model_validator(mode="after")
-    def _tau_in_range(self) -> "ISogCLRConfig":
-        if not self.tau_min <= self.tau_init <= self.tau_max:
-            raise ValueError(
-                f"need tau_min <= tau_init <= tau_max, got {self.tau_min} <= {self.tau_init} <= {self.tau_max}"
-            )
-        return self
+def _method_names() -> str:
+    return ", ".join(METHOD_REGISTRY)
 
 
-class MoCoConfig(EMASchedule):
-    name: Literal["moco"] = "moco"
-    temperature: Temperature = 0.2
-    queue_size: Annotated[int, Field(ge=1)] = 4096
-    mochi: bool = False
-    mochi_n_hard: Annotated[int, Field(ge=1)] = 256
-    mochi_s: Annotated[int, Field(ge=0)] = 256
-    mochi_s_prime: Annotated[int, Field(ge=0)] = 64
-
-    @model_validator(mode="after")
-    def _hard_within_queue(self) -> "MoCoConfig":
-        if self.mochi and self.mochi_n_hard > self.queue_size:
-            raise ValueError(
-                f"mochi_n_hard ({self.mochi_n_hard}) must be <= queue_size ({self.queue_size})"
-            )
-        return self
+def _method_name_error(message: str, name: Any) -> ValidationError:
+    """A validation error at ``method.name`` (raised inside RunConfig's validator, which adds ``method``)."""
+    return ValidationError.from_exception_data("method", [
+        {"type": PydanticCustomError("method_name", message), "loc": ("name",), "input": name}])
 
 
-class BYOLConfig(EMASchedule):
-    name: Literal["byol"] = "byol"
-
-
-class SimSiamConfig(Section):
-    name: Literal["simsiam"] = "simsiam"
-    predictor_lr_scale: Annotated[float, Field(gt=0.0)] = 1.0
-    fixed_predictor_lr: bool = True  # SimSiam sec. 4.3: no lr decay for the predictor
-
-
-class DirectPredConfig(Section):
-    name: Literal["directpred"] = "directpred"
-    decomposition_period: Annotated[int, Field(ge=1)] = 1
-    alpha: Probability = 0.3  # moving-average weight rho of the correlation matrix F
-    eps: Annotated[float, Field(ge=0.0)] = 0.1
-
-
-class BarlowConfig(Section):
-    name: Literal["barlow"] = "barlow"
-    lambd: Weight = 0.0051
-    # Multiplies the loss; solo-learn disagrees with itself on this (0.1 / 0.024 / 0.025),
-    # here it is 0.1, as its CIFAR recipe runs.
-    scale_loss: Annotated[float, Field(gt=0.0)] = 0.1
-
-
-class MixedBarlowConfig(Section):
-    name: Literal["mixed_barlow"] = "mixed_barlow"
-    lambd: Weight = 1.0 / 128
-    scale_loss: Annotated[float, Field(gt=0.0)] = 0.1
-    mixup_weight: Weight = 4.0
-
-
-class VICRegConfig(Section):
-    name: Literal["vicreg"] = "vicreg"
-    sim_weight: Weight = 25.0
-    var_weight: Weight = 25.0
-    cov_weight: Weight = 1.0
-
-
-class DINOConfig(Section):
-    name: Literal["dino"] = "dino"
-    student_temp: Temperature = 0.1
-    teacher_temp: Temperature = 0.04
-    teacher_temp_final: Temperature = 0.07
-    teacher_temp_warmup: Probability = 0.3  # fraction of training
-    center_momentum: Momentum = 0.9
-    ema_base: Momentum = 0.996
-    ema_final: Momentum = 1.0
-    out_dim: Annotated[int, Field(ge=2)] = 1024
-
-
-class MSBRegConfig(EMASchedule):
-    # The centroid loss targets a momentum ("delayed-parameter") network, as in BYOL: ema_base/ema_final.
-    name: Literal["msbreg"] = "msbreg"
-    centroid_weight: Weight = 1.0
-    singular_weight: Weight = 1.0
-    brownian_weight: Weight = 1.0
-
-
-class MVInfoNCEConfig(Section):
-    name: Literal["mv_infonce"] = "mv_infonce"
-    temperature: Temperature = 0.1
-    num_views: Annotated[int, Field(ge=2, le=16)] = 4
-
-
-# ---- MoCo v3, W-MSE, VIbCReg, ReSSL
-
-
-class MoCoV3Config(EMASchedule):
-    name: Literal["mocov3"] = "mocov3"
-    temperature: Temperature = 0.2  # MoCo v3 (Chen, Xie & He 2021) sec. 4; the loss is scaled by 2 tau
-    # vit_tiny: a random patch projection, never trained (MoCo v3 sec. 5.3, a stability fix)
-    freeze_patch_embed: bool = True
-
-
-class WMSEConfig(Section):
-    name: Literal["wmse"] = "wmse"
-    w_size: Annotated[int, Field(ge=2)] = 128  # whitening sub-batch (W-MSE's CIFAR setting); > projector_dim
-    w_eps: Probability = 0.0  # shrinkage of the covariance towards I (authors' code: 0)
-    w_iter: Annotated[int, Field(ge=1, le=16)] = 1  # sub-batch partitions per step, averaged
-    num_views: Annotated[int, Field(ge=2, le=16)] = 2  # W-MSE 2; the paper's best is W-MSE 4
-
-
-class VIbCRegConfig(Section):
-    name: Literal["vibcreg"] = "vibcreg"
-    sim_weight: Weight = 25.0
-    var_weight: Weight = 25.0
-    cov_weight: Weight = 200.0
-    iternorm_iterations: Annotated[int, Field(ge=1, le=20)] = 5
-    num_groups: Annotated[int, Field(ge=1)] = 64  # IterNorm groups; must divide model.projector_dim
-
-
-class ReSSLConfig(EMASchedule):
-    name: Literal["ressl"] = "ressl"
-    queue_size: Annotated[int, Field(ge=1)] = 4096
-    student_temp: Temperature = 0.1
-    teacher_temp: Temperature = 0.04
-
-
-class SwAVConfig(Section):
-    # Caron et al. 2020 (SwAV), Sec. 4 / appendix A: tau 0.1, epsilon 0.05, 3 Sinkhorn iterations, 3000 prototypes
-    name: Literal["swav"] = "swav"
-    temperature: Temperature = 0.1
-    num_prototypes: Annotated[int, Field(ge=2)] = 3000
-    sinkhorn_iterations: Annotated[int, Field(ge=1, le=100)] = 3
-    epsilon: Annotated[float, Field(ge=0.01, le=10.0)] = 0.05  # the codes are computed in float64
-    # earlier global-view embeddings beside the batch in Sinkhorn, used once full (paper: 3840 for small
-    # batches); 0 = none, the right choice when the data set is small
-    queue_size: Annotated[int, Field(ge=0)] = 0
-    # fraction of training with the prototypes frozen (paper: the first epoch, 313 of ~100k+ steps)
-    freeze_prototypes: Probability = 0.01
-
-
-class DeepClusterV2Config(Section):
-    # Caron et al. 2020 (the SwAV paper's DeepCluster-v2); solo-learn: 3 clusterings of 3000, tau 0.1, 10 iterations
-    name: Literal["deepclusterv2"] = "deepclusterv2"
-    temperature: Temperature = 0.1
-    # one k-means (and its prototypes) per entry; each must be <= the data set's rows
-    num_prototypes: Annotated[list[Annotated[int, Field(ge=2)]], Field(min_length=1, max_length=8)] = [3000, 3000, 3000]
-    kmeans_iterations: Annotated[int, Field(ge=1, le=100)] = 10
-
-
-# ---- nearest-neighbour methods (NNCLR, NNBYOL, NNSiam): a support queue of earlier projections
-# (raysl/methods/support.py). The paper's 98,304 is for ImageNet; a queue longer than the data set
-# holds stale copies of the same images, so the default is small.
-SupportQueueSize = Annotated[int, Field(ge=1)]
-
-
-class NNCLRConfig(Section):
-    name: Literal["nnclr"] = "nnclr"
-    temperature: Temperature = 0.1  # Dwibedi et al. 2021, Sec. 4
-    queue_size: SupportQueueSize = 4096
-
-
-class NNBYOLConfig(BYOLConfig):
-    name: Literal["nnbyol"] = "nnbyol"  # type: ignore[assignment]
-    queue_size: SupportQueueSize = 4096
-
-
-class NNSiamConfig(SimSiamConfig):
-    name: Literal["nnsiam"] = "nnsiam"  # type: ignore[assignment]
-    queue_size: SupportQueueSize = 4096
-
-
-class SupConConfig(Section):
-    # Khosla et al. 2020: needs labelled data (raysl.launch.check_against_data); unlabelled rows are their own class
-    name: Literal["supcon"] = "supcon"
-    temperature: Temperature = 0.1
-
-
-class MAEConfig(Section):
-    # He et al. 2022: mask 75%, per-patch normalised pixel targets; the decoder (paper: 512 wide, 8 blocks)
-    # is small here for the small images
-    name: Literal["mae"] = "mae"
-    mask_ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.75
-    decoder_dim: Annotated[int, Field(ge=8)] = 128
-    decoder_depth: Annotated[int, Field(ge=1, le=16)] = 2
-    decoder_heads: Annotated[int, Field(ge=1)] = 4  # must divide decoder_dim
-    norm_pix_loss: bool = True
-    num_views: Literal[1] = 1  # one view: the un-jittered crop (model.backbone must be vit_tiny)
-
-    @model_validator(mode="after")
-    def _heads_divide(self) -> "MAEConfig":
-        if self.decoder_dim % self.decoder_heads:
-            raise ValueError(f"decoder_heads ({self.decoder_heads}) must divide decoder_dim ({self.decoder_dim})")
-        return self
-
-
-MethodConfig = Annotated[
-    Union[
-        SimCLRConfig,
-        DCLConfig,
-        DCLWConfig,
-        ISogCLRConfig,
-        MoCoConfig,
-        BYOLConfig,
-        SimSiamConfig,
-        DirectPredConfig,
-        BarlowConfig,
-        MixedBarlowConfig,
-        VICRegConfig,
-        DINOConfig,
-        MSBRegConfig,
-        MVInfoNCEConfig,
-        SwAVConfig,
-        DeepClusterV2Config,
-        NNCLRConfig,
-        NNBYOLConfig,
-        NNSiamConfig,
-        SupConConfig,
-        MAEConfig,
-        MoCoV3Config,
-        WMSEConfig,
-        VIbCRegConfig,
-        ReSSLConfig,
-    ],
-    Field(discriminator="name"),
-]
-
-METHOD_NAMES: tuple[str, ...] = tuple(
-    cls.model_fields["name"].default for cls in MethodConfig.__origin__.__args__  # type: ignore[attr-defined]
-)
+def method_section(value: Any) -> MethodSection:
+    """``value`` (a ``method:`` mapping) validated by its method's own config class."""
+    if not METHOD_REGISTRY:  # a programming error, not the user's: raise it as such
+        raise RuntimeError("no SSL method is registered: parse run configs with raysl.run_config (load_config, "
+                           "build_config, RunConfig), which imports raysl.methods, the registry")
+    if isinstance(value, MethodSection):
+        method = METHOD_REGISTRY.get(value.name)
+        if method is not None and isinstance(value, method.config_class):
+            return value
+        value = value.model_dump()
+    if not isinstance(value, dict):
+        raise ValueError("expected a mapping of the method's name and knobs, e.g. {name: simclr, temperature: 0.2}")
+    name = value.get("name")
+    if name is None:
+        raise _method_name_error(f"missing; name the method, one of: {_method_names()}", name)
+    method = METHOD_REGISTRY.get(name) if isinstance(name, str) else None
+    if method is None:
+        raise _method_name_error(f"unknown method {str(name)!r}; allowed: {_method_names()}", name)
+    return method.config_class.model_validate(value)
 
 
 # --------------------------------------------------------------------------
@@ -605,7 +415,9 @@ class CheckpointConfig(Section):
 
 
 class RunConfig(Section):
-    method: MethodConfig = Field(default_factory=SimCLRConfig)
+    # the registered method's own config class (METHOD_REGISTRY): dumped with its fields, not MethodSection's
+    method: SerializeAsAny[MethodSection] = Field(default_factory=lambda: {"name": DEFAULT_METHOD},
+                                                  validate_default=True)
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -623,6 +435,11 @@ class RunConfig(Section):
         set it (or a section above it), else ``source`` (the file)."""
         item = next((v for k, v in self._set_keys.items() if key == k or key.startswith(k + ".")), None)
         return f"--set {item}" if item is not None else source
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method(cls, value: Any) -> MethodSection:
+        return method_section(value)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "RunConfig":
@@ -647,8 +464,12 @@ class RunConfig(Section):
                     "narrower range"
                 )
         model = self.model
-        if self.method.name == "mae" and model.backbone != "vit_tiny":
-            raise ValueError(f"mae needs model.backbone: vit_tiny (got {model.backbone!r})")
+        # what the method declares it needs (raysl.methods.base.Method), read from the registry
+        method = METHOD_REGISTRY.get(self.method.name)
+        backbones = getattr(method, "backbones", None)
+        if backbones is not None and model.backbone not in backbones:
+            raise ValueError(f"{self.method.name} needs model.backbone: {' or '.join(backbones)} "
+                             f"(got {model.backbone!r})")
         if model.backbone == "vit_tiny":
             for key, size in (("model.vit_image_size", model.vit_image_size), ("data.crop_size", self.data.crop_size)):
                 if size is not None and size < model.patch_size:
@@ -657,11 +478,8 @@ class RunConfig(Section):
                         "use a smaller model.patch_size"
                     )
         if self.data.local_crops.number:
-            from raysl.methods import METHODS  # here, not at the top: the registry imports this module
-
-            method = METHODS.get(self.method.name)
             if method is not None and not method.supports_local_crops:
-                takes = ", ".join(name for name, cls in METHODS.items() if cls.supports_local_crops)
+                takes = ", ".join(name for name, cls in METHOD_REGISTRY.items() if cls.supports_local_crops)
                 raise ValueError(
                     f"data.local_crops.number ({self.data.local_crops.number}): method {self.method.name!r} "
                     f"does not use local crops (multi-crop); set data.local_crops.number=0, or use one of: {takes}"
@@ -794,22 +612,18 @@ def read_yaml(path: str | Path, empty_hint: str = EMPTY_CONFIG_HINT) -> dict:
     return data
 
 
-def _error_loc(exc: ValidationError) -> tuple[dict, list[str]]:
-    """The most informative error of ``exc`` and its dotted location (method tags dropped)."""
+def error_loc(exc: ValidationError) -> tuple[dict, list[str]]:
+    """The most informative error of ``exc`` and its dotted location."""
     # a union (e.g. data.augment: preset name | list of views) reports one error per member;
     # the structured member's error is the informative one
     err = max(exc.errors(), key=lambda e: len(_clean_loc(e["loc"])))
-    loc = _clean_loc(err["loc"])
-    # discriminated unions put the tag in the location (method.simclr.temperature)
-    if len(loc) >= 2 and loc[0] == "method" and loc[1] in METHOD_NAMES:
-        loc = [loc[0]] + loc[2:]
-    return err, loc
+    return err, _clean_loc(err["loc"])
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:
     """One line: the file, the dotted key and what is allowed."""
     errors = exc.errors()
-    err, loc = _error_loc(exc)
+    err, loc = error_loc(exc)
     key = ".".join(loc) if loc else "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":
@@ -817,9 +631,8 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         msg = f"unknown key {key!r}"
         if section:
             msg += f" for {section}" + _allowed_keys_hint(loc)
-    elif kind == "union_tag_invalid":
-        got = err.get("ctx", {}).get("tag")
-        msg = f"{key}.name: unknown method {got!r}; allowed: {', '.join(METHOD_NAMES)}"
+    elif kind == "method_name":  # method_section: the message names the allowed methods
+        msg = f"{key}: {err['msg']}"
     elif kind == "literal_error":
         got = err.get("input")
         msg = f"{key}: {got!r} is not allowed; expected {err['ctx']['expected']}"
@@ -853,77 +666,6 @@ def _allowed_keys_hint(loc: list[str]) -> str:
     return ""
 
 
-def config_keys(method_name: str = "simclr") -> list[str]:
-    """Every dotted key a run config of ``method_name`` accepts (``optim.lr``, ``method.temperature``...)."""
-
-    def walk(model: Any, prefix: str) -> list[str]:
-        keys = []
-        for name, field in model.model_fields.items():
-            ann = field.annotation
-            if prefix == "" and name == "method":
-                cls = _method_class(method_name) or SimCLRConfig
-                keys += [f"method.{k}" for k in cls.model_fields]
-            elif isinstance(ann, type) and issubclass(ann, BaseModel):
-                keys += walk(ann, f"{prefix}{name}.")
-            else:
-                keys.append(f"{prefix}{name}")
-        return keys
-
-    return walk(RunConfig, "")
-
-
-# names other libraries use for our keys (the last part of a dotted key)
-_SYNONYMS = {"learning_rate": "lr", "wd": "weight_decay", "bs": "batch_size", "batch": "batch_size",
-             "epoch": "epochs", "temp": "temperature", "tau": "temperature", "workers": "num_workers"}
-
-
-def _did_you_mean(key: str, method_name: str) -> str:
-    import difflib
-
-    known = config_keys(method_name)
-    head, _, leaf = key.rpartition(".")
-    synonym = f"{head}.{_SYNONYMS[leaf]}" if head and leaf in _SYNONYMS else None
-    close = [synonym] if synonym in known else difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    if not close:  # a right name in the wrong section: optim.temperature -> method.temperature
-        leaf = key.rsplit(".", 1)[-1]
-        close = [k for k in known if k.rsplit(".", 1)[-1] == leaf][:1]
-    return f"; did you mean {close[0]}?" if close else ""
-
-
-def build_config(tree: dict, source: str = "config", set_keys: dict[str, str] | None = None) -> RunConfig:
-    """Validate ``tree``; a ConfigError names the file (or the ``--set`` item of an override) and the key.
-
-    ``set_keys``: dotted key -> the ``--set key=value`` item that set it.
-    """
-    set_keys = set_keys or {}
-    try:
-        config = RunConfig.model_validate(tree)
-        config._set_keys = dict(set_keys)
-        return config
-    except ValidationError as exc:
-        err, loc = _error_loc(exc)
-        dotted = ".".join(loc)
-        from_set = next((item for k, item in set_keys.items() if dotted == k or dotted.startswith(k + ".")), None)
-        if from_set is not None:
-            source = f"--set {from_set}"
-        msg = format_validation_error(exc, source)
-        name = get_dotted(tree, "method.name", "simclr")
-        if err["type"] == "extra_forbidden":
-            msg += _did_you_mean(dotted, name if isinstance(name, str) else "simclr")
-        if dotted.startswith("method.") and "unknown key" in msg:
-            cls = _method_class(name)
-            if cls is not None:
-                msg += f"; {name} takes: {', '.join(k for k in cls.model_fields if k != 'name')}"
-        raise ConfigError(msg) from None
-
-
-def _method_class(name: str) -> type[BaseModel] | None:
-    for cls in MethodConfig.__origin__.__args__:  # type: ignore[attr-defined]
-        if cls.model_fields["name"].default == name:
-            return cls
-    return None
-
-
 def config_tree(path: str | Path) -> dict:
     """The run-config mapping of a file: a run config itself, or a search space's ``base:``."""
     data = read_yaml(path)
@@ -933,17 +675,6 @@ def config_tree(path: str | Path) -> dict:
             raise ConfigError(f"{path}: a search-space file needs a 'base:' mapping with the run config")
         return base
     return data
-
-
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read a YAML run config (or a search space's base), apply ``--set`` overrides, validate."""
-    tree = config_tree(path) if path is not None else {}
-    set_keys: dict[str, str] = {}
-    for item in overrides:
-        key, value = parse_override(item)
-        tree = set_dotted(tree, key, value)
-        set_keys[key] = item.strip()
-    return build_config(tree, str(path) if path is not None else "--set", set_keys)
 
 
 def to_yaml(config: RunConfig) -> str:

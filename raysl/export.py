@@ -21,10 +21,11 @@ from torch import nn
 
 from raysl import storage
 from raysl.checkpoint import checkpoint_dirs, load_state, save_state
-from raysl.config import ModelConfig, RunConfig, load_config
+from raysl.config import ModelConfig, RunConfig
 from raysl.errors import CheckpointError, ConfigError, DataError
 from raysl.models import build_backbone
 from raysl.outcome import TRAIN_RUN_NAME
+from raysl.run_config import load_config
 
 EXPORT_FORMAT = "raysl-backbone-v1"
 

@@ -31,12 +31,13 @@ def check_against_data(cfg: RunConfig, data_dir: str, source: str) -> Any:
     """Checks that need the manifest: batch size vs data set size, image size vs ViT patch size."""
     from raysl.data import shards
     from raysl.data.pipeline import global_crop_size, is_encoded
+    from raysl.methods import METHODS
 
     manifest = shards.load_manifest(data_dir)
-    if cfg.method.name == "supcon" and not manifest.labeled:
+    if METHODS[cfg.method.name].needs_labels and not manifest.labeled:
         raise ConfigError(
-            f"{cfg.origin('method.name', source)}: method supcon needs labelled data; {data_dir} has no labels "
-            "(prepared from an unlabelled source); use a labelled data set or a self-supervised method"
+            f"{cfg.origin('method.name', source)}: method {cfg.method.name} needs labelled data; {data_dir} has no "
+            "labels (prepared from an unlabelled source); use a labelled data set or a self-supervised method"
         )
     rows = manifest.splits["train"]["rows"]
     if cfg.optim.batch_size > rows:
@@ -471,6 +472,8 @@ def resume_conflicts(saved: Any, cfg: RunConfig) -> list[tuple[str, Any, Any]]:
     (config.yaml, as loaded) and that a resume may not change (RESUME_MAY_CHANGE); [] when ``cfg`` can
     resume that run. Keys a config leaves to their default compare by their default."""
     from pydantic import ValidationError
+
+    from raysl.run_config import RunConfig  # parses with every method registered
 
     try:  # with its defaults filled in (a run saved before a key existed has it at its default)
         saved = RunConfig.model_validate(saved).model_dump(mode="json")

@@ -46,7 +46,7 @@ from typing import Any
 import yaml
 
 from raysl import jsonio
-from raysl.config import RunConfig, build_config, set_dotted
+from raysl.config import RunConfig, set_dotted
 from raysl.data.locate import absolute_data_path, resolve_data_dir
 from raysl.errors import ConfigError
 from raysl.scaling import (SCALING_FILE, collect_runs, fit_all, format_report, load_scaling, point_values_for,
@@ -97,6 +97,7 @@ def check_batches(points: list[tuple[str, Any]]) -> None:
 
 def scale_main(args) -> int:
     from raysl import storage
+    from raysl.run_config import build_config
     from raysl.search import _experiment_name, _storage, tune_main
     from raysl.space import space_from_dict
 

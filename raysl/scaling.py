@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from raysl import jsonio
 from raysl import scaling_laws as laws
 from raysl import trajectory as traj
-from raysl.config import build_config, parse_override, read_yaml, set_dotted
+from raysl.config import parse_override, read_yaml, set_dotted
 from raysl.errors import ConfigError
 from raysl.space import metric_mode, validate_section
 
@@ -313,6 +313,7 @@ def batch_size_of(spec: ScalingSpec, values: dict[str, Any]) -> int:
     """The batch size of a run or prediction point (its grid value, else the base config's)."""
     if "optim.batch_size" in values and values["optim.batch_size"] is not None:
         return int(values["optim.batch_size"])
+    from raysl.run_config import build_config
 
     return int(build_config(spec.base, spec.source).optim.batch_size)
 
@@ -541,6 +542,7 @@ def point_values_for(spec: ScalingSpec):
     from raysl.data.shards import load_manifest
     from raysl.data.subset import train_rows
     from raysl.flops import run_flops
+    from raysl.run_config import build_config
 
     base = build_config(absolute_data_path(spec.base), spec.source)
     data_dir = resolve_data_dir(base)

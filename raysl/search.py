@@ -49,7 +49,7 @@ import yaml
 from ray.tune.stopper import Stopper
 
 from raysl import jsonio, ray_compat, signing, storage
-from raysl.config import RunConfig, build_config, to_yaml
+from raysl.config import RunConfig, to_yaml
 from raysl.data.locate import absolute_data_path, resolve_data_dir
 from raysl.errors import CollapsedError, ConfigError, DivergedError, RayslError, StorageError
 from raysl.pbt import PBT_EXTRA_KEEP, RESUMED_FILE
@@ -313,6 +313,7 @@ def make_trainable(base: dict, objectives: list[tuple[str, str]], experiment: st
 
         from raysl import pbt
         from raysl.launch import check_against_data, user_error_from
+        from raysl.run_config import build_config
         from raysl.train import train_worker
 
         filler = ResultFiller(objectives)
@@ -421,6 +422,8 @@ def trial_resources(base: dict):
     from ray.tune import PlacementGroupFactory
 
     def resources(config: dict) -> PlacementGroupFactory:
+        from raysl.run_config import RunConfig  # parses with every method registered
+
         try:
             scale = RunConfig.model_validate(apply_sample(base, config)).scale
         except Exception:  # noqa: BLE001 - the trial reports the error itself
@@ -443,6 +446,7 @@ def trial_variants_needs(space: SearchSpace, encoded: bool, limit: int = 64) -> 
     import itertools
 
     from raysl.placement import trial_needs
+    from raysl.run_config import RunConfig  # parses with every method registered
 
     scale_params = [p for p in space.params if p.key.startswith("scale.")]
     configs = [space.base_config]
@@ -1193,6 +1197,8 @@ def _finish(results, space: SearchSpace, objectives, experiment: str, num_sample
         "statuses": statuses,
     }
     if ranked:
+        from raysl.run_config import build_config
+
         best = ranked[0]
         cfg = build_config(apply_sample(space.base, best["config"]), "best trial")
         where = storage.join_uri(experiment, BEST_CONFIG_FILE)

@@ -43,9 +43,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from raysl.config import (
+    DEFAULT_METHOD,
     MAX_SEED,
     RunConfig,
-    build_config,
     format_validation_error,
     get_dotted,
     parse_override,
@@ -348,9 +348,8 @@ def apply_sample(base: dict, sample: dict[str, Any]) -> dict:
     ``method.name`` goes first; a method other than the base's starts from its own defaults.
     """
     tree = copy.deepcopy(base)
-    default_method = RunConfig.model_fields["method"].default_factory().name  # type: ignore[misc]
     for key, value in sorted(sample.items(), key=lambda kv: kv[0] != "method.name"):
-        if key == "method.name" and value != get_dotted(tree, "method.name", default_method):
+        if key == "method.name" and value != get_dotted(tree, "method.name", DEFAULT_METHOD):
             tree["method"] = {"name": value}
         else:
             tree = set_dotted(tree, key, value)
@@ -358,6 +357,8 @@ def apply_sample(base: dict, sample: dict[str, Any]) -> dict:
 
 
 def _check_value(tree: dict, p: Param, value: Any, source: str, context: str = "") -> dict:
+    from raysl.run_config import build_config  # imports the methods (torch): not when raysl.space is imported
+
     trial_tree = apply_sample(tree, {p.key: value})
     try:
         build_config(trial_tree, "x")
@@ -407,6 +408,8 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
 
 def space_from_dict(data: dict, source: str, overrides: list[str] | tuple[str, ...] = ()) -> SearchSpace:
     """:func:`load_space` on a mapping (``raysl scale`` turns a scaling file into one); ``source`` names it."""
+    from raysl.run_config import build_config  # imports the methods (torch): not when raysl.space is imported
+
     unknown = [k for k in data if k not in ("base", "search", "tune")]
     if unknown:
         raise ConfigError(f"{source}: unknown section {unknown[0]!r}; a search-space file has base:, search: and tune:")

@@ -22,7 +22,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from raysl import distributed, noise_scale, ray_compat, schedules
 from raysl.checkpoint import checkpoint_dirs, load_state, save_state
-from raysl.config import RunConfig
 from raysl.data.augment import augment_precropped, make_views, to_float
 from raysl.data.pipeline import CropInput, eval_images, global_crop_size, is_encoded
 from raysl.data.shards import load_manifest, read_split
@@ -43,6 +42,7 @@ from raysl.evaluate import (
 from raysl.methods import build_method
 from raysl.optim import build_optimizer, set_lr_and_wd
 from raysl.progress import StepTicker
+from raysl.run_config import RunConfig
 from raysl.scaling_laws import scaled_lr
 from raysl.timing import EVAL_S, STARTUP_S, TRAIN_S
 
@@ -444,7 +444,7 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
     manifest = load_manifest(data_dir)
     norm = input_norm(cfg, manifest)
     method = build_run_method(cfg, manifest, device)
-    if getattr(method, "needs_labels", False):  # SupCon: the train split's labels, looked up by row index
+    if method.needs_labels:  # SupCon: the train split's labels, looked up by row index
         method.load_labels(data_dir, manifest)
     views = cfg.data.views(method.num_views)  # the method's global views, then any local crops (multi-crop)
     peak = peak_lr(cfg)

@@ -91,8 +91,8 @@ def raysl_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def digits_dir(raysl_cache) -> str:
-    from raysl.config import RunConfig
     from raysl.data.locate import resolve_data_dir
+    from raysl.run_config import RunConfig
 
     return resolve_data_dir(RunConfig())
 

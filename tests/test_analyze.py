@@ -273,7 +273,7 @@ def test_leaderboard_equals_the_trials_result_json(experiment, report):
 
 @pytest.mark.slow
 def test_best_config_is_the_best_trial_and_retrains(experiment, report, tmp_path, head):
-    from raysl.config import load_config
+    from raysl.run_config import load_config
 
     trials = read_trials(experiment)
     best_value = max(last(t["rows"], "knn_acc") for t in trials.values())
@@ -506,8 +506,8 @@ def test_best_config_vs_base(scripted, scripted_report):
     import yaml
 
     from raysl.analyze import best_run_config, config_vs_base, rank_trials
-    from raysl.config import load_config
     from raysl.results import load_experiments
+    from raysl.run_config import load_config
 
     exp = load_experiments(str(scripted))[0]
     top = rank_trials(exp).iloc[0]

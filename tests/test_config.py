@@ -8,8 +8,8 @@ import textwrap
 import pytest
 
 from raysl.cli import main
-from raysl.config import RunConfig, load_config
 from raysl.errors import ConfigError
+from raysl.run_config import RunConfig, load_config
 
 from conftest import HANG, RAYSL, REPO
 

@@ -30,20 +30,18 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from raysl import distributed, losses
-from raysl.config import (
-    BarlowConfig,
-    DCLConfig,
-    DCLWConfig,
-    DINOConfig,
-    DirectPredConfig,
-    ISogCLRConfig,
-    MixedBarlowConfig,
-    ModelConfig,
-    MSBRegConfig,
-    MVInfoNCEConfig,
-    SimCLRConfig,
-    VICRegConfig,
-)
+from raysl.config import ModelConfig
+from raysl.methods.barlow import BarlowConfig
+from raysl.methods.dcl import DCLConfig
+from raysl.methods.dclw import DCLWConfig
+from raysl.methods.dino import DINOConfig
+from raysl.methods.directpred import DirectPredConfig
+from raysl.methods.isogclr import ISogCLRConfig
+from raysl.methods.mixed_barlow import MixedBarlowConfig
+from raysl.methods.msbreg import MSBRegConfig
+from raysl.methods.mv_infonce import MVInfoNCEConfig
+from raysl.methods.simclr import SimCLRConfig
+from raysl.methods.vicreg import VICRegConfig
 
 WORLD = 2
 N, D = 8, 6  # global batch rows (split 4 + 4) and embedding width
@@ -116,7 +114,7 @@ CASES = {
 
 def _wmse(z1, z2, w_size: int = N, eps: float | None = None):
     """W-MSE on the gathered batch, whitened in sub-batches of one global permutation (rank 0's, in WMSE)."""
-    from raysl.config import WMSEConfig
+    from raysl.methods.wmse import WMSEConfig
 
     eps = WMSEConfig().w_eps if eps is None else eps
     return losses.w_mse([z1, z2], w_size=w_size, eps=eps, perm=_block_perm())
@@ -129,7 +127,7 @@ CASES["wmse_subbatches"] = (2, lambda z1, z2: _wmse(z1, z2, w_size=N // 2, eps=0
 
 
 def _vibcreg(z1, z2):
-    from raysl.config import VIbCRegConfig
+    from raysl.methods.vibcreg import VIbCRegConfig
 
     c = VIbCRegConfig()
     return losses.vibcreg(z1, z2, c.sim_weight, c.var_weight, c.cov_weight)
@@ -272,8 +270,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         results["support"] = support_queue_steps(rank)
         # MoCo v3: each worker's queries against the keys of the global batch (gathered, no gradient);
         # the method's own contrast() picks the positives at rank * rows
-        from raysl.config import MoCoV3Config
-        from raysl.methods.mocov3 import MoCoV3
+        from raysl.methods.mocov3 import MoCoV3, MoCoV3Config
 
         mocov3 = MoCoV3(MoCoV3Config(), ModelConfig(width=4, projector_hidden_dim=8, projector_dim=4), 1)
         q, k = mocov3_inputs()
@@ -283,8 +280,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         results["mocov3"] = (loss.detach(), local_q.grad.clone())
         # ReSSL: the student's own rows against the relation set every worker shares (before the first
         # push: the gathered teacher embeddings of the global batch)
-        from raysl.config import ReSSLConfig
-        from raysl.methods.ressl import ReSSL
+        from raysl.methods.ressl import ReSSL, ReSSLConfig
 
         ressl = ReSSL(ReSSLConfig(), ModelConfig(width=4, projector_hidden_dim=8, projector_dim=4), 1)
         q, k = ressl_inputs()
@@ -450,7 +446,7 @@ def mocov3_inputs() -> tuple[torch.Tensor, torch.Tensor]:
 def test_mocov3_workers_with_gathered_keys_average_to_the_full_batch(two_workers):
     """Each worker's loss is the mean over its own queries against all keys: DDP's average of the
     workers' losses and gradients is the one-worker loss of the whole batch."""
-    from raysl.config import MoCoV3Config
+    from raysl.methods.mocov3 import MoCoV3Config
 
     q, k = mocov3_inputs()
     q = q.clone().requires_grad_(True)
@@ -472,7 +468,7 @@ def ressl_inputs() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_ressl_workers_average_to_the_full_batch(two_workers):
-    from raysl.config import ReSSLConfig
+    from raysl.methods.ressl import ReSSLConfig
 
     q, k = ressl_inputs()
     q = q.clone().requires_grad_(True)
@@ -494,8 +490,7 @@ def swav_codes(rank: int | None = None) -> list[torch.Tensor]:
 
     ``rank`` None: one worker with the whole batch; otherwise that worker's rows.
     """
-    from raysl.config import SwAVConfig
-    from raysl.methods.swav import SwAV
+    from raysl.methods.swav import SwAV, SwAVConfig
 
     torch.manual_seed(0)  # the same prototypes on every worker, as DDP's broadcast makes them
     method = SwAV(SwAVConfig(num_prototypes=5, queue_size=6),
@@ -536,7 +531,7 @@ def _nn_support() -> torch.Tensor:
 
 
 def _nnclr(z1, z2, p1, p2):
-    from raysl.config import NNCLRConfig
+    from raysl.methods.nnclr import NNCLRConfig
 
     support, t = _nn_support(), NNCLRConfig().temperature
     nn1, nn2 = losses.nearest_neighbour(z1, support)[0], losses.nearest_neighbour(z2, support)[0]
@@ -585,8 +580,7 @@ def deepclusterv2_run(rank: int | None = None) -> dict:
     network is in eval mode (BatchNorm's running statistics), so a row's projection does not depend on
     the rows beside it; no optimizer step, so only the method's own state changes.
     """
-    from raysl.config import DeepClusterV2Config
-    from raysl.methods.deepclusterv2 import DeepClusterV2
+    from raysl.methods.deepclusterv2 import DeepClusterV2, DeepClusterV2Config
 
     torch.manual_seed(0)
     method = DeepClusterV2(DeepClusterV2Config(num_prototypes=[2, 3], kmeans_iterations=3),

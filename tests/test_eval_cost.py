@@ -19,7 +19,7 @@ import pytest
 import torch
 from conftest import REPO
 
-from raysl.config import load_config
+from raysl.run_config import load_config
 
 QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
 # LiDAR on 100 images x 4 views instead of 500 x 8: the same code, a fifth of the cost

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from raysl.checkpoint import load_state
-from raysl.config import load_config
 from raysl.data.augment import to_float
 from raysl.data.shards import load_manifest, read_split
 from raysl.errors import CheckpointError
 from raysl.export import EXPORT_FORMAT, export_backbone, load_backbone, run_checkpoints
+from raysl.run_config import load_config
 from raysl.train import build_run_method, input_norm
 
 from conftest import FINISHED_RUN, HANG, RAYSL, REPO

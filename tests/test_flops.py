@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 
-from raysl.config import build_config
 from raysl.flops import forward_flops, method_flops, run_flops
 from raysl.models import SmallConvNet, build_backbone
+from raysl.run_config import build_config
 
 
 def conv_macs(out_side: int, c_in: int, c_out: int, kernel: int) -> int:

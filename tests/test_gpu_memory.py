@@ -9,8 +9,8 @@ import subprocess
 import torch
 from torch import nn
 
-from raysl.config import load_config
 from raysl.gpu_memory import GIB, activation_bytes, check_gpu_share, estimate_worker_memory
+from raysl.run_config import load_config
 
 from conftest import HANG, RAYSL, REPO
 

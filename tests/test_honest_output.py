@@ -256,7 +256,7 @@ def test_rerunning_a_finished_run_says_it_is_finished_without_starting_ray(tmp_p
     import ray
 
     from raysl import launch
-    from raysl.config import load_config
+    from raysl.run_config import load_config
 
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray started for a finished run")
@@ -283,8 +283,8 @@ def test_a_run_is_finished_only_with_the_same_config_and_its_last_epoch(tmp_path
     """More epochs, another config, or a run stopped before its last epoch: not finished (Ray decides
     what is left to train, as before)."""
     from raysl import storage
-    from raysl.config import load_config
     from raysl.launch import finished_run
+    from raysl.run_config import load_config
 
     cfg = load_config(QUICKSTART, ["optim.epochs=2"])
     out = tmp_path / "run"
@@ -305,8 +305,9 @@ def test_what_a_resume_may_change(tmp_path):
     that loads the checkpoint into another model or trains on as another run (method, data, recipe, seed)."""
     import yaml
 
-    from raysl.config import load_config, to_yaml
+    from raysl.config import to_yaml
     from raysl.launch import resume_conflicts
+    from raysl.run_config import load_config
 
     saved = yaml.safe_load(to_yaml(load_config(QUICKSTART)))
     allowed = ["optim.epochs=50", "scale.num_workers=2", "scale.max_failures=3", "scale.placement_timeout_s=5",
@@ -357,9 +358,9 @@ def _images(folder: Path, sizes: list[tuple[int, int]], broken: int = 0) -> Path
 def test_batch_size_error_blames_the_set_item_that_gave_it(tmp_path, capsys):
     """Issue 22: `--set optim.batch_size=8` too large for the data set was reported as the YAML file's
     value. The error names the --set item when it gave the value, the file otherwise."""
-    from raysl.config import load_config
     from raysl.data.shards import prepare
     from raysl.launch import check_against_data
+    from raysl.run_config import load_config
 
     data = tmp_path / "data"
     prepare("imagefolder", str(_images(tmp_path / "src", [(32, 32)] * 4)), str(data), workers=1)  # 3 train images

@@ -18,13 +18,14 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from raysl.config import RunConfig, ViewAugment, load_config
+from raysl.config import ViewAugment
 from raysl.data.augment import augment_precropped
 from raysl.data.codec import apply_orientation, decode_image
 from raysl.data.decode import CropSpec, DecodeCrops, cut_crops, draft_size, sample_crop_boxes
 from raysl.data.gpu_decode import decode_crops, decode_rows, jpeg_components, orient
 from raysl.data.pipeline import CropInput, eval_images, global_crop_size
 from raysl.data.shards import load_manifest, shard_uris
+from raysl.run_config import RunConfig, load_config
 
 from conftest import RAYSL
 

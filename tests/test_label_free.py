@@ -455,7 +455,7 @@ def test_alpha_req_as_objective_needs_a_direction():
 def test_every_evaluation_reports_alpha_req_and_lidar(digits_dir):
     """The network a run starts from, evaluated as every epoch's evaluation is (raysl.train.evaluate_method)."""
     from conftest import REPO
-    from raysl.config import load_config
+    from raysl.run_config import load_config
     from raysl.train import initial_metrics
 
     quickstart = REPO / "search_spaces" / "quickstart.yaml"
@@ -487,9 +487,9 @@ def test_linear_probe_is_reported_at_an_evaluation_when_asked(digits_dir):
     import torch
 
     from conftest import REPO
-    from raysl.config import load_config
     from raysl.data.shards import load_manifest
     from raysl.evaluate import linear_probe_accuracy
+    from raysl.run_config import load_config
     from raysl.train import build_run_method, embed_all, initial_metrics, input_norm, load_eval_set
 
     quickstart = REPO / "search_spaces" / "quickstart.yaml"

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from raysl import losses
-from raysl.config import load_config
 from raysl.errors import ConfigError
 from raysl.methods import build_method
 from raysl.methods.mae import patchify, random_masking
+from raysl.run_config import load_config
 
 TINY = ["method.name=mae", "model.backbone=vit_tiny", "model.patch_size=2", "model.vit_image_size=8",
         "method.decoder_dim=32", "method.decoder_depth=1", "method.decoder_heads=2"]

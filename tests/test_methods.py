@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from raysl.config import load_config
 from raysl.methods import METHODS, build_method
+from raysl.run_config import load_config
 from raysl.train import LocalIO, initial_metrics, train_worker
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"

@@ -15,12 +15,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from raysl import losses
-from raysl.config import load_config
 from raysl.errors import ConfigError, TrainingError
 from raysl.methods import METHODS, build_method
 from raysl.methods.isogclr import ISogCLR
 from raysl.methods.moco import MoCo
 from raysl.methods.mv_infonce import MVInfoNCE
+from raysl.run_config import load_config
 from raysl.train import LocalIO, train_worker
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"

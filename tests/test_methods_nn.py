@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raysl.config import load_config
 from raysl.methods import build_method
 from raysl.methods.support import SupportQueue
+from raysl.run_config import load_config
 
 SMALL = ["model.width=4", "model.projector_hidden_dim=16", "model.projector_dim=8", "model.predictor_hidden_dim=16"]
 NN_METHODS = ["nnclr", "nnbyol", "nnsiam"]

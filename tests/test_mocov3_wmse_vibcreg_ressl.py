@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from raysl.config import load_config
 from raysl.methods import build_method
+from raysl.run_config import load_config
 
 SMALL = ["model.width=4", "model.projector_hidden_dim=16", "model.projector_dim=8", "model.predictor_hidden_dim=16"]
 

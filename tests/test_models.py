@@ -7,8 +7,8 @@ import subprocess
 import pytest
 import torch
 
-from raysl.config import load_config
 from raysl.models import ViT, build_backbone
+from raysl.run_config import load_config
 from raysl.train import LocalIO, initial_metrics, train_worker
 
 from conftest import HANG, RAYSL, REPO

@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from raysl import losses
-from raysl.config import DataConfig, LocalCrops, ViewAugment, load_config
+from raysl.config import DataConfig, LocalCrops, ViewAugment
 from raysl.data.augment import augment_batch, make_views, normalize
 from raysl.errors import ConfigError
 from raysl.methods import METHODS, build_method
+from raysl.run_config import load_config
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 NORM = dict(mean=[0.5], std=[0.5])
@@ -119,7 +120,7 @@ def test_dino_space_searches_local_crops_and_its_base_has_none():
     cfg = load_config(SPACES / "dino.yaml")
     assert cfg == base and len(cfg.data.views(2)) == 2
     # a trial that turns them on gets local crops smaller than digits' 8 px global views
-    from raysl.config import build_config
+    from raysl.run_config import build_config
 
     trial = build_config(apply_sample(space.base, {"data.local_crops.number": max(param.choices)}))
     local = trial.data.views(2)[2:]

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raysl.config import load_config
 from raysl.methods import build_method
 from raysl.noise_scale import measure_noise_scale, noise_scale_metrics, wanted
+from raysl.run_config import load_config
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 

@@ -182,7 +182,7 @@ def _train_args(out: Path, epochs: int) -> list[str]:
 @pytest.mark.local_ray
 def test_train_output_redirected_and_its_contract_metrics(tmp_path):
     """One local `raysl train` run, checked for what it prints (redirected) and what it writes."""
-    from raysl.config import load_config
+    from raysl.run_config import load_config
 
     epochs = 2
     out = tmp_path / "run"

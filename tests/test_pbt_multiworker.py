@@ -116,7 +116,7 @@ def test_pbt_with_several_workers_is_accepted(tmp_path):
 
 def _lr_of(sampled: dict, base: dict, step: int, epoch: int) -> float:
     """The lr a run of ``base`` + ``sampled`` reports after ``step`` steps at the end of ``epoch``."""
-    from raysl.config import build_config
+    from raysl.run_config import build_config
     from raysl.space import apply_sample
     from raysl.train import lr_at, peak_lr
 

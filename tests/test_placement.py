@@ -97,7 +97,7 @@ def test_tune_whose_trials_cannot_be_placed_is_refused_with_nothing_written(tmp_
 
 
 def _cfg(**scale):
-    from raysl.config import build_config
+    from raysl.run_config import build_config
 
     return build_config({"scale": scale}, "test")
 

@@ -477,8 +477,8 @@ def test_ema_rule_at_hand_computed_points():
 
 
 def test_config_knobs_sqrt_lr_and_ema_reference_batch():
-    from raysl.config import build_config
     from raysl.methods import ema_scaled_method_config
+    from raysl.run_config import build_config
     from raysl.train import peak_lr
 
     cfg = build_config({"optim": {"lr": 1e-3, "batch_size": 1024, "lr_scaling": "sqrt"}})

@@ -30,8 +30,9 @@ import torch
 import yaml
 
 from raysl.checkpoint import load_state, save_state
-from raysl.config import load_config, parse_override, read_yaml
+from raysl.config import parse_override, read_yaml
 from raysl.errors import CheckpointError, ConfigError
+from raysl.run_config import load_config
 
 from conftest import HANG
 

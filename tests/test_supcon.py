@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from raysl.config import load_config
 from raysl.data.shards import load_manifest, prepare, read_split
 from raysl.errors import ConfigError
 from raysl.launch import check_against_data
 from raysl.methods import build_method
 from raysl.methods.supcon import train_labels
+from raysl.run_config import load_config
 
 from conftest import HANG
 

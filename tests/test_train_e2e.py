@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from raysl.checkpoint import load_state
-from raysl.config import load_config
 from raysl.errors import DivergedError
+from raysl.run_config import load_config
 from raysl.train import LocalIO, initial_metrics, train_worker
 
 from conftest import RAYSL, REPO

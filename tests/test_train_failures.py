@@ -178,7 +178,7 @@ def test_elastic_run_loses_a_node_and_continues_with_one_worker_at_the_same_glob
 
 
 def _config(**scale):
-    from raysl.config import build_config
+    from raysl.run_config import build_config
 
     return build_config({"scale": scale, "optim": {"batch_size": 256}}, "run.yaml")
 
@@ -209,8 +209,8 @@ def test_bad_num_workers_is_one_line_naming_the_key(value, message):
 
 
 def test_elastic_batch_must_split_evenly_over_every_worker_count():
-    from raysl.config import build_config
     from raysl.errors import ConfigError
+    from raysl.run_config import build_config
 
     with pytest.raises(ConfigError) as err:
         _config(num_workers=[1, 4])
@@ -223,7 +223,8 @@ def test_elastic_batch_must_split_evenly_over_every_worker_count():
 
 
 def test_elastic_range_round_trips_through_the_saved_config():
-    from raysl.config import RunConfig, to_yaml
+    from raysl.config import to_yaml
+    from raysl.run_config import RunConfig
 
     cfg = _config(num_workers=[1, 2], max_failures=3)
     saved = yaml.safe_load(to_yaml(cfg))  # the run's config.yaml

@@ -1,10 +1,16 @@
-"""Method registry: one line per method."""
+"""Method registry: one line per method, ``register("name", MethodClass)`` below.
+
+A method is one file, ``raysl/methods/<name>.py``: its config class (a
+``raysl.config.MethodSection``) and its method class, whose ``config_class``
+points at it (see :mod:`raysl.methods.base`). Registering puts the method in
+``raysl.config.METHOD_REGISTRY``, by which a run config's ``method:`` section
+is validated: importing this package (``raysl.run_config`` does) registers
+every method below.
+"""
 
 from __future__ import annotations
 
-import inspect
-
-from raysl.config import RunConfig
+from raysl.config import METHOD_REGISTRY, MethodSection, RunConfig
 from raysl.methods.barlow import BarlowTwins
 from raysl.methods.base import Method
 from raysl.methods.byol import BYOL
@@ -32,37 +38,57 @@ from raysl.methods.vibcreg import VIbCReg
 from raysl.methods.vicreg import VICReg
 from raysl.methods.wmse import WMSE
 
-METHODS: dict[str, type[Method]] = {
-    "simclr": SimCLR,
-    "byol": BYOL,
-    "simsiam": SimSiam,
-    "directpred": DirectPred,
-    "barlow": BarlowTwins,
-    "mixed_barlow": MixedBarlowTwins,
-    "vicreg": VICReg,
-    "dino": DINO,
-    "msbreg": MSBReg,
-    "dcl": DCL,
-    "dclw": DCLW,
-    "isogclr": ISogCLR,
-    "moco": MoCo,
-    "mocov3": MoCoV3,
-    "wmse": WMSE,
-    "vibcreg": VIbCReg,
-    "ressl": ReSSL,
-    "mv_infonce": MVInfoNCE,
-    "swav": SwAV,
-    "deepclusterv2": DeepClusterV2,
-    "nnclr": NNCLR,
-    "nnbyol": NNBYOL,
-    "nnsiam": NNSiam,
-    "supcon": SupCon,
-    "mae": MAE,
-}
+#: name -> method class, in registration order: the dict is raysl.config.METHOD_REGISTRY (config, a layer
+#: below, looks a run config's method up in it without importing this package)
+METHODS: dict[str, type[Method]] = METHOD_REGISTRY  # type: ignore[assignment]
+
+
+def register(name: str, cls: type[Method]) -> type[Method]:
+    """Make ``cls`` the method of ``method: {name: NAME}``: its ``config_class`` validates that section."""
+    config = cls.__dict__.get("config_class")
+    if not (isinstance(config, type) and issubclass(config, MethodSection) and config is not MethodSection):
+        raise TypeError(f"register({name!r}, {cls.__name__}): {cls.__name__}.config_class must be its own "
+                        "raysl.config.MethodSection subclass, defined next to it")
+    declared = config.model_fields["name"].default
+    if declared != name:
+        raise ValueError(f"register({name!r}, {cls.__name__}): {config.__name__}.name defaults to {declared!r}; "
+                         f"give it name: Literal[{name!r}] = {name!r}")
+    if METHODS.get(name, cls) is not cls:
+        raise ValueError(f"register({name!r}, {cls.__name__}): {name!r} is {METHODS[name].__name__} already")
+    METHODS[name] = cls
+    return cls
+
+
+register("simclr", SimCLR)
+register("byol", BYOL)
+register("simsiam", SimSiam)
+register("directpred", DirectPred)
+register("barlow", BarlowTwins)
+register("mixed_barlow", MixedBarlowTwins)
+register("vicreg", VICReg)
+register("dino", DINO)
+register("msbreg", MSBReg)
+register("dcl", DCL)
+register("dclw", DCLW)
+register("isogclr", ISogCLR)
+register("moco", MoCo)
+register("mocov3", MoCoV3)
+register("wmse", WMSE)
+register("vibcreg", VIbCReg)
+register("ressl", ReSSL)
+register("mv_infonce", MVInfoNCE)
+register("swav", SwAV)
+register("deepclusterv2", DeepClusterV2)
+register("nnclr", NNCLR)
+register("nnbyol", NNBYOL)
+register("nnsiam", NNSiam)
+register("supcon", SupCon)
+register("mae", MAE)
 
 
 def build_method(cfg: RunConfig, in_channels: int, num_samples: int | None = None) -> Method:
-    """The configured method. ``num_samples`` (rows in the data set) sizes per-sample state (iSogCLR)."""
+    """The configured method. ``num_samples`` (rows in the data set) sizes per-sample state (a method with
+    ``uses_num_samples``: iSogCLR, DeepCluster-v2)."""
     name = cfg.method.name
     if name not in METHODS:
         from raysl.errors import ConfigError
@@ -70,7 +96,7 @@ def build_method(cfg: RunConfig, in_channels: int, num_samples: int | None = Non
         raise ConfigError(f"method.name: {name!r} is not implemented yet; available: {', '.join(METHODS)}")
     cls = METHODS[name]
     method_cfg = ema_scaled_method_config(cfg)
-    if num_samples is not None and "num_samples" in inspect.signature(cls.__init__).parameters:
+    if num_samples is not None and cls.uses_num_samples:
         return cls(method_cfg, cfg.model, in_channels, num_samples=num_samples)
     return cls(method_cfg, cfg.model, in_channels)
 

@@ -6,22 +6,39 @@ the same things for free: evaluation (``embed``), EMA teachers
 (``EMATeacher``), per-step schedules (``progress``) and cross-worker
 gathering (``raysl.distributed.gather``).
 
-Adding a method is one file: subclass ``PairLossMethod`` (two views, one
-loss on the globally gathered projections), ``EMATeacherMethod`` (online
-network + predictor against a momentum teacher) or ``Method`` itself, and
-add one line to the registry in ``raysl/methods/__init__.py``.
+Adding a method is one file, ``raysl/methods/<name>.py``, and one registry line:
+
+1. its config class: a ``raysl.config.MethodSection`` subclass (``EMASchedule``
+   below for an EMA teacher) with ``name: Literal["<name>"] = "<name>"`` and one
+   typed field per knob, defaults from the paper (``extra="forbid"``: a
+   misspelt key is an error); cross-field checks go in a pydantic
+   ``model_validator`` of it;
+2. its method class: subclass ``PairLossMethod`` (two views, one loss on the
+   globally gathered projections), ``EMATeacherMethod`` (online network +
+   predictor against a momentum teacher) or ``Method`` itself, set
+   ``config_class`` to the class of step 1 (the method reads its knobs from
+   ``self.cfg``), and declare what it needs with the class attributes below
+   (``supports_local_crops``, ``needs_labels``, ``uses_num_samples``,
+   ``backbones``, ``loss_is_sample_mean``, ``augment_preset``): the config
+   checks, the launcher and the training loop read them, never the method's name;
+3. one line in ``raysl/methods/__init__.py`` (with its import):
+   ``register("<name>", MyMethod)``.
+
+Then ``method: {name: <name>, knob: value}`` parses (``raysl.run_config``),
+``--set method.knob=...`` works and the method trains; ``tests/test_methods.py``
+then wants a ``search_spaces/<name>.yaml`` that learns on digits.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from raysl import distributed, schedules
-from raysl.config import ModelConfig
+from raysl.config import MethodSection, ModelConfig, Momentum
 from raysl.models import build_backbone, mlp
 
 Metrics = dict[str, float]
@@ -30,6 +47,9 @@ Metrics = dict[str, float]
 class Method(nn.Module):
     """Backbone + projector; subclasses define ``training_loss``."""
 
+    #: The method's config class (a run config's ``method:`` section), defined next to the method: it
+    #: is ``self.cfg``. ``raysl.methods.register`` checks that its ``name`` is the registered name.
+    config_class: ClassVar[type[MethodSection]] = MethodSection
     #: The augmentation preset used when the config does not give its own views.
     augment_preset = "simclr"
     #: Whether the method uses multi-crop local crops (``data.local_crops``). Such a method
@@ -40,9 +60,21 @@ class Method(nn.Module):
     #: step): then the gradient noise scale is an unbiased estimate and ``eval.noise_scale: auto``
     #: logs it (:mod:`raysl.noise_scale`); in-batch negatives and batch statistics make it biased.
     loss_is_sample_mean = False
+    #: Whether the method needs the train split's labels (SupCon): the training loop then calls
+    #: ``load_labels(data_dir, manifest)`` before training, and data without labels is a config error
+    #: before Ray starts (``raysl.launch.check_against_data``).
+    needs_labels = False
+    #: Whether ``__init__`` takes ``num_samples`` (the data set's rows) to size per-image state
+    #: (iSogCLR's temperatures, DeepCluster-v2's memory bank).
+    uses_num_samples = False
+    #: The ``model.backbone`` values the method trains; None: any. Another is a config error.
+    backbones: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, method_cfg: Any, model_cfg: ModelConfig, in_channels: int):
         super().__init__()
+        if self.backbones is not None and model_cfg.backbone not in self.backbones:  # the config refuses it first
+            raise ValueError(f"{method_cfg.name} needs model.backbone: {' or '.join(self.backbones)} "
+                             f"(got {model_cfg.backbone!r})")
         self.cfg = method_cfg
         self.model_cfg = model_cfg
         self.backbone, self.feat_dim = build_backbone(model_cfg, in_channels)
@@ -149,6 +181,13 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     # BN running statistics are copied: they describe the student's current activations.
     for t, s in zip(teacher.buffers(), student.buffers()):
         t.copy_(s)
+
+
+class EMASchedule(MethodSection):
+    """Teacher EMA momentum, cosine from ``ema_base`` to ``ema_final`` per step (BYOL)."""
+
+    ema_base: Momentum = 0.99
+    ema_final: Momentum = 1.0
 
 
 class EMATeacherMethod(Method):

@@ -9,12 +9,19 @@ projection of each global view that is not itself, and the loss averages those
 pairs (:func:`raysl.losses.byol_multicrop`; with two views, the loss above).
 """
 
+from typing import Literal
+
 from raysl import losses
-from raysl.methods.base import EMATeacherMethod
+from raysl.methods.base import EMASchedule, EMATeacherMethod
 from raysl.models import mlp
 
 
+class BYOLConfig(EMASchedule):
+    name: Literal["byol"] = "byol"
+
+
 class BYOL(EMATeacherMethod):
+    config_class = BYOLConfig
     loss_is_sample_mean = True  # per-sample terms given the step's teacher, queue or centre
     supports_local_crops = True
 

@@ -30,10 +30,14 @@ is each worker's mean over its own rows (DDP averages).
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from raysl import distributed, losses
+from raysl.config import MethodSection, Temperature
 from raysl.errors import TrainingError
 from raysl.methods.base import Method
 
@@ -41,7 +45,19 @@ from raysl.methods.base import Method
 _SHARED_TABLES = ("bank", "filled", "seen", "assignments", "clusterings")
 
 
+class DeepClusterV2Config(MethodSection):
+    # Caron et al. 2020 (the SwAV paper's DeepCluster-v2); solo-learn: 3 clusterings of 3000, tau 0.1, 10 iterations
+    name: Literal["deepclusterv2"] = "deepclusterv2"
+    temperature: Temperature = 0.1
+    # one k-means (and its prototypes) per entry; each must be <= the data set's rows
+    num_prototypes: Annotated[list[Annotated[int, Field(ge=2)]], Field(min_length=1, max_length=8)] = [3000, 3000, 3000]
+    kmeans_iterations: Annotated[int, Field(ge=1, le=100)] = 10
+
+
 class DeepClusterV2(Method):
+    config_class = DeepClusterV2Config
+    uses_num_samples = True  # one table row per image
+
     def __init__(self, method_cfg, model_cfg, in_channels, num_samples: int | None = None):
         super().__init__(method_cfg, model_cfg, in_channels)
         self.num_samples = int(num_samples or 100_000)

@@ -23,11 +23,15 @@ follows the teacher's outputs on the global views only.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from raysl import distributed, losses, schedules
+from raysl.config import MethodSection, Momentum, Probability, Temperature
 from raysl.methods.base import EMATeacherMethod
 
 
@@ -43,7 +47,20 @@ class Prototypes(nn.Module):
         return F.linear(F.normalize(x, dim=-1), F.normalize(self.weight, dim=-1))
 
 
+class DINOConfig(MethodSection):
+    name: Literal["dino"] = "dino"
+    student_temp: Temperature = 0.1
+    teacher_temp: Temperature = 0.04
+    teacher_temp_final: Temperature = 0.07
+    teacher_temp_warmup: Probability = 0.3  # fraction of training
+    center_momentum: Momentum = 0.9
+    ema_base: Momentum = 0.996
+    ema_final: Momentum = 1.0
+    out_dim: Annotated[int, Field(ge=2)] = 1024
+
+
 class DINO(EMATeacherMethod):
+    config_class = DINOConfig
     loss_is_sample_mean = True  # per-sample terms given the step's teacher, queue or centre
     supports_local_crops = True
 

@@ -15,16 +15,28 @@ gradient or optimizer ever touches it. The regression loss is BYOL's
 normalised MSE, as in the paper's experiments.
 """
 
+from typing import Annotated, Literal
+
 import torch
+from pydantic import Field
 
 from raysl import distributed, losses
+from raysl.config import MethodSection, Probability
 from raysl.methods.base import StopGradPredictorMethod
 
 # The exponent on the normalised eigenvalues: 1/2 is the paper's square root.
 EIGEN_POWER = 0.5
 
 
+class DirectPredConfig(MethodSection):
+    name: Literal["directpred"] = "directpred"
+    decomposition_period: Annotated[int, Field(ge=1)] = 1
+    alpha: Probability = 0.3  # moving-average weight rho of the correlation matrix F
+    eps: Annotated[float, Field(ge=0.0)] = 0.1
+
+
 class DirectPred(StopGradPredictorMethod):
+    config_class = DirectPredConfig
     loss_is_sample_mean = True  # per-sample terms given the step's teacher, queue or centre
     def __init__(self, method_cfg, model_cfg, in_channels):
         super().__init__(method_cfg, model_cfg, in_channels)

@@ -22,9 +22,13 @@ identical without extra communication.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
+from pydantic import Field, model_validator
 
 from raysl import distributed, losses
+from raysl.config import MethodSection, Probability, Temperature
 from raysl.errors import TrainingError
 from raysl.methods.base import Method
 
@@ -33,7 +37,30 @@ from raysl.methods.base import Method
 TAU_GRAD_CLIP = 3.0
 
 
+class ISogCLRConfig(MethodSection):
+    name: Literal["isogclr"] = "isogclr"
+    tau_init: Temperature = 0.1
+    rho: Annotated[float, Field(gt=0.0)] = 0.4
+    gamma: Probability = 0.8
+    # Authors' CIFAR recipe (zhqiu/contrastive-learning-iSogCLR): tau lr 0.03, tau in [0.05, 1];
+    # below ~0.025 exp(h / tau) overflows float32.
+    tau_lr: Annotated[float, Field(gt=0.0)] = 0.03
+    tau_min: Temperature = 0.05
+    tau_max: Temperature = 1.0
+
+    @model_validator(mode="after")
+    def _tau_in_range(self) -> "ISogCLRConfig":
+        if not self.tau_min <= self.tau_init <= self.tau_max:
+            raise ValueError(
+                f"need tau_min <= tau_init <= tau_max, got {self.tau_min} <= {self.tau_init} <= {self.tau_max}"
+            )
+        return self
+
+
 class ISogCLR(Method):
+    config_class = ISogCLRConfig
+    uses_num_samples = True  # one table row per image
+
     def __init__(self, method_cfg, model_cfg, in_channels, num_samples: int | None = None):
         super().__init__(method_cfg, model_cfg, in_channels)
         self.num_samples = int(num_samples or 100_000)

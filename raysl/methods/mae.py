@@ -22,11 +22,15 @@ average give the global mean: nothing is gathered.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 
 from raysl import losses
+from raysl.config import MethodSection
 from raysl.methods.base import Method
 
 
@@ -71,13 +75,31 @@ def _grid_embedding(pos: torch.Tensor, grid: int, grid_h: int, grid_w: int) -> t
     return torch.cat([pos[:, :1], patches.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, -1)], dim=1)
 
 
+class MAEConfig(MethodSection):
+    # He et al. 2022: mask 75%, per-patch normalised pixel targets; the decoder (paper: 512 wide, 8 blocks)
+    # is small here for the small images
+    name: Literal["mae"] = "mae"
+    mask_ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.75
+    decoder_dim: Annotated[int, Field(ge=8)] = 128
+    decoder_depth: Annotated[int, Field(ge=1, le=16)] = 2
+    decoder_heads: Annotated[int, Field(ge=1)] = 4  # must divide decoder_dim
+    norm_pix_loss: bool = True
+    num_views: Literal[1] = 1  # one view: the un-jittered crop (model.backbone must be vit_tiny)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "MAEConfig":
+        if self.decoder_dim % self.decoder_heads:
+            raise ValueError(f"decoder_heads ({self.decoder_heads}) must divide decoder_dim ({self.decoder_dim})")
+        return self
+
+
 class MAE(Method):
+    config_class = MAEConfig
     loss_is_sample_mean = True  # per-sample reconstruction errors, the same number of masked patches each
+    backbones = ("vit_tiny",)  # masks patch tokens
 
     def __init__(self, method_cfg, model_cfg, in_channels):
         super().__init__(method_cfg, model_cfg, in_channels)
-        if model_cfg.backbone != "vit_tiny":  # the config rejects it first (RunConfig)
-            raise ValueError("mae needs model.backbone: vit_tiny")
         vit, dim = self.backbone, method_cfg.decoder_dim
         self.patch = vit.patch_size
         self.decoder_embed = nn.Linear(vit.out_dim, dim)

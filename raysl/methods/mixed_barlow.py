@@ -15,13 +15,26 @@ local ones offset to their rows, so the regulariser sees exactly the global
 batch a single worker would.
 """
 
+from typing import Annotated, Literal
+
 import torch
+from pydantic import Field
 
 from raysl import distributed, losses
+from raysl.config import MethodSection, Weight
 from raysl.methods.barlow import BarlowTwins
 
 
+class MixedBarlowConfig(MethodSection):
+    name: Literal["mixed_barlow"] = "mixed_barlow"
+    lambd: Weight = 1.0 / 128
+    scale_loss: Annotated[float, Field(gt=0.0)] = 0.1
+    mixup_weight: Weight = 4.0
+
+
 class MixedBarlowTwins(BarlowTwins):
+    config_class = MixedBarlowConfig
+
     def mixup(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, float, torch.Tensor]:
         """The mixed batch, its coefficient l (the same on every worker) and the global permutation."""
         n = x1.shape[0]

@@ -21,15 +21,38 @@ keys are gathered for the queue, so every worker keeps the same queue.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 
 from raysl import distributed, losses
-from raysl.methods.base import EMATeacherMethod
+from raysl.config import Temperature
+from raysl.methods.base import EMASchedule, EMATeacherMethod
 from raysl.methods.support import write_ring
 
 
+class MoCoConfig(EMASchedule):
+    name: Literal["moco"] = "moco"
+    temperature: Temperature = 0.2
+    queue_size: Annotated[int, Field(ge=1)] = 4096
+    mochi: bool = False
+    mochi_n_hard: Annotated[int, Field(ge=1)] = 256
+    mochi_s: Annotated[int, Field(ge=0)] = 256
+    mochi_s_prime: Annotated[int, Field(ge=0)] = 64
+
+    @model_validator(mode="after")
+    def _hard_within_queue(self) -> "MoCoConfig":
+        if self.mochi and self.mochi_n_hard > self.queue_size:
+            raise ValueError(
+                f"mochi_n_hard ({self.mochi_n_hard}) must be <= queue_size ({self.queue_size})"
+            )
+        return self
+
+
 class MoCo(EMATeacherMethod):
+    config_class = MoCoConfig
     loss_is_sample_mean = True  # per-sample terms given the step's teacher, queue or centre
     def __init__(self, method_cfg, model_cfg, in_channels):
         super().__init__(method_cfg, model_cfg, in_channels)

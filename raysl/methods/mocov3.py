@@ -24,12 +24,23 @@ own queries and DDP's gradient average gives the global mean.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from raysl import distributed, losses
-from raysl.methods.base import EMATeacherMethod, predictor_mlp
+from raysl.config import Temperature
+from raysl.methods.base import EMASchedule, EMATeacherMethod, predictor_mlp
 from raysl.models import mlp
 
 
+class MoCoV3Config(EMASchedule):
+    name: Literal["mocov3"] = "mocov3"
+    temperature: Temperature = 0.2  # MoCo v3 (Chen, Xie & He 2021) sec. 4; the loss is scaled by 2 tau
+    # vit_tiny: a random patch projection, never trained (MoCo v3 sec. 5.3, a stability fix)
+    freeze_patch_embed: bool = True
+
+
 class MoCoV3(EMATeacherMethod):
+    config_class = MoCoV3Config
     loss_is_sample_mean = True  # per-sample terms given the step's keys
 
     def __init__(self, method_cfg, model_cfg, in_channels):

@@ -14,11 +14,24 @@ the singular value loss is a statistic of the whole batch, so it sees the
 predictions of every worker (gathered with gradients).
 """
 
+from typing import Literal
+
 from raysl import distributed, losses
-from raysl.methods.base import EMATeacherMethod, predictor_mlp
+from raysl.config import Weight
+from raysl.methods.base import EMASchedule, EMATeacherMethod, predictor_mlp
+
+
+class MSBRegConfig(EMASchedule):
+    # The centroid loss targets a momentum ("delayed-parameter") network, as in BYOL: ema_base/ema_final.
+    name: Literal["msbreg"] = "msbreg"
+    centroid_weight: Weight = 1.0
+    singular_weight: Weight = 1.0
+    brownian_weight: Weight = 1.0
 
 
 class MSBReg(EMATeacherMethod):
+    config_class = MSBRegConfig
+
     def __init__(self, method_cfg, model_cfg, in_channels):
         super().__init__(method_cfg, model_cfg, in_channels)
         self.predictor = predictor_mlp(model_cfg)

@@ -7,11 +7,24 @@ all its other similarities in the denominator, instead of averaging pairwise
 two-view losses. Views cycle through the configured augmentation recipes.
 """
 
+from typing import Annotated, Literal
+
+from pydantic import Field
+
 from raysl import losses
+from raysl.config import MethodSection, Temperature
 from raysl.methods.base import Method
 
 
+class MVInfoNCEConfig(MethodSection):
+    name: Literal["mv_infonce"] = "mv_infonce"
+    temperature: Temperature = 0.1
+    num_views: Annotated[int, Field(ge=2, le=16)] = 4
+
+
 class MVInfoNCE(Method):
+    config_class = MVInfoNCEConfig
+
     def training_loss(self, views, indices):
         if len(views) != self.num_views:
             raise ValueError(f"mv_infonce expects {self.num_views} views, got {len(views)}")

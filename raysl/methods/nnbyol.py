@@ -11,12 +11,20 @@ Per-sample terms on each worker's rows given the step's queue (DDP averages
 the gradients); only the queue update gathers, without gradient.
 """
 
+from typing import Literal
+
 from raysl import losses
-from raysl.methods.byol import BYOL
-from raysl.methods.support import SupportQueue
+from raysl.methods.byol import BYOL, BYOLConfig
+from raysl.methods.support import SupportQueue, SupportQueueSize
+
+
+class NNBYOLConfig(BYOLConfig):
+    name: Literal["nnbyol"] = "nnbyol"  # type: ignore[assignment]
+    queue_size: SupportQueueSize = 4096
 
 
 class NNBYOL(BYOL):
+    config_class = NNBYOLConfig
     supports_local_crops = False
 
     def __init__(self, method_cfg, model_cfg, in_channels):

@@ -16,12 +16,23 @@ the neighbours are looked up on each worker's rows and gathered without
 gradient; the predictions are gathered with gradient (in-batch negatives).
 """
 
+from typing import Literal
+
 from raysl import distributed, losses
+from raysl.config import MethodSection, Temperature
 from raysl.methods.base import Method, predictor_mlp
-from raysl.methods.support import SupportQueue
+from raysl.methods.support import SupportQueue, SupportQueueSize
+
+
+class NNCLRConfig(MethodSection):
+    name: Literal["nnclr"] = "nnclr"
+    temperature: Temperature = 0.1  # Dwibedi et al. 2021, Sec. 4
+    queue_size: SupportQueueSize = 4096
 
 
 class NNCLR(Method):
+    config_class = NNCLRConfig
+
     def __init__(self, method_cfg, model_cfg, in_channels):
         super().__init__(method_cfg, model_cfg, in_channels)
         self.predictor = predictor_mlp(model_cfg)

@@ -12,11 +12,20 @@ Per-sample terms on each worker's rows given the step's queue (DDP averages
 the gradients); only the queue update gathers, without gradient.
 """
 
-from raysl.methods.simsiam import SimSiam
-from raysl.methods.support import SupportQueue
+from typing import Literal
+
+from raysl.methods.simsiam import SimSiam, SimSiamConfig
+from raysl.methods.support import SupportQueue, SupportQueueSize
+
+
+class NNSiamConfig(SimSiamConfig):
+    name: Literal["nnsiam"] = "nnsiam"  # type: ignore[assignment]
+    queue_size: SupportQueueSize = 4096
 
 
 class NNSiam(SimSiam):
+    config_class = NNSiamConfig
+
     def __init__(self, method_cfg, model_cfg, in_channels):
         super().__init__(method_cfg, model_cfg, in_channels)
         self.support = SupportQueue(method_cfg.queue_size, self.projection_dim)

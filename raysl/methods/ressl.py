@@ -24,14 +24,26 @@ averages).
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
+from pydantic import Field
 
 from raysl import distributed, losses
-from raysl.methods.base import EMATeacherMethod
+from raysl.config import Temperature
+from raysl.methods.base import EMASchedule, EMATeacherMethod
 from raysl.methods.support import SupportQueue
 
 
+class ReSSLConfig(EMASchedule):
+    name: Literal["ressl"] = "ressl"
+    queue_size: Annotated[int, Field(ge=1)] = 4096
+    student_temp: Temperature = 0.1
+    teacher_temp: Temperature = 0.04
+
+
 class ReSSL(EMATeacherMethod):
+    config_class = ReSSLConfig
     loss_is_sample_mean = True  # per-sample terms given the step's teacher and queue
 
     def __init__(self, method_cfg, model_cfg, in_channels):

@@ -9,11 +9,20 @@ are negatives (:func:`raysl.losses.nt_xent_multicrop`); without local crops
 this is the two-view NT-Xent above.
 """
 
+from typing import Literal
+
 from raysl import distributed, losses
+from raysl.config import MethodSection, Temperature
 from raysl.methods.base import PairLossMethod
 
 
+class SimCLRConfig(MethodSection):
+    name: Literal["simclr"] = "simclr"
+    temperature: Temperature = 0.2  # SimCLR appendix B.9: 0.2 is best on CIFAR-10
+
+
 class SimCLR(PairLossMethod):
+    config_class = SimCLRConfig
     supports_local_crops = True
 
     def pair_loss(self, z1, z2):

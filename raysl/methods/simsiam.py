@@ -7,11 +7,23 @@ the scheduled one, and by default (``fixed_predictor_lr``) is left out of the
 lr schedule: section 4.3 of the paper finds a constant predictor lr works best.
 """
 
+from typing import Annotated, Literal
+
+from pydantic import Field
+
 from raysl import losses
+from raysl.config import MethodSection
 from raysl.methods.base import StopGradPredictorMethod, predictor_mlp
 
 
+class SimSiamConfig(MethodSection):
+    name: Literal["simsiam"] = "simsiam"
+    predictor_lr_scale: Annotated[float, Field(gt=0.0)] = 1.0
+    fixed_predictor_lr: bool = True  # SimSiam sec. 4.3: no lr decay for the predictor
+
+
 class SimSiam(StopGradPredictorMethod):
+    config_class = SimSiamConfig
     loss_is_sample_mean = True  # per-sample terms given the step's teacher, queue or centre
     def __init__(self, method_cfg, model_cfg, in_channels):
         super().__init__(method_cfg, model_cfg, in_channels)

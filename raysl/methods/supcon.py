@@ -15,10 +15,13 @@ worker computes the loss of the global batch.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 
 from raysl import distributed, losses
+from raysl.config import MethodSection, Temperature
 from raysl.methods.base import Method
 
 
@@ -36,7 +39,14 @@ def train_labels(data_dir: str, manifest) -> torch.Tensor:
     return torch.from_numpy(table)
 
 
+class SupConConfig(MethodSection):
+    # Khosla et al. 2020: needs labelled data (raysl.launch.check_against_data); unlabelled rows are their own class
+    name: Literal["supcon"] = "supcon"
+    temperature: Temperature = 0.1
+
+
 class SupCon(Method):
+    config_class = SupConConfig
     needs_labels = True
 
     def __init__(self, method_cfg, model_cfg, in_channels):

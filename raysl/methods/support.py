@@ -16,11 +16,19 @@ yet written are never looked up (solo-learn fills them with random vectors).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from raysl import distributed, losses
+
+# queue_size of the nearest-neighbour methods' configs (NNCLR, NNBYOL, NNSiam): the support queue of earlier
+# projections. The paper's 98,304 is for ImageNet; a queue longer than the data set holds stale copies of the
+# same images, so their default is small.
+SupportQueueSize = Annotated[int, Field(ge=1)]
 
 
 class SupportQueue(nn.Module):

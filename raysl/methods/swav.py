@@ -31,11 +31,15 @@ the workers' equal-sized means); the codes themselves are batch statistics.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from raysl import distributed, losses
+from raysl.config import MethodSection, Probability, Temperature
 from raysl.methods.base import Method
 
 
@@ -44,7 +48,22 @@ def sum_over_workers(x: torch.Tensor) -> torch.Tensor:
     return distributed.all_reduce_mean(x) * distributed.world_size()
 
 
+class SwAVConfig(MethodSection):
+    # Caron et al. 2020 (SwAV), Sec. 4 / appendix A: tau 0.1, epsilon 0.05, 3 Sinkhorn iterations, 3000 prototypes
+    name: Literal["swav"] = "swav"
+    temperature: Temperature = 0.1
+    num_prototypes: Annotated[int, Field(ge=2)] = 3000
+    sinkhorn_iterations: Annotated[int, Field(ge=1, le=100)] = 3
+    epsilon: Annotated[float, Field(ge=0.01, le=10.0)] = 0.05  # the codes are computed in float64
+    # earlier global-view embeddings beside the batch in Sinkhorn, used once full (paper: 3840 for small
+    # batches); 0 = none, the right choice when the data set is small
+    queue_size: Annotated[int, Field(ge=0)] = 0
+    # fraction of training with the prototypes frozen (paper: the first epoch, 313 of ~100k+ steps)
+    freeze_prototypes: Probability = 0.01
+
+
 class SwAV(Method):
+    config_class = SwAVConfig
     supports_local_crops = True
 
     def __init__(self, method_cfg, model_cfg, in_channels):

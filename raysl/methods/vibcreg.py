@@ -16,10 +16,14 @@ projections are gathered (with gradients) before the loss.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
+from pydantic import Field
 from torch import nn
 
 from raysl import losses
+from raysl.config import MethodSection, Weight
 from raysl.errors import ConfigError
 from raysl.methods.base import PairLossMethod
 
@@ -51,7 +55,18 @@ class IterNorm(nn.Module):
         return (xc @ self.running_wm.transpose(1, 2)).transpose(0, 1).reshape(n, d)
 
 
+class VIbCRegConfig(MethodSection):
+    name: Literal["vibcreg"] = "vibcreg"
+    sim_weight: Weight = 25.0
+    var_weight: Weight = 25.0
+    cov_weight: Weight = 200.0
+    iternorm_iterations: Annotated[int, Field(ge=1, le=20)] = 5
+    num_groups: Annotated[int, Field(ge=1)] = 64  # IterNorm groups; must divide model.projector_dim
+
+
 class VIbCReg(PairLossMethod):
+    config_class = VIbCRegConfig
+
     def build_projector(self) -> nn.Module:
         c = self.cfg
         return nn.Sequential(super().build_projector(),

@@ -8,11 +8,23 @@ and covariance are statistics of the global batch, so the projections are
 gathered (with gradients) first.
 """
 
+from typing import Literal
+
 from raysl import losses
+from raysl.config import MethodSection, Weight
 from raysl.methods.base import PairLossMethod
 
 
+class VICRegConfig(MethodSection):
+    name: Literal["vicreg"] = "vicreg"
+    sim_weight: Weight = 25.0
+    var_weight: Weight = 25.0
+    cov_weight: Weight = 1.0
+
+
 class VICReg(PairLossMethod):
+    config_class = VICRegConfig
+
     def pair_loss(self, z1, z2):
         c = self.cfg
         return losses.vicreg(z1, z2, sim_weight=c.sim_weight, var_weight=c.var_weight, cov_weight=c.cov_weight)

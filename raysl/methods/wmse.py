@@ -16,13 +16,27 @@ sub-batches: the split is rank 0's permutation of the global rows.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
+from pydantic import Field
 
 from raysl import distributed, losses
+from raysl.config import MethodSection, Probability
 from raysl.methods.base import Method
 
 
+class WMSEConfig(MethodSection):
+    name: Literal["wmse"] = "wmse"
+    w_size: Annotated[int, Field(ge=2)] = 128  # whitening sub-batch (W-MSE's CIFAR setting); > projector_dim
+    w_eps: Probability = 0.0  # shrinkage of the covariance towards I (authors' code: 0)
+    w_iter: Annotated[int, Field(ge=1, le=16)] = 1  # sub-batch partitions per step, averaged
+    num_views: Annotated[int, Field(ge=2, le=16)] = 2  # W-MSE 2; the paper's best is W-MSE 4
+
+
 class WMSE(Method):
+    config_class = WMSEConfig
+
     def training_loss(self, views, indices):
         c = self.cfg
         zs = self.gathered_projections(views)
