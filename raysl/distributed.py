@@ -69,10 +69,3 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return x / dist.get_world_size()
 
-
-def all_reduce_min_int(value: int, device: torch.device) -> int:
-    if not is_distributed():
-        return value
-    t = torch.tensor([value], dtype=torch.long, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return int(t.item())
