@@ -728,13 +728,14 @@ def default_out(first_path: str) -> str:
     return first_path.rstrip("/") + "/report"
 
 
-def analyze_main(args) -> int:
+def analyze_main(paths: list[str], out: str | None = None, predict: list[str] = ()) -> int:
+    """``raysl analyze PATHS [--out OUT] [--predict POINT ...]``."""
     from raysl.scaling import check_predict_points, predict_point
 
-    points = check_predict_points([predict_point(p) for p in getattr(args, "predict", None) or []], "--predict")
-    out = args.out or default_out(args.paths[0])
+    points = check_predict_points([predict_point(p) for p in predict], "--predict")
+    out = out or default_out(paths[0])
     try:
-        summary = analyze(list(args.paths), out, points)
+        summary = analyze(list(paths), out, points)
     except OSError as exc:
         raise RayslError(f"cannot read or write the results: {exc}") from None
     print(f"[raysl] {summary['summary']}", file=sys.stderr)

@@ -10,9 +10,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from raysl import jsonio
 from raysl.errors import RayslError
+
+if TYPE_CHECKING:
+    from raysl.search import SearchOptions
 
 
 SET_HELP = ("override one config key, repeatable; the value is read as YAML: --set optim.lr=0.01 "
@@ -231,28 +235,39 @@ def _shutdown_ray() -> None:
         ray.shutdown()
 
 
-def cmd_tune(args: argparse.Namespace) -> int:
-    from raysl.search import tune_main
+def _search_options(args: argparse.Namespace, space_path: str) -> "SearchOptions":
+    from raysl.search import SearchOptions
 
-    return tune_main(args)
+    return SearchOptions(
+        space_path=space_path, overrides=tuple(args.overrides), num_samples=getattr(args, "num_samples", None),
+        name=args.name, storage=args.storage, resume=args.resume, trust_experiment=args.trust_experiment,
+        optuna_storage=getattr(args, "optuna_storage", None), wandb=getattr(args, "wandb", False),
+        verbose=args.verbose, argv=tuple(args.argv))
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from raysl.search import run_search
+
+    return run_search(_search_options(args, args.space))
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
-    from raysl.scale import scale_main
+    from raysl.scale import ScaleOptions, scale_main
 
-    return scale_main(args)
+    return scale_main(ScaleOptions(search=_search_options(args, args.file), predict=tuple(args.predict),
+                                   trajectory=args.trajectory))
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from raysl.analyze import analyze_main
 
-    return analyze_main(args)
+    return analyze_main(args.paths, args.out, args.predict)
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from raysl.dashboard import dashboard_main
 
-    return dashboard_main(args)
+    return dashboard_main(args.experiment, args.host, args.port, args.optuna_storage)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -62,12 +62,14 @@ def find_experiment(given: str) -> str:
                       f"e.g. {DEFAULT_RESULTS}/quickstart)")
 
 
-def dashboard_main(args) -> int:
-    if not 0 <= args.port <= 65535:
-        raise ConfigError(f"--port {args.port}: use a port in 1..65535 (0: any free port)")
-    _check_host(args.host, args.port)
-    experiment = find_experiment(args.experiment)
-    place = study.load(experiment, args.optuna_storage)
+def dashboard_main(experiment_path: str, host: str = "127.0.0.1", port: int = 8080,
+                   optuna_storage: str | None = None) -> int:
+    """``raysl dashboard EXPERIMENT [--host H] [--port P] [--optuna-storage URL]``."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port}: use a port in 1..65535 (0: any free port)")
+    _check_host(host, port)
+    experiment = find_experiment(experiment_path)
+    place = study.load(experiment, optuna_storage)
     db = place.open()
     try:
         study_id = db.get_study_id_from_name(place.name)
@@ -78,17 +80,17 @@ def dashboard_main(args) -> int:
     import optuna_dashboard
 
     app = optuna_dashboard.wsgi(db)
-    server_class = _Server6 if ":" in args.host else _Server
+    server_class = _Server6 if ":" in host else _Server
     try:
-        server = make_server(args.host, args.port, app, server_class=server_class, handler_class=_QuietHandler)
+        server = make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise ConfigError(f"--port {args.port}: {args.host}:{args.port} is already in use; pass another --port "
+            raise ConfigError(f"--port {port}: {host}:{port} is already in use; pass another --port "
                               "(--port 0: any free port)") from None
-        raise ConfigError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); pass another "
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pass another "
                           "--port or --host 127.0.0.1") from None
     port = server.server_address[1]
-    host = f"[{args.host}]" if ":" in args.host else args.host
+    host = f"[{host}]" if ":" in host else host
     # Ctrl-C and SIGTERM stop it, even when it was started with SIGINT ignored (a background job of a
     # non-interactive shell inherits that, and Python then leaves SIGINT ignored); in place before the
     # address is printed, so that whoever reads it can stop the server at once

@@ -41,7 +41,8 @@ import itertools
 import math
 import sys
 import time
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -51,6 +52,9 @@ from raysl.data.locate import absolute_data_path, resolve_data_dir
 from raysl.errors import ConfigError
 from raysl.scaling import (SCALING_FILE, collect_runs, fit_all, format_report, load_scaling, point_values_for,
                            trajectory_csv, write_result)
+
+if TYPE_CHECKING:  # raysl.search imports Ray Tune: scale_main imports it when it runs
+    from raysl.search import SearchOptions
 
 
 # --------------------------------------------------------------------------
@@ -95,13 +99,24 @@ def check_batches(points: list[tuple[str, Any]]) -> None:
                 f"optim.batch_size")
 
 
-def scale_main(args) -> int:
+@dataclass(frozen=True)
+class ScaleOptions:
+    """``raysl scale``: the grid's search options (``search.space_path`` is the scaling file) and what to
+    predict once it is fitted."""
+
+    search: SearchOptions
+    predict: tuple[str, ...] = ()
+    trajectory: bool = False
+
+
+def scale_main(opts: ScaleOptions) -> int:
     from raysl import storage
     from raysl.run_config import build_config
-    from raysl.search import _experiment_name, _storage, tune_main
+    from raysl.search import experiment_name, run_search, storage_root
     from raysl.space import space_from_dict
 
-    spec = load_scaling(args.file, args.overrides, args.predict, getattr(args, "trajectory", False))
+    search = opts.search
+    spec = load_scaling(search.space_path, list(search.overrides), list(opts.predict), opts.trajectory)
     space = space_from_dict(spec.space_dict(), spec.source)
     grid_size = math.prod(len(v) for v in spec.grid.values())
     points = []
@@ -113,13 +128,11 @@ def scale_main(args) -> int:
         points.append((where, build_config(tree, where)))
     check_batches(points)
     space.tune.num_samples = grid_size
-    name = _experiment_name(args, args.file)
-    experiment = storage.join_uri(_storage(args), name)
-    args.space, args.num_samples = args.file, None
-    args.wandb = getattr(args, "wandb", False)
+    experiment = storage.join_uri(storage_root(search), experiment_name(search))
     print(f"[raysl] scale: {grid_size} runs ({' x '.join(f'{len(v)} {k}' for k, v in spec.grid.items())}), "
           f"no early stopping; then fits of 1 - {spec.fit.metric}", file=sys.stderr, flush=True)
-    code = tune_main(args, space=space, extra_metrics=trial_flops)
+    # every grid point once, whatever the options said: the grid is the space
+    code = run_search(replace(search, num_samples=None), space=space, extra_metrics=trial_flops)
     storage.write_atomic(storage.join_uri(experiment, SCALING_FILE), yaml.safe_dump(spec.to_yaml_dict(),
                                                                                    sort_keys=False), option="--storage")
     if code != 0:

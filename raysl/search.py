@@ -42,6 +42,7 @@ import math
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -279,7 +280,7 @@ def _hold_on_full_storage(exc: BaseException, where: str, objectives, delivered:
     instead of failing (which Tune answers by restarting it on the same full disk, each time with a traceback
     and a "worker died" line, and by writing error files there), the trial reports its last result again
     with the storage error (``status`` running: it has not ended) and waits for the search to stop; the
-    search saves its state as of its last registered checkpoint and ends in one line (raysl.search.tune_main).
+    search saves its state as of its last registered checkpoint and ends in one line (raysl.search.run_search).
     Returns False when ``exc`` is not such a failure."""
     import time
 
@@ -719,15 +720,33 @@ def _leaderboard(ranked: list[dict], rows: list[dict], objectives, top: int = 10
 # entry point
 
 
-def _experiment_name(args, space_path: str) -> str:
-    name = args.name or Path(space_path).stem
+@dataclass(frozen=True)
+class SearchOptions:
+    """What a search is asked to do besides its space: the options of ``raysl tune`` (``raysl scale`` fills
+    them for its grid). ``argv`` is the command as typed, which the resume command repeats."""
+
+    space_path: str  # the space (or scaling) file: names the experiment, and every message
+    overrides: tuple[str, ...] = ()
+    num_samples: int | None = None
+    name: str | None = None
+    storage: str | None = None
+    resume: bool = False
+    trust_experiment: bool = False
+    optuna_storage: str | None = None
+    wandb: bool = False
+    verbose: bool = False
+    argv: tuple[str, ...] = ()
+
+
+def experiment_name(opts: SearchOptions) -> str:
+    name = opts.name or Path(opts.space_path).stem
     if not name or "/" in name or name in (".", ".."):
         raise ConfigError(f"--name {name!r}: use a plain folder name, e.g. --name quickstart_lr")
     return name
 
 
-def _storage(args) -> str:
-    return storage.resolve(args.storage or DEFAULT_STORAGE).uri
+def storage_root(opts: SearchOptions) -> str:
+    return storage.resolve(opts.storage or DEFAULT_STORAGE).uri
 
 
 def _setup_wandb(name: str) -> list:
@@ -746,15 +765,15 @@ def _setup_wandb(name: str) -> list:
     return [WandbLoggerCallback(project="raysl", group=name, upload_checkpoints=False, **kwargs)]
 
 
-def _check_resumable(experiment: str, space: SearchSpace, args) -> bool:
+def _check_resumable(experiment: str, space: SearchSpace, opts: SearchOptions) -> bool:
     """Decide between a new experiment and a resumed one; returns True to restore."""
     from ray.tune import Tuner
 
     listing = [entry for entry, _ in storage.list_dir(experiment)]
-    if getattr(args, "trust_experiment", False) and not args.resume:
+    if opts.trust_experiment and not opts.resume:
         raise ConfigError(f"{signing.TRUST_OPTION} signs an experiment's saved state to resume it; use it with "
                           "--resume (a new experiment needs no trust)")
-    if not args.resume:
+    if not opts.resume:
         if listing:
             raise ConfigError(
                 f"{experiment} already holds an experiment named {Path(experiment).name!r}; pass --resume to "
@@ -772,7 +791,7 @@ def _check_resumable(experiment: str, space: SearchSpace, args) -> bool:
         print(f"[raysl] --resume: nothing was run yet in {experiment}; starting it", file=sys.stderr)
         return False
     # before anything unpickles Ray's state (Tuner.restore does): a replaced pickle would run its code here
-    if getattr(args, "trust_experiment", False):
+    if opts.trust_experiment:
         signing.check_intact(experiment, trusting=True)  # a damaged file is not signed: Ray would fail on it
         signed = signing.sign_experiment(experiment)
         print(f"[raysl] {signing.TRUST_OPTION}: signed the {signed} state files of {experiment} with your secret "
@@ -807,18 +826,18 @@ def _install_sigterm() -> None:
         signal.signal(signal.SIGTERM, on_sigterm)
 
 
-def tune_resume_command(args, storage_root: str) -> str:
-    """The exact `raysl tune` command that continues this search: the command as given (``args.argv``,
-    else rebuilt from ``args``), with --storage made absolute and --resume."""
+def tune_resume_command(opts: SearchOptions, storage_root: str) -> str:
+    """The exact `raysl tune` command that continues this search: the command as given (``opts.argv``,
+    else rebuilt from ``opts``), with --storage made absolute and --resume."""
     import shlex
 
-    argv = list(getattr(args, "argv", None) or [])
+    argv = list(opts.argv)
     if not argv:
-        argv = ["tune", args.space, *(x for o in args.overrides for x in ("--set", o))]
-        if args.num_samples is not None:
-            argv += ["--num-samples", str(args.num_samples)]
-        if args.name:
-            argv += ["--name", args.name]
+        argv = ["tune", opts.space_path, *(x for o in opts.overrides for x in ("--set", o))]
+        if opts.num_samples is not None:
+            argv += ["--num-samples", str(opts.num_samples)]
+        if opts.name:
+            argv += ["--name", opts.name]
     parts: list[str] = []
     given = False
     for i, arg in enumerate(argv):
@@ -847,46 +866,47 @@ def threading_is_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def tune_main(args, space: SearchSpace | None = None, extra_metrics=None) -> int:
-    """``raysl tune``; ``raysl scale`` passes its grid as ``space`` and its FLOP counter as ``extra_metrics``."""
+def run_search(opts: SearchOptions, space: SearchSpace | None = None, extra_metrics=None) -> int:
+    """``raysl tune``; ``raysl scale`` passes its grid as ``space`` and its FLOP counter as ``extra_metrics``.
+    Returns the exit code (0, 130 interrupted); a user's or the environment's error raises RayslError."""
     from raysl.data.pipeline import is_encoded
     from raysl.launch import check_against_data, init_ray
     from raysl.placement import check_placement
 
-    space = space if space is not None else load_space(args.space, args.overrides)
-    if args.num_samples is not None:
-        if args.num_samples < 1:
-            raise ConfigError(f"--num-samples must be >= 1 (got {args.num_samples})")
-        space.tune.num_samples = args.num_samples
+    space = space if space is not None else load_space(opts.space_path, list(opts.overrides))
+    if opts.num_samples is not None:
+        if opts.num_samples < 1:
+            raise ConfigError(f"--num-samples must be >= 1 (got {opts.num_samples})")
+        space.tune.num_samples = opts.num_samples
     num_samples = space.tune.num_samples
     if space.sampler_name() == "grid":
         grid_size = math.prod(len(v) for v in space.grid().values())
-        explicit = args.num_samples is not None or "num_samples" in space.tune.model_fields_set
+        explicit = opts.num_samples is not None or "num_samples" in space.tune.model_fields_set
         if explicit and num_samples > grid_size:
             print(f"[raysl] sampler grid: the grid has {grid_size} points; running {grid_size} trials, "
                   f"not {num_samples}", file=sys.stderr)
         if not explicit or num_samples > grid_size:
             num_samples = space.tune.num_samples = grid_size
-    name = _experiment_name(args, args.space)
-    storage_root = _storage(args)
-    experiment = storage.join_uri(storage_root, name)
-    if os.environ.get("RAY_ADDRESS") and args.storage is None:
+    name = experiment_name(opts)
+    root = storage_root(opts)
+    experiment = storage.join_uri(root, name)
+    if os.environ.get("RAY_ADDRESS") and opts.storage is None:
         print(f"[raysl] note: results go to {experiment} on the driver's node; on a multi-node cluster pass "
               "--storage s3://... (or a shared folder) so every trial can write there", file=sys.stderr)
 
     space.base = absolute_data_path(space.base)
     data_dir = resolve_data_dir(space.base_config)
-    manifest = check_against_data(space.base_config, data_dir, f"{args.space}: base")
+    manifest = check_against_data(space.base_config, data_dir, f"{opts.space_path}: base")
     manifest.require_val_images(data_dir)  # before Ray: a val split of 0 or 1 image fails every trial's evaluation
     objectives = space.objectives(labeled=manifest.labeled)
     for metric, _ in objectives:
         if "knn_acc" in metric and not manifest.labeled:
-            raise ConfigError(f"{args.space}: tune.metric {metric} needs labels and {data_dir} has none; "
+            raise ConfigError(f"{opts.space_path}: tune.metric {metric} needs labels and {data_dir} has none; "
                               "use metric: rankme (label-free)")
     # what a failed resume puts back (the state files Tune, the study and --trust-experiment would rewrite)
-    snapshot = _FolderSnapshot(experiment) if args.resume else None
-    restore = _check_resumable(experiment, space, args)
-    given_study = getattr(args, "optuna_storage", None)  # raysl scale has no --optuna-storage
+    snapshot = _FolderSnapshot(experiment) if opts.resume else None
+    restore = _check_resumable(experiment, space, opts)
+    given_study = opts.optuna_storage  # raysl scale has no --optuna-storage
     if space.scheduler_name() == "pbt" and given_study:
         raise ConfigError(f"{OPTUNA_OPTION}: a PBT search keeps no Optuna study (PBT mutates running trials "
                           f"without a sampler); drop {OPTUNA_OPTION}, or use scheduler: asha")
@@ -896,10 +916,10 @@ def tune_main(args, space: SearchSpace | None = None, extra_metrics=None) -> int
     elif space.scheduler_name() == "pbt":
         study = None
     else:  # validated before anything is written: a database that does not answer leaves no experiment behind
-        study = prepare_new(experiment, name, given_study, retry=bool(args.resume))
+        study = prepare_new(experiment, name, given_study, retry=opts.resume)
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    verbose = bool(getattr(args, "verbose", False))
+    verbose = opts.verbose
     try:
         init_ray(verbose=verbose)  # a local Ray that does not start is one RayslError (raysl.launch.init_ray)
         # before Tune places a trial: on a cluster that cannot hold one it would wait forever, silently
@@ -909,14 +929,14 @@ def tune_main(args, space: SearchSpace | None = None, extra_metrics=None) -> int
         if fresh:  # all there is, is the empty study database prepare_new opened: the experiment stays new
             storage.remove(experiment)
         raise
-    resume_command = tune_resume_command(args, storage_root)
+    resume_command = tune_resume_command(opts, root)
     with _before_tune_runs(experiment, fresh, resume_command):
         if not restore:
             storage.write_atomic(storage.join_uri(experiment, SPACE_FILE),
                                  yaml.safe_dump(space.to_yaml_dict(), sort_keys=False), option="--storage")
             if study is not None:
                 study.record()
-    callbacks = _setup_wandb(name) if args.wandb else []
+    callbacks = _setup_wandb(name) if opts.wandb else []
     import ray.tune
 
     from raysl.progress import tune_view
@@ -964,7 +984,7 @@ def tune_main(args, space: SearchSpace | None = None, extra_metrics=None) -> int
             ),
             run_config=ray.tune.RunConfig(
                 name=name,
-                storage_path=storage_root,
+                storage_path=root,
                 failure_config=ray.tune.FailureConfig(max_failures=space.tune.max_failures),
                 # PBT: Tune deletes no trial checkpoint (raysl.pbt, "Retention"), so the one PBT hands a
                 # clone is there when the clone restores it

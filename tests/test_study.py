@@ -175,16 +175,16 @@ def test_default_study_place(tmp_path, monkeypatch):
 
 
 def test_resume_command_never_shows_the_password():
-    from argparse import Namespace
 
-    from raysl.search import tune_resume_command
+    from raysl.search import SearchOptions, tune_resume_command
 
     argv = ["tune", "s.yaml", "--optuna-storage", "postgresql+psycopg2://me:hunter2@db:5432/studies",
             "--name", "x"]
-    command = tune_resume_command(Namespace(argv=argv), "/results")
+    command = tune_resume_command(SearchOptions("s.yaml", argv=tuple(argv)), "/results")
     assert command == ("raysl tune s.yaml --optuna-storage postgresql+psycopg2://me@db:5432/studies --name x "
                        "--storage /results --resume")
-    command = tune_resume_command(Namespace(argv=["tune", "s.yaml", "--optuna-storage=mysql://me:hunter2@db/s"]), "/r")
+    command = tune_resume_command(
+        SearchOptions("s.yaml", argv=("tune", "s.yaml", "--optuna-storage=mysql://me:hunter2@db/s")), "/r")
     assert "hunter2" not in command and "--optuna-storage=mysql://me@db/s" in command
 
 
