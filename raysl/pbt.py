@@ -148,7 +148,7 @@ def start_of(pointer: Pointer | None, trial: TrialRef, experiment: str, multi_wo
     if pointer is None:
         return Start()
     if pointer.trial_dir == trial.trial_dir:  # its own checkpoint: the run it names goes on
-        return Start(run=pointer.run or TRAIN_RUN, resume_from=pointer.checkpoint)
+        return Start(run=pointer.run or TRAIN_RUN_NAME, resume_from=pointer.checkpoint)
     fallback = False
     if multi_worker:
         checkpoint, fallback = donor_checkpoint(pointer)

@@ -58,3 +58,13 @@ def test_an_upward_import_fails_the_check(tmp_path):
     done = lint_imports(str(config), cwd=tmp_path)
     assert done.returncode != 0, f"lint-imports passed an upward import:\n{done.stdout}\n{done.stderr}"
     assert "layered.lower -> layered.upper" in done.stdout, done.stdout
+
+
+def test_pyflakes_finds_no_undefined_or_unused_name():
+    """ruff's pyflakes rules (F: undefined names, unused imports, redefinitions) on raysl/ and tests/. Catches
+    what a rename leaves behind on a path the tests may not run: pbt.start_of still used TRAIN_RUN after it
+    was merged into outcome.TRAIN_RUN_NAME, and every PBT and multi-node test failed with a NameError in a CI
+    run."""
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--select", "F", "--output-format",
+                           "concise", "raysl", "tests"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
