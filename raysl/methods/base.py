@@ -41,7 +41,9 @@ from raysl import distributed, schedules
 from raysl.config import MethodSection, ModelConfig, Momentum
 from raysl.models import build_backbone, mlp
 
-Metrics = dict[str, float]
+# what training_loss returns besides the loss: the loop does not read it, so a value may stay a device
+# tensor (float() of one would wait for the GPU at every step)
+Metrics = dict[str, "float | torch.Tensor"]
 
 
 class Method(nn.Module):

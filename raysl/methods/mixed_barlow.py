@@ -50,4 +50,4 @@ class MixedBarlowTwins(BarlowTwins):
         z1, z2, zm = self.gathered_projections([views[0], views[1], mixed])
         regularizer = losses.mixed_barlow_regularizer(z1, z2, zm, mix_lambda=lam, lambd=self.cfg.lambd, perm=perm)
         loss = self.cfg.scale_loss * (self.barlow_loss(z1, z2) + self.cfg.mixup_weight * regularizer)
-        return loss, {"mixup_regularizer": float(regularizer.detach())}
+        return loss, {"mixup_regularizer": regularizer.detach()}  # on the device: no sync each step
