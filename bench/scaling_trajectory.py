@@ -1,0 +1,140 @@
+"""Predict a run's whole kNN-error curve before training it, then train it and compare (issue 26).
+
+Protocol (search_spaces/scaling_trajectory.yaml): SimCLR on the small convnet, Fashion-MNIST (a quarter
+of the training images), a constant learning rate after warm-up, evaluated every epoch; a grid of widths
+4/8/16 x batch sizes 64/256 run by ``raysl scale --trajectory``, which fits
+L(N, S_min) = E + (N_c/N)^alpha_N + (S_c/S_min)^alpha_S with S_min = S/(1 + B_crit(L)/B) on every evaluation
+of every run (raysl.trajectory) and predicts the whole curve at width 32 (about 4x the parameters of width
+16) and batch 1024 (4x beyond the grid's largest). Then that held-out run is trained with ``raysl train``
+(the same base, the same evaluation every epoch) and its measured curve is compared with the predicted one:
+
+- rms relative error over the curve after the first 10% of its steps (issue 26's bar: <= 5%);
+- steps to each target error of ``fit.targets``: predicted against measured (the first evaluation at or
+  below it, linearly interpolated in log steps; bar: within 15%);
+- the critical batch size at each target from the fitted B_crit(L) law.
+
+    python bench/scaling_trajectory.py [--work /tmp/raysl-trajectory]
+    python bench/scaling_trajectory.py --quick       # digits, 3 epochs, 2 widths: a smoke run of the code
+
+Needs ``data/fashion`` (``raysl data prepare idx /usr/share/datasets/fashion-mnist --out data/fashion``) for
+the full run. Re-running reuses a finished grid (``raysl scale --resume``) and a finished held-out run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = REPO / "search_spaces" / "scaling_trajectory.yaml"
+# --quick: digits (8 px), 4 epochs, widths 4/8/16 x batch 64/128, the held-out run at width 32, batch 256
+QUICK_GRID = {"model.width": [4, 8, 16], "optim.batch_size": [64, 128]}
+QUICK_HELD_OUT = {"model.width": 32, "optim.batch_size": 256}
+
+
+def raysl(*args: str, cwd: Path) -> dict:
+    """Run the raysl CLI; its last stdout line is the JSON summary."""
+    cmd = [sys.executable, "-m", "raysl.cli", *args]
+    print("+", " ".join(cmd[2:]), file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"bench: {' '.join(args[:2])} exited {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def steps_to(steps: list[float], errors: list[float], target: float) -> float | None:
+    """The first step at or below ``target``, interpolated in log steps between two evaluations."""
+    for i, (s, e) in enumerate(zip(steps, errors)):
+        if e <= target:
+            if i == 0:
+                return s
+            s0, e0 = steps[i - 1], errors[i - 1]
+            t = (e0 - target) / (e0 - e) if e0 != e else 1.0
+            return math.exp(math.log(s0) + t * (math.log(s) - math.log(s0)))
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", default="/tmp/raysl-trajectory", help="results folder (kept between runs)")
+    parser.add_argument("--quick", action="store_true", help="digits, 3 widths x 2 batch sizes, 4 epochs")
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    spec = yaml.safe_load(SPEC.read_text())
+    if args.quick:
+        spec["base"]["data"] = {k: v for k, v in spec["base"]["data"].items() if k not in ("path", "source",
+                                                                                            "fraction")}
+        spec["base"]["data"].update(source="digits", crop_size=8)
+        spec["base"]["optim"]["epochs"] = 4
+        spec["grid"] = QUICK_GRID
+        spec["fit"]["predict"] = [QUICK_HELD_OUT]
+        spec["fit"]["targets"] = [0.1, 0.08]
+    held_out = spec["fit"]["predict"][0]
+    file = work / "scaling_trajectory.yaml"
+    file.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+    start = time.perf_counter()
+    experiment = work / "results" / "scaling_trajectory"
+    resume = ["--resume"] if experiment.exists() else []
+    raysl("scale", str(file), "--trajectory", "--storage", str(work / "results"), *resume, cwd=REPO)
+    grid_s = time.perf_counter() - start
+    scaling = json.loads((experiment / "scaling.json").read_text())
+    fit = scaling.get("trajectory")
+    if not fit:
+        sys.exit(f"bench: no trajectory fit: {scaling.get('notes')}")
+    (prediction,) = [p for p in scaling["predictions"] if p["point"] == held_out]
+
+    # the held-out run: the same base at the held-out width and batch, trained and evaluated every epoch
+    out = work / "held_out"
+    start = time.perf_counter()
+    overrides = [x for k, v in held_out.items() for x in ("--set", f"{k}={v}")]
+    base = work / "base.yaml"
+    base.write_text(yaml.safe_dump(spec["base"], sort_keys=False))
+    raysl("train", str(base), *overrides, "--out", str(out), cwd=REPO)
+    held_s = time.perf_counter() - start
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    measured = [(float(r["step"]), 1.0 - float(r[scaling["metric"]])) for r in rows
+                if r.get(scaling["metric"]) is not None]
+
+    # the prediction at the measured steps (the law at any step: predict there, not interpolate the CSV)
+    from raysl.trajectory import from_constants, predict_trajectory
+
+    law = from_constants(fit["constants"])
+    steps = [s for s, _ in measured]
+    predicted = predict_trajectory(law, prediction["n_params"], prediction["batch_size"], steps)["value"]
+    late = [i for i, s in enumerate(steps) if s >= 0.1 * steps[-1]]
+    rms = math.sqrt(sum((predicted[i] / measured[i][1] - 1) ** 2 for i in late) / len(late))
+    print(f"trajectory law: {fit['n_runs']} runs, {fit['n_points']} evaluations; constants "
+          + ", ".join(f"{k} {v:.4g}" for k, v in fit["constants"].items())
+          + (f"; at the edge of its range: {fit['at_bounds']}" if fit.get("at_bounds") else ""))
+    print(f"held out {held_out} (N = {prediction['n_params']:.4g}, batch {prediction['batch_size']}): "
+          f"{len(measured)} evaluations; rms relative error after 10% of the steps {rms:.1%} (bar 5%)")
+    for s, (_, e), p in zip(steps, measured, predicted):
+        print(f"  step {s:8.0f}: measured {e:.4f}  predicted {p:.4f}  ({p / e - 1:+.1%})")
+    answers = []
+    for answer in prediction.get("steps_to_target", []):
+        got = steps_to(steps, [e for _, e in measured], answer["target"])
+        want = answer.get("steps") if answer["reachable"] else None
+        ratio = (want / got - 1) if got and want else None
+        answers.append({"target": answer["target"], "predicted_steps": want, "measured_steps": got,
+                        "relative": ratio})
+        print(f"  error {answer['target']}: predicted {want and round(want)} steps, measured "
+              f"{got and round(got)}" + (f" ({ratio:+.1%}; bar 15%)" if ratio is not None else ""))
+    for cb in fit.get("critical_batch", []):
+        print(f"  critical batch at error {cb['target']}: {cb['B_crit']:.4g} {cb.get('interval')}")
+    print(f"run time: grid {grid_s:.0f} s, held-out run {held_s:.0f} s")
+    print(json.dumps({"bench": "scaling_trajectory", "quick": args.quick, "rms_relative": rms,
+                      "answers": answers, "grid_s": grid_s, "held_out_s": held_s, "constants": fit["constants"],
+                      "at_bounds": fit.get("at_bounds", [])}))
+
+
+if __name__ == "__main__":
+    main()
