@@ -498,7 +498,7 @@ def test_scale_interrupted_resumed_analyzed_with_predict_and_opened_in_chromium(
     summary = json.loads((report / "summary.json").read_text())
     assert summary["scaling"]["fitted"] == ["compute", "model_data", "frontier"]
     assert {"search_report.html", "report.html", "leaderboard.csv", *PLOTS.values()} - {
-        PLOTS["critical_batch"], PLOTS["worker_scaling"]} <= set(os.listdir(report))
+        PLOTS["critical_batch"], PLOTS["worker_scaling"], PLOTS["trajectory"]} <= set(os.listdir(report))
     found = check_page(report, tmp_path, result, preds, [PLOTS[k] for k in ("error_vs_compute", "slices",
                                                                             "frontier")])
     assert "search_report.html" in found["links"]
