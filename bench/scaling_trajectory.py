@@ -25,28 +25,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
 
+from scaling_fashion import raysl  # the CLI runner both benches use (bench/ is this script's sys.path[0])
+
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "search_spaces" / "scaling_trajectory.yaml"
 # --quick: digits (8 px), 4 epochs, widths 4/8/16 x batch 64/128, the held-out run at width 32, batch 256
 QUICK_GRID = {"model.width": [4, 8, 16], "optim.batch_size": [64, 128]}
 QUICK_HELD_OUT = {"model.width": 32, "optim.batch_size": 256}
-
-
-def raysl(*args: str, cwd: Path) -> dict:
-    """Run the raysl CLI; its last stdout line is the JSON summary."""
-    cmd = [sys.executable, "-m", "raysl.cli", *args]
-    print("+", " ".join(cmd[2:]), file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"bench: {' '.join(args[:2])} exited {proc.returncode}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def steps_to(steps: list[float], errors: list[float], target: float) -> float | None:
