@@ -98,8 +98,11 @@ def cut_from_epoch(path: str | Path, epoch: int, is_csv: bool = False) -> int:
 
 
 def _redoes(result: dict) -> int | None:
-    """The epoch a report says was trained, or None for a closing report that adds to its epoch."""
-    if "resumed_weights" in result or str(result.get("status", "")) in {str(s) for s in BAD_STATUSES}:
+    """The epoch a report says was trained, or None for a report that adds to its epoch: a closing report
+    (diverged, collapsed, errored, or any report with an ``error``, such as a trial stopped by a full disk)
+    or a PBT trial's first report after a restore."""
+    if "resumed_weights" in result or "error" in result or \
+            str(result.get("status", "")) in {str(s) for s in BAD_STATUSES}:
         return None
     return _epoch(result.get("epoch"))
 
@@ -108,6 +111,21 @@ class EpochOnce(Callback):
     """Before Tune's loggers write a report of epoch ``e``, cut the trial's rows of ``e`` and later off
     ``result.json`` and ``progress.csv`` (module docstring). Tune runs the callbacks a run is given before
     the loggers it adds itself."""
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        """Before Tune's loggers start a trial again: they copy the trial's stored log files over the
+        driver's copies when it restarts from a checkpoint, and the stored ones lag the driver's until
+        Tune's next sync, so the rows logged since were lost (seen: a PBT trial's result.json kept epoch 2
+        of 1, 2 while its progress.csv, restored later, kept both). Store the driver's copies first."""
+        import pyarrow.fs
+
+        for name in (EXPR_RESULT_FILE, EXPR_PROGRESS_FILE):
+            local = Path(trial.local_path or "", name)
+            if not trial.local_path or not trial.path or not local.is_file() or not local.stat().st_size:
+                continue
+            target = f"{trial.path.rstrip('/')}/{name}"
+            if target != str(local):  # a staging copy apart from the stored one
+                pyarrow.fs.copy_files(str(local), target, destination_filesystem=trial.storage.storage_filesystem)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         epoch = _redoes(result)

@@ -66,6 +66,9 @@ def test_a_closing_report_on_its_epoch_is_added_a_retrained_epoch_replaces(tmp_p
     callback = EpochOnce()
     callback.on_trial_result(0, [], _Trial(tmp_path), {"epoch": 3, "status": "diverged"})
     assert (tmp_path / "result.json").read_text() == _lines(1, 2, 3)  # the diverged row follows epoch 3's
+    # a trial stopped by a full disk reports its epoch again, status running, with the error: added too
+    callback.on_trial_result(0, [], _Trial(tmp_path), {"epoch": 3, "status": "running", "error": "no space"})
+    assert (tmp_path / "result.json").read_text() == _lines(1, 2, 3)
     callback.on_trial_result(0, [], _Trial(tmp_path), {"epoch": 2, "status": "running"})
     assert (tmp_path / "result.json").read_text() == _lines(1)
 
