@@ -30,6 +30,7 @@ __all__ = [
     "processes_in_own_session",
     "run_controller_with",
     "storage_check",
+    "trial_storage_filesystem",
     "tune_resume_wrapped",
     "worker_health_check_error",
 ]
@@ -68,6 +69,10 @@ PRIVATE: dict[str, str] = {
     "ray._private.node:Node.__init__":
         "telling a local cluster that did not start in Ray's 30 s (a bare Exception) from other failures: "
         "one line instead of a traceback",
+    "ray.tune.experiment.trial:Trial.__init__":
+        "a restarted trial's result.json keeps the rows logged since Tune's last sync (raysl.trial_log stores "
+        "the driver's copy where Tune restores it from)",
+    "ray.train._internal.storage:StorageContext.__init__": "the same (the stored folder's filesystem)",
     "ray._private.ray_constants:DEBUG_AUTOSCALING_STATUS":
         "telling a fixed cluster from one that can grow (placement refused at once vs waited for)",
     "ray.experimental.internal_kv:_internal_kv_get": "the same",
@@ -88,6 +93,8 @@ _POLICY_COUNTS = ("_worker_group_failures", "_preemption_failures")
 # the words of the bare Exception Ray raises when a local node's raylet does not register in time
 _NODE_STARTUP_TIMEOUT = "timed out during startup"
 _ATTRIBUTES["ray._private.node:Node.__init__"] = _NODE_STARTUP_TIMEOUT
+_ATTRIBUTES["ray.tune.experiment.trial:Trial.__init__"] = "self.storage"
+_ATTRIBUTES["ray.train._internal.storage:StorageContext.__init__"] = "self.storage_filesystem"
 
 
 def _resolve(name: str) -> Any:
@@ -237,6 +244,12 @@ def storage_check(context: Any) -> Callable[[], None] | None:
 
 # --------------------------------------------------------------------------
 # Ray Tune
+
+
+def trial_storage_filesystem(trial: Any) -> Any:
+    """The pyarrow filesystem a Tune trial's stored folder (``trial.path``) is on, from the trial's
+    StorageContext (Tune exposes the path, not the filesystem); None where Ray no longer keeps it there."""
+    return getattr(getattr(trial, "storage", None), "storage_filesystem", None)
 
 
 def is_tune_stop_handler(handler: Any) -> bool:

@@ -34,6 +34,7 @@ from typing import Any
 from ray.air.constants import EXPR_PROGRESS_FILE, EXPR_RESULT_FILE
 from ray.tune import Callback
 
+from raysl import ray_compat
 from raysl.outcome import BAD_STATUSES
 
 __all__ = ["EpochOnce", "cut_from_epoch", "epoch_rows"]
@@ -119,13 +120,16 @@ class EpochOnce(Callback):
         of 1, 2 while its progress.csv, restored later, kept both). Store the driver's copies first."""
         import pyarrow.fs
 
+        filesystem = ray_compat.trial_storage_filesystem(trial)
+        if filesystem is None:
+            return  # a Ray that keeps it elsewhere: Tune's own behaviour (tests/test_ray_compat.py says so)
         for name in (EXPR_RESULT_FILE, EXPR_PROGRESS_FILE):
             local = Path(trial.local_path or "", name)
             if not trial.local_path or not trial.path or not local.is_file() or not local.stat().st_size:
                 continue
             target = f"{trial.path.rstrip('/')}/{name}"
             if target != str(local):  # a staging copy apart from the stored one
-                pyarrow.fs.copy_files(str(local), target, destination_filesystem=trial.storage.storage_filesystem)
+                pyarrow.fs.copy_files(str(local), target, destination_filesystem=filesystem)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         epoch = _redoes(result)
