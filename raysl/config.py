@@ -127,12 +127,30 @@ class ModelConfig(Section):
     # vit_tiny: Transformer blocks (DeiT-Ti's 12 by default); fewer for tiny images, where 16 tokens do not
     # need 12 blocks and a CPU epoch costs ~depth/12 of the full model's
     vit_depth: Annotated[int, Field(ge=1, le=48)] = 12
+    # vit_tiny: the embedding width (DeiT-Ti's 192); heads of 64 dimensions each (vit_width / 64 of them, as DeiT)
+    # and an MLP of 4 x vit_width, so that a wider ViT keeps its head size
+    vit_width: Annotated[int, Field(ge=64, le=4096, multiple_of=64)] = 192
+    # how initialisation and per-layer learning rates follow the width (model.width; vit_tiny: model.vit_width):
+    # "standard" (PyTorch's, one lr for every layer) or "mup" (Yang et al. 2022, docs/training.md: an lr tuned at
+    # one width transfers to another); mup equals standard at width mup_base_width
+    parametrization: Literal["standard", "mup"] = "standard"
+    mup_base_width: Annotated[int, Field(ge=1, le=4096)] = 8  # mup: the width the hyperparameters were tuned at
     projector_hidden_dim: Annotated[int, Field(ge=1)] = 512
     projector_dim: Annotated[int, Field(ge=1)] = 128
     projector_layers: Annotated[int, Field(ge=1, le=4)] = 2
     predictor_hidden_dim: Annotated[int, Field(ge=1)] = 512
     channels_last: bool = True
     compile: bool = False
+
+    @model_validator(mode="after")
+    def _mup_needs_a_width_knob(self) -> "ModelConfig":
+        if self.parametrization == "mup" and self.backbone not in ("small_convnet", "vit_tiny"):
+            raise ValueError(
+                f"model.parametrization: mup scales layers with the backbone's width, and {self.backbone} has a "
+                "fixed width; use model.backbone: small_convnet (width: model.width) or vit_tiny (width: "
+                "model.vit_width), or model.parametrization: standard"
+            )
+        return self
 
 
 class ViewAugment(Section):

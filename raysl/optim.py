@@ -1,4 +1,5 @@
-"""Optimizers: SGD, AdamW and LARS, with no weight decay on biases and norms by default."""
+"""Optimizers: SGD, AdamW and LARS, with no weight decay on biases and norms by default, and muP's per-layer
+learning rates (``model.parametrization: mup``)."""
 
 from __future__ import annotations
 
@@ -57,10 +58,47 @@ def split_decay(groups: list[dict], exclude_bias_and_norm: bool) -> list[dict]:
     return out
 
 
+# muP (model.parametrization: mup): the learning-rate factor of each layer role (raysl.models.MUP_ROLES) is
+# m ** exponent, m = width / model.mup_base_width. Adam and SGD are Table 3 of Yang et al. 2022 ("Tensor Programs
+# V", arXiv 2203.03466) written relative to the base width, with its 1/fan_in^2 readout initialisation moved into
+# a 1/sqrt(m) multiplier on the features (raysl.models.build_backbone): that move multiplies the readout's Adam lr
+# by sqrt(m) and leaves its SGD lr alone. LARS's trust ratio makes a step's norm lr * eta * |W| whatever the
+# gradient's size; steps of the size muP asks for (spectral norm ~ sqrt(fan_out / fan_in): Yang, Simon and
+# Bernstein 2023, arXiv 2310.17813) then need 1/sqrt(m) for hidden weights (|W| ~ sqrt(m)) and nothing for the
+# input and readout weights. LARS's groups without the trust ratio (biases, norms) take plain SGD steps: SGD's row.
+# A readout whose output is renormalised (normed_readout: the projector's first linear, followed by BatchNorm)
+# steps like a hidden layer. Table 3 also assumes the backbone's gradients come back through an unnormalised
+# readout, 1/m of their standard size per coordinate; through a BatchNorm they come back at 1/sqrt(m), so SGD's
+# factors (not Adam's, nor the trust ratio's, which ignore the gradient's size) lose another sqrt(m) then
+# (mup_lr_factor). tests/test_mup.py's coordinate check holds each rule to the same step size at widths 8 to 64.
+MUP_LR_EXPONENT: dict[str, dict[str, float]] = {
+    "adamw": {"input": 0.0, "hidden": -1.0, "readout": -0.5, "normed_readout": -1.0, "vector": 0.0, "fixed": 0.0},
+    "sgd": {"input": 1.0, "hidden": 0.0, "readout": 0.0, "normed_readout": 0.0, "vector": 1.0, "fixed": 0.0},
+    "lars": {"input": 0.0, "hidden": -0.5, "readout": 0.0, "normed_readout": -0.5, "vector": 0.0, "fixed": 0.0},
+}
+
+
+def mup_lr_factor(optimizer: str, role: str, width_mult: float, *, trust_ratio: bool = True,
+                  normed_readout: bool = False) -> float:
+    """The learning-rate factor of a muP layer role (:data:`MUP_LR_EXPONENT`) for ``optim.name``.
+
+    ``trust_ratio``: whether a LARS group uses it (False: plain SGD steps); ``normed_readout``: whether the
+    model's gradients come back to its backbone through a normalised readout.
+    """
+    table = "sgd" if optimizer == "lars" and not trust_ratio else optimizer
+    exponent = MUP_LR_EXPONENT[table][role]
+    if table == "sgd" and normed_readout and role != "fixed":
+        exponent -= 0.5
+    return width_mult ** exponent
+
+
 def build_optimizer(groups: list[dict], cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
     groups = split_decay(groups, cfg.exclude_bias_and_norm)
     for g in groups:
         g.setdefault("lr_scale", 1.0)
+        if "mup_role" in g:  # muP (raysl.models.mup_param_groups): the role's factor rides on lr_scale
+            g["lr_scale"] *= mup_lr_factor(cfg.name, g["mup_role"], g["mup_width_mult"], trust_ratio=g["lars"],
+                                           normed_readout=g.get("mup_normed_readout", False))
         g["weight_decay"] = cfg.weight_decay if g["decay"] else 0.0
         g["lr"] = lr * g["lr_scale"]
     if cfg.name == "sgd":

@@ -39,7 +39,7 @@ from torch import nn
 
 from raysl import distributed, schedules
 from raysl.config import MethodSection, ModelConfig, Momentum
-from raysl.models import build_backbone, mlp
+from raysl.models import build_backbone, mlp, mup_param_groups
 
 # what training_loss returns besides the loss: the loop does not read it, so a value may stay a device
 # tensor (float() of one would wait for the GPU at every step)
@@ -133,8 +133,9 @@ class Method(nn.Module):
         """Called after each optimizer step (EMA updates, queue pushes...)."""
 
     def param_groups(self) -> list[dict]:
-        """Optimizer parameter groups; ``lr_scale`` multiplies the scheduled lr."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr_scale": 1.0}]
+        """Optimizer parameter groups; ``lr_scale`` multiplies the scheduled lr. Under ``model.parametrization:
+        mup`` each group is split by layer role (:func:`with_mup_roles`); an override should end the same way."""
+        return with_mup_roles(self, [{"params": [p for p in self.parameters() if p.requires_grad], "lr_scale": 1.0}])
 
     @torch.no_grad()
     def embed(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -149,6 +150,17 @@ class Method(nn.Module):
     def gathered_projections(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
         """Each view's projection, gathered across workers with gradients (rows in rank order)."""
         return [distributed.gather(self.encode(v)[1]) for v in views]
+
+
+def with_mup_roles(method: Method, groups: list[dict]) -> list[dict]:
+    """A method's ``param_groups``, split by muP role under ``model.parametrization: mup`` (unchanged otherwise):
+    :func:`raysl.models.mup_param_groups`, which finds the roles on the method built again, twice as wide."""
+    kwargs = {"num_samples": method.num_samples} if method.uses_num_samples and hasattr(method, "num_samples") else {}
+
+    def build(model_cfg: ModelConfig) -> nn.Module:
+        return type(method)(method.cfg, model_cfg, method.backbone.in_channels, **kwargs)
+
+    return mup_param_groups(groups, method, method.model_cfg, build)
 
 
 class PairLossMethod(Method):
@@ -221,7 +233,7 @@ class EMATeacherMethod(Method):
     def param_groups(self) -> list[dict]:
         teacher = {id(p) for p in self.teacher_backbone.parameters()} | {id(p) for p in self.teacher_projector.parameters()}
         params = [p for p in self.parameters() if p.requires_grad and id(p) not in teacher]
-        return [{"params": params, "lr_scale": 1.0}]
+        return with_mup_roles(self, [{"params": params, "lr_scale": 1.0}])
 
 
 def predictor_mlp(model_cfg: ModelConfig) -> nn.Module:

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from raysl import losses
 from raysl.config import MethodSection
-from raysl.methods.base import StopGradPredictorMethod, predictor_mlp
+from raysl.methods.base import StopGradPredictorMethod, predictor_mlp, with_mup_roles
 
 
 class SimSiamConfig(MethodSection):
@@ -38,11 +38,11 @@ class SimSiam(StopGradPredictorMethod):
     def param_groups(self) -> list[dict]:
         predictor = {id(p) for p in self.predictor.parameters()}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in predictor]
-        return [
+        return with_mup_roles(self, [
             {"params": rest, "lr_scale": 1.0},
             {
                 "params": list(self.predictor.parameters()),
                 "lr_scale": self.cfg.predictor_lr_scale,
                 "fixed_lr": self.cfg.fixed_predictor_lr,  # the scheduler leaves this group's lr alone
             },
-        ]
+        ])
