@@ -14,7 +14,7 @@ of every run (raysl.trajectory) and predicts the whole curve at width 32 (about 
 - the critical batch size at each target from the fitted B_crit(L) law.
 
     python bench/scaling_trajectory.py [--work /tmp/raysl-trajectory]
-    python bench/scaling_trajectory.py --quick       # digits, 3 epochs, 2 widths: a smoke run of the code
+    python bench/scaling_trajectory.py --quick       # digits, 4 epochs, 3 widths x 2 batch sizes: a smoke run
 
 Needs ``data/fashion`` (``raysl data prepare idx /usr/share/datasets/fashion-mnist --out data/fashion``) for
 the full run. Re-running reuses a finished grid (``raysl scale --resume``) and a finished held-out run.
@@ -96,15 +96,15 @@ def main() -> None:
                 if r.get(scaling["metric"]) is not None]
 
     # the prediction at the measured steps (the law at any step: predict there, not interpolate the CSV)
-    from raysl.trajectory import from_constants, predict_trajectory
+    from raysl.trajectory import from_dict, predict_trajectory
 
-    law = from_constants(fit["constants"])
+    law = from_dict(fit)  # theta and centre: the very curve, also with an exponent at its bound (a null constant)
     steps = [s for s, _ in measured]
     predicted = predict_trajectory(law, prediction["n_params"], prediction["batch_size"], steps)["value"]
     late = [i for i, s in enumerate(steps) if s >= 0.1 * steps[-1]]
     rms = math.sqrt(sum((predicted[i] / measured[i][1] - 1) ** 2 for i in late) / len(late))
     print(f"trajectory law: {fit['n_runs']} runs, {fit['n_points']} evaluations; constants "
-          + ", ".join(f"{k} {v:.4g}" for k, v in fit["constants"].items())
+          + ", ".join(f"{k} {'inf' if v is None else f'{v:.4g}'}" for k, v in fit["constants"].items())
           + (f"; at the edge of its range: {fit['at_bounds']}" if fit.get("at_bounds") else ""))
     print(f"held out {held_out} (N = {prediction['n_params']:.4g}, batch {prediction['batch_size']}): "
           f"{len(measured)} evaluations; rms relative error after 10% of the steps {rms:.1%} (bar 5%)")

@@ -138,9 +138,11 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
             seed=args.seed, max_side=args.max_side, quality=args.quality, strict=args.strict, workers=args.workers,
             progress=sys.stderr,
         )  # fmt: skip
-    except KeyboardInterrupt:
-        kept = "finished shards are kept: " if args.source == "imagefolder" else ""
-        print(f"\nraysl: interrupted; {kept}re-run the same command to continue", file=sys.stderr)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or a SIGTERM (the early handler of main() stays on here)
+        # one line from the start of a line: the progress bar of an imagefolder prepare clears itself first
+        name = getattr(stop, "signal_name", "SIGINT")
+        how = "finished shards are kept; resume with" if args.source == "imagefolder" else "run it again with"
+        print(f"raysl: interrupted ({name}); {how}: {typed_command(args.argv)}", file=sys.stderr)
         return 130
     if manifest.skipped:
         count = len(manifest.skipped)
@@ -242,7 +244,7 @@ def _search_options(args: argparse.Namespace, space_path: str) -> "SearchOptions
         space_path=space_path, overrides=tuple(args.overrides), num_samples=getattr(args, "num_samples", None),
         name=args.name, storage=args.storage, resume=args.resume, trust_experiment=args.trust_experiment,
         optuna_storage=getattr(args, "optuna_storage", None), wandb=getattr(args, "wandb", False),
-        verbose=args.verbose, argv=tuple(args.argv))
+        verbose=args.verbose, argv=tuple(args.argv), command=args.command)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -299,9 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as stop:  # before a command could say more (e.g. while Ray starts)
         name = getattr(stop, "signal_name", "SIGINT")
-        import shlex
-
-        again = shlex.join(["raysl", *args.argv])
+        # a search whose experiment folder is kept says how to resume it (raysl.search.run_search)
+        again = getattr(stop, "resume_command", None) or typed_command(args.argv)
         if args.command in ("train", "tune", "scale"):
             print(f"raysl: interrupted ({name}); completed epochs are checkpointed; resume with: {again}",
                   file=sys.stderr)
@@ -313,6 +314,17 @@ def main(argv: list[str] | None = None) -> int:
             import signal
 
             signal.signal(signal.SIGTERM, previous)
+
+
+def typed_command(argv: list[str]) -> str:
+    """``raysl`` and ``argv`` (the command as typed), for a line that says how to run it again; a database
+    password given to --optuna-storage is left out, as raysl never prints one (the command run again gets
+    it from PGPASSWORD, ~/.pgpass or the option typed again with it)."""
+    import shlex
+
+    from raysl.console import without_passwords  # light: no Ray, no torch (it runs while they import)
+
+    return shlex.join(["raysl", *without_passwords(argv, "--optuna-storage")])
 
 
 def _early_sigterm():

@@ -1,7 +1,8 @@
 """Text for a terminal or a log: durations, rates, a run's progress line and the :class:`Renderer` that draws it.
 
 Pure (no Ray, no raysl module): ``raysl data prepare`` draws its progress with it as well as
-:mod:`raysl.progress`, which carries a training run's progress from its workers to the driver.
+:mod:`raysl.progress`, which carries a training run's progress from its workers to the driver. Also
+:func:`public_url`, a database URL as raysl prints it (without its password).
 """
 
 from __future__ import annotations
@@ -115,3 +116,27 @@ def stream_isatty(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def public_url(url: str) -> str:
+    """The URL with its password left out (what raysl prints and writes)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - not a URL: show only what cannot be a password
+        return url.split("://", 1)[0] + "://..." if "://" in url else "..."
+    return parsed._replace(password=None).render_as_string(hide_password=False)
+
+
+def without_passwords(argv: list[str] | tuple[str, ...], option: str) -> list[str]:
+    """``argv`` with the password left out of each URL given to ``option`` (``option URL`` and
+    ``option=URL``): a command raysl prints to run again shows no database password."""
+    out = []
+    for i, arg in enumerate(argv):
+        if i > 0 and argv[i - 1] == option:
+            arg = public_url(arg)
+        elif arg.startswith(option + "="):
+            arg = f"{option}={public_url(arg.split('=', 1)[1])}"
+        out.append(arg)
+    return out

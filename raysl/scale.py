@@ -37,7 +37,6 @@ runs the grid.
 
 from __future__ import annotations
 
-import itertools
 import math
 import sys
 import time
@@ -47,11 +46,11 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from raysl import jsonio
-from raysl.config import RunConfig, set_dotted
-from raysl.data.locate import absolute_data_path, resolve_data_dir
+from raysl.config import RunConfig
+from raysl.data.locate import resolve_data_dir
 from raysl.errors import ConfigError
-from raysl.scaling import (SCALING_FILE, collect_runs, fit_all, format_report, load_scaling, point_values_for,
-                           trajectory_csv, write_result)
+from raysl.scaling import (SCALING_FILE, collect_runs, fit_all, format_report, grid_points, load_scaling,
+                           point_values_for, trajectory_csv, write_result)
 
 if TYPE_CHECKING:  # raysl.search imports Ray Tune: scale_main imports it when it runs
     from raysl.search import SearchOptions
@@ -111,21 +110,17 @@ class ScaleOptions:
 
 def scale_main(opts: ScaleOptions) -> int:
     from raysl import storage
-    from raysl.run_config import build_config
     from raysl.search import experiment_name, run_search, storage_root
     from raysl.space import space_from_dict
 
-    search = opts.search
+    # a resume command rebuilt without argv (a grid started from Python) is this command's, with its options
+    search = replace(opts.search, command="scale", command_args=(
+        *(x for p in opts.predict for x in ("--predict", p)), *(("--trajectory",) if opts.trajectory else ())))
+    # the file as raysl scale reads it (with --trajectory: the grid can give that fit what it needs)
     spec = load_scaling(search.space_path, list(search.overrides), list(opts.predict), opts.trajectory)
     space = space_from_dict(spec.space_dict(), spec.source)
     grid_size = math.prod(len(v) for v in spec.grid.values())
-    points = []
-    for combo in itertools.product(*spec.grid.values()):  # every run's config is valid before Ray starts
-        tree = absolute_data_path(spec.base)
-        for key, value in zip(spec.grid, combo):
-            tree = set_dotted(tree, key, value)
-        where = f"{spec.source}: grid point {dict(zip(spec.grid, combo))}"
-        points.append((where, build_config(tree, where)))
+    points = grid_points(spec)  # every run's config is valid before Ray starts
     check_batches(points)
     space.tune.num_samples = grid_size
     experiment = storage.join_uri(storage_root(search), experiment_name(search))

@@ -9,6 +9,7 @@ are the pure functions of :mod:`raysl.scaling_laws`.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from typing import Any, Literal
 
@@ -123,7 +124,63 @@ def load_scaling(path: str, overrides: list[str] = (), predictions: list[str] = 
                           ">= 4 runs at >= 3 compute values, E(N, D) >= 6 runs at >= 2 model and data sizes); give "
                           "an axis more values, e.g. model.width: [4, 8, 16] and data.fraction: [0.25, 0.5, 1.0], "
                           "or train the one run with raysl train")
+    if spec.fit.trajectory:  # fit.trajectory: true in the file, or --trajectory
+        check_trajectory_grid(spec)
     return spec
+
+
+def grid_points(spec: ScalingSpec) -> list[tuple[str, Any]]:
+    """(where, validated RunConfig) of every grid point: ``base`` with the point's values (``data.path``
+    made absolute), in the order raysl scale runs them; an invalid point is a ConfigError naming it."""
+    from raysl.data.locate import absolute_data_path
+    from raysl.run_config import build_config
+
+    points = []
+    for combo in itertools.product(*spec.grid.values()):
+        tree = absolute_data_path(spec.base)
+        for key, value in zip(spec.grid, combo):
+            tree = set_dotted(tree, key, value)
+        where = f"{spec.source}: grid point {dict(zip(spec.grid, combo))}"
+        points.append((where, build_config(tree, where)))
+    return points
+
+
+def fitted_evaluations(epochs: int, every_epochs: int, skip_fraction: float = traj.DEFAULT_SKIP_FRACTION) -> int:
+    """The evaluations of a run of ``epochs`` epochs (one every ``every_epochs`` and one at its last epoch)
+    that the trajectory fit takes: those at or after the first ``skip_fraction`` of its steps (its steps
+    grow with its epochs, so the same share of its epochs)."""
+    evaluated = {*range(every_epochs, epochs + 1, every_epochs), epochs}
+    return sum(1 for epoch in evaluated if epoch >= skip_fraction * epochs)
+
+
+def check_trajectory_grid(spec: ScalingSpec) -> None:
+    """Before any run trains: the grid can give the trajectory law (raysl.trajectory) what its fit needs,
+    >= 2 model sizes, >= 2 batch sizes and >= MIN_POINTS evaluations after the first 10% of each run's
+    steps; a ConfigError naming the fix otherwise."""
+    where = f"{spec.source}: fit.trajectory (or --trajectory)"
+    batches = len(spec.grid.get("optim.batch_size", []))
+    size_axis = next((key for key in ("model.width", "model.backbone") if key in spec.grid), None)
+    sizes = len(spec.grid[size_axis]) if size_axis else 0
+    if batches < 2 or sizes < 2:
+        missing = []
+        if batches < 2:
+            missing.append(f"optim.batch_size with >= 2 values ({f'it has {batches}' if batches else 'not an axis'})")
+        if sizes < 2:
+            missing.append("model.width or model.backbone with >= 2 values "
+                           f"({f'{size_axis} has {sizes}' if size_axis else 'neither is an axis'})")
+        raise ConfigError(f"{where}: the whole-curve law needs runs at >= 2 model sizes and >= 2 batch sizes; add "
+                          f"to grid: {' and '.join(missing)}, e.g. model.width: [4, 8, 16] and optim.batch_size: "
+                          "[64, 256], or drop fit.trajectory and --trajectory")
+    points = grid_points(spec)
+    every = points[0][1].eval.every_epochs  # not a grid axis: the base's, for every run
+    total = sum(fitted_evaluations(cfg.optim.epochs, cfg.eval.every_epochs) for _, cfg in points)
+    if total < traj.MIN_POINTS:
+        epochs = sorted({cfg.optim.epochs for _, cfg in points})
+        raise ConfigError(
+            f"{where}: the fit needs >= {traj.MIN_POINTS} evaluations after the first "
+            f"{traj.DEFAULT_SKIP_FRACTION:.0%} of each run's steps (3 per constant), and the grid's {len(points)} "
+            f"runs make {total} (optim.epochs {', '.join(map(str, epochs))}, eval.every_epochs {every}); evaluate "
+            "more often (eval.every_epochs: 1), train more epochs or add runs to grid:")
 
 
 def scaling_from_dict(data: Any, source: str, overrides: list[str] = (), predictions: list[str] = ()) -> ScalingSpec:
@@ -344,9 +401,15 @@ def _predict_curve(entry: dict[str, Any], fitted: traj.TrajectoryFit, spec: Scal
     entry["batch_size"] = batch
     entry["trajectory"] = traj.predict_trajectory(fitted, entry["n_params"], batch, steps)
     answers = []
+    floor = traj.minimum_error(fitted, entry["n_params"])["minimum"]  # E + (N_c / N)^alpha_N
     for target in spec.fit.all_targets():
         reached = traj.steps_to_error(fitted, entry["n_params"], batch, target)
-        answers.append({"target": target, "reachable": reached is not None, **(reached or {})})
+        answer = {"target": target, "reachable": reached is not None, **(reached or {})}
+        if reached is None and target <= floor:  # at or below what this size reaches in infinitely many steps
+            answer.update(why="floor", floor=floor)
+        elif reached is None:  # alpha_S = 0: the law's error does not fall with steps
+            answer["why"] = "alpha_S"
+        answers.append(answer)
     entry["steps_to_target"] = answers
 
 
@@ -488,7 +551,14 @@ def _trajectory_lines(result: dict, pct: str) -> list[str]:
     lines = [f"{fit['law']}: {fit['n_runs']} runs, {fit['n_points']} evaluations (after the first 10% of each "
              "run's steps)"]
     if fit.get("outlier_runs"):
-        lines.append(f"  outlier runs (left out of the fit): {', '.join(fit['outlier_runs'])}")
+        names = ", ".join(fit["outlier_runs"])
+        if fit.get("outliers_left_out"):
+            lines.append(f"  outlier runs (left out of the fit): {names}")
+        elif fit.get("outliers_kept"):  # the runs without them could not be fitted
+            lines.append(f"  outlier runs (kept in the fit: leaving them out would leave {fit['outliers_kept']}): "
+                         f"{names}")
+        else:  # a scaling.json from before raysl said whether they were left out
+            lines.append(f"  outlier runs (log residual far beyond the others'): {names}")
     if fit.get("at_bounds"):
         lines.append(f"  warning: {', '.join(fit['at_bounds'])} stopped at the edge of the fit's range: these runs "
                      "do not determine it, and the predictions below rest on it (add model sizes, batch sizes or "
@@ -510,7 +580,7 @@ def _trajectory_lines(result: dict, pct: str) -> list[str]:
             f"step {_g(s)}: error {_g(v)} [{_g(lo)}, {_g(hi)}]" for s, v, lo, hi in ends))
         for answer in p.get("steps_to_target", []):
             if not answer["reachable"]:
-                lines.append(f"  error {_g(answer['target'])}: not reachable at this size (its floor is higher)")
+                lines.append(f"  error {_g(answer['target'])}: not reachable: {_unreachable(answer)}")
                 continue
             lo, hi = (answer.get("intervals") or {}).get("steps", (None, None))
             lines.append(f"  error {_g(answer['target'])}: {_g(answer['steps'])} steps [{_g(lo)}, {_g(hi)}] = "
@@ -519,12 +589,23 @@ def _trajectory_lines(result: dict, pct: str) -> list[str]:
     return lines
 
 
+def _unreachable(answer: dict[str, Any]) -> str:
+    """Why the trajectory law gives no step count for a target (``_predict_curve``'s ``why``)."""
+    if answer.get("why") == "floor":
+        return (f"the law's floor at this size, E + (N_c / N)^alpha_N, is {_g(answer.get('floor'))}, at or above "
+                "it")
+    if answer.get("why") == "alpha_S":
+        return ("alpha_S is 0 (at the edge of its range): the fitted error does not fall with more steps, so no "
+                "step count reaches it")
+    return "the fitted law does not reach it at this size"  # a scaling.json from before raysl said why
+
+
 def trajectory_csv(prediction: dict[str, Any]) -> str:
-    """A predicted curve as CSV: step, error and its band."""
+    """A predicted curve as CSV: step (a whole number of optimizer steps), error and its band."""
     curve = prediction["trajectory"]
     n = len(curve["steps"])
     low, high = curve.get("low") or [None] * n, curve.get("high") or [None] * n
-    rows = ["step,error,low,high"] + [f"{s:g},{v:.6g},{'' if lo is None else f'{lo:.6g}'},"
+    rows = ["step,error,low,high"] + [f"{round(s)},{v:.6g},{'' if lo is None else f'{lo:.6g}'},"
                                       f"{'' if hi is None else f'{hi:.6g}'}"
                                       for s, v, lo, hi in zip(curve["steps"], curve["value"], low, high)]
     return "\n".join(rows) + "\n"

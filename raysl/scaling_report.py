@@ -482,7 +482,12 @@ def plot_trajectory(result: dict, preds: list[dict], path: str) -> dict[str, Any
             ax.fill_between(curve["steps"], curve["low"], curve["high"], color=color, alpha=0.2)
         drawn += 1
     if not drawn:
-        _message(ax, "no trajectory fit: " + (_note_for(result, "trajectory") or "fit.trajectory is off"))
+        if fit:  # fitted, but scaling.json holds no curve of its runs, and no prediction has one
+            _message(ax, "no curve to draw: scaling.json holds no evaluations of the runs the trajectory law was "
+                         "fitted on")
+        else:  # the note of a fit that failed ("trajectory L(N, S_min) not fitted: ..."), else it was not asked for
+            _message(ax, next((n for n in result.get("notes") or [] if n.startswith("trajectory")),
+                              "no trajectory fit: fit.trajectory is off"))
     else:
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -495,12 +500,13 @@ def plot_trajectory(result: dict, preds: list[dict], path: str) -> dict[str, Any
 
 
 def _stored_trajectory(fit: dict):
-    """The fitted trajectory law from scaling.json's constants (no bootstrap samples: the curve only)."""
+    """The fitted trajectory law from scaling.json (its theta and centre, or an older file's constants; no
+    bootstrap samples: the curve only); None where the stored fit cannot be rebuilt."""
     from raysl import trajectory as traj
 
     try:
-        return traj.from_constants(fit["constants"])
-    except (KeyError, TypeError, ValueError):
+        return traj.from_dict(fit)
+    except (TypeError, ValueError):
         return None
 
 

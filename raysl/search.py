@@ -51,14 +51,15 @@ from ray.tune.stopper import Stopper
 
 from raysl import jsonio, ray_compat, signing, storage
 from raysl.config import RunConfig, to_yaml
+from raysl.console import without_passwords
 from raysl.data.locate import absolute_data_path, resolve_data_dir
-from raysl.errors import CollapsedError, ConfigError, DivergedError, RayslError, StorageError
+from raysl.errors import CollapsedError, ConfigError, DivergedError, Interrupted, RayslError, StorageError
 from raysl.pbt import PBT_EXTRA_KEEP, RESUMED_FILE
 from raysl.outcome import (BAD_STATUSES, BEST_CONFIG_FILE, SPACE_FILE, TRAIN_KEYS, UNFINISHED, Status, status_of,
                            worst_value)
 from raysl.space import SearchSpace, apply_sample, load_space
 from raysl.study import OPTION as OPTUNA_OPTION
-from raysl.study import STUDY_FILES, prepare_new, prepare_resume, public_url
+from raysl.study import STUDY_FILES, prepare_new, prepare_resume
 
 DEFAULT_STORAGE = "./raysl_results"
 
@@ -736,6 +737,10 @@ class SearchOptions:
     wandb: bool = False
     verbose: bool = False
     argv: tuple[str, ...] = ()
+    # the subcommand (tune or scale) and that command's own arguments (scale's --predict, --trajectory): the
+    # resume command is rebuilt from them when there is no argv (a search started from Python)
+    command: str = "tune"
+    command_args: tuple[str, ...] = ()
 
 
 def experiment_name(opts: SearchOptions) -> str:
@@ -817,9 +822,13 @@ _INTERRUPTED_BY = {"signal": "SIGINT"}
 
 
 def _install_sigterm() -> None:
-    """SIGTERM (ray job stop, a scheduler's kill) stops like Ctrl+C: Tune saves its state first."""
+    """SIGTERM (ray job stop, a scheduler's kill) stops like Ctrl+C: Tune saves its state first. Before
+    Tune's stop handler takes SIGUSR1 (it installs it as its fit starts), SIGUSR1 would end the process
+    with no word (its default action): the SIGTERM is an Interrupted there, as raysl.cli's early one is."""
     if hasattr(signal, "SIGUSR1") and threading_is_main():
         def on_sigterm(*_):
+            if not ray_compat.is_tune_stop_handler(signal.getsignal(signal.SIGUSR1)):
+                raise Interrupted("SIGTERM", "before the search started")
             _INTERRUPTED_BY["signal"] = "SIGTERM"
             os.kill(os.getpid(), signal.SIGUSR1)
 
@@ -827,28 +836,26 @@ def _install_sigterm() -> None:
 
 
 def tune_resume_command(opts: SearchOptions, storage_root: str) -> str:
-    """The exact `raysl tune` command that continues this search: the command as given (``opts.argv``,
-    else rebuilt from ``opts``), with --storage made absolute and --resume."""
+    """The exact `raysl tune` (or `raysl scale`) command that continues this search: the command as given
+    (``opts.argv``, else rebuilt from ``opts``), with --storage made absolute and --resume."""
     import shlex
 
     argv = list(opts.argv)
     if not argv:
-        argv = ["tune", opts.space_path, *(x for o in opts.overrides for x in ("--set", o))]
+        argv = [opts.command, opts.space_path, *(x for o in opts.overrides for x in ("--set", o)),
+                *opts.command_args]
         if opts.num_samples is not None:
             argv += ["--num-samples", str(opts.num_samples)]
         if opts.name:
             argv += ["--name", opts.name]
+    # a database password is never printed: the resumed search gets it from PGPASSWORD, ~/.pgpass or an
+    # --optuna-storage typed again
+    argv = without_passwords(argv, OPTUNA_OPTION)
     parts: list[str] = []
     given = False
     for i, arg in enumerate(argv):
         # --trust-experiment is for one resume: the state is signed when this one ends
         if arg in ("--resume", signing.TRUST_OPTION) or (i > 0 and argv[i - 1] == "--storage"):
-            continue
-        if i > 0 and argv[i - 1] == OPTUNA_OPTION or arg.startswith(OPTUNA_OPTION + "="):
-            # a database password is never printed: the resumed search gets it from PGPASSWORD,
-            # ~/.pgpass or an --optuna-storage typed again
-            head, url = (arg.split("=", 1) if arg.startswith(OPTUNA_OPTION + "=") else (None, arg))
-            parts.append(public_url(url) if head is None else f"{head}={public_url(url)}")
             continue
         if arg == "--storage" or arg.startswith("--storage="):
             parts += ["--storage", storage_root]  # where it is, as given, made absolute
@@ -868,7 +875,21 @@ def threading_is_main() -> bool:
 
 def run_search(opts: SearchOptions, space: SearchSpace | None = None, extra_metrics=None) -> int:
     """``raysl tune``; ``raysl scale`` passes its grid as ``space`` and its FLOP counter as ``extra_metrics``.
-    Returns the exit code (0, 130 interrupted); a user's or the environment's error raises RayslError."""
+    Returns the exit code (0, 130 interrupted); a user's or the environment's error raises RayslError.
+
+    An interruption that reaches the caller as a ``KeyboardInterrupt`` (Ctrl-C or a SIGTERM before Tune's
+    own handlers run) once the experiment folder is kept carries ``resume_command``: the command as typed
+    would be refused there (the folder holds an experiment), and raysl.cli's line names this one."""
+    said: dict[str, str] = {}
+    try:
+        return _run_search(opts, space, extra_metrics, said)
+    except KeyboardInterrupt as stop:
+        if "resume_command" in said:
+            stop.resume_command = said["resume_command"]  # type: ignore[attr-defined]
+        raise
+
+
+def _run_search(opts: SearchOptions, space: SearchSpace | None, extra_metrics, said: dict[str, str]) -> int:
     from raysl.data.pipeline import is_encoded
     from raysl.launch import check_against_data, init_ray
     from raysl.placement import check_placement
@@ -929,7 +950,7 @@ def run_search(opts: SearchOptions, space: SearchSpace | None = None, extra_metr
         if fresh:  # all there is, is the empty study database prepare_new opened: the experiment stays new
             storage.remove(experiment)
         raise
-    resume_command = tune_resume_command(opts, root)
+    resume_command = said["resume_command"] = tune_resume_command(opts, root)  # the folder is kept from here
     with _before_tune_runs(experiment, fresh, resume_command):
         if not restore:
             storage.write_atomic(storage.join_uri(experiment, SPACE_FILE),

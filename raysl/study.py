@@ -41,6 +41,7 @@ from typing import Any
 from ray.tune.search.optuna import OptunaSearch
 
 from raysl import jsonio, storage
+from raysl.console import public_url  # the URL with its password left out (also raysl.cli's, which imports no Ray)
 from raysl.errors import ConfigError, StorageError
 from raysl.outcome import BAD_STATUSES, Status
 
@@ -82,17 +83,6 @@ def _parse(url: str, option: str = OPTION):
         raise ConfigError(f"{option} {public_url(url)!r}: an in-memory SQLite database ends with the search; "
                           "name a file: sqlite:////path/to/studies.db")
     return parsed
-
-
-def public_url(url: str) -> str:
-    """The URL with its password left out (what raysl prints and writes)."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        parsed = make_url(url)
-    except Exception:  # noqa: BLE001 - not a URL: show only what cannot be a password
-        return url.split("://", 1)[0] + "://..." if "://" in url else "..."
-    return parsed._replace(password=None).render_as_string(hide_password=False)
 
 
 def _absolute_sqlite(url: str, option: str = OPTION) -> str:

@@ -23,7 +23,9 @@ by L-BFGS-B. ``loss="least_squares"`` minimises the squared log residuals instea
 runs (a resampled set of whole curves, refitted from the full fit's optimum), percentile intervals.
 Outliers: runs whose mean log residual lies far beyond the others' (:func:`raysl.scaling_laws.
 log_residual_outliers`), named in :attr:`TrajectoryFit.outliers` and left out of the final fit (refitted
-without them): a run contributes a whole curve of points, and one run 1.5x off moved alpha_N from 0.31 to
+without them) when the runs left can still be fitted (>= 3 runs, 2 model sizes, 2 batch sizes and
+``MIN_POINTS`` evaluations; otherwise they stay in and :attr:`TrajectoryFit.outliers_kept` says why): a run
+contributes a whole curve of points, and one run 1.5x off moved alpha_N from 0.31 to
 0.23 in the robust fit that kept it (synthetic runs, tests/test_trajectory.py).
 
 Predictions, each with its bootstrap interval:
@@ -55,8 +57,8 @@ import numpy as np
 
 from raysl.scaling_laws import DEFAULT_DELTA, DEFAULT_LEVEL, LOSSES, huber_loss, log_residual_outliers
 
-__all__ = ["Curve", "TrajectoryFit", "critical_batch_at", "fit_trajectory_law", "from_constants", "minimum_error",
-           "predict_trajectory", "steps_to_error"]
+__all__ = ["Curve", "TrajectoryFit", "critical_batch_at", "fit_trajectory_law", "from_constants", "from_dict",
+           "minimum_error", "predict_trajectory", "steps_to_error"]
 
 DEFAULT_SKIP_FRACTION = 0.1
 TRAJECTORY_BOOTSTRAP = 200
@@ -88,21 +90,33 @@ class TrajectoryFit:
     loss: str
     delta: float
     n_runs: int
-    n_points: int  # points in the final fit (the outliers' left out)
-    outliers: tuple[int, ...]  # indices of the curves given, left out of the final fit
+    n_points: int  # points in the final fit (without the outliers' when they were left out)
+    outliers: tuple[int, ...]  # indices of the curves given; left out of the final fit unless outliers_kept
     theta: np.ndarray = field(repr=False)
     samples: np.ndarray = field(repr=False)  # bootstrap thetas, one per row
     centre: tuple[float, float] = field(repr=False)  # mean log N and mean log S of the fitted points
     # exponents the fit left at the edge of their range (alpha_N or alpha_S at 0 or 4, alpha_B at 1/20 or
     # infinity): not determined by these runs, so the predictions are not either
     at_bounds: tuple[str, ...] = ()
+    # why the outliers stayed in the final fit ('' when they were left out, or when there are none): what
+    # leaving them out would leave too few of, e.g. "fewer than 2 batch sizes (1)"
+    outliers_kept: str = ""
+
+    @property
+    def outliers_left_out(self) -> bool:
+        return bool(self.outliers) and not self.outliers_kept
 
     def to_dict(self) -> dict[str, Any]:
+        """What ``scaling.json`` stores: the constants (an unbounded one is null there), and ``theta`` and
+        ``centre``, from which :func:`from_dict` rebuilds the fit's curve exactly (also at a bound)."""
         return {"law": "L(N, S_min) = E + (N_c / N)^alpha_N + (S_c / S_min)^alpha_S, "
                        "S_min = S / (1 + B_crit(L) / B), B_crit(L) = B_star / L^(1 / alpha_B)",
                 "constants": dict(self.constants), "intervals": {k: list(v) for k, v in self.intervals.items()},
                 "level": self.level, "loss": self.loss, "delta": self.delta, "n_runs": self.n_runs,
-                "n_points": self.n_points, "outliers": list(self.outliers), "at_bounds": list(self.at_bounds)}
+                "n_points": self.n_points, "outliers": list(self.outliers),
+                "outliers_left_out": self.outliers_left_out, "outliers_kept": self.outliers_kept or None,
+                "at_bounds": list(self.at_bounds), "theta": [float(t) for t in self.theta],
+                "centre": [float(c) for c in self.centre]}
 
 
 # --------------------------------------------------------------------------
@@ -206,7 +220,7 @@ def fit_trajectory_law(curves: Sequence[Curve], *, loss: str = "huber", delta: f
     """Fit the trajectory law (module docstring) to whole curves of runs at several sizes and batch sizes.
 
     Needs >= 3 curves, >= 2 model sizes and >= 2 batch sizes (the batch term is otherwise not determined),
-    and at least 8 points after ``skip_fraction`` of each run's steps."""
+    and at least ``MIN_POINTS`` (21: 3 per constant) points after ``skip_fraction`` of each run's steps."""
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)} (got {loss!r})")
     if not (delta > 0):
@@ -228,11 +242,15 @@ def fit_trajectory_law(curves: Sequence[Curve], *, loss: str = "huber", delta: f
     residuals = _residuals(theta, data_of(everything))
     per_run = np.array([residuals[run == i].mean() if np.any(run == i) else 0.0 for i in range(len(curves))])
     outliers = log_residual_outliers(per_run, delta=delta)
+    outliers_kept = ""
     if outliers:
         # a curve is many points: one bad run pulls even the robust fit, so the runs named are left out of
-        # the final fit (as Besiroglu et al. left Hoffmann's 5 worst out), and still named
+        # the final fit (as Besiroglu et al. left Hoffmann's 5 worst out), and still named; unless what
+        # would be left could not be fitted, then they stay in and the fit says why
         kept = ~np.isin(run, outliers)
-        if len(np.unique(log_n[kept])) >= 2 and len(np.unique(log_b[kept])) >= 2:
+        outliers_kept = _short_of(len(np.unique(run[kept])), len(np.unique(log_n[kept])),
+                                  len(np.unique(log_b[kept])), int(kept.sum()))
+        if not outliers_kept:
             run, log_n, log_s, log_b, log_l = run[kept], log_n[kept], log_s[kept], log_b[kept], log_l[kept]
             everything = np.arange(len(log_l))
             starts = np.vstack([theta[None, :], _starts(log_l, log_b)])
@@ -260,13 +278,50 @@ def fit_trajectory_law(curves: Sequence[Curve], *, loss: str = "huber", delta: f
                       < 1e-6)
     return TrajectoryFit(constants={name: float(natural[j]) for j, name in enumerate(NAMES)}, intervals=intervals,
                          level=level, loss=loss, delta=delta, n_runs=len(curves), n_points=len(log_l),
-                         outliers=outliers, theta=theta, samples=samples_arr, centre=centre, at_bounds=at_bounds)
+                         outliers=outliers, theta=theta, samples=samples_arr, centre=centre, at_bounds=at_bounds,
+                         outliers_kept=outliers_kept)
+
+
+def _short_of(runs: int, sizes: int, batches: int, points: int) -> str:
+    """What a set of curves lacks for the fit ('' when nothing): >= 3 runs, >= 2 model sizes, >= 2 batch
+    sizes and >= MIN_POINTS evaluations."""
+    return " and ".join(f"fewer than {least} {what} ({have})" for what, have, least in (
+        ("runs", runs, 3), ("model sizes", sizes, 2), ("batch sizes", batches, 2),
+        ("evaluations", points, MIN_POINTS)) if have < least)
+
+
+def from_dict(stored: dict[str, Any]) -> TrajectoryFit:
+    """A fit rebuilt from :meth:`TrajectoryFit.to_dict` (``scaling.json``'s ``trajectory``), for its curve: no
+    bootstrap samples, so its predictions have no band. Its ``theta`` and ``centre`` give the very curve, also
+    when an exponent stopped at a bound (a null constant there: alpha_N = 0 leaves N_c unbounded and the size
+    term a constant only theta holds); a file without them is rebuilt from its constants
+    (:func:`from_constants`). A ValueError where neither is usable."""
+    theta, centre = stored.get("theta"), stored.get("centre")
+    if theta is None or centre is None:
+        return from_constants(stored.get("constants") or {})
+    try:
+        theta_arr, centre_arr = np.asarray(theta, dtype=float), np.asarray(centre, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"a trajectory law's theta and centre must be numbers: {theta}, {centre}") from None
+    if theta_arr.shape != (len(NAMES),) or centre_arr.shape != (2,) or not (
+            np.all(np.isfinite(theta_arr)) and np.all(np.isfinite(centre_arr))):
+        raise ValueError(f"a trajectory law's theta must be {len(NAMES)} finite numbers and its centre 2: "
+                         f"{theta}, {centre}")
+    natural = _natural(theta_arr, (float(centre_arr[0]), float(centre_arr[1])))
+    return TrajectoryFit(constants={name: float(natural[j]) for j, name in enumerate(NAMES)}, intervals={},
+                         level=float(stored.get("level") or DEFAULT_LEVEL), loss=str(stored.get("loss") or "huber"),
+                         delta=float(stored.get("delta") or DEFAULT_DELTA), n_runs=int(stored.get("n_runs") or 0),
+                         n_points=int(stored.get("n_points") or 0), outliers=tuple(stored.get("outliers") or ()),
+                         theta=theta_arr, samples=np.empty((0, len(NAMES))),
+                         centre=(float(centre_arr[0]), float(centre_arr[1])),
+                         at_bounds=tuple(stored.get("at_bounds") or ()),
+                         outliers_kept=stored.get("outliers_kept") or "")
 
 
 def from_constants(constants: dict[str, float]) -> TrajectoryFit:
     """A fit rebuilt from its constants (as ``scaling.json`` stores them), for its curve: no bootstrap samples,
     so its predictions have no band. A constant that is missing, not finite or out of range is a ValueError."""
-    values = [constants[name] for name in NAMES]
+    values = [constants.get(name) for name in NAMES]
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
         raise ValueError(f"a trajectory law's constants must be finite numbers: {constants}")
     e, n_c, alpha_n, s_c, alpha_s, b_star, alpha_b = values

@@ -3,30 +3,45 @@
 # or into ./.venv, created if no environment is active. Prints the python to use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# the command a fix hint repeats (with RAYSL_TORCH=cpu when it was set)
+again="bash scripts/install.sh"
+if [[ "${RAYSL_TORCH:-}" == cpu ]]; then
+  again="RAYSL_TORCH=cpu $again"
+fi
 if [[ -n "${VIRTUAL_ENV:-}" ]]; then
   PY="$VIRTUAL_ENV/bin/python"
+  # the script installs into the active environment: a fresh one is made and activated, not .venv removed
+  fresh="create a fresh virtual environment and install into it: python3 -m venv NEW && . NEW/bin/activate && $again"
 else
   [[ -x .venv/bin/python ]] || python3 -m venv .venv >&2
   PY="$PWD/.venv/bin/python"
+  fresh="install into a fresh environment: rm -rf .venv && $again"
 fi
 # RAYSL_TORCH=cpu: PyTorch's CPU-only torch and torchvision (no CUDA libraries: about 1 GB instead of 6.5)
 # from PyTorch's CPU wheel index (RAYSL_TORCH_INDEX), installed before raysl so that pip keeps them
 if [[ "${RAYSL_TORCH:-}" == cpu ]]; then
   INDEX="${RAYSL_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
-  if "$PY" -c "import torch" >/dev/null 2>&1; then
-    if ! "$PY" -c "import sys, torch; sys.exit(torch.version.cuda is not None)" >/dev/null 2>&1; then
-      echo "raysl: error: $("$PY" -c 'import sys; print(sys.prefix)') already has a CUDA build of torch, which" \
-           "RAYSL_TORCH=cpu cannot replace in place (its CUDA libraries stay behind); install into a fresh" \
-           "environment: rm -rf .venv && RAYSL_TORCH=cpu bash scripts/install.sh" >&2
-      exit 2
-    fi
-  else
-    echo "installing PyTorch's CPU-only torch and torchvision from $INDEX..." >&2
-    if ! "$PY" -m pip install --quiet --disable-pip-version-check --retries 1 --timeout 30 torch torchvision \
+  if "$PY" -c "import torch" >/dev/null 2>&1 \
+     && ! "$PY" -c "import sys, torch; sys.exit(torch.version.cuda is not None)" >/dev/null 2>&1; then
+    echo "raysl: error: $("$PY" -c 'import sys; print(sys.prefix)') already has a CUDA build of torch, which" \
+         "RAYSL_TORCH=cpu cannot replace in place (its CUDA libraries stay behind); $fresh" >&2
+    exit 2
+  fi
+  # each of the two that does not import comes from $INDEX: one left to raysl's own install would be PyPI's,
+  # and PyPI's torchvision pulls PyPI's (CUDA) torch
+  missing=()
+  for module in torch torchvision; do
+    "$PY" -c "import $module" >/dev/null 2>&1 || missing+=("$module")
+  done
+  if (( ${#missing[@]} )); then
+    names="${missing[*]}"
+    names="${names/ / and }"  # "torch and torchvision", or the one
+    echo "installing PyTorch's CPU-only $names from $INDEX..." >&2
+    if ! "$PY" -m pip install --quiet --disable-pip-version-check --retries 1 --timeout 30 "${missing[@]}" \
          --index-url "$INDEX" >/dev/null 2>&1; then
-      echo "raysl: error: could not install torch and torchvision from $INDEX (is it reachable from this" \
-           "machine?); set RAYSL_TORCH_INDEX to a mirror of PyTorch's CPU wheels, or leave RAYSL_TORCH unset to" \
-           "take PyPI's (CUDA) build: bash scripts/install.sh" >&2
+      echo "raysl: error: could not install $names from $INDEX (is it reachable from this machine?); set" \
+           "RAYSL_TORCH_INDEX to a mirror of PyTorch's CPU wheels, or leave RAYSL_TORCH unset to take PyPI's" \
+           "(CUDA) build: bash scripts/install.sh" >&2
       exit 2
     fi
   fi
@@ -39,8 +54,7 @@ if ! "$PY" -c "import raysl, torch, torchvision, ray, optuna, pytest" >/dev/null
   "$PY" -m pip install --quiet --disable-pip-version-check -e ".[test]" --config-settings editable_mode=compat 2>&1 \
     | grep -v "^WARNING: Location" >&2 || true
   if ! failed="$("$PY" -c "import raysl, torch, torchvision, ray, optuna" 2>&1)"; then
-    echo "raysl: error: the installed packages do not import ($(tail -n 1 <<<"$failed")); install into a fresh" \
-         "environment: rm -rf .venv && bash scripts/install.sh" >&2
+    echo "raysl: error: the installed packages do not import ($(tail -n 1 <<<"$failed")); $fresh" >&2
     exit 2
   fi
   touch "$("$PY" -c 'import sys; print(sys.prefix)')/.raysl-installed"

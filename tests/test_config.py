@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import textwrap
 
@@ -148,10 +149,14 @@ def test_missing_prepared_data_names_the_folder(tmp_path, capsys):
 @pytest.mark.parametrize("path", sorted((REPO / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_bundled_search_space_validates(path):
     """What the README and the benches point users at loads as `raysl tune` (or `raysl scale`) reads it."""
-    if path.name.startswith("scaling_"):
-        from raysl.scaling import load_scaling
+    if path.name.startswith("scaling_"):  # as raysl scale reads it before Ray starts (raysl.scale.scale_main)
+        from raysl.scaling import grid_points, load_scaling
+        from raysl.space import space_from_dict
 
-        load_scaling(str(path))
+        spec = load_scaling(str(path))
+        space = space_from_dict(spec.space_dict(), spec.source)  # base: and the grid as a search space
+        points = grid_points(spec)  # every grid point's run config
+        assert space.grid() == spec.grid and len(points) == math.prod(len(v) for v in spec.grid.values()) > 1
     else:
         from raysl.space import load_space
 

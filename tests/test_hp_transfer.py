@@ -1,6 +1,6 @@
 """raysl.hp_transfer: the best learning rate as a power law of compute, from near-optimal configs per budget.
 
-Synthetic searches: at each of 4 budgets, 40 log-uniform lr trials scored by a basin around the true
+Synthetic searches: at each of 4 budgets, 60 log-uniform lr trials scored by a basin around the true
 lr_opt(C) = 0.3 C^-0.125 (DeepSeek LLM's form) plus noise. Catches: fitting only each budget's single best
 (the noise then moves the exponent), budgets with many near-optimal trials outweighing the others, a margin
 read the wrong way for a loss, an interval that misses the truth."""

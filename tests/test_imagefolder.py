@@ -322,6 +322,40 @@ def test_interrupted_prepare_with_other_options_is_refused(odd_folder: Path, tmp
     assert finished == prepare("imagefolder", str(odd_folder), str(tmp_path / "b"), shard_rows=2, seed=1, workers=1)
 
 
+def test_interrupted_prepare_is_one_line_with_the_signal_and_the_command(odd_folder: Path, tmp_path: Path,
+                                                                          monkeypatch) -> None:
+    """`raysl data prepare imagefolder` stopped (a SIGTERM, raised by raysl.cli's handler) while its progress
+    line is on a terminal: the line is cleared, then one line names the signal and the command that resumes,
+    from the start of a line (it was an empty line and then `raysl: interrupted; ...`, no signal, no command)."""
+    from raysl import cli
+    from raysl.data import imagefolder
+    from raysl.errors import Interrupted
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    record, update = imagefolder._Journal.record, imagefolder.Progress.update
+
+    def record_then_stop(self, entry):  # a SIGTERM once the first shard is finished
+        record(self, entry)
+        raise Interrupted("SIGTERM", "before training started")
+
+    monkeypatch.setattr(imagefolder._Journal, "record", record_then_stop)
+    monkeypatch.setattr(imagefolder.Progress, "update", lambda self, done, force=False: update(self, done, True))
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    out = str(tmp_path / "out")
+    argv = ["data", "prepare", "imagefolder", str(odd_folder), "--out", out, "--shard-rows", "2", "--workers", "1"]
+    assert cli.main(argv) == 130
+    text = terminal.getvalue()
+    assert "\rprepare: 1/" in text  # the progress line was on screen
+    before, line = text.rsplit("\r", 1)
+    assert before.rsplit("\r", 1)[-1].strip(" ") == ""  # ... and overwritten with blanks
+    assert line == (f"raysl: interrupted (SIGTERM); finished shards are kept; resume with: raysl data prepare "
+                    f"imagefolder {odd_folder} --out {out} --shard-rows 2 --workers 1\n"), text
+
+
 # --------------------------------------------------------------------------- codec
 
 

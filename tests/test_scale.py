@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -64,6 +65,51 @@ def test_bad_scaling_files_fail_before_ray(tmp_path, edit, message):
             data[section] = {**data.get(section, {}), **value}
     with pytest.raises(ConfigError, match=message):
         load_scaling(str(write(tmp_path / "bad.yaml", data)))
+
+
+@pytest.mark.parametrize(("grid", "epochs", "every", "message"), [
+    ({"model.width": [4, 8, 16]}, 6, 1, "add to grid: optim.batch_size with >= 2 values (not an axis), e.g. "),
+    ({"model.width": [4], "optim.batch_size": [64, 256]}, 6, 1,
+     "add to grid: model.width or model.backbone with >= 2 values (model.width has 1), e.g. "),
+    ({"data.fraction": [0.5, 1.0], "optim.batch_size": [64]}, 6, 1,
+     "optim.batch_size with >= 2 values (it has 1) and model.width or model.backbone with >= 2 values (neither "),
+    # 4 runs x 3 evaluations (epochs 2, 4, 6) = 12 < 21
+    ({"model.width": [4, 8], "optim.batch_size": [64, 256]}, 6, 2,
+     "needs >= 21 evaluations after the first 10% of each run's steps (3 per constant), and the grid's 4 runs "
+     "make 12 (optim.epochs 6, eval.every_epochs 2); evaluate more often"),
+    # epochs 2 and 20 every 10: 4 runs of 2 epochs evaluate once (epoch 2), 4 of 20 twice (10, 20): 12
+    ({"model.width": [4, 8], "optim.batch_size": [64, 256], "optim.epochs": [2, 20]}, 6, 10,
+     "the grid's 8 runs make 12 (optim.epochs 2, 20, eval.every_epochs 10)"),
+])
+@pytest.mark.parametrize("flag", [False, True])
+def test_a_grid_that_cannot_fit_the_trajectory_law_is_refused_before_training(tmp_path, grid, epochs, every,
+                                                                              message, flag):
+    """fit.trajectory in the file, or --trajectory (load_scaling's flag, which raysl scale passes): a grid
+    without >= 2 batch sizes and >= 2 model sizes, or with fewer than MIN_POINTS evaluations the fit would
+    take, is one ConfigError before any run trains (it was a note after training the whole grid)."""
+    data = yaml.safe_load(QUICKSTART.read_text())
+    data["base"]["optim"]["epochs"] = epochs
+    data["base"]["eval"]["every_epochs"] = every
+    data["grid"] = grid
+    data["fit"]["trajectory"] = not flag
+    path = str(write(tmp_path / "grid.yaml", data))
+    with pytest.raises(ConfigError, match=re.escape(message)) as caught:
+        load_scaling(path, [], [], trajectory=flag)
+    assert str(caught.value).startswith(f"{path}: fit.trajectory (or --trajectory): ")
+    # the same grid with enough batch sizes, sizes and evaluations loads
+    data["grid"] = {"model.width": [4, 8], "optim.batch_size": [64, 256]}
+    data["base"]["eval"]["every_epochs"] = 1
+    assert load_scaling(str(write(tmp_path / "ok.yaml", data)), [], [], trajectory=flag).fit.trajectory
+
+
+def test_evaluations_the_trajectory_fit_takes_from_a_run():
+    """One every eval.every_epochs and one at the last epoch, those at or after 10% of the run's steps."""
+    from raysl.scaling import fitted_evaluations
+
+    assert fitted_evaluations(6, 1) == 6  # 0.6: every epoch counts
+    assert fitted_evaluations(20, 1) == 19  # epoch 1 is before 10% of 20
+    assert fitted_evaluations(7, 3) == 3  # epochs 3, 6 and the last, 7
+    assert fitted_evaluations(2, 10) == 1  # only the last epoch
 
 
 def test_a_fraction_smaller_than_one_batch_is_a_config_error_before_ray(tmp_path, digits_dir):
@@ -141,8 +187,9 @@ def test_fit_all_with_the_trajectory_law_predicts_whole_curves_csv_and_plot(tmp_
     from raysl.scaling import trajectory_csv
     from raysl.scaling_report import plot_trajectory
 
-    spec = load_scaling(str(QUICKSTART), [], [], trajectory=True)
+    spec = load_scaling(str(QUICKSTART), [], [])  # its grid has one batch size: --trajectory refuses it
     spec.grid = {"model.width": [4, 8, 16, 32], "optim.batch_size": [64, 256]}
+    spec.fit.trajectory = True
     spec.fit.predict = [{"model.width": 64, "optim.batch_size": 1024}, {"compute": 1e13}]
     spec.fit.targets = [0.2, 0.3]
     spec.fit.bootstrap = 20
@@ -170,8 +217,43 @@ def test_fit_all_with_the_trajectory_law_predicts_whole_curves_csv_and_plot(tmp_
     text = format_report(result, 0.9)
     assert "L(N, S_min) = E + (N_c / N)^alpha_N" in text and "trajectory model.width=64, optim.batch_size=1024" in text
     rows = list(csv.DictReader(io.StringIO(trajectory_csv(width))))
+    assert [int(r["step"]) for r in rows] == curve["steps"]  # whole steps, never 1.23457e+06
     assert len(rows) == len(curve["steps"]) and float(rows[-1]["low"]) <= float(rows[-1]["error"]) <= float(
         rows[-1]["high"])
     result.update(runs=runs, error="1 - knn_acc")
     drawn = plot_trajectory(result, result["predictions"], str(tmp_path / "t.png"))
     assert drawn == {"runs": 8, "predictions": 1} and (tmp_path / "t.png").stat().st_size > 10_000
+
+
+def test_a_target_the_trajectory_law_gives_no_steps_for_says_why():
+    """Below the floor of the point's size (E + (N_c / N)^alpha_N) no number of steps reaches a target; with
+    alpha_S at 0 (its bound) the law's error does not fall with steps at all, and the report said "its floor
+    is higher" for both. A step count too large for %g is written whole in the CSV."""
+    import math
+
+    from raysl import trajectory as traj
+    from raysl.scaling import _predict_curve, trajectory_csv
+
+    spec = load_scaling(str(QUICKSTART), [], [])
+    spec.fit.targets = [0.1, 0.3]
+    # E = 0.05 and a size term of 0.1 at N = 1e5: the floor there is 0.15
+    theta = [math.log(0.05), math.log(0.1), 0.3, math.log(0.2), 0.5, math.log(2.0), 4.0]
+    stored = {"theta": theta, "centre": [math.log(1e5), math.log(500.0)]}
+    entry = {"point": {"model.width": 64, "optim.batch_size": 256}, "n_params": 1e5, "train_images": 256 * 2e6}
+    _predict_curve(entry, traj.from_dict(stored), spec)
+    low, high = entry["steps_to_target"]
+    assert not low["reachable"] and low["why"] == "floor" and low["floor"] == pytest.approx(0.15)
+    assert high["reachable"] and "why" not in high
+    text = format_report({"trajectory": {"law": "L", "n_runs": 8, "n_points": 80, "constants": {}},
+                          "predictions": [entry]}, 0.9)
+    assert "  error 0.1: not reachable: the law's floor at this size, E + (N_c / N)^alpha_N, is 0.15, at or above " \
+           "it" in text.splitlines()
+    assert trajectory_csv(entry).splitlines()[-1].startswith("2000000,")
+    flat = {"theta": [*theta[:4], 0.0, *theta[5:]], "centre": stored["centre"]}  # alpha_S = 0
+    _predict_curve(entry, traj.from_dict(flat), spec)
+    assert [a["why"] for a in entry["steps_to_target"]] == ["floor", "alpha_S"]
+    text = format_report({"trajectory": {"law": "L", "n_runs": 8, "n_points": 80, "constants": {}},
+                          "predictions": [entry]}, 0.9)
+    assert "  error 0.3: not reachable: alpha_S is 0 (at the edge of its range): the fitted error does not fall " \
+           "with more steps, so no step count reaches it" in text.splitlines()
+

@@ -192,6 +192,22 @@ def synthetic(tmp_path_factory) -> tuple[Path, dict, dict]:
     return out, result, summary
 
 
+def test_an_empty_trajectory_plot_says_why(tmp_path, monkeypatch):
+    """The trajectory plot with nothing to draw: a failed fit shows its note, no fit "fit.trajectory is off"
+    (the note lookup's default text made that case unreachable), and a fit without its runs' curves says so
+    (it said "not fitted")."""
+    from raysl import scaling_report
+
+    said = []
+    monkeypatch.setattr(scaling_report, "_message", lambda ax, text: said.append(text))
+    note = "trajectory L(N, S_min) not fitted: the trajectory law needs >= 3 curves"
+    for result in ({"notes": ["E(C) not fitted: x", note]}, {"notes": []},
+                   {"trajectory": {"runs": ["t1"], "constants": {}}, "runs": [], "notes": []}):
+        scaling_report.plot_trajectory(result, [], str(tmp_path / "t.png"))
+    assert said == [note, "no trajectory fit: fit.trajectory is off",
+                    "no curve to draw: scaling.json holds no evaluations of the runs the trajectory law was fitted on"]
+
+
 def test_synthetic_fits_every_section(synthetic):
     """E(N, D) fits the runs to about their 1% noise (3 N x 2 D values do not pin the exponents down;
     recovering them is tests/test_scale.py's and tests/test_scaling_laws.py's job), the critical batch
@@ -499,6 +515,7 @@ def test_scale_interrupted_resumed_analyzed_with_predict_and_opened_in_chromium(
     assert summary["scaling"]["fitted"] == ["compute", "model_data", "frontier"]
     assert {"search_report.html", "report.html", "leaderboard.csv", *PLOTS.values()} - {
         PLOTS["critical_batch"], PLOTS["worker_scaling"], PLOTS["trajectory"]} <= set(os.listdir(report))
+    assert PLOTS["trajectory"] not in os.listdir(report)  # no --trajectory, no fit.trajectory: no such plot
     found = check_page(report, tmp_path, result, preds, [PLOTS[k] for k in ("error_vs_compute", "slices",
                                                                             "frontier")])
     assert "search_report.html" in found["links"]

@@ -62,6 +62,23 @@ def test_digits_prepare_roundtrip_and_manifest(tmp_path: Path) -> None:
     assert load_manifest(str(tmp_path / "d")) == manifest
 
 
+def test_interrupted_prepare_of_a_source_that_starts_over_says_run_it_again(tmp_path: Path, monkeypatch,
+                                                                             capsys) -> None:
+    """Ctrl-C (SIGINT) during `raysl data prepare digits`: one line from the start of a line (no progress line
+    is drawn for it), the signal, and the command to run again (it starts over), exit 130."""
+    from raysl import cli
+    from raysl.data import shards
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shards, "_load_source", stop)
+    out = str(tmp_path / "d")
+    assert cli.main(["data", "prepare", "digits", "--out", out]) == 130
+    assert capsys.readouterr().err == (f"raysl: interrupted (SIGINT); run it again with: raysl data prepare digits "
+                                       f"--out {out}\n")
+
+
 def test_digits_is_deterministic_per_seed(tmp_path: Path) -> None:
     first = prepare("digits", None, str(tmp_path / "a"), seed=7)
     second = prepare("digits", None, str(tmp_path / "b"), seed=7)

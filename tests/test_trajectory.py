@@ -8,6 +8,7 @@ validation of what the law cannot determine."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -19,6 +20,7 @@ from raysl.trajectory import (
     critical_batch_at,
     fit_trajectory_law,
     from_constants,
+    from_dict,
     minimum_error,
     predict_trajectory,
     steps_to_error,
@@ -118,14 +120,91 @@ def test_what_the_law_cannot_determine_is_refused():
         fit_trajectory_law(few, loss="l1")
 
 
+def test_outliers_are_left_out_only_when_the_runs_left_can_still_be_fitted(monkeypatch):
+    """A run named an outlier is refitted out only when the others still have >= 3 runs, 2 model sizes, 2
+    batch sizes and MIN_POINTS evaluations; otherwise it stays in, and the fit and the report say why (the
+    report said "left out of the fit" either way). The outliers are chosen here (log_residual_outliers
+    replaced) so that each case is certain."""
+    from raysl import trajectory
+    from raysl.scaling import format_report
+
+    every = curves()  # SIZES x BATCHES: curve i has size SIZES[i // 2], batch BATCHES[i % 2]
+    monkeypatch.setattr(trajectory, "log_residual_outliers", lambda per_run, delta: (3,))
+    left = fit_trajectory_law(every, n_bootstrap=0)
+    assert left.outliers == (3,) and left.outliers_left_out and left.outliers_kept == ""
+    per_run = int((STEPS >= 0.1 * STEPS.max()).sum())  # evaluations after the first 10% of steps
+    assert left.n_points == 7 * per_run  # the others' points
+    # one run at batch 256: without it there would be one batch size
+    lone = [c for c in every if c.batch_size == 64] + [every[1]]
+    monkeypatch.setattr(trajectory, "log_residual_outliers", lambda per_run, delta: (4,))
+    kept = fit_trajectory_law(lone, n_bootstrap=0)
+    assert kept.outliers == (4,) and not kept.outliers_left_out
+    assert kept.outliers_kept == "fewer than 2 batch sizes (1)"
+    assert kept.n_points == 5 * per_run
+    # 8 runs x their last 3 evaluations = 24; without runs 0 and 1 there would be 18 < 21
+    short = [Curve(c.n_params, c.batch_size, c.steps[-3:], c.values[-3:]) for c in every]
+    monkeypatch.setattr(trajectory, "log_residual_outliers", lambda per_run, delta: (0, 1))
+    few = fit_trajectory_law(short, n_bootstrap=0)
+    assert not few.outliers_left_out and few.outliers_kept == "fewer than 21 evaluations (18)"
+    assert few.n_points == 24
+
+    def report(fitted) -> list[str]:
+        result = {"trajectory": {**fitted.to_dict(), "outlier_runs": [f"t{i}" for i in fitted.outliers]}}
+        return [line for line in format_report(result, 0.9).splitlines() if "outlier runs" in line]
+
+    assert report(left) == ["  outlier runs (left out of the fit): t3"]
+    assert report(kept) == ["  outlier runs (kept in the fit: leaving them out would leave fewer than 2 batch "
+                            "sizes (1)): t4"]
+
+
+def test_a_fit_with_an_exponent_at_its_bound_round_trips_through_strict_json():
+    """alpha_N at 0 (no dependence on N): N_c is unbounded, null in scaling.json, and the constants alone no
+    longer give the curve (from_constants refuses them; the report drew no fitted line, the bench crashed).
+    The stored theta and centre rebuild it: the same predictions after to_dict -> strict JSON -> from_dict."""
+    import json
+
+    from raysl import jsonio
+
+    flat = [Curve(n, c.batch_size, c.steps, [law(1e5, c.batch_size, s) for s in c.steps])
+            for n, c in zip([1e4, 1e4, 3e4, 3e4, 1e5, 1e5, 3e5, 3e5], curves())]
+    from raysl.scaling_report import _stored_trajectory
+
+    fitted = fit_trajectory_law(flat, n_bootstrap=5)
+    assert "alpha_N" in fitted.at_bounds  # alpha_N ~1e-7: N_c underflows to 0, out of from_constants' range
+    # alpha_N exactly 0 (and alpha_B unbounded, g = 0): N_c and alpha_B are infinite, null in the JSON
+    theta = fitted.theta.copy()
+    theta[2] = theta[6] = 0.0
+    exact = dataclasses.replace(fitted, theta=theta, constants={**fitted.constants, "N_c": math.inf,
+                                                                "alpha_N": 0.0, "alpha_B": math.inf})
+    for one in (fitted, exact):
+        text = jsonio.dumps(one.to_dict())
+        stored = json.loads(text, parse_constant=lambda name: pytest.fail(f"not strict JSON: {name}"))
+        with pytest.raises(ValueError):
+            from_constants(stored["constants"])
+        again = from_dict(stored)
+        for n, b in ((1e4, 64), (BIG_N, OUT_B)):
+            want = predict_trajectory(one, n, b, STEPS)["value"]
+            np.testing.assert_allclose(predict_trajectory(again, n, b, STEPS)["value"], want, rtol=1e-12)
+        assert again.at_bounds == fitted.at_bounds and _stored_trajectory(stored) is not None  # the report's lines
+    assert stored["constants"]["N_c"] is None and stored["constants"]["alpha_B"] is None
+    assert again.constants["N_c"] == math.inf and again.constants["alpha_B"] == math.inf
+
+
 def test_a_fit_rebuilt_from_its_stored_constants_predicts_the_same_curve(fit):
-    """scaling.json stores the constants only; the report redraws the fitted curves from them."""
+    """A scaling.json from before theta and centre were stored: the report redraws the fitted curves from
+    its constants (the fit's own to_dict, through from_dict, too)."""
     again = from_constants(fit.constants)
     a = predict_trajectory(fit, BIG_N, OUT_B, STEPS)["value"]
     b = predict_trajectory(again, BIG_N, OUT_B, STEPS)["value"]
     np.testing.assert_allclose(b, a, rtol=1e-9)
+    np.testing.assert_allclose(predict_trajectory(from_dict(fit.to_dict()), BIG_N, OUT_B, STEPS)["value"], a,
+                               rtol=1e-12)
+    old = {k: v for k, v in fit.to_dict().items() if k not in ("theta", "centre")}
+    np.testing.assert_allclose(predict_trajectory(from_dict(old), BIG_N, OUT_B, STEPS)["value"], a, rtol=1e-9)
     with pytest.raises(ValueError, match="finite"):
         from_constants({**fit.constants, "alpha_B": None})
+    with pytest.raises(ValueError, match="finite"):  # missing: a ValueError too, as its docstring says
+        from_constants({k: v for k, v in fit.constants.items() if k != "E"})
 
 
 def test_too_few_evaluations_are_refused_and_an_undetermined_exponent_is_named():

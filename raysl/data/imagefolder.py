@@ -445,6 +445,10 @@ class Progress:
     def note(self, text: str) -> None:
         self._write(self.renderer.line(text))
 
+    def clear(self) -> None:
+        """Take the \\r line off the terminal (nothing when none is drawn)."""
+        self._write(self.renderer.close())
+
     def finish(self, done: int) -> None:
         elapsed = time.monotonic() - self.start
         rate = max(done - self.already, 0) / max(elapsed, 1e-9)
@@ -549,41 +553,45 @@ def _build(
     sizes = {f"{split}-{number:05d}.parquet": len(rows) for split, number, rows in plan}
     kept_files = sum(sizes[name] for name in entries)
     meter = Progress(len(listing.files), progress, already=kept_files)
-    if entries:
-        meter.note(f"prepare: resuming, kept {len(entries)} finished shards ({kept_files:,} files)")
-    if strict:
-        _raise_if_skipped(entries.values(), strict)
+    try:
+        if entries:
+            meter.note(f"prepare: resuming, kept {len(entries)} finished shards ({kept_files:,} files)")
+        if strict:
+            _raise_if_skipped(entries.values(), strict)
 
-    def finished(entry: dict[str, Any]) -> None:
-        journal.record(entry)
-        entries[entry["file"]] = entry
-        _raise_if_skipped([entry], strict)
+        def finished(entry: dict[str, Any]) -> None:
+            journal.record(entry)
+            entries[entry["file"]] = entry
+            _raise_if_skipped([entry], strict)
 
-    jobs = (
-        _job(listing, split, number, rows, shard_rows)
-        for split, number, rows in plan
-        if f"{split}-{number:05d}.parquet" not in entries
-    )
-    if on_ray:
-        _run_on_ray(jobs, str(folder), loc, max_side, quality, workers, finished, meter, kept_files)
-        workers = 0
-    else:
-        workers = min(default_workers() if workers is None else workers, max(1, len(plan) - len(entries)))
-    if workers == 1:
-        done = [kept_files]
+        jobs = (
+            _job(listing, split, number, rows, shard_rows)
+            for split, number, rows in plan
+            if f"{split}-{number:05d}.parquet" not in entries
+        )
+        if on_ray:
+            _run_on_ray(jobs, str(folder), loc, max_side, quality, workers, finished, meter, kept_files)
+            workers = 0
+        else:
+            workers = min(default_workers() if workers is None else workers, max(1, len(plan) - len(entries)))
+        if workers == 1:
+            done = [kept_files]
 
-        def tick() -> None:
-            done[0] += 1
-            meter.update(done[0])
+            def tick() -> None:
+                done[0] += 1
+                meter.update(done[0])
 
-        for job in jobs:
-            payload, entry = build_shard(
-                job, lambda rel: read_file(os.path.join(folder, rel)), max_side, quality, tick
-            )
-            storage.write_atomic(loc.join(job.name), payload)
-            finished(entry)
-    elif workers > 1:
-        _run_in_pool(jobs, str(folder), out, max_side, quality, workers, finished, meter, kept_files)
+            for job in jobs:
+                payload, entry = build_shard(
+                    job, lambda rel: read_file(os.path.join(folder, rel)), max_side, quality, tick
+                )
+                storage.write_atomic(loc.join(job.name), payload)
+                finished(entry)
+        elif workers > 1:
+            _run_in_pool(jobs, str(folder), out, max_side, quality, workers, finished, meter, kept_files)
+    except BaseException:  # an error or an interruption: its line starts at the start of a line
+        meter.clear()
+        raise
     meter.finish(len(listing.files))
 
     manifest = _manifest(loc, path, listing, plan, entries, seed, val_fraction)
