@@ -632,11 +632,15 @@ def summary_line(summary: dict) -> str:
 SEARCH_REPORT = "search_report.html"  # a scaling experiment's search report (its report.html is the scaling one)
 
 
-def _scaling_of(experiments: list[Experiment], predict: list[dict]) -> tuple[dict, dict | None] | None:
-    """(scaling.json, stored scaling file) when the one experiment analyzed is a ``raysl scale`` one."""
+def _scaling_of(experiments: list[Experiment], predict: list[dict],
+                paths: list[str] = ()) -> tuple[dict, dict | None] | None:
+    """(scaling.json, stored scaling file) when the one experiment analyzed is a ``raysl scale`` one, or the
+    one folder given is a transfer experiment's (``raysl scale`` with search:, one search per budget in it)."""
     from raysl.scaling_report import read_scaling
 
     found = read_scaling(experiments[0].location) if len(experiments) == 1 else None
+    if found is None and len(paths) == 1 and len(experiments) > 1:
+        found = read_scaling(paths[0])
     if predict and found is None:
         where = ", ".join(e.location for e in experiments)
         raise ConfigError(f"--predict needs one scaling experiment (a folder `raysl scale` wrote, with scaling.json); "
@@ -659,13 +663,14 @@ def analyze(paths: list[str], out: str, predict: list[dict] = ()) -> dict[str, A
             exp.trials["experiment"] = exp.name
             if not exp.history.empty:
                 exp.history["experiment"] = exp.name
-    scaling = _scaling_of(experiments, list(predict))
+    scaling = _scaling_of(experiments, list(predict), list(paths))
 
     # the report is made in a local staging folder, then each file is written atomically into --out
     # (a folder or URI): a read-only or full --out leaves the old report or the new file, never a torn one
     target = storage.make_dirs(out)
     with tempfile.TemporaryDirectory(prefix="raysl-report-") as local_out:
-        summary = _write_outputs(experiments, local_out, scaling, list(predict))
+        name = experiments[0].name if len(experiments) == 1 else paths[0].rstrip("/").rsplit("/", 1)[-1]
+        summary = _write_outputs(experiments, local_out, scaling, list(predict), name)
         with storage.guard(target, "writing the report"):
             for name in sorted(os.listdir(local_out)):
                 with open(os.path.join(local_out, name), "rb") as fh:
@@ -674,7 +679,7 @@ def analyze(paths: list[str], out: str, predict: list[dict] = ()) -> dict[str, A
 
 
 def _write_outputs(experiments: list[Experiment], local_out: str, scaling: tuple[dict, dict | None] | None = None,
-                   predict: list[dict] = ()) -> dict[str, Any]:
+                   predict: list[dict] = (), scaling_name: str | None = None) -> dict[str, Any]:
     from raysl import report  # matplotlib: only once there is something to plot
 
     table = leaderboard(experiments)
@@ -713,7 +718,8 @@ def _write_outputs(experiments: list[Experiment], local_out: str, scaling: tuple
         from raysl import scaling_report
 
         os.replace(os.path.join(local_out, "report.html"), os.path.join(local_out, SEARCH_REPORT))
-        scaled = scaling_report.write_report(*scaling, local_out, name=experiments[0].name, predict=predict,
+        scaled = scaling_report.write_report(*scaling, local_out, name=scaling_name or experiments[0].name,
+                                             predict=predict,
                                              search_report=SEARCH_REPORT)
         summary["scaling"] = jsonio.to_json_safe({k: scaled[k] for k in ("summary", "plots", "fitted", "notes",
                                                                         "predictions")})

@@ -83,20 +83,28 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--wandb", action="store_true", help="log trials to Weights & Biases (offline unless logged in)")
     tune.add_argument("--verbose", action="store_true", help="also show Ray's own logs and Tune's result tables")
 
-    scale = sub.add_parser("scale", help="a grid of runs as one Tune experiment, then scaling-law fits")
-    scale.add_argument("file", help="scaling YAML (base:, grid:, fit:; see search_spaces/scaling_quickstart.yaml)")
+    scale = sub.add_parser("scale", help="a grid of runs as one Tune experiment, then scaling-law fits; with "
+                                         "search: a hyperparameter search per grid point, then h_opt(C) fits")
+    scale.add_argument("file", help="scaling YAML (base:, grid:, fit:; see search_spaces/scaling_quickstart.yaml; "
+                                    "with search: and raysl tune's tune: a transfer experiment, see "
+                                    "search_spaces/scaling_transfer.yaml)")
     scale.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help=SET_HELP + " (applies to the file's base:)")
+                       help=SET_HELP + " (applies to the file's base:; with search:, --set tune.num_samples=4 "
+                                       "edits its tune:)")
     scale.add_argument("--predict", action="append", default=[], metavar="KEY=VALUE",
                        help="also predict the error at a point: --predict width=64 (grid axes, comma-separated) "
-                            "or --predict compute=1e15 (training FLOPs); repeatable")
+                            "or --predict compute=1e15 (training FLOPs); repeatable. A transfer experiment (search:): "
+                            "the predicted hyperparameters there and a run config, predicted_config_<i>.yaml (on a "
+                            "finished one, with --resume: its budgets are skipped)")
     scale.add_argument("--trajectory", action="store_true",
                        help="also fit the whole-curve law L(N, S_min) on every evaluation of every run (needs >= 2 "
                             "model sizes and >= 2 batch sizes) and predict each --predict point's whole curve "
                             "(trajectory_<i>.csv, the report's trajectory plot); fit.targets: steps to each error")
     scale.add_argument("--storage", default=None, help="results folder or URI (default: ./raysl_results)")
     scale.add_argument("--name", default=None, help="experiment name (default: the file's name)")
-    scale.add_argument("--resume", action="store_true", help="continue an interrupted grid")
+    scale.add_argument("--resume", action="store_true",
+                       help="continue an interrupted grid (a transfer experiment: the budget that was running, "
+                            "skipping those whose search has ended), then fit again")
     scale.add_argument("--trust-experiment", action="store_true", help=TRUST_HELP)
     scale.add_argument("--verbose", action="store_true", help="also show Ray's own logs and Tune's result tables")
 

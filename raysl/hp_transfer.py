@@ -64,10 +64,24 @@ class HPLaw:
     budgets: list[dict[str, Any]]  # per budget: compute, the near-optimal values, their geometric mean
     samples: np.ndarray = field(repr=False)  # bootstrap (log a, b) rows
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "law": f"{self.name}_opt(C) = a C^b", "a": self.a, "b": self.b,
-                "intervals": {k: list(v) for k, v in self.intervals.items()}, "level": self.level,
-                "budgets": self.budgets}
+    def to_dict(self, samples: bool = False) -> dict[str, Any]:
+        """The law as plain numbers; ``samples=True`` adds the bootstrap rows, what :meth:`from_dict` needs to
+        predict with an interval again (``raysl analyze --predict`` from ``scaling.json``)."""
+        out = {"name": self.name, "law": f"{self.name}_opt(C) = a C^b", "a": self.a, "b": self.b,
+               "intervals": {k: list(v) for k, v in self.intervals.items()}, "level": self.level,
+               "budgets": self.budgets}
+        if samples:
+            out["samples"] = self.samples.tolist()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "HPLaw":
+        """The law :meth:`to_dict` wrote (without its samples, predictions have no interval)."""
+        rows = data.get("samples") or []
+        return cls(name=data["name"], a=float(data["a"]), b=float(data["b"]),
+                   intervals={k: (float(v[0]), float(v[1])) for k, v in (data.get("intervals") or {}).items()},
+                   level=float(data.get("level", DEFAULT_LEVEL)), budgets=list(data.get("budgets") or []),
+                   samples=np.asarray(rows, dtype=float).reshape(len(rows), 2))
 
 
 def _weighted_line(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, float]:

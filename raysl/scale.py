@@ -33,6 +33,14 @@ end the pure fits of :mod:`raysl.scaling_laws` run on the finished runs and
 fits and the report text are :mod:`raysl.scaling` (which ``raysl analyze``
 reads a finished scaling experiment with, without Ray); this module is what
 runs the grid.
+
+With a ``search:`` section (and raysl tune's own ``tune:``) the file is a
+transfer experiment, "search small, train big" (:func:`transfer_main`): each
+grid point is a budget searched by ``raysl tune``'s machinery
+(:func:`raysl.search.run_search`: one Tune experiment and one Optuna study in
+``<experiment>/budget_<i>/``), one budget after another; then the fits of
+:mod:`raysl.transfer` (``h_opt(C) = a C^b`` per searched hyperparameter) and
+a run config per prediction point.
 """
 
 from __future__ import annotations
@@ -118,6 +126,8 @@ def scale_main(opts: ScaleOptions) -> int:
         *(x for p in opts.predict for x in ("--predict", p)), *(("--trajectory",) if opts.trajectory else ())))
     # the file as raysl scale reads it (with --trajectory: the grid can give that fit what it needs)
     spec = load_scaling(search.space_path, list(search.overrides), list(opts.predict), opts.trajectory)
+    if spec.transfer:  # search: a raysl tune search per grid point, then h_opt(C) per searched key
+        return transfer_main(search, spec)
     space = space_from_dict(spec.space_dict(), spec.source)
     grid_size = math.prod(len(v) for v in spec.grid.values())
     points = grid_points(spec)  # every run's config is valid before Ray starts
@@ -153,5 +163,177 @@ def scale_main(opts: ScaleOptions) -> int:
         if key in result:
             summary[key] = result[key]["params"]
     summary["predictions"] = result["predictions"]
+    jsonio.print_line(summary)
+    return 0
+
+
+# --------------------------------------------------------------------------
+# a transfer experiment: search small, train big (raysl.transfer)
+
+
+def _stored_sections_differ(experiment: str, spec) -> str | None:
+    """The first section of base:, grid:, search:, tune: that differs from the scaling file the experiment was
+    started with (None when they are the same, or when nothing was stored)."""
+    import json
+
+    from raysl import storage
+
+    text = storage.read_text(storage.join_uri(experiment, SCALING_FILE), missing_ok=True)
+    if text is None:
+        return None
+    before = yaml.safe_load(text) or {}
+    now = json.loads(json.dumps(spec.to_yaml_dict()))
+    return next((s for s in ("base", "grid", "search", "tune") if before.get(s) != now.get(s)), None)
+
+
+def transfer_main(search: SearchOptions, spec) -> int:
+    """Each budget (grid point) searched with raysl tune's machinery in ``<experiment>/budget_<i>/``, one after
+    another; a budget whose search has ended holds ``raysl_budget.json`` and ``--resume`` skips it (and
+    continues the one that was running). Then the fits, predictions and configs of :mod:`raysl.transfer`
+    into ``scaling.json`` (key ``transfer``) and ``predicted_config_<i>.yaml``."""
+    from raysl import storage
+    from raysl import transfer as tr
+    from raysl.data.shards import load_manifest
+    from raysl.search import experiment_name, run_search, storage_root, tune_resume_command
+
+    points = grid_points(spec)  # every budget's config is valid before Ray starts
+    check_batches(points)
+    budgets = spec.budget_points()
+    spaces = [spec.budget_space(point) for point in budgets]
+    counter = point_values_for(spec)
+    counted = [counter(point) for point in budgets]  # (N, D, C) of each budget at the base's searched values
+    if len({c for _, _, c in counted}) < 2:
+        raise ConfigError(f"{spec.source}: grid: every budget trains {counted[0][2]:.4g} FLOPs, and h_opt(C) needs "
+                          "budgets that differ in compute; scale model.width, data.fraction or optim.epochs")
+    manifest = load_manifest(resolve_data_dir(points[0][1]))
+    metric, mode = spaces[0].objectives(labeled=manifest.labeled)[0]
+    params = tr.param_info(spaces[0].params)
+    root, name = storage_root(search), experiment_name(search)
+    experiment = storage.join_uri(root, name)
+    listing = {entry for entry, _ in storage.list_dir(experiment)} - {SCALING_FILE}
+    if search.trust_experiment and not search.resume:
+        raise ConfigError("--trust-experiment signs an experiment's saved state to resume it; use it with --resume "
+                          "(a new experiment needs no trust)")
+    if listing and not search.resume:
+        raise ConfigError(f"{experiment} already holds an experiment named {name!r}; pass --resume to continue it "
+                          "(budgets whose search has ended are skipped: on a finished experiment --resume refits "
+                          "and predicts again, e.g. with --predict compute=1e13), or --name NEW for a new one "
+                          "(raysl never deletes results)")
+    if search.resume and not storage.exists(experiment):
+        raise ConfigError(f"no experiment {name} in {root} to resume; drop --resume to start it")
+    changed = _stored_sections_differ(experiment, spec) if search.resume else None
+    if changed:
+        raise ConfigError(f"--resume: the {changed}: of {spec.source} (with --set) differs from the one {experiment} "
+                          f"was started with ({storage.join_uri(experiment, SCALING_FILE)}); resume with the same "
+                          "file and --set, or pass --name NEW")
+    storage.write_atomic(storage.join_uri(experiment, SCALING_FILE), yaml.safe_dump(spec.to_yaml_dict(),
+                                                                                   sort_keys=False), option="--storage")
+    # every budget's search says this command (with --resume) when it is interrupted
+    resume_command = tune_resume_command(search, root)
+    trials = spaces[0].tune.num_samples
+    print(f"[raysl] scale: search small, train big: {len(budgets)} budgets "
+          f"({' x '.join(f'{len(v)} {k}' for k, v in spec.grid.items())}), {trials} trials each over "
+          f"{', '.join(p['key'] for p in params)}; then h_opt(C) = a C^b through the near-optimal trials",
+          file=sys.stderr, flush=True)
+    handlers = _signal_handlers()
+    for i, (point, space, (_, _, compute)) in enumerate(zip(budgets, spaces, counted)):
+        _put_back(handlers)
+        where = storage.join_uri(experiment, tr.budget_dir(i))
+        if storage.exists(storage.join_uri(where, tr.BUDGET_DONE_FILE)):
+            print(f"[raysl] scale: budget {i} ({_text(point)}) has ended; skipped", file=sys.stderr, flush=True)
+            continue
+        started = bool(storage.list_dir(where))
+        print(f"[raysl] scale: budget {i} ({i + 1} of {len(budgets)}): {_text(point)} (C = {compute:.4g} FLOPs)"
+              + (", resumed" if started else ""), file=sys.stderr, flush=True)
+        budget_opts = replace(search, storage=experiment, name=tr.budget_dir(i), resume=started,
+                              trust_experiment=search.trust_experiment and started, num_samples=None,
+                              optuna_storage=None, resume_command=resume_command)
+        begun = time.monotonic()
+        try:
+            code = run_search(budget_opts, space=space, extra_metrics=trial_flops)
+        except KeyboardInterrupt as stop:  # before this budget's search could say it: the experiment is kept
+            if not getattr(stop, "resume_command", None):
+                stop.resume_command = resume_command  # type: ignore[attr-defined]
+            raise
+        if code == 130:
+            return code  # run_search said so, with the command that resumes the whole experiment
+        ended = _budget_ended(where, metric, params)
+        if code != 0 and not ended:
+            return code  # trials unfinished although nothing interrupted it: run_search said so
+        storage.write_atomic(storage.join_uri(where, tr.BUDGET_DONE_FILE), jsonio.dumps(
+            {"index": i, "point": point, "compute": compute, "exit_code": code,
+             "wall_s_last_session": round(time.monotonic() - begun, 1), "ended": time.strftime("%Y-%m-%dT%H:%M:%S")},
+            indent=1), option="--storage")
+    _put_back(handlers)
+    return _transfer_fit(spec, experiment, budgets, counted, points, metric, mode, params, counter)
+
+
+def _signal_handlers() -> dict:
+    """SIGINT's and SIGUSR1's handlers now (none off the main thread, where none can be set)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, getattr(signal, "SIGUSR1", None)) if sig is not None}
+
+
+def _put_back(handlers: dict) -> None:
+    """Tune leaves its stop handler on SIGINT and SIGUSR1 after a fit; the next budget's fit must find those its
+    first one found, or a Ctrl-C during it would put back the last fit's handler, which raysl.search reads as
+    no interruption (``_tune_was_interrupted``), and a SIGTERM would stop the last fit, long ended."""
+    import signal
+
+    for sig, handler in handlers.items():
+        if handler is not None:  # None: set outside Python, nothing to put back
+            signal.signal(sig, handler)
+
+
+def _budget_ended(where: str, metric: str, params: list[dict]) -> bool:
+    """Every trial of the budget's search has ended (none unfinished): a search with no usable trial ended too."""
+    from raysl import transfer as tr
+    from raysl.errors import RayslError
+
+    try:
+        trials = tr.read_budget_trials(where, metric, [p["key"] for p in params])
+    except RayslError:
+        return False
+    return bool(trials) and all(t["status"] != "unfinished" for t in trials)
+
+
+def _text(point: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in point.items())
+
+
+def _transfer_fit(spec, experiment: str, budgets: list[dict], counted: list[tuple], points: list, metric: str,
+                  mode: str, params: list[dict], counter) -> int:
+    from raysl import storage
+    from raysl import transfer as tr
+    from raysl.data.locate import absolute_data_path
+
+    rows = []
+    for i, (point, (n_params, images, compute), (_, cfg)) in enumerate(zip(budgets, counted, points)):
+        trials = tr.read_budget_trials(storage.join_uri(experiment, tr.budget_dir(i)), metric,
+                                       [p["key"] for p in params])
+        rows.append({"index": i, "point": point, "compute": compute, "n_params": n_params, "train_images": images,
+                     "epochs": cfg.optim.epochs, "trials": trials})
+    fit = spec.fit
+    result = tr.fit_transfer(rows, params, mode=mode, margin=fit.margin, n_bootstrap=fit.bootstrap, level=fit.level,
+                             seed=fit.seed)
+    base = absolute_data_path(spec.base)
+    predictions = [tr.predict_at_point(result, point, counter) for point in fit.predict]
+    tr.write_predicted_configs(experiment, base, predictions, spec.source)
+    result["predictions"] = predictions
+    out = {"experiment": experiment, "kind": "transfer", "metric": metric, "mode": mode, "level": fit.level,
+           "grid": spec.grid, "search": spec.search, "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+           tr.RESULT_KEY: result}
+    where = write_result(experiment, out)
+    print(tr.format_transfer(result, predictions, metric), file=sys.stderr, flush=True)
+    summary = {"experiment": experiment, "scaling_json": where, "budgets": len(rows),
+               "trials": sum(len(r["trials"]) for r in rows),
+               "laws": {p["key"]: {"a": p["law"]["a"], "b": p["law"]["b"]} for p in result["params"] if p.get("law")},
+               "predictions": [{"point": p["point"], "compute": p["compute"],
+                                "values": {k: v["config_value"] for k, v in p["values"].items()},
+                                "config": p.get("config")} for p in predictions]}
     jsonio.print_line(summary)
     return 0

@@ -17,12 +17,13 @@ import numpy as np
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from raysl import hp_transfer as hp
 from raysl import jsonio
 from raysl import scaling_laws as laws
 from raysl import trajectory as traj
 from raysl.config import parse_override, read_yaml, set_dotted
 from raysl.errors import ConfigError
-from raysl.space import metric_mode, validate_section
+from raysl.space import SearchSpace, TuneSettings, metric_mode, space_from_dict, validate_section, walk
 
 SCALING_FILE = "raysl_scaling.yaml"
 RESULT_FILE = "scaling.json"
@@ -51,6 +52,9 @@ class FitSettings(BaseModel):
     # target errors for the trajectory law's answers: the critical batch at each, and the steps and
     # examples to reach each at every prediction point (fit.target_error too, when set)
     targets: list[float] = Field(default_factory=list)
+    # a transfer experiment (search:): a budget's near-optimal trials are those whose objective is within this
+    # relative margin of its best (raysl.hp_transfer.near_optimal)
+    margin: float = Field(hp.DEFAULT_MARGIN, ge=0.0, lt=1.0)
 
     @field_validator("targets")
     @classmethod
@@ -73,13 +77,26 @@ class ScaleTuneSettings(BaseModel):
     reuse_actors: bool = True  # as raysl tune's tune.reuse_actors: a run's process runs the next run
 
 
+# fit: keys of the error laws (E(C), E(N, D), the critical batch, the trajectory law): not of a transfer experiment
+ERROR_LAW_FIT_KEYS = ("metric", "target_error", "budgets", "targets")
+MIN_BUDGETS = 3  # a power law h_opt(C) = a C^b (2 constants) through 3 budgets has one residual to judge it by
+
+
 class ScalingSpec(BaseModel):
     base: dict
     grid: dict[str, list]
     fit: FitSettings
-    tune: ScaleTuneSettings
+    # a grid: ScaleTuneSettings; a transfer experiment (search:): raysl tune's own tune: section, one search of
+    # tune.num_samples trials per budget
+    tune: ScaleTuneSettings | TuneSettings
     source: str
     mode: Literal["max"] = "max"
+    # search: as in a raysl tune space file: each grid point (a budget) is searched over it (raysl.transfer)
+    search: dict | None = None
+
+    @property
+    def transfer(self) -> bool:
+        return self.search is not None
 
     def space_dict(self) -> dict:
         """The search space this grid runs as (see the module docstring)."""
@@ -93,8 +110,32 @@ class ScalingSpec(BaseModel):
         }
 
     def to_yaml_dict(self) -> dict:
-        return {"base": self.base, "grid": self.grid, "fit": self.fit.model_dump(exclude_none=True),
+        out = {"base": self.base, "grid": self.grid}
+        if self.search is not None:
+            out["search"] = self.search
+        fit = self.fit.model_dump(exclude_none=True)
+        if self.search is None:
+            fit.pop("margin", None)
+        else:  # the error laws' keys are refused with search: (their defaults too, as read back)
+            fit = {k: v for k, v in fit.items() if k not in (*ERROR_LAW_FIT_KEYS, "trajectory")}
+        return {**out, "fit": fit, "tune": self.tune.model_dump(exclude_none=True)}
+
+    def budget_points(self) -> list[dict[str, Any]]:
+        """Every grid point as ``{axis: value}``, in the order raysl scale runs them (as :func:`grid_points`)."""
+        return [dict(zip(self.grid, combo)) for combo in itertools.product(*self.grid.values())]
+
+    def budget_space_dict(self, point: dict[str, Any]) -> dict:
+        """A transfer experiment's search space of one budget: ``base:`` with the grid point's values, the
+        file's ``search:`` and ``tune:`` (what raysl tune would read from a space file)."""
+        tree = copy.deepcopy(self.base)
+        for key, value in point.items():
+            tree = set_dotted(tree, key, value)
+        return {"base": tree, "search": copy.deepcopy(self.search),
                 "tune": self.tune.model_dump(exclude_none=True)}
+
+    def budget_space(self, point: dict[str, Any]) -> SearchSpace:
+        """:meth:`budget_space_dict` validated as raysl tune validates a space file."""
+        return space_from_dict(self.budget_space_dict(point), self.source)
 
 
 def predict_point(item: str) -> dict[str, Any]:
@@ -116,6 +157,9 @@ def load_scaling(path: str, overrides: list[str] = (), predictions: list[str] = 
     spec = scaling_from_dict(read_yaml(path), str(path), overrides, predictions)
     spec.fit.trajectory = spec.fit.trajectory or trajectory
     # here, not in scaling_from_dict: that one also reads the files of finished experiments (raysl analyze)
+    if spec.transfer:
+        check_transfer(spec)
+        return spec
     if math.prod(len(values) for values in spec.grid.values()) == 1:
         # every fit compares runs that differ (in compute, model or data size, batch size, workers): one
         # run gives none, which raysl scale would only say after training it
@@ -127,6 +171,35 @@ def load_scaling(path: str, overrides: list[str] = (), predictions: list[str] = 
     if spec.fit.trajectory:  # fit.trajectory: true in the file, or --trajectory
         check_trajectory_grid(spec)
     return spec
+
+
+def check_transfer(spec: ScalingSpec) -> None:
+    """Before any trial trains: a transfer experiment (``search:``) whose fits can be made, each budget's
+    search space valid as raysl tune validates one (every range end builds a run config)."""
+    source = spec.source
+    if spec.fit.trajectory:
+        raise ConfigError(f"{source}: search: with fit.trajectory (or --trajectory): the whole-curve law is fitted on "
+                          "a grid of single runs, and a transfer experiment searches each grid point; drop "
+                          "fit.trajectory and --trajectory, or drop search: for a plain grid")
+    budgets = math.prod(len(values) for values in spec.grid.values())
+    if budgets < MIN_BUDGETS:
+        axes = ", ".join(f"{key}: {values}" for key, values in spec.grid.items())
+        raise ConfigError(f"{source}: grid: {axes} is {budgets} budget{'s' * (budgets != 1)}, and h_opt(C) = a C^b "
+                          f"needs >= {MIN_BUDGETS} (two constants: through fewer points it has no residual to judge "
+                          "it by); give the grid >= 3 points, e.g. model.width: [8, 16, 32]")
+    if spec.tune.objectives is not None:
+        raise ConfigError(f"{source}: tune.objectives: a budget's near-optimal trials are ranked by one metric; "
+                          "use tune.metric (and tune.mode)")
+    if spec.tune.scheduler == "pbt":
+        raise ConfigError(f"{source}: tune.scheduler: pbt changes a trial's hyperparameters while it trains, so its "
+                          "end result belongs to no one value of them; use asha or fifo")
+    space = spec.budget_space(spec.budget_points()[0])  # unknown keys, bad ranges, a bad tune: (one line each)
+    for param in walk(space.params):
+        if param.key in spec.grid:
+            raise ConfigError(f"{source}: search.{param.key} is also a grid axis, and each budget fixes it at its "
+                              f"grid value; search it or scale it, not both: drop it from grid: or from search:")
+    for point in spec.budget_points()[1:]:  # a range end can be valid at one grid point and not at another
+        spec.budget_space(point)
 
 
 def grid_points(spec: ScalingSpec) -> list[tuple[str, Any]]:
@@ -187,15 +260,24 @@ def scaling_from_dict(data: Any, source: str, overrides: list[str] = (), predict
     """:func:`load_scaling` of a file's parsed YAML (``raysl analyze`` reads the stored ``SCALING_FILE``)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with base:, grid:, fit: and tune:")
-    unknown = [k for k in data if k not in ("base", "grid", "fit", "tune")]
+    unknown = [k for k in data if k not in ("base", "grid", "search", "fit", "tune")]
     if unknown:
-        raise ConfigError(f"{source}: unknown section {unknown[0]!r}; a scaling file has base:, grid:, fit: and tune:")
+        raise ConfigError(f"{source}: unknown section {unknown[0]!r}; a scaling file has base:, grid:, fit: and tune: "
+                          "(and search: for a transfer experiment)")
     base = data.get("base")
     if not isinstance(base, dict):
         raise ConfigError(f"{source}: needs a 'base:' mapping with the run config (what raysl train accepts)")
+    search = data.get("search")
+    if search is not None and (not isinstance(search, dict) or not search):
+        raise ConfigError(f"{source}: search: expected a mapping of dotted config keys to distributions, as in a "
+                          "raysl tune space file, e.g. search: {optim.lr: {loguniform: [0.0003, 0.01]}}")
     base = copy.deepcopy(base)
+    tune_raw = dict(data.get("tune") or {}) if isinstance(data.get("tune") or {}, dict) else data.get("tune")
     for item in overrides:
         key, value = parse_override(item)
+        if search is not None and key.startswith("tune.") and isinstance(tune_raw, dict):
+            tune_raw[key.removeprefix("tune.")] = value  # as raysl tune's --set tune.num_samples=4
+            continue
         base = set_dotted(base, key.removeprefix("base."), value)
     grid = data.get("grid")
     if not isinstance(grid, dict) or not grid:
@@ -212,17 +294,29 @@ def scaling_from_dict(data: Any, source: str, overrides: list[str] = (), predict
     if "model.width" in grid and "model.backbone" in grid:
         raise ConfigError(f"{source}: grid: scale model.width or model.backbone, not both")
     fit = validate_section(FitSettings, data.get("fit"), source, "fit")
-    tune = validate_section(ScaleTuneSettings, data.get("tune"), source, "tune")
-    try:
-        mode = metric_mode(fit.metric)
-    except KeyError:
-        mode = None
-    if mode != "max" or "acc" not in fit.metric:
-        raise ConfigError(f"{source}: fit.metric {fit.metric!r}: the fits need an accuracy (error = 1 - metric); "
-                          "use knn_acc, knn_acc_k200, linear_acc or a projector_ one")
+    if search is not None:
+        for key in ERROR_LAW_FIT_KEYS:
+            if key in fit.model_fields_set:
+                fix = ("set the objective as tune.metric (and tune.mode), as in a raysl tune space file"
+                       if key == "metric" else "drop it, or drop search: for a grid of single runs")
+                raise ConfigError(f"{source}: fit.{key} is for the error laws of a grid of single runs, and with "
+                                  f"search: the fits are h_opt(C) per searched hyperparameter; {fix}")
+        tune = validate_section(TuneSettings, tune_raw, source, "tune")
+    else:
+        if "margin" in fit.model_fields_set:
+            raise ConfigError(f"{source}: fit.margin is for a transfer experiment (the near-optimal trials of each "
+                              "budget's search); add search: or drop fit.margin")
+        tune = validate_section(ScaleTuneSettings, tune_raw, source, "tune")
+        try:
+            mode = metric_mode(fit.metric)
+        except KeyError:
+            mode = None
+        if mode != "max" or "acc" not in fit.metric:
+            raise ConfigError(f"{source}: fit.metric {fit.metric!r}: the fits need an accuracy (error = 1 - metric); "
+                              "use knn_acc, knn_acc_k200, linear_acc or a projector_ one")
     fit.predict = check_predict_points(list(fit.predict) + [predict_point(p) for p in predictions],
                                        f"{source}: fit.predict")
-    return ScalingSpec(base=base, grid=grid, fit=fit, tune=tune, source=source)
+    return ScalingSpec(base=base, grid=grid, fit=fit, tune=tune, source=source, search=search)
 
 
 def check_predict_points(points: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:

@@ -741,6 +741,9 @@ class SearchOptions:
     # resume command is rebuilt from them when there is no argv (a search started from Python)
     command: str = "tune"
     command_args: tuple[str, ...] = ()
+    # the command that resumes this search when it is one part of a larger one (raysl scale's transfer
+    # experiment runs a search per budget in its folder: --resume of the scale command continues it)
+    resume_command: str | None = None
 
 
 def experiment_name(opts: SearchOptions) -> str:
@@ -950,7 +953,8 @@ def _run_search(opts: SearchOptions, space: SearchSpace | None, extra_metrics, s
         if fresh:  # all there is, is the empty study database prepare_new opened: the experiment stays new
             storage.remove(experiment)
         raise
-    resume_command = said["resume_command"] = tune_resume_command(opts, root)  # the folder is kept from here
+    # the folder is kept from here
+    resume_command = said["resume_command"] = opts.resume_command or tune_resume_command(opts, root)
     with _before_tune_runs(experiment, fresh, resume_command):
         if not restore:
             storage.write_atomic(storage.join_uri(experiment, SPACE_FILE),
