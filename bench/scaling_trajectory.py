@@ -117,8 +117,10 @@ def main() -> None:
         ratio = (want / got - 1) if got and want else None
         answers.append({"target": answer["target"], "predicted_steps": want, "measured_steps": got,
                         "relative": ratio})
-        print(f"  error {answer['target']}: predicted {want and round(want)} steps, measured "
-              f"{got and round(got)}" + (f" ({ratio:+.1%}; bar 15%)" if ratio is not None else ""))
+        print(f"  error {answer['target']}: predicted {want and f'{want:.3g}'} steps, measured "
+              f"{got and f'{got:.3g}'}" + (f" ({ratio:+.1%}; bar 15%)" if ratio is not None else "")
+              + (" (measured at the first evaluation: the run was below it there, so the check says nothing)"
+                 if got is not None and got <= steps[0] else ""))
     for cb in fit.get("critical_batch", []):
         print(f"  critical batch at error {cb['target']}: {cb['B_crit']:.4g} {cb.get('interval')}")
     print(f"run time: grid {grid_s:.0f} s, held-out run {held_s:.0f} s")

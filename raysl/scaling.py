@@ -677,6 +677,11 @@ def _trajectory_lines(result: dict, pct: str) -> list[str]:
                 lines.append(f"  error {_g(answer['target'])}: not reachable: {_unreachable(answer)}")
                 continue
             lo, hi = (answer.get("intervals") or {}).get("steps", (None, None))
+            if answer["steps"] < 1:  # a fraction of one step: no run measures that, and its examples mean nothing
+                lines.append(f"  error {_g(answer['target'])}: below it from the first step on (the law puts it at "
+                             f"{_g(answer['steps'])} steps [{_g(lo)}, {_g(hi)}]: a target this run passes before "
+                             "any evaluation; ask for a lower one)")
+                continue
             lines.append(f"  error {_g(answer['target'])}: {_g(answer['steps'])} steps [{_g(lo)}, {_g(hi)}] = "
                          f"{_g(answer['examples'])} examples; S_min {_g(answer['S_min'])}, E_min "
                          f"{_g(answer['E_min'])}, B_crit {_g(answer['B_crit'])}")
