@@ -51,10 +51,7 @@ if ! "$PY" -c "import raysl, torch, torchvision, ray, optuna, pytest" >/dev/null
   echo "installing raysl and its dependencies (first time: a few minutes)..." >&2
   # compat: the clone's folder goes on sys.path as a plain path entry, so Python run from the folder above a
   # clone named raysl/ (which holds a data/ folder) still imports the package, not that folder as a namespace
-  # --no-compile: Python compiles a module when it is first imported instead of pip compiling all ~17,000 of
-  # the dependencies' files up front (measured on 2 cores: the install 93-101 s -> 64-68 s; the first import of
-  # raysl, torch, Ray Tune and Train 4.6-4.8 s -> 10.4-11.0 s, once)
-  "$PY" -m pip install --quiet --disable-pip-version-check --no-compile -e ".[test]" --config-settings editable_mode=compat 2>&1 \
+  "$PY" -m pip install --quiet --disable-pip-version-check -e ".[test]" --config-settings editable_mode=compat 2>&1 \
     | grep -v "^WARNING: Location" >&2 || true
   if ! failed="$("$PY" -c "import raysl, torch, torchvision, ray, optuna" 2>&1)"; then
     echo "raysl: error: the installed packages do not import ($(tail -n 1 <<<"$failed")); $fresh" >&2
