@@ -109,6 +109,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_cluster(**head_node_args):
+    """A multi-node ``ray.cluster_utils.Cluster`` whose head's dashboard listens on a port found free.
+
+    Left to itself the Cluster's head asks for Ray's default 8265 and fails if anything holds it: in a
+    fresh-clone run beside another Ray job (a bench's local cluster) the multi-node test failed with
+    "Failed to bind to 127.0.0.1:8265", leaving the GCS it had started behind. A free port can still be
+    taken between the check and Ray's bind: then a fresh one is tried.
+    """
+    from ray.cluster_utils import Cluster
+
+    for attempt in range(3):
+        try:
+            return Cluster(initialize_head=True, head_node_args={**head_node_args, "dashboard_port": free_port()})
+        except ValueError as exc:
+            if "Failed to bind" not in str(exc) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 class RayHead:
     """A `ray start --head` cluster of our own: token auth with a private token file.
 

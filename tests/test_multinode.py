@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, RAYSL
+from conftest import RAYSL, REPO, start_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -67,9 +67,8 @@ def _all_actor_nodes() -> dict[int, str]:
 @pytest.mark.local_ray
 def test_tune_on_two_nodes_survives_losing_one(tmp_path, digits_dir):
     import ray
-    from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True})
+    cluster = start_cluster(num_cpus=0, include_dashboard=True)
     try:
         nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
         cluster.wait_for_nodes()

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import HANG, RAYSL, REPO
+from conftest import HANG, RAYSL, REPO, start_cluster
 from test_faults import assert_nothing_torn, descendants, epochs_in, finish, train_worker_pids, wait_until
 
 QUICKSTART = str(REPO / "search_spaces" / "quickstart.yaml")
@@ -136,13 +136,12 @@ def _node_train_workers(node) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.local_ray
 def test_elastic_run_loses_a_node_and_continues_with_one_worker_at_the_same_global_batch(tmp_path, digits_dir):
-    from ray.cluster_utils import Cluster
 
     epochs, batch = 5, 16
     out = tmp_path / "run"
     # each worker node fits exactly one Train worker (2 of its 3 CPUs; the head has 1), so removing a
     # node leaves room for one worker only
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster = start_cluster(num_cpus=1, include_dashboard=False)
     try:
         nodes = [cluster.add_node(num_cpus=3) for _ in range(2)]
         cluster.wait_for_nodes()
