@@ -278,17 +278,23 @@ def _groups(runs: list[dict], axis: str, others: list[str]) -> list[tuple[dict, 
     return sorted(groups.values(), key=lambda g: tuple(_order(v) for v in g[0].values()))
 
 
+def _panels(n: int, max_cols: int, size: tuple[float, float]) -> tuple[Figure, Any]:
+    """A figure of ``n`` panels, at most ``max_cols`` a row, each ``size`` inches; the grid's spare panels hidden."""
+    cols = min(max_cols, n)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(size[0] * cols, size[1] * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
 def plot_slices(result: dict, fit: laws.LawFit | None, path: str) -> dict[str, Any]:
     """Error against each grid axis, one line per value of the other axes, with the fitted E(N, D)."""
     runs = result.get("runs") or []
     axes_keys = list(result.get("grid") or {})
     n = max(1, len(axes_keys))
-    cols = min(3, n)
-    rows = math.ceil(n / cols)
-    fig = Figure(figsize=(5.4 * cols, 4.4 * rows))
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax in axes[n:]:
-        ax.set_visible(False)
+    fig, axes = _panels(n, 3, (5.4, 4.4))
     drawn: dict[str, Any] = {"panels": [], "fit_lines": 0}
     if not runs or not axes_keys:
         _message(axes[0], "no finished run to plot")
@@ -834,12 +840,7 @@ def plot_transfer(transfer: dict, preds: list[dict], path: str) -> dict[str, Any
     params = transfer.get("params") or []
     budgets = transfer.get("budgets") or []
     n = max(1, len(params))
-    cols = min(2, n)
-    rows = math.ceil(n / cols)
-    fig = Figure(figsize=(6.4 * cols, 4.6 * rows))
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax in axes[n:]:
-        ax.set_visible(False)
+    fig, axes = _panels(n, 2, (6.4, 4.6))
     drawn: dict[str, Any] = {"panels": [], "trials": 0, "near_optimal": 0, "lines": 0, "bands": 0, "predictions": 0}
     if not params or not budgets:
         _message(axes[0], "no searched hyperparameter or no budget to plot")
