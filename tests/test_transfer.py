@@ -369,6 +369,9 @@ def test_budgets_run_one_after_another_and_resume_continues_the_interrupted_one(
         return 0
 
     monkeypatch.setattr(search_module, "run_search", fake_run_search)
+    # a fresh process's handler: an earlier in-process Tune run in this pytest worker may have left Tune's own
+    # installed (seen in a fresh-clone run: the first budget then found it and the test failed, order-dependent)
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
     before = signal.getsignal(signal.SIGINT)
     search = SearchOptions(space_path=path, storage=str(tmp_path / "runs"), name="tr", command="scale")
     try:
@@ -382,10 +385,10 @@ def test_budgets_run_one_after_another_and_resume_continues_the_interrupted_one(
         assert not (experiment / "scaling.json").exists()
         signal.signal(signal.SIGINT, before)  # a new process (Tune's handler puts it back when it is signalled)
         assert scale_main(ScaleOptions(search=SearchOptions(**{**search.__dict__, "resume": True}))) == 0
+        assert signal.getsignal(signal.SIGINT) is before
     finally:
-        signal.signal(signal.SIGINT, before)
+        signal.signal(signal.SIGINT, outer)
     assert [(c.name, c.resume) for c in calls[2:]] == [("budget_1", True), ("budget_2", False)]
-    assert signal.getsignal(signal.SIGINT) is before
     err = capsys.readouterr().err
     assert "budget 0 (model.width=4) has ended; skipped" in err and "budget 1 (2 of 3): model.width=8 (C = " in err
     stored = json.loads((experiment / "scaling.json").read_text())["transfer"]
