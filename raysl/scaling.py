@@ -580,6 +580,18 @@ def _critical_batch(runs: list[dict], spec: ScalingSpec) -> list[dict]:
 # printing
 
 
+def critical_batch_bound(cb: dict[str, Any]) -> str:
+    """What an end-point critical-batch fit says when its runs do not determine ``B_crit`` (``bound``)."""
+    batches = [r["batch_size"] for r in cb.get("runs") or []]
+    if cb["bound"] == "above":
+        return (f"B_crit above the largest batch size run ({_g(max(batches, default=None))}): the steps to the "
+                f"target fell in proportion to 1 / B over every batch size, so S_min and B_crit are not determined "
+                f"(E_min = {_g(cb.get('E_min'))} examples); add a larger batch size")
+    return (f"B_crit below the smallest batch size run ({_g(min(batches, default=None))}): the steps to the target "
+            f"did not fall with the batch, so E_min and B_crit are not determined (S_min = {_g(cb.get('S_min'))} "
+            f"steps); add a smaller batch size")
+
+
 def _g(x: Any) -> str:
     return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.4g}"
 
@@ -606,7 +618,10 @@ def format_report(result: dict, level: float) -> str:
             lines.append(f"  C = {p['compute']:.3g}: N_opt = {_g(p['N_opt'])} [{_g(lo)}, {_g(hi)}], "
                          f"D_opt = {_g(p['D_opt'])}, error {_g(p['E_opt'])}")
     for cb in result.get("critical_batch", []):
-        if "B_crit" in cb:
+        if cb.get("bound"):
+            lines.append(f"critical batch size {cb['group']} at error {cb['target_error']:.3g}: "
+                         f"{critical_batch_bound(cb)}")
+        elif "B_crit" in cb:
             lo, hi = cb["intervals"]["B_crit"]
             lines.append(f"critical batch size {cb['group']} at error {cb['target_error']:.3g}: B_crit = "
                          f"{_g(cb['B_crit'])} {pct} [{_g(lo)}, {_g(hi)}], S_min = {_g(cb['S_min'])}, "

@@ -799,9 +799,20 @@ class CriticalBatchFit:
         """Steps to the target at ``batch_size``: ``S = S_min (1 + B_crit / B)``."""
         return _scalar(self.S_min + self.E_min / np.asarray(batch_size, dtype=float))
 
+    @property
+    def bound(self) -> str | None:
+        """Where the runs put ``B_crit`` when they do not determine it: ``"above"`` every batch size run
+        (``S_min`` fitted as 0: the steps fell as ``1 / B`` over all of them), ``"below"`` every one
+        (``E_min`` fitted as 0: the steps did not fall with the batch); None when both are positive."""
+        if self.S_min <= 0:
+            return "above"
+        if self.E_min <= 0:
+            return "below"
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         return {"formula": "(S / S_min - 1)(E / E_min - 1) = 1, B_crit = E_min / S_min",
-                "S_min": self.S_min, "E_min": self.E_min, "B_crit": self.B_crit,
+                "S_min": self.S_min, "E_min": self.E_min, "B_crit": self.B_crit, "bound": self.bound,
                 "intervals": {k: list(v) for k, v in self.intervals.items()}, "level": self.level,
                 "n_runs": self.n_runs}
 
@@ -827,6 +838,11 @@ def _critical_batch_solve(inv_b: np.ndarray, s: np.ndarray) -> tuple[float, floa
     # S = S_min + E_min / B, each row divided by its S: relative errors, S_min, E_min >= 0
     design = np.stack([np.ones_like(inv_b), inv_b], axis=1) / s[:, None]
     (s_min, e_min), _ = nnls(design, np.ones_like(s))
+    # a term that NNLS left at rounding level (1e-13 of the steps for steps exactly in proportion to 1 / B) is
+    # the constraint it met: 0, so that the fit reports a bound, not B_crit = 1e18
+    tiny = 1e-9 * float(np.max(s))
+    s_min = 0.0 if s_min < tiny else s_min
+    e_min = 0.0 if e_min * float(np.max(inv_b)) < tiny else e_min
     return float(s_min), float(e_min)
 
 

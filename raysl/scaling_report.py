@@ -665,9 +665,18 @@ def write_html(result: dict, summary: dict, preds: list[dict], plots: dict[str, 
         parts.append("<h2>Critical batch size</h2>")
         cb_rows = []
         for cb in result.get("critical_batch") or []:
-            cb_rows.append(({}, [_label(cb["group"]), _g(cb["target_error"]), _g(cb.get("B_crit")),
-                                 _interval((cb.get("intervals") or {}).get("B_crit")), _g(cb.get("S_min")),
-                                 _g(cb.get("E_min")), str(len(cb.get("runs") or [])), cb.get("note") or ""]))
+            if cb.get("bound"):  # the runs bound B_crit on one side only: no value, no interval, say which side
+                from raysl.scaling import critical_batch_bound
+
+                row = [_label(cb["group"]), _g(cb["target_error"]), "-", "-",
+                       "-" if cb["bound"] == "above" else _g(cb.get("S_min")),
+                       "-" if cb["bound"] == "below" else _g(cb.get("E_min")), str(len(cb.get("runs") or [])),
+                       critical_batch_bound(cb)]
+            else:
+                row = [_label(cb["group"]), _g(cb["target_error"]), _g(cb.get("B_crit")),
+                       _interval((cb.get("intervals") or {}).get("B_crit")), _g(cb.get("S_min")),
+                       _g(cb.get("E_min")), str(len(cb.get("runs") or [])), cb.get("note") or ""]
+            cb_rows.append(({}, row))
         parts.append(_html_table("critical-batch", ["group", "target error", "B_crit", f"B_crit {level}", "S_min",
                                                     "E_min", "runs", "note"], cb_rows) if cb_rows else
                      "<p class=\"note\">Needs two or more batch sizes per group.</p>")

@@ -398,6 +398,28 @@ def test_critical_batch_recovers_s_min_and_e_min():
     assert fit.predict_steps(b_crit) == pytest.approx(2 * s_min)  # at B_crit: twice the fewest steps
 
 
+def test_critical_batch_beyond_the_runs_is_a_bound_not_a_zero():
+    """Steps exactly in proportion to 1/B (perfect scaling at every batch run) fit S_min = 0: B_crit is
+    above the largest batch, not infinite, and the report says so instead of "S_min = 0" (the line the
+    twelfth session's Fashion-MNIST grid printed). Steps that do not fall with B fit E_min = 0: below."""
+    from raysl.scaling import format_report
+
+    batches = [64, 128, 256]
+    above = fit_critical_batch(batches, [4000.0, 2000.0, 1000.0], n_bootstrap=20)
+    assert above.S_min == pytest.approx(0.0, abs=1e-6 * 4000) and above.bound == "above"
+    below = fit_critical_batch(batches, [900.0, 900.0, 900.0], n_bootstrap=20)
+    assert below.E_min == pytest.approx(0.0, abs=1e-6 * 900 * 64) and below.bound == "below"
+    assert fit_critical_batch([16, 2048], [1000 * (1 + 200 / 16), 1000 * (1 + 200 / 2048)], n_bootstrap=20).bound is None
+    lines = []
+    for fit in (above, below):
+        entry = {"group": {}, "target_error": 0.2, "runs": [{"batch_size": b, "steps": 1.0} for b in batches],
+                 **fit.to_dict()}
+        lines.append(format_report({"critical_batch": [entry]}, 0.9))
+    assert "B_crit above the largest batch size run (256)" in lines[0]
+    assert "S_min = 0" not in lines[0] and "add a larger batch size" in lines[0]
+    assert "B_crit below the smallest batch size run (64)" in lines[1] and "E_min = 0" not in lines[1]
+
+
 def test_critical_batch_intervals_over_seeds():
     """5% noise on the steps of 8 runs, 16 data sets: each 90% interval holds the truth in >= 11.
 
