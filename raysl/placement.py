@@ -54,7 +54,7 @@ def run_needs(cfg: RunConfig, ray_data: bool) -> Needs:
 
 
 def trial_needs(cfg: RunConfig, encoded: bool) -> Needs:
-    """One ``raysl tune`` trial (raysl.search.trial_resources): a one-worker trial is its worker; a
+    """One ``raysl tune`` trial (raysl.trial.trial_resources): a one-worker trial is its worker; a
     multi-worker trial adds its driver (a hundredth of a CPU) and, on JPEG shards, a CPU for the decode
     tasks (its read tasks take none)."""
     scale = cfg.scale

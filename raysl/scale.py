@@ -280,7 +280,7 @@ def _signal_handlers() -> dict:
 
 def _put_back(handlers: dict) -> None:
     """Tune leaves its stop handler on SIGINT and SIGUSR1 after a fit; the next budget's fit must find those its
-    first one found, or a Ctrl-C during it would put back the last fit's handler, which raysl.search reads as
+    first one found, or a Ctrl-C during it would put back the last fit's handler, which raysl.search_fit reads as
     no interruption (``_tune_was_interrupted``), and a SIGTERM would stop the last fit, long ended."""
     import signal
 

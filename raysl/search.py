@@ -1,17 +1,10 @@
 """`raysl tune`: Ray Tune + Optuna over a search-space file.
 
-One Tune function trainable per trial builds the run config (base + sampled
-keys) and trains it:
-
-- ``scale.num_workers == 1``: ``train_worker`` runs in the trial's own process
-  with :class:`TuneIO` (reports and checkpoints go straight to Tune; the trial
-  reserves the worker's CPUs/GPU);
-- more workers: the trial fits a ``TorchTrainer`` (Ray Train V2 cannot be
-  wrapped by a Tuner; a trainable that fits one is the supported way) whose
-  callback relays rank 0's reports to Tune, each Train checkpoint as a small Tune
-  checkpoint that points at it (so PBT can clone multi-worker trials: a clone's
-  workers start from the donor's Train checkpoint, see :mod:`raysl.pbt`); the
-  trial driver reserves no CPU.
+This module is the search's driver: its searcher and scheduler, the Tuner and its stopper, the leaderboard
+and ``best_config.yaml``. What runs inside a trial (the Tune function trainable, with one worker in the
+trial's own process or a ``TorchTrainer`` it fits, what it reports and the resources it asks for) is
+:mod:`raysl.trial`; running the fit (signals, a resume Tune cannot restore, storage that fills up) is
+:mod:`raysl.search_fit`.
 
 Searching is Ray Tune's ``OptunaSearch`` with a define-by-run space
 (:class:`raysl.space.SpaceSampler`), seeded, with the base config as the first
@@ -37,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import os
 import signal
@@ -50,416 +42,25 @@ import yaml
 from ray.tune.stopper import Stopper
 
 from raysl import jsonio, ray_compat, signing, storage
-from raysl.config import RunConfig, to_yaml
+from raysl.config import to_yaml
 from raysl.console import without_passwords
 from raysl.data.locate import absolute_data_path, resolve_data_dir
-from raysl.errors import CollapsedError, ConfigError, DivergedError, Interrupted, RayslError, StorageError
-from raysl.pbt import PBT_EXTRA_KEEP, RESUMED_FILE
-from raysl.outcome import (BAD_STATUSES, BEST_CONFIG_FILE, SPACE_FILE, TRAIN_KEYS, UNFINISHED, Status, status_of,
-                           worst_value)
+from raysl.errors import ConfigError, RayslError, StorageError
+from raysl.outcome import BAD_STATUSES, BEST_CONFIG_FILE, SPACE_FILE, UNFINISHED
+from raysl.pbt import PBT_EXTRA_KEEP
+from raysl.search_fit import (_INTERRUPTED_BY, _TUNE_STOPS_ON_SIGUSR1, _before_tune_runs, _fit, _FolderSnapshot,
+                              _install_sigterm, _remove_unregistered_checkpoints, _reserve_bytes, _restore_error)
 from raysl.space import SearchSpace, apply_sample, load_space
 from raysl.study import OPTION as OPTUNA_OPTION
 from raysl.study import STUDY_FILES, prepare_new, prepare_resume
+from raysl.trial import _nan, make_trainable, storage_failure_in, trial_resources, trial_variants_needs
 
 DEFAULT_STORAGE = "./raysl_results"
 
 
 # --------------------------------------------------------------------------
-# what a trial reports
-
-
-class ResultFiller:
-    """Makes every report carry the objective(s).
-
-    Evaluations run every ``eval.every_epochs``; between them the last
-    evaluated values are repeated (``eval_epoch`` says from when) because Tune
-    and its searcher expect the metric in every result. A collapsed report gets
-    the worst objective value.
-
-    What it returns is the Tune result Ray writes to the trial's ``result.json``:
-    strict JSON, so a non-finite value is None there (raysl.jsonio), except the
-    objectives, which stay numbers because ASHA, PBT and the searcher compare
-    them: a non-finite or missing one gets the worst value.
-    """
-
-    def __init__(self, objectives: list[tuple[str, str]], extra: dict[str, Any] | None = None):
-        self.objectives = objectives
-        self.extra = dict(extra or {})  # constant per trial, in every report (raysl scale: flops, params)
-        self.last_eval: dict[str, Any] = {}
-        self.eval_epoch = 0
-        self.epoch = 0
-
-    def __call__(self, metrics: dict) -> dict:
-        out = dict(metrics)
-        fresh = {k: v for k, v in metrics.items() if k not in TRAIN_KEYS}
-        self.epoch = int(metrics.get("epoch", self.epoch))
-        if fresh:
-            self.last_eval, self.eval_epoch = fresh, self.epoch
-        else:
-            out = {**self.last_eval, **out}
-        out["eval_epoch"] = self.eval_epoch
-        out.update(self.extra)
-        out = jsonio.to_json_safe(out)  # first: a non-finite objective of any type (np.float32 too) is then None
-        for metric, mode in self.objectives:
-            if metric not in out or out.get("status") in BAD_STATUSES or _nan(out[metric]):
-                out[metric] = worst_value(metric, mode)
-        return out
-
-    def final(self, status: str, message: str) -> dict:
-        """The last report of a trial that stopped on a user-level error."""
-        out = {**self.last_eval, **self.extra, "epoch": self.epoch, "eval_epoch": self.eval_epoch, "status": status,
-               "error": message[:500]}
-        for metric, mode in self.objectives:
-            out[metric] = worst_value(metric, mode)
-        return jsonio.to_json_safe(out)
-
-
-def _nan(value: Any) -> bool:
-    """Not a number the searcher can compare: NaN, +-inf, or None (what raysl.jsonio makes of those,
-    and what a metric that could not be measured is reported as)."""
-    return value is None or (isinstance(value, float) and not math.isfinite(value))
-
-
-class TuneIO:
-    """LoopIO for a one-worker trial running inside its Tune trial process."""
-
-    def __init__(self, data_dir: str, use_gpu: bool, filler: ResultFiller, trial=None, delivered=None,
-                 where: str = ""):
-        self.data_dir = data_dir
-        self.use_gpu = use_gpu
-        self.filler = filler
-        self.trial = trial  # raysl.pbt.TrialRef: each checkpoint says which trial wrote it (PBT lineage)
-        self.delivered = delivered if delivered is not None else _Delivered()
-        self.where = where  # the trial's folder in the experiment, for a storage error's message
-
-    def dataset_shard(self, name: str):
-        # The trial reads its shards with pyarrow in its own process: under Tune on a small
-        # machine, Ray Data tasks compete with the trials for CPUs (and can get none).
-        from raysl.data.shards import shard_uris
-        from raysl.data.stream import ParquetBatches
-
-        return ParquetBatches(shard_uris(self.data_dir, name))
-
-    def checkpoint_dir(self):
-        import ray.tune
-
-        ckpt = ray.tune.get_checkpoint()
-        return None if ckpt is None else ckpt.to_directory()
-
-    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
-        import ray.tune
-
-        from raysl.pbt import write_pointer
-
-        if checkpoint_dir and self.trial is not None:
-            write_pointer(checkpoint_dir, self.trial.pointer(metrics["epoch"]))
-        checkpoint = ray.tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        filled = self.filler(metrics)
-        try:
-            ray.tune.report(filled, checkpoint=checkpoint)  # copies the checkpoint into the experiment first
-        except Exception as exc:
-            failure = storage.error_in(exc, self.where, "writing a checkpoint of the trial", "--storage")
-            if failure is None:
-                raise
-            raise failure from exc
-        self.delivered.result = filled
-
-    def device(self):
-        import torch
-
-        return torch.device("cuda" if self.use_gpu and torch.cuda.is_available() else "cpu")
-
-
-def _relay_callback(objectives: list[tuple[str, str]], extra: dict[str, Any] | None, reports, run_uri: str):
-    """A Train callback (it runs in the TrainController) that hands rank 0's reports, the objectives filled
-    in, to the trial through the ``reports`` queue, with where the report's Train checkpoint is (``run_uri``
-    + its folder name) for the trial to report as a Tune checkpoint (Ray's TuneReportCallback relays the
-    metrics only, which leaves PBT nothing to clone)."""
-    from ray.train import UserCallback
-
-    class RayslTuneRelay(UserCallback):
-        def __init__(self):
-            self.filler = ResultFiller(objectives, extra)
-            self.worker_failures = 0  # worker groups Ray Train restarted from the last checkpoint
-
-        def after_exception(self, run_context, worker_exceptions):
-            self.worker_failures += 1
-
-        def after_report(self, run_context, metrics, checkpoint):
-            first = self.filler(metrics[0])
-            if self.worker_failures:
-                first = {**first, "worker_failures": self.worker_failures}
-            where = None if checkpoint is None else storage.join_uri(run_uri, str(checkpoint.path).rstrip("/")
-                                                                     .rsplit("/", 1)[-1])
-            reports.put((first, where))  # blocks while the trial has the previous one: Tune's pace
-
-    return RayslTuneRelay()
-
-
-def _relay_to_tune(reports, trial, run: str, fit, delivered=None) -> None:
-    """Run ``fit`` (``trainer.fit``) in a thread while this one, the trial's, reports what the relay queue
-    brings to Tune, each Train checkpoint as a small Tune checkpoint pointing at it (raysl.pbt); then
-    raise what ``fit`` raised."""
-    import tempfile
-    import threading
-
-    import ray.tune
-
-    from raysl.pbt import write_pointer
-
-    outcome: dict[str, BaseException] = {}
-
-    def run_fit() -> None:
-        try:
-            fit()
-        except BaseException as exc:  # noqa: BLE001 - handed to the trial's thread
-            outcome["error"] = exc
-        finally:
-            reports.put(None)
-
-    # a daemon: when Tune stops the trial (ASHA, a PBT pause) its process ends with the Train run it owns
-    thread = threading.Thread(target=run_fit, name="raysl-train-fit", daemon=True)
-    thread.start()
-    while (item := reports.get()) is not None:
-        metrics, where = item
-        if where is None:
-            ray.tune.report(metrics)
-        else:
-            with tempfile.TemporaryDirectory(prefix="raysl-pointer-") as tmp:
-                write_pointer(tmp, trial.pointer(metrics["epoch"], run, where))
-                ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
-        if delivered is not None:
-            delivered.result = metrics
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-
-
-def train_worker_in_trial(loop_config: dict) -> None:
-    """``train_worker`` for multi-worker trials, made to stop for good on divergence/collapse.
-
-    The rank that raises leaves a marker; a Train restart then fails at once on
-    every rank instead of re-training into the same NaN. A PBT clone's workers start
-    from ``loop_config["resume_from"]`` (the donor's Train checkpoint).
-    """
-    from raysl.train import RayTrainIO, train_worker
-
-    marker = loop_config["stop_marker"]
-    text = storage.read_text(marker, missing_ok=True)
-    if text is not None:
-        stop = json.loads(text)
-        cls = DivergedError if stop["status"] == "diverged" else CollapsedError
-        raise cls(stop["error"])
-    try:
-        train_worker(loop_config, RayTrainIO.for_loop(loop_config))
-    except (DivergedError, CollapsedError) as exc:
-        storage.write_atomic(marker, jsonio.dumps({"status": status_of(exc), "error": str(exc)}))
-        raise
-
-
-class _Delivered:
-    """The last report Tune took from a trial: what the trial says again when its storage fills up."""
-
-    def __init__(self):
-        self.result: dict | None = None
-
-
-# How long a trial that met full storage waits for the search to stop it (the driver does so at the report
-# saying so, see SearchStop); past it, it fails as any other trial would.
-_HOLD_S = 300.0
-
-
-def storage_failure_in(result: dict | None) -> str | None:
-    """The message of a report saying that a trial met storage it cannot write (_hold_on_full_storage)."""
-    if result and result.get("status") == "running" and isinstance(result.get("error"), str):
-        return result["error"]
-    return None
-
-
-def _hold_on_full_storage(exc: BaseException, where: str, objectives, delivered: _Delivered) -> bool:
-    """A trial whose checkpoint (or other write) could not be written, no space left, read-only or denied:
-    instead of failing (which Tune answers by restarting it on the same full disk, each time with a traceback
-    and a "worker died" line, and by writing error files there), the trial reports its last result again
-    with the storage error (``status`` running: it has not ended) and waits for the search to stop; the
-    search saves its state as of its last registered checkpoint and ends in one line (raysl.search.run_search).
-    Returns False when ``exc`` is not such a failure."""
-    import time
-
-    import ray.tune
-
-    failure = storage.error_in(exc, where, "writing a checkpoint of the trial", "--storage")
-    if failure is None or not storage.is_capacity_failure(failure):
-        return False
-    last = dict(delivered.result or {})
-    if not last:  # nothing reported yet: a placeholder that no scheduler or searcher acts on
-        last = {"epoch": 0, "eval_epoch": 0, **{metric: worst_value(metric, mode) for metric, mode in objectives}}
-    ray.tune.report({**last, "status": Status.RUNNING, "error": " ".join(str(failure).split())[:500]})
-    deadline = time.monotonic() + _HOLD_S
-    while time.monotonic() < deadline:
-        time.sleep(1.0)
-    raise failure from None
-
-
-def make_trainable(base: dict, objectives: list[tuple[str, str]], experiment: str, max_failures: int,
-                   extra_metrics=None, keep_extra: int = 0):
-    """The Tune function trainable: one call trains one sampled config.
-
-    ``extra_metrics(cfg, data_dir) -> dict`` (a module-level function: it is pickled to the
-    trials) adds constant per-trial values to every report (``raysl scale``: FLOPs).
-    ``keep_extra``: Train checkpoints a multi-worker trial keeps beyond ``checkpoint.keep``
-    (PBT: as many more as Tune keeps, see raysl.pbt).
-    """
-
-    def raysl_trial(config: dict) -> None:
-        import ray.tune
-
-        from raysl import pbt
-        from raysl.launch import check_against_data, user_error_from
-        from raysl.run_config import build_config
-        from raysl.train import train_worker
-
-        filler = ResultFiller(objectives)
-        try:
-            cfg = build_config(apply_sample(base, config), "trial config")
-            cfg.eval.search_metrics = [m for m, _ in objectives]  # evaluations compute what the search ranks by
-            data_dir = resolve_data_dir(cfg)
-            check_against_data(cfg, data_dir, "trial config")
-            if extra_metrics is not None:
-                filler.extra = extra_metrics(cfg, data_dir)
-        except RayslError as exc:
-            ray.tune.report(filler.final("errored", str(exc)))
-            return
-        loop_config = {"config": cfg.model_dump(mode="json"), "data_dir": data_dir}
-        context = ray.tune.get_context()
-        trial = pbt.TrialRef(context.get_trial_id(), os.path.basename(context.get_trial_dir().rstrip("/")),
-                             dict(config))
-        handed = ray.tune.get_checkpoint()  # a PBT clone's is another trial's
-        try:
-            start = pbt.start_of(pbt.read_pointer(handed), trial, experiment, cfg.scale.num_workers > 1,
-                                 None if handed is None else str(handed.path))
-        except RayslError as exc:
-            ray.tune.report(filler.final("errored", str(exc)))
-            return
-        loop_config["report_resume"] = start.cloned
-        delivered, where = _Delivered(), storage.join_uri(experiment, trial.trial_dir)
-        if cfg.scale.num_workers == 1:
-            try:
-                train_worker(loop_config, TuneIO(data_dir, cfg.scale.use_gpu, filler, trial, delivered, where))
-            except CollapsedError:
-                return  # train_worker reported status "collapsed" before raising
-            except Exception as exc:  # a user-level error ends the trial, anything else is retried
-                if _hold_on_full_storage(exc, where, objectives, delivered):
-                    return
-                if not isinstance(exc, RayslError):
-                    raise
-                ray.tune.report(filler.final(status_of(exc), str(exc)))
-            return
-        try:
-            _fit_torch_trainer(cfg, loop_config, data_dir, objectives, experiment, max_failures, filler.extra,
-                               trial, start, keep_extra, delivered)
-        except Exception as exc:  # noqa: BLE001 - a user-level error ends the trial, anything else is retried
-            if _hold_on_full_storage(exc, where, objectives, delivered):
-                return
-            user = user_error_from(exc)
-            if user is None:
-                raise
-            ray.tune.report(filler.final(status_of(user), str(user)))
-
-    return raysl_trial
-
-
-def _fit_torch_trainer(cfg: RunConfig, loop_config: dict, data_dir: str, objectives, experiment: str,
-                       max_failures: int, extra: dict[str, Any] | None, trial, start, keep_extra: int = 0,
-                       delivered=None) -> None:
-    """Fit the trial's TorchTrainer: Train run ``start.run`` in the trial's folder (a PBT clone's starts
-    from the donor's checkpoint, ``start.resume_from``), its reports relayed to Tune with pointer
-    checkpoints (raysl.pbt)."""
-    import ray.data
-    import ray.train
-    import ray.tune
-    from ray.train.torch import TorchTrainer
-    from ray.util.queue import Queue
-
-    from raysl.data.pipeline import reads_in_worker, train_dataset
-    from raysl.data.shards import load_manifest
-
-    train_storage = storage.join_uri(experiment, trial.trial_dir)
-    in_worker = reads_in_worker(cfg, load_manifest(data_dir))
-    loop_config = {**loop_config, "stop_marker": storage.join_uri(train_storage, start.run, "raysl_stop.json"),
-                   "read_in_worker": in_worker,
-                   "resume_from": start.resume_from,
-                   "resume_record": storage.join_uri(train_storage, start.run, RESUMED_FILE) if start.cloned else None}
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    # Read tasks take no CPU slot: trials' Train workers can hold every CPU of a small
-    # cluster, and a read task waiting for one would stall the trial forever. JPEG shards
-    # add decode tasks of one CPU each: _default_concurrency leaves a CPU per trial for them.
-    # (small-image shards: each worker reads its part itself, no Ray Dataset)
-    datasets = {} if in_worker else {"train": train_dataset(cfg, data_dir, read_remote_args={"num_cpus": 0})}
-    resources = {"CPU": cfg.scale.cpus_per_worker}
-    if cfg.scale.use_gpu:
-        resources["GPU"] = cfg.scale.gpus_per_worker
-    reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
-    trainer = TorchTrainer(
-        train_worker_in_trial,
-        train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.scale.num_workers, use_gpu=cfg.scale.use_gpu, resources_per_worker=resources
-        ),
-        run_config=ray.train.RunConfig(
-            # same name and storage on a restarted trial: Train resumes from its last checkpoint
-            name=start.run,
-            storage_path=train_storage,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep + keep_extra),
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            callbacks=[_relay_callback(objectives, extra, reports, storage.join_uri(train_storage, start.run))],
-        ),
-        datasets=datasets,
-    )
-    _relay_to_tune(reports, trial, start.run, trainer.fit, delivered)
-
-
-def trial_resources(base: dict):
-    """Per-trial resources: a one-worker trial holds its worker's CPUs/GPU; a multi-worker
-    trial's driver holds nothing (its Train workers reserve their own)."""
-    from ray.tune import PlacementGroupFactory
-
-    def resources(config: dict) -> PlacementGroupFactory:
-        from raysl.run_config import RunConfig  # parses with every method registered
-
-        try:
-            scale = RunConfig.model_validate(apply_sample(base, config)).scale
-        except Exception:  # noqa: BLE001 - the trial reports the error itself
-            return PlacementGroupFactory([{"CPU": 1}])
-        if scale.num_workers > 1:
-            # Tune refuses an all-zero request; a hundredth of a CPU is as good as none
-            return PlacementGroupFactory([{"CPU": 0.01}])
-        bundle = {"CPU": scale.cpus_per_worker}
-        if scale.use_gpu:
-            bundle["GPU"] = scale.gpus_per_worker
-        return PlacementGroupFactory([bundle])
-
-    return resources
-
-
-def trial_variants_needs(space: SearchSpace, encoded: bool, limit: int = 64) -> list:
-    """What the trials of ``space`` ask the cluster for (raysl.placement.Needs): the base config's trial and,
-    when the space searches scale.* keys, one per combination of their values (choices, or a range's
-    ends), so that a grid axis ``scale.num_workers: [1, 2, 4]`` is checked at 4 before any trial runs."""
-    import itertools
-
-    from raysl.placement import trial_needs
-    from raysl.run_config import RunConfig  # parses with every method registered
-
-    scale_params = [p for p in space.params if p.key.startswith("scale.")]
-    configs = [space.base_config]
-    if scale_params:
-        for values in itertools.islice(itertools.product(*(p.test_values() for p in scale_params)), limit):
-            try:
-                configs.append(RunConfig.model_validate(apply_sample(space.base, dict(zip(
-                    (p.key for p in scale_params), values)))))
-            except Exception:  # noqa: BLE001 - a combination that is not a valid config: the trial reports it
-                continue
-    return [trial_needs(cfg, encoded) for cfg in configs]
+# the search's stopper and its trials' names: Tune pickles them into the experiment's saved state
+# (tuner.pkl) as raysl.search.<name>, which a --resume unpickles: they stay in this module
 
 
 class EpochBudget(Stopper):
@@ -480,10 +81,11 @@ class EpochBudget(Stopper):
 
 class SearchStop(Stopper):
     """The search's Tune stopper: its epoch budget (``tune.budget_epochs``, :class:`EpochBudget`), and a
-    trial's report that it met storage that cannot take more (_hold_on_full_storage). Such a report is
-    noted (raysl.storage.note_failure): the search gets back the room it set aside for its last state and
-    stops as an interruption does (_stop_search), its trials unfinished, so that --resume continues them
-    from their last registered checkpoint (a stop through ``stop_all`` would end them for good)."""
+    trial's report that it met storage that cannot take more (raysl.trial._hold_on_full_storage). Such a
+    report is noted (raysl.storage.note_failure): the search gets back the room it set aside for its last
+    state and stops as an interruption does (raysl.search_fit._stop_search), its trials unfinished, so that
+    --resume continues them from their last registered checkpoint (a stop through ``stop_all`` would end
+    them for good)."""
 
     def __init__(self, budget: int | None = None):
         self.budget = EpochBudget(budget) if budget else None
@@ -499,18 +101,6 @@ class SearchStop(Stopper):
         if storage.noted_failure() is not None and not _TUNE_STOPS_ON_SIGUSR1["yes"]:
             return True  # no signal to stop Tune with (not the main thread, no SIGUSR1): end the trials
         return self.budget is not None and self.budget.stop_all()
-
-
-_TUNE_STOPS_ON_SIGUSR1 = {"yes": False}
-
-
-def _stop_search() -> None:
-    """Stop the running fit as Ctrl-C does, through Tune's own stop handler (it takes SIGUSR1): the loop
-    ends, Tune saves its state with the trials as they are (running ones unfinished) and stops them."""
-    handler = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
-    if ray_compat.is_tune_stop_handler(handler):
-        _TUNE_STOPS_ON_SIGUSR1["yes"] = True
-        os.kill(os.getpid(), signal.SIGUSR1)
 
 
 def trial_dirname(trial) -> str:
@@ -820,24 +410,6 @@ def _check_resumable(experiment: str, space: SearchSpace, opts: SearchOptions) -
     return True
 
 
-# the signal that interrupted the search, for the closing line (Tune's own handler takes SIGINT)
-_INTERRUPTED_BY = {"signal": "SIGINT"}
-
-
-def _install_sigterm() -> None:
-    """SIGTERM (ray job stop, a scheduler's kill) stops like Ctrl+C: Tune saves its state first. Before
-    Tune's stop handler takes SIGUSR1 (it installs it as its fit starts), SIGUSR1 would end the process
-    with no word (its default action): the SIGTERM is an Interrupted there, as raysl.cli's early one is."""
-    if hasattr(signal, "SIGUSR1") and threading_is_main():
-        def on_sigterm(*_):
-            if not ray_compat.is_tune_stop_handler(signal.getsignal(signal.SIGUSR1)):
-                raise Interrupted("SIGTERM", "before the search started")
-            _INTERRUPTED_BY["signal"] = "SIGTERM"
-            os.kill(os.getpid(), signal.SIGUSR1)
-
-        signal.signal(signal.SIGTERM, on_sigterm)
-
-
 def tune_resume_command(opts: SearchOptions, storage_root: str) -> str:
     """The exact `raysl tune` (or `raysl scale`) command that continues this search: the command as given
     (``opts.argv``, else rebuilt from ``opts``), with --storage made absolute and --resume."""
@@ -868,12 +440,6 @@ def tune_resume_command(opts: SearchOptions, storage_root: str) -> str:
     if not given:
         parts += ["--storage", storage_root]
     return shlex.join(["raysl", *parts, "--resume"])
-
-
-def threading_is_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def run_search(opts: SearchOptions, space: SearchSpace | None = None, extra_metrics=None) -> int:
@@ -1037,185 +603,7 @@ def _run_search(opts: SearchOptions, space: SearchSpace | None, extra_metrics, s
 
 
 # --------------------------------------------------------------------------
-# running the fit: a resume that fails leaves the folder as it was; full storage ends it in one line
-
-
-@contextlib.contextmanager
-def _before_tune_runs(experiment: str, fresh: bool, resume_command: str):
-    """A storage error before Tune runs: a new experiment is removed again (the same command starts it once
-    there is room); an existing one is told with the command that resumes it."""
-    try:
-        yield
-    except StorageError as exc:
-        if fresh:
-            storage.remove(experiment)
-            raise
-        raise StorageError(f"{' '.join(str(exc).split())}; resume with: {resume_command}") from None
-
-
-class _FolderSnapshot:
-    """The files directly in an experiment folder, as bytes: what a failed ``--resume`` puts back.
-
-    Only the top level: that is where Tune, the Optuna study and ``--trust-experiment`` write before a
-    resumed search runs a trial (its experiment state, searcher state, optuna.db, raysl_signatures.json);
-    trial folders are not touched until the restore has succeeded."""
-
-    def __init__(self, experiment: str):
-        self.experiment = experiment
-        self.files = {name: storage.read_bytes(storage.join_uri(experiment, name))
-                      for name, is_dir in storage.list_dir(experiment) if not is_dir}
-
-    def put_back(self) -> None:
-        for name, is_dir in storage.list_dir(self.experiment):
-            if not is_dir and name not in self.files:
-                storage.remove(storage.join_uri(self.experiment, name))
-        for name, data in self.files.items():
-            where = storage.join_uri(self.experiment, name)
-            if storage.read_bytes(where, missing_ok=True) != data:
-                storage.write_atomic(where, data or b"", option="--storage")
-
-
-class _RestoreFailed(BaseException):
-    """Tune's resume of a saved search failed. Not an Exception: Tune's controller catches every Exception
-    of its resume, logs it and starts the experiment over, with no trials, over the saved state."""
-
-
-@contextlib.contextmanager
-def _restore_or_fail():
-    """While it is open, a failed restore of Tune's saved state ends the fit (_RestoreFailed) instead of
-    Tune's "Restarting experiment": that fresh start saved a state with 0 trials over the good one, and
-    every later --resume failed on it."""
-    def wrap(original):
-        def resume(self, *args, **kwargs):
-            try:
-                return original(self, *args, **kwargs)
-            except Exception as exc:
-                raise _RestoreFailed() from exc
-
-        return resume
-
-    with ray_compat.tune_resume_wrapped(wrap):
-        yield
-
-
-def _restore_error(experiment: str, exc: BaseException) -> RayslError:
-    detail = " ".join(str(exc).split())[:200]
-    return RayslError(
-        f"{experiment}: Ray Tune could not resume the search from its saved state ({type(exc).__name__}"
-        f"{': ' + detail if detail else ''}); raysl left the experiment folder as it was; if one of its state files "
-        "was damaged, put back an intact copy and resume again, otherwise start a new experiment with --name NEW")
-
-
-class _StorageFailureLogs(logging.Filter):
-    """Ray's own log records of a write that failed on full (read-only, denied) storage, e.g. "Saving
-    experiment state to storage ... failed" with its traceback: noted for the search, which stops and says
-    so in one line (SearchStop), and not shown."""
-
-    def __init__(self, experiment: str):
-        super().__init__()
-        self.experiment = experiment
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        failure = None if exc is None else _capacity_failure(exc, self.experiment, "saving the search's state")
-        if failure is None:
-            return True
-        storage.note_failure(failure)
-        return False
-
-
-@contextlib.contextmanager
-def _storage_failures_noted(experiment: str, reserve):
-    _TUNE_STOPS_ON_SIGUSR1["yes"] = False
-    storage.watch_failures(reserve, _stop_search)
-    quiet = _StorageFailureLogs(experiment)
-    loggers = [logging.getLogger(name) for name in ray_compat.RAY_WRITE_LOGGERS]
-    for logger in loggers:
-        logger.addFilter(quiet)
-    try:
-        yield
-    finally:
-        for logger in loggers:
-            logger.removeFilter(quiet)
-
-
-def _capacity_failure(exc: BaseException, where: str, action: str) -> StorageError | None:
-    """The StorageError in ``exc`` when storage could not take a write: no space, read-only, denied."""
-    failure = storage.error_in(exc, where, action, "--storage")
-    return failure if failure is not None and storage.is_capacity_failure(failure) else None
-
-
-_RESERVE_MIN = 1 << 20
-
-
-def _reserve_bytes(experiment: str) -> int:
-    """Room for Tune's last save, the study's last writes and raysl's own: 1 MiB and twice what the
-    experiment's top-level files other than the study take now (Tune rewrites them whole)."""
-    sizes = [storage.size(storage.join_uri(experiment, name)) or 0
-             for name, is_dir in storage.list_dir(experiment)
-             if not is_dir and name not in STUDY_FILES and name != storage.RESERVE_FILE]
-    return min(_RESERVE_MIN + 2 * sum(sizes), 256 << 20)
-
-
-def _tune_was_interrupted() -> bool:
-    """Whether a signal ended the fit that just returned. Tune's stop handler (SIGINT, and SIGUSR1, which
-    raysl's SIGTERM handler sends) puts back the SIGINT handler it replaced when it runs; while Tune's own is
-    still in place, no signal came (a fit that stopped for another reason is not an interruption)."""
-    handler = signal.getsignal(signal.SIGINT)
-    return not ray_compat.is_tune_stop_handler(handler)
-
-
-def _fit(tuner, experiment: str, reserve, snapshot: _FolderSnapshot | None, resume_command: str):
-    """``tuner.fit()``; returns (results, whether a signal interrupted it). A resume that Tune cannot restore
-    leaves the folder as it was and is one line; full storage ends the search (SearchStop) with Tune's state
-    saved in the room ``reserve`` kept; the state is signed for the next --resume however the fit ended."""
-    sigint = signal.getsignal(signal.SIGINT)
-    sign = True
-    try:
-        with _storage_failures_noted(experiment, reserve), _restore_or_fail():
-            results = tuner.fit()
-        # a signal raysl's own handlers took counts too (SIGTERM: _install_sigterm)
-        signalled = _INTERRUPTED_BY.get("signal") != "SIGINT" or bool(_INTERRUPTED_BY.get("received"))
-        return results, _tune_was_interrupted() or signalled
-    except _RestoreFailed as failed:
-        sign = False  # nothing of this run is kept: the folder goes back to what it was
-        if threading_is_main():
-            signal.signal(signal.SIGINT, sigint)  # Tune's handler would swallow a Ctrl-C from here on
-        reserve.release()
-        if snapshot is not None:
-            snapshot.put_back()
-        raise _restore_error(experiment, failed.__cause__ or failed) from None
-    except Exception as exc:
-        failure = storage.noted_failure() or _capacity_failure(exc, experiment, "saving the search's state")
-        if failure is None:
-            raise
-        raise StorageError(f"{' '.join(str(failure).split())}; resume with: {resume_command}") from None
-    finally:
-        reserve.release()  # first: the last writes below and in _finish get its room
-        if sign:
-            # Ray has saved its state (also when interrupted): sign it for the next --resume (raysl.signing)
-            signing.sign_quietly(experiment)
-
-
-def _remove_unregistered_checkpoints(results, experiment: str) -> list[str]:
-    """Delete each trial's checkpoint folders newer than the last one Tune registered: a checkpoint whose copy
-    into the experiment failed (full storage) or that Tune never took. A resume starts the trial from the
-    registered one and writes those again."""
-    removed = []
-    for result in results:
-        trial_dir = storage.join_uri(experiment, Path(str(result.path)).name)
-        latest = _checkpoint_index(Path(str(result.checkpoint.path)).name) if result.checkpoint is not None else -1
-        for name, is_dir in storage.list_dir(trial_dir):
-            index = _checkpoint_index(name) if is_dir else None
-            if index is not None and index > latest:
-                storage.remove(storage.join_uri(trial_dir, name))
-                removed.append(storage.join_uri(trial_dir, name))
-    return removed
-
-
-def _checkpoint_index(name: str) -> int | None:
-    head, _, number = name.rpartition("_")
-    return int(number) if head == "checkpoint" and number.isdigit() else None
+# how the search ended: the leaderboard, best_config.yaml, the exit code
 
 
 def _finish(results, space: SearchSpace, objectives, experiment: str, num_samples: int,
@@ -1302,4 +690,3 @@ def _finish(results, space: SearchSpace, objectives, experiment: str, num_sample
         print("raysl: no trial produced a usable result (see statuses)", file=sys.stderr)
         return 1
     return 0
-

@@ -423,7 +423,7 @@ class StudySearch(OptunaSearch):
         one and are not told; an epoch reported again after a restart is told once."""
         self._attach()
         if result.get("status") == Status.RUNNING and isinstance(result.get("error"), str):
-            # raysl.search's report of a trial that met full storage: no new evaluation, and the search stops
+            # raysl.trial's report of a trial that met full storage: no new evaluation, and the search stops
             # (noted here too: an experiment started before raysl.search.SearchStop resumes without it)
             storage.note_failure(StorageError(result["error"]))
             return

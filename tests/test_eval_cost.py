@@ -124,7 +124,7 @@ def test_the_search_metric_is_computed_whatever_the_switches_say(digits_dir, ref
     from raysl.train import initial_metrics
 
     cfg = load_config(QUICKSTART, [*SMALL, "eval.view_metrics=false", "eval.projector_metrics=false"])
-    cfg.eval.search_metrics = search  # what raysl.search.make_trainable sets in a trial
+    cfg.eval.search_metrics = search  # what raysl.trial.make_trainable sets in a trial
     found = initial_metrics(cfg, digits_dir)
     assert set(found) == BASE_KEYS | {"collapsed"} | expected
     for key, value in found.items():
@@ -146,7 +146,7 @@ def test_a_trial_config_carries_the_search_metrics(digits_dir, monkeypatch):
     import ray.tune
 
     import raysl.train
-    from raysl.search import make_trainable
+    from raysl.trial import make_trainable
 
     seen: list[dict] = []
     context = type("Context", (), {"get_trial_id": lambda self: "t0", "get_trial_dir": lambda self: "/tmp/trial_t0"})
@@ -164,7 +164,7 @@ def test_a_trial_config_carries_the_search_metrics(digits_dir, monkeypatch):
 def test_the_time_keys_are_not_an_evaluation_to_a_search():
     """Every report carries train_s, eval_s and startup_s; between evaluations the search still repeats the
     last evaluation's objective (a report of time keys alone is not a fresh evaluation)."""
-    from raysl.search import ResultFiller
+    from raysl.trial import ResultFiller
 
     filler = ResultFiller([("knn_acc", "max")])
     timed = {"train_s": 1.0, "eval_s": 0.0, "startup_s": 3.0}

@@ -125,8 +125,8 @@ def test_bundles_are_packed_per_node_and_data_tasks_need_a_cpu_beyond_the_worker
 def test_a_grid_over_workers_is_checked_at_each_size(tmp_path):
     import yaml
 
-    from raysl.search import trial_variants_needs
     from raysl.space import load_space
+    from raysl.trial import trial_variants_needs
 
     space = yaml.safe_load(Path(QUICKSTART).read_text())
     space["search"] = {"scale.num_workers": {"choice": [1, 2, 4]}}

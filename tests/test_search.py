@@ -204,7 +204,7 @@ def test_quickstart_search_completes_and_best_config_retrains(head, tmp_path, tm
     import ray
     from ray.tune import Tuner
 
-    from raysl.search import make_trainable
+    from raysl.trial import make_trainable
 
     grid = Tuner.restore(str(experiment), make_trainable({}, [("knn_acc", "max")], str(experiment), 0)).get_results()
     assert len(grid) == NUM_SAMPLES and not ray.is_initialized()

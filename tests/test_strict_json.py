@@ -87,8 +87,8 @@ def test_a_tune_result_is_strict_and_keeps_the_searcher_a_number():
     """ResultFiller turns each loop report into the Tune result Ray writes to the trial's result.json:
     non-finite values become null, but the searched metric stays a number (its worst value), because
     ASHA, PBT and Optuna compare it."""
-    from raysl.search import ResultFiller
     from raysl.space import worst_value
+    from raysl.trial import ResultFiller
 
     filler = ResultFiller([("knn_acc", "max")])
     out = filler({"epoch": 1, "loss": 1.0, "status": "running", "knn_acc": math.nan, "rankme": np.float64(np.inf),

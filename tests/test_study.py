@@ -261,13 +261,13 @@ def test_a_search_interrupted_once_its_folder_is_kept_carries_the_command_that_r
 def test_sigterm_before_tunes_stop_handler_is_an_interruption_not_a_silent_sigusr1():
     """The search's SIGTERM handler stops Tune through SIGUSR1; before Tune's fit installs its handler for
     that, SIGUSR1's default action would end the process with no line: it raises Interrupted instead."""
-    from raysl import search
+    from raysl import search_fit
     from raysl.errors import Interrupted
 
     sent = []
     previous = signal.getsignal(signal.SIGTERM), signal.signal(signal.SIGUSR1, lambda *_: sent.append(1))
     try:
-        search._install_sigterm()
+        search_fit._install_sigterm()
         with pytest.raises(Interrupted) as caught:
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(1)  # the handler runs at the next bytecode; this is never reached
