@@ -12,8 +12,9 @@ the PNG plots and ``report.html`` (:mod:`raysl.report`).
 
 A scaling experiment (a folder ``raysl scale`` wrote, with ``scaling.json``) gets the
 scaling report as ``report.html`` (:mod:`raysl.scaling_report`: fits, frontier,
-predictions, ``--predict`` from the stored fits) and the search report of the same
-runs as ``search_report.html``.
+predictions, ``--predict`` from the stored fits; a transfer experiment's is
+:mod:`raysl.transfer_report`) and the search report of the same runs as
+``search_report.html``.
 """
 
 from __future__ import annotations
@@ -715,12 +716,15 @@ def _write_outputs(experiments: list[Experiment], local_out: str, scaling: tuple
     summary = jsonio.to_json_safe(summary)  # what summary.json holds is also what the report shows
     report.write_html(experiments, summary, table, best_yaml, local_out)
     if scaling is not None:  # report.html is the scaling report; the search report of the same runs is kept
-        from raysl import scaling_report
+        from raysl import scaling_report, transfer_report
 
         os.replace(os.path.join(local_out, "report.html"), os.path.join(local_out, SEARCH_REPORT))
-        scaled = scaling_report.write_report(*scaling, local_out, name=scaling_name or experiments[0].name,
-                                             predict=predict,
-                                             search_report=SEARCH_REPORT)
+        # a transfer experiment (search small, train big) has its own report; both take the same arguments
+        write = (transfer_report.write_report if transfer_report.is_transfer(scaling[0])
+                 else scaling_report.write_report)
+        scaled = write(*scaling, local_out, name=scaling_name or experiments[0].name,
+                       predict=predict,
+                       search_report=SEARCH_REPORT)
         summary["scaling"] = jsonio.to_json_safe({k: scaled[k] for k in ("summary", "plots", "fitted", "notes",
                                                                         "predictions")})
         summary["summary"] += " | scaling: " + scaled["summary"]

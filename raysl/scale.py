@@ -29,10 +29,10 @@ one ``choice`` per axis, Optuna's grid sampler and no early stopping
 (``flops``, counted by :mod:`raysl.flops`), backbone parameters (``n_params``)
 and training images seen (``train_images``) beside Tune's wall time. At the
 end the pure fits of :mod:`raysl.scaling_laws` run on the finished runs and
-``scaling.json`` is written into the experiment folder: the scaling file, the
-fits and the report text are :mod:`raysl.scaling` (which ``raysl analyze``
-reads a finished scaling experiment with, without Ray); this module is what
-runs the grid.
+``scaling.json`` is written into the experiment folder: the scaling file and
+the fits are :mod:`raysl.scaling` (which ``raysl analyze`` reads a finished
+scaling experiment with, without Ray), the report text
+:mod:`raysl.scaling_text`; this module is what runs the grid.
 
 With a ``search:`` section (and raysl tune's own ``tune:``) the file is a
 transfer experiment, "search small, train big" (:func:`transfer_main`): each
@@ -57,8 +57,9 @@ from raysl import jsonio
 from raysl.config import RunConfig
 from raysl.data.locate import resolve_data_dir
 from raysl.errors import ConfigError
-from raysl.scaling import (SCALING_FILE, collect_runs, fit_all, format_report, grid_points, load_scaling,
-                           point_values_for, trajectory_csv, write_result)
+from raysl.scaling import (SCALING_FILE, collect_runs, fit_all, grid_points, load_scaling, point_values_for,
+                           write_result)
+from raysl.scaling_text import format_report, trajectory_csv
 
 if TYPE_CHECKING:  # raysl.search imports Ray Tune: scale_main imports it when it runs
     from raysl.search import SearchOptions

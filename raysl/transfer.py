@@ -12,7 +12,7 @@ after another, each in ``<experiment>/budget_<i>/``. This module is what needs n
   most frequent among the near-optimal trials of the largest budget (no law: a choice has no power of C);
 - :func:`predict_at_point`: the predicted value of each at a compute (``compute=...``, or grid keys counted
   in FLOPs), and the run config there (:func:`write_predicted_configs`, what ``raysl train`` accepts);
-- :func:`format_transfer`: the report text; ``raysl analyze`` (raysl.scaling_report) reads the same
+- :func:`format_transfer`: the report text; ``raysl analyze`` (raysl.transfer_report) reads the same
   ``scaling.json`` key again for its plots.
 
 A budget's compute is the training FLOPs of its grid point with the base's values of the searched keys

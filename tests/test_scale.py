@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from raysl.errors import ConfigError
-from raysl.scaling import fit_all, format_report, load_scaling, predict_point
+from raysl.scaling import fit_all, load_scaling, predict_point
+from raysl.scaling_text import format_report
 
 from conftest import HANG, RAYSL, REPO
 
@@ -184,8 +185,8 @@ def test_fit_all_with_the_trajectory_law_predicts_whole_curves_csv_and_plot(tmp_
 
     from test_trajectory import STEPS, law
 
-    from raysl.scaling import trajectory_csv
     from raysl.scaling_report import plot_trajectory
+    from raysl.scaling_text import trajectory_csv
 
     spec = load_scaling(str(QUICKSTART), [], [])  # its grid has one batch size: --trajectory refuses it
     spec.grid = {"model.width": [4, 8, 16, 32], "optim.batch_size": [64, 256]}
@@ -232,7 +233,8 @@ def test_a_target_the_trajectory_law_gives_no_steps_for_says_why():
     import math
 
     from raysl import trajectory as traj
-    from raysl.scaling import _predict_curve, trajectory_csv
+    from raysl.scaling import _predict_curve
+    from raysl.scaling_text import trajectory_csv
 
     spec = load_scaling(str(QUICKSTART), [], [])
     spec.fit.targets = [0.1, 0.3]

@@ -402,7 +402,7 @@ def test_critical_batch_beyond_the_runs_is_a_bound_not_a_zero():
     """Steps exactly in proportion to 1/B (perfect scaling at every batch run) fit S_min = 0: B_crit is
     above the largest batch, not infinite, and the report says so instead of "S_min = 0" (the line the
     twelfth session's Fashion-MNIST grid printed). Steps that do not fall with B fit E_min = 0: below."""
-    from raysl.scaling import format_report
+    from raysl.scaling_text import format_report
 
     batches = [64, 128, 256]
     above = fit_critical_batch(batches, [4000.0, 2000.0, 1000.0], n_bootstrap=20)

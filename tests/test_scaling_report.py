@@ -20,8 +20,9 @@ import pytest
 import yaml
 
 from raysl import scaling_laws as laws
-from raysl.scaling import RESULT_FILE, SCALING_FILE, fit_all, format_report, load_scaling
+from raysl.scaling import RESULT_FILE, SCALING_FILE, fit_all, load_scaling
 from raysl.scaling_report import PLOTS, read_scaling, write_report
+from raysl.scaling_text import format_report
 
 from conftest import HANG, RAYSL, REPO
 from test_report_browser import CHROMIUM, run_check

@@ -126,7 +126,7 @@ def test_outliers_are_left_out_only_when_the_runs_left_can_still_be_fitted(monke
     report said "left out of the fit" either way). The outliers are chosen here (log_residual_outliers
     replaced) so that each case is certain."""
     from raysl import trajectory
-    from raysl.scaling import format_report
+    from raysl.scaling_text import format_report
 
     every = curves()  # SIZES x BATCHES: curve i has size SIZES[i // 2], batch BATCHES[i % 2]
     monkeypatch.setattr(trajectory, "log_residual_outliers", lambda per_run, delta: (3,))

@@ -223,7 +223,7 @@ def test_predicted_configs_load_and_carry_the_predicted_values(tmp_path):
 
 
 def test_the_transfer_plot_draws_every_trial_the_laws_and_the_predictions(tmp_path):
-    from raysl.scaling_report import plot_transfer
+    from raysl.transfer_report import plot_transfer
 
     budgets = synthetic_budgets()
     result = tr.fit_transfer(budgets, PARAMS, n_bootstrap=100)
