@@ -46,13 +46,54 @@ if [[ "${RAYSL_TORCH:-}" == cpu ]]; then
     fi
   fi
 fi
+# pip's configuration (pip.conf and PIP_* variables: indexes, find-links, constraints, e.g. a machine's local
+# mirror and version caps) as uv options, one per line; uv reads none of it itself. pip takes the best version
+# over all its indexes alike: uv's unsafe-best-match does the same.
+install_uv_options() {
+  "$PY" - <<'PYEOF'
+import shlex, subprocess, sys
+listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+values = {}
+for line in listed.splitlines():  # e.g. global.extra-index-url='file:///a file:///b', :env:.find-links='/w'
+    key, sep, value = line.partition("=")
+    if sep:
+        name = key.rsplit(".", 1)[-1]
+        values.setdefault(name, []).extend(shlex.split(value)[0].split() if value.strip() else [])
+options = ["--index-strategy", "unsafe-best-match"]
+if values.get("index-url"):
+    options += ["--index-url", values["index-url"][0]]
+for name in ("extra-index-url", "find-links", "constraint"):
+    for value in dict.fromkeys(values.get(name, [])):
+        options += [f"--{name}", value]
+if any(v.lower() in ("1", "true", "yes", "on") for v in values.get("no-index", [])):
+    options.append("--no-index")
+print("\n".join(options))
+PYEOF
+}
+install_with_uv() {
+  local uv
+  uv="$(dirname "$PY")/uv"
+  if [[ ! -x "$uv" ]]; then
+    "$PY" -m pip install --quiet --disable-pip-version-check uv >/dev/null 2>&1 || return 1
+  fi
+  local options=()
+  mapfile -t options < <(install_uv_options) || return 1
+  "$uv" pip install --python "$PY" --quiet --compile-bytecode "${options[@]}" -e ".[test]" \
+    --config-setting editable_mode=compat >&2
+}
 if ! "$PY" -c "import raysl, torch, torchvision, ray, optuna, pytest" >/dev/null 2>&1 \
    || [[ pyproject.toml -nt "$("$PY" -c 'import sys; print(sys.prefix)')/.raysl-installed" ]]; then
   echo "installing raysl and its dependencies (first time: a few minutes)..." >&2
   # compat: the clone's folder goes on sys.path as a plain path entry, so Python run from the folder above a
-  # clone named raysl/ (which holds a data/ folder) still imports the package, not that folder as a namespace
-  "$PY" -m pip install --quiet --disable-pip-version-check -e ".[test]" --config-settings editable_mode=compat 2>&1 \
-    | grep -v "^WARNING: Location" >&2 || true
+  # clone named raysl/ (which holds a data/ folder) still imports the package, not that folder as a namespace.
+  # uv when it can be had (installed into this environment from the package index): it resolves the same
+  # versions as pip from pip's own configuration (install_uv_options) and unpacks and compiles the ~6 GB of
+  # wheels on every core, about half of pip's time (50 s instead of 107 on 2 cores: bench/README.md).
+  # RAYSL_INSTALLER=pip uses pip; so does a machine where uv cannot be installed or fails.
+  if [[ "${RAYSL_INSTALLER:-uv}" != uv ]] || ! install_with_uv; then
+    "$PY" -m pip install --quiet --disable-pip-version-check -e ".[test]" --config-settings editable_mode=compat \
+      2>&1 | grep -v "^WARNING: Location" >&2 || true
+  fi
   if ! failed="$("$PY" -c "import raysl, torch, torchvision, ray, optuna" 2>&1)"; then
     echo "raysl: error: the installed packages do not import ($(tail -n 1 <<<"$failed")); $fresh" >&2
     exit 2

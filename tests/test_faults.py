@@ -26,9 +26,11 @@ import yaml
 from conftest import RAYSL, REPO
 
 QUICKSTART = str(REPO / "search_spaces" / "quickstart.yaml")
-# an epoch of this tiny run takes about a second: the fault chain below spends about 3 epochs per fault
-# after the first 2, so 20 leave room for every fault before the run could end by itself
-EPOCHS = 20
+# an epoch of this tiny run takes about a second: the fault chain below reaches its last fault (the killed
+# worker) at about epoch 6 (2, then 2 more after the fallback, then 1 after the resume, each run stopped within
+# an epoch of its signal), so 12 leave 6 epochs of room before the run could end by itself; the last resume
+# trains the rest, so every epoch above that is suite time spent on nothing the test checks (20 before)
+EPOCHS = 12
 TRAIN = ["--set", f"optim.epochs={EPOCHS}", "--set", "model.width=8", "--set", "eval.every_epochs=1"]
 HANG = 900  # hang guard only: far above the run times on a loaded 2-core machine
 
