@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from conftest import HANG, RAYSL, REPO, start_cluster
-from test_faults import assert_nothing_torn, descendants, epochs_in, finish, train_worker_pids, wait_until
+from test_faults import assert_nothing_torn, descendants, epochs_in, finish, started, wait_until
 
 QUICKSTART = str(REPO / "search_spaces" / "quickstart.yaml")
 # tiny and quick: digits at 8 px, a width-4 convnet; a small batch makes an epoch ~90 steps (seconds,
@@ -66,21 +66,27 @@ def _signal_all(pids: list[int], sig: int) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.local_ray
-def test_killed_worker_restarts_from_the_checkpoint_and_logs_every_epoch_once(tmp_path):
+def test_killed_worker_restarts_from_the_checkpoint_and_logs_every_epoch_once(tmp_path, head):
+    """Joined to the suite's head (what it checks does not depend on whose cluster it is; a cluster of its own
+    cost ~8 CPU-s and ~6 s more): its Train workers are the head's RayTrainWorker processes started after this
+    run's driver (the head group runs one test at a time; an earlier test's worker still exiting is older)."""
     epochs = 8
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [RAYSL, "train", QUICKSTART, *TINY, "--set", f"optim.epochs={epochs}", "--set", "scale.num_workers=2",
          "--set", "checkpoint.every_epochs=2", "--max-failures", "1", "--out", str(out)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=head.env)
+    driver_start = started(proc.pid)
     frozen: list[int] = []
+
+    def this_runs_workers() -> list[int]:
+        return [pid for pid in head.worker_pids("RayTrainWorker") if (started(pid) or 0) >= driver_start]
 
     def frozen_after_an_unsaved_epoch() -> bool:
         """Stop both Train workers (SIGSTOP), then look: is the last logged epoch an odd one (3 or later), logged after
         the checkpoint of the epoch before it? Then they stay stopped until the kill, so no load on the
         machine can carry them past the next checkpoint first; if not, they run on (SIGCONT)."""
-        pids = train_worker_pids(proc.pid)
+        pids = this_runs_workers()
         if len(pids) != 2:
             return False
         _signal_all(pids, signal.SIGSTOP)
