@@ -16,10 +16,13 @@ for installer in pip uv; do
      UV_CACHE_DIR="$work/cache-$installer/uv" bash scripts/install.sh >/dev/null 2>"$work/$installer.err") \
     || { echo "install with $installer failed:"; cat "$work/$installer.err"; exit 1; }
   wall[$installer]=$(echo "$(date +%s.%N) - $start" | bc -l)
-  "$work/$installer/.venv/bin/python" -m pip freeze --exclude-editable 2>/dev/null | sort >"$work/$installer.freeze"
+  # uv itself is the one package the uv side adds (install.sh pip-installs it into the environment)
+  "$work/$installer/.venv/bin/python" -m pip freeze --exclude-editable 2>/dev/null | grep -v '^uv==' | sort \
+    >"$work/$installer.freeze"
   rm -rf "$work/cache-$installer"
 done
 same=$(cmp -s "$work/pip.freeze" "$work/uv.freeze" && echo true || echo false)
+[[ "$same" == true ]] || diff "$work/pip.freeze" "$work/uv.freeze" >&2 || true
 ratio=$(echo "${wall[pip]} / ${wall[uv]}" | bc -l)
 printf 'install from a fresh clone, cold caches: pip %.1f s, uv %.1f s: %.2fx faster; same versions: %s\n' \
   "${wall[pip]}" "${wall[uv]}" "$ratio" "$same"
