@@ -20,7 +20,6 @@ predictions, ``--predict`` from the stored fits; a transfer experiment's is
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import sys
@@ -118,7 +117,7 @@ def _distribution(param: Param, values: list[Any]):
         for v in present:
             if v not in choices:
                 choices.append(v)
-        return CategoricalDistribution([c if isinstance(c, (int, float, str, bool)) or c is None else json.dumps(c)
+        return CategoricalDistribution([c if isinstance(c, (int, float, str, bool)) or c is None else jsonio.key(c)
                                         for c in choices])
     low = min([param.low, *present]) if param.low is not None else min(present)
     high = max([param.high, *present]) if param.high is not None else max(present)
@@ -430,7 +429,7 @@ def budget(exp: Experiment) -> dict[str, Any]:
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
-    return a == b or json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+    return a == b or jsonio.key(a) == jsonio.key(b)
 
 
 def best_run_config(exp: Experiment, trial: pd.Series) -> tuple[str | None, str]:

@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from raysl import jsonio
 from raysl.errors import RayslError
 from raysl.outcome import (  # noqa: F401 (re-exported: the readers' names)
     BAD_STATUSES,
@@ -255,7 +256,7 @@ def infer_param(name: str, values: list[Any]) -> Param:
 
 def _hashable(value: Any) -> Any:
     if isinstance(value, (list, dict)):
-        return json.dumps(value, sort_keys=True)
+        return jsonio.key(value)
     return value
 
 
@@ -502,7 +503,7 @@ def _searched_params(space: dict | None, raw: list[dict], notes: list[str]) -> l
         keys.extend(k for k in f if k not in keys)
     varying = []
     for key in keys:
-        values = {json.dumps(_hashable(f.get(key)), sort_keys=True, default=str) for f in flat}
+        values = {jsonio.key(_hashable(f.get(key))) for f in flat}
         if len(values) > 1:
             varying.append(infer_param(key, [f.get(key) for f in flat]))
     return varying

@@ -175,7 +175,6 @@ def scale_main(opts: ScaleOptions) -> int:
 def _stored_sections_differ(experiment: str, spec) -> str | None:
     """The first section of base:, grid:, search:, tune: that differs from the scaling file the experiment was
     started with (None when they are the same, or when nothing was stored)."""
-    import json
 
     from raysl import storage
 
@@ -183,7 +182,7 @@ def _stored_sections_differ(experiment: str, spec) -> str | None:
     if text is None:
         return None
     before = yaml.safe_load(text) or {}
-    now = json.loads(json.dumps(spec.to_yaml_dict()))
+    now = jsonio.plain(spec.to_yaml_dict())
     return next((s for s in ("base", "grid", "search", "tune") if before.get(s) != now.get(s)), None)
 
 

@@ -138,8 +138,8 @@ def predictions(result: dict, spec, points: list[dict[str, Any]],
     from raysl.scaling import predict_at
 
     out = [{**p, "source": FROM_SCALE} for p in result.get("predictions") or []]
-    stored = [json.dumps(p["point"], sort_keys=True) for p in out]
-    new = [p for p in points if json.dumps(p, sort_keys=True) not in stored]
+    stored = [jsonio.key(p["point"]) for p in out]
+    new = [p for p in points if jsonio.key(p) not in stored]
     if not new:
         return out
     fits = {key: stored_fit(result, key, spec) for key in ("compute", "model_data")}
@@ -279,7 +279,7 @@ def _groups(runs: list[dict], axis: str, others: list[str]) -> list[tuple[dict, 
     groups: dict[str, tuple[dict, list[dict]]] = {}
     for r in runs:
         label = {k: r["config"].get(k) for k in others}
-        groups.setdefault(json.dumps(label, sort_keys=True, default=str), (label, []))[1].append(r)
+        groups.setdefault(jsonio.key(label), (label, []))[1].append(r)
     return sorted(groups.values(), key=lambda g: tuple(_order(v) for v in g[0].values()))
 
 

@@ -29,7 +29,6 @@ Results follow Ray Tune's layout under ``--storage/--name`` (so
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import signal
@@ -399,7 +398,7 @@ def _check_resumable(experiment: str, space: SearchSpace, opts: SearchOptions) -
     stored = storage.read_text(storage.join_uri(experiment, SPACE_FILE), missing_ok=True)
     if stored is not None:
         before = yaml.safe_load(stored) or {}
-        now = json.loads(json.dumps(space.to_yaml_dict()))
+        now = jsonio.plain(space.to_yaml_dict())
         for section in ("base", "search"):
             if before.get(section) != now.get(section):
                 raise ConfigError(

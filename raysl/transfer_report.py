@@ -17,7 +17,6 @@ reverse).
 from __future__ import annotations
 
 import html
-import json
 import math
 import os
 from collections.abc import Callable
@@ -64,10 +63,10 @@ def transfer_predictions(result: dict, points: list[dict[str, Any]],
 
     transfer = result[RESULT_KEY]
     out = [{**p, "source": FROM_SCALE} for p in transfer.get("predictions") or []]
-    stored = [json.dumps(p["point"], sort_keys=True) for p in out]
+    stored = [jsonio.key(p["point"]) for p in out]
     counter = None
     for point in points:
-        if json.dumps(point, sort_keys=True) in stored:
+        if jsonio.key(point) in stored:
             continue
         if "compute" not in point and counter is None:
             counter = point_values()
@@ -91,8 +90,8 @@ def _panel_y(value: Any, numeric: bool, choices: list) -> float | int | None:
 
     if numeric:
         return float(value) if is_number(value) else None
-    text = json.dumps(value)
-    return next((i for i, c in enumerate(choices) if json.dumps(c) == text), None)
+    text = jsonio.key(value)
+    return next((i for i, c in enumerate(choices) if jsonio.key(c) == text), None)
 
 
 def plot_transfer(transfer: dict, preds: list[dict], path: str) -> dict[str, Any]:

@@ -140,3 +140,24 @@ def test_manifest_is_strict():
                         std=(math.inf,), seed=0, val_fraction=0.2, split_from="shuffle", splits={})
     written = strict_loads(manifest.to_json())
     assert written["mean"] == [None] and written["std"] == [None]
+
+
+def test_keys_are_strict_and_canonical_and_plain_keeps_numbers():
+    """jsonio.key is raysl's one way to make comparison/grouping keys: catches a key that writes NaN/Infinity
+    (not JSON) or depends on dict order; jsonio.plain normalises like a JSON round trip but keeps inf, so a
+    search space with an infinite bound compares equal to itself read back from YAML on --resume."""
+    from raysl import jsonio
+
+    assert jsonio.key({"b": float("nan"), "a": (1, np.float32(2.5))}) == '{"a": [1, 2.5], "b": null}'
+    assert jsonio.key({"a": 1, "b": 2}) == jsonio.key({"b": 2, "a": 1})
+    assert jsonio.key({"when": Path("/x")}) == '{"when": "/x"}'  # str of what JSON cannot hold
+    assert jsonio.plain({"lr": (1e-4, float("inf")), 3: "x"}) == {"lr": [1e-4, float("inf")], "3": "x"}
+
+
+def test_no_json_dumps_outside_the_strict_writer():
+    """Every JSON text raysl makes goes through raysl.jsonio (allow_nan=False): catches a new json.dumps that
+    would write NaN or Infinity, which strict parsers refuse."""
+    root = Path(__file__).resolve().parents[1] / "raysl"
+    found = [f"{p.relative_to(root)}:{n}" for p in sorted(root.rglob("*.py")) if p.name != "jsonio.py"
+             for n, line in enumerate(p.read_text().splitlines(), 1) if "json.dumps(" in line]
+    assert found == [], found
