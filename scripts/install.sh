@@ -78,8 +78,14 @@ install_with_uv() {
   fi
   local options=()
   mapfile -t options < <(install_uv_options) || return 1
-  "$uv" pip install --python "$PY" --quiet --compile-bytecode "${options[@]}" -e ".[test]" \
-    --config-setting editable_mode=compat >&2
+  # uv's own report stays out of the terminal unless it fails; then one line says why and pip takes over
+  local said
+  if ! said="$("$uv" pip install --python "$PY" --quiet --compile-bytecode "${options[@]}" -e ".[test]" \
+                --config-setting editable_mode=compat 2>&1)"; then
+    echo "raysl: uv could not install ($(grep -v '^\s*$' <<<"$said" | tail -n 1 | cut -c1-200)); installing" \
+         "with pip instead" >&2
+    return 1
+  fi
 }
 if ! "$PY" -c "import raysl, torch, torchvision, ray, optuna, pytest" >/dev/null 2>&1 \
    || [[ pyproject.toml -nt "$("$PY" -c 'import sys; print(sys.prefix)')/.raysl-installed" ]]; then
