@@ -95,9 +95,9 @@ def line(r: dict) -> str:
 
 
 def per_method(experiment: Path) -> dict[str, dict]:
-    """The selector table within each method's trials (``raysl.analyze.label_free_selectors``)."""
-    from raysl.analyze import label_free_selectors
+    """The selector table within each method's trials (``raysl.selectors.label_free_selectors``)."""
     from raysl.results import load_experiments
+    from raysl.selectors import label_free_selectors
 
     (exp,) = load_experiments(str(experiment))
     methods = exp.trials["method.name"] if "method.name" in exp.trials else None

@@ -6,13 +6,19 @@
 - :data:`TRAIN_KEYS`: what every training report carries (anything else is an evaluation's);
 - :func:`metric_mode` / :func:`worst_value`: each metric's better direction, and the value a
   trial that failed reports so a searcher learns it was bad;
+- :func:`rank`: the one order of trials, best first (``raysl tune``'s leaderboard and best trial,
+  ``raysl analyze``'s leaderboard and best config), with :func:`standing` and :func:`pareto_front`;
 - the file names an experiment folder holds besides Ray Tune's own.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import Enum
+from typing import Any, TypeVar
 
 from raysl.errors import CollapsedError, DivergedError
 from raysl.timing import TIME_KEYS
@@ -29,6 +35,9 @@ __all__ = [
     "UNFINISHED",
     "known_metric",
     "metric_mode",
+    "pareto_front",
+    "rank",
+    "standing",
     "status_from_error_text",
     "status_of",
     "worst_value",
@@ -139,3 +148,76 @@ def worst_value(name: str, mode: str | None = None) -> float:
     if mode is None or mode == metric_mode(name):
         return _WORST[_base_metric(name)]
     return -1e9 if mode == "max" else 1e9
+
+
+# --------------------------------------------------------------------------
+# ranking trials
+
+T = TypeVar("T")
+
+
+def standing(status: Any) -> int:
+    """Where a status puts a trial in a ranking: 0 it ended with a result to rank by (finished, stopped
+    early), 1 unfinished (never the best), 2 diverged, collapsed or errored."""
+    return 2 if status in BAD_STATUSES else 1 if status == UNFINISHED else 0
+
+
+def _measured(value: Any) -> float | None:
+    """A value to rank by, or None for a missing or NaN one."""
+    return value if isinstance(value, numbers.Real) and not math.isnan(value) else None
+
+
+def _dominates(a: Sequence[Any], b: Sequence[Any], modes: Sequence[str]) -> bool:
+    """Whether objective values ``a`` are no worse than ``b`` in every objective and better in one."""
+    better = False
+    for x, y, mode in zip(a, b, modes):
+        if mode == "min":
+            x, y = -x, -y
+        if x < y:
+            return False
+        better = better or x > y
+    return better
+
+
+def pareto_front(trials: Sequence[T], objectives: Sequence[tuple[str, str]],
+                 values: Callable[[T], Mapping[str, Any]],
+                 status: Callable[[T], Any] | None = None) -> list[bool]:
+    """For each trial, whether it is on the Pareto front of ``objectives`` (``[(metric, mode), ...]``):
+    it ended with a result (:func:`standing` 0), every objective measured, and no other such trial
+    dominates it. ``values(trial)`` maps a metric to the trial's value, ``status(trial)`` is its status
+    (None: every trial ended with a result)."""
+    modes = [mode for _, mode in objectives]
+    points: dict[int, list[Any]] = {}
+    for i, trial in enumerate(trials):
+        if status is not None and standing(status(trial)) != 0:
+            continue
+        point = [_measured(values(trial).get(metric)) for metric, _ in objectives]
+        if all(v is not None for v in point):
+            points[i] = point
+    return [i in points and not any(_dominates(other, points[i], modes) for j, other in points.items() if j != i)
+            for i in range(len(trials))]
+
+
+def rank(trials: Iterable[T], objectives: Sequence[tuple[str, str]], values: Callable[[T], Mapping[str, Any]],
+         status: Callable[[T], Any] | None = None, tiebreak: Callable[[T], Any] | None = None) -> list[T]:
+    """``trials`` best first: the one ranking of trials (``raysl tune``'s leaderboard and best trial,
+    ``raysl analyze``'s leaderboard and best config).
+
+    ``objectives``: ``[(metric, mode), ...]``; ``values(trial)`` maps a metric to the trial's value,
+    ``status(trial)`` is its status (None: every trial ended with a result). The order: by
+    :func:`standing` (trials with a result, then unfinished ones, then diverged/collapsed/errored ones);
+    for several objectives, the :func:`pareto_front` first; then by the first objective in its mode, a
+    trial without a value of it (missing or NaN) last; then by ``tiebreak(trial)``, else as given.
+    """
+    trials = list(trials)
+    metric, mode = objectives[0]
+    sign = -1 if mode == "max" else 1
+    front = pareto_front(trials, objectives, values, status) if len(objectives) > 1 else [True] * len(trials)
+
+    def key(i: int) -> tuple:
+        trial = trials[i]
+        value = _measured(values(trial).get(metric))
+        return (standing(status(trial)) if status is not None else 0, not front[i],
+                math.inf if value is None else sign * value, tiebreak(trial) if tiebreak is not None else 0)
+
+    return [trials[i] for i in sorted(range(len(trials)), key=key)]

@@ -1,31 +1,26 @@
 """Read what Ray Tune wrote into pandas: one row per trial and one row per reported epoch.
 
-Only Tune's own experiment layout is read (``<storage>/<name>/<trial>/params.json``,
-``result.json`` one JSON object per report, ``progress.csv``, ``error.txt`` and the
-``experiment_state-*.json`` Tune keeps next to the trials) plus two optional files
-``raysl tune`` adds: ``raysl_space.yaml`` (the search space) and ``best_config.yaml``.
+Tune's own experiment layout is read by :mod:`raysl.tune_files` (``params.json``,
+``result.json``, ``progress.csv``, ``error.txt``, Tune's experiment state); this module
+adds the two optional files ``raysl tune`` writes: ``raysl_space.yaml`` (the search space)
+and ``best_config.yaml``, and makes an :class:`Experiment` of it: each trial's status,
+final and best values, budget and time, the searched parameters and the report history.
 Experiments that are still running are fine: a half-written last line of
 ``result.json`` is skipped and a trial that has not ended shows up as ``unfinished``.
-
-Local folders and URIs (``s3://``, ``gs://``, ``file://``) are read through
-``pyarrow.fs``, so a results bucket needs no download step.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
 from raysl import jsonio
-from raysl.errors import RayslError
-from raysl.outcome import (  # noqa: F401 (re-exported: the readers' names)
+from raysl.outcome import (
     BAD_STATUSES,
     BEST_CONFIG_FILE,
     SPACE_FILE,
@@ -35,84 +30,23 @@ from raysl.outcome import (  # noqa: F401 (re-exported: the readers' names)
     metric_mode,
     status_from_error_text,
 )
-
-RESULT_FILE = "result.json"
-PARAMS_FILE = "params.json"
+from raysl.tune_files import (
+    RESULT_FILE,
+    TUNE_KEYS,
+    ResultsError,
+    Storage,
+    find_experiments,
+    is_trial_dir,
+    no_trials_message,
+    read_trial,
+    tune_statuses,
+)
 
 # Metrics a raysl trial reports (its final value goes into the leaderboard).
 RAYSL_METRICS = (
     "loss", "knn_acc", "knn_acc_k200", "linear_acc", "rankme", "alignment", "uniformity", "images_per_s",
 )
 DEFAULT_METRIC, DEFAULT_MODE = "knn_acc", "max"
-# Ray Tune's trial ids: "a1b2c_00003" (default) or 8 hex digits (raysl tune's folder names)
-_TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5}|[0-9a-f]{8})(?:_|$)")
-# Tune's bookkeeping keys in result.json: never searched parameters or metrics.
-_TUNE_KEYS = {
-    "timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date", "time_this_iter_s",
-    "time_total_s", "pid", "hostname", "node_ip", "config", "time_since_restore", "iterations_since_restore",
-    "should_checkpoint", "episodes_total", "timesteps_total", "experiment_tag", "logdir", "warmup_time",
-}
-
-
-class ResultsError(RayslError):
-    """An experiment folder cannot be read as a Ray Tune experiment written by raysl."""
-
-
-# --------------------------------------------------------------------------
-# storage: one small interface over local folders and pyarrow.fs URIs
-
-
-class Storage:
-    """Read-only access to one experiment folder, local or remote, through :mod:`raysl.storage`."""
-
-    def __init__(self, location: str):
-        from raysl import storage
-        from raysl.errors import ConfigError
-
-        self.location = location
-        try:
-            self._loc = storage.resolve(location)
-        except ConfigError as exc:
-            raise ResultsError(str(exc)) from None
-        self.fs, self.root = self._loc.fs, self._loc.path
-
-    def _at(self, path: str):
-        from raysl import storage
-
-        return storage.Location(self.fs, path, path)
-
-    def join(self, *parts: str) -> str:
-        return "/".join([self.root.rstrip("/"), *parts]) if self.root else "/".join(parts)
-
-    def info(self, path: str):
-        return self.fs.get_file_info(path)
-
-    def is_dir(self, path: str) -> bool:
-        from raysl import storage
-
-        return storage.is_dir(self._at(path))
-
-    def is_file(self, path: str) -> bool:
-        from raysl import storage
-
-        return storage.is_file(self._at(path))
-
-    def listdir(self, path: str) -> list[tuple[str, bool]]:
-        """(base name, is a folder) of each entry directly under ``path``."""
-        from raysl import storage
-
-        try:
-            return storage.list_dir(self._at(path))
-        except RayslError:
-            return []
-
-    def read_text(self, path: str) -> str | None:
-        from raysl import storage
-
-        try:
-            return storage.read_text(self._at(path), missing_ok=True)
-        except RayslError:
-            return None
 
 
 # --------------------------------------------------------------------------
@@ -135,52 +69,6 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def parse_result_lines(text: str) -> list[dict]:
-    """Every complete JSON object of a ``result.json``; a half-written line is skipped."""
-    rows = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
-def _rows_from_progress_csv(text: str) -> list[dict]:
-    try:
-        frame = pd.read_csv(io.StringIO(text))
-    except Exception:  # noqa: BLE001 - an empty or half-written CSV is "no rows"
-        return []
-    rows = []
-    for record in frame.to_dict("records"):
-        rows.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()
-                     if not str(k).startswith("config/")})
-    return rows
-
-
-def _tune_statuses(storage: Storage, root: str, entries: list[tuple[str, bool]]) -> dict[str, str]:
-    """trial folder name -> Tune's own status (RUNNING, TERMINATED, ERROR, PENDING) from the newest
-    ``experiment_state-*.json``; empty when there is none or it cannot be read."""
-    states = sorted(name for name, is_dir in entries if not is_dir and name.startswith("experiment_state"))
-    if not states:
-        return {}
-    text = storage.read_text(f"{root}/{states[-1]}")
-    out: dict[str, str] = {}
-    try:
-        for item in json.loads(text or "{}").get("trial_data", []):
-            trial = json.loads(item[0]) if isinstance(item, list) else item
-            if isinstance(trial, dict) and trial.get("relative_logdir"):
-                out[str(trial["relative_logdir"])] = str(trial.get("status", ""))
-    except (ValueError, TypeError, AttributeError, IndexError):
-        return {}
-    return out
 
 
 # --------------------------------------------------------------------------
@@ -301,43 +189,17 @@ def is_best_row(row: Any, best: tuple[str, str] | None) -> bool:
     return str(row.get("trial_id")) == best[1] and str(row.get("experiment", best[0])) == best[0]
 
 
-def _expected(location: str) -> str:
-    return (f"{location} has no Ray Tune trials (expected trial folders with {PARAMS_FILE} and {RESULT_FILE}); "
-            "run `raysl tune SPACE.yaml --storage DIR --name NAME` first and pass DIR/NAME")
-
-
-def _is_trial_dir(storage: Storage, path: str) -> bool:
-    names = {name for name, _ in storage.listdir(path)}
-    return RESULT_FILE in names or PARAMS_FILE in names
-
-
-def find_experiments(location: str) -> list[tuple[Storage, str]]:
-    """The experiment folder(s) at ``location``: the folder itself, or (for a ``--storage``
-    folder) each sub-folder holding trials."""
-    storage = Storage(location)
-    info = storage.info(storage.root)
-    import pyarrow.fs as pafs
-
-    if info.type == pafs.FileType.NotFound:
-        raise ResultsError(f"{location} does not exist; pass the folder `raysl tune --storage DIR --name NAME` "
-                           "wrote (DIR/NAME)")
-    if info.type != pafs.FileType.Directory:
-        raise ResultsError(f"{location} is a file, not a folder; pass the experiment folder (DIR/NAME) "
-                           "that `raysl tune --storage DIR --name NAME` wrote")
-    entries = storage.listdir(storage.root)
-    if any(is_dir and _is_trial_dir(storage, f"{storage.root}/{name}") for name, is_dir in entries):
-        return [(storage, storage.root)]
-    found = []
-    for name, is_dir in entries:
-        sub = f"{storage.root}/{name}"
-        if is_dir and any(d and _is_trial_dir(storage, f"{sub}/{n}") for n, d in storage.listdir(sub)):
-            found.append((storage, sub))
-    if not found:
-        if _is_trial_dir(storage, storage.root):
-            raise ResultsError(f"{location} is one trial's folder; pass the experiment folder that holds it "
-                               f"({location.rstrip('/').rsplit('/', 1)[0] or '..'})")
-        raise ResultsError(_expected(location))
-    return found
+def final_values(exp: Experiment, metric: str) -> pd.Series:
+    """Each trial's last reported value of ``metric`` (NaN when it never reported one), aligned with
+    ``exp.trials``: the leaderboard's column when it has one, else read from the history."""
+    if metric in exp.trials:
+        return pd.to_numeric(exp.trials[metric], errors="coerce").astype(float)
+    if exp.history.empty or metric not in exp.history:
+        return pd.Series(np.nan, index=exp.trials.index, dtype=float)
+    hist = exp.history[["trial_id", metric]].copy()
+    hist[metric] = pd.to_numeric(hist[metric], errors="coerce")
+    last = hist[np.isfinite(hist[metric])].groupby("trial_id")[metric].last()
+    return exp.trials["trial_id"].map(last).astype(float)
 
 
 def load_experiments(location: str) -> list[Experiment]:
@@ -362,14 +224,15 @@ def read_experiment(storage: Storage, root: str, location: str) -> Experiment:
         except yaml.YAMLError:
             notes.append(f"{SPACE_FILE} is not valid YAML; searched parameters are inferred from the trials")
     best_config_text = storage.read_text(f"{root}/{BEST_CONFIG_FILE}") if BEST_CONFIG_FILE in names else None
-    tune_status = _tune_statuses(storage, root, entries)
+    tune_status = tune_statuses(storage, root, entries)
     raw = []
     for name, is_dir in entries:
         path = f"{root}/{name}"
-        if is_dir and _is_trial_dir(storage, path):
-            raw.append(_read_trial(storage, path, name, tune_status.get(name, "")))
+        if is_dir and is_trial_dir(storage, path):
+            t = read_trial(storage, path, name, tune_status.get(name, ""))
+            raw.append({**t, "start": _trial_start(t["rows"])})
     if not raw:
-        raise ResultsError(_expected(location))
+        raise ResultsError(no_trials_message(location))
     if not any(t["rows"] for t in raw):
         raise ResultsError(f"{location}: none of its {len(raw)} Ray Tune trials has reported a result yet "
                            f"(their {RESULT_FILE} files are empty); wait for the first epoch and run again")
@@ -431,7 +294,7 @@ def measured(row: dict, objectives: list[str]) -> dict:
     bad = row.get("status") in BAD_STATUSES
     out = {}
     for key, value in row.items():
-        if key in _TUNE_KEYS or key in TRAIN_KEYS:
+        if key in TUNE_KEYS or key in TRAIN_KEYS:
             out[key] = value
         elif fresh and not (bad and key in objectives):
             out[key] = value
@@ -440,39 +303,6 @@ def measured(row: dict, objectives: list[str]) -> dict:
 
 def _short_name(location: str) -> str:
     return location.rstrip("/").rsplit("/", 1)[-1] or location
-
-
-def _read_trial(storage: Storage, path: str, dirname: str, tune_status: str) -> dict:
-    text = storage.read_text(f"{path}/{RESULT_FILE}")
-    rows = parse_result_lines(text or "")
-    if not rows:
-        csv = storage.read_text(f"{path}/progress.csv")
-        rows = _rows_from_progress_csv(csv) if csv else []
-    config: Any = None
-    params_text = storage.read_text(f"{path}/{PARAMS_FILE}")
-    if params_text:
-        try:
-            config = json.loads(params_text)
-        except json.JSONDecodeError:
-            config = None
-    if not isinstance(config, dict):
-        config = next((r["config"] for r in rows if isinstance(r.get("config"), dict)), {})
-    error = storage.read_text(f"{path}/error.txt")
-    error_time = None
-    if error is not None:
-        mtime = getattr(storage.info(f"{path}/error.txt"), "mtime", None)
-        error_time = mtime.timestamp() if mtime is not None else None
-    trial_id = next((str(r["trial_id"]) for r in rows if r.get("trial_id")), None)
-    if trial_id is None:
-        match = _TRIAL_ID.search(dirname)
-        trial_id = match.group(1) if match else dirname
-    from raysl.pbt import LINEAGE_FILE, parse_lineage
-
-    lineage = [{**e, "trial_id": str(e.get("trial_id") or trial_id)}
-               for e in parse_lineage(storage.read_text(f"{path}/{LINEAGE_FILE}") or "")]
-    return {"dir": dirname, "trial_id": trial_id, "rows": rows, "config": config, "start": _trial_start(rows),
-            "error": error.strip() if error else None, "error_time": error_time, "tune_status": tune_status,
-            "lineage": lineage}
 
 
 def _trial_start(rows: list[dict]) -> float | None:
@@ -539,7 +369,7 @@ def _history(raw: list[dict]) -> pd.DataFrame:
             # epochs this report adds (0 for a trial's closing status report on the same epoch)
             rec["new_epochs"], previous = max(0, rec["epoch"] - previous), max(previous, rec["epoch"])
             for key, value in row.items():
-                if key in _TUNE_KEYS or key in ("epoch", "error") or isinstance(value, (dict, list)):
+                if key in TUNE_KEYS or key in ("epoch", "error") or isinstance(value, (dict, list)):
                     continue
                 rec[key] = value
             for key in ("timestamp", "time_total_s", "time_this_iter_s"):

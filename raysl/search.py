@@ -45,7 +45,7 @@ from raysl.config import to_yaml
 from raysl.console import without_passwords
 from raysl.data.locate import absolute_data_path, resolve_data_dir
 from raysl.errors import ConfigError, RayslError, StorageError
-from raysl.outcome import BAD_STATUSES, BEST_CONFIG_FILE, SPACE_FILE, UNFINISHED
+from raysl.outcome import BAD_STATUSES, BEST_CONFIG_FILE, SPACE_FILE, UNFINISHED, pareto_front, rank
 from raysl.pbt import PBT_EXTRA_KEEP
 from raysl.search_fit import (_INTERRUPTED_BY, _TUNE_STOPS_ON_SIGUSR1, _before_tune_runs, _fit, _FolderSnapshot,
                               _install_sigterm, _remove_unregistered_checkpoints, _reserve_bytes, _restore_error)
@@ -206,11 +206,11 @@ def _saved_trial_states(experiment: str | None) -> dict[str, str]:
     when a search is interrupted, before it stops the trials (and marks them TERMINATED in memory)."""
     if experiment is None:
         return {}
-    from raysl.results import Storage, _tune_statuses
+    from raysl.tune_files import Storage, tune_statuses
 
     try:
         where = Storage(experiment)
-        return _tune_statuses(where, where.root, where.listdir(where.root))
+        return tune_statuses(where, where.root, where.listdir(where.root))
     except Exception:  # noqa: BLE001 - without it, the in-memory statuses decide
         return {}
 
@@ -254,29 +254,15 @@ def _trial_rows(results, objectives, experiment: str | None = None) -> list[dict
     return rows
 
 
-def _dominates(a: dict, b: dict, objectives) -> bool:
-    better = False
-    for m, mode in objectives:
-        x, y = a["metrics"][m], b["metrics"][m]
-        if mode == "min":
-            x, y = -x, -y
-        if x < y:
-            return False
-        better = better or x > y
-    return better
-
-
 def _ranked(rows: list[dict], objectives) -> list[dict]:
-    """Usable trials, best first: by the objective, or the Pareto front first for several."""
+    """Usable trials, best first (:func:`raysl.outcome.rank`): by the objective, or the Pareto front first
+    for several (marked ``pareto``)."""
     usable = [r for r in rows if r["status"] in ("finished", "stopped") and r.get("measured", True)
               and all(isinstance(r["metrics"][m], (int, float)) and not _nan(r["metrics"][m]) for m, _ in objectives)]
-    metric, mode = objectives[0]
-    sign = -1 if mode == "max" else 1
     if len(objectives) > 1:
-        for r in usable:
-            r["pareto"] = not any(_dominates(o, r, objectives) for o in usable if o is not r)
-        return sorted(usable, key=lambda r: (not r["pareto"], sign * r["metrics"][metric]))
-    return sorted(usable, key=lambda r: sign * r["metrics"][metric])
+        for r, on_front in zip(usable, pareto_front(usable, objectives, values=lambda r: r["metrics"])):
+            r["pareto"] = on_front
+    return rank(usable, objectives, values=lambda r: r["metrics"])
 
 
 def _fmt(value: Any) -> str:

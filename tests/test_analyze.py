@@ -406,7 +406,7 @@ def test_folders_that_are_not_experiments_fail_with_one_line(kind, tmp_path, cap
 
 def test_spearman_equals_scipy_and_handles_ties():
     stats = pytest.importorskip("scipy.stats")
-    from raysl.analyze import spearman
+    from raysl.selectors import spearman
 
     x = [0.3, 0.1, 0.4, 0.4, 0.9, 0.2, 0.6]
     y = [12.0, 9.0, 15.0, 11.0, 30.0, 9.0, 20.0]
@@ -417,7 +417,7 @@ def test_spearman_equals_scipy_and_handles_ties():
 
 
 def test_importance_with_too_few_trials_or_one_param():
-    from raysl.analyze import param_importance
+    from raysl.importance import param_importance
     from raysl.results import Experiment, Param
 
     def exp(rows, params):
@@ -505,7 +505,8 @@ def test_asha_stopped_the_best_trial_and_the_report_marks_it(scripted, scripted_
 def test_best_config_vs_base(scripted, scripted_report):
     import yaml
 
-    from raysl.analyze import best_run_config, config_vs_base, rank_trials
+    from raysl.best_config import best_run_config, config_vs_base
+    from raysl.leaderboard import rank_trials
     from raysl.results import load_experiments
     from raysl.run_config import load_config
 

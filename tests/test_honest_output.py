@@ -69,7 +69,7 @@ def test_analyze_names_no_best_selector_from_two_finished_trials(tmp_path, capsy
     section = page.split('id="label-free-selectors"')[1].split("<h2")[0]
     assert "fewer than 5 needed to compare them" in section and "regret (kNN)" not in section
     assert "best label-free selector" not in page
-    from raysl.analyze import MIN_SELECTOR_TRIALS
+    from raysl.selectors import MIN_SELECTOR_TRIALS
 
     assert MIN_SELECTOR_TRIALS == 5
 
@@ -147,7 +147,7 @@ def test_analyze_importance_is_what_raysl_dashboard_shows(tmp_path):
     page = (tmp_path / "report" / "report.html").read_text()
     assert f"PED-ANOVA (Optuna&#x27;s PedAnovaImportanceEvaluator, as optuna-dashboard shows it) over the " \
            f"{len(SEARCH)} COMPLETE trials" in page
-    from raysl.analyze import STUDY_RECORD
+    from raysl.importance import STUDY_RECORD
     from raysl.study import STUDY_FILE
 
     assert STUDY_RECORD == STUDY_FILE  # analyze looks for the study record without importing Ray Tune
@@ -156,7 +156,7 @@ def test_analyze_importance_is_what_raysl_dashboard_shows(tmp_path):
 def test_importance_without_a_study_is_labelled_fanova(tmp_path):
     """A search with no Optuna study (PBT) has no dashboard to match: fANOVA, and the report says
     which estimator, with which seed, over which trials."""
-    from raysl.analyze import param_importance
+    from raysl.importance import param_importance
     from raysl.results import load_experiments
 
     exp, _ = _search_with_study(tmp_path)

@@ -347,8 +347,8 @@ def synthetic_experiment(root: Path) -> Path:
 
 
 def test_label_free_selector_table(tmp_path):
-    from raysl.analyze import label_free_selectors
     from raysl.results import load_experiments
+    from raysl.selectors import label_free_selectors
 
     (exp,) = load_experiments(str(synthetic_experiment(tmp_path)))
     assert dict(zip(exp.trials["trial_id"], exp.trials["status"]))["t5"] == "stopped"
@@ -396,8 +396,8 @@ def test_analyze_reports_the_selector_table(tmp_path):
 
 
 def test_selector_table_without_knn(tmp_path):
-    from raysl.analyze import label_free_selectors
     from raysl.results import load_experiments
+    from raysl.selectors import label_free_selectors
 
     exp = tmp_path / "nolabels"
     for i in range(3):

@@ -50,3 +50,22 @@ def test_metric_directions_are_one_table():
 def test_train_keys_are_not_evaluation_metrics():
     assert {"epoch", "loss", "status", "eval_epoch", "train_s", "eval_s", "startup_s"} <= outcome.TRAIN_KEYS
     assert not {"knn_acc", "rankme", "alignment"} & outcome.TRAIN_KEYS
+
+
+def test_one_ranking_for_tune_and_analyze():
+    # raysl tune's leaderboard (raysl.search) and raysl analyze's (raysl.leaderboard) both rank with outcome.rank
+    trials = [("a", "errored", 0.9), ("b", "finished", 0.5), ("c", "unfinished", 0.99), ("d", "stopped", 0.7),
+              ("e", "finished", float("nan")), ("f", "finished", 0.5)]
+
+    def ranked(mode, tiebreak=None):
+        return [t[0] for t in outcome.rank(trials, [("knn_acc", mode)], values=lambda t: {"knn_acc": t[2]},
+                                           status=lambda t: t[1], tiebreak=tiebreak)]
+
+    # usable trials by the objective (a missing value last), then unfinished ones, then diverged/collapsed/errored
+    assert ranked("max") == ["d", "b", "f", "e", "c", "a"]
+    assert ranked("min", tiebreak=lambda t: -ord(t[0])) == ["f", "b", "d", "e", "c", "a"]
+    # several objectives: the Pareto front first, each part by the first objective
+    points = [{"m": 0.9, "s": 1.0}, {"m": 0.8, "s": 0.1}, {"m": 0.7, "s": 2.0}, {"m": 0.85, "s": 1.5}]
+    objectives = [("m", "max"), ("s", "min")]
+    assert outcome.pareto_front(points, objectives, values=lambda p: p) == [True, True, False, False]
+    assert outcome.rank(points, objectives, values=lambda p: p) == [points[0], points[1], points[3], points[2]]
