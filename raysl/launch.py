@@ -537,7 +537,7 @@ def finished_run(cfg: RunConfig, out: storage.Location) -> dict | None:
     """
     import yaml
 
-    from raysl.config import to_yaml
+    from raysl.config_load import to_yaml
 
     text = storage.read_text(out.join("config.yaml"), missing_ok=True)
     snapshot = storage.read_text(out.join(TRAIN_RUN_NAME, SNAPSHOT_FILE), missing_ok=True)
@@ -610,7 +610,7 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
     from ray.train.torch import TorchTrainer
 
     from raysl import progress
-    from raysl.config import to_yaml
+    from raysl.config_load import to_yaml
     from raysl.data.pipeline import reads_in_worker, train_dataset
     from raysl.train import train_worker
 

@@ -227,7 +227,7 @@ def _finished_run_folder(out: Path, cfg) -> dict:
     checkpoint's path in each), train/checkpoint_*/state.pt and Ray Train's checkpoint_manager_snapshot.json."""
     import torch
 
-    from raysl.config import to_yaml
+    from raysl.config_load import to_yaml
 
     out.mkdir(parents=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
@@ -305,7 +305,7 @@ def test_what_a_resume_may_change(tmp_path):
     that loads the checkpoint into another model or trains on as another run (method, data, recipe, seed)."""
     import yaml
 
-    from raysl.config import to_yaml
+    from raysl.config_load import to_yaml
     from raysl.launch import resume_conflicts
     from raysl.run_config import load_config
 

@@ -228,7 +228,7 @@ def test_elastic_batch_must_split_evenly_over_every_worker_count():
 
 
 def test_elastic_range_round_trips_through_the_saved_config():
-    from raysl.config import to_yaml
+    from raysl.config_load import to_yaml
     from raysl.run_config import RunConfig
 
     cfg = _config(num_workers=[1, 2], max_failures=3)
