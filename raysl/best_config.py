@@ -29,7 +29,8 @@ def best_run_config(exp: Experiment, trial: pd.Series) -> tuple[str | None, str]
     The experiment's own ``best_config.yaml`` is used when its searched values are the
     trial's; otherwise the space file's ``base:`` gets the trial's parameters applied.
     """
-    from raysl.config import RunConfig, to_yaml
+    from raysl.config import RunConfig
+    from raysl.config_load import to_yaml
     from raysl.errors import ConfigError
     from raysl.run_config import build_config
 
@@ -70,7 +71,7 @@ def _apply_sample(base: dict, sample: dict[str, Any]) -> dict:
     try:
         from raysl.space import apply_sample
     except ImportError:  # pragma: no cover - raysl.space ships with raysl
-        from raysl.config import set_dotted
+        from raysl.config_load import set_dotted
 
         tree = copy.deepcopy(base)
         for key, value in sample.items():

@@ -1,30 +1,48 @@
-"""Driver side of a run: resolve the data, start (or join) Ray, fit a TorchTrainer.
+"""Driver side of a run: resolve the data, start (or join) Ray, build and fit a TorchTrainer.
 
-Everything a user can get wrong is checked here, before Ray starts.
+Everything a user can get wrong is checked here, before Ray starts. :func:`make_trainer` is the one place a
+``TorchTrainer`` is built (``raysl train`` here, a multi-worker ``raysl tune`` trial in :mod:`raysl.trial`).
+What the run's ``--out`` folder holds is :mod:`raysl.run_folder`; what happens when the run fails or is
+stopped, :mod:`raysl.run_faults`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
 import os
 import sys
-from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
+from raysl import ray_compat, storage
 from raysl.config import RunConfig
-from raysl import jsonio, ray_compat, storage
 from raysl.console import stream_isatty
 from raysl.data.locate import resolve_data_dir
-from raysl.errors import (ConfigError, Interrupted, RayslError, StorageError, TrainingError,
-                          WorkerDiedError)
+from raysl.errors import ConfigError, Interrupted, RayslError, StorageError, TrainingError, WorkerDiedError
 from raysl.interrupts import interrupt_signals, received_signal
 from raysl.outcome import TRAIN_RUN_NAME, status_of
 from raysl.placement import check_placement, run_needs
-from raysl.progress import EPOCH_FIELDS, epoch_line
+from raysl.run_faults import (
+    interrupted_detail,
+    make_failure_policy,
+    make_resize_callback,
+    relay_line,
+    stop_run,
+    user_error_from,
+    worker_death_from,
+)
+from raysl.run_folder import (
+    MetricsFile,
+    finished_run,
+    kept_epochs,
+    metrics_callback,
+    refuse_unresumable,
+    registered_checkpoints,
+    restore_metrics_rows,
+)
 
-STATUS_FIELDS = EPOCH_FIELDS  # shown in each epoch line
+if TYPE_CHECKING:
+    import ray.train
+    from ray.train.torch import TorchTrainer
 
 
 def check_against_data(cfg: RunConfig, data_dir: str, source: str) -> Any:
@@ -151,444 +169,40 @@ _UNACTIONABLE_RAY_ERRORS = ("worker processes have been started on node",
                             "A worker died or was killed while executing a task")
 
 
-class MetricsFile:
-    """Appends each report to ``metrics.jsonl`` (exactly once per epoch, across resumes).
+def make_trainer(train_loop: Callable[[dict], None], loop_config: dict[str, Any], cfg: RunConfig, *, name: str,
+                 storage_path: str, failure_config: ray.train.FailureConfig, callbacks: list[Any],
+                 datasets: dict[str, Any], keep_extra: int = 0) -> TorchTrainer:
+    """The TorchTrainer of a run: ``train_loop(loop_config)`` on ``cfg.scale``'s workers (a number, or
+    ``(min, max)``: elastic), each holding ``scale.cpus_per_worker`` CPUs and, with ``scale.use_gpu``,
+    ``scale.gpus_per_worker`` GPUs; Train run ``name`` in ``storage_path`` (the same name and storage again
+    resume from its last checkpoint), keeping ``cfg.checkpoint.keep + keep_extra`` checkpoints.
 
-    ``show``: also print the epoch line to stderr. ``raysl train`` does not: there this
-    runs in the TrainController, and rank 0 relays the line itself, in order with its
-    step progress (see raysl.progress).
+    ``raysl train`` (:func:`train_run`) and a multi-worker ``raysl tune`` trial (raysl.trial) differ in the
+    loop, its config, the name and storage, the failure config, the callbacks and the Ray Datasets (``{}``
+    where the workers read the shards themselves), and a PBT trial keeps ``keep_extra`` more checkpoints.
     """
-
-    def __init__(self, path: str | Path | storage.Location, show: bool = True):
-        self.path = storage.resolve(path)  # a local path or a URI
-        self.show = show
-
-    def rows(self) -> list[dict]:
-        rows = []
-        for line in (storage.read_text(self.path, missing_ok=True) or "").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return rows
-
-    def write(self, metrics: dict) -> None:
-        rows = [row for row in self.rows() if row.get("epoch", 0) < metrics.get("epoch", 0)]
-        rows.append(metrics)
-        # atomic: a full disk leaves the previous file, never a torn one; strict JSON (null for a
-        # non-finite metric), so any JSON reader takes the file
-        storage.write_atomic(self.path, "".join(jsonio.dumps(r) + "\n" for r in rows))
-        if self.show:
-            print(epoch_line(metrics, STATUS_FIELDS), file=sys.stderr, flush=True)
-
-
-def restore_metrics_rows(out: storage.Location) -> None:
-    """Put back the row of the checkpoint a resume starts from when metrics.jsonl lacks it.
-
-    Ray registers a checkpoint before its callbacks run, so a run that failed while writing
-    metrics.jsonl (a full disk) resumes after an epoch whose row was never written: the
-    checkpoint holds that epoch's metrics, so the row is restored from it.
-    """
-    from raysl.checkpoint import load_state
-    from raysl.train import CHECKPOINT_FILE
-
-    run = out.join(TRAIN_RUN_NAME)
-    storage.remove_temporaries(run)  # a checkpoint upload killed mid-way
-    metrics = MetricsFile(out.join("metrics.jsonl"), show=False)
-    have = {row.get("epoch") for row in metrics.rows()}
-    names = sorted((n for n, is_dir in storage.list_dir(run) if is_dir and n.startswith("checkpoint_")), reverse=True)
-    for name in names:  # Ray names checkpoint folders by time: the newest first
-        state_file = run.join(name, CHECKPOINT_FILE)
-        try:
-            if state_file.is_local:
-                state = load_state(state_file.path, mmap=True)
-            else:
-                import io
-
-                import torch
-
-                state = torch.load(io.BytesIO(storage.read_bytes(state_file)), map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - a torn or foreign one is not resumed from either
-            continue
-        row = dict(state.get("metrics") or {})
-        if not row or row.get("epoch") in have:
-            return
-        row["checkpoint"] = run.join(name).path
-        metrics.write(row)
-        print(f"[raysl] restored the metrics.jsonl row of epoch {row['epoch']} from its checkpoint", file=sys.stderr)
-        return
-
-
-def _make_callback(path: storage.Location, show: bool = True):
-    from ray.train.v2.api.callback import UserCallback
-
-    class _Callback(UserCallback):
-        def __init__(self):
-            self.file = MetricsFile(path, show)
-
-        def after_report(self, run_context, metrics, checkpoint):
-            row = dict(metrics[0])
-            if checkpoint is not None:
-                row["checkpoint"] = checkpoint.path
-            self.file.write(row)
-
-    return _Callback()
-
-
-def relay_line(relay, text: str) -> None:
-    """A line for the user from the TrainController (an async actor: it does not wait)."""
-    relay.put.remote({"kind": "line", "text": text})
-
-
-def make_failure_policy(failure_config, say: Callable[[str], Any], out: storage.Location):
-    """Ray Train's failure policy for ``raysl train``, with two changes: a RayslError a worker raised
-    (diverged, collapsed, a full disk, no loadable checkpoint) ends the run at once, since a restart
-    from the checkpoint would only repeat it; and each restart is told in one line (``say``)."""
-    from ray.train.v2.api.exceptions import ControllerError
-
-    DefaultFailurePolicy, FailureDecision = ray_compat.failure_policy_base()
-
-    class _RunFailurePolicy(DefaultFailurePolicy):
-        def make_decision(self, training_failed_error):
-            if user_error_from(training_failed_error) is not None:
-                return FailureDecision.RAISE
-            _, preemptions = ray_compat.failure_counts(self) or (0, 0)  # Ray's own counts
-            decision = super().make_decision(training_failed_error)
-            if decision == FailureDecision.RETRY and not isinstance(training_failed_error, ControllerError):
-                # (a ControllerError here is Ray retrying to start the group: no worker failed)
-                registered = registered_checkpoints(out)
-                failures, preemptions_now = ray_compat.failure_counts(self) or (0, 0)
-                line = restart_line(training_failed_error, registered[1] if registered else 0,
-                                    self.failure_config.max_failures, failures,
-                                    preempted=preemptions_now > preemptions)
-                say(line)
-            return decision
-
-    return _RunFailurePolicy(failure_config)
-
-
-def restart_line(error: BaseException, epoch: int, max_failures: int, failures: int, preempted: bool = False) -> str:
-    """``[raysl] a training worker died; restarting the worker group from the epoch 3 checkpoint
-    (failure 1 of 2)``: what failed, where the run goes on from, and how much of the budget is used."""
-    where = f"the epoch {epoch} checkpoint" if epoch else "the start (no epoch is checkpointed yet)"
-    budget = f"failure {failures} of {max_failures}"
-    if preempted:  # Ray counts them apart (FailureConfig.max_preemption_failures, unlimited)
-        what, budget = "a worker's node was preempted", "preemptions do not count against --max-failures"
-    elif worker_death_from(error) is not None:
-        what = "a training worker died"
-    else:  # an exception in the training code (not a RayslError: those end the run)
-        cause = _find_cause(error, lambda e: not type(e).__module__.startswith("ray."))
-        what = "a training worker failed"
-        if cause is not None:
-            what += f" ({type(cause).__name__}: {' '.join(str(cause).split())[:200]})"
-    return f"[raysl] {what}; restarting the worker group from {where} ({budget})"
-
-
-def make_resize_callback(say: Callable[[str], Any], batch_size: int):
-    """Tells the user each time Ray Train starts the worker group at another size (elastic
-    ``scale.num_workers: [min, max]``): the global batch stays, each worker's share changes."""
-    class _ResizeCallback(ray_compat.controller_callback_base()):  # type: ignore[misc]
-        def __init__(self):
-            self.workers: int | None = None
-
-        def on_controller_start_worker_group(self, *, scaling_config, num_workers):
-            if self.workers is not None and num_workers != self.workers:
-                say(resize_line(self.workers, num_workers, batch_size))
-            self.workers = num_workers
-            return None
-
-    return _ResizeCallback()
-
-
-def resize_line(before: int, after: int, batch_size: int) -> str:
-    """``[raysl] workers: 2 -> 1, per-worker batch 64 -> 128 (global batch 128)``."""
-    return (f"[raysl] workers: {before} -> {after}, per-worker batch {batch_size // before} -> "
-            f"{batch_size // after} (global batch {batch_size})")
-
-
-def user_error_from(exc: BaseException) -> RayslError | None:
-    """The RayslError a worker raised, found through Ray's wrappers."""
-    return _find_cause(exc, lambda e: isinstance(e, RayslError))
-
-
-def _find_cause(exc: BaseException, wanted) -> Any:
-    """The first exception in ``exc``'s chain (causes, Ray's wrapped causes, per-worker failures)
-    for which ``wanted`` is true."""
-    seen: set[int] = set()
-    stack: list[Any] = [exc]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if wanted(e):
-            return e
-        for attr in ("cause", "health_check_failure"):  # Ray's wrapped cause; a failed worker health check's
-            cause = getattr(e, attr, None)
-            if isinstance(cause, BaseException):
-                stack.append(cause)
-        for attr in ("worker_failures", "_worker_failures"):
-            failures = getattr(e, attr, None)
-            if isinstance(failures, dict):
-                stack.extend(failures.values())
-        stack.extend([e.__cause__, e.__context__])
-        as_inst = getattr(e, "as_instanceof_cause", None)
-        if callable(as_inst):
-            try:
-                stack.append(as_inst())
-            except Exception:
-                pass
-    return None
-
-
-# --------------------------------------------------------------------------
-# interruptions and dead workers: stop cleanly, keep every checkpoint Ray registered
-
-# Ray Train's record of the checkpoints it registered (what a resume starts from)
-SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
-
-
-@contextlib.contextmanager
-def quiet_stderr():
-    """Ray's own shutdown (aborted actors, a raylet going away) writes to fd 2 from C++: keep it out
-    of the user's terminal while raysl stops the run (``RAYSL_DEBUG_STOP=1`` shows it)."""
-    if os.environ.get("RAYSL_DEBUG_STOP"):
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def registered_checkpoints(out: storage.Location) -> tuple[list[str], int] | None:
-    """(checkpoint folder names, epoch of the latest) that Ray Train registered for the run in ``out``:
-    ``([], 0)`` before the first one; None when its record cannot be read."""
-    text = storage.read_text(out.join(TRAIN_RUN_NAME, SNAPSHOT_FILE), missing_ok=True)
-    if text is None:
-        return [], 0
-    try:
-        snapshot = json.loads(text)
-        names = [r["checkpoint_dir_name"] for r in snapshot.get("checkpoint_results") or []]
-        latest = snapshot.get("latest_checkpoint_result") or {}
-        return names, int((latest.get("metrics") or {}).get("epoch") or 0)
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return None
-
-
-def discard_unregistered_checkpoints(out: storage.Location) -> None:
-    """After a stop: remove what a stopped upload left (temporaries, and checkpoint folders written
-    after the last one Ray registered: a resume never starts from them and their epochs are not in
-    metrics.jsonl), so every checkpoint folder left is one the run can resume from."""
-    run = out.join(TRAIN_RUN_NAME)
-    if not storage.is_dir(run):
-        return
-    storage.remove_temporaries(run)
-    registered = registered_checkpoints(out)
-    if registered is None:
-        return
-    names, _ = registered
-    newest = max(names) if names else ""
-    for name, is_dir in storage.list_dir(run):
-        if is_dir and name.startswith("checkpoint_") and name not in names and name > newest:
-            storage.remove(run.join(name))
-
-
-def kept_epochs(out: storage.Location, epochs: int) -> tuple[int, str]:
-    """(the epoch a resume starts from, "epochs 1-N are checkpointed in OUT")."""
-    registered = registered_checkpoints(out)
-    done = registered[1] if registered else 0
-    if done == 0:
-        return 0, f"no epoch is checkpointed yet in {out}"
-    if done >= epochs:
-        return done, f"all {epochs} epochs are checkpointed in {out}"
-    return done, (f"epoch 1 is checkpointed in {out}" if done == 1 else f"epochs 1-{done} are checkpointed in {out}")
-
-
-def interrupted_detail(finished: int, checkpointed: int, epochs: int, every: int, out: storage.Location | str) -> str:
-    """What an interrupted ``raysl train`` kept: ``after epoch 8 of 30; a resume continues from the epoch 6
-    checkpoint in OUT and repeats epochs 7-8 (checkpoint.every_epochs=2)``.
-
-    ``finished``: the last epoch that finished (its epoch line was printed); ``checkpointed``: the epoch
-    of the newest checkpoint Ray registered, where a resume continues from; ``every``:
-    ``checkpoint.every_epochs``. The epochs in between are trained again, and the line says why: not
-    every epoch is checkpointed, or the stop came before the newest checkpoint was registered.
-    """
-    finished = max(finished, checkpointed)
-    if finished == 0:
-        return f"during epoch 1 of {epochs}; no epoch is checkpointed yet in {out}, a resume starts from epoch 1"
-    head = f"after epoch {finished} of {epochs}; "
-    if checkpointed == finished:
-        return head + f"a resume continues from the epoch {checkpointed} checkpoint in {out}"
-    due = epochs if finished == epochs else finished - finished % every  # the newest epoch meant to be checkpointed
-    why = f"checkpoint.every_epochs={every}" if checkpointed >= due else \
-        f"the epoch {due} checkpoint was not saved before the stop"
-    again = f"epoch {finished}" if finished == checkpointed + 1 else f"epochs {checkpointed + 1}-{finished}"
-    if checkpointed == 0:
-        return head + f"no epoch is checkpointed yet in {out} ({why}), a resume starts from epoch 1"
-    return head + f"a resume continues from the epoch {checkpointed} checkpoint in {out} and repeats {again} ({why})"
-
-
-# What a re-run of `raysl train` on an --out that holds a run may change: it resumes that run from its
-# checkpoint, and the run's config.yaml is then overwritten with the new config, so a change is allowed
-# only when the checkpoint still loads and config.yaml still says how every epoch was trained:
-# - optim.epochs: train longer (the finished-run line says to); the schedule stretches from the
-#   checkpointed step on;
-# - scale.*: where and how the same training runs (workers: the global batch optim.batch_size stays
-#   whatever their number; GPUs, precision, threads, restarts, the placement timeout);
-# - eval.*, checkpoint.*: what is measured and kept, not what is learned;
-# - model.compile, model.channels_last, data.decode, data.cache_on_device, data.max_cached_bytes: how the
-#   same computation runs; the checkpoint's tensors are the same.
-# Everything else is the run itself, and a change is refused: model.* (the checkpoint's tensors have that
-# architecture's shapes: a resume failed with a size mismatch after config.yaml was overwritten); method.*
-# (the loss and what it keeps in the checkpoint: queues, prototypes, teacher, centres); data.* (what the
-# run learns from: source, folder, fraction, crops, augmentations); the rest of optim.* and schedule.*
-# (the optimizer state is that optimizer's; another batch size or schedule puts the checkpoint's step
-# elsewhere in the lr schedule); seed (the order and augmentations of every epoch).
-RESUME_MAY_CHANGE = ("optim.epochs", "scale.", "eval.", "checkpoint.", "model.compile", "model.channels_last",
-                     "data.decode", "data.cache_on_device", "data.max_cached_bytes")
-_UNSET = "(unset)"
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists are values)."""
-    if not isinstance(tree, dict):
-        return {prefix: tree} if prefix else {}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        flat.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
-def resume_conflicts(saved: Any, cfg: RunConfig) -> list[tuple[str, Any, Any]]:
-    """(key, saved value, new value) for each setting that ``cfg`` changes in a run's saved config
-    (config.yaml, as loaded) and that a resume may not change (RESUME_MAY_CHANGE); [] when ``cfg`` can
-    resume that run. Keys a config leaves to their default compare by their default."""
-    from pydantic import ValidationError
-
-    from raysl.run_config import RunConfig  # parses with every method registered
-
-    try:  # with its defaults filled in (a run saved before a key existed has it at its default)
-        saved = RunConfig.model_validate(saved).model_dump(mode="json")
-    except (ValidationError, ValueError, TypeError):  # a config of another raysl: compared as it is
-        pass
-    old, new = _flat(saved), _flat(cfg.model_dump(mode="json"))
-    for flat in (old, new):  # one prepared folder, however it was written
-        path = flat.get("data.path")
-        if isinstance(path, str) and not storage.is_uri(path):
-            flat["data.path"] = str(Path(path).expanduser().resolve())
-    conflicts = [(key, old.get(key, _UNSET), new.get(key, _UNSET)) for key in [*new, *(k for k in old if k not in new)]
-                 if old.get(key, _UNSET) != new.get(key, _UNSET)
-                 and not any(key == may or (may.endswith(".") and key.startswith(may)) for may in RESUME_MAY_CHANGE)]
-    if any(key == "method.name" for key, _, _ in conflicts):  # another method: its knobs differ with it
-        conflicts = [c for c in conflicts if c[0] == "method.name" or not c[0].startswith("method.")]
-    return conflicts
-
-
-def refuse_unresumable(cfg: RunConfig, out: storage.Location) -> None:
-    """A ConfigError, before anything is written, when ``out`` holds a run (a checkpoint, or an epoch in
-    metrics.jsonl) that ``cfg`` cannot resume: re-running it would overwrite its config.yaml and then
-    fail to load its checkpoint (or train on from it as another run)."""
-    import yaml
-
-    text = storage.read_text(out.join("config.yaml"), missing_ok=True)
-    if text is None:
-        return
-    run = out.join(TRAIN_RUN_NAME)
-    checkpointed = any(is_dir and name.startswith("checkpoint_") for name, is_dir in storage.list_dir(run))
-    if not checkpointed and not MetricsFile(out.join("metrics.jsonl"), show=False).rows():
-        return  # nothing trained yet (stopped before its first epoch): nothing a new config would harm
-    try:
-        saved = yaml.safe_load(text)
-    except yaml.YAMLError:
-        saved = None
-    conflicts = resume_conflicts(saved, cfg)
-    if not conflicts:
-        return
-
-    def shown(value: Any) -> str:
-        text = value if isinstance(value, str) else jsonio.dumps(value)
-        return text if len(text) <= 60 else text[:57] + "..."
-
-    listed = ", ".join(f"{key}: {shown(a)} -> {shown(b)}" for key, a, b in conflicts[:6])
-    if len(conflicts) > 6:
-        listed += f" and {len(conflicts) - 6} more"
-    raise ConfigError(
-        f"--out {out} holds a run trained with other settings ({listed}), and a resume cannot change what a "
-        f"run learns (only optim.epochs, scale.*, eval.*, checkpoint.*); train these settings into a new "
-        f"--out, or resume that run with its own settings ({out.join('config.yaml')})")
-
-
-def finished_run(cfg: RunConfig, out: storage.Location) -> dict | None:
-    """The summary of the run in ``out`` when it already finished with this very config, else None.
-
-    Finished: its ``config.yaml`` is ``cfg``; Ray Train's newest registered checkpoint is of the last
-    epoch (``optim.epochs``) and its state file is there; ``metrics.jsonl``'s last row is that epoch
-    with status finished. The summary is what the run's own ``raysl train`` printed: that row, ``out``
-    and ``checkpoint``. (Running it again would start Ray, tens of seconds, to restore that checkpoint
-    and report it once more.)
-    """
-    import yaml
-
-    from raysl.config import to_yaml
-
-    text = storage.read_text(out.join("config.yaml"), missing_ok=True)
-    snapshot = storage.read_text(out.join(TRAIN_RUN_NAME, SNAPSHOT_FILE), missing_ok=True)
-    if text is None or snapshot is None:
-        return None
-    try:
-        if yaml.safe_load(text) != yaml.safe_load(to_yaml(cfg)):
-            return None  # another config (more epochs, another lr): Ray decides what is left to train
-        latest = json.loads(snapshot)["latest_checkpoint_result"]
-        name, epoch = str(latest["checkpoint_dir_name"]), int(latest["metrics"]["epoch"])
-    except (yaml.YAMLError, ValueError, TypeError, KeyError):
-        return None
-    if epoch != cfg.optim.epochs or not storage.is_file(out.join(TRAIN_RUN_NAME, name, "state.pt")):
-        return None  # state.pt: raysl.train.CHECKPOINT_FILE (importing raysl.train imports torch)
-    rows = [r for r in MetricsFile(out.join("metrics.jsonl"), show=False).rows() if isinstance(r.get("epoch"), int)]
-    last = max(rows, key=lambda r: r["epoch"], default={})
-    if last.get("epoch") != cfg.optim.epochs or last.get("status") != "finished":
-        return None
-    summary = {k: v for k, v in last.items() if k != "checkpoint"}
-    summary["out"] = str(out)
-    summary["checkpoint"] = last.get("checkpoint") or out.join(TRAIN_RUN_NAME, name).path
-    return summary
-
-
-def _stop_run(controllers: list, out: storage.Location) -> None:
-    """Abort the Train run (its workers stop writing), leave Ray quietly, tidy the run folder."""
-    import ray
-
-    with quiet_stderr():
-        for controller in controllers:
-            try:
-                ray.get(controller.abort.remote(), timeout=120)
-            except Exception:  # noqa: BLE001 - abort ends the controller actor: RayActorError is the normal answer
-                pass
-        try:
-            ray.shutdown()
-        except Exception:  # noqa: BLE001 - the run is over either way
-            pass
-    discard_unregistered_checkpoints(out)
-
-
-def worker_death_from(exc: BaseException) -> BaseException | None:
-    """The Ray error saying a Train worker process died (a signal, the OOM killer, a lost node)."""
-    from ray import exceptions as rex
-
-    died = tuple(getattr(rex, name) for name in ("ActorDiedError", "RayActorError", "WorkerCrashedError",
-                                                 "OutOfMemoryError", "NodeDiedError") if hasattr(rex, name))
-    health = ray_compat.worker_health_check_error()  # Train V2's dead worker (its cause: the actor died)
-    if health is not None:
-        died = (*died, health)
-    return _find_cause(exc, lambda e: isinstance(e, died))
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    scale = cfg.scale
+    resources = {"CPU": scale.cpus_per_worker, **({"GPU": scale.gpus_per_worker} if scale.use_gpu else {})}
+    return TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=scale.num_workers,  # (min, max): elastic
+            use_gpu=scale.use_gpu,
+            resources_per_worker=resources,
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep + keep_extra),
+            failure_config=failure_config,
+            callbacks=callbacks,
+        ),
+        datasets=datasets,
+    )
 
 
 def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool = False) -> dict:
@@ -607,10 +221,9 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
               file=sys.stderr)
         return done
     import ray.train
-    from ray.train.torch import TorchTrainer
 
     from raysl import progress
-    from raysl.config import to_yaml
+    from raysl.config_load import to_yaml
     from raysl.data.pipeline import reads_in_worker, train_dataset
     from raysl.train import train_worker
 
@@ -639,23 +252,16 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
     relay = progress.start_relay()
     failure_config = ray.train.FailureConfig(max_failures=cfg.scale.max_failures)
     say = functools.partial(relay_line, relay)  # restarts and resizes, told from the TrainController
-    trainer = TorchTrainer(
+    trainer = make_trainer(
         train_worker,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "data_dir": data_dir, "read_in_worker": in_worker,
-                           "progress": progress.relay_config(relay, stream_isatty(sys.stderr))},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.scale.num_workers,  # (min, max): elastic
-            use_gpu=cfg.scale.use_gpu,
-            resources_per_worker={"CPU": cfg.scale.cpus_per_worker, **({"GPU": cfg.scale.gpus_per_worker} if cfg.scale.use_gpu else {})},
-        ),
-        run_config=ray.train.RunConfig(
-            name=TRAIN_RUN_NAME,
-            storage_path=out_dir.uri,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
-            failure_config=failure_config,
-            callbacks=[_make_callback(out_dir.join("metrics.jsonl"), show=False),
-                       make_resize_callback(say, cfg.optim.batch_size)],
-        ),
+        {"config": cfg.model_dump(mode="json"), "data_dir": data_dir, "read_in_worker": in_worker,
+         "progress": progress.relay_config(relay, stream_isatty(sys.stderr))},
+        cfg,
+        name=TRAIN_RUN_NAME,
+        storage_path=out_dir.uri,
+        failure_config=failure_config,
+        callbacks=[metrics_callback(out_dir.join("metrics.jsonl"), show=False),
+                   make_resize_callback(say, cfg.optim.batch_size)],
         datasets=datasets,
     )
     # Ray Train V2 hands its controller to a SIGINT handler of its own; raysl's handlers stop the run
@@ -670,7 +276,7 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
                 with view:
                     result = trainer.fit()
             except KeyboardInterrupt:  # raysl's Interrupted, or the plain one Ray's ray.get makes of it
-                _stop_run(controllers, out_dir)
+                stop_run(controllers, out_dir)
                 registered = registered_checkpoints(out_dir)
                 reported = max((int(r.get("epoch") or 0) for r in MetricsFile(out_dir.join("metrics.jsonl"),
                                                                                 show=False).rows()), default=0)
@@ -683,7 +289,7 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
     except Exception as exc:  # noqa: BLE001 - translate worker errors a user can act on
         user = user_error_from(exc) or storage.error_in(exc, out_dir.uri)  # e.g. Ray's own write on a full disk
         if user is None and worker_death_from(exc) is not None:
-            _stop_run(controllers, out_dir)
+            stop_run(controllers, out_dir)
             _, kept = kept_epochs(out_dir, cfg.optim.epochs)
             restarts = cfg.scale.max_failures
             spent = f", with the {restarts} restart{'s' * (restarts != 1)} of --max-failures {restarts} used up" \

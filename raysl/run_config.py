@@ -17,18 +17,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 import raysl.methods  # noqa: F401 (registers every method: raysl.config.METHOD_REGISTRY)
-from raysl.config import (
-    DEFAULT_METHOD,
-    METHOD_REGISTRY,
-    MethodSection,
-    RunConfig,
-    config_tree,
-    error_loc,
-    format_validation_error,
-    get_dotted,
-    parse_override,
-    set_dotted,
-)
+from raysl.config import DEFAULT_METHOD, METHOD_REGISTRY, MethodSection, RunConfig
+from raysl.config_load import config_tree, error_loc, format_validation_error, get_dotted, parse_override, set_dotted
 from raysl.errors import ConfigError
 
 __all__ = ["RunConfig", "build_config", "config_keys", "load_config"]

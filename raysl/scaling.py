@@ -22,7 +22,7 @@ from raysl import hp_transfer as hp
 from raysl import jsonio
 from raysl import scaling_laws as laws
 from raysl import trajectory as traj
-from raysl.config import parse_override, read_yaml, set_dotted
+from raysl.config_load import parse_override, read_yaml, set_dotted
 from raysl.errors import ConfigError
 from raysl.space import SearchSpace, TuneSettings, metric_mode, space_from_dict, validate_section, walk
 

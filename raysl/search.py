@@ -41,7 +41,7 @@ import yaml
 from ray.tune.stopper import Stopper
 
 from raysl import jsonio, ray_compat, signing, storage
-from raysl.config import to_yaml
+from raysl.config_load import to_yaml
 from raysl.console import without_passwords
 from raysl.data.locate import absolute_data_path, resolve_data_dir
 from raysl.errors import ConfigError, RayslError, StorageError

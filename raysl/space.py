@@ -42,16 +42,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from raysl.config import (
-    DEFAULT_METHOD,
-    MAX_SEED,
-    RunConfig,
-    format_validation_error,
-    get_dotted,
-    parse_override,
-    read_yaml,
-    set_dotted,
-)
+from raysl.config import DEFAULT_METHOD, MAX_SEED, RunConfig
+from raysl.config_load import format_validation_error, get_dotted, parse_override, read_yaml, set_dotted
 from raysl.errors import ConfigError
 from raysl.outcome import METRIC_MODES, known_metric, metric_mode, worst_value  # noqa: F401 (re-exported)
 

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from raysl import hp_transfer as hp
 from raysl import jsonio, storage
-from raysl.config import set_dotted
+from raysl.config_load import set_dotted
 from raysl.space import Param, apply_sample, walk
 
 RESULT_KEY = "transfer"  # scaling.json's key of a transfer experiment's fits and predictions
@@ -309,7 +309,7 @@ def predicted_config_tree(base: dict, config_point: dict[str, Any], values: dict
 def write_predicted_configs(experiment: str, base: dict, predictions: list[dict[str, Any]], source: str) -> None:
     """Write each prediction's run config as ``predicted_config_<i>.yaml`` in the experiment folder (each
     ``config`` set to where); a config the values make invalid gets ``config_error`` instead."""
-    from raysl.config import to_yaml
+    from raysl.config_load import to_yaml
     from raysl.errors import ConfigError
     from raysl.run_config import build_config
 

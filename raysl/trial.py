@@ -287,8 +287,9 @@ def make_trainable(base: dict, objectives: list[tuple[str, str]], experiment: st
         import ray.tune
 
         from raysl import pbt
-        from raysl.launch import check_against_data, user_error_from
+        from raysl.launch import check_against_data
         from raysl.run_config import build_config
+        from raysl.run_faults import user_error_from
         from raysl.train import train_worker
 
         filler = ResultFiller(objectives)
@@ -350,11 +351,11 @@ def _fit_torch_trainer(cfg: RunConfig, loop_config: dict, data_dir: str, objecti
     import ray.data
     import ray.train
     import ray.tune
-    from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
 
     from raysl.data.pipeline import reads_in_worker, train_dataset
     from raysl.data.shards import load_manifest
+    from raysl.launch import make_trainer
 
     train_storage = storage.join_uri(experiment, trial.trial_dir)
     in_worker = reads_in_worker(cfg, load_manifest(data_dir))
@@ -368,25 +369,18 @@ def _fit_torch_trainer(cfg: RunConfig, loop_config: dict, data_dir: str, objecti
     # add decode tasks of one CPU each: raysl.search._default_concurrency leaves a CPU per trial for them.
     # (small-image shards: each worker reads its part itself, no Ray Dataset)
     datasets = {} if in_worker else {"train": train_dataset(cfg, data_dir, read_remote_args={"num_cpus": 0})}
-    resources = {"CPU": cfg.scale.cpus_per_worker}
-    if cfg.scale.use_gpu:
-        resources["GPU"] = cfg.scale.gpus_per_worker
     reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
-    trainer = TorchTrainer(
+    trainer = make_trainer(
         train_worker_in_trial,
-        train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.scale.num_workers, use_gpu=cfg.scale.use_gpu, resources_per_worker=resources
-        ),
-        run_config=ray.train.RunConfig(
-            # same name and storage on a restarted trial: Train resumes from its last checkpoint
-            name=start.run,
-            storage_path=train_storage,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep + keep_extra),
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            callbacks=[_relay_callback(objectives, extra, reports, storage.join_uri(train_storage, start.run))],
-        ),
+        loop_config,
+        cfg,
+        # same name and storage on a restarted trial: Train resumes from its last checkpoint
+        name=start.run,
+        storage_path=train_storage,
+        failure_config=ray.train.FailureConfig(max_failures=max_failures),
+        callbacks=[_relay_callback(objectives, extra, reports, storage.join_uri(train_storage, start.run))],
         datasets=datasets,
+        keep_extra=keep_extra,
     )
     _relay_to_tune(reports, trial, start.run, trainer.fit, delivered)
 

@@ -88,7 +88,8 @@ def test_a_key_given_twice_in_one_mapping_is_refused(tmp_path, capsys, text, lin
 def test_the_duplicate_check_keeps_safe_load_semantics(tmp_path):
     """The strict loader is yaml.safe_load otherwise: a merge key may be overridden (YAML's meaning), and a
     Python tag is still refused (tests/test_security.py has the payload cases)."""
-    from raysl.config import ConfigError, read_yaml
+    from raysl.config_load import read_yaml
+    from raysl.errors import ConfigError
 
     merged = tmp_path / "merge.yaml"
     merged.write_text("a: &base {x: 1, y: 2}\nb:\n  <<: *base\n  x: 3\n")

@@ -335,7 +335,7 @@ def test_resume_with_no_loadable_checkpoint_is_an_error_not_a_fresh_start(tmp_pa
 
 
 def test_metrics_rows_after_a_fallback_epoch_are_replaced_once(tmp_path):
-    from raysl.launch import MetricsFile
+    from raysl.run_folder import MetricsFile
 
     metrics = MetricsFile(tmp_path / "metrics.jsonl", show=False)
     for epoch in (1, 2, 3, 4):

@@ -176,7 +176,7 @@ def test_interrupted_line_names_the_last_finished_epoch_and_where_a_resume_conti
     """Issue 22: the terminal showed `epoch=8`, then `interrupted (SIGINT) at epoch 7 of 30; epochs 1-6 are
     checkpointed`. The line now names the last epoch that finished (the one printed), the checkpoint a
     resume continues from, the epochs it repeats, and why they are not kept."""
-    from raysl.launch import interrupted_detail
+    from raysl.run_faults import interrupted_detail
 
     out = "/runs/simclr"
     # the issue's run: epochs 7 and 8 finished and were printed; the stop came before Ray registered
@@ -204,11 +204,12 @@ def test_interrupted_train_prints_one_line_with_the_resume_command(tmp_path, mon
     """The CLI's line around that detail: the prefix tests and scripts match, the resume command last."""
     from raysl import launch
     from raysl.errors import Interrupted
+    from raysl.run_faults import interrupted_detail
 
     out = tmp_path / "run"
 
     def interrupted(cfg, out_dir, **kwargs):
-        raise Interrupted("SIGINT", launch.interrupted_detail(8, 6, 30, 2, out_dir))
+        raise Interrupted("SIGINT", interrupted_detail(8, 6, 30, 2, out_dir))
 
     monkeypatch.setattr(launch, "train_run", interrupted)
     assert cli.main(["train", QUICKSTART, "--out", str(out)]) == 130
@@ -227,7 +228,7 @@ def _finished_run_folder(out: Path, cfg) -> dict:
     checkpoint's path in each), train/checkpoint_*/state.pt and Ray Train's checkpoint_manager_snapshot.json."""
     import torch
 
-    from raysl.config import to_yaml
+    from raysl.config_load import to_yaml
 
     out.mkdir(parents=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
@@ -283,8 +284,8 @@ def test_a_run_is_finished_only_with_the_same_config_and_its_last_epoch(tmp_path
     """More epochs, another config, or a run stopped before its last epoch: not finished (Ray decides
     what is left to train, as before)."""
     from raysl import storage
-    from raysl.launch import finished_run
     from raysl.run_config import load_config
+    from raysl.run_folder import finished_run
 
     cfg = load_config(QUICKSTART, ["optim.epochs=2"])
     out = tmp_path / "run"
@@ -300,14 +301,14 @@ def test_a_run_is_finished_only_with_the_same_config_and_its_last_epoch(tmp_path
 
 
 def test_what_a_resume_may_change(tmp_path):
-    """Issue 23: which settings a re-run on a run's --out may change (raysl.launch.RESUME_MAY_CHANGE). Catches
+    """Issue 23: which settings a re-run on a run's --out may change (raysl.run_folder.RESUME_MAY_CHANGE). Catches
     a refusal of a legitimate resume (train longer, more workers, another cadence) and a resume let through
     that loads the checkpoint into another model or trains on as another run (method, data, recipe, seed)."""
     import yaml
 
-    from raysl.config import to_yaml
-    from raysl.launch import resume_conflicts
+    from raysl.config_load import to_yaml
     from raysl.run_config import load_config
+    from raysl.run_folder import resume_conflicts
 
     saved = yaml.safe_load(to_yaml(load_config(QUICKSTART)))
     allowed = ["optim.epochs=50", "scale.num_workers=2", "scale.max_failures=3", "scale.placement_timeout_s=5",

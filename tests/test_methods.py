@@ -70,7 +70,7 @@ def test_the_short_runs_name_registered_methods():
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_search_space_names_the_method_and_lr(name):
-    from raysl.config import read_yaml
+    from raysl.config_load import read_yaml
 
     space = read_yaml(SPACES / f"{name}.yaml")
     assert space["base"]["method"]["name"] == name

@@ -7,7 +7,7 @@ token authentication refuses anyone without the token.
   run under a plain ``torch.load(weights_only=False)``, which shows the test's
   payload is live and not refused for some other reason.)
 - YAML with a ``!!python/object/apply`` tag is refused by
-  ``raysl.config.read_yaml`` with a ``ConfigError``; nothing runs.
+  ``raysl.config_load.read_yaml`` with a ``ConfigError``; nothing runs.
 - A local Ray head started with ``RAY_AUTH_MODE=token`` (own temp dir, free
   ports, 127.0.0.1 only) runs a tiny raysl job submitted with the token and
   refuses submissions without it (401) or with a wrong one (403). Only that
@@ -30,7 +30,7 @@ import torch
 import yaml
 
 from raysl.checkpoint import load_state, save_state
-from raysl.config import parse_override, read_yaml
+from raysl.config_load import parse_override, read_yaml
 from raysl.errors import CheckpointError, ConfigError
 from raysl.run_config import load_config
 

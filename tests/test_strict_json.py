@@ -71,7 +71,7 @@ def test_print_line_writes_one_strict_line(capsys):
 
 
 def test_metrics_jsonl_rows_are_strict(tmp_path):
-    from raysl.launch import MetricsFile
+    from raysl.run_folder import MetricsFile
 
     path = tmp_path / "metrics.jsonl"
     metrics = MetricsFile(path, show=False)

@@ -7,7 +7,7 @@ finishes, every epoch is in metrics.jsonl exactly once, each restart and resize 
 stderr, and an elastic run keeps its global batch when it continues with fewer workers.
 
 How metrics.jsonl stays exact across a restart: a restarted worker group resumes from the latest
-checkpoint, so it reports again every epoch after it; raysl.launch.MetricsFile writes a report of
+checkpoint, so it reports again every epoch after it; raysl.run_folder.MetricsFile writes a report of
 epoch E by dropping the rows of epoch E and later first (de-duplicated on write, atomically). The
 first test checkpoints every second epoch so that a restart really re-trains a logged epoch.
 """
@@ -228,7 +228,7 @@ def test_elastic_batch_must_split_evenly_over_every_worker_count():
 
 
 def test_elastic_range_round_trips_through_the_saved_config():
-    from raysl.config import to_yaml
+    from raysl.config_load import to_yaml
     from raysl.run_config import RunConfig
 
     cfg = _config(num_workers=[1, 2], max_failures=3)
@@ -277,7 +277,7 @@ def test_restart_and_resize_lines():
     from ray.exceptions import ActorDiedError
     from ray.train.v2.api.exceptions import WorkerGroupError
 
-    from raysl.launch import resize_line, restart_line
+    from raysl.run_faults import resize_line, restart_line
 
     died = WorkerGroupError("rank 1 died", {1: ActorDiedError()})
     assert restart_line(died, 3, 2, 1) == (
@@ -302,7 +302,7 @@ def test_failure_policy_restarts_within_the_budget_and_never_for_a_user_error(tm
 
     from raysl import storage
     from raysl.errors import CollapsedError
-    from raysl.launch import make_failure_policy
+    from raysl.run_faults import make_failure_policy
 
     said: list[str] = []
     policy = make_failure_policy(ray.train.FailureConfig(max_failures=1), said.append, storage.make_dirs(str(tmp_path)))
