@@ -1,4 +1,4 @@
-"""The ``raysl`` command: data prepare, train, tune, analyze, export, dashboard.
+"""The ``raysl`` command: data prepare, train, tune, scale, analyze, export, dashboard, up/down.
 
 Exit codes: 0 success, 2 a user or environment error (one line on stderr), 130 an interruption
 (one line ending with the command that resumes), 1 an internal failure.
@@ -124,6 +124,12 @@ def _parser() -> argparse.ArgumentParser:
                            "ssh -L PORT:127.0.0.1:PORT HEAD_NODE")
     dash.add_argument("--optuna-storage", default=None, metavar="URL",
                       help="the study's database URL with its password, when the recorded one has none")
+
+    up = sub.add_parser("up", help="start a local Ray cluster that later raysl commands on this machine join "
+                                   "(start-up once, not per run); `raysl down` stops it")
+    up.add_argument("--num-cpus", type=int, default=None,
+                    help="logical CPUs of the cluster (default: twice the cores, at least 4, as a command's own)")
+    sub.add_parser("down", help="stop the local Ray cluster `raysl up` started (other Ray clusters go on)")
 
     export = sub.add_parser("export", help="write a run's trained backbone to a file for downstream use")
     export.add_argument("run_dir", help="a `raysl train` run folder (its --out)")
@@ -274,6 +280,36 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return analyze_main(args.paths, args.out, args.predict)
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    from raysl import local_cluster
+
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise RayslError(f"--num-cpus must be >= 1 (got {args.num_cpus})")
+    cluster, started = local_cluster.up(args.num_cpus)
+    if started:
+        print(f"raysl: a local Ray cluster is up at {cluster.address} ({cluster.num_cpus} logical CPUs, dashboard "
+              f"{cluster.dashboard_url}); raysl train, tune and scale on this machine join it until `raysl down`",
+              file=sys.stderr)
+    else:
+        print(f"raysl: the local Ray cluster from `raysl up` is already running at {cluster.address}; "
+              "`raysl down` stops it", file=sys.stderr)
+    jsonio.print_line({"address": cluster.address, "dashboard": cluster.dashboard_url, "num_cpus": cluster.num_cpus,
+                       "started": started})
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from raysl import local_cluster
+
+    cluster = local_cluster.down()
+    if cluster is None:
+        print("raysl: no local Ray cluster from `raysl up` is running; nothing to stop", file=sys.stderr)
+    else:
+        print(f"raysl: stopped the local Ray cluster at {cluster.address}", file=sys.stderr)
+    jsonio.print_line({"stopped": cluster.address if cluster else None})
+    return 0
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from raysl.dashboard import dashboard_main
 
@@ -298,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     previous = _early_sigterm()
     handlers = {"train": cmd_train, "tune": cmd_tune, "scale": cmd_scale, "analyze": cmd_analyze,
-                "export": cmd_export, "dashboard": cmd_dashboard}
+                "export": cmd_export, "dashboard": cmd_dashboard, "up": cmd_up, "down": cmd_down}
     try:
         if args.command == "data":
             return cmd_data_prepare(args)

@@ -13,7 +13,8 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable
 
-from raysl import ray_compat, storage
+from raysl import local_cluster, ray_compat, storage
+from raysl.local_cluster import ALLOCATOR_ENV, LOCAL_TRAIN_ENV
 from raysl.config import RunConfig
 from raysl.console import stream_isatty
 from raysl.data.locate import resolve_data_dir
@@ -78,11 +79,6 @@ def check_against_data(cfg: RunConfig, data_dir: str, source: str) -> Any:
     return manifest
 
 
-# glibc allocator thresholds for Ray's processes: keep large activation buffers instead of returning
-# (and re-faulting) them every step; 32 MiB is glibc's maximum mmap threshold on 64-bit
-ALLOCATOR_ENV = {"MALLOC_TRIM_THRESHOLD_": str(256 << 20), "MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
-
-
 def reexec_with_allocator_env() -> None:
     """Re-execute this script with ALLOCATOR_ENV set (glibc reads it at start-up): for benches that
     compare raysl's Ray workers with an in-process baseline under the same allocator."""
@@ -91,16 +87,9 @@ def reexec_with_allocator_env() -> None:
         os.execv(sys.executable, [sys.executable, *sys.argv])
 
 
-# What a run on a local cluster that raysl starts sets for Ray Train (public env vars its controller reads):
-# - the preemption watcher (an actor per run) follows a cloud autoscaler's node drains; nothing drains
-#   the one machine such a cluster is;
-# - the controller polls its workers for reports and health every interval (2 s by default): a short
-#   run's last epoch, and its end, waited up to that long each; on one machine a poll costs little.
-LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
-
-
 def init_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:
-    """Join RAY_ADDRESS if set (ray job submit), else start a local cluster.
+    """Join RAY_ADDRESS if set (ray job submit), else the local cluster ``raysl up`` started if it runs
+    (:mod:`raysl.local_cluster`), else start a local cluster of this process's own.
 
     Locally Ray gets more logical CPUs than cores: the Train workers, the Ray
     Data read tasks and (under Tune) the trial drivers must all be placed, and
@@ -120,12 +109,17 @@ def init_ray(num_cpus: int | None = None, *, verbose: bool = False) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=verbose, logging_level=level)
         return
-    # keep glibc from returning (and re-faulting) the large activation buffers on every step
-    for key, value in ALLOCATOR_ENV.items():
+    # keep glibc from returning (and re-faulting) the large activation buffers on every step, and Ray Train's
+    # settings for one machine (raysl.local_cluster); a user's own values win
+    for key, value in {**ALLOCATOR_ENV, **LOCAL_TRAIN_ENV}.items():
         os.environ.setdefault(key, value)
-    for key, value in LOCAL_TRAIN_ENV.items():  # see LOCAL_TRAIN_ENV; a user's own values win
-        os.environ.setdefault(key, value)
-    cpus = num_cpus or max(4, 2 * (os.cpu_count() or 2))
+    joined = local_cluster.running()
+    if joined is not None:  # `raysl up`'s cluster: start-up once, not per command
+        print(f"raysl: joining the local Ray cluster `raysl up` started at {joined.address} (`raysl down` stops "
+              "it)", file=sys.stderr, flush=True)
+        ray.init(address=joined.address, log_to_driver=verbose, logging_level=level)
+        return
+    cpus = num_cpus or local_cluster.default_num_cpus()
     # A scheduler's SIGTERM goes to the whole process group (`timeout`, Slurm, Kubernetes' `kill -- -PGID`).
     # Ray shields its processes from the group's SIGINT (Ctrl-C) but not from SIGTERM: the GCS and raylet
     # died with the driver's group, the driver's abort of the Train run waited for them, and Ray's core

@@ -152,7 +152,7 @@ class RayHead:
         }
         # what raysl sets for a run on a local cluster it starts (no preemption watcher, short polls): the
         # runs that join this head get the same, as on one machine they should
-        from raysl.launch import LOCAL_TRAIN_ENV
+        from raysl.local_cluster import LOCAL_TRAIN_ENV
 
         self._base_env.update({k: v for k, v in LOCAL_TRAIN_ENV.items() if k not in os.environ})
         self._base_env.pop("RAY_AUTH_TOKEN", None)

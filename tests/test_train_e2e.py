@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from raysl import local_cluster
 from raysl.checkpoint import load_state
 from raysl.errors import DivergedError
 from raysl.run_config import load_config
@@ -30,48 +31,67 @@ def read_metrics(out: Path) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.local_ray
-def test_two_workers_interrupted_then_resumed_beats_random_init(tmp_path, digits_dir):
-    """Ctrl-C after two epochs, then the printed resume command. 8 epochs: the workers go on training while
-    the Ctrl-C stops the run (a few seconds on a loaded machine), and with 4 epochs a CI run had finished
-    all of them by then, leaving the resume nothing to prove."""
+def test_two_workers_interrupted_then_resumed_on_the_cluster_raysl_up_started_beats_random_init(tmp_path, digits_dir):
+    """`raysl up`, then a two-worker run, Ctrl-C after two epochs, then the printed resume command, then `raysl
+    down`: both runs join the one cluster `raysl up` started (start-up once, not per run: issue 25), the Ctrl-C
+    stops the run and not the cluster, and `raysl down` leaves none of its processes. Bugs it catches: a run
+    that starts its own cluster beside the one that is up; a Ctrl-C that takes the shared cluster down with it;
+    a resume that does not continue from the kept checkpoint. 8 epochs: the workers go on training while the
+    Ctrl-C stops the run (a few seconds on a loaded machine), and with 4 epochs a CI run had finished all of
+    them by then, leaving the resume nothing to prove."""
     out = tmp_path / "run"
     cmd = [RAYSL, "train", QUICKSTART, *SMALL, "--set", f"optim.epochs={EPOCHS_2W}", "--set", "eval.every_epochs=4",
            "--set", "scale.num_workers=2", "--out", str(out)]
-    env = dict(os.environ)
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                             start_new_session=True)
-    # interrupt as a user would (Ctrl-C) once two epochs are checkpointed (the deadline is a hang guard)
-    deadline = time.time() + 900
-    while time.time() < deadline:
-        try:
-            if (out / "metrics.jsonl").exists() and len(read_metrics(out)) >= 2:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    up = subprocess.run([RAYSL, "up"], env=env, capture_output=True, text=True, timeout=600)
+    assert up.returncode == 0, up.stderr[-3000:]
+    address = json.loads(up.stdout.strip().splitlines()[-1])["address"]
+    cluster = local_cluster.running()  # this session's RAYSL_CACHE holds the record
+    assert cluster is not None and cluster.address == address
+    joining = f"raysl: joining the local Ray cluster `raysl up` started at {address} (`raysl down` stops it)"
+    try:
+        first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                 start_new_session=True)
+        # interrupt as a user would (Ctrl-C) once two epochs are checkpointed (the deadline is a hang guard)
+        deadline = time.time() + 900
+        while time.time() < deadline:
+            try:
+                if (out / "metrics.jsonl").exists() and len(read_metrics(out)) >= 2:
+                    break
+            except json.JSONDecodeError:  # a line being written
+                pass
+            if first.poll() is not None:
                 break
-        except json.JSONDecodeError:  # a line being written
-            pass
-        if first.poll() is not None:
-            break
-        time.sleep(0.1)
-    assert first.poll() is None, "run finished before it could be interrupted:\n" + first.stdout.read()
-    os.killpg(first.pid, signal.SIGINT)
-    said, _ = first.communicate(timeout=600)
-    assert first.returncode == 130, said[-3000:]
-    last = [line for line in said.splitlines() if line.startswith("raysl: ")][-1]
-    assert last.startswith("raysl: interrupted (SIGINT) after epoch ") and "; resume with: raysl train " in last, last
-    assert last.endswith(f"--out {out}"), last
-    kept = read_metrics(out)
-    assert 2 <= len(kept) < EPOCHS_2W, len(kept)
-    # the line names the last epoch the user saw finish and the checkpoint a resume continues from (the
-    # newest one in metrics.jsonl: the epoch after it may have finished without its checkpoint)
-    finished = int(last.split("after epoch ", 1)[1].split(" ", 1)[0])
-    assert last.startswith(f"raysl: interrupted (SIGINT) after epoch {finished} of {EPOCHS_2W}; a resume continues "
-                           f"from the epoch {len(kept)} checkpoint in {out}"), last
-    assert len(kept) <= finished < EPOCHS_2W, last
-    assert all("checkpoint" in row for row in kept)
+            time.sleep(0.1)
+        assert first.poll() is None, "run finished before it could be interrupted:\n" + first.stdout.read()
+        os.killpg(first.pid, signal.SIGINT)
+        said, _ = first.communicate(timeout=600)
+        assert first.returncode == 130, said[-3000:]
+        assert joining in said.splitlines(), said[-3000:]
+        assert local_cluster.running() == cluster  # the Ctrl-C stopped the run, not the cluster
+        last = [line for line in said.splitlines() if line.startswith("raysl: ")][-1]
+        assert last.startswith("raysl: interrupted (SIGINT) after epoch ") and "; resume with: raysl train " in last
+        assert last.endswith(f"--out {out}"), last
+        kept = read_metrics(out)
+        assert 2 <= len(kept) < EPOCHS_2W, len(kept)
+        # the line names the last epoch the user saw finish and the checkpoint a resume continues from (the
+        # newest one in metrics.jsonl: the epoch after it may have finished without its checkpoint)
+        finished = int(last.split("after epoch ", 1)[1].split(" ", 1)[0])
+        assert last.startswith(f"raysl: interrupted (SIGINT) after epoch {finished} of {EPOCHS_2W}; a resume "
+                               f"continues from the epoch {len(kept)} checkpoint in {out}"), last
+        assert len(kept) <= finished < EPOCHS_2W, last
+        assert all("checkpoint" in row for row in kept)
 
-    resume = shlex.split(last.split("; resume with: ", 1)[1])  # the command raysl printed, as a user copies it
-    assert resume[0] == "raysl", resume
-    second = subprocess.run([RAYSL, *resume[1:]], capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+        resume = shlex.split(last.split("; resume with: ", 1)[1])  # the command raysl printed, as a user copies it
+        assert resume[0] == "raysl", resume
+        second = subprocess.run([RAYSL, *resume[1:]], capture_output=True, text=True, timeout=600, env=env,
+                                cwd=REPO)
+    finally:
+        down = subprocess.run([RAYSL, "down"], env=env, capture_output=True, text=True, timeout=600)
+    assert down.returncode == 0 and json.loads(down.stdout.strip()) == {"stopped": address}, down.stderr
+    assert local_cluster.cluster_pids(cluster.temp_dir) == [] and local_cluster.running() is None
     assert second.returncode == 0, second.stderr[-3000:]
+    assert joining in second.stderr.splitlines(), second.stderr[-3000:]
     summary = json.loads(second.stdout.strip().splitlines()[-1])
     assert summary["status"] == "finished" and summary["epoch"] == EPOCHS_2W
     assert "resuming the run" in second.stderr
