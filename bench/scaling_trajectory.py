@@ -2,19 +2,24 @@
 
 Protocol (search_spaces/scaling_trajectory.yaml): SimCLR on the small convnet, Fashion-MNIST (a quarter
 of the training images), a constant learning rate after warm-up, evaluated every epoch; a grid of widths
-4/8/16 x batch sizes 64/256 run by ``raysl scale --trajectory``, which fits
+4/8/16 x batch sizes 64/128/256 run by ``raysl scale --trajectory``, which fits
 L(N, S_min) = E + (N_c/N)^alpha_N + (S_c/S_min)^alpha_S with S_min = S/(1 + B_crit(L)/B) on every evaluation
 of every run (raysl.trajectory) and predicts the whole curve at width 32 (about 4x the parameters of width
 16) and batch 1024 (4x beyond the grid's largest). Then that held-out run is trained with ``raysl train``
 (the same base, the same evaluation every epoch) and its measured curve is compared with the predicted one:
 
 - rms relative error over the curve after the first 10% of its steps (issue 26's bar: <= 5%);
-- steps to each target error of ``fit.targets``: predicted against measured (the first evaluation at or
-  below it, linearly interpolated in log steps; bar: within 15%);
-- the critical batch size at each target from the fitted B_crit(L) law.
+- steps to three target errors: predicted against measured (the first evaluation at or below it, linearly
+  interpolated in log steps; bar: within 15%);
+- the critical batch size at each target: the fitted B_crit(L) law against McCandlish et al.'s
+  S = S_min + E_min / B fitted to the steps each grid batch size took to reach the target (per width).
+
+The three targets come from the grid alone, before the held-out run trains (``grid_targets``): evenly spaced
+between the error every run of the grid's widest width had reached by its second evaluation and the error
+every one of them reached by its last, so that each target has a step count at every batch size of that width.
 
     python bench/scaling_trajectory.py [--work /tmp/raysl-trajectory]
-    python bench/scaling_trajectory.py --quick       # digits, 4 epochs, 3 widths x 2 batch sizes: a smoke run
+    python bench/scaling_trajectory.py --quick       # digits, 4 epochs, 3 widths x 3 batch sizes: a smoke run
 
 Needs ``data/fashion`` (``raysl data prepare idx /usr/share/datasets/fashion-mnist --out data/fashion``) for
 the full run. Re-running reuses a finished grid (``raysl scale --resume``) and a finished held-out run.
@@ -35,9 +40,21 @@ from scaling_fashion import raysl  # the CLI runner both benches use (bench/ is 
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "search_spaces" / "scaling_trajectory.yaml"
-# --quick: digits (8 px), 4 epochs, widths 4/8/16 x batch 64/128, the held-out run at width 32, batch 256
-QUICK_GRID = {"model.width": [4, 8, 16], "optim.batch_size": [64, 128]}
+# --quick: digits (8 px), 4 epochs, widths 4/8/16 x batch 32/64/128, the held-out run at width 32, batch 256
+QUICK_GRID = {"model.width": [4, 8, 16], "optim.batch_size": [32, 64, 128]}
 QUICK_HELD_OUT = {"model.width": 32, "optim.batch_size": 256}
+N_TARGETS = 3
+
+
+def grid_targets(runs: list[dict], width_key: str = "model.width") -> list[float]:
+    """Three target errors from the grid's runs alone (see the module docstring): between the highest error
+    the widest width's runs had at their second evaluation and the highest at their last."""
+    widest = max(r["config"][width_key] for r in runs)
+    curves = [[e for _, e in r["curve"]] for r in runs if r["config"][width_key] == widest and len(r["curve"]) >= 3]
+    if not curves:
+        sys.exit("bench: the widest width's runs have fewer than 3 evaluations each: no targets")
+    high, low = max(c[1] for c in curves), max(c[-1] for c in curves)
+    return [high + (low - high) * (i + 1) / (N_TARGETS + 1) for i in range(N_TARGETS)]
 
 
 def steps_to(steps: list[float], errors: list[float], target: float) -> float | None:
@@ -52,10 +69,18 @@ def steps_to(steps: list[float], errors: list[float], target: float) -> float | 
     return None
 
 
+def _b_crit_text(g: dict) -> str:
+    if "note" in g:
+        return g["note"]
+    if g["bound"]:
+        return f"{g['bound']} the batch sizes run"
+    return f"{g['B_crit']:.4g}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default="/tmp/raysl-trajectory", help="results folder (kept between runs)")
-    parser.add_argument("--quick", action="store_true", help="digits, 3 widths x 2 batch sizes, 4 epochs")
+    parser.add_argument("--quick", action="store_true", help="digits, 3 widths x 3 batch sizes, 4 epochs")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -67,7 +92,6 @@ def main() -> None:
         spec["base"]["optim"]["epochs"] = 4
         spec["grid"] = QUICK_GRID
         spec["fit"]["predict"] = [QUICK_HELD_OUT]
-        spec["fit"]["targets"] = [0.1, 0.08]
     held_out = spec["fit"]["predict"][0]
     file = work / "scaling_trajectory.yaml"
     file.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -96,7 +120,8 @@ def main() -> None:
                 if r.get(scaling["metric"]) is not None]
 
     # the prediction at the measured steps (the law at any step: predict there, not interpolate the CSV)
-    from raysl.trajectory import from_dict, predict_trajectory
+    from raysl import scaling_laws as laws
+    from raysl.trajectory import critical_batch_at, from_dict, predict_trajectory, steps_to_error
 
     law = from_dict(fit)  # theta and centre: the very curve, also with an exponent at its bound (a null constant)
     steps = [s for s, _ in measured]
@@ -110,22 +135,42 @@ def main() -> None:
           f"{len(measured)} evaluations; rms relative error after 10% of the steps {rms:.1%} (bar 5%)")
     for s, (_, e), p in zip(steps, measured, predicted):
         print(f"  step {s:8.0f}: measured {e:.4f}  predicted {p:.4f}  ({p / e - 1:+.1%})")
+    targets = grid_targets(scaling["runs"])
     answers = []
-    for answer in prediction.get("steps_to_target", []):
-        got = steps_to(steps, [e for _, e in measured], answer["target"])
-        want = answer.get("steps") if answer["reachable"] else None
+    for target in targets:
+        got = steps_to(steps, [e for _, e in measured], target)
+        answer = steps_to_error(law, prediction["n_params"], prediction["batch_size"], target)
+        want = answer["steps"] if answer else None
         ratio = (want / got - 1) if got and want else None
-        answers.append({"target": answer["target"], "predicted_steps": want, "measured_steps": got,
-                        "relative": ratio})
-        print(f"  error {answer['target']}: predicted {want and f'{want:.3g}'} steps, measured "
+        answers.append({"target": target, "predicted_steps": want, "measured_steps": got, "relative": ratio})
+        print(f"  error {target:.4f}: predicted {want and f'{want:.3g}'} steps, measured "
               f"{got and f'{got:.3g}'}" + (f" ({ratio:+.1%}; bar 15%)" if ratio is not None else "")
               + (" (measured at the first evaluation: the run was below it there, so the check says nothing)"
                  if got is not None and got <= steps[0] else ""))
-    for cb in fit.get("critical_batch", []):
-        print(f"  critical batch at error {cb['target']}: {cb['B_crit']:.4g} {cb.get('interval')}")
+    critical = []
+    for target in targets:
+        law_b = critical_batch_at(law, target)
+        row = {"target": target, "law": law_b["B_crit"], "law_interval": law_b.get("interval"), "grid": {}}
+        for width in sorted({r["config"]["model.width"] for r in scaling["runs"]}):
+            members = [r for r in scaling["runs"] if r["config"]["model.width"] == width]
+            pairs = [(r["config"]["optim.batch_size"], laws.steps_to_target([p[0] for p in r["curve"]],
+                                                                            [p[1] for p in r["curve"]], target))
+                     for r in members]
+            pairs = [(b, s) for b, s in pairs if s]
+            try:
+                fit_b = laws.fit_critical_batch([b for b, _ in pairs], [s for _, s in pairs], n_bootstrap=200)
+                row["grid"][width] = {"B_crit": fit_b.B_crit, "bound": fit_b.bound, "batches": len(pairs)}
+            except ValueError as exc:
+                row["grid"][width] = {"note": str(exc), "batches": len(pairs)}
+        critical.append(row)
+        grid_text = "; ".join(f"width {w}: {_b_crit_text(g)} ({g['batches']} batch sizes)"
+                              for w, g in row["grid"].items())
+        print(f"  critical batch at error {target:.4f}: law {law_b['B_crit']:.4g} {law_b.get('interval')}; "
+              f"from the grid's steps: {grid_text}")
     print(f"run time: grid {grid_s:.0f} s, held-out run {held_s:.0f} s")
     print(json.dumps({"bench": "scaling_trajectory", "quick": args.quick, "rms_relative": rms,
-                      "answers": answers, "grid_s": grid_s, "held_out_s": held_s, "constants": fit["constants"],
+                      "answers": answers, "critical_batch": critical, "grid_s": grid_s, "held_out_s": held_s,
+                      "constants": fit["constants"],
                       "at_bounds": fit.get("at_bounds", [])}))
 
 
