@@ -149,7 +149,7 @@ def _scaling_of(experiments: list[Experiment], predict: list[dict],
                 paths: list[str] = ()) -> tuple[dict, dict | None] | None:
     """(scaling.json, stored scaling file) when the one experiment analyzed is a ``raysl scale`` one, or the
     one folder given is a transfer experiment's (``raysl scale`` with search:, one search per budget in it)."""
-    from raysl.scaling_report import read_scaling
+    from raysl.scaling_stored import read_scaling
 
     found = read_scaling(experiments[0].location) if len(experiments) == 1 else None
     if found is None and len(paths) == 1 and len(experiments) > 1:

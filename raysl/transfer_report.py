@@ -9,9 +9,9 @@ marked, the fitted ``h_opt(C) = a C^b`` with its bootstrap band and the predicti
 predictions (those ``raysl scale`` made and any ``--predict`` of ``raysl analyze``, from the stored laws)
 and the budgets.
 
-The plot, table and page helpers, the reading of ``scaling.json`` and the printed prediction lines are
-:mod:`raysl.scaling_report`'s, shared with the scaling report (this module imports that one, never the
-reverse).
+What it shares with the scaling report is defined there, never here: the stored scaling file and the number and
+point text (:mod:`raysl.scaling_stored`), the figure helpers (:mod:`raysl.scaling_plots`) and the table helper
+(:mod:`raysl.scaling_report`); this module imports those, never the reverse.
 """
 
 from __future__ import annotations
@@ -26,20 +26,11 @@ import numpy as np
 
 from raysl import jsonio
 from raysl import scaling_laws as laws
-from raysl.scaling_report import (
-    FROM_ANALYZE,
-    FROM_SCALE,
-    _g,
-    _html_table,
-    _interval,
-    _message,
-    _panels,
-    _save,
-    point_text,
-    stored_spec,
-)
+from raysl.scaling_plots import _message, _panels, _save
+from raysl.scaling_report import _html_table
+from raysl.scaling_stored import FROM_ANALYZE, FROM_SCALE, _g, _interval, point_text, stored_spec
 
-# a transfer experiment's one plot (its report has none of raysl.scaling_report's PLOTS)
+# a transfer experiment's one plot (its report has none of raysl.scaling_plots's PLOTS)
 TRANSFER_PLOT = "scaling_transfer.png"
 TRANSFER_CAPTION = ("Each searched hyperparameter against the training FLOPs of its budget (log x; log y for a "
                     "log-distributed one): every trial that trained the whole budget (rings), the near-optimal ones "

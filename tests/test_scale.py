@@ -185,7 +185,7 @@ def test_fit_all_with_the_trajectory_law_predicts_whole_curves_csv_and_plot(tmp_
 
     from test_trajectory import STEPS, law
 
-    from raysl.scaling_report import plot_trajectory
+    from raysl.scaling_plots import plot_trajectory
     from raysl.scaling_text import trajectory_csv
 
     spec = load_scaling(str(QUICKSTART), [], [])  # its grid has one batch size: --trajectory refuses it

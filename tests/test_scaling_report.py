@@ -21,7 +21,9 @@ import yaml
 
 from raysl import scaling_laws as laws
 from raysl.scaling import RESULT_FILE, SCALING_FILE, fit_all, load_scaling
-from raysl.scaling_report import PLOTS, read_scaling, write_report
+from raysl.scaling_plots import PLOTS
+from raysl.scaling_report import write_report
+from raysl.scaling_stored import read_scaling
 from raysl.scaling_text import format_report
 
 from conftest import HANG, RAYSL, REPO
@@ -197,14 +199,14 @@ def test_an_empty_trajectory_plot_says_why(tmp_path, monkeypatch):
     """The trajectory plot with nothing to draw: a failed fit shows its note, no fit "fit.trajectory is off"
     (the note lookup's default text made that case unreachable), and a fit without its runs' curves says so
     (it said "not fitted")."""
-    from raysl import scaling_report
+    from raysl import scaling_plots
 
     said = []
-    monkeypatch.setattr(scaling_report, "_message", lambda ax, text: said.append(text))
+    monkeypatch.setattr(scaling_plots, "_message", lambda ax, text: said.append(text))
     note = "trajectory L(N, S_min) not fitted: the trajectory law needs >= 3 curves"
     for result in ({"notes": ["E(C) not fitted: x", note]}, {"notes": []},
                    {"trajectory": {"runs": ["t1"], "constants": {}}, "runs": [], "notes": []}):
-        scaling_report.plot_trajectory(result, [], str(tmp_path / "t.png"))
+        scaling_plots.plot_trajectory(result, [], str(tmp_path / "t.png"))
     assert said == [note, "no trajectory fit: fit.trajectory is off",
                     "no curve to draw: scaling.json holds no evaluations of the runs the trajectory law was fitted on"]
 

@@ -167,7 +167,7 @@ def test_a_fit_with_an_exponent_at_its_bound_round_trips_through_strict_json():
 
     flat = [Curve(n, c.batch_size, c.steps, [law(1e5, c.batch_size, s) for s in c.steps])
             for n, c in zip([1e4, 1e4, 3e4, 3e4, 1e5, 1e5, 3e5, 3e5], curves())]
-    from raysl.scaling_report import _stored_trajectory
+    from raysl.scaling_plots import _stored_trajectory
 
     fitted = fit_trajectory_law(flat, n_bootstrap=5)
     assert "alpha_N" in fitted.at_bounds  # alpha_N ~1e-7: N_c underflows to 0, out of from_constants' range
