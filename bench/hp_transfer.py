@@ -234,7 +234,8 @@ def trial_flops(trials: list[dict], compute: float, epochs: int) -> float:
 
 
 def one_seed(seed: int, args, work: Path) -> dict:
-    from raysl.scaling import load_scaling, point_values_for
+    from raysl.scaling import load_scaling
+    from raysl.scaling_fits import point_values_for
 
     seed_dir = work / f"seed{seed}"
     seed_dir.mkdir(parents=True, exist_ok=True)

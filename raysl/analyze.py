@@ -9,7 +9,7 @@ without labels (:mod:`raysl.selectors`: Spearman with kNN and the kNN lost by se
 with it), how many trial-epochs ASHA saved, and writes into ``--out``:
 
 ``leaderboard.csv``, ``leaderboard.md``, ``best_config.yaml`` (:mod:`raysl.best_config`),
-``summary.json``, the PNG plots and ``report.html`` (:mod:`raysl.report`).
+``summary.json``, the PNG plots (:mod:`raysl.report_plots`) and ``report.html`` (:mod:`raysl.report`).
 
 A scaling experiment (a folder ``raysl scale`` wrote, with ``scaling.json``) gets the
 scaling report as ``report.html`` (:mod:`raysl.scaling_report`: fits, frontier,
@@ -193,7 +193,7 @@ def analyze(paths: list[str], out: str, predict: list[dict] = ()) -> dict[str, A
 
 def _write_outputs(experiments: list[Experiment], local_out: str, scaling: tuple[dict, dict | None] | None = None,
                    predict: list[dict] = (), scaling_name: str | None = None) -> dict[str, Any]:
-    from raysl import report  # matplotlib: only once there is something to plot
+    from raysl import report, report_plots  # matplotlib: only once there is something to plot
 
     table = leaderboard(experiments)
     table.to_csv(os.path.join(local_out, "leaderboard.csv"), index=False)
@@ -222,7 +222,7 @@ def _write_outputs(experiments: list[Experiment], local_out: str, scaling: tuple
         fh.write(markdown_table(table, best=(best_info["experiment"], best_info["trial_id"]) if best_info else None))
     summary: dict[str, Any] = {"experiments": summaries, "best": best_info}
     summary["summary"] = summary_line(summary)
-    summary["plots"] = report.write_plots(experiments, summaries, local_out)
+    summary["plots"] = report_plots.write_plots(experiments, summaries, local_out)
     summary["outputs"] = sorted(["leaderboard.csv", "leaderboard.md", "summary.json", "report.html",
                                  *(["best_config.yaml"] if best_yaml else []), *summary["plots"].values()])
     summary = jsonio.to_json_safe(summary)  # what summary.json holds is also what the report shows

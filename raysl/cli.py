@@ -16,7 +16,7 @@ from raysl import jsonio
 from raysl.errors import RayslError
 
 if TYPE_CHECKING:
-    from raysl.search import SearchOptions
+    from raysl.search_options import SearchOptions
 
 
 SET_HELP = ("override one config key, repeatable; the value is read as YAML: --set optim.lr=0.01 "
@@ -252,7 +252,7 @@ def _shutdown_ray() -> None:
 
 
 def _search_options(args: argparse.Namespace, space_path: str) -> "SearchOptions":
-    from raysl.search import SearchOptions
+    from raysl.search_options import SearchOptions
 
     return SearchOptions(
         space_path=space_path, overrides=tuple(args.overrides), num_samples=getattr(args, "num_samples", None),

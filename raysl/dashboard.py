@@ -19,7 +19,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from raysl import storage, study
 from raysl.errors import ConfigError
 
-DEFAULT_RESULTS = "./raysl_results"  # raysl tune's default --storage (raysl.search.DEFAULT_STORAGE)
+DEFAULT_RESULTS = "./raysl_results"  # raysl tune's default --storage (raysl.search_options.DEFAULT_STORAGE)
 
 
 class _Server(ThreadingMixIn, WSGIServer):

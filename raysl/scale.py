@@ -57,12 +57,12 @@ from raysl import jsonio
 from raysl.config import RunConfig
 from raysl.data.locate import resolve_data_dir
 from raysl.errors import ConfigError
-from raysl.scaling import (SCALING_FILE, collect_runs, fit_all, grid_points, load_scaling, point_values_for,
-                           write_result)
+from raysl.scaling import SCALING_FILE, grid_points, load_scaling
+from raysl.scaling_fits import collect_runs, fit_all, point_values_for, write_result
 from raysl.scaling_text import format_report, trajectory_csv
 
-if TYPE_CHECKING:  # raysl.search imports Ray Tune: scale_main imports it when it runs
-    from raysl.search import SearchOptions
+if TYPE_CHECKING:  # raysl.search_options imports Ray Tune: scale_main imports it when it runs
+    from raysl.search_options import SearchOptions
 
 
 # --------------------------------------------------------------------------
@@ -119,8 +119,9 @@ class ScaleOptions:
 
 def scale_main(opts: ScaleOptions) -> int:
     from raysl import storage
-    from raysl.search import experiment_name, run_search, storage_root
-    from raysl.space import space_from_dict
+    from raysl.search import run_search
+    from raysl.search_options import experiment_name, storage_root
+    from raysl.space_file import space_from_dict
 
     # a resume command rebuilt without argv (a grid started from Python) is this command's, with its options
     search = replace(opts.search, command="scale", command_args=(
@@ -194,7 +195,8 @@ def transfer_main(search: SearchOptions, spec) -> int:
     from raysl import storage
     from raysl import transfer as tr
     from raysl.data.shards import load_manifest
-    from raysl.search import experiment_name, run_search, storage_root, tune_resume_command
+    from raysl.search import run_search
+    from raysl.search_options import experiment_name, storage_root, tune_resume_command
 
     points = grid_points(spec)  # every budget's config is valid before Ray starts
     check_batches(points)

@@ -261,7 +261,7 @@ def write_report(result: dict, spec_data: dict | None, out: str, *, name: str = 
 
     Not of a transfer experiment: ``raysl analyze`` writes that one with :func:`raysl.transfer_report.write_report`
     (:func:`raysl.transfer_report.is_transfer` tells them apart)."""
-    from raysl.scaling import point_values_for
+    from raysl.scaling_fits import point_values_for
 
     spec = stored_spec(result, spec_data, name)
 

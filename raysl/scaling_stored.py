@@ -78,10 +78,10 @@ def predictions(result: dict, spec, points: list[dict[str, Any]],
                 point_values: Callable[[], Callable] | None = None) -> list[dict[str, Any]]:
     """The stored predictions, then one per new point in ``points`` (not already stored), from the stored fits.
 
-    ``point_values()`` gives the ``point -> (N, D, C)`` counter of :func:`raysl.scaling.point_values_for`; it is
+    ``point_values()`` gives the ``point -> (N, D, C)`` counter of :func:`raysl.scaling_fits.point_values_for`; it is
     called only when a point names grid axes (it reads the data set's manifest).
     """
-    from raysl.scaling import predict_at
+    from raysl.scaling_fits import predict_at
 
     out = [{**p, "source": FROM_SCALE} for p in result.get("predictions") or []]
     stored = [jsonio.key(p["point"]) for p in out]

@@ -137,7 +137,7 @@ def _trajectory_lines(result: dict, pct: str) -> list[str]:
 
 def _unreachable(answer: dict[str, Any]) -> str:
     """Why the trajectory law gives no step count for a target (``why``, from
-    ``raysl.scaling._predict_curve``)."""
+    ``raysl.scaling_fits._predict_curve``)."""
     if answer.get("why") == "floor":
         return (f"the law's floor at this size, E + (N_c / N)^alpha_N, is {_g(answer.get('floor'))}, at or above "
                 "it")

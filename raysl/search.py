@@ -1,15 +1,14 @@
 """`raysl tune`: Ray Tune + Optuna over a search-space file.
 
-This module is the search's driver: its searcher and scheduler, the Tuner and its stopper, the leaderboard
-and ``best_config.yaml``. What runs inside a trial (the Tune function trainable, with one worker in the
-trial's own process or a ``TorchTrainer`` it fits, what it reports and the resources it asks for) is
+This module is the search's driver: the Tuner and its stopper, ``best_config.yaml`` and how the search
+ended. Its searcher and scheduler are :mod:`raysl.searcher`; its options, the checks a ``--resume`` makes
+and the command that resumes it :mod:`raysl.search_options`; its trials as rows and the leaderboard it
+prints :mod:`raysl.search_rows`. What runs inside a trial (the Tune function trainable, with one worker in
+the trial's own process or a ``TorchTrainer`` it fits, what it reports and the resources it asks for) is
 :mod:`raysl.trial`; running the fit (signals, a resume Tune cannot restore, storage that fills up) is
 :mod:`raysl.search_fit`.
 
-Searching is Ray Tune's ``OptunaSearch`` with a define-by-run space
-(:class:`raysl.space.SpaceSampler`), seeded, with the base config as the first
-trial; ASHA stops poor trials, PBT (no searcher) mutates running ones. A trial
-that diverges, collapses or samples an unusable config ends normally with
+A trial that diverges, collapses or samples an unusable config ends normally with
 ``status`` set and its objective at the worst value, so the search goes on
 and the searcher learns that region is bad. Crashed trials (a worker killed)
 restart from their last checkpoint, and their status is what finally happened.
@@ -33,28 +32,28 @@ import math
 import os
 import signal
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from ray.tune.stopper import Stopper
 
-from raysl import jsonio, ray_compat, signing, storage
+from raysl import jsonio, storage
 from raysl.config_load import to_yaml
-from raysl.console import without_passwords
 from raysl.data.locate import absolute_data_path, resolve_data_dir
 from raysl.errors import ConfigError, RayslError, StorageError
-from raysl.outcome import BAD_STATUSES, BEST_CONFIG_FILE, SPACE_FILE, UNFINISHED, pareto_front, rank
+from raysl.outcome import BAD_STATUSES, BEST_CONFIG_FILE, SPACE_FILE, UNFINISHED
 from raysl.pbt import PBT_EXTRA_KEEP
 from raysl.search_fit import (_INTERRUPTED_BY, _TUNE_STOPS_ON_SIGUSR1, _before_tune_runs, _fit, _FolderSnapshot,
                               _install_sigterm, _remove_unregistered_checkpoints, _reserve_bytes, _restore_error)
-from raysl.space import SearchSpace, apply_sample, load_space
+from raysl.search_options import SearchOptions, _check_resumable, experiment_name, storage_root, tune_resume_command
+from raysl.search_rows import _fmt, _leaderboard, _ranked, _trial_rows
+from raysl.searcher import _default_concurrency, _search_and_scheduler
+from raysl.space import SearchSpace, apply_sample
+from raysl.space_file import load_space
 from raysl.study import OPTION as OPTUNA_OPTION
-from raysl.study import STUDY_FILES, prepare_new, prepare_resume
-from raysl.trial import _nan, make_trainable, storage_failure_in, trial_resources, trial_variants_needs
-
-DEFAULT_STORAGE = "./raysl_results"
+from raysl.study import prepare_new, prepare_resume
+from raysl.trial import make_trainable, storage_failure_in, trial_resources, trial_variants_needs
 
 
 # --------------------------------------------------------------------------
@@ -107,229 +106,7 @@ def trial_dirname(trial) -> str:
 
 
 # --------------------------------------------------------------------------
-# searcher and scheduler
-
-
-def _sampler(space: SearchSpace, num_samples: int):
-    import optuna
-
-    name, seed = space.sampler_name(), space.tune.seed
-    startup = space.tune.startup_trials or max(2, min(10, num_samples // 3))
-    if name == "tpe":
-        return optuna.samplers.TPESampler(
-            seed=seed, multivariate=True, group=space.conditional, n_startup_trials=startup, constant_liar=True
-        )
-    if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "grid":
-        return optuna.samplers.GridSampler(space.grid(), seed=seed)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
-    return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, num_samples // 3)))
-
-
-def _search_and_scheduler(space: SearchSpace, objectives, num_samples: int, max_concurrent: int, study=None):
-    """``study``: the :class:`raysl.study.StudyPlace` the Optuna searcher keeps its study in (PBT has none)."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
-    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
-
-    from raysl.space import SpaceSampler
-
-    base_point = space.base_point()
-    scheduler_name = space.scheduler_name()
-    if scheduler_name == "pbt":
-        interval = space.tune.perturbation_interval or max(
-            space.base_config.checkpoint.every_epochs, space.base_config.eval.every_epochs
-        )
-        mutations = {p.key: p.tune_domain() for p in space.params}
-        scheduler = PopulationBasedTraining(
-            time_attr="epoch", perturbation_interval=interval, hyperparam_mutations=mutations,
-            quantile_fraction=0.25, resample_probability=0.25, synch=space.tune.synch,
-        )
-        searcher = BasicVariantGenerator(
-            points_to_evaluate=[base_point] if base_point else None, random_state=space.tune.seed,
-            max_concurrent=max_concurrent,
-        )
-        return searcher, scheduler, dict(mutations)
-
-    single = len(objectives) == 1
-    metric = objectives[0][0] if single else [m for m, _ in objectives]
-    mode = objectives[0][1] if single else [m for _, m in objectives]
-    points = [base_point] if base_point and space.sampler_name() != "grid" else None
-    searcher_args = dict(space=SpaceSampler(space.params), metric=metric, mode=mode, points_to_evaluate=points,
-                         sampler=_sampler(space, num_samples))
-    if study is not None:
-        from raysl.study import StudySearch
-
-        searcher = StudySearch(study, **searcher_args)
-    else:
-        searcher = OptunaSearch(**searcher_args)
-    searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
-    if scheduler_name == "asha":
-        scheduler = ASHAScheduler(
-            time_attr="epoch", max_t=space.max_epochs(), grace_period=space.grace_period(),
-            reduction_factor=space.tune.reduction_factor,
-            # a trial reaching max_t ends by itself: stopping it would kill a multi-worker
-            # trial's Train controller mid-shutdown (and can leak its placement group)
-            stop_last_trials=False,
-        )
-    else:
-        scheduler = FIFOScheduler()
-    return searcher, scheduler, None
-
-
-def _default_concurrency(space: SearchSpace, num_samples: int) -> int:
-    """Trials the cluster fits at once, leaving a CPU for Ray Data when trials use Ray Train."""
-    import ray
-
-    scale = space.base_config.scale
-    total = ray.cluster_resources()
-    per_trial = scale.cpus_per_worker * scale.num_workers + (1 if scale.num_workers > 1 else 0)
-    fits = int(total.get("CPU", 1) // per_trial)
-    if scale.use_gpu and total.get("GPU", 0) > 0:
-        fits = min(fits, int(total["GPU"] // (scale.gpus_per_worker * scale.num_workers)))
-    return max(1, min(num_samples, fits))
-
-
-# --------------------------------------------------------------------------
-# summary
-
-
-
-
-
-def _saved_trial_states(experiment: str | None) -> dict[str, str]:
-    """Trial folder name -> Tune's status as its experiment state recorded it. Tune saves that state
-    when a search is interrupted, before it stops the trials (and marks them TERMINATED in memory)."""
-    if experiment is None:
-        return {}
-    from raysl.tune_files import Storage, tune_statuses
-
-    try:
-        where = Storage(experiment)
-        return tune_statuses(where, where.root, where.listdir(where.root))
-    except Exception:  # noqa: BLE001 - without it, the in-memory statuses decide
-        return {}
-
-
-def _trial_rows(results, objectives, experiment: str | None = None) -> list[dict]:
-    """One row per trial: its raysl status (what finally happened), last metrics and sampled config.
-
-    ``measured``: the objective is a real evaluation (not the placeholder a trial reports before its
-    first evaluation, nor the worst value of a diverged/collapsed/errored one)."""
-    trial_state = {}
-    for trial in ray_compat.experiment_trials(results):
-        trial_state[str(trial.path).rstrip("/")] = trial.status
-    saved = _saved_trial_states(experiment)
-    rows = []
-    for result in results:
-        metrics = dict(result.metrics or {})
-        path = str(result.path).rstrip("/")
-        state = trial_state.get(path, "TERMINATED")
-        saved_state = saved.get(Path(path).name, state)
-        status = metrics.get("status")
-        if status in BAD_STATUSES or status == "finished":
-            pass  # the trial's own last word: a crash Tune recovered from does not change it
-        elif result.error is not None or state == "ERROR":
-            status = "errored"
-        elif state != "TERMINATED" or saved_state in ("RUNNING", "PENDING", "PAUSED"):
-            status = UNFINISHED  # interrupted before it ended: --resume continues it
-        elif status in (None, "running"):
-            status = "stopped"  # ended early by the scheduler
-        rows.append({
-            "trial_id": metrics.get("trial_id") or Path(str(result.path)).name,
-            "status": status,
-            "epoch": metrics.get("epoch"),
-            "measured": status not in BAD_STATUSES and (
-                "eval_epoch" not in metrics or int(metrics.get("eval_epoch") or 0) > 0),
-            "metrics": {m: metrics.get(m) for m, _ in objectives},
-            "knn_acc": metrics.get("knn_acc"),
-            "rankme": metrics.get("rankme"),
-            "config": dict(result.config or {}),
-            "path": str(result.path),
-        })
-    return rows
-
-
-def _ranked(rows: list[dict], objectives) -> list[dict]:
-    """Usable trials, best first (:func:`raysl.outcome.rank`): by the objective, or the Pareto front first
-    for several (marked ``pareto``)."""
-    usable = [r for r in rows if r["status"] in ("finished", "stopped") and r.get("measured", True)
-              and all(isinstance(r["metrics"][m], (int, float)) and not _nan(r["metrics"][m]) for m, _ in objectives)]
-    if len(objectives) > 1:
-        for r, on_front in zip(usable, pareto_front(usable, objectives, values=lambda r: r["metrics"])):
-            r["pareto"] = on_front
-    return rank(usable, objectives, values=lambda r: r["metrics"])
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "-" if value is None else str(value)
-
-
-def _leaderboard(ranked: list[dict], rows: list[dict], objectives, top: int = 10) -> str:
-    keys = sorted({k for r in rows for k in r["config"]})
-    cols = ["trial", "status", "epoch"] + [m for m, _ in objectives]
-    for extra in ("knn_acc", "rankme"):
-        if extra not in cols:
-            cols.append(extra)
-    cols += keys
-    shown = ranked[:top] + [r for r in rows if r["status"] in BAD_STATUSES][: max(0, top - len(ranked))]
-    table = []
-    for r in shown:
-        values = {"trial": r["trial_id"], "status": r["status"] + ("*" if r.get("pareto") else ""),
-                  "epoch": r["epoch"], "knn_acc": r["knn_acc"], "rankme": r["rankme"], **r["metrics"], **r["config"]}
-        table.append([_fmt(values.get(c)) for c in cols])
-    widths = [max(len(c), *(len(row[i]) for row in table)) if table else len(c) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in table]
-    if len(objectives) > 1:
-        lines.append("(* = on the Pareto front)")
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------
 # entry point
-
-
-@dataclass(frozen=True)
-class SearchOptions:
-    """What a search is asked to do besides its space: the options of ``raysl tune`` (``raysl scale`` fills
-    them for its grid). ``argv`` is the command as typed, which the resume command repeats."""
-
-    space_path: str  # the space (or scaling) file: names the experiment, and every message
-    overrides: tuple[str, ...] = ()
-    num_samples: int | None = None
-    name: str | None = None
-    storage: str | None = None
-    resume: bool = False
-    trust_experiment: bool = False
-    optuna_storage: str | None = None
-    wandb: bool = False
-    verbose: bool = False
-    argv: tuple[str, ...] = ()
-    # the subcommand (tune or scale) and that command's own arguments (scale's --predict, --trajectory): the
-    # resume command is rebuilt from them when there is no argv (a search started from Python)
-    command: str = "tune"
-    command_args: tuple[str, ...] = ()
-    # the command that resumes this search when it is one part of a larger one (raysl scale's transfer
-    # experiment runs a search per budget in its folder: --resume of the scale command continues it)
-    resume_command: str | None = None
-
-
-def experiment_name(opts: SearchOptions) -> str:
-    name = opts.name or Path(opts.space_path).stem
-    if not name or "/" in name or name in (".", ".."):
-        raise ConfigError(f"--name {name!r}: use a plain folder name, e.g. --name quickstart_lr")
-    return name
-
-
-def storage_root(opts: SearchOptions) -> str:
-    return storage.resolve(opts.storage or DEFAULT_STORAGE).uri
 
 
 def _setup_wandb(name: str) -> list:
@@ -346,85 +123,6 @@ def _setup_wandb(name: str) -> list:
         print("[raysl] W&B: not logged in, logging offline (wandb sync later)", file=sys.stderr)
     kwargs = {"mode": os.environ["WANDB_MODE"]} if os.environ.get("WANDB_MODE") else {}
     return [WandbLoggerCallback(project="raysl", group=name, upload_checkpoints=False, **kwargs)]
-
-
-def _check_resumable(experiment: str, space: SearchSpace, opts: SearchOptions) -> bool:
-    """Decide between a new experiment and a resumed one; returns True to restore."""
-    from ray.tune import Tuner
-
-    listing = [entry for entry, _ in storage.list_dir(experiment)]
-    if opts.trust_experiment and not opts.resume:
-        raise ConfigError(f"{signing.TRUST_OPTION} signs an experiment's saved state to resume it; use it with "
-                          "--resume (a new experiment needs no trust)")
-    if not opts.resume:
-        if listing:
-            raise ConfigError(
-                f"{experiment} already holds an experiment named {Path(experiment).name!r}; pass --resume to "
-                "continue it, or --name NEW for a new one (raysl never deletes results)"
-            )
-        return False
-    if not listing:  # a typo in --name or --storage must not quietly start a new search
-        where, name = experiment.rstrip("/").rsplit("/", 1)
-        raise ConfigError(f"no experiment {name} in {where} to resume; drop --resume to start it")
-    if not Tuner.can_restore(experiment):
-        if set(listing) - {SPACE_FILE, storage.RESERVE_FILE} - STUDY_FILES:
-            raise ConfigError(f"--resume: {experiment} has no Ray Tune experiment state to resume; "
-                              "pass another --name to start a new experiment")
-        # interrupted before Tune wrote its state: only the space raysl wrote first is there
-        print(f"[raysl] --resume: nothing was run yet in {experiment}; starting it", file=sys.stderr)
-        return False
-    # before anything unpickles Ray's state (Tuner.restore does): a replaced pickle would run its code here
-    if opts.trust_experiment:
-        signing.check_intact(experiment, trusting=True)  # a damaged file is not signed: Ray would fail on it
-        signed = signing.sign_experiment(experiment)
-        print(f"[raysl] {signing.TRUST_OPTION}: signed the {signed} state files of {experiment} with your secret "
-              "as they are", file=sys.stderr)
-    else:
-        signing.verify_experiment(experiment)
-    stored = storage.read_text(storage.join_uri(experiment, SPACE_FILE), missing_ok=True)
-    if stored is not None:
-        before = yaml.safe_load(stored) or {}
-        now = jsonio.plain(space.to_yaml_dict())
-        for section in ("base", "search"):
-            if before.get(section) != now.get(section):
-                raise ConfigError(
-                    f"--resume: the {section}: of {space.source} (with --set) differs from the one "
-                    f"{experiment} was started with ({storage.join_uri(experiment, SPACE_FILE)}); resume with the same "
-                    "space and --set, or pass --name NEW"
-                )
-    return True
-
-
-def tune_resume_command(opts: SearchOptions, storage_root: str) -> str:
-    """The exact `raysl tune` (or `raysl scale`) command that continues this search: the command as given
-    (``opts.argv``, else rebuilt from ``opts``), with --storage made absolute and --resume."""
-    import shlex
-
-    argv = list(opts.argv)
-    if not argv:
-        argv = [opts.command, opts.space_path, *(x for o in opts.overrides for x in ("--set", o)),
-                *opts.command_args]
-        if opts.num_samples is not None:
-            argv += ["--num-samples", str(opts.num_samples)]
-        if opts.name:
-            argv += ["--name", opts.name]
-    # a database password is never printed: the resumed search gets it from PGPASSWORD, ~/.pgpass or an
-    # --optuna-storage typed again
-    argv = without_passwords(argv, OPTUNA_OPTION)
-    parts: list[str] = []
-    given = False
-    for i, arg in enumerate(argv):
-        # --trust-experiment is for one resume: the state is signed when this one ends
-        if arg in ("--resume", signing.TRUST_OPTION) or (i > 0 and argv[i - 1] == "--storage"):
-            continue
-        if arg == "--storage" or arg.startswith("--storage="):
-            parts += ["--storage", storage_root]  # where it is, as given, made absolute
-            given = True
-            continue
-        parts.append(arg)
-    if not given:
-        parts += ["--storage", storage_root]
-    return shlex.join(["raysl", *parts, "--resume"])
 
 
 def run_search(opts: SearchOptions, space: SearchSpace | None = None, extra_metrics=None) -> int:

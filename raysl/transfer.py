@@ -266,7 +266,7 @@ def largest_budget(transfer: dict[str, Any]) -> dict[str, Any]:
 def predict_at_point(transfer: dict[str, Any], point: dict[str, Any],
                      point_values: Callable[[dict], tuple[float, float, float]] | None) -> dict[str, Any]:
     """A prediction at ``{compute: C}`` or at grid keys (counted in FLOPs by ``point_values(point) -> (N, D,
-    C)``, raysl.scaling.point_values_for), with the grid values of its run config (``config_point``) and that
+    C)``, raysl.scaling_fits.point_values_for), with the grid values of its run config (``config_point``) and that
     config's own compute (``config_compute``; None without a counter).
 
     ``compute=C``: the config is the largest budget's grid point with ``optim.epochs`` scaled by C / its

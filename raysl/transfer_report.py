@@ -200,7 +200,7 @@ def write_transfer_report(result: dict, spec, out: str, *, name: str = "", predi
 
             raise ConfigError(f"{name}: --predict at grid axes needs the experiment's raysl_scaling.yaml (its base "
                               "config counts the FLOPs); predict at compute=... instead")
-        from raysl.scaling import point_values_for
+        from raysl.scaling_fits import point_values_for
 
         return point_values_for(spec)
 

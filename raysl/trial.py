@@ -366,7 +366,7 @@ def _fit_torch_trainer(cfg: RunConfig, loop_config: dict, data_dir: str, objecti
     ray.data.DataContext.get_current().enable_progress_bars = False
     # Read tasks take no CPU slot: trials' Train workers can hold every CPU of a small
     # cluster, and a read task waiting for one would stall the trial forever. JPEG shards
-    # add decode tasks of one CPU each: raysl.search._default_concurrency leaves a CPU per trial for them.
+    # add decode tasks of one CPU each: raysl.searcher._default_concurrency leaves a CPU per trial for them.
     # (small-image shards: each worker reads its part itself, no Ray Dataset)
     datasets = {} if in_worker else {"train": train_dataset(cfg, data_dir, read_remote_args={"num_cpus": 0})}
     reports = Queue(maxsize=1, actor_options={"num_cpus": 0})

@@ -449,7 +449,7 @@ def _scripted_ids(scripted: Path) -> dict[float, str]:
 
 def test_asha_stopped_the_best_trial_and_the_report_marks_it(scripted, scripted_report, tmp_path):
     from raysl.analyze import experiment_summary
-    from raysl.report import plot_learning_curves
+    from raysl.report_plots import plot_learning_curves
     from raysl.results import load_experiments
 
     trials = read_trials(scripted)

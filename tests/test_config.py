@@ -88,7 +88,7 @@ def test_unknown_key_in_the_file_names_the_file_even_with_other_overrides(tmp_pa
 
 
 def test_search_space_set_errors_name_the_override(tmp_path):
-    from raysl.space import load_space
+    from raysl.space_file import load_space
 
     with pytest.raises(ConfigError) as info:
         load_space(str(REPO / "search_spaces/quickstart.yaml"), ["optim.bs=64"])
@@ -151,13 +151,13 @@ def test_every_bundled_search_space_validates(path):
     """What the README and the benches point users at loads as `raysl tune` (or `raysl scale`) reads it."""
     if path.name.startswith("scaling_"):  # as raysl scale reads it before Ray starts (raysl.scale.scale_main)
         from raysl.scaling import grid_points, load_scaling
-        from raysl.space import space_from_dict
+        from raysl.space_file import space_from_dict
 
         spec = load_scaling(str(path))
         space = space_from_dict(spec.space_dict(), spec.source)  # base: and the grid as a search space
         points = grid_points(spec)  # every grid point's run config
         assert space.grid() == spec.grid and len(points) == math.prod(len(v) for v in spec.grid.values()) > 1
     else:
-        from raysl.space import load_space
+        from raysl.space_file import load_space
 
         load_space(path)

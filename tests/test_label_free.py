@@ -425,7 +425,8 @@ def _quickstart(tune: dict) -> dict:
                                           ("agreed_rank", "max"), ("view_agreement", "max"),
                                           ("rankme", "max"), ("alignment", "min"), ("uniformity", "min")])
 def test_label_free_metrics_are_objectives_with_their_direction(metric, mode):
-    from raysl.space import space_from_dict, worst_value
+    from raysl.space import worst_value
+    from raysl.space_file import space_from_dict
 
     space = space_from_dict(_quickstart({"metric": metric}), "s.yaml")
     assert space.objectives() == [(metric, mode)]
@@ -438,7 +439,8 @@ def test_label_free_metrics_are_objectives_with_their_direction(metric, mode):
 
 def test_alpha_req_as_objective_needs_a_direction():
     from raysl.errors import ConfigError
-    from raysl.space import space_from_dict, worst_value
+    from raysl.space import worst_value
+    from raysl.space_file import space_from_dict
 
     with pytest.raises(ConfigError, match=r"s\.yaml: tune\.metric: alpha_req .* best near 1.*alpha_req_score"):
         space_from_dict(_quickstart({"metric": "alpha_req"}), "s.yaml")

@@ -109,7 +109,8 @@ def test_methods_declare_local_crops_and_the_config_rejects_them_elsewhere():
 
 
 def test_dino_space_searches_local_crops_and_its_base_has_none():
-    from raysl.space import apply_sample, load_space
+    from raysl.space import apply_sample
+    from raysl.space_file import load_space
 
     space = load_space(SPACES / "dino.yaml")
     param = next(p for p in space.params if p.key == "data.local_crops.number")

@@ -128,7 +128,7 @@ def test_a_scaling_run_takes_the_last_evaluations_noise_scale_even_when_it_is_nu
     # than falling back to an earlier evaluation's value, measured at another loss
     import pandas as pd
 
-    from raysl.scaling import _last_noise_scale
+    from raysl.scaling_fits import _last_noise_scale
 
     note = "|G|^2 estimate <= 0: ..."
     rows = pd.DataFrame({"epoch": [1, 2, 3], "noise_scale": [40.0, 55.0, None], "noise_scale_note": [None, None, note]})

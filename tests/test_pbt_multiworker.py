@@ -100,7 +100,7 @@ def test_weights_fingerprint_sees_values_not_layout():
 
 
 def test_pbt_with_several_workers_is_accepted(tmp_path):
-    from raysl.space import load_space
+    from raysl.space_file import load_space
 
     space = write_space(tmp_path / "pbt.yaml", {"optim.lr": {"loguniform": [1e-4, 1e-2]}},
                         {"scheduler": "pbt", "perturbation_interval": 1}, base_edits={"scale.num_workers": 2})

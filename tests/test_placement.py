@@ -125,7 +125,7 @@ def test_bundles_are_packed_per_node_and_data_tasks_need_a_cpu_beyond_the_worker
 def test_a_grid_over_workers_is_checked_at_each_size(tmp_path):
     import yaml
 
-    from raysl.space import load_space
+    from raysl.space_file import load_space
     from raysl.trial import trial_variants_needs
 
     space = yaml.safe_load(Path(QUICKSTART).read_text())

@@ -315,7 +315,7 @@ def test_a_search_that_stopped_without_a_signal_is_never_called_interrupted(tmp_
 
     from raysl.errors import StorageError
     from raysl.search import _finish
-    from raysl.space import load_space
+    from raysl.space_file import load_space
 
     space = load_space(QUICKSTART, [o for o in TINY if o != "--set"])
     objectives = space.objectives(labeled=True)

@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from raysl.errors import ConfigError
-from raysl.scaling import fit_all, load_scaling, predict_point
+from raysl.scaling import load_scaling, predict_point
+from raysl.scaling_fits import fit_all
 from raysl.scaling_text import format_report
 
 from conftest import HANG, RAYSL, REPO
@@ -33,7 +34,7 @@ def write(path: Path, data: dict) -> Path:
 
 
 def test_quickstart_scaling_file_loads_as_a_grid_space():
-    from raysl.space import space_from_dict
+    from raysl.space_file import space_from_dict
 
     spec = load_scaling(str(QUICKSTART), [], ["width=64", "compute=1e13"])
     space = space_from_dict(spec.space_dict(), spec.source)
@@ -233,7 +234,7 @@ def test_a_target_the_trajectory_law_gives_no_steps_for_says_why():
     import math
 
     from raysl import trajectory as traj
-    from raysl.scaling import _predict_curve
+    from raysl.scaling_fits import _predict_curve
     from raysl.scaling_text import trajectory_csv
 
     spec = load_scaling(str(QUICKSTART), [], [])

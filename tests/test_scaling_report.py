@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from raysl import scaling_laws as laws
-from raysl.scaling import RESULT_FILE, SCALING_FILE, fit_all, load_scaling
+from raysl.scaling import RESULT_FILE, SCALING_FILE, load_scaling
+from raysl.scaling_fits import fit_all
 from raysl.scaling_plots import PLOTS
 from raysl.scaling_report import write_report
 from raysl.scaling_stored import read_scaling
@@ -164,7 +165,7 @@ DRAWN = {key: name for key, name in PLOTS.items() if key != "trajectory"}
 
 def write_scaling_experiment(folder: Path, runs: list[dict], grid: dict, predict: list[dict]) -> dict:
     """scaling.json + the scaling file as `raysl scale` writes them (fit_all on ``runs``)."""
-    from raysl.scaling import write_result
+    from raysl.scaling_fits import write_result
 
     folder.mkdir(parents=True, exist_ok=True)
     spec = load_scaling(str(write_spec(folder, grid, {"bootstrap": 60, "target_error": TARGET,

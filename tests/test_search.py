@@ -133,7 +133,8 @@ def test_existing_experiment_needs_resume_or_new_name(tmp_path, capsys):
 
 def test_conditional_space_parsing_and_method_switch(tmp_path):
     from raysl.run_config import build_config
-    from raysl.space import SpaceSampler, apply_sample, load_space
+    from raysl.space import SpaceSampler, apply_sample
+    from raysl.space_file import load_space
 
     space_file = write_space(tmp_path / "cond.yaml", {
         "optim.lr": {"loguniform": [1e-4, 1e-2]},

@@ -121,7 +121,8 @@ def test_pbt_lineage_pointer_and_resume_files_are_strict(tmp_path):
 
 def test_scaling_json_is_strict(tmp_path):
     # a fit can be unbounded: B_crit = inf when S_min = 0, an interval open at one end
-    from raysl.scaling import RESULT_FILE, write_result
+    from raysl.scaling import RESULT_FILE
+    from raysl.scaling_fits import write_result
 
     where = write_result(str(tmp_path), {"runs": [{"noise_scale": math.inf, "knn_acc": 0.9}],
                                          "critical_batch": {"B_crit": np.float64(np.inf),

@@ -176,7 +176,7 @@ def test_default_study_place(tmp_path, monkeypatch):
 
 def test_resume_command_never_shows_the_password():
 
-    from raysl.search import SearchOptions, tune_resume_command
+    from raysl.search_options import SearchOptions, tune_resume_command
 
     argv = ["tune", "s.yaml", "--optuna-storage", "postgresql+psycopg2://me:hunter2@db:5432/studies",
             "--name", "x"]
@@ -191,7 +191,7 @@ def test_resume_command_never_shows_the_password():
 def test_resume_command_of_a_search_started_from_python_names_its_own_subcommand():
     """No argv (a search started from Python): the command is rebuilt from the options, and a scale grid's
     is `raysl scale` with its --predict and --trajectory (they were `raysl tune FILE`, without them)."""
-    from raysl.search import SearchOptions, tune_resume_command
+    from raysl.search_options import SearchOptions, tune_resume_command
 
     scale = SearchOptions("grid.yaml", overrides=("optim.epochs=2",), command="scale",
                           command_args=("--predict", "width=32", "--trajectory"))
@@ -240,6 +240,7 @@ def test_a_search_interrupted_once_its_folder_is_kept_carries_the_command_that_r
     """run_search: an interruption after the experiment folder was made (its resume command computed) carries
     that command for raysl.cli's line; one before (a new experiment's folder is removed again) does not."""
     from raysl import search
+    from raysl.search_options import SearchOptions
 
     def kept(opts, space, extra, said):
         said["resume_command"] = "raysl tune s.yaml --storage /r --resume"
@@ -250,11 +251,11 @@ def test_a_search_interrupted_once_its_folder_is_kept_carries_the_command_that_r
 
     monkeypatch.setattr(search, "_run_search", kept)
     with pytest.raises(KeyboardInterrupt) as caught:
-        search.run_search(search.SearchOptions("s.yaml"))
+        search.run_search(SearchOptions("s.yaml"))
     assert caught.value.resume_command == "raysl tune s.yaml --storage /r --resume"
     monkeypatch.setattr(search, "_run_search", not_yet)
     with pytest.raises(KeyboardInterrupt) as caught:
-        search.run_search(search.SearchOptions("s.yaml"))
+        search.run_search(SearchOptions("s.yaml"))
     assert not hasattr(caught.value, "resume_command")
 
 

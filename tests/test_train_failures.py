@@ -263,7 +263,7 @@ def test_max_failures_flag_overrides_the_config_and_is_in_the_resume_command(tmp
 
 def test_a_search_space_with_an_elastic_base_is_rejected():
     from raysl.errors import ConfigError
-    from raysl.space import space_from_dict
+    from raysl.space_file import space_from_dict
 
     space = yaml.safe_load(Path(QUICKSTART).read_text())
     space["base"]["scale"]["num_workers"] = [1, 2]

@@ -257,7 +257,7 @@ def test_resume_of_ended_budgets_fits_predicts_writes_and_the_report_draws_it(tm
     writes scaling.json (strict JSON) and the predicted config; `raysl analyze` of the folder draws it."""
     from raysl.analyze import analyze_main
     from raysl.scale import ScaleOptions, scale_main
-    from raysl.search import SearchOptions
+    from raysl.search_options import SearchOptions
 
     data = bundled()
     data["grid"] = {"model.width": [4, 8, 16]}
@@ -267,7 +267,7 @@ def test_resume_of_ended_budgets_fits_predicts_writes_and_the_report_draws_it(tm
     data["fit"]["bootstrap"] = 100
     path = str(write(tmp_path / "transfer.yaml", data))
     spec = load_scaling(path)
-    from raysl.scaling import point_values_for
+    from raysl.scaling_fits import point_values_for
 
     counter = point_values_for(spec)
     computes = [counter(p)[2] for p in spec.budget_points()]
@@ -335,8 +335,8 @@ def test_budgets_run_one_after_another_and_resume_continues_the_interrupted_one(
     from raysl import search as search_module
     from raysl.ray_compat import is_tune_stop_handler
     from raysl.scale import ScaleOptions, scale_main
-    from raysl.scaling import point_values_for
-    from raysl.search import SearchOptions
+    from raysl.scaling_fits import point_values_for
+    from raysl.search_options import SearchOptions
 
     data = bundled()
     data["grid"] = {"model.width": [4, 8, 16]}
