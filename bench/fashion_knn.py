@@ -39,7 +39,7 @@ def main() -> None:
     from raysl.evaluate import knn_accuracy
     from raysl.launch import train_run
     from raysl.run_config import load_config
-    from raysl.train import initial_metrics, load_eval_set
+    from raysl.run_eval import initial_metrics, load_eval_set
 
     work = Path(tempfile.mkdtemp(prefix="raysl-fashion-"))
     data = args.data or str(work / "fashion")

@@ -152,8 +152,9 @@ def bare_ceiling(args, device: torch.device, compiled: bool) -> float:
 
 
 def train_step_rate(args, device: torch.device, shards: Path) -> list[dict]:
+    from raysl.loop_io import LocalIO
     from raysl.run_config import RunConfig
-    from raysl.train import LocalIO, train_worker
+    from raysl.train import train_worker
 
     class DeviceIO(LocalIO):
         def device(self):

@@ -55,7 +55,7 @@ POINTER_FILE = "raysl_trial.json"
 LINEAGE_FILE = "raysl_lineage.json"
 RESUMED_FILE = "raysl_resumed.json"  # in a multi-worker clone's Train run: what its workers loaded
 PBT_EXTRA_KEEP = 2  # checkpoints a PBT search keeps beyond checkpoint.keep (Tune's and Train's)
-STATE_FILE = "state.pt"  # raysl.train.CHECKPOINT_FILE (not imported: that pulls in torch and the models)
+STATE_FILE = "state.pt"  # raysl.checkpoint.CHECKPOINT_FILE (not imported: a layer above, and it pulls in torch)
 
 
 @dataclass

@@ -215,7 +215,8 @@ def train_worker_in_trial(loop_config: dict) -> None:
     every rank instead of re-training into the same NaN. A PBT clone's workers start
     from ``loop_config["resume_from"]`` (the donor's Train checkpoint).
     """
-    from raysl.train import RayTrainIO, train_worker
+    from raysl.loop_io import RayTrainIO
+    from raysl.train import train_worker
 
     marker = loop_config["stop_marker"]
     text = storage.read_text(marker, missing_ok=True)

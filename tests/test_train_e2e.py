@@ -16,7 +16,9 @@ from raysl import local_cluster
 from raysl.checkpoint import load_state
 from raysl.errors import DivergedError
 from raysl.run_config import load_config
-from raysl.train import LocalIO, initial_metrics, train_worker
+from raysl.loop_io import LocalIO
+from raysl.run_eval import initial_metrics
+from raysl.train import train_worker
 
 from conftest import RAYSL, REPO
 
