@@ -35,7 +35,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
 
-    from raysl.data.shards import load_manifest, prepare
+    from raysl.data.prepare import prepare
+    from raysl.data.shards import load_manifest
     from raysl.evaluate import knn_accuracy
     from raysl.launch import train_run
     from raysl.run_config import load_config

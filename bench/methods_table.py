@@ -42,7 +42,7 @@ def main() -> None:
 
     import ray
 
-    from raysl.data.shards import prepare
+    from raysl.data.prepare import prepare
     from raysl.errors import RayslError
     from raysl.launch import train_run
     from raysl.methods import METHODS

@@ -140,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
-    from raysl.data.shards import prepare
+    from raysl.data.prepare import prepare
 
     if args.shard_rows is not None and args.shard_rows < 1:
         raise RayslError(f"--shard-rows must be >= 1 (got {args.shard_rows})")
