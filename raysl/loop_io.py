@@ -23,13 +23,19 @@ class LoopIO(Protocol):
     def checkpoint_dir(self) -> str | None: ...
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None: ...
     def device(self) -> torch.device: ...
+    # rank 0, once a resumed run's weights are loaded: what its next report carries besides its metrics (a PBT
+    # clone's resumed epoch and weights, raysl.pbt.resume_report); {} for a plain resume
+    def on_resume(self, epoch: int, state_dict: dict) -> dict: ...
 
 
 class RayTrainIO:
-    def __init__(self, resume_from: str | None = None, read_shards_from: str | None = None):
+    def __init__(self, resume_from: str | None = None, read_shards_from: str | None = None,
+                 report_resume: bool = False, resume_record: str | None = None):
         # a checkpoint of another run (path or URI) to start from while this run has none of its own:
         # a PBT clone starts from the donor trial's (raysl.pbt)
         self.resume_from = resume_from
+        # a PBT clone's: its first report says which weights it continued from, also kept in resume_record
+        self.report_resume, self.resume_record = report_resume, resume_record
         # the data folder whose shards this (only) worker reads itself, when the driver handed Train no
         # Ray Dataset (raysl.data.pipeline.reads_in_worker)
         self.read_shards_from = read_shards_from
@@ -38,7 +44,13 @@ class RayTrainIO:
     def for_loop(cls, loop_config: dict) -> "RayTrainIO":
         """The IO of a Train worker started with ``loop_config`` (raysl train's, or a multi-worker trial's)."""
         return cls(resume_from=loop_config.get("resume_from"),
-                   read_shards_from=loop_config["data_dir"] if loop_config.get("read_in_worker") else None)
+                   read_shards_from=loop_config["data_dir"] if loop_config.get("read_in_worker") else None,
+                   report_resume=bool(loop_config.get("report_resume")), resume_record=loop_config.get("resume_record"))
+
+    def on_resume(self, epoch: int, state_dict: dict) -> dict:
+        from raysl.pbt import resume_report
+
+        return resume_report(epoch, state_dict, self.resume_record) if self.report_resume else {}
 
     def dataset_shard(self, name):
         if self.read_shards_from is not None:
@@ -121,6 +133,9 @@ class LocalIO:
         self._train = ParquetBatches(shard_uris(data_dir, "train"))
         self.out_dir = out_dir
         self.reports: list[dict] = []
+
+    def on_resume(self, epoch: int, state_dict: dict) -> dict:
+        return {}
 
     def dataset_shard(self, name):
         return self._train

@@ -210,6 +210,15 @@ def weights_fingerprint(state_dict: dict) -> str:
     return digest.hexdigest()[:16]
 
 
+def resume_report(epoch: int, state_dict: dict, record: str | None = None) -> dict:
+    """What a PBT clone's first report carries (the loop's ``io.on_resume``): the epoch and the fingerprint of
+    the weights it continued from (checked by the tests), also written to ``record`` when given."""
+    resumed = {"resumed_epoch": epoch, "resumed_weights": weights_fingerprint(state_dict)}
+    if record:
+        record_resume(record, resumed)
+    return resumed
+
+
 def record_resume(where: str, resumed: dict) -> None:
     """Rank 0 of a clone's Train run, once its weights are loaded: ``resumed_epoch`` and ``resumed_weights``
     also in a file (``where``), kept even when Ray's result log of the trial drops the report that carried

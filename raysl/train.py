@@ -132,15 +132,8 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
         elif rank == 0:
             ticker.say(f"[raysl] optimizer changed to {cfg.optim.name}: its state starts fresh")
         start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
-        if loop_config.get("report_resume") and rank == 0:
-            # a PBT clone's first report says which weights it continued from (checked by the tests)
-            from raysl.pbt import weights_fingerprint
-
-            resumed = {"resumed_epoch": start_epoch, "resumed_weights": weights_fingerprint(method.state_dict())}
-            if loop_config.get("resume_record"):
-                from raysl.pbt import record_resume
-
-                record_resume(loop_config["resume_record"], resumed)
+        if rank == 0:  # e.g. a PBT clone's first report says which weights it continued from
+            resumed = io.on_resume(start_epoch, method.state_dict())
         if start_epoch >= cfg.optim.epochs and "metrics" in state:
             # restored at its last epoch: a re-run of a finished run, or a PBT trial that cloned a
             # finished trial's checkpoint. Nothing is left to train; its final report is its result.
