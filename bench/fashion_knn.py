@@ -35,11 +35,12 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
 
-    from raysl.data.shards import load_manifest, prepare
+    from raysl.data.prepare import prepare
+    from raysl.data.shards import load_manifest
     from raysl.evaluate import knn_accuracy
     from raysl.launch import train_run
     from raysl.run_config import load_config
-    from raysl.train import initial_metrics, load_eval_set
+    from raysl.run_eval import initial_metrics, load_eval_set
 
     work = Path(tempfile.mkdtemp(prefix="raysl-fashion-"))
     data = args.data or str(work / "fashion")

@@ -100,7 +100,7 @@ def make_data(args) -> tuple[Path, Path]:
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
     if not (shards / "manifest.json").exists():
-        from raysl.data.shards import prepare  # in-process: the CLI's own function, no Ray
+        from raysl.data.prepare import prepare  # in-process: the CLI's own function, no Ray
 
         os.environ.pop("RAY_ADDRESS", None)  # a local process pool
         prepare("imagefolder", str(folder), str(shards), shard_rows=args.batch, workers=args.cores)
@@ -152,8 +152,9 @@ def bare_ceiling(args, device: torch.device, compiled: bool) -> float:
 
 
 def train_step_rate(args, device: torch.device, shards: Path) -> list[dict]:
+    from raysl.loop_io import LocalIO
     from raysl.run_config import RunConfig
-    from raysl.train import LocalIO, train_worker
+    from raysl.train import train_worker
 
     class DeviceIO(LocalIO):
         def device(self):

@@ -35,7 +35,7 @@ python3 - <<'EOF'
 import importlib, sys
 # the modules the check uses in-process must import without Ray
 for name in ("raysl.config", "raysl.train", "raysl.data.pipeline", "raysl.data.gpu_decode", "raysl.data.decode",
-             "raysl.data.shards", "raysl.data.imagefolder"):
+             "raysl.data.shards", "raysl.data.prepare", "raysl.data.imagefolder"):
     importlib.import_module(name)
 assert "ray" not in sys.modules, "a raysl module imported ray at import time"
 import torch, torchvision

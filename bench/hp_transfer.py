@@ -202,7 +202,7 @@ def raw_pixel_knn(config: str, seed_dir: Path) -> float:
     from raysl.data.shards import load_manifest
     from raysl.evaluate import knn_accuracy
     from raysl.run_config import load_config
-    from raysl.train import load_eval_set
+    from raysl.run_eval import load_eval_set
 
     cfg = load_config(config)
     data = resolve_data_dir(cfg)

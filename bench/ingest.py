@@ -287,7 +287,7 @@ def torchvision_transform(mean, std, blur_p: float):
     from torchvision.transforms import v2
 
     from raysl.config import ViewAugment
-    from raysl.data.augment import blur_kernel_size
+    from raysl.data.augment_photometric import blur_kernel_size
 
     view = ViewAugment(blur_p=blur_p)  # the same recipe the raysl side uses
     return v2.Compose([

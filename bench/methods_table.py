@@ -42,12 +42,12 @@ def main() -> None:
 
     import ray
 
-    from raysl.data.shards import prepare
+    from raysl.data.prepare import prepare
     from raysl.errors import RayslError
     from raysl.launch import train_run
     from raysl.methods import METHODS
     from raysl.run_config import load_config
-    from raysl.train import initial_metrics
+    from raysl.run_eval import initial_metrics
 
     work = Path(tempfile.mkdtemp(prefix="raysl-methods-"))
     data = args.data or str(work / "fashion")
@@ -101,7 +101,7 @@ def reference_rows(cfg, data: str) -> list[dict]:
 
     from raysl.data.shards import load_manifest
     from raysl.evaluate import knn_accuracy, rankme
-    from raysl.train import initial_metrics, load_eval_set
+    from raysl.run_eval import initial_metrics, load_eval_set
 
     manifest = load_manifest(data)
     eval_set = load_eval_set(data, cfg, torch.device("cpu"))

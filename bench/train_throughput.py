@@ -114,7 +114,7 @@ def main() -> None:
         sys.exit(f"needs Fashion-MNIST at {FASHION}: apt-get install dataset-fashion-mnist")
     torch.set_num_threads(args.threads)
 
-    from raysl.data.shards import prepare
+    from raysl.data.prepare import prepare
     from raysl.launch import train_run
 
     work = Path(tempfile.mkdtemp(prefix="raysl-bench-"))

@@ -16,6 +16,9 @@ import torch
 from raysl import storage
 from raysl.errors import CheckpointError
 
+# the file a run's checkpoint folder holds (raysl.train writes it, raysl.loop_io resumes from it)
+CHECKPOINT_FILE = "state.pt"
+
 
 def checkpoint_dirs(train_dir: str) -> list[str]:
     """The ``checkpoint_*`` folders of a local Ray Train run folder, oldest first (Ray names them by

@@ -140,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
-    from raysl.data.shards import prepare
+    from raysl.data.prepare import prepare
 
     if args.shard_rows is not None and args.shard_rows < 1:
         raise RayslError(f"--shard-rows must be >= 1 (got {args.shard_rows})")
@@ -208,8 +208,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         _shutdown_ray()
         jsonio.print_line(getattr(exc, "summary", {"status": "errored", "error": str(exc)}))
         raise
+    # the last stdout line is the run's JSON summary (strict: null, never Infinity). Without --verbose nothing
+    # of Ray's reaches stdout (log_to_driver is off), so the result is shown before Ray's teardown (stopping a
+    # cluster of the command's own takes seconds) rather than after it
+    if not args.verbose:
+        jsonio.print_line(summary)
     _shutdown_ray()
-    jsonio.print_line(summary)  # the last stdout line is the run's JSON summary (strict: null, never Infinity)
+    if args.verbose:  # Ray's forwarded worker output is flushed first
+        jsonio.print_line(summary)
     return 0
 
 
@@ -332,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "verbose", False) and not (sys.stdout.isatty() and sys.stderr.isatty()):
         # before Ray is imported: its log de-duplication marks repeats in ANSI green, even in a file
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if args.command in ("train", "tune", "scale"):
+        from raysl.local_cluster import prepare_to_join
+
+        prepare_to_join()  # before Ray is imported: it reads RAY_AUTH_MODE once per process
     previous = _early_sigterm()
     handlers = {"train": cmd_train, "tune": cmd_tune, "scale": cmd_scale, "analyze": cmd_analyze,
                 "export": cmd_export, "dashboard": cmd_dashboard, "up": cmd_up, "down": cmd_down}

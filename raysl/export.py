@@ -108,7 +108,7 @@ def export_backbone(run_dir: str, out: str, epoch: int | None = None, *, force: 
     """Write the backbone of ``run_dir``'s checkpoint (the latest, or ``epoch``'s) to ``out``; returns a summary."""
     from raysl.data.locate import resolve_data_dir
     from raysl.data.shards import load_manifest
-    from raysl.train import build_run_method, input_norm
+    from raysl.run_setup import build_run_method, input_norm
 
     if not os.path.isdir(run_dir):
         raise ConfigError(f"run folder {run_dir} does not exist; pass the --out folder of a `raysl train` run")

@@ -55,6 +55,17 @@ class LocalCluster:
     temp_dir: str  # Ray's --temp-dir: every process of this cluster names it on its command line
     num_cpus: int
     started: float  # time.time() at start
+    # Ray's token authentication of the cluster: "token" or "disabled" (RAY_AUTH_MODE), and the token file when
+    # not Ray's default (RAY_AUTH_TOKEN_PATH): a command that joins by address gets neither from Ray itself
+    auth_mode: str = "token"
+    token_path: str | None = None
+
+    def join_env(self) -> dict[str, str]:
+        """What a process sets before it imports Ray to join this cluster (see :func:`prepare_to_join`)."""
+        env = {"RAY_AUTH_MODE": self.auth_mode}
+        if self.token_path:
+            env["RAY_AUTH_TOKEN_PATH"] = self.token_path
+        return env
 
 
 def default_num_cpus() -> int:
@@ -70,7 +81,7 @@ def _read_record() -> LocalCluster | None:
     path = record_path()
     try:
         data = json.loads(path.read_text())
-        return LocalCluster(**{k: data[k] for k in LocalCluster.__dataclass_fields__})
+        return LocalCluster(**{k: data[k] for k in LocalCluster.__dataclass_fields__ if k in data})
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError):  # unreadable or from another version: not a cluster
@@ -113,6 +124,20 @@ def running() -> LocalCluster | None:
     return None
 
 
+def prepare_to_join() -> LocalCluster | None:
+    """The cluster a command will join (``raysl.launch.init_ray``), with its authentication settings put in this
+    process's environment (a user's own values win). Call it before anything imports Ray: Ray reads
+    RAY_AUTH_MODE once per process, and turns token authentication on by itself only for a cluster it starts
+    or finds as "auto", never for a given address. None when RAY_ADDRESS names a cluster or none is up."""
+    if os.environ.get("RAY_ADDRESS"):
+        return None
+    found = running()
+    if found is not None:
+        for key, value in found.join_env().items():
+            os.environ.setdefault(key, value)
+    return found
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -133,10 +158,12 @@ def _env() -> dict[str, str]:
 
 
 def _ensure_token(env: dict[str, str]) -> None:
-    """Token authentication, as ``ray.init()`` gives a cluster it starts: ``ray start`` turns it on only when
-    a token exists, so one is made first (``ray get-auth-token --generate``, Ray's own default path)."""
+    """Token authentication, as ``ray.init()`` gives a cluster it starts: made explicit for ``ray start``
+    (which turns it on only when a token exists), with a token made first if there is none (``ray
+    get-auth-token --generate``, Ray's own default path). A user's RAY_AUTH_MODE=disabled is their choice."""
     if env.get("RAY_AUTH_MODE", "").lower() not in ("", "token"):
-        return  # the user turned it off (RAY_AUTH_MODE=disabled): their choice
+        return
+    env["RAY_AUTH_MODE"] = "token"
     token = Path(env.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
     if env.get("RAY_AUTH_TOKEN") or token.exists():
         return
@@ -170,7 +197,9 @@ def up(num_cpus: int | None = None) -> tuple[LocalCluster, bool]:
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=START_TIMEOUT_S)
         if done.returncode == 0:
             cluster = LocalCluster(address=f"127.0.0.1:{port}", dashboard_url=f"http://127.0.0.1:{dashboard_port}",
-                                   temp_dir=temp_dir, num_cpus=cpus, started=time.time())
+                                   temp_dir=temp_dir, num_cpus=cpus, started=time.time(),
+                                   auth_mode=env.get("RAY_AUTH_MODE", "token").lower(),
+                                   token_path=env.get("RAY_AUTH_TOKEN_PATH"))
             storage.make_dirs(str(record_path().parent), option="RAYSL_CACHE")
             storage.write_atomic(str(record_path()), jsonio.dumps(asdict(cluster)) + "\n", option="RAYSL_CACHE")
             return cluster, True

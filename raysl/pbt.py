@@ -55,7 +55,7 @@ POINTER_FILE = "raysl_trial.json"
 LINEAGE_FILE = "raysl_lineage.json"
 RESUMED_FILE = "raysl_resumed.json"  # in a multi-worker clone's Train run: what its workers loaded
 PBT_EXTRA_KEEP = 2  # checkpoints a PBT search keeps beyond checkpoint.keep (Tune's and Train's)
-STATE_FILE = "state.pt"  # raysl.train.CHECKPOINT_FILE (not imported: that pulls in torch and the models)
+STATE_FILE = "state.pt"  # raysl.checkpoint.CHECKPOINT_FILE (not imported: a layer above, and it pulls in torch)
 
 
 @dataclass
@@ -208,6 +208,15 @@ def weights_fingerprint(state_dict: dict) -> str:
         else:
             digest.update(repr(value).encode())
     return digest.hexdigest()[:16]
+
+
+def resume_report(epoch: int, state_dict: dict, record: str | None = None) -> dict:
+    """What a PBT clone's first report carries (the loop's ``io.on_resume``): the epoch and the fingerprint of
+    the weights it continued from (checked by the tests), also written to ``record`` when given."""
+    resumed = {"resumed_epoch": epoch, "resumed_weights": weights_fingerprint(state_dict)}
+    if record:
+        record_resume(record, resumed)
+    return resumed
 
 
 def record_resume(where: str, resumed: dict) -> None:

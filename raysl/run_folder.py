@@ -62,8 +62,7 @@ def restore_metrics_rows(out: storage.Location) -> None:
     metrics.jsonl (a full disk) resumes after an epoch whose row was never written: the
     checkpoint holds that epoch's metrics, so the row is restored from it.
     """
-    from raysl.checkpoint import load_state
-    from raysl.train import CHECKPOINT_FILE
+    from raysl.checkpoint import CHECKPOINT_FILE, load_state
 
     run = out.join(TRAIN_RUN_NAME)
     storage.remove_temporaries(run)  # a checkpoint upload killed mid-way
@@ -273,7 +272,7 @@ def finished_run(cfg: RunConfig, out: storage.Location) -> dict | None:
     except (yaml.YAMLError, ValueError, TypeError, KeyError):
         return None
     if epoch != cfg.optim.epochs or not storage.is_file(out.join(TRAIN_RUN_NAME, name, "state.pt")):
-        return None  # state.pt: raysl.train.CHECKPOINT_FILE (importing raysl.train imports torch)
+        return None  # state.pt: raysl.checkpoint.CHECKPOINT_FILE (importing raysl.checkpoint imports torch)
     rows = [r for r in MetricsFile(out.join("metrics.jsonl"), show=False).rows() if isinstance(r.get("epoch"), int)]
     last = max(rows, key=lambda r: r["epoch"], default={})
     if last.get("epoch") != cfg.optim.epochs or last.get("status") != "finished":

@@ -97,8 +97,9 @@ class TuneIO:
     """LoopIO for a one-worker trial running inside its Tune trial process."""
 
     def __init__(self, data_dir: str, use_gpu: bool, filler: ResultFiller, trial=None, delivered=None,
-                 where: str = ""):
+                 where: str = "", report_resume: bool = False):
         self.data_dir = data_dir
+        self.report_resume = report_resume  # a PBT clone: its first report says which weights it continued from
         self.use_gpu = use_gpu
         self.filler = filler
         self.trial = trial  # raysl.pbt.TrialRef: each checkpoint says which trial wrote it (PBT lineage)
@@ -141,6 +142,11 @@ class TuneIO:
         import torch
 
         return torch.device("cuda" if self.use_gpu and torch.cuda.is_available() else "cpu")
+
+    def on_resume(self, epoch: int, state_dict: dict) -> dict:
+        from raysl.pbt import resume_report
+
+        return resume_report(epoch, state_dict) if self.report_resume else {}
 
 
 def _relay_callback(objectives: list[tuple[str, str]], extra: dict[str, Any] | None, reports, run_uri: str):
@@ -215,7 +221,8 @@ def train_worker_in_trial(loop_config: dict) -> None:
     every rank instead of re-training into the same NaN. A PBT clone's workers start
     from ``loop_config["resume_from"]`` (the donor's Train checkpoint).
     """
-    from raysl.train import RayTrainIO, train_worker
+    from raysl.loop_io import RayTrainIO
+    from raysl.train import train_worker
 
     marker = loop_config["stop_marker"]
     text = storage.read_text(marker, missing_ok=True)
@@ -318,7 +325,8 @@ def make_trainable(base: dict, objectives: list[tuple[str, str]], experiment: st
         delivered, where = _Delivered(), storage.join_uri(experiment, trial.trial_dir)
         if cfg.scale.num_workers == 1:
             try:
-                train_worker(loop_config, TuneIO(data_dir, cfg.scale.use_gpu, filler, trial, delivered, where))
+                train_worker(loop_config, TuneIO(data_dir, cfg.scale.use_gpu, filler, trial, delivered, where,
+                                                 report_resume=start.cloned))
             except CollapsedError:
                 return  # train_worker reported status "collapsed" before raising
             except Exception as exc:  # a user-level error ends the trial, anything else is retried

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 
 from raysl.config import ViewAugment
 from raysl.data import augment as A
+from raysl.data import augment_crop as C
+from raysl.data import augment_photometric as P
 from raysl.data.augment import augment_batch, make_views, normalize, to_float
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -48,11 +50,11 @@ def check_output(y: torch.Tensor, shape: tuple, device) -> None:
 # each op: shape, dtype, device, range; p=0 identity; p=1 changes the image
 
 RANDOM_OPS = {
-    "hflip": lambda x, p, g: A.random_hflip(x, p, generator=g),
-    "jitter": lambda x, p, g: A.random_color_jitter(x, p, 0.4, 0.4, 0.4, 0.1, generator=g),
-    "grayscale": lambda x, p, g: A.random_grayscale(x, p, generator=g),
-    "blur": lambda x, p, g: A.random_gaussian_blur(x, p, (0.5, 2.0), generator=g),
-    "solarize": lambda x, p, g: A.random_solarize(x, p, 0.5, generator=g),
+    "hflip": lambda x, p, g: C.random_hflip(x, p, generator=g),
+    "jitter": lambda x, p, g: P.random_color_jitter(x, p, 0.4, 0.4, 0.4, 0.1, generator=g),
+    "grayscale": lambda x, p, g: P.random_grayscale(x, p, generator=g),
+    "blur": lambda x, p, g: P.random_gaussian_blur(x, p, (0.5, 2.0), generator=g),
+    "solarize": lambda x, p, g: P.random_solarize(x, p, 0.5, generator=g),
 }
 
 
@@ -76,10 +78,10 @@ def test_op_shape_range_identity_and_effect(name: str, channels: int, device: st
 @pytest.mark.parametrize("channels", [1, 3])
 def test_partial_p_touches_only_selected_rows(channels: int) -> None:
     x = floats(n=64, c=channels)
-    y = A.random_solarize(x, 0.5, 0.5, generator=gen(3))
+    y = P.random_solarize(x, 0.5, 0.5, generator=gen(3))
     changed = (y != x).flatten(1).any(1)
     assert 0 < changed.sum() < 64
-    torch.testing.assert_close(y[changed], A.solarize(x[changed], 0.5), rtol=0, atol=0)
+    torch.testing.assert_close(y[changed], P.solarize(x[changed], 0.5), rtol=0, atol=0)
     assert torch.equal(y[~changed], x[~changed])
 
 
@@ -87,9 +89,9 @@ def test_partial_p_touches_only_selected_rows(channels: int) -> None:
 @pytest.mark.parametrize("channels", [1, 3])
 def test_crop_shape_range_and_identity(channels: int, device: str) -> None:
     x = images(c=channels, device=device)
-    y = A.random_resized_crop(x, 12, (0.08, 1.0), (0.75, 4 / 3), 0.5, generator=gen())
+    y = C.random_resized_crop(x, 12, (0.08, 1.0), (0.75, 4 / 3), 0.5, generator=gen())
     check_output(y, (8, channels, 12, 12), device)
-    ident = A.random_resized_crop(x, None, (1.0, 1.0), (1.0, 1.0), 0.0, generator=gen())
+    ident = C.random_resized_crop(x, None, (1.0, 1.0), (1.0, 1.0), 0.0, generator=gen())
     torch.testing.assert_close(ident, x.float() / 255, rtol=0, atol=1e-5)
     assert not torch.allclose(y, F.interpolate(x.float() / 255, size=12), atol=1e-3)
 
@@ -99,19 +101,19 @@ def test_axis_aligned_grid_is_affine_grid_and_resamples_identity() -> None:
     affine = torch.rand(5, 4, generator=g) * 2 - 1
     theta = torch.zeros(5, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = affine.unbind(1)
-    ours = A.axis_aligned_grid(affine, 7)
+    ours = C.axis_aligned_grid(affine, 7)
     ref = F.affine_grid(theta, [5, 1, 7, 7], align_corners=False)
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
     # identity and flip affines sample pixel centres: the resample is exact to float error
     x = floats(n=2)
     for sx, expect in ((1.0, x), (-1.0, x.flip(-1))):
-        grid = A.axis_aligned_grid(torch.tensor([[sx, 0.0, 1.0, 0.0]] * 2), 16)
+        grid = C.axis_aligned_grid(torch.tensor([[sx, 0.0, 1.0, 0.0]] * 2), 16)
         y = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
         torch.testing.assert_close(y, expect, rtol=0, atol=1e-5)
 
 
 def test_crop_boxes_follow_torchvision_distribution() -> None:
-    boxes = A.crop_boxes(4000, 20, 30, (0.08, 1.0), (3 / 4, 4 / 3), generator=gen())
+    boxes = C.crop_boxes(4000, 20, 30, (0.08, 1.0), (3 / 4, 4 / 3), generator=gen())
     top, left, h, w = boxes.unbind(1)
     assert (top >= 0).all() and (left >= 0).all()
     assert (top + h <= 20 + 1e-4).all() and (left + w <= 30 + 1e-4).all()
@@ -121,14 +123,14 @@ def test_crop_boxes_follow_torchvision_distribution() -> None:
     assert aspect.min() >= 3 / 4 - 1e-4 and aspect.max() <= 4 / 3 + 1e-4
     assert area.std() > 0.1 and aspect.std() > 0.05  # actually random
     # a box that cannot fit falls back to the centred, ratio-clamped crop (torchvision)
-    top, left, h, w = A.crop_boxes(3, 10, 40, (1.0, 1.0), (1.0, 2.0), generator=gen()).unbind(1)
+    top, left, h, w = C.crop_boxes(3, 10, 40, (1.0, 1.0), (1.0, 2.0), generator=gen()).unbind(1)
     torch.testing.assert_close(h, torch.full((3,), 10.0))
     torch.testing.assert_close(w, torch.full((3,), 20.0))
 
 
 def test_flip_p1_is_torch_flip() -> None:
     x = floats()
-    torch.testing.assert_close(A.random_hflip(x, 1.0, generator=gen()), x.flip(-1), rtol=0, atol=0)
+    torch.testing.assert_close(C.random_hflip(x, 1.0, generator=gen()), x.flip(-1), rtol=0, atol=0)
     # through the recipe: whole-image crop + flip
     u8 = images()
     y = augment_batch(u8, ViewAugment(**{**PLAIN, "hflip_p": 1.0}), generator=gen())
@@ -137,55 +139,55 @@ def test_flip_p1_is_torch_flip() -> None:
 
 def test_solarize_formula() -> None:
     x = floats()
-    y = A.random_solarize(x, 1.0, 0.3, generator=gen())
+    y = P.random_solarize(x, 1.0, 0.3, generator=gen())
     torch.testing.assert_close(y, torch.where(x >= 0.3, 1 - x, x), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("channels", [3, 1])
 def test_grayscale_is_luma_on_every_channel(channels: int) -> None:
     x = floats(c=3)
-    y = A.random_grayscale(x, 1.0, generator=gen())
+    y = P.random_grayscale(x, 1.0, generator=gen())
     luma = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
     for c in range(3):
         torch.testing.assert_close(y[:, c], luma, rtol=0, atol=1e-6)
     one = floats(c=1)
-    assert torch.equal(A.random_grayscale(one, 1.0, generator=gen()), one)
+    assert torch.equal(P.random_grayscale(one, 1.0, generator=gen()), one)
 
 
 def test_blur_keeps_constant_mean_and_smooths_noise() -> None:
     const = torch.full((4, 3, 20, 20), 0.37)
-    y = A.random_gaussian_blur(const, 1.0, (0.5, 2.0), generator=gen())
+    y = P.random_gaussian_blur(const, 1.0, (0.5, 2.0), generator=gen())
     torch.testing.assert_close(y, const, rtol=0, atol=1e-6)
     noise = floats(n=4, h=32, w=32)
-    blurred = A.random_gaussian_blur(noise, 1.0, (1.0, 2.0), generator=gen())
+    blurred = P.random_gaussian_blur(noise, 1.0, (1.0, 2.0), generator=gen())
     assert (blurred.var(dim=(1, 2, 3)) < 0.5 * noise.var(dim=(1, 2, 3))).all()
     torch.testing.assert_close(blurred.mean(), noise.mean(), rtol=0, atol=5e-3)
-    assert A.blur_kernel_size(32) == 3 and A.blur_kernel_size(224) == 23 and A.blur_kernel_size(96) == 9
+    assert P.blur_kernel_size(32) == 3 and P.blur_kernel_size(224) == 23 and P.blur_kernel_size(96) == 9
 
 
 def test_blur_drops_only_taps_that_weigh_less_than_half_a_grey_level() -> None:
     # blur_support's bound: the renormalised short kernel moves a [0, 1] image by at most
     # the dropped tail weight, <= 0.5/255. Compared on the image where the tails matter most
     # (random 0/1 pixels), every sigma of SimCLR's range against the full 23-tap kernel.
-    assert [A.blur_support(s) for s in (0.1, 1.0, 2.0)] == [0, 3, 6]  # sigma 0.1: the identity
-    assert A.blur_taps(224, 2.0) == 13 and A.blur_taps(32, 2.0) == 3  # never more than SimCLR's kernel
+    assert [P.blur_support(s) for s in (0.1, 1.0, 2.0)] == [0, 3, 6]  # sigma 0.1: the identity
+    assert P.blur_taps(224, 2.0) == 13 and P.blur_taps(32, 2.0) == 3  # never more than SimCLR's kernel
     g = gen()
     x = (torch.rand(8, 3, 64, 64, generator=g) > 0.5).float()
     for sigma in (0.1, 0.5, 1.0, 1.5, 2.0):
         sig = torch.full((8,), sigma)
-        full = A.gaussian_blur(x, sig, kernel_size=23)
-        short = A.gaussian_blur(x, sig, kernel_size=2 * A.blur_support(sigma) + 1)
+        full = P.gaussian_blur(x, sig, kernel_size=23)
+        short = P.gaussian_blur(x, sig, kernel_size=2 * P.blur_support(sigma) + 1)
         assert (short - full).abs().max() <= 0.5 / 255, sigma
         # and the bound is not slack: one tap fewer moves some pixel by more than a tenth of it
-        r = A.blur_support(sigma)
+        r = P.blur_support(sigma)
         if r > 1:
-            shorter = A.gaussian_blur(x, sig, kernel_size=2 * r - 1)
+            shorter = P.gaussian_blur(x, sig, kernel_size=2 * r - 1)
             assert (shorter - full).abs().max() > 0.05 / 255, sigma
 
 
 def test_blur_per_sample_sigma() -> None:
     noise = floats(n=1, h=32, w=32).expand(2, -1, -1, -1)
-    y = A.gaussian_blur(noise, torch.tensor([0.3, 3.0]), kernel_size=9)
+    y = P.gaussian_blur(noise, torch.tensor([0.3, 3.0]), kernel_size=9)
     assert y[1].var() < y[0].var()  # larger sigma, smoother, in the same call
 
 
@@ -196,7 +198,7 @@ def test_blur_per_sample_sigma() -> None:
 def test_brightness_is_scaled_and_clamped() -> None:
     x = floats(n=3)
     f = torch.tensor([0.5, 1.0, 1.7])
-    torch.testing.assert_close(A.adjust_brightness(x, f), (x * f.view(3, 1, 1, 1)).clamp(0, 1), rtol=0, atol=0)
+    torch.testing.assert_close(P.adjust_brightness(x, f), (x * f.view(3, 1, 1, 1)).clamp(0, 1), rtol=0, atol=0)
 
 
 def test_contrast_saturation_hue_match_torchvision() -> None:
@@ -209,19 +211,19 @@ def test_contrast_saturation_hue_match_torchvision() -> None:
         f = torch.full((4,), factor)
         # torchvision's luma weights are (0.2989, 0.587, 0.114): agree to ~1e-4
         ref = torch.stack([tf.adjust_contrast(xi, factor) for xi in x])
-        torch.testing.assert_close(A.adjust_contrast(x, f), ref, rtol=0, atol=5e-4)
+        torch.testing.assert_close(P.adjust_contrast(x, f), ref, rtol=0, atol=5e-4)
         ref = torch.stack([tf.adjust_saturation(xi, factor) for xi in x])
-        torch.testing.assert_close(A.adjust_saturation(x, f), ref, rtol=0, atol=5e-4)
+        torch.testing.assert_close(P.adjust_saturation(x, f), ref, rtol=0, atol=5e-4)
     for shift in (-0.5, -0.1, 0.0, 0.05, 0.3, 0.5):
         ref = torch.stack([tf.adjust_hue(xi, shift) for xi in x])
-        torch.testing.assert_close(A.adjust_hue(x, torch.full((4,), shift)), ref, rtol=0, atol=1e-5)
+        torch.testing.assert_close(P.adjust_hue(x, torch.full((4,), shift)), ref, rtol=0, atol=1e-5)
 
 
 def test_jitter_on_one_channel_is_brightness_and_contrast_only() -> None:
     x = floats(c=1)
-    assert torch.equal(A.adjust_saturation(x, torch.full((8,), 0.2)), x)
-    assert torch.equal(A.adjust_hue(x, torch.full((8,), 0.3)), x)
-    y = A.random_color_jitter(x, 1.0, 0.0, 0.0, 0.9, 0.5, generator=gen())
+    assert torch.equal(P.adjust_saturation(x, torch.full((8,), 0.2)), x)
+    assert torch.equal(P.adjust_hue(x, torch.full((8,), 0.3)), x)
+    y = P.random_color_jitter(x, 1.0, 0.0, 0.0, 0.9, 0.5, generator=gen())
     assert torch.equal(y, x)  # only saturation and hue asked for: nothing to do
 
 

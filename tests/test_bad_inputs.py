@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from raysl import cli
-from raysl.data.shards import prepare
+from raysl.data.prepare import prepare
 
 from conftest import REPO
 

@@ -17,7 +17,8 @@ import torch
 from raysl.errors import CollapsedError
 from raysl.evaluate import MIN_COLLAPSE_ROWS, collapse_std, collapsed_by_training, is_collapsed
 from raysl.run_config import load_config
-from raysl.train import LocalIO, train_worker
+from raysl.loop_io import LocalIO
+from raysl.train import train_worker
 
 from conftest import HANG, RAYSL, REPO
 

@@ -2,7 +2,7 @@
 
 In-process on digits with the width-4 convnet, no Ray started: seconds each.
 
-- With every switch on, each metric of ``raysl.train.evaluate_method`` equals the metric's own function of
+- With every switch on, each metric of ``raysl.run_eval.evaluate_method`` equals the metric's own function of
   ``raysl.evaluate`` on the same network and images (the evaluation as it was before the switches).
 - The switches: the view metrics (LiDAR, view_agreement, agreed_rank) and the projector_ metrics are off by
   default and on when asked for or when the search ranks by one of them (``eval.search_metrics``, which
@@ -51,7 +51,8 @@ def reference_metrics(cfg, data_dir: str) -> dict[str, float]:
         uniformity,
         view_knn_agreement,
     )
-    from raysl.train import augment_generator, build_run_method, embed_all, embed_views, input_norm, load_eval_set
+    from raysl.run_eval import embed_all, embed_views, load_eval_set
+    from raysl.run_setup import augment_generator, build_run_method, input_norm
 
     manifest = load_manifest(data_dir)
     cpu = torch.device("cpu")
@@ -93,7 +94,7 @@ def test_every_metric_with_every_switch_on_equals_its_own_function(digits_dir, r
     """Tolerance: none. The evaluation computes each metric with the same function on the same features
     (embedded once, in the same batches) as the reference; only the kNN differs in how (every k from one
     top-k), and raysl.evaluate.knn_accuracies gives the same votes (tests/test_evaluate.py)."""
-    from raysl.train import initial_metrics
+    from raysl.run_eval import initial_metrics
 
     found = initial_metrics(load_config(QUICKSTART, [*SMALL, *ALL_ON]), digits_dir)
     assert set(found) == set(reference)
@@ -102,7 +103,7 @@ def test_every_metric_with_every_switch_on_equals_its_own_function(digits_dir, r
 
 
 def test_defaults_leave_the_costly_metrics_out_and_the_rest_unchanged(digits_dir, reference):
-    from raysl.train import initial_metrics
+    from raysl.run_eval import initial_metrics
 
     found = initial_metrics(load_config(QUICKSTART, SMALL), digits_dir)
     expected = {k for k in reference if not k.startswith("projector_") and k not in VIEW_KEYS}
@@ -121,7 +122,7 @@ def test_defaults_leave_the_costly_metrics_out_and_the_rest_unchanged(digits_dir
     (["rankme"], set()),
 ])
 def test_the_search_metric_is_computed_whatever_the_switches_say(digits_dir, reference, search, expected):
-    from raysl.train import initial_metrics
+    from raysl.run_eval import initial_metrics
 
     cfg = load_config(QUICKSTART, [*SMALL, "eval.view_metrics=false", "eval.projector_metrics=false"])
     cfg.eval.search_metrics = search  # what raysl.trial.make_trainable sets in a trial
@@ -184,7 +185,8 @@ BOOKKEEPING_S = 0.05
 
 def test_train_s_and_eval_s_add_up_to_the_epoch(digits_dir, monkeypatch):
     import raysl.train
-    from raysl.train import LocalIO, train_worker
+    from raysl.loop_io import LocalIO
+    from raysl.train import train_worker
 
     writes: list[float] = []
     save = raysl.train.save_state
@@ -262,7 +264,7 @@ def test_eval_knn_temperature_and_rankme_max_samples_reach_the_metrics(digits_di
     """Both keys were documented and validated but never passed on (every run used the functions'
     defaults 0.07 and 25,600): a user who set them got metrics computed without them."""
     from raysl.evaluate import evaluate_features, knn_accuracy
-    from raysl.train import initial_metrics
+    from raysl.run_eval import initial_metrics
 
     # RankMe of 2 samples is at most 2; the default's (all 1,438 bank rows) is well above it
     found = initial_metrics(load_config(QUICKSTART, [*SMALL, "eval.rankme_max_samples=2"]), digits_dir)

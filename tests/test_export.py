@@ -18,7 +18,7 @@ from raysl.data.shards import load_manifest, read_split
 from raysl.errors import CheckpointError
 from raysl.export import EXPORT_FORMAT, export_backbone, load_backbone, run_checkpoints
 from raysl.run_config import load_config
-from raysl.train import build_run_method, input_norm
+from raysl.run_setup import build_run_method, input_norm
 
 from conftest import FINISHED_RUN, HANG, RAYSL, REPO
 

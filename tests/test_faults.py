@@ -287,7 +287,7 @@ class _Checkpoints:
         self.latest = latest
 
     def checkpoint_candidates(self):
-        from raysl.train import resume_candidates
+        from raysl.loop_io import resume_candidates
 
         return resume_candidates(str(self.latest))
 
@@ -301,7 +301,7 @@ class _Lines:
 
 
 def test_resume_falls_back_past_damaged_checkpoints_and_ignores_unregistered_ones(tmp_path):
-    from raysl.train import restore_state
+    from raysl.loop_io import restore_state
 
     run = tmp_path / "train"
     _save(run / "checkpoint_2026-01-01_00-00-01.000000", 1)
@@ -325,7 +325,7 @@ def test_resume_falls_back_past_damaged_checkpoints_and_ignores_unregistered_one
 
 def test_resume_with_no_loadable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
     from raysl.errors import CheckpointError
-    from raysl.train import restore_state
+    from raysl.loop_io import restore_state
 
     torn = tmp_path / "train" / "checkpoint_2026-01-01_00-00-01.000000"
     _save(torn, 1)

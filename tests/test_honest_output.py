@@ -359,7 +359,7 @@ def _images(folder: Path, sizes: list[tuple[int, int]], broken: int = 0) -> Path
 def test_batch_size_error_blames_the_set_item_that_gave_it(tmp_path, capsys):
     """Issue 22: `--set optim.batch_size=8` too large for the data set was reported as the YAML file's
     value. The error names the --set item when it gave the value, the file otherwise."""
-    from raysl.data.shards import prepare
+    from raysl.data.prepare import prepare
     from raysl.launch import check_against_data
     from raysl.run_config import load_config
 
@@ -379,7 +379,7 @@ def test_batch_size_error_blames_the_set_item_that_gave_it(tmp_path, capsys):
 def test_strict_prepare_failure_leaves_out_as_it_found_it(tmp_path):
     """Issue 22: `raysl data prepare imagefolder ... --strict` stopped at an unreadable file and left
     shard files (and its journal) in --out without a manifest: a folder that is no data set."""
-    from raysl.data.shards import prepare
+    from raysl.data.prepare import prepare
 
     src = _images(tmp_path / "src", [(32, 32)] * 6, broken=1)  # the broken file sorts last
     fresh = tmp_path / "fresh"

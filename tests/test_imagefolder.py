@@ -23,8 +23,9 @@ import pytest
 from PIL import Image, ImageOps
 
 from raysl.data.codec import apply_orientation, decode_image, image_format, resize_center_crop
-from raysl.data.imagefolder import list_images
-from raysl.data.shards import decode_images, iter_split, load_manifest, prepare, read_split, shard_uris
+from raysl.data.imagefolder_files import list_images
+from raysl.data.prepare import prepare
+from raysl.data.shards import decode_images, iter_split, load_manifest, read_split, shard_uris
 from raysl.errors import DataError, ShardError
 
 from conftest import HANG
@@ -300,17 +301,17 @@ def test_killed_prepare_resumes_to_identical_shards(many_photos: Path, tmp_path:
 
 
 def test_interrupted_prepare_with_other_options_is_refused(odd_folder: Path, tmp_path: Path, monkeypatch) -> None:
-    from raysl.data import imagefolder
+    from raysl.data import imagefolder_journal
 
     out = str(tmp_path / "out")
-    record = imagefolder._Journal.record
+    record = imagefolder_journal.Journal.record
 
     def record_then_stop(self, entry):  # Ctrl-C once the first shard is finished
         record(self, entry)
         raise KeyboardInterrupt
 
     # (a --strict failure no longer leaves an interrupted prepare: it leaves --out as it was)
-    monkeypatch.setattr(imagefolder._Journal, "record", record_then_stop)
+    monkeypatch.setattr(imagefolder_journal.Journal, "record", record_then_stop)
     with pytest.raises(KeyboardInterrupt):
         prepare("imagefolder", str(odd_folder), out, shard_rows=2, seed=1, workers=1)
     monkeypatch.undo()
@@ -328,20 +329,20 @@ def test_interrupted_prepare_is_one_line_with_the_signal_and_the_command(odd_fol
     line is on a terminal: the line is cleared, then one line names the signal and the command that resumes,
     from the start of a line (it was an empty line and then `raysl: interrupted; ...`, no signal, no command)."""
     from raysl import cli
-    from raysl.data import imagefolder
+    from raysl.data import imagefolder, imagefolder_journal
     from raysl.errors import Interrupted
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
             return True
 
-    record, update = imagefolder._Journal.record, imagefolder.Progress.update
+    record, update = imagefolder_journal.Journal.record, imagefolder.Progress.update
 
     def record_then_stop(self, entry):  # a SIGTERM once the first shard is finished
         record(self, entry)
         raise Interrupted("SIGTERM", "before training started")
 
-    monkeypatch.setattr(imagefolder._Journal, "record", record_then_stop)
+    monkeypatch.setattr(imagefolder_journal.Journal, "record", record_then_stop)
     monkeypatch.setattr(imagefolder.Progress, "update", lambda self, done, force=False: update(self, done, True))
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
@@ -440,7 +441,7 @@ def test_ray_tasks_write_the_same_shards_as_the_local_pool(
     # every task has been recorded; the deadline only guards against a hang
     deadline = time.time() + 120
     while True:
-        tasks = list_tasks(filters=[("func_or_class_name", "=", "_ray_shard"), ("job_id", "=", job)],
+        tasks = list_tasks(filters=[("func_or_class_name", "=", "ray_shard"), ("job_id", "=", job)],
                            raise_on_missing_output=False)
         if len(tasks) >= expected or time.time() > deadline:
             break

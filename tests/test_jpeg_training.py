@@ -321,7 +321,8 @@ def test_eval_images_are_centre_crops_of_the_first_rows(jpeg_shards):
 
 def test_in_process_run_on_jpeg_shards(jpeg_shards):
     """train_worker without Ray (LocalIO): decode in process, evaluation on centre crops."""
-    from raysl.train import LocalIO, train_worker
+    from raysl.loop_io import LocalIO
+    from raysl.train import train_worker
 
     cfg = _run_config(jpeg_shards, ["scale.num_workers=1", "data.crop_size=32"])
     io_ = LocalIO(jpeg_shards)

@@ -455,10 +455,10 @@ def test_alpha_req_as_objective_needs_a_direction():
 
 
 def test_every_evaluation_reports_alpha_req_and_lidar(digits_dir):
-    """The network a run starts from, evaluated as every epoch's evaluation is (raysl.train.evaluate_method)."""
+    """The network a run starts from, evaluated as every epoch's evaluation is (raysl.run_eval.evaluate_method)."""
     from conftest import REPO
     from raysl.run_config import load_config
-    from raysl.train import initial_metrics
+    from raysl.run_eval import initial_metrics
 
     quickstart = REPO / "search_spaces" / "quickstart.yaml"
     asked = ["eval.view_metrics=true", "eval.projector_metrics=true"]  # LiDAR and projector_ metrics: off unless asked
@@ -492,7 +492,8 @@ def test_linear_probe_is_reported_at_an_evaluation_when_asked(digits_dir):
     from raysl.data.shards import load_manifest
     from raysl.evaluate import linear_probe_accuracy
     from raysl.run_config import load_config
-    from raysl.train import build_run_method, embed_all, initial_metrics, input_norm, load_eval_set
+    from raysl.run_eval import embed_all, initial_metrics, load_eval_set
+    from raysl.run_setup import build_run_method, input_norm
 
     quickstart = REPO / "search_spaces" / "quickstart.yaml"
     cfg = load_config(quickstart, ["model.width=4", "eval.lidar_images=0", "eval.linear_probe=true"])

@@ -71,7 +71,8 @@ def toy(tmp_path, monkeypatch):
 
 
 def test_a_method_in_one_file_parses_and_trains(toy, tmp_path, digits_dir):
-    from raysl.train import LocalIO, train_worker
+    from raysl.loop_io import LocalIO
+    from raysl.train import train_worker
 
     path = tmp_path / "toy.yaml"
     path.write_text("method: {name: toy, scale: 2.0}\n" + SMALL)

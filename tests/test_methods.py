@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from raysl.loop_io import LocalIO
 from raysl.methods import METHODS, build_method
 from raysl.run_config import load_config
-from raysl.train import LocalIO, initial_metrics, train_worker
+from raysl.run_eval import initial_metrics
+from raysl.train import train_worker
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 

@@ -16,12 +16,13 @@ import torch.multiprocessing as mp
 
 from raysl import losses
 from raysl.errors import ConfigError, TrainingError
+from raysl.loop_io import LocalIO
 from raysl.methods import METHODS, build_method
 from raysl.methods.isogclr import ISogCLR
 from raysl.methods.moco import MoCo
 from raysl.methods.mv_infonce import MVInfoNCE
 from raysl.run_config import load_config
-from raysl.train import LocalIO, train_worker
+from raysl.train import train_worker
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 CONTRASTIVE = ["dcl", "dclw", "isogclr", "moco", "mv_infonce"]

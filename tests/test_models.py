@@ -9,7 +9,9 @@ import torch
 
 from raysl.models import ViT, build_backbone
 from raysl.run_config import load_config
-from raysl.train import LocalIO, initial_metrics, train_worker
+from raysl.loop_io import LocalIO
+from raysl.run_eval import initial_metrics
+from raysl.train import train_worker
 
 from conftest import HANG, RAYSL, REPO
 

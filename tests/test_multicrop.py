@@ -215,7 +215,9 @@ def test_dino_with_local_crops_trains_on_digits_without_collapse(digits_dir):
     all three seeds against 0.950-0.958 at random init), so it must merely
     stay within 3 points (11 of the 359 val images).
     """
-    from raysl.train import LocalIO, initial_metrics, train_worker
+    from raysl.loop_io import LocalIO
+    from raysl.run_eval import initial_metrics
+    from raysl.train import train_worker
 
     cfg = load_config(SPACES / "dino.yaml", ["optim.epochs=2", "eval.every_epochs=1", "data.local_crops.number=4"])
     assert len(cfg.data.views(2)) == 6 and cfg.data.views(2)[-1].size == 4

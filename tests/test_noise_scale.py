@@ -145,7 +145,8 @@ def test_auto_is_off_for_in_batch_negatives():
 
 
 def test_training_logs_the_noise_scale_at_each_evaluation(digits_dir):
-    from raysl.train import LocalIO, train_worker
+    from raysl.loop_io import LocalIO
+    from raysl.train import train_worker
 
     cfg = load_config(SPACES / "byol.yaml", ["optim.epochs=2", "eval.every_epochs=1", "model.width=4",
                                              "optim.batch_size=64"])

@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 
 from raysl.data.manifest import Manifest
+from raysl.data.prepare import prepare
 from raysl.data.shards import (
     decode_images,
     load_manifest,
-    prepare,
     read_split,
     shard_uris,
     verify_shards,
@@ -67,12 +67,12 @@ def test_interrupted_prepare_of_a_source_that_starts_over_says_run_it_again(tmp_
     """Ctrl-C (SIGINT) during `raysl data prepare digits`: one line from the start of a line (no progress line
     is drawn for it), the signal, and the command to run again (it starts over), exit 130."""
     from raysl import cli
-    from raysl.data import shards
+    from raysl.data import prepare as prepare_module
 
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(shards, "_load_source", stop)
+    monkeypatch.setattr(prepare_module, "load_source", stop)
     out = str(tmp_path / "d")
     assert cli.main(["data", "prepare", "digits", "--out", out]) == 130
     assert capsys.readouterr().err == (f"raysl: interrupted (SIGINT); run it again with: raysl data prepare digits "

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from raysl.data.shards import load_manifest, prepare, read_split
+from raysl.data.prepare import prepare
+from raysl.data.shards import load_manifest, read_split
 from raysl.errors import ConfigError
 from raysl.launch import check_against_data
 from raysl.methods import build_method

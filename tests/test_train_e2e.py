@@ -16,7 +16,9 @@ from raysl import local_cluster
 from raysl.checkpoint import load_state
 from raysl.errors import DivergedError
 from raysl.run_config import load_config
-from raysl.train import LocalIO, initial_metrics, train_worker
+from raysl.loop_io import LocalIO
+from raysl.run_eval import initial_metrics
+from raysl.train import train_worker
 
 from conftest import RAYSL, REPO
 
@@ -34,16 +36,21 @@ def read_metrics(out: Path) -> list[dict]:
 def test_two_workers_interrupted_then_resumed_on_the_cluster_raysl_up_started_beats_random_init(tmp_path, digits_dir):
     """`raysl up`, then a two-worker run, Ctrl-C after two epochs, then the printed resume command, then `raysl
     down`: both runs join the one cluster `raysl up` started (start-up once, not per run: issue 25), the Ctrl-C
-    stops the run and not the cluster, and `raysl down` leaves none of its processes. Bugs it catches: a run
-    that starts its own cluster beside the one that is up; a Ctrl-C that takes the shared cluster down with it;
-    a resume that does not continue from the kept checkpoint. 8 epochs: the workers go on training while the
+    stops the run and not the cluster, and `raysl down` leaves none of its processes. The runs get no Ray
+    authentication settings, as a user's shell has none. Bugs it catches: a run that starts its own cluster
+    beside the one that is up; a run that cannot join it (Ray turns token authentication on by itself only
+    for a cluster it starts: a joining run without RAY_AUTH_MODE failed with "Authentication token is missing");
+    a Ctrl-C that takes the shared cluster down with it; a resume that does not continue from the kept
+    checkpoint. 8 epochs: the workers go on training while the
     Ctrl-C stops the run (a few seconds on a loaded machine), and with 4 epochs a CI run had finished all of
     them by then, leaving the resume nothing to prove."""
     out = tmp_path / "run"
     cmd = [RAYSL, "train", QUICKSTART, *SMALL, "--set", f"optim.epochs={EPOCHS_2W}", "--set", "eval.every_epochs=4",
            "--set", "scale.num_workers=2", "--out", str(out)]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    up = subprocess.run([RAYSL, "up"], env=env, capture_output=True, text=True, timeout=600)
+    up_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the session's private token
+    up = subprocess.run([RAYSL, "up"], env=up_env, capture_output=True, text=True, timeout=600)
+    # the runs as a user starts them: no RAY_AUTH_MODE, no token path (what raysl up recorded supplies both)
+    env = {k: v for k, v in up_env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
     assert up.returncode == 0, up.stderr[-3000:]
     address = json.loads(up.stdout.strip().splitlines()[-1])["address"]
     cluster = local_cluster.running()  # this session's RAYSL_CACHE holds the record

@@ -35,8 +35,10 @@ def resolve_data_dir(cfg: RunConfig) -> str:
     if not (target / "manifest.json").exists():
         from filelock import FileLock
 
+        from raysl.data.prepare import prepare
+
         target.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(target) + ".lock"):
             if not (target / "manifest.json").exists():
-                shards.prepare(cfg.data.source, None, str(target), seed=0)
+                prepare(cfg.data.source, None, str(target), seed=0)
     return str(target)

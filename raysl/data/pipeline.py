@@ -22,7 +22,7 @@ Two data paths, chosen by the shards (``manifest.encoding``), not by the user:
 :func:`train_dataset` builds the Ray Dataset (``raysl train`` and multi-worker
 ``raysl tune`` trials); :class:`CropInput` is the worker's end, which also
 decodes in-process when it is handed encoded rows without Ray Data (one-worker
-Tune trials and :class:`raysl.train.LocalIO` read their shards with pyarrow).
+Tune trials and :class:`raysl.loop_io.LocalIO` read their shards with pyarrow).
 """
 
 from __future__ import annotations
