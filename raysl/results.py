@@ -87,6 +87,7 @@ class Param:
     log: bool = False
 
 
+# the distributions of a search: section (raysl.space_file parses and checks them, this module reads them back)
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
 
 

@@ -42,9 +42,9 @@ from raysl.config import RunConfig
 from raysl.config_load import format_validation_error, parse_override, read_yaml, set_dotted
 from raysl.errors import ConfigError
 from raysl.outcome import METRIC_MODES, known_metric
+from raysl.results import DISTRIBUTIONS
 from raysl.space import Param, SearchSpace, TuneSettings, apply_sample, walk
 
-DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
 _EXTRA_KEYS = {"choice": {"when"}, "int": {"log"}, "loguniform": set(), "uniform": set()}
 _DIST_HELP = "{loguniform: [lo, hi]}, {uniform: [lo, hi]}, {int: [lo, hi]} or {choice: [a, b, ...]}"
 # keys PBT must not mutate: they change the model's shape or the run's length, so a
