@@ -32,7 +32,7 @@ from raysl.best_config import best_run_config, config_vs_base, overall_best
 from raysl.errors import ConfigError, RayslError
 from raysl.importance import param_importance
 from raysl.leaderboard import leaderboard, markdown_table, rank_trials
-from raysl.outcome import standing
+from raysl.outcome import BEST_CONFIG_FILE, standing
 from raysl.results import Experiment, load_experiments
 from raysl.selectors import MIN_SELECTOR_TRIALS, label_free_selectors, spearman
 
@@ -209,14 +209,14 @@ def _write_outputs(experiments: list[Experiment], local_out: str, scaling: tuple
         best_info = {"experiment": exp.name, "trial_id": str(trial["trial_id"]), "status": str(trial["status"]),
                      "epochs": int(trial["epochs"]), "metric": exp.metric,
                      "objective": float(trial["objective_final"]), "config_source": source,
-                     "best_config": "best_config.yaml" if best_yaml else None,
+                     "best_config": BEST_CONFIG_FILE if best_yaml else None,
                      "searched": {r["key"]: r["best"] for r in vs_base if r["searched"]},
                      "vs_base": vs_base}
         if best_yaml:
             header = (f"# best trial {trial['trial_id']} of {exp.location} ({exp.metric} = "
                       f"{float(trial['objective_final']):.6g}); from {source}.\n"
                       f"# re-train: raysl train best_config.yaml [--set optim.epochs=N]\n")
-            with open(os.path.join(local_out, "best_config.yaml"), "w") as fh:
+            with open(os.path.join(local_out, BEST_CONFIG_FILE), "w") as fh:
                 fh.write(header + best_yaml)
     with open(os.path.join(local_out, "leaderboard.md"), "w") as fh:
         fh.write(markdown_table(table, best=(best_info["experiment"], best_info["trial_id"]) if best_info else None))
@@ -224,7 +224,7 @@ def _write_outputs(experiments: list[Experiment], local_out: str, scaling: tuple
     summary["summary"] = summary_line(summary)
     summary["plots"] = report_plots.write_plots(experiments, summaries, local_out)
     summary["outputs"] = sorted(["leaderboard.csv", "leaderboard.md", "summary.json", "report.html",
-                                 *(["best_config.yaml"] if best_yaml else []), *summary["plots"].values()])
+                                 *([BEST_CONFIG_FILE] if best_yaml else []), *summary["plots"].values()])
     summary = jsonio.to_json_safe(summary)  # what summary.json holds is also what the report shows
     report.write_html(experiments, summary, table, best_yaml, local_out)
     if scaling is not None:  # report.html is the scaling report; the search report of the same runs is kept

@@ -13,7 +13,7 @@ import yaml
 
 from raysl import jsonio
 from raysl.leaderboard import rank_trials
-from raysl.outcome import standing
+from raysl.outcome import BEST_CONFIG_FILE, standing
 from raysl.results import Experiment, flatten
 
 
@@ -44,7 +44,7 @@ def best_run_config(exp: Experiment, trial: pd.Series) -> tuple[str | None, str]
             compared = [k for k in searched if k in flat]
             if isinstance(tree, dict) and (compared or not searched) and all(
                     _same(flatten(tree).get(k), flat.get(k)) for k in compared):
-                return to_yaml(build_config(tree, "best_config.yaml")), "the experiment's best_config.yaml"
+                return to_yaml(build_config(tree, BEST_CONFIG_FILE)), "the experiment's best_config.yaml"
         except (yaml.YAMLError, ConfigError):
             pass
     base = (exp.space or {}).get("base")
@@ -105,7 +105,7 @@ def config_vs_base(exp: Experiment, trial: pd.Series, best_yaml: str | None) -> 
     best_flat: dict[str, Any] = {}
     if best_yaml:
         loaded = yaml.safe_load(best_yaml)
-        best_flat = _normalized_flat(loaded, "best_config.yaml") or {}
+        best_flat = _normalized_flat(loaded, BEST_CONFIG_FILE) or {}
     base_flat = _normalized_flat((exp.space or {}).get("base"), "raysl_space.yaml base")
     rows = []
     for key in exp.param_names:

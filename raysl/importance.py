@@ -11,7 +11,7 @@ import pandas as pd
 
 from raysl import jsonio, storage
 from raysl.errors import RayslError
-from raysl.outcome import BAD_STATUSES
+from raysl.outcome import BAD_STATUSES, STUDY_FILE
 from raysl.results import Experiment, Param
 
 
@@ -37,7 +37,6 @@ def _distribution(param: Param, values: list[Any]):
 # dashboard` shows: Optuna's PED-ANOVA evaluator over the study's COMPLETE trials (optuna_dashboard/
 # _importance.py). The report shows the same numbers, so the two never disagree about one search.
 DASHBOARD_EVALUATOR = "PED-ANOVA (Optuna's PedAnovaImportanceEvaluator, as optuna-dashboard shows it)"
-STUDY_RECORD = "raysl_study.json"  # raysl.study.STUDY_FILE, named here to look for it without importing Ray Tune
 FANOVA_SEED = 0  # fANOVA fits a random forest: a fixed seed gives the same numbers on every analyze
 
 
@@ -63,7 +62,7 @@ def param_importance(exp: Experiment, *, seed: int = FANOVA_SEED) -> dict[str, A
 
 def _study_trials(exp: Experiment):
     """(the experiment's Optuna study, None) or (None, why there is none to read)."""
-    if not storage.exists(storage.join_uri(exp.location, STUDY_RECORD)):
+    if not storage.exists(storage.join_uri(exp.location, STUDY_FILE)):
         return None, "no Optuna study (a PBT search keeps none), so not the dashboard's estimator"
     from raysl import study as studies  # imports Ray Tune (a second or two): only for a search with a study
 

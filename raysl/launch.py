@@ -20,7 +20,7 @@ from raysl.console import stream_isatty
 from raysl.data.locate import resolve_data_dir
 from raysl.errors import ConfigError, Interrupted, RayslError, StorageError, TrainingError, WorkerDiedError
 from raysl.interrupts import interrupt_signals, received_signal
-from raysl.outcome import TRAIN_RUN_NAME, status_of
+from raysl.outcome import METRICS_FILE, TRAIN_RUN_NAME, status_of
 from raysl.placement import check_placement, run_needs
 from raysl.run_faults import (
     interrupted_detail,
@@ -254,7 +254,7 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
         name=TRAIN_RUN_NAME,
         storage_path=out_dir.uri,
         failure_config=failure_config,
-        callbacks=[metrics_callback(out_dir.join("metrics.jsonl"), show=False),
+        callbacks=[metrics_callback(out_dir.join(METRICS_FILE), show=False),
                    make_resize_callback(say, cfg.optim.batch_size)],
         datasets=datasets,
     )
@@ -272,7 +272,7 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
             except KeyboardInterrupt:  # raysl's Interrupted, or the plain one Ray's ray.get makes of it
                 stop_run(controllers, out_dir)
                 registered = registered_checkpoints(out_dir)
-                reported = max((int(r.get("epoch") or 0) for r in MetricsFile(out_dir.join("metrics.jsonl"),
+                reported = max((int(r.get("epoch") or 0) for r in MetricsFile(out_dir.join(METRICS_FILE),
                                                                                 show=False).rows()), default=0)
                 # the last epoch line the user saw (or a later epoch metrics.jsonl holds), and where a resume
                 # continues: the two differ by the epochs since the last checkpoint, and the line says so

@@ -93,6 +93,12 @@ def status_from_error_text(text: str) -> Status:
 # must use the same) and the best trial's config as a run config `raysl train` accepts.
 SPACE_FILE = "raysl_space.yaml"
 BEST_CONFIG_FILE = "best_config.yaml"
+# the search's Optuna study: raysl's record of it (its storage URL, study name) and, by default, its SQLite
+# database in the experiment folder (raysl.study writes both; analyze and signing look for them without it)
+STUDY_FILE = "raysl_study.json"
+STUDY_DB_FILE = "optuna.db"
+# a train run's --out: one JSON line per reported epoch (raysl train writes it, resumes and reports read it)
+METRICS_FILE = "metrics.jsonl"
 # the Ray Train run name under a run's --out: checkpoints land in OUT/train/checkpoint_*/ (raysl train writes
 # them, raysl export reads them)
 TRAIN_RUN_NAME = "train"

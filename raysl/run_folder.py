@@ -18,7 +18,7 @@ from typing import Any
 from raysl import jsonio, storage
 from raysl.config import RunConfig
 from raysl.errors import ConfigError
-from raysl.outcome import TRAIN_RUN_NAME
+from raysl.outcome import METRICS_FILE, TRAIN_RUN_NAME
 from raysl.progress import EPOCH_FIELDS, epoch_line
 
 STATUS_FIELDS = EPOCH_FIELDS  # shown in each epoch line
@@ -66,7 +66,7 @@ def restore_metrics_rows(out: storage.Location) -> None:
 
     run = out.join(TRAIN_RUN_NAME)
     storage.remove_temporaries(run)  # a checkpoint upload killed mid-way
-    metrics = MetricsFile(out.join("metrics.jsonl"), show=False)
+    metrics = MetricsFile(out.join(METRICS_FILE), show=False)
     have = {row.get("epoch") for row in metrics.rows()}
     names = sorted((n for n, is_dir in storage.list_dir(run) if is_dir and n.startswith("checkpoint_")), reverse=True)
     for name in names:  # Ray names checkpoint folders by time: the newest first
@@ -224,7 +224,7 @@ def refuse_unresumable(cfg: RunConfig, out: storage.Location) -> None:
         return
     run = out.join(TRAIN_RUN_NAME)
     checkpointed = any(is_dir and name.startswith("checkpoint_") for name, is_dir in storage.list_dir(run))
-    if not checkpointed and not MetricsFile(out.join("metrics.jsonl"), show=False).rows():
+    if not checkpointed and not MetricsFile(out.join(METRICS_FILE), show=False).rows():
         return  # nothing trained yet (stopped before its first epoch): nothing a new config would harm
     try:
         saved = yaml.safe_load(text)
@@ -273,7 +273,7 @@ def finished_run(cfg: RunConfig, out: storage.Location) -> dict | None:
         return None
     if epoch != cfg.optim.epochs or not storage.is_file(out.join(TRAIN_RUN_NAME, name, "state.pt")):
         return None  # state.pt: raysl.checkpoint.CHECKPOINT_FILE (importing raysl.checkpoint imports torch)
-    rows = [r for r in MetricsFile(out.join("metrics.jsonl"), show=False).rows() if isinstance(r.get("epoch"), int)]
+    rows = [r for r in MetricsFile(out.join(METRICS_FILE), show=False).rows() if isinstance(r.get("epoch"), int)]
     last = max(rows, key=lambda r: r["epoch"], default={})
     if last.get("epoch") != cfg.optim.epochs or last.get("status") != "finished":
         return None

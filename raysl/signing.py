@@ -57,6 +57,7 @@ from pathlib import Path
 
 from raysl import jsonio, storage
 from raysl.errors import ConfigError, UntrustedStateError
+from raysl.outcome import STUDY_DB_FILE
 
 SIGNATURE_FILE = "raysl_signatures.json"
 SECRET_ENV = "RAYSL_SECRET"
@@ -64,7 +65,6 @@ TRUST_OPTION = "--trust-experiment"
 FORMAT = 1
 ALGORITHM = "HMAC-SHA256"
 _DOMAIN = b"raysl-experiment-state-v1\0"  # HMACs of this key for any other purpose never collide with these
-_STUDY_DB = "optuna.db"  # raysl.study.DB_FILE (not imported: raysl.study pulls in Ray Tune)
 # Ray's state files that are JSON with embedded cloudpickle, or pickles under a .json name
 _RAY_JSON_STATE = re.compile(
     r"^(experiment_state|search_gen_state|basic-variant-state)-.*\.json$|^trial_metadata\.json$")
@@ -77,7 +77,7 @@ def is_state_file(relpath: str) -> bool:
     name = relpath.rsplit("/", 1)[-1]
     if name.endswith((".pkl", ".pickle")) or _RAY_JSON_STATE.match(name):
         return True
-    return relpath == _STUDY_DB
+    return relpath == STUDY_DB_FILE
 
 
 # --------------------------------------------------------------------------
@@ -189,7 +189,7 @@ def damage(loc: storage.Location, relpath: str) -> str | None:
     """What makes a state file unusable to Ray, found from its bytes alone (nothing is unpickled, no code
     runs): a pickle that ends before its STOP opcode, JSON that does not parse, an SQLite file SQLite
     calls damaged. None when it is whole (which says nothing about who wrote it)."""
-    if relpath == _STUDY_DB:
+    if relpath == STUDY_DB_FILE:
         return _sqlite_damage(loc)
     data = storage.read_bytes(loc) or b""
     if not data:

@@ -43,10 +43,8 @@ from ray.tune.search.optuna import OptunaSearch
 from raysl import jsonio, storage
 from raysl.console import public_url  # the URL with its password left out (also raysl.cli's, which imports no Ray)
 from raysl.errors import ConfigError, StorageError
-from raysl.outcome import BAD_STATUSES, Status
-
-STUDY_FILE = "raysl_study.json"
-DB_FILE = "optuna.db"
+from raysl.outcome import BAD_STATUSES, SPACE_FILE, STUDY_FILE, Status
+from raysl.outcome import STUDY_DB_FILE as DB_FILE
 # files the study adds to an experiment folder (SQLite writes its journal next to the database)
 STUDY_FILES = {STUDY_FILE, DB_FILE, DB_FILE + "-journal", DB_FILE + "-wal", DB_FILE + "-shm"}
 OPTION = "--optuna-storage"
@@ -291,7 +289,7 @@ def load(experiment: str, given: str | None = None, option: str = OPTION) -> Stu
 def _why_none(experiment: str) -> str:
     import yaml
 
-    text = storage.read_text(storage.join_uri(experiment, "raysl_space.yaml"), missing_ok=True)
+    text = storage.read_text(storage.join_uri(experiment, SPACE_FILE), missing_ok=True)
     if text is None:
         return "it is not a raysl tune experiment folder (no raysl_space.yaml); give the folder --storage/--name made"
     try:

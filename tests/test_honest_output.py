@@ -147,10 +147,6 @@ def test_analyze_importance_is_what_raysl_dashboard_shows(tmp_path):
     page = (tmp_path / "report" / "report.html").read_text()
     assert f"PED-ANOVA (Optuna&#x27;s PedAnovaImportanceEvaluator, as optuna-dashboard shows it) over the " \
            f"{len(SEARCH)} COMPLETE trials" in page
-    from raysl.importance import STUDY_RECORD
-    from raysl.study import STUDY_FILE
-
-    assert STUDY_RECORD == STUDY_FILE  # analyze looks for the study record without importing Ray Tune
 
 
 def test_importance_without_a_study_is_labelled_fanova(tmp_path):
