@@ -46,9 +46,8 @@ raw-pixel kNN about 0.99 there, so its comparisons check the machinery, not the 
 Prints one line per comparison, then a strict-JSON line with every figure and run time. Needs ``data/fashion``
 (``raysl data prepare idx /usr/share/datasets/fashion-mnist --out data/fashion``) for the full run. Re-running with
 the same ``--work`` reuses what finished (``raysl scale --resume``, ``raysl tune --resume``; a finished train run or
-search is not run again) and continues what was interrupted. Run time of the full run (3 seeds) on 2 CPU cores:
-not yet measured (an estimate from bench/scaling_fashion.py's width-32 run: about an hour per seed, most of it the
-direct search's 8 width-32 runs).
+search is not run again) and continues what was interrupted. Run time on 2 CPU cores: 43 min for one seed
+(2026-12-07, partly beside other work; most of it the direct search's 8 width-32 runs); figures in bench/README.md.
 """
 
 from __future__ import annotations
