@@ -17,6 +17,7 @@ evaluation, and the wall-clock ratio baseline / default of the same schedule; th
 
     .venv/bin/python bench/trial_overhead.py              # ~8 min on 2 quiet cores (4 runs)
     .venv/bin/python bench/trial_overhead.py --quick      # digits, 2 epochs: a smoke run of the same code
+    .venv/bin/python bench/trial_overhead.py --joined     # every run joined to one `raysl up` cluster
     .venv/bin/python bench/trial_overhead.py --set scale.cpus_per_worker=2 --set scale.torch_threads=2
 
 Measure it on a quiet machine: the figures are wall times (bench/README.md).
@@ -77,6 +78,19 @@ def train(space: Path, overrides: list[str], out: Path) -> dict:
     }
 
 
+def run_all(space: Path, common: list[str], epochs: int, work: Path) -> dict[str, dict[str, dict]]:
+    """Both schedules, each with the baseline switches and raysl's defaults."""
+    results: dict[str, dict[str, dict]] = {}
+    for schedule, every in (("every epoch", 1), ("end only", epochs)):
+        results[schedule] = {}
+        for name, switches in (("baseline", BASELINE), ("default", [])):
+            out = work / "runs" / f"{'every' if every == 1 else 'end'}_{name}"
+            if out.exists():
+                raise SystemExit(f"{out} exists: pass another --work (a second run would resume, not train)")
+            results[schedule][name] = train(space, [*common, f"eval.every_epochs={every}", *switches], out)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="digits, 2 epochs: checks the bench runs")
@@ -88,6 +102,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--crop", type=int, default=28, help="crop side (Fashion-MNIST is 28)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="more KEY=VALUE for every run")
+    parser.add_argument("--joined", action="store_true",
+                        help="every run joins one cluster started by `raysl up` before them (stopped after): start-up "
+                             "once (issue 25), instead of each run's own local cluster")
     parser.add_argument("--lightly", action="store_true",
                         help="also time bench/lightly_loop.py (the same trial in a lightly-style loop, no Ray) for "
                              "each schedule, and print raysl's wall-clock ratio against it (needs lightly installed)")
@@ -112,14 +129,16 @@ def main() -> None:
                  f"{epochs} epochs")
     common += [f"optim.epochs={epochs}", *args.overrides]
 
-    results: dict[str, dict[str, dict]] = {}
-    for schedule, every in (("every epoch", 1), ("end only", epochs)):
-        results[schedule] = {}
-        for name, switches in (("baseline", BASELINE), ("default", [])):
-            out = work / "runs" / f"{'every' if every == 1 else 'end'}_{name}"
-            if out.exists():
-                raise SystemExit(f"{out} exists: pass another --work (a second run would resume, not train)")
-            results[schedule][name] = train(space, [*common, f"eval.every_epochs={every}", *switches], out)
+    if args.joined:  # a private record (RAYSL_CACHE): a user's own `raysl up` cluster is not touched
+        os.environ["RAYSL_CACHE"] = str(work / "cache")
+        os.environ.pop("RAY_ADDRESS", None)
+        subprocess.run([RAYSL, "up"], check=True, capture_output=True, text=True)
+    try:
+        results = run_all(space, common, epochs, work)
+    finally:
+        if args.joined:
+            subprocess.run([RAYSL, "down"], check=False, capture_output=True, text=True)
+    setup += "; every run joined to `raysl up`'s cluster" if args.joined else "; each run on its own local cluster"
 
     lightly: dict[str, dict] = {}
     if args.lightly and not args.quick:
@@ -153,7 +172,8 @@ def main() -> None:
               f"{r['eval_s']:.1f}s, kNN {r['knn_acc']:.4f}); raysl default {ours['wall_s']:.1f}s (kNN "
               f"{ours['knn_acc']:.4f}): lightly / raysl wall = {r['process_wall_s'] / ours['wall_s']:.2f}x, "
               f"steps {r['train_s'] / ours['train_s']:.2f}x")
-    print(json.dumps({"bench": "trial_overhead", "quick": args.quick, "setup": setup, "width": args.width,
+    print(json.dumps({"bench": "trial_overhead", "quick": args.quick, "joined": args.joined, "setup": setup,
+                      "width": args.width,
                       "batch": args.batch, "epochs": epochs, "load_start": round(load, 1),
                       "load_end": round(os.getloadavg()[0], 1), "cpus": os.cpu_count(),
                       "runs": {s: {n: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
