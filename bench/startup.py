@@ -97,16 +97,21 @@ def run(workers: int, baseline: bool, out: Path) -> tuple[float, float]:
     if baseline:
         env.update(BASELINE_ENV)
         extra += ["--set", "data.reader=ray_data"]
-    cpu, start = busy_seconds(), time.perf_counter()
-    done = subprocess.run([RAYSL, "train", QUICKSTART, *RUN, *extra, "--out", str(out)], env=env,
-                          capture_output=True, text=True, check=False)
-    wall, cpu = time.perf_counter() - start, busy_seconds() - cpu
-    if done.returncode != 0:
-        raise SystemExit(f"raysl train failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return wall, cpu
+    return timed([RAYSL, "train", QUICKSTART, *RUN, *extra, "--out", str(out)], env)
+
+
+def refuse_a_running_up_cluster() -> None:
+    """Runs meant to start their own cluster would join `raysl up`'s (raysl.local_cluster): say so and stop."""
+    from raysl.local_cluster import running
+
+    if running() is not None:
+        raise SystemExit("bench: a `raysl up` cluster is running, and the runs meant to start their own would join "
+                         "it; stop it with `raysl down` first")
 
 
 def main() -> None:
+    if "--joined" not in sys.argv[1:]:
+        refuse_a_running_up_cluster()
     if "--joined" in sys.argv[1:]:
         with tempfile.TemporaryDirectory(prefix="raysl-startup-") as tmp:
             print(json.dumps({"joined": joined(Path(tmp))}))

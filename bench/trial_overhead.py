@@ -129,6 +129,12 @@ def main() -> None:
                  f"{epochs} epochs")
     common += [f"optim.epochs={epochs}", *args.overrides]
 
+    if not args.joined:  # each run must start its own cluster: not join a `raysl up` one (raysl.local_cluster)
+        from raysl.local_cluster import running
+
+        if running() is not None:
+            raise SystemExit("bench: a `raysl up` cluster is running and every run would join it; `raysl down` "
+                             "first, or pass --joined")
     if args.joined:  # a private record (RAYSL_CACHE): a user's own `raysl up` cluster is not touched
         os.environ["RAYSL_CACHE"] = str(work / "cache")
         os.environ.pop("RAY_ADDRESS", None)
