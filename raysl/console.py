@@ -1,4 +1,5 @@
-"""Text for a terminal or a log: durations, rates, a run's progress line and the :class:`Renderer` that draws it.
+"""Text for a terminal or a log: durations, rates, numbers (:func:`format_number`), a run's progress line and the
+:class:`Renderer` that draws it.
 
 Pure (no Ray, no raysl module): ``raysl data prepare`` draws its progress with it as well as
 :mod:`raysl.progress`, which carries a training run's progress from its workers to the driver. Also
@@ -8,7 +9,8 @@ Pure (no Ray, no raysl module): ``raysl data prepare`` draws its progress with i
 from __future__ import annotations
 
 import math
-from typing import TextIO
+import numbers
+from typing import Any, TextIO
 
 PLAIN_EVERY_S = 15.0  # a redirected log gets a progress line at most every 15 s
 
@@ -25,6 +27,26 @@ def format_rate(images_per_s: float | None) -> str:
     if images_per_s is None or not math.isfinite(images_per_s):
         return "? img/s"
     return f"{images_per_s:,.0f} img/s"
+
+
+def format_number(x: Any, digits: int = 4, *, exact_ints: bool = False, others_as_str: bool = False) -> str:
+    """A number as raysl's reports print it: ``digits`` significant digits (``:.4g``: 123456.789 ->
+    ``1.235e+05``), ``-`` for None and a non-finite float (NaN, inf; numpy's float64 too).
+
+    ``exact_ints``: an int (numpy's too, not a bool) in full (123456 -> ``123456``), anything else through
+    ``float()`` first (the scaling report's tables and plots). ``others_as_str``: a bool and anything not an int
+    or float as ``str(x)`` (a categorical hyperparameter value: ``True``, ``adamw``; a transfer experiment's text).
+    Without it such a value is formatted with ``:g`` as it is (a bool as ``1``/``0``).
+    """
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    if others_as_str and (isinstance(x, bool) or not isinstance(x, (int, float))):
+        return str(x)
+    if exact_ints:
+        if isinstance(x, numbers.Integral) and not isinstance(x, bool):  # numbers.Integral: numpy's ints too
+            return str(int(x))
+        x = float(x)
+    return f"{x:.{digits}g}"
 
 
 def step_rate(done: int, elapsed_s: float, images_per_step: int) -> tuple[float | None, float | None]:

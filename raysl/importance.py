@@ -12,10 +12,10 @@ import pandas as pd
 from raysl import jsonio, storage
 from raysl.errors import RayslError
 from raysl.outcome import BAD_STATUSES, STUDY_FILE
-from raysl.results import Experiment, Param
+from raysl.results import Experiment, SearchedParam
 
 
-def _distribution(param: Param, values: list[Any]):
+def _distribution(param: SearchedParam, values: list[Any]):
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     present = [v for v in values if v is not None]

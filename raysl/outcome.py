@@ -205,7 +205,8 @@ def pareto_front(trials: Sequence[T], objectives: Sequence[tuple[str, str]],
 
 
 def rank(trials: Iterable[T], objectives: Sequence[tuple[str, str]], values: Callable[[T], Mapping[str, Any]],
-         status: Callable[[T], Any] | None = None, tiebreak: Callable[[T], Any] | None = None) -> list[T]:
+         status: Callable[[T], Any] | None = None, tiebreak: Callable[[T], Any] | None = None,
+         front: Sequence[bool] | None = None) -> list[T]:
     """``trials`` best first: the one ranking of trials (``raysl tune``'s leaderboard and best trial,
     ``raysl analyze``'s leaderboard and best config).
 
@@ -214,11 +215,14 @@ def rank(trials: Iterable[T], objectives: Sequence[tuple[str, str]], values: Cal
     :func:`standing` (trials with a result, then unfinished ones, then diverged/collapsed/errored ones);
     for several objectives, the :func:`pareto_front` first; then by the first objective in its mode, a
     trial without a value of it (missing or NaN) last; then by ``tiebreak(trial)``, else as given.
+    ``front``: the :func:`pareto_front` of these ``trials`` (the same ``objectives``, ``values`` and ``status``)
+    when the caller has it already (None: computed here, for several objectives).
     """
     trials = list(trials)
     metric, mode = objectives[0]
     sign = -1 if mode == "max" else 1
-    front = pareto_front(trials, objectives, values, status) if len(objectives) > 1 else [True] * len(trials)
+    if front is None:
+        front = pareto_front(trials, objectives, values, status) if len(objectives) > 1 else [True] * len(trials)
 
     def key(i: int) -> tuple:
         trial = trials[i]

@@ -76,8 +76,11 @@ def _finite(value: Any) -> bool:
 
 
 @dataclass
-class Param:
-    """One searched parameter: its dotted name and distribution (from the space file or inferred)."""
+class SearchedParam:
+    """One parameter a finished experiment searched, as analysis reads it back: its dotted name and distribution
+    (from the space file's ``search:`` section, a choice's ``when:`` branches flattened in, or inferred from the
+    trials' values). Not :class:`raysl.space.Param`, a search space's key as a search samples it (this layer may
+    not import that one)."""
 
     name: str
     kind: str  # loguniform | uniform | int | choice
@@ -91,9 +94,9 @@ class Param:
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
 
 
-def params_from_search(search: dict) -> list[Param]:
-    """The ``search:`` section of a space file -> Params (a choice's ``when:`` branches included)."""
-    out: list[Param] = []
+def params_from_search(search: dict) -> list[SearchedParam]:
+    """The ``search:`` section of a space file -> SearchedParams (a choice's ``when:`` branches included)."""
+    out: list[SearchedParam] = []
     for name, spec in search.items():
         param = param_from_spec(str(name), spec)
         if param is not None:
@@ -106,7 +109,7 @@ def params_from_search(search: dict) -> list[Param]:
     return out
 
 
-def param_from_spec(name: str, spec: Any) -> Param | None:
+def param_from_spec(name: str, spec: Any) -> SearchedParam | None:
     """One entry (``{loguniform: [lo, hi]}``, ``uniform``, ``{int: [lo, hi], log: true}``, ``choice``)."""
     if not isinstance(spec, dict):
         return None
@@ -115,7 +118,7 @@ def param_from_spec(name: str, spec: Any) -> Param | None:
         return None
     kind, args = kinds[0], spec[kinds[0]]
     if kind == "choice":
-        return Param(name, "choice", choices=list(args)) if isinstance(args, list) and args else None
+        return SearchedParam(name, "choice", choices=list(args)) if isinstance(args, list) and args else None
     if not (isinstance(args, list) and len(args) == 2):
         return None
     try:
@@ -123,24 +126,24 @@ def param_from_spec(name: str, spec: Any) -> Param | None:
     except (TypeError, ValueError):
         return None
     log = kind == "loguniform" or (kind == "int" and bool(spec.get("log", False)))
-    return Param(name, kind, low=low, high=high, log=log)
+    return SearchedParam(name, kind, low=low, high=high, log=log)
 
 
-def infer_param(name: str, values: list[Any]) -> Param:
+def infer_param(name: str, values: list[Any]) -> SearchedParam:
     """A distribution for a parameter seen only in trial configs (no space file)."""
     present = [v for v in values if v is not None]
     if present and all(_finite(v) for v in present):
         low, high = float(min(present)), float(max(present))
         if all(isinstance(v, int) for v in present):
-            return Param(name, "int", low=low, high=high)
+            return SearchedParam(name, "int", low=low, high=high)
         log = low > 0 and high / low >= 20
-        return Param(name, "loguniform" if log else "uniform", low=low, high=high, log=log)
+        return SearchedParam(name, "loguniform" if log else "uniform", low=low, high=high, log=log)
     choices: list[Any] = []
     for v in present:
         v = _hashable(v)
         if v not in choices:
             choices.append(v)
-    return Param(name, "choice", choices=choices)
+    return SearchedParam(name, "choice", choices=choices)
 
 
 def _hashable(value: Any) -> Any:
@@ -161,7 +164,7 @@ class Experiment:
     name: str
     trials: pd.DataFrame  # one row per trial (see ``_trial_row``)
     history: pd.DataFrame  # one row per report: trial_id, epoch, metrics, timestamp
-    params: list[Param]  # the searched parameters
+    params: list[SearchedParam]  # the searched parameters
     metric: str = DEFAULT_METRIC
     mode: str = DEFAULT_MODE
     max_epochs: int | None = None
@@ -317,7 +320,7 @@ def _trial_start(rows: list[dict]) -> float | None:
     return min(stamps) if stamps else None
 
 
-def _searched_params(space: dict | None, raw: list[dict], notes: list[str]) -> list[Param]:
+def _searched_params(space: dict | None, raw: list[dict], notes: list[str]) -> list[SearchedParam]:
     flat = [flatten(t["config"]) for t in raw]
     search = (space or {}).get("search")
     if isinstance(search, dict) and search:
@@ -429,7 +432,7 @@ def _status(t: dict, budget: int | None) -> str:
     return UNFINISHED if not t["tune_status"] else "stopped"
 
 
-def _trial_row(t: dict, params: list[Param], metric: str, mode: str, max_epochs: int | None) -> dict:
+def _trial_row(t: dict, params: list[SearchedParam], metric: str, mode: str, max_epochs: int | None) -> dict:
     rows = t["rows"]
     flat = flatten(t["config"])
     values = [(float(r[metric]), _epoch(r)) for r in rows if _finite(r.get(metric))]

@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Any
-
-import numpy as np
 
 from raysl import jsonio, storage
 from raysl import scaling_laws as laws
+from raysl.console import format_number
 
 FROM_SCALE, FROM_ANALYZE = "raysl scale", "raysl analyze --predict"
 
@@ -97,12 +97,7 @@ def predictions(result: dict, spec, points: list[dict[str, Any]],
     return out
 
 
-def _g(x: Any, digits: int = 4) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
-        return str(int(x))
-    return f"{float(x):.{digits}g}"
+_g = partial(format_number, exact_ints=True)  # _g(x, digits=4): an int in full (a batch size, a step count)
 
 
 def _interval(pair: Any) -> str:

@@ -2,14 +2,15 @@
 predicted curve as CSV (:func:`trajectory_csv`).
 
 The fits and predictions themselves are :mod:`raysl.scaling` (this module reads the ``scaling.json`` mapping
-they produce and imports nothing of raysl); the HTML report and plots of the same fits are
-:mod:`raysl.scaling_report`, which uses :func:`critical_batch_bound` for the same words.
+they produce and imports nothing of raysl but :func:`raysl.console.format_number`); the HTML report and plots of
+the same fits are :mod:`raysl.scaling_report`, which uses :func:`critical_batch_bound` for the same words.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
+
+from raysl.console import format_number as _g
 
 
 def critical_batch_bound(cb: dict[str, Any]) -> str:
@@ -22,10 +23,6 @@ def critical_batch_bound(cb: dict[str, Any]) -> str:
     return (f"B_crit below the smallest batch size run ({_g(min(batches, default=None))}): the steps to the target "
             f"did not fall with the batch, so E_min and B_crit are not determined (S_min = {_g(cb.get('S_min'))} "
             f"steps); add a smaller batch size")
-
-
-def _g(x: Any) -> str:
-    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.4g}"
 
 
 def format_report(result: dict, level: float) -> str:

@@ -72,10 +72,12 @@ def _ranked(rows: list[dict], objectives) -> list[dict]:
     for several (marked ``pareto``)."""
     usable = [r for r in rows if r["status"] in ("finished", "stopped") and r.get("measured", True)
               and all(isinstance(r["metrics"][m], (int, float)) and not _nan(r["metrics"][m]) for m, _ in objectives)]
+    front = None
     if len(objectives) > 1:
-        for r, on_front in zip(usable, pareto_front(usable, objectives, values=lambda r: r["metrics"])):
+        front = pareto_front(usable, objectives, values=lambda r: r["metrics"])
+        for r, on_front in zip(usable, front):
             r["pareto"] = on_front
-    return rank(usable, objectives, values=lambda r: r["metrics"])
+    return rank(usable, objectives, values=lambda r: r["metrics"], front=front)
 
 
 def _fmt(value: Any) -> str:

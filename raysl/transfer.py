@@ -25,11 +25,13 @@ from __future__ import annotations
 import math
 import numbers
 from collections import Counter
+from functools import partial
 from typing import Any, Callable
 
 from raysl import hp_transfer as hp
 from raysl import jsonio, storage
 from raysl.config_load import set_dotted
+from raysl.console import format_number
 from raysl.space import Param, apply_sample, walk
 
 RESULT_KEY = "transfer"  # scaling.json's key of a transfer experiment's fits and predictions
@@ -340,12 +342,7 @@ def config_header(entry: dict[str, Any], experiment: str) -> str:
 # text
 
 
-def _g(x: Any) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return str(x)
-    return f"{x:.4g}"
+_g = partial(format_number, others_as_str=True)  # a categorical value (a str, a bool) as it is
 
 
 def _point_text(point: dict[str, Any]) -> str:

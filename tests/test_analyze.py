@@ -418,18 +418,18 @@ def test_spearman_equals_scipy_and_handles_ties():
 
 def test_importance_with_too_few_trials_or_one_param():
     from raysl.importance import param_importance
-    from raysl.results import Experiment, Param
+    from raysl.results import Experiment, SearchedParam
 
     def exp(rows, params):
         trials = pd.DataFrame(rows)
         return Experiment(location="x", name="x", trials=trials, history=pd.DataFrame(), params=params)
 
-    two = [Param("a", "uniform", 0.0, 1.0), Param("b", "choice", choices=["x", "y"])]
+    two = [SearchedParam("a", "uniform", 0.0, 1.0), SearchedParam("b", "choice", choices=["x", "y"])]
     one_trial = exp([{"trial_id": "1", "status": "finished", "objective_final": 0.5, "a": 0.1, "b": "x"}], two)
     result = param_importance(one_trial)
     assert result["importances"] == {} and "at least 2" in result["note"]
     single = exp([{"trial_id": str(i), "status": "finished", "objective_final": i / 10, "a": i / 10} for i in range(3)],
-                 [Param("a", "loguniform", 0.01, 1.0, log=True)])
+                 [SearchedParam("a", "loguniform", 0.01, 1.0, log=True)])
     assert param_importance(single)["importances"] == {"a": 1.0}
     many = exp([{"trial_id": str(i), "status": "finished", "objective_final": (i % 3) / 3 + i / 100,
                  "a": (i % 3) / 3 + 0.01, "b": "xy"[i % 2]} for i in range(8)], two)

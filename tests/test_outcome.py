@@ -69,3 +69,7 @@ def test_one_ranking_for_tune_and_analyze():
     objectives = [("m", "max"), ("s", "min")]
     assert outcome.pareto_front(points, objectives, values=lambda p: p) == [True, True, False, False]
     assert outcome.rank(points, objectives, values=lambda p: p) == [points[0], points[1], points[3], points[2]]
+    # a caller that has the front already (raysl tune's leaderboard marks it) passes it instead of a second pass
+    front = outcome.pareto_front(points, objectives, values=lambda p: p)
+    assert outcome.rank(points, objectives, values=lambda p: p, front=front) == [points[0], points[1], points[3],
+                                                                                   points[2]]
