@@ -163,6 +163,15 @@ _UNACTIONABLE_RAY_ERRORS = ("worker processes have been started on node",
                             "A worker died or was killed while executing a task")
 
 
+def run_worker(loop_config: dict) -> None:
+    """What each Train worker of a ``raysl train`` run runs: raysl.train's loop, imported there. The Train
+    controller unpickles the function it is given by reference; this module does not import torch, so the
+    controller of a one-worker run (make_trainer) does not either."""
+    from raysl.train import train_worker
+
+    train_worker(loop_config)
+
+
 def make_trainer(train_loop: Callable[[dict], None], loop_config: dict[str, Any], cfg: RunConfig, *, name: str,
                  storage_path: str, failure_config: ray.train.FailureConfig, callbacks: list[Any],
                  datasets: dict[str, Any], keep_extra: int = 0) -> TorchTrainer:
@@ -176,11 +185,17 @@ def make_trainer(train_loop: Callable[[dict], None], loop_config: dict[str, Any]
     where the workers read the shards themselves), and a PBT trial keeps ``keep_extra`` more checkpoints.
     """
     import ray.train
-    from ray.train.torch import TorchTrainer
 
     scale = cfg.scale
     resources = {"CPU": scale.cpus_per_worker, **({"GPU": scale.gpus_per_worker} if scale.use_gpu else {})}
-    return TorchTrainer(
+    # One worker needs no torch process group (raysl.distributed checks the world size), and without
+    # TorchTrainer's backend neither the run's Train controller nor this driver imports torch (~2.5 s of CPU
+    # each on a 2-core machine). Elastic and multi-worker runs keep TorchTrainer's gloo/NCCL group.
+    if scale.num_workers == 1:
+        trainer_class = ray_compat.data_parallel_trainer()
+    else:
+        from ray.train.torch import TorchTrainer as trainer_class
+    return trainer_class(
         train_loop,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
@@ -219,7 +234,6 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
     from raysl import progress
     from raysl.config_load import to_yaml
     from raysl.data.pipeline import reads_in_worker, train_dataset
-    from raysl.train import train_worker
 
     data_dir = resolve_data_dir(cfg)
     manifest = check_against_data(cfg, data_dir, source)
@@ -247,7 +261,7 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
     failure_config = ray.train.FailureConfig(max_failures=cfg.scale.max_failures)
     say = functools.partial(relay_line, relay)  # restarts and resizes, told from the TrainController
     trainer = make_trainer(
-        train_worker,
+        run_worker,
         {"config": cfg.model_dump(mode="json"), "data_dir": data_dir, "read_in_worker": in_worker,
          "progress": progress.relay_config(relay, stream_isatty(sys.stderr))},
         cfg,

@@ -66,10 +66,12 @@ class RayTrainIO:
     def checkpoint_dir(self):
         import ray.train
 
+        from raysl.pbt import checkpoint_folder
+
         ckpt = ray.train.get_checkpoint()
         if ckpt is None:
             return self._resume_dir()
-        return ckpt.to_directory()
+        return checkpoint_folder(ckpt)
 
     def _resume_dir(self) -> str | None:
         from raysl.pbt import local_checkpoint_dir
@@ -83,11 +85,13 @@ class RayTrainIO:
         import pyarrow.fs as pafs
         import ray.train
 
+        from raysl.pbt import checkpoint_folder
+
         ckpt = ray.train.get_checkpoint()
         if ckpt is None:  # exactly the given one: every rank must load the same weights
             return [d for d in [self._resume_dir()] if d]
         if not isinstance(ckpt.filesystem, pafs.LocalFileSystem):
-            return [ckpt.to_directory()]
+            return [checkpoint_folder(ckpt)]
         return resume_candidates(ckpt.path)
 
     def report(self, metrics, checkpoint_dir):
@@ -178,6 +182,15 @@ def restore_state(io: LoopIO, ticker: StepTicker | None = None) -> dict[str, Any
     real path and why; when none loads the run stops with a CheckpointError instead of silently
     starting over.
     """
+    from raysl.pbt import release_downloads
+
+    try:
+        return _restore_state(io, ticker)
+    finally:  # the state is in memory: a checkpoint downloaded for it is not needed on disk
+        release_downloads()
+
+
+def _restore_state(io: LoopIO, ticker: StepTicker | None) -> dict[str, Any] | None:
     candidates = getattr(io, "checkpoint_candidates", None)
     dirs = candidates() if candidates is not None else [d for d in [io.checkpoint_dir()] if d]
     skipped: list[str] = []

@@ -43,6 +43,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -234,4 +236,28 @@ def local_checkpoint_dir(path_or_uri: str) -> str:
         return path_or_uri
     import ray.train
 
-    return ray.train.Checkpoint(path_or_uri).to_directory()
+    return checkpoint_folder(ray.train.Checkpoint(path_or_uri))
+
+
+# checkpoints downloaded from remote storage for a resume, removed once it has loaded (release_downloads)
+_DOWNLOADS: list[str] = []
+
+
+def checkpoint_folder(ckpt) -> str:
+    """A local folder holding a Ray checkpoint's files: its own folder when it lies on this machine's
+    disk, else a download into a temporary folder that :func:`release_downloads` removes.
+    (``Checkpoint.to_directory()`` alone copies even a local checkpoint to ``/tmp/checkpoint_tmp_*`` and
+    never removes the copy: one model state left in /tmp per resume and per PBT clone.)"""
+    import pyarrow.fs as pafs
+
+    if isinstance(ckpt.filesystem, pafs.LocalFileSystem):
+        return ckpt.path
+    folder = tempfile.mkdtemp(prefix="raysl-checkpoint-")
+    _DOWNLOADS.append(folder)
+    return ckpt.to_directory(folder)
+
+
+def release_downloads() -> None:
+    """Remove the checkpoints :func:`checkpoint_folder` downloaded (their states are loaded by now)."""
+    while _DOWNLOADS:
+        shutil.rmtree(_DOWNLOADS.pop(), ignore_errors=True)

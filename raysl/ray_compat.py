@@ -19,6 +19,7 @@ __all__ = [
     "PRIVATE",
     "RAY_WRITE_LOGGERS",
     "controller_callback_base",
+    "data_parallel_trainer",
     "experiment_trials",
     "failure_counts",
     "failure_policy_base",
@@ -56,6 +57,9 @@ PRIVATE: dict[str, str] = {
         "raysl's SIGINT/SIGTERM handling of a run (stop, say what was kept) instead of Ray's",
     "ray.train.v2.api.data_parallel_trainer:DataParallelTrainer._initialize_and_run_controller":
         "raysl's failure policy in the run's controller",
+    "ray.train.v2.api.data_parallel_trainer:DataParallelTrainer":
+        "a one-worker run without TorchTrainer's torch backend (a DeveloperAPI, TorchTrainer's base class): its "
+        "Train controller then does not import torch (make_trainer falls back to TorchTrainer without it)",
     "ray.train.v2._internal.execution.storage:StorageContext._check_validation_file":
         "the multi-node check that a node reaches the run's storage, kept in raysl's checkpoint upload",
     "ray.tune.execution.tune_controller:TuneController.resume":
@@ -234,6 +238,17 @@ def run_controller_with(trainer: Any, controllers: list, failure_policy: Any) ->
     trainer._register_sigint_handler = controllers.append
     run = trainer._initialize_and_run_controller
     trainer._initialize_and_run_controller = lambda **kwargs: run(**{**kwargs, "failure_policy": failure_policy})
+
+
+def data_parallel_trainer() -> Any:
+    """Ray Train's ``DataParallelTrainer`` (TorchTrainer's base; a DeveloperAPI, not exported by
+    ``ray.train``), for a run that needs no torch process group; TorchTrainer where it is gone (the run
+    then only starts slower)."""
+    try:
+        from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+    except ImportError:
+        from ray.train.torch import TorchTrainer as DataParallelTrainer
+    return DataParallelTrainer
 
 
 def storage_check(context: Any) -> Callable[[], None] | None:

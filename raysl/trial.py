@@ -117,8 +117,10 @@ class TuneIO:
     def checkpoint_dir(self):
         import ray.tune
 
+        from raysl.pbt import checkpoint_folder
+
         ckpt = ray.tune.get_checkpoint()
-        return None if ckpt is None else ckpt.to_directory()
+        return None if ckpt is None else checkpoint_folder(ckpt)
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         import ray.tune

@@ -139,6 +139,9 @@ class RayHead:
 
     def __init__(self, num_cpus: int = 4, extra_env: dict | None = None):
         self.temp_dir = tempfile.mkdtemp(prefix="rsl", dir="/tmp")  # short: socket paths are limited
+        # the TMPDIR of every process of the cluster and of the runs joining it: a test can see what a run
+        # leaves in the machine's temp folder (tests/test_search.py: no checkpoint copies)
+        self.tmp = tempfile.mkdtemp(prefix="rsl-tmp", dir="/tmp")
         token = Path(os.environ["RAY_AUTH_TOKEN_PATH"])  # the session's (above)
         self.num_cpus = num_cpus
         self._base_env = {
@@ -149,6 +152,7 @@ class RayHead:
             "RAY_AUTH_TOKEN_PATH": str(token),
             "RAY_USAGE_STATS_ENABLED": "0",
             "PYTHONUNBUFFERED": "1",
+            "TMPDIR": self.tmp,
         }
         # what raysl sets for a run on a local cluster it starts (no preemption watcher, short polls): the
         # runs that join this head get the same, as on one machine they should
@@ -223,6 +227,7 @@ class RayHead:
     def stop(self) -> None:
         self._kill()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _zombie(pid: int) -> bool:

@@ -356,7 +356,9 @@ MULTICROP = ["--set", "method={name: dino}", "--set", "data.local_crops.number=2
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides, sizes", [([], "64, 64"), (MULTICROP, "64, 64, 32, 32")], ids=["simclr", "dino"])
+# SimCLR on one worker (a one-worker run's trainer, fed by Ray Data), DINO on the config's two
+@pytest.mark.parametrize("overrides, sizes", [(["--set", "scale.num_workers=1"], "64, 64"), (MULTICROP, "64, 64, 32, 32")],
+                         ids=["simclr", "dino"])
 def test_raysl_train_decodes_jpeg_crops_in_ray_data(jpeg_shards, tmp_path, overrides, sizes, head):
     config = Path(jpeg_shards).parent / "run.yaml"
     config.write_text(RUN_YAML.replace("PATH", jpeg_shards))

@@ -85,3 +85,33 @@ def test_a_local_node_that_did_not_start_in_time_is_told_from_other_failures():
     assert ray_compat.is_node_startup_timeout(timed_out)
     assert not ray_compat.is_node_startup_timeout(Exception("permission denied: /tmp/ray"))
     assert not ray_compat.is_node_startup_timeout(ValueError("timed out during startup"))  # Ray raises a bare one
+
+
+def test_a_one_worker_run_keeps_torch_out_of_its_train_controller(tmp_path):
+    """Catches: a one-worker `raysl train` built on TorchTrainer (its backend config makes the Train controller
+    import torch: ~2.5 CPU-s more per run), or the workers' entry point moved into a module that imports torch
+    (the controller unpickles it by reference). Two workers keep TorchTrainer's process group."""
+    import subprocess
+    import sys
+
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from raysl.launch import make_trainer, run_worker
+    from raysl.run_config import load_config
+
+    probe = ("import pickle, sys; from raysl.launch import run_worker; pickle.loads(pickle.dumps(run_worker)); "
+             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout[-2000:] + done.stderr[-2000:]
+
+    def trainer(workers: int):
+        cfg = load_config(str(Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml"),
+                          [f"scale.num_workers={workers}"])
+        return make_trainer(run_worker, {}, cfg, name="t", storage_path=str(tmp_path), callbacks=[], datasets={},
+                            failure_config=ray.train.FailureConfig(max_failures=0))
+
+    one, two = trainer(1), trainer(2)
+    assert not isinstance(one, TorchTrainer) and type(one).__name__ == "DataParallelTrainer"
+    assert type(one.backend_config) is ray.train.BackendConfig
+    assert isinstance(two, TorchTrainer)

@@ -355,5 +355,8 @@ def test_pbt_trials_continue_from_cloned_checkpoints(head, tmp_path):
     handed = [entry["checkpoint"] for path in lineage_files if path.exists()
               for entry in pbt.parse_lineage(path.read_text())]
     assert handed and all((Path(path) / pbt.STATE_FILE).exists() for path in handed), handed
+    # a clone read the handed checkpoint in place. Catches: Checkpoint.to_directory() copied it to the machine's
+    # temp folder (checkpoint_tmp_*) and nothing removed the copy: one model state left in /tmp per clone
+    assert not list(Path(head.tmp).glob("checkpoint_tmp_*")), sorted(os.listdir(head.tmp))
     assert all(t["rows"][-1]["epoch"] == 3 for t in found.values()), {
         n: [(r["epoch"], r.get("status"), r.get("training_iteration")) for r in t["rows"]] for n, t in found.items()}

@@ -69,8 +69,10 @@ def _signal_all(pids: list[int], sig: int) -> None:
 def test_killed_worker_restarts_from_the_checkpoint_and_logs_every_epoch_once(tmp_path, head):
     """Joined to the suite's head (what it checks does not depend on whose cluster it is; a cluster of its own
     cost ~8 CPU-s and ~6 s more): its Train workers are the head's RayTrainWorker processes started after this
-    run's driver (the head group runs one test at a time; an earlier test's worker still exiting is older)."""
-    epochs = 8
+    run's driver (the head group runs one test at a time; an earlier test's worker still exiting is older).
+    6 epochs with a checkpoint every 2: the kill comes after epoch 3 or 5, each a whole epoch before the
+    next checkpoint."""
+    epochs = 6
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [RAYSL, "train", QUICKSTART, *TINY, "--set", f"optim.epochs={epochs}", "--set", "scale.num_workers=2",
