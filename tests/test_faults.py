@@ -28,9 +28,10 @@ from conftest import RAYSL, REPO
 QUICKSTART = str(REPO / "search_spaces" / "quickstart.yaml")
 # an epoch of this tiny run takes about a second: the fault chain below reaches its last fault (the killed
 # worker) at about epoch 6 (2, then 2 more after the fallback, then 1 after the resume, each run stopped within
-# an epoch of its signal), so 12 leave 6 epochs of room before the run could end by itself; the last resume
-# trains the rest, so every epoch above that is suite time spent on nothing the test checks (20 before)
-EPOCHS = 12
+# an epoch of its signal), so 10 leave 4 epochs of room before the run could end by itself; the last resume
+# trains the rest, so every epoch above that is suite time spent on nothing the test checks (20, then 12 before;
+# each wait below signals within 0.1 s of the epoch it waits for, so 4 epochs of room is ample)
+EPOCHS = 10
 TRAIN = ["--set", f"optim.epochs={EPOCHS}", "--set", "model.width=8", "--set", "eval.every_epochs=1"]
 HANG = 900  # hang guard only: far above the run times on a loaded 2-core machine
 
