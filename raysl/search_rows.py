@@ -69,7 +69,7 @@ def _trial_rows(results, objectives, experiment: str | None = None) -> list[dict
 
 def _ranked(rows: list[dict], objectives) -> list[dict]:
     """Usable trials, best first (:func:`raysl.outcome.rank`): by the objective, or the Pareto front first
-    for several (marked ``pareto``)."""
+    for several (marked ``pareto``), ties by trial id."""
     usable = [r for r in rows if r["status"] in ("finished", "stopped") and r.get("measured", True)
               and all(isinstance(r["metrics"][m], (int, float)) and not _nan(r["metrics"][m]) for m, _ in objectives)]
     front = None
@@ -77,7 +77,9 @@ def _ranked(rows: list[dict], objectives) -> list[dict]:
         front = pareto_front(usable, objectives, values=lambda r: r["metrics"])
         for r, on_front in zip(usable, front):
             r["pareto"] = on_front
-    return rank(usable, objectives, values=lambda r: r["metrics"], front=front)
+    # ties by trial id, as raysl analyze breaks them (raysl.leaderboard.rank_trials): both name the same best
+    # trial and write the same best config
+    return rank(usable, objectives, values=lambda r: r["metrics"], front=front, tiebreak=lambda r: str(r["trial_id"]))
 
 
 def _fmt(value: Any) -> str:

@@ -73,3 +73,25 @@ def test_one_ranking_for_tune_and_analyze():
     front = outcome.pareto_front(points, objectives, values=lambda p: p)
     assert outcome.rank(points, objectives, values=lambda p: p, front=front) == [points[0], points[1], points[3],
                                                                                    points[2]]
+
+
+def test_tune_and_analyze_break_a_tie_the_same_way():
+    """Two trials with the same final kNN accuracy (341 of 359 val images: seen in the session's quickstart
+    search, a finished trial and an ASHA-stopped one): raysl tune's leaderboard and best config and raysl
+    analyze's name the same one, the lower trial id, whatever order Tune lists them in. Catches tune keeping
+    Tune's order while analyze broke ties by id (two different best_config.yaml files from one search)."""
+    from raysl.leaderboard import rank_trials
+    from raysl.results import Experiment
+    from raysl.search_rows import _ranked
+
+    def row(trial_id, status):
+        return {"trial_id": trial_id, "status": status, "metrics": {"knn_acc": 341 / 359}, "measured": True}
+
+    for order in (["ec828937", "404b2d71"], ["404b2d71", "ec828937"]):
+        rows = [row(t, "finished" if t.startswith("ec") else "stopped") for t in order]
+        assert [r["trial_id"] for r in _ranked(rows, [("knn_acc", "max")])] == ["404b2d71", "ec828937"]
+        frame = pd.DataFrame({"trial_id": order, "status": [r["status"] for r in rows],
+                              "objective_final": [341 / 359] * 2})
+        exp = Experiment(location="", name="t1", trials=frame, history=pd.DataFrame(), params=[], metric="knn_acc",
+                         mode="max")
+        assert rank_trials(exp)["trial_id"].tolist() == ["404b2d71", "ec828937"]

@@ -395,3 +395,34 @@ def test_workers_reading_their_own_shares_split_the_rows_disjointly_and_evenly(t
     assert one == list(range(12))
     with pytest.raises(ValueError, match="rank 3 is not one of 3 workers"):
         ParquetBatches(uris, 3, 3)
+
+
+@pytest.mark.parametrize("cache", [False, True], ids=["streamed", "cached"])
+def test_every_worker_of_a_fraction_run_takes_the_runs_steps(digits_dir, cache) -> None:
+    """Two workers reading their own shares of digits' train split at data.fraction 0.25: each yields the
+    run's steps per epoch (computed from the whole subset), streamed and from the device cache. Catches: a
+    share a batch short of them ended its epoch a step early, and the other worker waited in DDP's gradient
+    all-reduce for ever (a `raysl train --set data.fraction=0.25 --set scale.num_workers=2` that hung with no
+    line). The seed is one where a share is short, so the test can fail."""
+    import torch
+
+    from raysl.data.shards import load_manifest, shard_uris
+    from raysl.data.stream import ParquetBatches, TrainBatches
+    from raysl.data.subset import keep_mask, train_rows
+
+    manifest, uris, fraction, local_batch = load_manifest(digits_dir), shard_uris(digits_dir, "train"), 0.25, 8
+
+    def share(rank: int, seed: int) -> int:
+        index = np.concatenate([pq.read_table(u, columns=["index"]).column("index").to_numpy() for u in uris])
+        return int(keep_mask(index[rank::2], fraction, seed).sum())
+
+    seed = next(s for s in range(50) if min(share(0, s), share(1, s)) <
+                train_rows(digits_dir, manifest, fraction, s) // (2 * local_batch) * local_batch)
+    steps = train_rows(digits_dir, manifest, fraction, seed) // (2 * local_batch)
+    for rank in (0, 1):
+        batches = TrainBatches(ParquetBatches(uris, rank, 2), manifest, local_batch, torch.device("cpu"), cache=cache,
+                               max_cached_bytes=1 << 30, seed=seed, rank=rank, fraction=fraction)
+        for epoch in (1, 2):
+            sizes = [idx.shape[0] for _, idx in batches.epoch(epoch, steps)]
+            assert sizes == [local_batch] * steps, (rank, epoch, share(rank, seed), len(sizes), steps)
+        assert batches.resident == cache

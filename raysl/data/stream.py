@@ -23,6 +23,7 @@ import torch
 
 from raysl.data.shards import decode_images
 from raysl.data.subset import filter_batch
+from raysl.errors import DataError
 
 
 def to_device_batch(batch: dict[str, np.ndarray], manifest: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +77,11 @@ class TrainBatches:
     def _from_cache(self, epoch: int, steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         assert self._images is not None and self._indices is not None
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 7919 + self.rank)
-        order = torch.randperm(self._images.shape[0], generator=gen).to(self.device)
+        rows = self._images.shape[0]
+        order = torch.randperm(rows, generator=gen)
+        if rows < steps * self.batch_size:  # a share a batch short (see _stream): its first rows again
+            order = order.repeat(-(-steps * self.batch_size // rows))
+        order = order.to(self.device)
         for s in range(steps):
             take = order[s * self.batch_size : (s + 1) * self.batch_size]
             yield self._images.index_select(0, take), self._indices.index_select(0, take)
@@ -89,6 +94,11 @@ class TrainBatches:
         return views, idx
 
     def _stream(self, steps: int) -> Iterator[tuple[Any, torch.Tensor]]:
+        """``steps`` batches, whatever the worker's share holds. Every worker of a run takes the same steps
+        (a worker that stopped early would leave the others waiting in a collective for ever), computed
+        from the whole split; a worker that reads its share itself keeps its rows of a ``data.fraction``
+        subset, drawn over the whole split, so its share can be a batch short of them: it then goes on
+        from its first rows again. (Ray Data's equal split hands every worker enough.)"""
         keep = self.cache_enabled and self.crop_input is None
         images: list[torch.Tensor] = []
         indices: list[torch.Tensor] = []
@@ -96,36 +106,45 @@ class TrainBatches:
         done = 0
         pending: list[tuple[Any, torch.Tensor]] = []
         pending_rows = 0
-        for batch in self.data_iterator.iter_batches(batch_size=self.batch_size, batch_format="numpy", prefetch_batches=2):
-            if self.fraction < 1.0:
-                batch = filter_batch(batch, self.fraction, self.seed)
-                if not len(batch["index"]):
-                    continue
-            x, idx = self._convert(batch)
-            if keep:
-                cached_bytes += x.numel()
-                if cached_bytes > self.max_cached_bytes:
-                    keep = False
-                    images, indices = [], []
-                else:
-                    images.append(x)
-                    indices.append(idx)
-            # Ray Data may hand back short blocks; regroup into exact batch_size batches.
-            pending.append((x, idx))
-            pending_rows += idx.shape[0]
-            while pending_rows >= self.batch_size and done < steps:
-                xs = _cat([p[0] for p in pending])
-                ids = torch.cat([p[1] for p in pending])
-                yield _rows(xs, 0, self.batch_size), ids[: self.batch_size]
-                done += 1
-                rest_x, rest_i = _rows(xs, self.batch_size, None), ids[self.batch_size :]
-                pending = [(rest_x, rest_i)] if rest_i.shape[0] else []
-                pending_rows = rest_i.shape[0]
-            if done >= steps and not keep:
-                break
-        if keep and images:
-            self._images = torch.cat(images)
-            self._indices = torch.cat(indices)
+        first_pass = True
+        while done < steps or (keep and first_pass):
+            rows_read = 0
+            for batch in self.data_iterator.iter_batches(batch_size=self.batch_size, batch_format="numpy",
+                                                         prefetch_batches=2):
+                if self.fraction < 1.0:
+                    batch = filter_batch(batch, self.fraction, self.seed)
+                    if not len(batch["index"]):
+                        continue
+                x, idx = self._convert(batch)
+                rows_read += idx.shape[0]
+                if keep and first_pass:
+                    cached_bytes += x.numel()
+                    if cached_bytes > self.max_cached_bytes:
+                        keep = False
+                        images, indices = [], []
+                    else:
+                        images.append(x)
+                        indices.append(idx)
+                # Ray Data may hand back short blocks; regroup into exact batch_size batches.
+                pending.append((x, idx))
+                pending_rows += idx.shape[0]
+                while pending_rows >= self.batch_size and done < steps:
+                    xs = _cat([p[0] for p in pending])
+                    ids = torch.cat([p[1] for p in pending])
+                    yield _rows(xs, 0, self.batch_size), ids[: self.batch_size]
+                    done += 1
+                    rest_x, rest_i = _rows(xs, self.batch_size, None), ids[self.batch_size :]
+                    pending = [(rest_x, rest_i)] if rest_i.shape[0] else []
+                    pending_rows = rest_i.shape[0]
+                if done >= steps and not (keep and first_pass):
+                    break
+            if keep and first_pass and images:
+                self._images = torch.cat(images)
+                self._indices = torch.cat(indices)
+            first_pass = False
+            if rows_read == 0:
+                raise DataError(f"worker {self.rank} has no training rows (data.fraction {self.fraction:g} of its "
+                                f"share of the train split); raise data.fraction or use fewer workers")
 
 
 def _cat(parts: list[Any]) -> Any:
