@@ -10,6 +10,7 @@ joins it through ``head.env`` / ``ray_local``.
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
 import shutil
@@ -38,6 +39,8 @@ if "RAY_AUTH_TOKEN_PATH" not in os.environ:
     _token_dir = tempfile.mkdtemp(prefix="rsl-auth", dir="/tmp")
     Path(_token_dir, "auth_token").write_text(secrets.token_hex(32))
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(Path(_token_dir, "auth_token"))
+    # removed when the process that made it ends (pytest-xdist's workers inherit the variable and reuse it)
+    atexit.register(shutil.rmtree, _token_dir, True)
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ.pop("RAY_AUTH_TOKEN", None)
 
