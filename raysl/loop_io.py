@@ -30,7 +30,8 @@ class LoopIO(Protocol):
 
 class RayTrainIO:
     def __init__(self, resume_from: str | None = None, read_shards_from: str | None = None,
-                 report_resume: bool = False, resume_record: str | None = None):
+                 report_resume: bool = False, resume_record: str | None = None,
+                 subset: tuple[float, int] = (1.0, 0)):
         # a checkpoint of another run (path or URI) to start from while this run has none of its own:
         # a PBT clone starts from the donor trial's (raysl.pbt)
         self.resume_from = resume_from
@@ -39,13 +40,15 @@ class RayTrainIO:
         # the data folder whose shards this (only) worker reads itself, when the driver handed Train no
         # Ray Dataset (raysl.data.pipeline.reads_in_worker)
         self.read_shards_from = read_shards_from
+        self.subset = subset  # (data.fraction, seed): the rows of the train split the run trains on
 
     @classmethod
     def for_loop(cls, loop_config: dict) -> "RayTrainIO":
         """The IO of a Train worker started with ``loop_config`` (raysl train's, or a multi-worker trial's)."""
         return cls(resume_from=loop_config.get("resume_from"),
                    read_shards_from=loop_config["data_dir"] if loop_config.get("read_in_worker") else None,
-                   report_resume=bool(loop_config.get("report_resume")), resume_record=loop_config.get("resume_record"))
+                   report_resume=bool(loop_config.get("report_resume")), resume_record=loop_config.get("resume_record"),
+                   subset=(float(loop_config["config"]["data"]["fraction"]), int(loop_config["config"]["seed"])))
 
     def on_resume(self, epoch: int, state_dict: dict) -> dict:
         from raysl.pbt import resume_report
@@ -58,7 +61,7 @@ class RayTrainIO:
             from raysl.data.stream import ParquetBatches
 
             return ParquetBatches(shard_uris(self.read_shards_from, name), distributed.rank(),
-                                  distributed.world_size())
+                                  distributed.world_size(), *self.subset)
         import ray.train
 
         return ray.train.get_dataset_shard(name)

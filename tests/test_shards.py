@@ -400,10 +400,11 @@ def test_workers_reading_their_own_shares_split_the_rows_disjointly_and_evenly(t
 @pytest.mark.parametrize("cache", [False, True], ids=["streamed", "cached"])
 def test_every_worker_of_a_fraction_run_takes_the_runs_steps(digits_dir, cache) -> None:
     """Two workers reading their own shares of digits' train split at data.fraction 0.25: each yields the
-    run's steps per epoch (computed from the whole subset), streamed and from the device cache. Catches: a
-    share a batch short of them ended its epoch a step early, and the other worker waited in DDP's gradient
-    all-reduce for ever (a `raysl train --set data.fraction=0.25 --set scale.num_workers=2` that hung with no
-    line). The seed is one where a share is short, so the test can fail."""
+    run's steps per epoch (computed from the whole subset), streamed and from the device cache. Catches: the
+    split taken before the subset, a share a batch short of them, its worker ending its epoch a step early
+    and the other waiting in DDP's gradient all-reduce for ever (a `raysl train --set data.fraction=0.25
+    --set scale.num_workers=2` that hung with no line). The seed is one where a share split first is short,
+    so the test can fail."""
     import torch
 
     from raysl.data.shards import load_manifest, shard_uris
@@ -420,7 +421,7 @@ def test_every_worker_of_a_fraction_run_takes_the_runs_steps(digits_dir, cache) 
                 train_rows(digits_dir, manifest, fraction, s) // (2 * local_batch) * local_batch)
     steps = train_rows(digits_dir, manifest, fraction, seed) // (2 * local_batch)
     for rank in (0, 1):
-        batches = TrainBatches(ParquetBatches(uris, rank, 2), manifest, local_batch, torch.device("cpu"), cache=cache,
+        batches = TrainBatches(ParquetBatches(uris, rank, 2, fraction, seed), manifest, local_batch, torch.device("cpu"), cache=cache,
                                max_cached_bytes=1 << 30, seed=seed, rank=rank, fraction=fraction)
         for epoch in (1, 2):
             sizes = [idx.shape[0] for _, idx in batches.epoch(epoch, steps)]

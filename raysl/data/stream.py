@@ -22,8 +22,7 @@ import numpy as np
 import torch
 
 from raysl.data.shards import decode_images
-from raysl.data.subset import filter_batch
-from raysl.errors import DataError
+from raysl.data.subset import filter_batch, keep_mask
 
 
 def to_device_batch(batch: dict[str, np.ndarray], manifest: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,11 +76,7 @@ class TrainBatches:
     def _from_cache(self, epoch: int, steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         assert self._images is not None and self._indices is not None
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 7919 + self.rank)
-        rows = self._images.shape[0]
-        order = torch.randperm(rows, generator=gen)
-        if rows < steps * self.batch_size:  # a share a batch short (see _stream): its first rows again
-            order = order.repeat(-(-steps * self.batch_size // rows))
-        order = order.to(self.device)
+        order = torch.randperm(self._images.shape[0], generator=gen).to(self.device)
         for s in range(steps):
             take = order[s * self.batch_size : (s + 1) * self.batch_size]
             yield self._images.index_select(0, take), self._indices.index_select(0, take)
@@ -94,11 +89,6 @@ class TrainBatches:
         return views, idx
 
     def _stream(self, steps: int) -> Iterator[tuple[Any, torch.Tensor]]:
-        """``steps`` batches, whatever the worker's share holds. Every worker of a run takes the same steps
-        (a worker that stopped early would leave the others waiting in a collective for ever), computed
-        from the whole split; a worker that reads its share itself keeps its rows of a ``data.fraction``
-        subset, drawn over the whole split, so its share can be a batch short of them: it then goes on
-        from its first rows again. (Ray Data's equal split hands every worker enough.)"""
         keep = self.cache_enabled and self.crop_input is None
         images: list[torch.Tensor] = []
         indices: list[torch.Tensor] = []
@@ -106,45 +96,36 @@ class TrainBatches:
         done = 0
         pending: list[tuple[Any, torch.Tensor]] = []
         pending_rows = 0
-        first_pass = True
-        while done < steps or (keep and first_pass):
-            rows_read = 0
-            for batch in self.data_iterator.iter_batches(batch_size=self.batch_size, batch_format="numpy",
-                                                         prefetch_batches=2):
-                if self.fraction < 1.0:
-                    batch = filter_batch(batch, self.fraction, self.seed)
-                    if not len(batch["index"]):
-                        continue
-                x, idx = self._convert(batch)
-                rows_read += idx.shape[0]
-                if keep and first_pass:
-                    cached_bytes += x.numel()
-                    if cached_bytes > self.max_cached_bytes:
-                        keep = False
-                        images, indices = [], []
-                    else:
-                        images.append(x)
-                        indices.append(idx)
-                # Ray Data may hand back short blocks; regroup into exact batch_size batches.
-                pending.append((x, idx))
-                pending_rows += idx.shape[0]
-                while pending_rows >= self.batch_size and done < steps:
-                    xs = _cat([p[0] for p in pending])
-                    ids = torch.cat([p[1] for p in pending])
-                    yield _rows(xs, 0, self.batch_size), ids[: self.batch_size]
-                    done += 1
-                    rest_x, rest_i = _rows(xs, self.batch_size, None), ids[self.batch_size :]
-                    pending = [(rest_x, rest_i)] if rest_i.shape[0] else []
-                    pending_rows = rest_i.shape[0]
-                if done >= steps and not (keep and first_pass):
-                    break
-            if keep and first_pass and images:
-                self._images = torch.cat(images)
-                self._indices = torch.cat(indices)
-            first_pass = False
-            if rows_read == 0:
-                raise DataError(f"worker {self.rank} has no training rows (data.fraction {self.fraction:g} of its "
-                                f"share of the train split); raise data.fraction or use fewer workers")
+        for batch in self.data_iterator.iter_batches(batch_size=self.batch_size, batch_format="numpy", prefetch_batches=2):
+            if self.fraction < 1.0:
+                batch = filter_batch(batch, self.fraction, self.seed)
+                if not len(batch["index"]):
+                    continue
+            x, idx = self._convert(batch)
+            if keep:
+                cached_bytes += x.numel()
+                if cached_bytes > self.max_cached_bytes:
+                    keep = False
+                    images, indices = [], []
+                else:
+                    images.append(x)
+                    indices.append(idx)
+            # Ray Data may hand back short blocks; regroup into exact batch_size batches.
+            pending.append((x, idx))
+            pending_rows += idx.shape[0]
+            while pending_rows >= self.batch_size and done < steps:
+                xs = _cat([p[0] for p in pending])
+                ids = torch.cat([p[1] for p in pending])
+                yield _rows(xs, 0, self.batch_size), ids[: self.batch_size]
+                done += 1
+                rest_x, rest_i = _rows(xs, self.batch_size, None), ids[self.batch_size :]
+                pending = [(rest_x, rest_i)] if rest_i.shape[0] else []
+                pending_rows = rest_i.shape[0]
+            if done >= steps and not keep:
+                break
+        if keep and images:
+            self._images = torch.cat(images)
+            self._indices = torch.cat(indices)
 
 
 def _cat(parts: list[Any]) -> Any:
@@ -167,14 +148,18 @@ class ParquetBatches:
     shards carry height, width and orientation too); exposes the one method the loop uses.
     With ``world`` > 1 the worker keeps every ``world``-th row from ``rank`` on (counted across
     the shards in order): the workers' parts are disjoint, cover the split and differ by at most
-    one row, as Ray Data's equal split would give them.
+    one row, as Ray Data's equal split would give them. A ``data.fraction`` subset (``fraction`` < 1,
+    the run's ``seed``) is taken before that split, as on Ray Data's path, so every part holds the
+    run's steps: split first, a part could be a batch short of them, its worker ended its epoch a step
+    early and the others waited in DDP's all-reduce for ever.
     """
 
-    def __init__(self, uris: list[str], rank: int = 0, world: int = 1):
+    def __init__(self, uris: list[str], rank: int = 0, world: int = 1, fraction: float = 1.0, seed: int = 0):
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not one of {world} workers")
         self.uris = list(uris)
         self.rank, self.world = rank, world
+        self.fraction, self.seed = fraction, seed
 
     def iter_batches(self, *, batch_size: int, batch_format: str = "numpy", prefetch_batches: int = 0):
         import pyarrow.parquet as pq
@@ -182,6 +167,8 @@ class ParquetBatches:
         seen = 0  # rows before this shard, across the split
         for uri in self.uris:
             table = pq.read_table(uri)
+            if self.fraction < 1.0:
+                table = table.filter(keep_mask(table.column("index").to_numpy(), self.fraction, self.seed))
             if self.world > 1:
                 first = (self.rank - seen) % self.world
                 seen += table.num_rows
