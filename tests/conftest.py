@@ -187,6 +187,14 @@ class RayHead:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
         raise RuntimeError(f"ray start failed:\n{done.stdout}\n{done.stderr}")
 
+    def data_logs(self) -> dict[Path, int]:
+        """Ray Data's executor logs of the runs on this head (in its session folder), with their sizes now."""
+        return {p: p.stat().st_size for p in Path(self.temp_dir).glob("session_*/logs/ray-data/ray-data-train*.log")}
+
+    def data_log_since(self, before: dict[Path, int]) -> str:
+        """What Ray Data's executor logged since ``before`` (``data_logs()``): one run's operators."""
+        return "".join(p.read_text()[before.get(p, 0):] for p in self.data_logs())
+
     def _pids(self) -> list[int]:
         marker = f"RAY_ADDRESS={self.address}".encode()
         pids = []

@@ -85,8 +85,11 @@ def photos(tmp_path_factory):
 def test_the_readme_cpu_photo_example_finishes(photos, head, tmp_path):
     """The README's "try it on a CPU" run (SimCLR, 32 px, batch 16, a few dozen photos) used to exit
     `collapsed at epoch 1` after two steps: its random projector's spread was under the snapshot
-    threshold. It must finish, and say nothing about collapse."""
+    threshold. It must finish, and say nothing about collapse. It is also the suite's one-worker run fed by
+    Ray Data's crops of JPEG shards (the default reader of encoded shards): its workers say they got crop
+    columns, and Ray Data's own log shows the DecodeCrops tasks that cut them."""
     out = tmp_path / "run"
+    before = head.data_logs()
     done = subprocess.run([RAYSL, "train", SIMCLR, "--set", "data.source=imagefolder", "--set", f"data.path={photos}",
                            "--set", "data.crop_size=32", "--set", "optim.batch_size=16", "--set", "optim.epochs=2",
                            "--set", "eval.every_epochs=1", "--out", str(out)],
@@ -97,3 +100,6 @@ def test_the_readme_cpu_photo_example_finishes(photos, head, tmp_path):
     assert "collapse" not in done.stderr
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and [r["status"] for r in rows] == ["running", "finished"]
+    assert "[raysl] input: crops cut by Ray Data tasks (MapBatches(DecodeCrops)); views of 32, 32 px" in done.stderr
+    text = head.data_log_since(before)
+    assert "-> TaskPoolMapOperator[MapBatches(DecodeCrops)] ->" in text and "execution finished" in text, text[-2000:]

@@ -51,7 +51,9 @@ def test_job_submit_runs_a_search_on_the_cluster(head, tmp_path):
         # `raysl` imports the shipped folder, first on its path: No module named 'raysl.data')
         "--runtime-env-json", json.dumps({"excludes": ["/data/", "/runs/", "/raysl_results/", "/.venv/", "/.git/",
                                                        "/test-artifacts"]}),
-        "--", "raysl", "tune", "search_spaces/quickstart.yaml", "--num-samples", "2",
+        # one trial at a time: both run in one reused trial process (a second cost ~4 CPU-s; concurrency is not
+        # what this test checks)
+        "--", "raysl", "tune", "search_spaces/quickstart.yaml", "--num-samples", "2", "--set", "tune.max_concurrent=1",
         "--set", "optim.epochs=2", "--set", "eval.every_epochs=1", "--set", "model.width=8",
         "--storage", str(storage), "--name", "submitted",
     )

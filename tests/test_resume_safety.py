@@ -100,7 +100,9 @@ def _refused(proc: subprocess.CompletedProcess, banner: str | None = None) -> st
 def search(tmp_path_factory, head):
     root = tmp_path_factory.mktemp("resume_safety")
     env = _env(root, head)
-    args = ["tune", QUICKSTART, "--num-samples", "2", *TINY, "--storage", str(root / "results"), "--name", "exp"]
+    # one trial at a time (one reused trial process; what is checked is the state files, not concurrency)
+    args = ["tune", QUICKSTART, "--num-samples", "2", *TINY, "--set", "tune.max_concurrent=1", "--storage",
+            str(root / "results"), "--name", "exp"]
     done = _raysl(args, env)
     assert done.returncode == 0, _explain(done)
     return {"root": root, "env": env, "args": args, "experiment": root / "results" / "exp",
