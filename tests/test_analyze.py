@@ -21,8 +21,11 @@ QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
 # ASHA's grace period is eval.every_epochs: evaluating at epochs 2 and 4 lets it stop trials at 2,
 # and epochs 1 and 3 carry raysl tune's filler values (worst before the first evaluation, then repeats).
 EPOCHS = 4
+# One trial at a time, all in one reused trial process: each concurrent slot is a process that imports torch
+# (~4 CPU-s); concurrent trials are checked by the searches of tests/test_output.py, test_multinode.py and
+# test_storage_faults.py.
 TUNE = ["--num-samples", "6", "--set", f"optim.epochs={EPOCHS}", "--set", "eval.every_epochs=2",
-        "--set", "model.width=8"]
+        "--set", "model.width=8", "--set", "tune.max_concurrent=1"]
 NUM_SAMPLES = 6
 TRAIN_KEYS = {"epoch", "step", "loss", "images_per_s", "lr", "status", "eval_epoch", "error"}
 PLOTS = ["learning_curves.png", "objective_vs_params.png", "param_importance.png", "rankme_vs_knn.png", "budget.png"]
