@@ -47,7 +47,7 @@ from raysl.pbt import PBT_EXTRA_KEEP
 from raysl.search_fit import (_INTERRUPTED_BY, _TUNE_STOPS_ON_SIGUSR1, _before_tune_runs, _fit, _FolderSnapshot,
                               _install_sigterm, _remove_unregistered_checkpoints, _reserve_bytes, _restore_error)
 from raysl.search_options import SearchOptions, _check_resumable, experiment_name, storage_root, tune_resume_command
-from raysl.search_rows import _fmt, _leaderboard, _ranked, _trial_rows
+from raysl.search_rows import _leaderboard, _ranked, _trial_rows, format_cell
 from raysl.searcher import _default_concurrency, _search_and_scheduler
 from raysl.space import SearchSpace, apply_sample
 from raysl.space_file import load_space
@@ -320,7 +320,7 @@ def _finish(results, space: SearchSpace, objectives, experiment: str, num_sample
         where = storage.join_uri(experiment, BEST_CONFIG_FILE)
         header = (
             f"# best trial {best['trial_id']} of {experiment}: "
-            + ", ".join(f"{m}={_fmt(best['metrics'][m])}" for m, _ in objectives)
+            + ", ".join(f"{m}={format_cell(best['metrics'][m])}" for m, _ in objectives)
             + f" at epoch {best['epoch']}\n# train it: raysl train {where}\n"
         )
         try:
@@ -346,7 +346,7 @@ def _finish(results, space: SearchSpace, objectives, experiment: str, num_sample
     if budget is not None and used >= budget and not statuses.get(UNFINISHED):
         unfinished = 0  # the budget ended the search, not an interruption
     ended = num_samples - max(0, unfinished)
-    best = (f"best so far {summary['best_trial']} ({_fmt(summary['best_metric'])})" if summary["best_trial"]
+    best = (f"best so far {summary['best_trial']} ({format_cell(summary['best_metric'])})" if summary["best_trial"]
             else "no trial has a result yet")
     if failure is not None:  # the search stopped itself: its storage could not take a write
         summary["error"] = " ".join(str(failure).split())

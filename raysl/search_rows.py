@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from raysl import ray_compat
+from raysl.console import format_number
 from raysl.outcome import BAD_STATUSES, UNFINISHED, pareto_front, rank
 from raysl.trial import _nan
 
@@ -82,10 +83,10 @@ def _ranked(rows: list[dict], objectives) -> list[dict]:
     return rank(usable, objectives, values=lambda r: r["metrics"], front=front, tiebreak=lambda r: str(r["trial_id"]))
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "-" if value is None else str(value)
+def format_cell(value: Any) -> str:
+    """A leaderboard cell or a headline's number: raysl's number format (``raysl.console.format_number``: 4
+    significant digits, an int in full, ``-`` for none, NaN or inf), a config's text or bool as it is."""
+    return format_number(value, exact_ints=True, others_as_str=True)
 
 
 def _leaderboard(ranked: list[dict], rows: list[dict], objectives, top: int = 10) -> str:
@@ -100,7 +101,7 @@ def _leaderboard(ranked: list[dict], rows: list[dict], objectives, top: int = 10
     for r in shown:
         values = {"trial": r["trial_id"], "status": r["status"] + ("*" if r.get("pareto") else ""),
                   "epoch": r["epoch"], "knn_acc": r["knn_acc"], "rankme": r["rankme"], **r["metrics"], **r["config"]}
-        table.append([_fmt(values.get(c)) for c in cols])
+        table.append([format_cell(values.get(c)) for c in cols])
     widths = [max(len(c), *(len(row[i]) for row in table)) if table else len(c) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in table]

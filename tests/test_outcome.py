@@ -95,3 +95,19 @@ def test_tune_and_analyze_break_a_tie_the_same_way():
         exp = Experiment(location="", name="t1", trials=frame, history=pd.DataFrame(), params=[], metric="knn_acc",
                          mode="max")
         assert rank_trials(exp)["trial_id"].tolist() == ["404b2d71", "ec828937"]
+
+
+def test_tunes_leaderboard_prints_no_nan_and_epochs_in_full():
+    """raysl tune's leaderboard cells in raysl's one number format: a trial whose RankMe could not be computed
+    (NaN) shows `-`, not `nan`; an epoch count shows in full, not as 1.2e+04; a categorical value as itself.
+    Catches search_rows' own formatter, which printed `nan` (and `inf`) where every other raysl table prints `-`."""
+    from raysl.search_rows import _leaderboard, format_cell
+
+    row = {"trial_id": "404b2d71", "status": "finished", "epoch": 12345, "knn_acc": 0.912345, "rankme": float("nan"),
+           "metrics": {"knn_acc": 0.912345}, "config": {"method.name": "byol", "optim.lr": 0.00123456,
+                                                       "data.hflip": True}}
+    header, line = _leaderboard([row], [row], [("knn_acc", "max")]).splitlines()
+    cells = dict(zip(header.split(), line.split()))
+    assert cells == {"trial": "404b2d71", "status": "finished", "epoch": "12345", "knn_acc": "0.9123", "rankme": "-",
+                     "data.hflip": "True", "method.name": "byol", "optim.lr": "0.001235"}
+    assert [format_cell(v) for v in (None, float("inf"), 3, 2.5e-7)] == ["-", "-", "3", "2.5e-07"]
