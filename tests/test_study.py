@@ -336,18 +336,29 @@ def resumed(head, tmp_path_factory):
                             text=True)
     reader = subprocess.Popen([sys.executable, "-c", READER, str(experiment / "raysl_study.json")],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    frozen: list[int] = []
     try:
         # the reader ends once trial 0 has an intermediate value; then once trial 0 has finished and trial 1
         # has reported: trials run one at a time, so 2 are still to come and the search is running whatever
-        # the machine's speed (interrupt_when checks it), with a finished trial a resume must not touch
+        # the machine's speed (interrupt_when checks it), with a finished trial a resume must not touch.
+        # The trial process (one, reused for every trial) is stopped (SIGSTOP) before each look and stays
+        # stopped through the Ctrl-C once the look says so: a Ctrl-C takes a second or two to stop the search,
+        # and on a fast machine trial 1 finished and trial 2 ran in that time, so that Optuna already held all
+        # 4 trials at the interrupt and the resume made none (a fresh-clone run of 2026-12-07 failed so)
         def second_running() -> bool:
+            frozen[:] = head.worker_pids("ImplicitFunc")
+            _signal_all(frozen, signal.SIGSTOP)
             now = trials(experiment).values()
-            return reader.poll() is not None and sum(_finished(t) for t in now) >= 1 and \
-                sum(bool(t["rows"]) for t in now) >= 2
+            if frozen and reader.poll() is not None and sum(_finished(t) for t in now) >= 1 and \
+                    sum(bool(t["rows"]) for t in now) >= 2:
+                return True
+            _signal_all(frozen, signal.SIGCONT)
+            return False
 
         out, err = interrupt_when(proc, second_running, "the search")
         read, read_err = reader.communicate(timeout=HANG)
     finally:
+        _signal_all(frozen, signal.SIGCONT)
         if reader.poll() is None:
             reader.kill()
     assert reader.returncode == 0, read_err[-3000:]
@@ -365,6 +376,14 @@ def resumed(head, tmp_path_factory):
     return {"experiment": experiment, "read": json.loads(read), "before": before, "interrupted": interrupted_trials,
             "tune_before": tune_before, "status_before": status_before, "summary": final_json(done.stdout),
             "stderr": done.stderr}
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 def _finished(trial: dict) -> bool:
