@@ -281,6 +281,15 @@ def ray_local(head):
                 os.environ[k] = v
 
 
+def signal_all(pids: list[int], sig: int) -> None:
+    """Send ``sig`` to each of ``pids`` that still exists (e.g. SIGSTOP/SIGCONT a run's worker processes)."""
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
 def interrupt_when(proc, ready, what: str = "the run") -> tuple[str, str]:
     """Wait until ``ready()`` (or the hang guard), send SIGINT as Ctrl-C does, return (stdout, stderr).
 

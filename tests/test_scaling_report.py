@@ -4,7 +4,6 @@ synthetic scaling.json (fit_all on runs drawn from a known law), and (slow) `ray
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -27,7 +26,7 @@ from raysl.scaling_report import write_report
 from raysl.scaling_stored import read_scaling
 from raysl.scaling_text import format_report
 
-from conftest import HANG, RAYSL, REPO
+from conftest import HANG, RAYSL, REPO, signal_all
 from test_report_browser import CHROMIUM, run_check
 
 QUICKSTART = REPO / "search_spaces" / "scaling_quickstart.yaml"
@@ -387,12 +386,6 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def _signal_all(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-
 def _trial_finished(trial: Path) -> bool:
     rows = [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.endswith("}")] \
         if (trial / "result.json").exists() else []
@@ -433,17 +426,17 @@ def test_scale_interrupted_resumed_analyzed_with_predict_and_opened_in_chromium(
         deadline = time.monotonic() + HANG
         while time.monotonic() < deadline and proc.poll() is None:
             frozen[:] = head.worker_pids("ImplicitFunc")  # the trial actor (the head group runs one test at a time)
-            _signal_all(frozen, signal.SIGSTOP)
+            signal_all(frozen, signal.SIGSTOP)
             if frozen and sum(_trial_finished(t) for t in experiment.glob("raysl_trial_*")) >= 2:
                 break
-            _signal_all(frozen, signal.SIGCONT)
+            signal_all(frozen, signal.SIGCONT)
             time.sleep(0.05)
         assert proc.poll() is None, "the grid ended before it could be interrupted"
         finished_at_interrupt = sum(_trial_finished(t) for t in experiment.glob("raysl_trial_*"))
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=HANG)
     finally:
-        _signal_all(frozen, signal.SIGCONT)
+        signal_all(frozen, signal.SIGCONT)
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, f"{proc.returncode}\n{out[-2000:]}\n{err[-4000:]}"

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import HANG, REPO, interrupt_when
+from conftest import HANG, REPO, interrupt_when, signal_all
 from test_report_browser import CHROMIUM, chromium
 from conftest import free_port
 from test_search import QUICKSTART, RAYSL, explain, final_json, run_raysl, trials
@@ -347,18 +347,18 @@ def resumed(head, tmp_path_factory):
         # 4 trials at the interrupt and the resume made none (a fresh-clone run of 2026-12-07 failed so)
         def second_running() -> bool:
             frozen[:] = head.worker_pids("ImplicitFunc")
-            _signal_all(frozen, signal.SIGSTOP)
+            signal_all(frozen, signal.SIGSTOP)
             now = trials(experiment).values()
             if frozen and reader.poll() is not None and sum(_finished(t) for t in now) >= 1 and \
                     sum(bool(t["rows"]) for t in now) >= 2:
                 return True
-            _signal_all(frozen, signal.SIGCONT)
+            signal_all(frozen, signal.SIGCONT)
             return False
 
         out, err = interrupt_when(proc, second_running, "the search")
         read, read_err = reader.communicate(timeout=HANG)
     finally:
-        _signal_all(frozen, signal.SIGCONT)
+        signal_all(frozen, signal.SIGCONT)
         if reader.poll() is None:
             reader.kill()
     assert reader.returncode == 0, read_err[-3000:]
@@ -376,14 +376,6 @@ def resumed(head, tmp_path_factory):
     return {"experiment": experiment, "read": json.loads(read), "before": before, "interrupted": interrupted_trials,
             "tune_before": tune_before, "status_before": status_before, "summary": final_json(done.stdout),
             "stderr": done.stderr}
-
-
-def _signal_all(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def _finished(trial: dict) -> bool:

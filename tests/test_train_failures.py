@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import HANG, RAYSL, REPO, start_cluster
+from conftest import HANG, RAYSL, REPO, signal_all, start_cluster
 from test_faults import assert_nothing_torn, descendants, epochs_in, finish, started, wait_until
 
 QUICKSTART = str(REPO / "search_spaces" / "quickstart.yaml")
@@ -57,14 +57,6 @@ def lines(err: str, pattern: re.Pattern | str) -> list[str]:
 # --max-failures: a worker SIGKILLed mid-epoch, the group restarts from the checkpoint
 
 
-def _signal_all(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-
 @pytest.mark.slow
 def test_killed_worker_restarts_from_the_checkpoint_and_logs_every_epoch_once(tmp_path, head):
     """Joined to the suite's head (what it checks does not depend on whose cluster it is; a cluster of its own
@@ -93,18 +85,18 @@ def test_killed_worker_restarts_from_the_checkpoint_and_logs_every_epoch_once(tm
         pids = this_runs_workers()
         if len(pids) != 2:
             return False
-        _signal_all(pids, signal.SIGSTOP)
+        signal_all(pids, signal.SIGSTOP)
         logged = epochs_in(out)
         if logged and logged[-1] % 2 == 1 and 3 <= logged[-1] < epochs and registered_epoch(out) == logged[-1] - 1:
             frozen[:] = pids
             return True
-        _signal_all(pids, signal.SIGCONT)
+        signal_all(pids, signal.SIGCONT)
         return False
 
     wait_until(proc, frozen_after_an_unsaved_epoch, "an odd epoch logged after the checkpoint of the one before")
     logged_before = epochs_in(out)
     os.kill(frozen[-1], signal.SIGKILL)
-    _signal_all(frozen[:-1], signal.SIGCONT)
+    signal_all(frozen[:-1], signal.SIGCONT)
     stdout, err = finish(proc)
 
     assert proc.returncode == 0, err[-4000:]
