@@ -36,10 +36,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from raysl.data.prepare import prepare
-    from raysl.data.shards import load_manifest
+    from raysl.data.read.shards import load_manifest
     from raysl.evaluate import knn_accuracy
     from raysl.launch import train_run
     from raysl.run_config import load_config
+    from raysl.data.read.dataset import RunData
     from raysl.run_eval import initial_metrics, load_eval_set
 
     work = Path(tempfile.mkdtemp(prefix="raysl-fashion-"))
@@ -57,7 +58,7 @@ def main() -> None:
     cfg = load_config(str(space), overrides)
     manifest = load_manifest(data)
     device = torch.device("cpu")
-    eval_set = load_eval_set(data, cfg, device)
+    eval_set = load_eval_set(RunData.load(cfg, data, manifest), device)
 
     flat = lambda x: (x.float().flatten(1) / 255.0 - manifest.mean[0]) / manifest.std[0]  # noqa: E731
     raw = knn_accuracy(flat(eval_set.train_x), eval_set.train_y, flat(eval_set.val_x), eval_set.val_y, k=20)

@@ -15,8 +15,8 @@ Ray; ``bench/gpu_check.sh`` sets the environment up and calls this. Rows:
    epoch as the run reports it (two views counted), and its ratio to the
    compiled ceiling. Decode is not overlapped with the step here (one
    process, one stream), so this is a lower bound for the data path.
-3. decode: ``raysl.data.gpu_decode.decode_crops`` on the device (batched
-   nvJPEG + RandomResizedCrop cuts) vs ``raysl.data.decode.DecodeCrops`` on the
+3. decode: ``raysl.data.read.gpu_decode.decode_crops`` on the device (batched
+   nvJPEG + RandomResizedCrop cuts) vs ``raysl.data.read.decode.DecodeCrops`` on the
    CPU in this one process (one core): views/s, and the GPU's worth in cores.
 4. ingest with ``data.decode: gpu`` (in-process, as ``LocalIO`` feeds the
    loop): pyarrow batches -> ``CropInput`` (nvJPEG) -> ``augment_precropped``
@@ -183,9 +183,9 @@ def decode_rates(args, device: torch.device, shards: Path) -> tuple[float | None
     import numpy as np
     import pyarrow.parquet as pq
 
-    from raysl.data.decode import DecodeCrops, crop_specs
-    from raysl.data.gpu_decode import decode_crops
-    from raysl.data.shards import load_manifest, shard_uris
+    from raysl.data.read.decode import DecodeCrops, crop_specs
+    from raysl.data.read.gpu_decode import decode_crops
+    from raysl.data.read.shards import load_manifest, shard_uris
 
     manifest = load_manifest(str(shards))
     specs = crop_specs(recipe_views(args.blur_p), args.size)
@@ -223,13 +223,13 @@ def decode_rates(args, device: torch.device, shards: Path) -> tuple[float | None
 def ingest_raysl(args, device: torch.device, shards: Path) -> tuple[float, float]:
     """Views/s and views per CPU-second (this process) of the in-process ``data.decode: gpu`` input path."""
     from raysl.data.augment import augment_precropped
-    from raysl.data.pipeline import CropInput
-    from raysl.data.shards import load_manifest, shard_uris
-    from raysl.data.stream import ParquetBatches, TrainBatches
+    from raysl.data.read.encoded_images import CropInput
+    from raysl.data.read.shards import load_manifest, shard_uris
+    from raysl.data.read.stream import ParquetBatches, TrainBatches
 
     manifest = load_manifest(str(shards))
     views = recipe_views(args.blur_p)
-    from raysl.data.decode import crop_specs
+    from raysl.data.read.decode import crop_specs
 
     crop_input = CropInput(crop_specs(views, args.size), manifest.channels, device, on_device=True, seed=0)
     batches = TrainBatches(ParquetBatches(shard_uris(str(shards), "train", manifest)), manifest, args.batch, device,
@@ -260,7 +260,7 @@ def ingest_torchvision(args, device: torch.device, folder: Path, shards: Path) -
     from torchvision.datasets import ImageFolder
 
     import ingest
-    from raysl.data.shards import load_manifest
+    from raysl.data.read.shards import load_manifest
 
     manifest = load_manifest(str(shards))
     steps = manifest.splits["train"]["rows"] // args.batch
@@ -339,7 +339,7 @@ def main() -> None:
     def _data():
         start = time.perf_counter()
         data["folder"], data["shards"] = make_data(args)
-        from raysl.data.shards import load_manifest
+        from raysl.data.read.shards import load_manifest
 
         m = load_manifest(str(data["shards"]))
         row("data", f"{args.images} JPEGs, {m.splits['train']['rows']} train rows, median {m.height}x{m.width}",

@@ -34,8 +34,8 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 python3 - <<'EOF'
 import importlib, sys
 # the modules the check uses in-process must import without Ray
-for name in ("raysl.config", "raysl.train", "raysl.data.pipeline", "raysl.data.gpu_decode", "raysl.data.decode",
-             "raysl.data.shards", "raysl.data.prepare", "raysl.data.imagefolder"):
+for name in ("raysl.config", "raysl.train", "raysl.data.read.dataset", "raysl.data.read.gpu_decode", "raysl.data.read.decode",
+             "raysl.data.read.shards", "raysl.data.prepare", "raysl.data.prepare.imagefolder"):
     importlib.import_module(name)
 assert "ray" not in sys.modules, "a raysl module imported ray at import time"
 import torch, torchvision

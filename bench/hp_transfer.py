@@ -198,15 +198,16 @@ def raw_pixel_knn(config: str, seed_dir: Path) -> float:
     import torch
 
     from raysl.data.locate import resolve_data_dir
-    from raysl.data.shards import load_manifest
+    from raysl.data.read.shards import load_manifest
     from raysl.evaluate import knn_accuracy
     from raysl.run_config import load_config
+    from raysl.data.read.dataset import RunData
     from raysl.run_eval import load_eval_set
 
     cfg = load_config(config)
     data = resolve_data_dir(cfg)
     manifest = load_manifest(data)
-    eval_set = load_eval_set(data, cfg, torch.device("cpu"))
+    eval_set = load_eval_set(RunData.load(cfg, data, manifest), torch.device("cpu"))
     pixels = lambda x: (x.float().flatten(1) / 255.0 - manifest.mean[0]) / manifest.std[0]
     k = cfg.eval.knn_k[0]
     acc = float(knn_accuracy(pixels(eval_set.train_x), eval_set.train_y, pixels(eval_set.val_x), eval_set.val_y,

@@ -5,7 +5,7 @@ image (224 px) on the same number of cores, in this one command; one image is
 counted per view produced on both sides.
 
 - **raysl** (what a ``data.decode: cpu`` run does up to the model's input):
-  ``raysl.data.pipeline.train_dataset`` (Ray Data ``read_parquet`` ->
+  ``raysl.data.read.dataset.RunData.ray_dataset`` (Ray Data ``read_parquet`` ->
   ``map_batches(DecodeCrops)``: each JPEG decoded once, at a reduced DCT scale
   when the crops allow, every view's RandomResizedCrop cut as a uint8 224 px
   crop, as Ray tasks of one CPU each), then the worker's end as ``raysl
@@ -164,7 +164,7 @@ def folder_from_shards(shards: Path, folder: Path) -> None:
         return
     import pyarrow.parquet as pq
 
-    from raysl.data.shards import load_manifest, shard_uris
+    from raysl.data.read.shards import load_manifest, shard_uris
 
     manifest = load_manifest(str(shards))
     for split in manifest.splits:
@@ -236,9 +236,9 @@ def bench_raysl(shards: Path, args) -> dict:
     import torch
 
     from raysl.data.augment import augment_precropped
-    from raysl.data.pipeline import CropInput, run_views, train_dataset
-    from raysl.data.shards import load_manifest
-    from raysl.data.stream import TrainBatches
+    from raysl.data.read.dataset import RunData, run_views
+    from raysl.data.read.shards import load_manifest
+    from raysl.data.read.stream import TrainBatches
 
     cfg = run_config(shards, args.blur_p)
     manifest = load_manifest(str(shards))
@@ -248,9 +248,9 @@ def bench_raysl(shards: Path, args) -> dict:
     device = torch.device("cpu")
     gen = torch.Generator().manual_seed(SEED)
     before, t0 = tree_cpu(os.getpid()), time.perf_counter()
-    ds = train_dataset(cfg, str(shards), manifest)
-    batches = TrainBatches(ds, manifest, args.batch, device, cache=False, max_cached_bytes=0, seed=SEED, rank=0,
-                           crop_input=CropInput.for_run(cfg, manifest, views, device))
+    data = RunData.load(cfg, str(shards), manifest)
+    batches = TrainBatches(data.ray_dataset(), manifest, args.batch, device, cache=False, max_cached_bytes=0,
+                           seed=SEED, rank=0, crop_input=data.crop_input(views, device))
     stream = batches.epoch(0, warm + timed)
 
     def step() -> int:
@@ -266,7 +266,7 @@ def bench_raysl(shards: Path, args) -> dict:
     if batches.crop_input.source != "ray_data":
         sys.exit(f"expected crops cut by Ray Data, the worker saw {batches.crop_input.source!r}")
     stream.close()
-    del stream, batches, ds
+    del stream, batches, data
     # let any Ray Data task still in flight finish before the other side's trial starts
     deadline = time.time() + 30
     while time.time() < deadline and ray.available_resources().get("CPU", 0) < args.cores:
@@ -307,7 +307,7 @@ def bench_torchvision(folder: Path, shards: Path, mean, std, args) -> dict:
     import torch
     from torchvision.datasets import ImageFolder
 
-    from raysl.data.shards import load_manifest
+    from raysl.data.read.shards import load_manifest
 
     warm, timed = trial_plan(load_manifest(str(shards)), args)
     dataset = ImageFolder(str(folder), transform=TwoViews(torchvision_transform(mean, std, args.blur_p)))
@@ -387,7 +387,7 @@ def main() -> None:
             folder_from_shards(shards, tv_folder)
         variants.append((name, shards, tv_folder))
 
-    from raysl.data.shards import load_manifest
+    from raysl.data.read.shards import load_manifest
     from raysl.launch import init_ray
 
     load_before = os.getloadavg()

@@ -99,12 +99,13 @@ def reference_rows(cfg, data: str) -> list[dict]:
     """Raw-pixel kNN and the random-init convnet's kNN and RankMe, with the same bank, queries and k."""
     import torch
 
-    from raysl.data.shards import load_manifest
+    from raysl.data.read.shards import load_manifest
     from raysl.evaluate import knn_accuracy, rankme
+    from raysl.data.read.dataset import RunData
     from raysl.run_eval import initial_metrics, load_eval_set
 
     manifest = load_manifest(data)
-    eval_set = load_eval_set(data, cfg, torch.device("cpu"))
+    eval_set = load_eval_set(RunData.load(cfg, data, manifest), torch.device("cpu"))
     pixels = lambda x: (x.float().flatten(1) / 255.0 - manifest.mean[0]) / manifest.std[0]  # noqa: E731
     train_px, val_px = pixels(eval_set.train_x), pixels(eval_set.val_x)
     raw = {"method": "raw pixels (reference)", "knn_acc": knn_accuracy(train_px, eval_set.train_y, val_px,

@@ -41,7 +41,7 @@ class Section(BaseModel):
 Temperature = Annotated[float, Field(gt=0.0, le=100.0)]
 MAX_EPOCHS = 1_000_000  # optim.epochs (see OptimConfig)
 # a run's seed: torch seeds generators with 64-bit integers and raysl derives per-rank and per-epoch seeds
-# from it (seed * 1_000_003 + epoch * 7919 + rank, raysl.data.stream), which a seed past 2**32 can overflow
+# from it (seed * 1_000_003 + epoch * 7919 + rank, raysl.data.read.stream), which a seed past 2**32 can overflow
 MAX_SEED = 2**32 - 1
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Weight = Annotated[float, Field(ge=0.0)]
@@ -221,11 +221,11 @@ class DataConfig(Section):
     local_crops: LocalCrops = Field(default_factory=LocalCrops)
     decode: Literal["auto", "cpu", "gpu"] = "auto"  # JPEG shards: gpu = nvJPEG on the worker's GPU; auto: gpu on CUDA
     # small-image shards: auto = each Train worker reads its share itself; ray_data = through a Ray Dataset
-    # (its split coordinator and read tasks: a few process start-ups more per run; raysl.data.pipeline)
+    # (its split coordinator and read tasks: a few process start-ups more per run; raysl.data.read.dataset)
     reader: Literal["auto", "ray_data"] = "auto"
     cache_on_device: bool = True  # keep the uint8 split on the worker's device after one pass
     max_cached_bytes: Annotated[int, Field(ge=0)] = 4 << 30
-    # train on a seeded fraction of the train split (raysl/data/subset.py); eval sets stay whole
+    # train on a seeded fraction of the train split (raysl/data/read/subset.py); eval sets stay whole
     fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
 
     def global_views(self) -> list[ViewAugment]:
@@ -278,7 +278,7 @@ class OptimConfig(Section):
     batch_size: Annotated[int, Field(ge=2)] = 256  # global, split across workers
     # at most MAX_EPOCHS: the longest self-supervised recipes train for a few thousand epochs at most
     # (BYOL 1000, MAE 1600 on ImageNet), so a million or more is a typo (10**26 was accepted and printed
-    # `epoch 1/99999999999999999999999999`), and the per-epoch seeds (raysl.data.stream) stay in 64 bits
+    # `epoch 1/99999999999999999999999999`), and the per-epoch seeds (raysl.data.read.stream) stay in 64 bits
     epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] = 10
     grad_clip: Annotated[float, Field(gt=0.0)] | None = None
     exclude_bias_and_norm: bool = True  # no weight decay / LARS adaptation on biases and norms

@@ -107,7 +107,7 @@ def _choose_checkpoint(run_dir: str, epoch: int | None, cfg: RunConfig) -> tuple
 def export_backbone(run_dir: str, out: str, epoch: int | None = None, *, force: bool = False) -> dict:
     """Write the backbone of ``run_dir``'s checkpoint (the latest, or ``epoch``'s) to ``out``; returns a summary."""
     from raysl.data.locate import resolve_data_dir
-    from raysl.data.shards import load_manifest
+    from raysl.data.read.shards import load_manifest
     from raysl.run_setup import build_run_method, input_norm
 
     if not os.path.isdir(run_dir):

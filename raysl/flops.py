@@ -84,7 +84,7 @@ def method_flops(cfg: RunConfig, in_channels: int, crop_size: int) -> dict[str, 
 def run_flops(cfg: RunConfig, in_channels: int, crop_size: int, train_rows: int) -> dict[str, Any]:
     """Training FLOPs of a run of ``cfg`` that trains on ``train_rows`` images per epoch.
 
-    ``train_rows`` is after ``data.fraction`` (``raysl.data.subset.train_rows``);
+    ``train_rows`` is after ``data.fraction`` (``raysl.data.read.subset.train_rows``);
     each epoch takes ``train_rows // batch_size`` full batches, as the loop does.
 
     Returns ``flops`` (the whole run), ``flops_per_step``, ``forward_flops_per_image``

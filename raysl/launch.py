@@ -45,14 +45,17 @@ if TYPE_CHECKING:
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from raysl.data.read.dataset import RunData
 
-def check_against_data(cfg: RunConfig, data_dir: str, source: str) -> Any:
-    """Checks that need the manifest: batch size vs data set size, image size vs ViT patch size."""
-    from raysl.data import shards
-    from raysl.data.pipeline import global_crop_size, is_encoded
+
+def check_against_data(cfg: RunConfig, data_dir: str, source: str) -> "RunData":
+    """Checks that need the manifest: labels, batch size vs data set size, the images the model sees vs the
+    ViT's patch size, a GPU share; the run's data (its manifest read once) when they pass."""
+    from raysl.data.read.dataset import RunData
     from raysl.methods import METHODS
 
-    manifest = shards.load_manifest(data_dir)
+    data = RunData.load(cfg, data_dir)
+    manifest = data.manifest
     if METHODS[cfg.method.name].needs_labels and not manifest.labeled:
         raise ConfigError(
             f"{cfg.origin('method.name', source)}: method {cfg.method.name} needs labelled data; {data_dir} has no "
@@ -64,9 +67,7 @@ def check_against_data(cfg: RunConfig, data_dir: str, source: str) -> Any:
             f"{cfg.origin('optim.batch_size', source)}: optim.batch_size: {cfg.optim.batch_size} is larger than "
             f"the {rows} training images in {data_dir}; use at most {rows}"
         )
-    # encoded shards hold images of many sizes: the crop size (224 by default) is what the model sees
-    size = global_crop_size(cfg, manifest) if is_encoded(manifest) else (
-        cfg.data.crop_size or min(manifest.height, manifest.width))
+    size = data.image_size  # what the model sees: the crop size (encoded images hold many sizes)
     if cfg.model.backbone == "vit_tiny" and size < cfg.model.patch_size:
         raise ConfigError(
             f"{cfg.origin('model.patch_size', source)}: model.patch_size: {cfg.model.patch_size} px patches do not "
@@ -76,7 +77,7 @@ def check_against_data(cfg: RunConfig, data_dir: str, source: str) -> Any:
 
     # a fractional GPU share too small for the run; per-image state spans every split (rows index the source)
     check_gpu_share(cfg, manifest.channels, size, source, manifest.total_rows)
-    return manifest
+    return data
 
 
 def reexec_with_allocator_env() -> None:
@@ -233,14 +234,12 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
 
     from raysl import progress
     from raysl.config_load import to_yaml
-    from raysl.data.pipeline import reads_in_worker, train_dataset
-
     data_dir = resolve_data_dir(cfg)
-    manifest = check_against_data(cfg, data_dir, source)
-    from raysl.data import shards
+    data = check_against_data(cfg, data_dir, source)
+    from raysl.data.read import shards
 
     # a shard deleted or changed since prepare fails here, in one line, not inside a Ray Data task
-    shards.verify_shards(data_dir, manifest, checksums=storage.resolve(data_dir).is_local)
+    shards.verify_shards(data_dir, data.manifest, checksums=storage.resolve(data_dir).is_local)
     out_dir = storage.make_dirs(out)  # a local folder or a URI; read-only or full: one line, before Ray
     resuming = storage.exists(out_dir.join("config.yaml")) and storage.exists(out_dir.join(TRAIN_RUN_NAME))
     if resuming:
@@ -250,13 +249,13 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
 
     init_ray(verbose=verbose)
     # before the trainer asks for its workers: on a cluster that cannot hold them it would wait forever
-    check_placement([run_needs(cfg, not reads_in_worker(cfg, manifest))], cfg.scale.placement_timeout_s)
+    check_placement([run_needs(cfg, not data.reads_in_worker)], cfg.scale.placement_timeout_s)
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    in_worker = reads_in_worker(cfg, manifest)
+    in_worker = data.reads_in_worker
     # pixel rows, or JPEG crops cut by Ray Data tasks; none where the one worker reads the shards itself
-    datasets = {} if in_worker else {"train": train_dataset(cfg, data_dir, manifest)}
+    datasets = {} if in_worker else {"train": data.ray_dataset()}
     relay = progress.start_relay()
     failure_config = ray.train.FailureConfig(max_failures=cfg.scale.max_failures)
     say = functools.partial(relay_line, relay)  # restarts and resizes, told from the TrainController

@@ -12,6 +12,7 @@ import torch
 
 from raysl import distributed, ray_compat
 from raysl.checkpoint import CHECKPOINT_FILE, checkpoint_dirs, load_state
+from raysl.data.read.dataset import RunData
 from raysl.errors import CheckpointError
 from raysl.progress import StepTicker
 
@@ -19,7 +20,8 @@ from raysl.progress import StepTicker
 class LoopIO(Protocol):
     """What the loop needs from its runner (Ray Train, or a Tune trial in-process)."""
 
-    def dataset_shard(self, name: str) -> Any: ...
+    # the run's train rows (in its data.fraction subset), as an iterable of batches (iter_batches)
+    def train_shard(self, data: RunData) -> Any: ...
     def checkpoint_dir(self) -> str | None: ...
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None: ...
     def device(self) -> torch.device: ...
@@ -29,42 +31,35 @@ class LoopIO(Protocol):
 
 
 class RayTrainIO:
-    def __init__(self, resume_from: str | None = None, read_shards_from: str | None = None,
-                 report_resume: bool = False, resume_record: str | None = None,
-                 subset: tuple[float, int] = (1.0, 0)):
+    def __init__(self, resume_from: str | None = None, read_in_worker: bool = False,
+                 report_resume: bool = False, resume_record: str | None = None):
         # a checkpoint of another run (path or URI) to start from while this run has none of its own:
         # a PBT clone starts from the donor trial's (raysl.pbt)
         self.resume_from = resume_from
         # a PBT clone's: its first report says which weights it continued from, also kept in resume_record
         self.report_resume, self.resume_record = report_resume, resume_record
-        # the data folder whose shards this (only) worker reads itself, when the driver handed Train no
-        # Ray Dataset (raysl.data.pipeline.reads_in_worker)
-        self.read_shards_from = read_shards_from
-        self.subset = subset  # (data.fraction, seed): the rows of the train split the run trains on
+        # each worker reads its share of the shards itself: the driver handed Train no Ray Dataset
+        # (raysl.data.read.dataset.RunData.reads_in_worker)
+        self.read_in_worker = read_in_worker
 
     @classmethod
     def for_loop(cls, loop_config: dict) -> "RayTrainIO":
         """The IO of a Train worker started with ``loop_config`` (raysl train's, or a multi-worker trial's)."""
         return cls(resume_from=loop_config.get("resume_from"),
-                   read_shards_from=loop_config["data_dir"] if loop_config.get("read_in_worker") else None,
-                   report_resume=bool(loop_config.get("report_resume")), resume_record=loop_config.get("resume_record"),
-                   subset=(float(loop_config["config"]["data"]["fraction"]), int(loop_config["config"]["seed"])))
+                   read_in_worker=bool(loop_config.get("read_in_worker")),
+                   report_resume=bool(loop_config.get("report_resume")), resume_record=loop_config.get("resume_record"))
 
     def on_resume(self, epoch: int, state_dict: dict) -> dict:
         from raysl.pbt import resume_report
 
         return resume_report(epoch, state_dict, self.resume_record) if self.report_resume else {}
 
-    def dataset_shard(self, name):
-        if self.read_shards_from is not None:
-            from raysl.data.shards import shard_uris
-            from raysl.data.stream import ParquetBatches
-
-            return ParquetBatches(shard_uris(self.read_shards_from, name), distributed.rank(),
-                                  distributed.world_size(), *self.subset)
+    def train_shard(self, data: RunData):
+        if self.read_in_worker:
+            return data.worker_reader(distributed.rank(), distributed.world_size())
         import ray.train
 
-        return ray.train.get_dataset_shard(name)
+        return ray.train.get_dataset_shard("train")  # already the run's subset (RunData.ray_dataset)
 
     def checkpoint_dir(self):
         import ray.train
@@ -133,19 +128,15 @@ class LocalIO:
     Checkpoints go to ``out_dir/checkpoints/epoch_N``; ``reports`` collects every metrics dict.
     """
 
-    def __init__(self, data_dir: str, out_dir: str | None = None):
-        from raysl.data.shards import shard_uris
-        from raysl.data.stream import ParquetBatches
-
-        self._train = ParquetBatches(shard_uris(data_dir, "train"))
+    def __init__(self, out_dir: str | None = None):
         self.out_dir = out_dir
         self.reports: list[dict] = []
 
     def on_resume(self, epoch: int, state_dict: dict) -> dict:
         return {}
 
-    def dataset_shard(self, name):
-        return self._train
+    def train_shard(self, data: RunData):
+        return data.worker_reader()
 
     def checkpoint_dir(self):
         if self.out_dir is None:

@@ -45,7 +45,7 @@ def run_needs(cfg: RunConfig, ray_data: bool) -> Needs:
     """``raysl train``: the (minimum number of) Train workers; with a Ray Dataset (``ray_data``: JPEG shards,
     or ``data.reader: ray_data``) plus a CPU for its read (and decode) tasks: they ask for one CPU each, and
     with every CPU held by a worker they never run. (The workers read small-image shards themselves by
-    default: raysl.data.pipeline.reads_in_worker.)"""
+    default: raysl.data.read.dataset.RunData.reads_in_worker.)"""
     scale = cfg.scale
     bundle = {"CPU": scale.cpus_per_worker, "GPU": scale.gpus_per_worker if scale.use_gpu else 0.0}
     if not ray_data:
@@ -53,16 +53,16 @@ def run_needs(cfg: RunConfig, ray_data: bool) -> Needs:
     return Needs("the run", scale.min_workers, bundle, {"CPU": 1.0}, "Ray Data's read tasks")
 
 
-def trial_needs(cfg: RunConfig, encoded: bool) -> Needs:
+def trial_needs(cfg: RunConfig, decode_tasks: bool) -> Needs:
     """One ``raysl tune`` trial (raysl.trial.trial_resources): a one-worker trial is its worker; a
-    multi-worker trial adds its driver (a hundredth of a CPU) and, on JPEG shards, a CPU for the decode
-    tasks (its read tasks take none)."""
+    multi-worker trial adds its driver (a hundredth of a CPU) and, where Ray Data decodes its rows (JPEG
+    shards: ``decode_tasks``), a CPU for the decode tasks (its read tasks take none)."""
     scale = cfg.scale
     bundle = {"CPU": scale.cpus_per_worker, "GPU": scale.gpus_per_worker if scale.use_gpu else 0.0}
     if scale.max_workers == 1:
         return Needs("a trial", 1, bundle)
-    return Needs("a trial", scale.max_workers, bundle, {"CPU": 1.01 if encoded else 0.01},
-                 "the trial's driver" + (" and its JPEG decode tasks" if encoded else ""))
+    return Needs("a trial", scale.max_workers, bundle, {"CPU": 1.01 if decode_tasks else 0.01},
+                 "the trial's driver" + (" and its JPEG decode tasks" if decode_tasks else ""))
 
 
 def missing_resource(needs: Needs, nodes: list[dict[str, float]]) -> str | None:

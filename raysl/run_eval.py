@@ -11,8 +11,7 @@ import numpy as np
 import torch
 
 from raysl.data.augment import make_views, to_float
-from raysl.data.pipeline import eval_images, global_crop_size, is_encoded
-from raysl.data.shards import load_manifest, read_split
+from raysl.data.read.dataset import RunData
 from raysl.evaluate import (
     agreed_rank,
     alignment,
@@ -36,21 +35,18 @@ class EvalSet:
     val_y: torch.Tensor | None
 
 
-def load_eval_set(data_dir: str, cfg: RunConfig, device: torch.device) -> EvalSet:
+def load_eval_set(data: RunData, device: torch.device) -> EvalSet:
     """A seeded subset of train (kNN memory bank) and of val, as on-device uint8 tensors.
 
-    Real-size images are streamed, resized (shorter side) and centre-cropped to
-    the global crop size, keeping the first rows of each split (see
-    ``raysl.data.pipeline.eval_images``).
+    The images are the run's data's evaluation images (``RunData.eval_images``): pixel rows as stored,
+    real-size images streamed, resized (shorter side) and centre-cropped to the global crop size, keeping
+    the first rows of each split.
     """
+    cfg = data.cfg
     rng = np.random.default_rng(cfg.seed)
-    manifest = load_manifest(data_dir)
 
     def take(split: str, limit: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if is_encoded(manifest):
-            x, y = eval_images(data_dir, split, global_crop_size(cfg, manifest), limit, manifest)
-        else:
-            x, y = read_split(data_dir, split)
+        x, y = data.eval_images(split, limit)
         if len(x) > limit:
             keep = np.sort(rng.choice(len(x), size=limit, replace=False))
             x = x[keep]
@@ -156,8 +152,8 @@ def initial_metrics(cfg: RunConfig, data_dir: str) -> dict[str, float]:
     The random-initialisation baseline a trained encoder's kNN and RankMe are read
     against (same seed, architecture, memory bank and queries as the run's rank 0).
     """
-    manifest = load_manifest(data_dir)
+    data = RunData.load(cfg, data_dir)
     torch.manual_seed(cfg.seed)
-    method = build_run_method(cfg, manifest, torch.device("cpu"))
-    eval_set = load_eval_set(data_dir, cfg, torch.device("cpu"))
-    return evaluate_method(method, eval_set, cfg, input_norm(cfg, manifest), cfg.data.views(), augment_generator(cfg))
+    method = build_run_method(cfg, data.manifest, torch.device("cpu"))
+    eval_set = load_eval_set(data, torch.device("cpu"))
+    return evaluate_method(method, eval_set, cfg, input_norm(cfg, data.manifest), cfg.data.views(), augment_generator(cfg))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from raysl.data.pipeline import global_crop_size
+from raysl.data.read.dataset import global_crop_size
 from raysl.methods import build_method
 from raysl.run_config import RunConfig
 

@@ -71,9 +71,9 @@ if TYPE_CHECKING:  # raysl.search_options imports Ray Tune: scale_main imports i
 
 def trial_flops(cfg: RunConfig, data_dir: str) -> dict[str, Any]:
     """``flops`` (training FLOPs of the whole run), ``n_params`` (backbone), ``train_images`` (D)."""
-    from raysl.data.pipeline import global_crop_size
-    from raysl.data.shards import load_manifest
-    from raysl.data.subset import train_rows
+    from raysl.data.read.dataset import global_crop_size
+    from raysl.data.read.shards import load_manifest
+    from raysl.data.read.subset import train_rows
     from raysl.flops import run_flops
 
     manifest = load_manifest(data_dir)
@@ -90,8 +90,8 @@ def trial_flops(cfg: RunConfig, data_dir: str) -> dict[str, Any]:
 
 def check_batches(points: list[tuple[str, Any]]) -> None:
     """Every grid point trains at least one full batch an epoch (a small ``data.fraction`` may not)."""
-    from raysl.data.shards import load_manifest
-    from raysl.data.subset import train_rows
+    from raysl.data.read.shards import load_manifest
+    from raysl.data.read.subset import train_rows
 
     seen: dict[tuple, int] = {}
     for where, cfg in points:
@@ -194,7 +194,7 @@ def transfer_main(search: SearchOptions, spec) -> int:
     into ``scaling.json`` (key ``transfer``) and ``predicted_config_<i>.yaml``."""
     from raysl import storage
     from raysl import transfer as tr
-    from raysl.data.shards import load_manifest
+    from raysl.data.read.shards import load_manifest
     from raysl.search import run_search
     from raysl.search_options import experiment_name, storage_root, tune_resume_command
 

@@ -262,9 +262,9 @@ def point_values_for(spec: ScalingSpec):
     """``point_values(point) -> (N, D, C)``: backbone parameters, training images seen and training FLOPs
     of the run that ``spec.base`` with ``point``'s grid values would be (counted as each trial counts its own)."""
     from raysl.data.locate import absolute_data_path, resolve_data_dir
-    from raysl.data.pipeline import global_crop_size
-    from raysl.data.shards import load_manifest
-    from raysl.data.subset import train_rows
+    from raysl.data.read.dataset import global_crop_size
+    from raysl.data.read.shards import load_manifest
+    from raysl.data.read.subset import train_rows
     from raysl.flops import run_flops
     from raysl.run_config import build_config
 

@@ -142,7 +142,6 @@ def run_search(opts: SearchOptions, space: SearchSpace | None = None, extra_metr
 
 
 def _run_search(opts: SearchOptions, space: SearchSpace | None, extra_metrics, said: dict[str, str]) -> int:
-    from raysl.data.pipeline import is_encoded
     from raysl.launch import check_against_data, init_ray
     from raysl.placement import check_placement
 
@@ -169,7 +168,8 @@ def _run_search(opts: SearchOptions, space: SearchSpace | None, extra_metrics, s
 
     space.base = absolute_data_path(space.base)
     data_dir = resolve_data_dir(space.base_config)
-    manifest = check_against_data(space.base_config, data_dir, f"{opts.space_path}: base")
+    data = check_against_data(space.base_config, data_dir, f"{opts.space_path}: base")
+    manifest = data.manifest
     manifest.require_val_images(data_dir)  # before Ray: a val split of 0 or 1 image fails every trial's evaluation
     objectives = space.objectives(labeled=manifest.labeled)
     for metric, _ in objectives:
@@ -196,7 +196,7 @@ def _run_search(opts: SearchOptions, space: SearchSpace | None, extra_metrics, s
     try:
         init_ray(verbose=verbose)  # a local Ray that does not start is one RayslError (raysl.launch.init_ray)
         # before Tune places a trial: on a cluster that cannot hold one it would wait forever, silently
-        check_placement(trial_variants_needs(space, is_encoded(manifest)),
+        check_placement(trial_variants_needs(space, data.rows.decode_tasks),
                         space.base_config.scale.placement_timeout_s)
     except (RayslError, KeyboardInterrupt):  # refused, Ray did not start, or Ctrl-C while waiting to grow
         if fresh:  # all there is, is the empty study database prepare_new opened: the experiment stays new

@@ -24,10 +24,9 @@ from torch.nn.parallel import DistributedDataParallel
 from raysl import distributed, noise_scale, schedules
 from raysl.checkpoint import CHECKPOINT_FILE, save_state
 from raysl.data.augment import augment_precropped, make_views
-from raysl.data.pipeline import CropInput
-from raysl.data.shards import load_manifest
-from raysl.data.stream import TrainBatches
-from raysl.data.subset import train_rows as subset_train_rows
+from raysl.data.read.dataset import RunData
+from raysl.data.read.encoded_images import CropInput
+from raysl.data.read.stream import TrainBatches
 from raysl.divergence import DivergenceWatch
 from raysl.errors import CollapsedError
 from raysl.evaluate import collapse_std
@@ -104,7 +103,8 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
     # ---- data description and model
-    manifest = load_manifest(data_dir)
+    data = RunData.load(cfg, data_dir)  # the prepared folder, its manifest and how its rows are stored
+    manifest = data.manifest
     norm = input_norm(cfg, manifest)
     method = build_run_method(cfg, manifest, device)
     if method.needs_labels:  # SupCon: the train split's labels, looked up by row index
@@ -141,16 +141,15 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
             return
 
     local_batch = cfg.optim.batch_size // world
-    rows = subset_train_rows(data_dir, manifest, cfg.data.fraction, cfg.seed)  # all of them at data.fraction 1
+    rows = data.train_rows()  # all of them at data.fraction 1
     steps_per_epoch = rows // (local_batch * world)
     total_steps = steps_per_epoch * cfg.optim.epochs
     batches = TrainBatches(
-        io.dataset_shard("train"), manifest, local_batch, device,
+        io.train_shard(data), manifest, local_batch, device,
         cache=cfg.data.cache_on_device, max_cached_bytes=cfg.data.max_cached_bytes, seed=cfg.seed, rank=rank,
-        crop_input=CropInput.for_run(cfg, manifest, views, device, rank),  # None for small-image shards
-        fraction=cfg.data.fraction,
+        crop_input=data.crop_input(views, device, rank),  # None for small-image shards
     )
-    eval_set = load_eval_set(data_dir, cfg, device) if rank == 0 else None
+    eval_set = load_eval_set(data, device) if rank == 0 else None
     # the projector's spread on the eval images before the first step: what a collapse is measured against
     init_std = (state or {}).get("init_feature_std")
     if init_std is None and state is None and eval_set is not None and eval_set.val_x.shape[0] >= 2:

@@ -32,6 +32,7 @@ from typing import Any
 from raysl import jsonio, storage
 from raysl.config import RunConfig
 from raysl.data.locate import resolve_data_dir
+from raysl.data.read.dataset import RunData
 from raysl.errors import CollapsedError, DivergedError, RayslError
 from raysl.outcome import BAD_STATUSES, TRAIN_KEYS, Status, status_of, worst_value
 from raysl.pbt import RESUMED_FILE
@@ -96,9 +97,8 @@ def _nan(value: Any) -> bool:
 class TuneIO:
     """LoopIO for a one-worker trial running inside its Tune trial process."""
 
-    def __init__(self, data_dir: str, use_gpu: bool, filler: ResultFiller, trial=None, delivered=None,
+    def __init__(self, use_gpu: bool, filler: ResultFiller, trial=None, delivered=None,
                  where: str = "", report_resume: bool = False):
-        self.data_dir = data_dir
         self.report_resume = report_resume  # a PBT clone: its first report says which weights it continued from
         self.use_gpu = use_gpu
         self.filler = filler
@@ -106,13 +106,10 @@ class TuneIO:
         self.delivered = delivered if delivered is not None else _Delivered()
         self.where = where  # the trial's folder in the experiment, for a storage error's message
 
-    def dataset_shard(self, name: str):
+    def train_shard(self, data: RunData):
         # The trial reads its shards with pyarrow in its own process: under Tune on a small
         # machine, Ray Data tasks compete with the trials for CPUs (and can get none).
-        from raysl.data.shards import shard_uris
-        from raysl.data.stream import ParquetBatches
-
-        return ParquetBatches(shard_uris(self.data_dir, name))
+        return data.worker_reader()
 
     def checkpoint_dir(self):
         import ray.tune
@@ -327,7 +324,7 @@ def make_trainable(base: dict, objectives: list[tuple[str, str]], experiment: st
         delivered, where = _Delivered(), storage.join_uri(experiment, trial.trial_dir)
         if cfg.scale.num_workers == 1:
             try:
-                train_worker(loop_config, TuneIO(data_dir, cfg.scale.use_gpu, filler, trial, delivered, where,
+                train_worker(loop_config, TuneIO(cfg.scale.use_gpu, filler, trial, delivered, where,
                                                  report_resume=start.cloned))
             except CollapsedError:
                 return  # train_worker reported status "collapsed" before raising
@@ -363,12 +360,11 @@ def _fit_torch_trainer(cfg: RunConfig, loop_config: dict, data_dir: str, objecti
     import ray.tune
     from ray.util.queue import Queue
 
-    from raysl.data.pipeline import reads_in_worker, train_dataset
-    from raysl.data.shards import load_manifest
     from raysl.launch import make_trainer
 
     train_storage = storage.join_uri(experiment, trial.trial_dir)
-    in_worker = reads_in_worker(cfg, load_manifest(data_dir))
+    data = RunData.load(cfg, data_dir)
+    in_worker = data.reads_in_worker
     loop_config = {**loop_config, "stop_marker": storage.join_uri(train_storage, start.run, "raysl_stop.json"),
                    "read_in_worker": in_worker,
                    "resume_from": start.resume_from,
@@ -378,7 +374,7 @@ def _fit_torch_trainer(cfg: RunConfig, loop_config: dict, data_dir: str, objecti
     # cluster, and a read task waiting for one would stall the trial forever. JPEG shards
     # add decode tasks of one CPU each: raysl.searcher._default_concurrency leaves a CPU per trial for them.
     # (small-image shards: each worker reads its part itself, no Ray Dataset)
-    datasets = {} if in_worker else {"train": train_dataset(cfg, data_dir, read_remote_args={"num_cpus": 0})}
+    datasets = {} if in_worker else {"train": data.ray_dataset(read_remote_args={"num_cpus": 0})}
     reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
     trainer = make_trainer(
         train_worker_in_trial,
@@ -418,7 +414,7 @@ def trial_resources(base: dict):
     return resources
 
 
-def trial_variants_needs(space: SearchSpace, encoded: bool, limit: int = 64) -> list:
+def trial_variants_needs(space: SearchSpace, decode_tasks: bool, limit: int = 64) -> list:
     """What the trials of ``space`` ask the cluster for (raysl.placement.Needs): the base config's trial and,
     when the space searches scale.* keys, one per combination of their values (choices, or a range's
     ends), so that a grid axis ``scale.num_workers: [1, 2, 4]`` is checked at 4 before any trial runs."""
@@ -436,4 +432,4 @@ def trial_variants_needs(space: SearchSpace, encoded: bool, limit: int = 64) -> 
                     (p.key for p in scale_params), values)))))
             except Exception:  # noqa: BLE001 - a combination that is not a valid config: the trial reports it
                 continue
-    return [trial_needs(cfg, encoded) for cfg in configs]
+    return [trial_needs(cfg, decode_tasks) for cfg in configs]

@@ -59,7 +59,7 @@ def test_huge_weight_decay_collapses_the_projector_and_the_run_says_so(digits_di
     # output becomes its bias, one point for every image (a real collapse, not a diverged loss)
     cfg = load_config(QUICKSTART, ["model.width=8", "optim.epochs=3", "eval.every_epochs=1",
                                    "optim.weight_decay=200", "eval.projector_metrics=true"])  # projector_feature_std
-    io = LocalIO(digits_dir)
+    io = LocalIO()
     with pytest.raises(CollapsedError, match=r"^collapsed at epoch 1: "):
         train_worker({"config": cfg.model_dump(mode="json"), "data_dir": digits_dir}, io)
     assert [r["status"] for r in io.reports] == ["collapsed"]

@@ -37,7 +37,7 @@ def reference_metrics(cfg, data_dir: str) -> dict[str, float]:
     every metric, for backbone and projector, each from its own function in raysl.evaluate (kNN one k at a
     time), on the features of the same network, images and view draws as ``initial_metrics``."""
     from raysl.data.augment import make_views
-    from raysl.data.shards import load_manifest
+    from raysl.data.read.shards import load_manifest
     from raysl.evaluate import (
         agreed_rank,
         alignment,
@@ -51,6 +51,7 @@ def reference_metrics(cfg, data_dir: str) -> dict[str, float]:
         uniformity,
         view_knn_agreement,
     )
+    from raysl.data.read.dataset import RunData
     from raysl.run_eval import embed_all, embed_views, load_eval_set
     from raysl.run_setup import augment_generator, build_run_method, input_norm
 
@@ -58,7 +59,7 @@ def reference_metrics(cfg, data_dir: str) -> dict[str, float]:
     cpu = torch.device("cpu")
     torch.manual_seed(cfg.seed)
     method = build_run_method(cfg, manifest, cpu).eval()
-    eval_set = load_eval_set(data_dir, cfg, cpu)
+    eval_set = load_eval_set(RunData.load(cfg, data_dir), cpu)
     norm = input_norm(cfg, manifest)
     out: dict[str, float] = {}
     with torch.no_grad():
@@ -199,8 +200,8 @@ def test_train_s_and_eval_s_add_up_to_the_epoch(digits_dir, monkeypatch):
     monkeypatch.setattr(raysl.train, "save_state", timed_save)
 
     class TimedIO(LocalIO):
-        def __init__(self, data_dir):
-            super().__init__(data_dir)
+        def __init__(self):
+            super().__init__()
             self.times: list[float] = []
 
         def report(self, metrics, checkpoint_dir):
@@ -209,7 +210,7 @@ def test_train_s_and_eval_s_add_up_to_the_epoch(digits_dir, monkeypatch):
 
     # every epoch checkpoints (checkpoint.every_epochs 1); epochs 2 and 4 evaluate, 1 and 3 do not
     cfg = load_config(QUICKSTART, [*SMALL, *ALL_ON, "optim.epochs=4", "eval.every_epochs=2"])
-    io = TimedIO(digits_dir)
+    io = TimedIO()
     called = time.perf_counter()
     train_worker({"config": cfg.model_dump(mode="json"), "data_dir": digits_dir}, io)
     reports = io.reports

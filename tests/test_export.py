@@ -14,7 +14,7 @@ import torch
 
 from raysl.checkpoint import load_state
 from raysl.data.augment import to_float
-from raysl.data.shards import load_manifest, read_split
+from raysl.data.read.shards import load_manifest, read_split
 from raysl.errors import CheckpointError
 from raysl.export import EXPORT_FORMAT, export_backbone, load_backbone, run_checkpoints
 from raysl.run_config import load_config

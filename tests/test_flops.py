@@ -90,7 +90,7 @@ def test_byol_counts_predictor_and_teacher_forward():
 def test_subset_is_seeded_nested_and_near_its_fraction():
     import numpy as np
 
-    from raysl.data.subset import filter_batch, keep_mask
+    from raysl.data.read.subset import filter_batch, keep_mask
 
     idx = np.arange(20000)
     half, quarter = keep_mask(idx, 0.5, seed=0), keep_mask(idx, 0.25, seed=0)
@@ -107,8 +107,8 @@ def test_subset_is_seeded_nested_and_near_its_fraction():
 
 
 def test_training_flops_follow_the_rows_trained_on(digits_dir):
-    from raysl.data.shards import load_manifest
-    from raysl.data.subset import train_rows
+    from raysl.data.read.shards import load_manifest
+    from raysl.data.read.subset import train_rows
 
     manifest = load_manifest(digits_dir)
     full = train_rows(digits_dir, manifest, 1.0, 0)

@@ -395,7 +395,7 @@ def test_strict_prepare_failure_leaves_out_as_it_found_it(tmp_path):
 def test_prepare_of_mixed_sizes_prints_their_range_not_one_shape(tmp_path, capsys):
     """Issue 22: `raysl data prepare imagefolder` of images of many sizes printed `"shape": [h, w, 3]`, the
     median size, as if every image had it. Now `"shape": null` and the range; one size keeps its shape."""
-    from raysl.data.shards import load_manifest
+    from raysl.data.read.shards import load_manifest
 
     mixed = _images(tmp_path / "mixed", [(40, 60), (30, 30), (80, 50), (30, 30), (50, 50)])
     out = tmp_path / "out"

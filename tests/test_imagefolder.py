@@ -23,9 +23,9 @@ import pytest
 from PIL import Image, ImageOps
 
 from raysl.data.codec import apply_orientation, decode_image, image_format, resize_center_crop
-from raysl.data.imagefolder_files import list_images
+from raysl.data.prepare.imagefolder_files import list_images
 from raysl.data.prepare import prepare
-from raysl.data.shards import decode_images, iter_split, load_manifest, read_split, shard_uris
+from raysl.data.read.shards import decode_images, iter_split, load_manifest, read_split, shard_uris
 from raysl.errors import DataError, ShardError
 
 from conftest import HANG
@@ -301,7 +301,7 @@ def test_killed_prepare_resumes_to_identical_shards(many_photos: Path, tmp_path:
 
 
 def test_interrupted_prepare_with_other_options_is_refused(odd_folder: Path, tmp_path: Path, monkeypatch) -> None:
-    from raysl.data import imagefolder_journal
+    from raysl.data.prepare import imagefolder_journal
 
     out = str(tmp_path / "out")
     record = imagefolder_journal.Journal.record
@@ -329,7 +329,7 @@ def test_interrupted_prepare_is_one_line_with_the_signal_and_the_command(odd_fol
     line is on a terminal: the line is cleared, then one line names the signal and the command that resumes,
     from the start of a line (it was an empty line and then `raysl: interrupted; ...`, no signal, no command)."""
     from raysl import cli
-    from raysl.data import imagefolder, imagefolder_journal
+    from raysl.data.prepare import imagefolder, imagefolder_journal
     from raysl.errors import Interrupted
 
     class Terminal(io.StringIO):
@@ -461,7 +461,7 @@ def test_manifests_without_skipped_still_load(tmp_path: Path) -> None:
 
 
 def test_progress_is_one_rewritten_line_on_a_terminal_and_plain_lines_otherwise() -> None:
-    from raysl.data.imagefolder import Progress
+    from raysl.data.prepare.imagefolder import Progress
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

@@ -21,10 +21,11 @@ from PIL import Image, ImageOps
 from raysl.config import ViewAugment
 from raysl.data.augment import augment_precropped
 from raysl.data.codec import apply_orientation, decode_image
-from raysl.data.decode import CropSpec, DecodeCrops, cut_crops, draft_size, sample_crop_boxes
-from raysl.data.gpu_decode import decode_crops, decode_rows, jpeg_components, orient
-from raysl.data.pipeline import CropInput, eval_images, global_crop_size
-from raysl.data.shards import load_manifest, shard_uris
+from raysl.data.read.decode import CropSpec, DecodeCrops, cut_crops, draft_size, sample_crop_boxes
+from raysl.data.read.gpu_decode import decode_crops, decode_rows, jpeg_components, orient
+from raysl.data.read.dataset import RunData, global_crop_size
+from raysl.data.read.encoded_images import eval_images
+from raysl.data.read.shards import load_manifest, shard_uris
 from raysl.run_config import RunConfig, load_config
 
 from conftest import RAYSL
@@ -294,14 +295,14 @@ def test_crop_input_turns_each_kind_of_batch_into_views(jpeg_shards):
     views = cfg.data.views(2)
     table = _train_table(jpeg_shards)
     batch = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
-    cpu = CropInput.for_run(cfg, manifest, views, torch.device("cpu"))
+    cpu = RunData.load(cfg, jpeg_shards).crop_input(views, torch.device("cpu"))
     crops = DecodeCrops([s for s in cpu.specs], 3)(table)
     for given, source in ((crops, "ray_data"), (batch, "in_process")):
         out = cpu(given)
         assert cpu.source == source
         assert [tuple(t.shape) for t in out] == [(table.num_rows, 3, 32, 32)] * 2
     gpu_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"decode": "gpu"})})
-    device = CropInput.for_run(gpu_cfg, manifest, views, torch.device("cpu"))
+    device = RunData.load(gpu_cfg, jpeg_shards).crop_input(views, torch.device("cpu"))
     out = device(batch)
     assert device.source == "device" and [tuple(t.shape) for t in out] == [(table.num_rows, 3, 32, 32)] * 2
 
@@ -325,7 +326,7 @@ def test_in_process_run_on_jpeg_shards(jpeg_shards):
     from raysl.train import train_worker
 
     cfg = _run_config(jpeg_shards, ["scale.num_workers=1", "data.crop_size=32"])
-    io_ = LocalIO(jpeg_shards)
+    io_ = LocalIO()
     train_worker({"config": cfg.model_dump(mode="json"), "data_dir": jpeg_shards}, io_)
     (report,) = io_.reports
     assert report["status"] == "finished" and 0.0 <= report["knn_acc"] <= 1.0 and report["images_per_s"] > 0

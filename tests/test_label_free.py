@@ -489,9 +489,10 @@ def test_linear_probe_is_reported_at_an_evaluation_when_asked(digits_dir):
     import torch
 
     from conftest import REPO
-    from raysl.data.shards import load_manifest
+    from raysl.data.read.shards import load_manifest
     from raysl.evaluate import linear_probe_accuracy
     from raysl.run_config import load_config
+    from raysl.data.read.dataset import RunData
     from raysl.run_eval import embed_all, initial_metrics, load_eval_set
     from raysl.run_setup import build_run_method, input_norm
 
@@ -501,7 +502,7 @@ def test_linear_probe_is_reported_at_an_evaluation_when_asked(digits_dir):
     manifest = load_manifest(digits_dir)
     torch.manual_seed(cfg.seed)
     method = build_run_method(cfg, manifest, torch.device("cpu")).eval()
-    eval_set = load_eval_set(digits_dir, cfg, torch.device("cpu"))
+    eval_set = load_eval_set(RunData.load(cfg, digits_dir), torch.device("cpu"))
     norm = input_norm(cfg, manifest)
     with torch.no_grad():
         bank, queries = (embed_all(method, x, norm)["backbone"] for x in (eval_set.train_x, eval_set.val_x))

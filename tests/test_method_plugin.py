@@ -90,7 +90,7 @@ def test_a_method_in_one_file_parses_and_trains(toy, tmp_path, digits_dir):
     with pytest.raises(ConfigError, match=r"unknown method 'tooy'; allowed: .*\btoy\b"):
         load_config(None, ["method.name=tooy"])
 
-    io = LocalIO(digits_dir)
+    io = LocalIO()
     train_worker({"config": cfg.model_dump(mode="json"), "data_dir": digits_dir}, io)
     assert [built.scale for built in toy.BUILT] == [2.0]  # the worker re-parsed the JSON with the toy's knob
     assert [r["epoch"] for r in io.reports] == [1, 2]

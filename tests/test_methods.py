@@ -50,7 +50,7 @@ def test_method_trains_and_beats_random_init(name, digits_dir):
     assert cfg.method.name == name
     baseline = initial_metrics(cfg, digits_dir)["knn_acc"]
 
-    io = LocalIO(digits_dir)
+    io = LocalIO()
     train_worker({"config": cfg.model_dump(mode="json"), "data_dir": digits_dir}, io)
 
     reports = io.reports

@@ -39,7 +39,7 @@ def space_config(method: str, *overrides: str):
 
 
 def train(cfg, data_dir: str) -> list[dict]:
-    io = LocalIO(data_dir)
+    io = LocalIO()
     train_worker({"config": cfg.model_dump(mode="json"), "data_dir": data_dir}, io)
     return io.reports
 

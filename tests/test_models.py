@@ -114,7 +114,7 @@ def test_vit_tiny_trains_on_digits_and_beats_its_random_init(digits_dir):
         "optim.epochs=2", "eval.every_epochs=2",
     ])
     baseline = initial_metrics(cfg, digits_dir)["knn_acc"]
-    io = LocalIO(digits_dir)
+    io = LocalIO()
     train_worker({"config": cfg.model_dump(mode="json"), "data_dir": digits_dir}, io)
     final = io.reports[-1]
     assert final["status"] == "finished"

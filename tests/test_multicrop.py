@@ -222,7 +222,7 @@ def test_dino_with_local_crops_trains_on_digits_without_collapse(digits_dir):
     cfg = load_config(SPACES / "dino.yaml", ["optim.epochs=2", "eval.every_epochs=1", "data.local_crops.number=4"])
     assert len(cfg.data.views(2)) == 6 and cfg.data.views(2)[-1].size == 4
     start = initial_metrics(cfg, digits_dir)
-    io = LocalIO(digits_dir)
+    io = LocalIO()
     train_worker({"config": cfg.model_dump(mode="json"), "data_dir": digits_dir}, io)
     first, final = io.reports
     assert final["status"] == "finished"  # a collapse raises CollapsedError

@@ -150,11 +150,11 @@ def test_training_logs_the_noise_scale_at_each_evaluation(digits_dir):
 
     cfg = load_config(SPACES / "byol.yaml", ["optim.epochs=2", "eval.every_epochs=1", "model.width=4",
                                              "optim.batch_size=64"])
-    io = LocalIO(digits_dir)
+    io = LocalIO()
     train_worker({"config": cfg.model_dump(mode="json"), "data_dir": digits_dir}, io)
     values = [r.get("noise_scale") for r in io.reports]
     assert len(values) == 2 and all(v is not None and np.isfinite(v) for v in values), io.reports
     off = load_config(SPACES / "byol.yaml", ["optim.epochs=1", "model.width=4", "eval.noise_scale=false"])
-    io = LocalIO(digits_dir)
+    io = LocalIO()
     train_worker({"config": off.model_dump(mode="json"), "data_dir": digits_dir}, io)
     assert "noise_scale" not in io.reports[-1]

@@ -15,7 +15,7 @@ from PIL import Image
 
 from raysl.data.manifest import Manifest
 from raysl.data.prepare import prepare
-from raysl.data.shards import (
+from raysl.data.read.shards import (
     decode_images,
     load_manifest,
     read_split,
@@ -67,7 +67,7 @@ def test_interrupted_prepare_of_a_source_that_starts_over_says_run_it_again(tmp_
     """Ctrl-C (SIGINT) during `raysl data prepare digits`: one line from the start of a line (no progress line
     is drawn for it), the signal, and the command to run again (it starts over), exit 130."""
     from raysl import cli
-    from raysl.data import prepare as prepare_module
+    from raysl.data.prepare import write as prepare_module
 
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
@@ -377,7 +377,7 @@ def test_workers_reading_their_own_shares_split_the_rows_disjointly_and_evenly(t
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from raysl.data.stream import ParquetBatches
+    from raysl.data.read.stream import ParquetBatches
 
     uris, start = [], 0
     for number, rows in enumerate((5, 3, 4)):
@@ -407,9 +407,9 @@ def test_every_worker_of_a_fraction_run_takes_the_runs_steps(digits_dir, cache) 
     so the test can fail."""
     import torch
 
-    from raysl.data.shards import load_manifest, shard_uris
-    from raysl.data.stream import ParquetBatches, TrainBatches
-    from raysl.data.subset import keep_mask, train_rows
+    from raysl.data.read.shards import load_manifest, shard_uris
+    from raysl.data.read.stream import ParquetBatches, TrainBatches
+    from raysl.data.read.subset import keep_mask, train_rows
 
     manifest, uris, fraction, local_batch = load_manifest(digits_dir), shard_uris(digits_dir, "train"), 0.25, 8
 
@@ -422,7 +422,7 @@ def test_every_worker_of_a_fraction_run_takes_the_runs_steps(digits_dir, cache) 
     steps = train_rows(digits_dir, manifest, fraction, seed) // (2 * local_batch)
     for rank in (0, 1):
         batches = TrainBatches(ParquetBatches(uris, rank, 2, fraction, seed), manifest, local_batch, torch.device("cpu"), cache=cache,
-                               max_cached_bytes=1 << 30, seed=seed, rank=rank, fraction=fraction)
+                               max_cached_bytes=1 << 30, seed=seed, rank=rank)
         for epoch in (1, 2):
             sizes = [idx.shape[0] for _, idx in batches.epoch(epoch, steps)]
             assert sizes == [local_batch] * steps, (rank, epoch, share(rank, seed), len(sizes), steps)

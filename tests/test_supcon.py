@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from raysl.data.prepare import prepare
-from raysl.data.shards import load_manifest, read_split
+from raysl.data.read.shards import load_manifest, read_split
 from raysl.errors import ConfigError
 from raysl.launch import check_against_data
 from raysl.methods import build_method
@@ -35,7 +35,7 @@ def test_train_labels_are_the_train_split_by_row_index(digits_dir):
     assert table.shape == (sum(s["rows"] for s in manifest.splits.values()),)
     import pyarrow.parquet as pq
 
-    from raysl.data.shards import shard_uris
+    from raysl.data.read.shards import shard_uris
 
     part = pq.read_table(shard_uris(digits_dir, "train", manifest)[0], columns=["index", "label"])
     index = torch.from_numpy(part.column("index").to_numpy().astype(np.int64))

@@ -131,12 +131,12 @@ def test_diverged_run_is_one_line_and_exit_2(tmp_path, head):
 def test_divergence_keeps_the_last_good_checkpoint(tmp_path, digits_dir):
     out = tmp_path / "local"
     good = load_config(QUICKSTART, ["model.width=8", "optim.epochs=2"])
-    train_worker({"config": good.model_dump(mode="json"), "data_dir": digits_dir}, LocalIO(digits_dir, str(out)))
+    train_worker({"config": good.model_dump(mode="json"), "data_dir": digits_dir}, LocalIO(str(out)))
     saved = out / "checkpoints" / "epoch_2" / "state.pt"
     before = saved.read_bytes()
     bad = load_config(QUICKSTART, ["model.width=8", "optim.epochs=4", "method.temperature=1e-30",
                                    "optim.name=sgd", "optim.lr=10"])
-    io = LocalIO(digits_dir, str(out))
+    io = LocalIO(str(out))
     with pytest.raises(DivergedError, match=r"diverged at step \d+ \(epoch 2\)"):
         train_worker({"config": bad.model_dump(mode="json"), "data_dir": digits_dir}, io)
     assert saved.read_bytes() == before
@@ -149,11 +149,11 @@ def test_a_run_restored_at_its_last_epoch_reports_its_final_result_again(tmp_pat
     has nothing left to train: its one report is the checkpoint's final result, not silence."""
     cfg = load_config(QUICKSTART, ["model.width=8", "optim.epochs=2", "eval.every_epochs=1"])
     loop = {"config": cfg.model_dump(mode="json"), "data_dir": digits_dir}
-    first = LocalIO(digits_dir, str(tmp_path))
+    first = LocalIO(str(tmp_path))
     train_worker(loop, first)
     assert [r["epoch"] for r in first.reports] == [1, 2]
 
-    again = LocalIO(digits_dir, str(tmp_path))
+    again = LocalIO(str(tmp_path))
     train_worker(loop, again)
     assert again.reports == [first.reports[-1]]
     assert again.reports[0]["status"] == "finished" and again.reports[0]["knn_acc"] > 0

@@ -302,7 +302,7 @@ def augment_precropped(
     """:func:`make_views` for views whose random-resized crop the data path already cut.
 
     ``crops[i]`` is view i's uint8 [N, C, S_i, S_i] batch (real-size images:
-    :mod:`raysl.data.decode` or :mod:`raysl.data.gpu_decode` cut it with
+    :mod:`raysl.data.read.decode` or :mod:`raysl.data.read.gpu_decode` cut it with
     ``views[i]``'s scale and ratio); this applies the rest of ``views[i]``
     (flip, colour jitter, grayscale, blur, solarize: :func:`plan_view` /
     :func:`apply_plan` with a whole-image crop, so there is no resample) and

@@ -23,7 +23,7 @@ def absolute_data_path(base: dict) -> dict:
 
 def resolve_data_dir(cfg: RunConfig) -> str:
     """The prepared shard folder of a run; a bundled source with no path is prepared into the cache."""
-    from raysl.data import shards
+    from raysl.data.read import shards
 
     if cfg.data.path is not None:
         path = cfg.data.path

@@ -29,7 +29,7 @@ def train_labels(data_dir: str, manifest) -> torch.Tensor:
     """int64 [rows of every split]: the train split's label of each row index, -1 elsewhere or where missing."""
     import pyarrow.parquet as pq
 
-    from raysl.data.shards import shard_uris
+    from raysl.data.read.shards import shard_uris
 
     table = np.full(manifest.total_rows, -1, dtype=np.int64)
     for uri in shard_uris(data_dir, "train", manifest):

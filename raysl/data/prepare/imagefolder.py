@@ -2,8 +2,8 @@
 
 Each image keeps its original encoded bytes (JPEG byte for byte, other
 formats as PNG; ``max_side`` downsizes the big ones): what a row stores and
-the shard columns are in :mod:`raysl.data.imagefolder_shard`, which file goes
-into which shard in :mod:`raysl.data.imagefolder_files`.
+the shard columns are in :mod:`raysl.data.prepare.imagefolder_shard`, which file goes
+into which shard in :mod:`raysl.data.prepare.imagefolder_files`.
 
 The manifest has ``encoding: "encoded"``; its ``height``/``width`` are the
 median stored size over the train split (information only: rows differ; its
@@ -25,7 +25,7 @@ sidecar ``OUT/.prepare/<shard>.json`` records its checksum, skipped files and
 statistics. A re-run with the same options verifies and keeps the finished
 shards and builds the rest, giving the same bytes as an uninterrupted run;
 different options or a changed file list are refused. ``manifest.json`` is
-written last, then ``.prepare/`` is removed (:mod:`raysl.data.imagefolder_journal`).
+written last, then ``.prepare/`` is removed (:mod:`raysl.data.prepare.imagefolder_journal`).
 """
 
 from __future__ import annotations
@@ -43,11 +43,11 @@ import pyarrow.parquet as pq
 
 from raysl import storage
 from raysl.console import Renderer, format_duration, stream_isatty
-from raysl.data.imagefolder_files import Job, Listing, list_images, make_job, path_key, plan_shards
-from raysl.data.imagefolder_journal import JOURNAL, Journal
-from raysl.data.imagefolder_shard import build_shard, init_worker, local_shard, ray_shard, read_file
+from raysl.data.prepare.imagefolder_files import Job, Listing, list_images, make_job, path_key, plan_shards
+from raysl.data.prepare.imagefolder_journal import JOURNAL, Journal
+from raysl.data.prepare.imagefolder_shard import build_shard, init_worker, local_shard, ray_shard, read_file
 from raysl.data.manifest import Manifest, ShardInfo, SkippedFile, SplitInfo
-from raysl.data.prepared import existing_dir, refuse_existing, write_manifest
+from raysl.data.prepare.layout import existing_dir, refuse_existing, write_manifest
 from raysl.errors import ConfigError, DataError
 
 DEFAULT_SHARD_ROWS = 1_000  # ~100 MB of ImageNet-sized JPEGs per shard

@@ -1,6 +1,6 @@
 """The folders of ``raysl data prepare`` that every source shares: a source's PATH, and the --out it writes.
 
-Each source (:mod:`raysl.data.prepare`: digits, idx, cifar10; :mod:`raysl.data.imagefolder`) refuses an
+Each source (:mod:`raysl.data.prepare`: digits, idx, cifar10; :mod:`raysl.data.prepare.imagefolder`) refuses an
 --out that already holds a prepared dataset, drops what an interrupted earlier prepare left there, and
 writes the manifest last.
 """

@@ -5,7 +5,7 @@ height/width, EXIF orientation); :func:`decode_crops` turns a batch of them
 into one uint8 [N, C, S_v, S_v] tensor per view on the device:
 
 1. Crop boxes come from the same sampler as the CPU path
-   (:func:`raysl.data.decode.sample_crop_boxes`, torchvision's
+   (:func:`raysl.data.read.decode.sample_crop_boxes`, torchvision's
    RandomResizedCrop, displayed coordinates), so both paths train on the same
    crop distribution.
 2. JPEG rows are decoded in batches with ``torchvision.io.decode_jpeg(list,
@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from raysl.data.codec import decode_image, image_format
-from raysl.data.decode import CropSpec, crop_resize, rescale_box, sample_crop_boxes
+from raysl.data.read.decode import CropSpec, crop_resize, rescale_box, sample_crop_boxes
 
 __all__ = ["decode_crops", "decode_rows", "crop_resize", "jpeg_components", "orient"]
 

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from raysl import storage
 from raysl.data.codec import GRAYSCALE_MODES, EXIF_ORIENTATION_TAG, to_pixels, transposes_axes
-from raysl.data.imagefolder_files import Job
+from raysl.data.prepare.imagefolder_files import Job
 
 STATS_SIDE = 64
 _PNG_KEPT_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA"})

@@ -66,7 +66,7 @@ def train_rows(data_dir: str, manifest: Any, fraction: float, seed: int) -> int:
     import pyarrow.parquet as pq
 
     from raysl import storage
-    from raysl.data.shards import shard_uris
+    from raysl.data.read.shards import shard_uris
 
     kept = 0
     for uri in shard_uris(data_dir, "train", manifest):

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from raysl.data.prepared import existing_dir
+from raysl.data.prepare.layout import existing_dir
 from raysl.errors import DataError
 
 __all__ = ["FASHION_MNIST_CLASSES", "SourceData", "load_source", "read_idx"]

@@ -9,7 +9,7 @@ Larger splits stream every epoch.
 
 Real-size images (``encoded`` shards) never cache: every epoch needs fresh
 random crops. Their batches arrive as one crop column per view (or as encoded
-rows to decode on the device) and a :class:`raysl.data.pipeline.CropInput`
+rows to decode on the device) and a :class:`raysl.data.read.encoded_images.CropInput`
 turns them into one uint8 tensor per view; ``TrainBatches`` then yields a list
 of views instead of one image tensor.
 """
@@ -21,8 +21,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from raysl.data.shards import decode_images
-from raysl.data.subset import filter_batch, keep_mask
+from raysl.data.read.shards import decode_images
+from raysl.data.read.subset import keep_mask
 
 
 def to_device_batch(batch: dict[str, np.ndarray], manifest: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,10 +48,9 @@ class TrainBatches:
         seed: int,
         rank: int,
         crop_input: Any = None,
-        fraction: float = 1.0,
     ):
+        # the run's train rows, already in its data.fraction subset (raysl.data.read.dataset.RunData)
         self.data_iterator = data_iterator
-        self.fraction = fraction  # data.fraction: rows outside the seeded subset are dropped (data/subset.py)
         self.crop_input = crop_input  # real-size images: batch -> one uint8 tensor per view
         self.manifest = manifest
         self.batch_size = batch_size
@@ -97,10 +96,6 @@ class TrainBatches:
         pending: list[tuple[Any, torch.Tensor]] = []
         pending_rows = 0
         for batch in self.data_iterator.iter_batches(batch_size=self.batch_size, batch_format="numpy", prefetch_batches=2):
-            if self.fraction < 1.0:
-                batch = filter_batch(batch, self.fraction, self.seed)
-                if not len(batch["index"]):
-                    continue
             x, idx = self._convert(batch)
             if keep:
                 cached_bytes += x.numel()

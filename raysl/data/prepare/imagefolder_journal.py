@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from raysl import jsonio, storage
-from raysl.data.prepared import remove_stale_shards
+from raysl.data.prepare.layout import remove_stale_shards
 from raysl.errors import DataError
 
 JOURNAL = ".prepare"

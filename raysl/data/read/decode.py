@@ -1,7 +1,7 @@
 """Real-size images on the CPU: decode once, cut every view's random-resized crop.
 
 This is the map step of the training Dataset for ``encoded`` shards (original
-JPEG/PNG bytes, any size; see :mod:`raysl.data.pipeline`). Ray Data runs
+JPEG/PNG bytes, any size; see :mod:`raysl.data.read.dataset`). Ray Data runs
 :class:`DecodeCrops` as stateless tasks (``num_cpus=1``, no GPU) on whatever
 CPUs the cluster has, CPU-only nodes included; the train worker receives only
 fixed-size uint8 crops, one column per view (``view0``, ``view1``, ...: each

@@ -13,7 +13,7 @@ it. Each shard has three columns:
 
 ``raysl data prepare`` writes them (:mod:`raysl.data.prepare`); ``encoded``
 shards of an image folder hold each image's own JPEG or PNG bytes, any size
-(:mod:`raysl.data.imagefolder_shard` for their columns, :mod:`raysl.data.codec` for
+(:mod:`raysl.data.prepare.imagefolder_shard` for their columns, :mod:`raysl.data.codec` for
 decoding them). ``read_split``/``iter_split`` with ``size=N`` give the
 evaluation view of such data (shorter side to N, centre crop N x N).
 """

@@ -1,6 +1,6 @@
 """``raysl data prepare``: turn an image source into Parquet shards + manifest.json.
 
-The shards' columns, and reading them: :mod:`raysl.data.shards`. Rows are
+The shards' columns, and reading them: :mod:`raysl.data.read.shards`. Rows are
 shuffled with ``seed`` before splitting and sharding, so the same
 source, seed and options give byte-identical shards. Shards are written first
 and ``manifest.json`` last (via a temporary name), so an interrupted prepare
@@ -10,12 +10,12 @@ or any URI ``pyarrow.fs.FileSystem.from_uri`` accepts (``s3://...``).
 Sources (``SOURCES``):
 
 - ``digits``, ``idx PATH``, ``cifar10 PATH``: read into memory by
-  :mod:`raysl.data.array_sources` (each described there), stored as ``raw``
+  :mod:`raysl.data.prepare.arrays` (each described there), stored as ``raw``
   or ``png`` shards by :func:`prepare` here.
 - ``imagefolder PATH``: one sub-folder per class of images, or a flat folder
   of images (unlabeled), stored as ``encoded`` shards: each image's own JPEG
   bytes (PNG for other formats), any size, in parallel and resumable; see
-  ``raysl.data.imagefolder`` for its options and ``raysl.data.imagefolder_shard`` for its columns.
+  ``raysl.data.prepare.imagefolder`` for its options and ``raysl.data.prepare.imagefolder_shard`` for its columns.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysl import storage
-from raysl.data.array_sources import SourceData, load_source
+from raysl.data.prepare.arrays import SourceData, load_source
 from raysl.data.manifest import Manifest, ShardInfo, SplitInfo
-from raysl.data.prepared import refuse_existing, remove_stale_shards, write_manifest
+from raysl.data.prepare.layout import refuse_existing, remove_stale_shards, write_manifest
 from raysl.errors import ConfigError
 
 __all__ = ["SOURCES", "prepare"]
@@ -63,7 +63,7 @@ def prepare(
     """
     _check_arguments(source, path, 1 if shard_rows is None else shard_rows, val_fraction)
     if source == "imagefolder":
-        from raysl.data.imagefolder import DEFAULT_QUALITY, prepare_imagefolder
+        from raysl.data.prepare.imagefolder import DEFAULT_QUALITY, prepare_imagefolder
 
         return prepare_imagefolder(
             str(path), out, shard_rows=shard_rows, val_fraction=val_fraction, seed=seed, max_side=max_side,
