@@ -427,3 +427,31 @@ def test_every_worker_of_a_fraction_run_takes_the_runs_steps(digits_dir, cache) 
             sizes = [idx.shape[0] for _, idx in batches.epoch(epoch, steps)]
             assert sizes == [local_batch] * steps, (rank, epoch, share(rank, seed), len(sizes), steps)
         assert batches.resident == cache
+
+
+def test_every_in_process_reader_of_a_run_trains_on_its_fraction_subset_only(digits_dir) -> None:
+    """RunData is what every runner reads a run's train rows through. At data.fraction 0.25 the rows that a
+    one-worker trial (TuneIO), a run without Ray (LocalIO) and a worker reading its own share (each of 2) get are
+    exactly the seeded subset: as many as RunData.train_rows() counts (the steps per epoch are computed from
+    it), each once, each kept by the subset's mask. Catches a reader that skips the subset (it trained on the
+    whole split, 4x the rows the steps and FLOPs were counted for) since TrainBatches stopped filtering again."""
+    from raysl.data.read.dataset import RunData
+    from raysl.data.read.subset import keep_mask
+    from raysl.loop_io import LocalIO
+    from raysl.run_config import RunConfig
+
+    cfg = RunConfig.model_validate({"data": {"path": digits_dir, "fraction": 0.25}, "seed": 3})
+    data = RunData.load(cfg, digits_dir)
+
+    def indices(reader) -> list[int]:
+        return [int(i) for batch in reader.iter_batches(batch_size=64) for i in batch["index"]]
+
+    everything = indices(RunData.load(cfg.model_copy(update={"data": cfg.data.model_copy(
+        update={"fraction": 1.0})}), digits_dir).worker_reader())
+    kept = indices(LocalIO().train_shard(data))
+    assert len(everything) == data.manifest.splits["train"]["rows"]
+    assert len(kept) == data.train_rows() and 0.15 < len(kept) / len(everything) < 0.35  # ~0.25 of 1,438
+    assert len(set(kept)) == len(kept) and keep_mask(kept, 0.25, 3).all()
+    assert set(kept) == {i for i in everything if keep_mask([i], 0.25, 3)[0]}
+    shares = [indices(data.worker_reader(rank, 2)) for rank in (0, 1)]
+    assert sorted(shares[0] + shares[1]) == sorted(kept)
