@@ -126,6 +126,9 @@ def test_crop_boxes_follow_torchvision_distribution() -> None:
     top, left, h, w = C.crop_boxes(3, 10, 40, (1.0, 1.0), (1.0, 2.0), generator=gen()).unbind(1)
     torch.testing.assert_close(h, torch.full((3,), 10.0))
     torch.testing.assert_close(w, torch.full((3,), 20.0))
+    # centred as torchvision centres it (a random offset here was the device sampler's own fallback once)
+    torch.testing.assert_close(left, torch.full((3,), 10.0))
+    torch.testing.assert_close(top, torch.zeros(3))
 
 
 def test_flip_p1_is_torch_flip() -> None:
@@ -355,3 +358,36 @@ def test_cpu_chunking_gives_the_same_numbers(monkeypatch: pytest.MonkeyPatch) ->
     b = make_views(x, [view], 2, mean=[0.5] * 3, std=[0.5] * 3, generator=gen(5))
     for u, v in zip(a, b):
         torch.testing.assert_close(u, v, rtol=0, atol=1e-5)
+
+
+def test_the_device_and_decode_task_crop_boxes_are_one_distribution() -> None:
+    """The batch augmentation's continuous boxes (torch generator) and the decode tasks' integer boxes (numpy
+    generator, rows of one size here) come from one definition (raysl.data.crop_box). 20,000 draws each on a
+    480 x 800 image at scale (0.6, 1), where about a quarter of the rows fit none of the 10 attempts: in both,
+    such a row gets torchvision's fallback, the image clamped to aspect 4/3 and centred, (0, 80, 480, 640);
+    both fall back about as often; the drawn boxes' means agree. Catches the samplers drifting apart: a
+    fallback centred in one only (the device sampler's was not, once), draws swapped or a ratio of its own."""
+    import numpy as np
+
+    from raysl.data.read.decode import sample_crop_boxes
+
+    n, height, width, scale, ratio = 20_000, 480, 800, (0.6, 1.0), (3 / 4, 4 / 3)
+    device = C.crop_boxes(n, height, width, scale, ratio, generator=gen()).double()
+    decode = torch.from_numpy(sample_crop_boxes(np.full(n, height), np.full(n, width), scale, ratio,
+                                                np.random.default_rng(0))).double()
+    fallback = torch.tensor([0.0, 80.0, 480.0, 640.0], dtype=torch.float64)
+    fell, drawn = [], []
+    for boxes in (device, decode):
+        whole = (boxes[:, 2] == 480) & (boxes[:, 3] == 640)  # the fallback's size: then it is centred
+        assert whole.any() and (boxes[whole] == fallback).all(), boxes[whole][:3]
+        fell.append(whole.double().mean())
+        drawn.append(boxes[~whole])
+    # sampling error (4 sigma) plus the integer boxes' rounding, which lets a box up to half a pixel too
+    # big fit: about a point of the rows here
+    share = fell[0]
+    assert 0.1 < share < 0.5 and abs(fell[0] - fell[1]) < 4 * (2 * share * (1 - share) / n).sqrt() + 0.01
+    for column, name in enumerate(("top", "left", "h", "w")):
+        a, b = drawn[0][:, column], drawn[1][:, column]
+        # the standard error of a difference of two means, plus half a pixel of rounding
+        tolerance = 4 * (a.var() / len(a) + b.var() / len(b)).sqrt() + 0.5
+        assert abs(a.mean() - b.mean()) < tolerance, (name, a.mean(), b.mean(), tolerance)

@@ -7,19 +7,20 @@ Differences from torchvision, on purpose:
   matmul that costs more than the resample itself on CPU.
 - Crops are continuous (sub-pixel boxes, bilinear ``grid_sample``), not
   integer boxes; the box distribution is torchvision's RandomResizedCrop
-  (10 vectorised attempts, then the centre-crop fallback). There is no
+  (10 vectorised attempts, then the centre-crop fallback), defined once in
+  :mod:`raysl.data.crop_box` for this and the JPEG decode tasks. There is no
   antialiasing when a large crop is shrunk; small-image recipes upsample.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from raysl.data.augment_rows import apply_rows, draw_mask, float01, param_device
+from raysl.data.crop_box import ATTEMPTS, boxes_from_draws
 
 __all__ = [
     "crop_boxes",
@@ -39,41 +40,20 @@ def crop_boxes(
     scale: tuple[float, float],
     ratio: tuple[float, float],
     generator: torch.Generator | None = None,
-    attempts: int = 10,
+    attempts: int = ATTEMPTS,
 ) -> torch.Tensor:
     """Per-sample crop boxes [n, 4] = (top, left, h, w) in pixels, as torchvision's RandomResizedCrop.
 
-    Each sample tries ``attempts`` (area fraction ~ U(scale), aspect ~ logU(ratio))
-    boxes and keeps the first that fits; samples with none fall back to the
-    largest centred box with the aspect clamped to ``ratio``. Boxes are continuous.
+    The draws come from ``generator`` on its device; the box is :func:`raysl.data.crop_box.boxes_from_draws`
+    (the one definition, shared with the JPEG decode tasks), continuous here: sub-pixel boxes for the
+    resample.
     """
     dev = param_device(generator)
-    area = float(height * width)
-    target = torch.rand(n, attempts, generator=generator, device=dev).mul_(scale[1] - scale[0]).add_(scale[0]) * area
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.rand(n, attempts, generator=generator, device=dev).mul_(log_hi - log_lo).add_(log_lo).exp_()
-    w = (target * aspect).sqrt_()
-    h = (target / aspect).sqrt_()
-    fits = (w <= width + 1e-4) & (h <= height + 1e-4)
-    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)
-    ok = fits.any(dim=1)
-    w = w.gather(1, first).squeeze(1).clamp_(max=width)
-    h = h.gather(1, first).squeeze(1).clamp_(max=height)
-
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        fw, fh = float(width), width / ratio[0]
-    elif in_ratio > ratio[1]:
-        fw, fh = height * ratio[1], float(height)
-    else:
-        fw, fh = float(width), float(height)
-    w = torch.where(ok, w, torch.full_like(w, fw))
-    h = torch.where(ok, h, torch.full_like(h, fh))
-
+    area = torch.rand(n, attempts, generator=generator, device=dev)
+    aspect = torch.rand(n, attempts, generator=generator, device=dev)
     offsets = torch.rand(n, 2, generator=generator, device=dev)
-    top = offsets[:, 0] * (height - h)
-    left = offsets[:, 1] * (width - w)
-    return torch.stack([top, left, h, w], dim=1)
+    size = torch.tensor([height, width], device=dev).expand(n, 2)
+    return boxes_from_draws(size[:, 0], size[:, 1], area, aspect, offsets, scale, ratio, integer=False)
 
 
 def axis_aligned_grid(affine: torch.Tensor, size: int) -> torch.Tensor:

@@ -11,7 +11,8 @@ Per row:
 
 1. Draw each view's crop box with torchvision's RandomResizedCrop algorithm
    (:func:`sample_crop_boxes`: area fraction ~ U(scale), aspect ~ logU(ratio),
-   10 attempts, then the centre-crop fallback; integer boxes) in the image's
+   10 attempts, then the centre-crop fallback; integer boxes; the box itself is
+   :mod:`raysl.data.crop_box`'s, shared with the batch augmentation) in the image's
    *displayed* coordinates (the manifest's height/width, EXIF orientation
    applied).
 2. Decode the bytes once (:func:`raysl.data.codec.decode_image`) with a
@@ -65,7 +66,7 @@ __all__ = [
 
 # the columns an ``encoded`` shard holds (raysl data prepare imagefolder)
 ENCODED_COLUMNS = ("image", "label", "index", "height", "width", "orientation")
-RANDOM_CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop
+RANDOM_CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop (raysl.data.crop_box.ATTEMPTS)
 
 
 def view_column(view: int) -> str:
@@ -99,41 +100,19 @@ def sample_crop_boxes(
     rng: np.random.Generator,
     attempts: int = RANDOM_CROP_ATTEMPTS,
 ) -> np.ndarray:
-    """torchvision's ``RandomResizedCrop.get_params``, vectorised over rows: int64 [N, 4] (top, left, h, w).
+    """torchvision's ``RandomResizedCrop.get_params`` for rows of different sizes: int64 [N, 4] (top, left,
+    h, w) in whole pixels, drawn from ``rng`` (:func:`raysl.data.crop_box.boxes_from_draws`, the one
+    definition of the box)."""
+    import torch
 
-    Per row, ``attempts`` draws of target area ``U(scale) * H * W`` and aspect
-    ``exp(U(log ratio))``, ``w = round(sqrt(area * aspect))``, ``h =
-    round(sqrt(area / aspect))``; the first with ``0 < w <= W`` and ``0 < h <= H``
-    wins and its offset is uniform over the integer positions. Rows with none
-    fall back to the whole image with the aspect clamped into ``ratio``, centred.
-    """
-    heights = np.asarray(heights, dtype=np.int64)
-    widths = np.asarray(widths, dtype=np.int64)
-    n = heights.shape[0]
-    area = (heights * widths).astype(np.float64)[:, None]
-    target = area * rng.uniform(scale[0], scale[1], size=(n, attempts))
-    aspect = np.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]), size=(n, attempts)))
-    w = np.rint(np.sqrt(target * aspect)).astype(np.int64)
-    h = np.rint(np.sqrt(target / aspect)).astype(np.int64)
-    fits = (w > 0) & (w <= widths[:, None]) & (h > 0) & (h <= heights[:, None])
-    first = fits.argmax(axis=1)
-    ok = fits[np.arange(n), first]
-    w = w[np.arange(n), first]
-    h = h[np.arange(n), first]
+    from raysl.data.crop_box import boxes_from_draws
 
-    # fallback: torchvision's centre crop with the aspect clamped into ratio
-    in_ratio = widths / heights
-    fw = np.where(in_ratio < min(ratio), widths, np.where(in_ratio > max(ratio), np.rint(heights * max(ratio)), widths))
-    fh = np.where(in_ratio < min(ratio), np.rint(widths / min(ratio)), heights)
-    fw, fh = fw.astype(np.int64), fh.astype(np.int64)
-    w = np.where(ok, w, fw)
-    h = np.where(ok, h, fh)
-    # uniform integer offsets in [0, H - h] and [0, W - w]
-    top = np.floor(rng.random(n) * (heights - h + 1)).astype(np.int64)
-    left = np.floor(rng.random(n) * (widths - w + 1)).astype(np.int64)
-    top = np.where(ok, top, (heights - h) // 2)
-    left = np.where(ok, left, (widths - w) // 2)
-    return np.stack([top, left, h, w], axis=1)
+    n = len(heights)
+    draws = [rng.random((n, attempts)), rng.random((n, attempts)), np.stack([rng.random(n), rng.random(n)], 1)]
+    boxes = boxes_from_draws(torch.from_numpy(np.asarray(heights, dtype=np.int64)),
+                             torch.from_numpy(np.asarray(widths, dtype=np.int64)),
+                             *(torch.from_numpy(d) for d in draws), scale, ratio, integer=True)
+    return boxes.numpy().astype(np.int64)
 
 
 def draft_size(height: int, width: int, boxes: Sequence[Sequence[int]], sizes: Sequence[int]) -> tuple[int, int]:
