@@ -175,6 +175,9 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
     for epoch in range(start_epoch, cfg.optim.epochs):
         method.train()
         loss_sum = torch.zeros((), device=device)
+        # what the method's training_loss returns beside the loss (Method.Metrics), summed over the epoch's
+        # steps where it is (a device tensor stays on the device: no sync per step); logged as epoch means
+        extra_sums: dict[str, Any] = {}
         steps_done = 0
         start = time.perf_counter()
         if startup_s is None:
@@ -191,7 +194,7 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
                 else:
                     crops = make_views(images, views, len(views), generator=gen, **norm)
                 with autocast:
-                    loss, _ = forward(crops, indices)
+                    loss, extras = forward(crops, indices)
                 watch.observe(loss, global_step, epoch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -200,6 +203,9 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
                 optimizer.step()
                 method.after_step()
                 loss_sum += loss.detach()
+                for key, value in extras.items():
+                    value = value.detach().float() if torch.is_tensor(value) else float(value)
+                    extra_sums[key] = extra_sums.get(key, 0.0) + value
                 global_step += 1
                 steps_done += 1
                 ticker.step(epoch, steps_done, steps_per_epoch, start)  # throttled, reads no tensor
@@ -222,6 +228,8 @@ def train_worker(loop_config: dict, io: LoopIO | None = None) -> None:
             # where the wall time goes (raysl.timing); eval_s is filled in below
             TRAIN_S: elapsed, EVAL_S: 0.0, STARTUP_S: startup_s,
         }
+        if steps_done:  # the method's own values (DINO's teacher temperature, an EMA momentum, ...): epoch means
+            metrics.update({key: float(total) / steps_done for key, total in extra_sums.items()})
         last = epoch + 1 == cfg.optim.epochs
         evaluating = (epoch + 1) % cfg.eval.every_epochs == 0 or last
         eval_start = time.perf_counter()

@@ -230,7 +230,7 @@ def test_deepclusterv2_clusters_the_bank_when_an_epoch_starts():
     # a row comes back: epoch 2 begins with k-means of the 32 embedded rows (the bank of view h mod 2)
     method.zero_grad()
     loss, metrics = method(views(seed=2), first)
-    assert metrics["clusterings"] == 1.0 and loss.item() > 0
+    assert int(method.clusterings) == 1 and metrics == {} and loss.item() > 0
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.backbone.parameters())
     assert bool((method.assignments[:, :32] >= 0).all()) and bool((method.assignments[:, 32:] == -1).all())
@@ -270,3 +270,24 @@ def test_deepclusterv2_needs_indices_and_enough_images():
         small(views(n=4), torch.arange(4))
     with pytest.raises(TrainingError, match="outside its 20-row memory bank"):
         small(views(n=4), torch.arange(18, 22))
+
+
+def test_a_methods_own_step_values_are_logged_as_epoch_means(digits_dir):
+    """What training_loss returns beside the loss reaches each epoch's report as its mean over the epoch's steps:
+    DINO's teacher temperature follows its warm-up schedule (0.04 -> 0.07 over the first 30% of the run), so the
+    epoch means differ and equal the schedule's mean over each epoch's steps (python floats: to 1e-9). Catches
+    the dict thrown away (no key), a last-step value instead of the mean, or a sum."""
+    from raysl import schedules
+
+    cfg = space_config("dino", "optim.epochs=2", "eval.every_epochs=2", "schedule.warmup=0.0")
+    io = LocalIO()
+    train_worker({"config": cfg.model_dump(mode="json"), "data_dir": digits_dir}, io)
+    first, second = io.reports
+    total = second["step"]
+    c = cfg.method
+    for report, steps in ((first, range(0, first["step"])), (second, range(first["step"], total))):
+        expected = sum(schedules.teacher_temperature(g / total, c.teacher_temp, c.teacher_temp_final,
+                                                     c.teacher_temp_warmup) for g in steps) / len(steps)
+        assert report["teacher_temp"] == pytest.approx(expected, rel=1e-9, abs=0)
+        assert 0.0 < report["ema_momentum"] <= 1.0
+    assert first["teacher_temp"] < second["teacher_temp"]  # the warm-up is in the first epoch

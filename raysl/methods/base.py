@@ -41,8 +41,9 @@ from raysl import distributed, schedules
 from raysl.config import MethodSection, ModelConfig, Momentum
 from raysl.models import build_backbone, mlp, mup_param_groups
 
-# what training_loss returns besides the loss: the loop does not read it, so a value may stay a device
-# tensor (float() of one would wait for the GPU at every step)
+# what training_loss returns besides the loss: the loop logs each key's mean over an epoch in that epoch's
+# metrics (metrics.jsonl, Tune's results); a value may stay a device tensor, summed on the device (float() of
+# one would wait for the GPU at every step)
 Metrics = dict[str, "float | torch.Tensor"]
 
 
