@@ -38,6 +38,7 @@ from raysl.run_folder import (
     metrics_callback,
     refuse_unresumable,
     registered_checkpoints,
+    repair_checkpoint_record,
     restore_metrics_rows,
 )
 
@@ -244,6 +245,9 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
     resuming = storage.exists(out_dir.join("config.yaml")) and storage.exists(out_dir.join(TRAIN_RUN_NAME))
     if resuming:
         print(f"[raysl] resuming the run in {out_dir} from its last checkpoint", file=sys.stderr)
+        repaired = repair_checkpoint_record(out_dir)
+        if repaired:
+            print(repaired, file=sys.stderr)
         restore_metrics_rows(out_dir)
     storage.write_atomic(out_dir.join("config.yaml"), to_yaml(cfg))
 
@@ -267,7 +271,7 @@ def train_run(cfg: RunConfig, out: str, *, source: str = "config", verbose: bool
         name=TRAIN_RUN_NAME,
         storage_path=out_dir.uri,
         failure_config=failure_config,
-        callbacks=[metrics_callback(out_dir.join(METRICS_FILE), show=False),
+        callbacks=[metrics_callback(out_dir, show=False),
                    make_resize_callback(say, cfg.optim.batch_size)],
         datasets=datasets,
     )

@@ -3,7 +3,8 @@
 - ``metrics.jsonl``: one row per epoch (:class:`MetricsFile`, written by the Train callback
   :func:`metrics_callback`), and the row a resume restores from its checkpoint (:func:`restore_metrics_rows`);
 - Ray Train's record of the checkpoints it registered (:data:`SNAPSHOT_FILE`): which ones a resume can start
-  from, and what a stopped upload left behind;
+  from, and what a stopped upload left behind; raysl's copy of its last good state (:data:`SNAPSHOT_COPY`),
+  which a resume puts back when Ray's own was cut short (:func:`repair_checkpoint_record`);
 - whether a config may resume the run there (:func:`refuse_unresumable`, :data:`RESUME_MAY_CHANGE`) or
   finds it already finished (:func:`finished_run`).
 """
@@ -91,16 +92,19 @@ def restore_metrics_rows(out: storage.Location) -> None:
         return
 
 
-def metrics_callback(path: storage.Location, show: bool = True):
-    """The Ray Train callback (it runs in the TrainController) that writes each report to ``path``
-    (a :class:`MetricsFile`), with the report's checkpoint folder."""
+def metrics_callback(out: storage.Location, show: bool = True):
+    """The Ray Train callback (it runs in the TrainController) that writes each report to the run's
+    ``metrics.jsonl`` (a :class:`MetricsFile`), with the report's checkpoint folder, after keeping a copy of
+    the checkpoint record Ray has just written (:func:`keep_checkpoint_record`)."""
     from ray.train.v2.api.callback import UserCallback
 
     class _Callback(UserCallback):
         def __init__(self):
-            self.file = MetricsFile(path, show)
+            self.file = MetricsFile(out.join(METRICS_FILE), show)
 
         def after_report(self, run_context, metrics, checkpoint):
+            if checkpoint is not None:  # Ray registered it (and rewrote its record) before its callbacks run
+                keep_checkpoint_record(out)
             row = dict(metrics[0])
             if checkpoint is not None:
                 row["checkpoint"] = checkpoint.path
@@ -126,6 +130,55 @@ def registered_checkpoints(out: storage.Location) -> tuple[list[str], int] | Non
         return names, int((latest.get("metrics") or {}).get("epoch") or 0)
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
+
+
+# raysl's copy of Ray Train's record as it was after the last checkpoint Ray registered. Ray rewrites its record
+# in place (not under a temporary name), so a full disk can cut it short, and Ray then refuses to resume
+# the run at all; the copy is written atomically, so it is the previous good record or the new one.
+SNAPSHOT_COPY = "raysl_checkpoint_record.json"
+
+
+def _record_of(text: str | None) -> str | None:
+    """``text`` when it is a whole checkpoint record (JSON with its list of checkpoints), else None."""
+    try:
+        return text if text is not None and isinstance(json.loads(text).get("checkpoint_results"), list) else None
+    except (ValueError, AttributeError):
+        return None
+
+
+def keep_checkpoint_record(out: storage.Location) -> None:
+    """Copy Ray Train's record of the run's checkpoints, when it is whole, to :data:`SNAPSHOT_COPY`. A failed
+    copy (the disk is full) keeps the previous one and is not an error here: what failed to be written is
+    reported by the write that needed the space (the checkpoint or metrics.jsonl)."""
+    run = out.join(TRAIN_RUN_NAME)
+    text = _record_of(storage.read_text(run.join(SNAPSHOT_FILE), missing_ok=True))
+    if text is None:
+        return
+    try:
+        storage.write_atomic(run.join(SNAPSHOT_COPY), text)
+    except storage.StorageError:
+        pass
+
+
+def repair_checkpoint_record(out: storage.Location) -> str | None:
+    """Before a resume: Ray Train's record of the run's checkpoints cut short (a full disk while Ray rewrote
+    it) is replaced by raysl's copy of the last whole one, and the checkpoints written after that are
+    dropped (they were never registered). Returns the line that says so, or None when nothing was wrong."""
+    run = out.join(TRAIN_RUN_NAME)
+    text = storage.read_text(run.join(SNAPSHOT_FILE), missing_ok=True)
+    if text is None or _record_of(text) is not None:
+        return None
+    copy = _record_of(storage.read_text(run.join(SNAPSHOT_COPY), missing_ok=True))
+    if copy is None:
+        from raysl.errors import CheckpointError
+
+        raise CheckpointError(f"Ray Train's record of the checkpoints in {run} ({SNAPSHOT_FILE}) is cut short "
+                              "and raysl has no copy of it; move the run folder away to train from scratch")
+    storage.write_atomic(run.join(SNAPSHOT_FILE), copy)
+    discard_unregistered_checkpoints(out)
+    _, epoch = registered_checkpoints(out) or ([], 0)
+    return (f"[raysl] Ray Train's record of the checkpoints in {run} was cut short (a full disk?); put back "
+            f"its last whole copy, which ends at epoch {epoch}")
 
 
 def discard_unregistered_checkpoints(out: storage.Location) -> None:

@@ -383,8 +383,11 @@ def error_in(exc: BaseException, path: str, action: str = "writing the run", opt
             return e
         if (isinstance(e, OSError) or _is_database_error(e)) and _errno_of(e) in _STORAGE_ERRNOS:
             return storage_error(e, path, action, option)
-        # Ray's RayTaskError keeps the trial's exception in .cause; SQLAlchemy the driver's in .orig
-        stack.extend([getattr(e, "cause", None), getattr(e, "orig", None), e.__cause__, e.__context__])
+        # Ray's RayTaskError keeps the trial's exception in .cause; SQLAlchemy the driver's in .orig; Ray Train's
+        # ControllerError the controller's own (its record of checkpoints written on a full disk) in
+        # .controller_failure
+        stack.extend([getattr(e, "cause", None), getattr(e, "orig", None), getattr(e, "controller_failure", None),
+                      e.__cause__, e.__context__])
         for attr in ("worker_failures", "_worker_failures"):
             failures = getattr(e, attr, None)
             if isinstance(failures, dict):

@@ -220,11 +220,16 @@ def test_fault_chain_on_one_run_folder_loses_no_epoch(tmp_path):
     snapshot = json.loads((out / "train" / "checkpoint_manager_snapshot.json").read_text())
     assert snapshot["latest_checkpoint_result"]["metrics"]["epoch"] == done
 
-    # 2. the newest checkpoint torn (as a full disk leaves it): the resume falls back to the one before
+    # 2. the newest checkpoint torn (as a full disk leaves it): the resume falls back to the one before. Ray
+    # Train's record of the checkpoints cut short too (Ray rewrites it in place; a full disk left it torn and Ray
+    # then refused the resume with a traceback): the resume puts back raysl's copy of the last whole one
     older, newest = checkpoints(out)[-2:]
     epoch_before = int(torch.load(older / "state.pt", weights_only=True)["epoch"])
     data = (newest / "state.pt").read_bytes()
     (newest / "state.pt").write_bytes(data[: len(data) // 3])
+    record = out / "train" / "checkpoint_manager_snapshot.json"
+    assert (out / "train" / "raysl_checkpoint_record.json").read_text() == record.read_text()  # kept current
+    record.write_text(record.read_text()[: len(record.read_text()) // 2])
     proc = resume_in_background(command)
     wait_until(proc, lambda: len(epochs_in(out)) >= epoch_before + 2, "2 epochs after the fallback")
     # 3. a scheduler's SIGTERM to the whole process group. Catches: the local Ray's GCS and raylet were in
@@ -238,6 +243,8 @@ def test_fault_chain_on_one_run_folder_loses_no_epoch(tmp_path):
     assert len(skipped) == 1 and skipped[0].startswith(expected), err[-3000:]
     assert skipped[0].endswith(f"; resuming from epoch {epoch_before}"), skipped[0]
     assert "resuming the run" in err
+    assert f"[raysl] Ray Train's record of the checkpoints in {out / 'train'} was cut short (a full disk?); put " \
+           f"back its last whole copy, which ends at epoch {done}" in err.splitlines(), err[-3000:]
     assert proc.returncode == 130, err[-4000:]
     command = assert_one_line(err, "raysl: interrupted (SIGTERM) after epoch ")
     assert f" of {EPOCHS}; a resume continues from the epoch " in last_line(err), last_line(err)

@@ -349,6 +349,57 @@ def test_a_full_disk_under_the_optuna_study_is_found_in_what_optuna_raises():
     assert storage.error_in(ValueError("database is locked"), "/mnt/exp") is None
 
 
+
+def test_ray_trains_own_write_on_a_full_disk_is_found_in_its_controller_error():
+    """Ray Train's controller rewrites its record of the checkpoints in the run folder; on a full disk that write
+    fails in the controller, and Ray raises ControllerError with the OSError as .controller_failure (not as a
+    cause). Caught in a fresh-clone run under load: `raysl train` on the full tmpfs ended with Ray's traceback and
+    exit 1 instead of the one line and the resume command. The OSError here is the one pyarrow raised there."""
+    import ray.train
+
+    from raysl import storage
+
+    failure = OSError("[Errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device")
+    found = storage.error_in(ray.train.ControllerError(failure), "/mnt/run")
+    assert found is not None and storage.is_capacity_failure(found)
+    assert str(found).startswith("/mnt/run: no space left on "), str(found)
+
+
+def test_a_cut_short_checkpoint_record_is_put_back_from_rayls_copy_before_a_resume(tmp_path):
+    """Ray rewrites checkpoint_manager_snapshot.json in place, so a full disk can leave it cut short, and Ray then
+    refuses the resume. raysl keeps a copy of the last whole record after each registered checkpoint and puts it
+    back before a resume, dropping the checkpoint folders the copy does not know (never registered); with no copy,
+    one CheckpointError that says what to do. (The whole path, on a real run folder: tests/test_faults.py.)"""
+    from raysl import storage
+    from raysl.errors import CheckpointError
+    from raysl.run_folder import SNAPSHOT_COPY, SNAPSHOT_FILE, keep_checkpoint_record, repair_checkpoint_record
+
+    out = storage.resolve(str(tmp_path))
+    run = tmp_path / "train"
+    run.mkdir()
+    names = ["checkpoint_2026-01-01_00-00-01.000000", "checkpoint_2026-01-01_00-00-02.000000"]
+    for name in [*names, "checkpoint_2026-01-01_00-00-03.000000"]:
+        (run / name).mkdir()
+    record = json.dumps({"checkpoint_results": [{"checkpoint_dir_name": n} for n in names],
+                         "latest_checkpoint_result": {"metrics": {"epoch": 2}}})
+    (run / SNAPSHOT_FILE).write_text(record)
+    assert repair_checkpoint_record(out) is None  # a whole record is left alone
+    keep_checkpoint_record(out)
+    assert (run / SNAPSHOT_COPY).read_text() == record
+    (run / SNAPSHOT_FILE).write_text(record[:40])  # cut short
+    keep_checkpoint_record(out)  # a torn record is never copied over the good copy
+    assert (run / SNAPSHOT_COPY).read_text() == record
+    line = repair_checkpoint_record(out)
+    assert line == (f"[raysl] Ray Train's record of the checkpoints in {run} was cut short (a full disk?); put back "
+                    "its last whole copy, which ends at epoch 2")
+    assert (run / SNAPSHOT_FILE).read_text() == record
+    assert sorted(p.name for p in run.iterdir() if p.is_dir()) == names  # epoch 3's was never registered
+    (run / SNAPSHOT_FILE).write_text("")
+    (run / SNAPSHOT_COPY).unlink()
+    with pytest.raises(CheckpointError, match="is cut short and raysl has no copy of it; move the run folder away"):
+        repair_checkpoint_record(out)
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-v"]))
 
