@@ -1,4 +1,5 @@
-"""Every private Ray API raysl uses, in one place (Ray 2.60; the pin in pyproject.toml).
+"""Every private Ray API raysl uses, in one place (Ray 2.60; the pin in pyproject.toml), and the private
+attributes of Ray Tune's OptunaSearch that raysl's study searcher reads.
 
 Each is here because no public API does the job (the reason is with each function); everything else
 in raysl uses Ray's public API only. :data:`PRIVATE` lists each private name with what breaks without
@@ -80,6 +81,10 @@ PRIVATE: dict[str, str] = {
     "ray._private.ray_constants:DEBUG_AUTOSCALING_STATUS":
         "telling a fixed cluster from one that can grow (placement refused at once vs waited for)",
     "ray.experimental.internal_kv:_internal_kv_get": "the same",
+    "ray.tune.search.optuna.optuna_search:OptunaSearch.__init__":
+        "the search's Optuna study in a database (raysl.study.StudySearch, a subclass): reopened after Tune "
+        "unpickles the searcher, no connection or password pickled into the experiment's state, trials' "
+        "statuses told to the study; StudySearch reads and sets these attributes of OptunaSearch's",
 }
 
 # the loggers that report Ray's writes to an experiment failing (its state saves, a trial's task)
@@ -99,6 +104,9 @@ _NODE_STARTUP_TIMEOUT = "timed out during startup"
 _ATTRIBUTES["ray._private.node:Node.__init__"] = _NODE_STARTUP_TIMEOUT
 _ATTRIBUTES["ray.tune.experiment.trial:Trial.__init__"] = "self.storage"
 _ATTRIBUTES["ray.train._internal.storage:StorageContext.__init__"] = "self.storage_filesystem"
+_ATTRIBUTES["ray.tune.search.optuna.optuna_search:OptunaSearch.__init__"] = (
+    "self._study_name =", "self._sampler =", "self._storage =", "self._completed_trials =", "self._ot_trials =",
+    "self._ot_study =")
 
 
 def _resolve(name: str) -> Any:
@@ -119,9 +127,10 @@ def missing() -> list[str]:
         except (ImportError, AttributeError):
             gone.append(f"{name}: {loses}")
             continue
-        attribute = _ATTRIBUTES.get(name)
-        if attribute is not None and attribute not in inspect.getsource(obj):
-            gone.append(f"{name} no longer sets {attribute}: {loses}")
+        attributes = _ATTRIBUTES.get(name)
+        for attribute in (attributes,) if isinstance(attributes, str) else attributes or ():
+            if attribute not in inspect.getsource(obj):
+                gone.append(f"{name} no longer sets {attribute}: {loses}")
     try:
         import ray.train
 

@@ -31,6 +31,18 @@ def test_the_check_reports_a_name_that_is_gone(monkeypatch):
     assert any(g.startswith("ray.tune.tune:_setup_signal_catching no longer sets no_such_handler_name") for g in gone), gone
 
 
+def test_the_check_reads_every_attribute_of_optunasearch_that_the_study_searcher_uses(monkeypatch):
+    """raysl.study.StudySearch subclasses OptunaSearch and reads six of its private attributes; each is checked
+    in OptunaSearch.__init__'s source, and one that is gone is named (not only the first of the list)."""
+    name = "ray.tune.search.optuna.optuna_search:OptunaSearch.__init__"
+    used = set(re.findall(r"self\.(_ot_study|_ot_trials|_completed_trials|_sampler|_study_name|_storage)\b",
+                          (RAYSL / "study.py").read_text()))
+    assert {f"self.{a} =" for a in used} <= set(ray_compat._ATTRIBUTES[name]), used
+    monkeypatch.setitem(ray_compat._ATTRIBUTES, name, (*ray_compat._ATTRIBUTES[name], "self._no_such_attribute ="))
+    assert [g for g in ray_compat.missing() if g.startswith(name)] == [
+        f"{name} no longer sets self._no_such_attribute =: {ray_compat.PRIVATE[name]}"]
+
+
 # what a private Ray name looks like in an import or an attribute access
 _PRIVATE_RAY = re.compile(r"\bray(\.\w+)*\.(_private|_raylet|_internal)\b|ray\.experimental\.internal_kv"
                           r"|\._register_sigint_handler|\._initialize_and_run_controller|_experiment_analysis"
