@@ -161,6 +161,7 @@ def isogclr_method(num_samples: int, *overrides: str) -> ISogCLR:
 
 @pytest.mark.parametrize("tau_lr", [0.03, 100.0])
 def test_isogclr_temperatures_learn_within_bounds(tau_lr):
+    torch.manual_seed(0)  # the network's init: unseeded, the test depended on what ran before it in its worker
     method = isogclr_method(64, f"method.tau_lr={tau_lr}")
     cfg = method.cfg
     opt = torch.optim.SGD(method.parameters(), lr=0.01)
@@ -179,8 +180,11 @@ def test_isogclr_temperatures_learn_within_bounds(tau_lr):
     assert bool((tau[seen] != cfg.tau_init).all()), "every trained row's temperature moved"
     assert bool((tau[~seen] == cfg.tau_init).all()), "rows not in a batch keep tau_init"
     assert bool((method.u[seen] > 0).all()) and bool((method.u[~seen] == 0).all())
-    if tau_lr > 1:  # huge steps end on the bounds, never past them
-        assert bool(((tau[seen] == cfg.tau_min) | (tau[seen] == cfg.tau_max)).all())
+    if tau_lr > 1:  # huge steps end on the bounds, never past them (checked above for every row)
+        # all but a row whose temperature gradient is near 0: over 30 network inits, 4 left one row of the 24
+        # between the bounds (a fresh-clone run failed on the old "every row" claim)
+        on_bound = (tau[seen] == cfg.tau_min) | (tau[seen] == cfg.tau_max)
+        assert on_bound.float().mean() >= 0.9, tau[seen]
     else:
         assert len(set(tau[seen].tolist())) > 1, "temperatures are individual"
 
