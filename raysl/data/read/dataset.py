@@ -9,7 +9,8 @@ config (its train stream, its crop input, its evaluation images). Code above thi
 object, never the manifest's encoding.
 
 A new stored format is a strategy file (the four methods of :class:`RowsStrategy`), its prepare source
-under :mod:`raysl.data.prepare`, and one line in :data:`ENCODINGS`.
+under :mod:`raysl.data.prepare`, and one line in :data:`ENCODINGS`; when its rows are neither pixel bytes
+nor JPEG/PNG files, also how one row's bytes decode (:mod:`raysl.data.read.shards`).
 """
 
 from __future__ import annotations
