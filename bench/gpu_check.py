@@ -170,7 +170,7 @@ def train_step_rate(args, device: torch.device, shards: Path) -> list[dict]:
         "eval": {"every_epochs": args.epochs, "max_train": 2 * args.batch, "max_val": 2 * args.batch,
                  "knn_k": [20]},
     })
-    io = DeviceIO(str(shards))
+    io = DeviceIO()
     train_worker({"config": cfg.model_dump(mode="json"), "data_dir": str(shards)}, io=io)
     return io.reports
 
